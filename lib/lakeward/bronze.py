@@ -1,0 +1,377 @@
+"""Bronze: landing files as received, plus ingestion metadata.
+
+Every field of a source is kept as the text it arrived as (JSON numbers keep
+their literal text); fields the source schema does not know go to
+``_rescued_data`` as JSON, so schema drift loses nothing. Lines that are not a
+JSON object go to the quarantine table with the reason, file and line number.
+
+Transforms here are pure (:func:`number_lines`, :func:`parse_lines`,
+:func:`bronze_rows`, :func:`quarantine_rows`); the writer is :func:`ingest`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+from pathlib import Path
+
+from delta.tables import DeltaTable
+from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from lakeward import tables
+from lakeward.config import Settings
+from lakeward.sources.bitebridge import PERSONAL_FIELDS, SOURCE_FIELDS, SOURCES, landing_file
+
+log = logging.getLogger(__name__)
+
+META_FIELDS = T.StructType(
+    [
+        T.StructField("_rescued_data", T.StringType()),
+        T.StructField("_arrival_date", T.DateType()),
+        T.StructField("_ingested_at", T.TimestampType()),
+        T.StructField("_source_file", T.StringType()),
+        T.StructField("_line_no", T.LongType()),
+        T.StructField("_batch_id", T.StringType()),
+    ]
+)
+
+QUARANTINE_SCHEMA = T.StructType(
+    [
+        T.StructField("source", T.StringType()),
+        T.StructField("reason", T.StringType()),
+        T.StructField("raw_line", T.StringType()),
+        T.StructField("_arrival_date", T.DateType()),
+        T.StructField("_ingested_at", T.TimestampType()),
+        T.StructField("_source_file", T.StringType()),
+        T.StructField("_line_no", T.LongType()),
+        T.StructField("_batch_id", T.StringType()),
+    ]
+)
+
+LEDGER_SCHEMA = T.StructType(
+    [
+        T.StructField("batch_id", T.StringType()),
+        T.StructField("source", T.StringType()),
+        T.StructField("arrival_date", T.DateType()),
+        T.StructField("path", T.StringType()),
+        T.StructField("size_bytes", T.LongType()),
+        T.StructField("checksum_sha256", T.StringType()),
+        T.StructField("lines", T.LongType()),
+        T.StructField("rows_written", T.LongType()),
+        T.StructField("rows_quarantined", T.LongType()),
+        T.StructField("ingested_at", T.TimestampType()),
+    ]
+)
+
+MALFORMED = "malformed_json"
+BLANK = "blank_line"
+
+
+class NoLandingDataError(FileNotFoundError):
+    """No landing file exists for the requested arrival date."""
+
+
+class ReconciliationError(RuntimeError):
+    """Lines in a file do not equal rows written plus rows quarantined."""
+
+
+@dataclass(frozen=True)
+class LandingFile:
+    """One landing file, identified by its content."""
+
+    source: str
+    arrival_date: date
+    path: Path
+    relative_path: str
+    size_bytes: int
+    checksum: str
+
+    @property
+    def batch_id(self) -> str:
+        """Stable id: a re-landed file with other content is another batch."""
+        return f"{self.source}-{self.arrival_date:%Y%m%d}-{self.checksum[:16]}"
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What one bronze run did for one source."""
+
+    source: str
+    files: int
+    skipped: int
+    lines: int
+    rows_written: int
+    rows_quarantined: int
+
+
+def bronze_spec(settings: Settings, source: str) -> tables.TableSpec:
+    """The bronze table of a source: its fields as text, plus metadata."""
+    fields = [T.StructField(name, T.StringType()) for name in SOURCE_FIELDS[source]]
+    schema = T.StructType(fields + META_FIELDS.fields)
+    return tables.TableSpec(
+        name=settings.table(f"bronze_{source}"),
+        schema=schema,
+        personal_columns=(*PERSONAL_FIELDS[source], "_rescued_data"),
+        subject_column="user_id",
+    )
+
+
+def quarantine_spec(settings: Settings) -> tables.TableSpec:
+    """Lines that could not be parsed; raw lines may hold personal data."""
+    return tables.TableSpec(
+        name=settings.table("bronze_quarantine"),
+        schema=QUARANTINE_SCHEMA,
+        personal_columns=("raw_line",),
+    )
+
+
+def ledger_spec(settings: Settings) -> tables.TableSpec:
+    """``ops.ingestion_batches``: one row per ingested landing file."""
+    return tables.TableSpec(name=settings.table("ops_ingestion_batches"), schema=LEDGER_SCHEMA)
+
+
+# --- pure transforms -------------------------------------------------------------------
+
+
+def number_lines(lines: DataFrame) -> DataFrame:
+    """Add ``_line_no`` (1-based, per file) to ``spark.read.text`` output.
+
+    ``lines`` must carry ``_file`` (the file path), ``_block`` (the split's
+    byte offset) and ``_mid`` (``monotonically_increasing_id()`` taken in the
+    scan). A split's lines are read in order into one partition, so ids are
+    consecutive within a split; the number of lines in earlier splits of the
+    same file gives the offset. Works for any number of files and splits
+    without moving the lines through Python.
+    """
+    per_split = lines.groupBy("_file", "_block").agg(
+        F.min("_mid").alias("_first_mid"), F.count(F.lit(1)).alias("_n")
+    )
+    earlier = Window.partitionBy("_file").orderBy("_block").rowsBetween(
+        Window.unboundedPreceding, -1
+    )
+    offsets = per_split.withColumn("_before", F.coalesce(F.sum("_n").over(earlier), F.lit(0)))
+    return (
+        lines.join(F.broadcast(offsets.drop("_n")), ["_file", "_block"])
+        .withColumn("_line_no", F.col("_mid") - F.col("_first_mid") + F.col("_before") + 1)
+        .drop("_first_mid", "_before", "_mid", "_block")
+    )
+
+
+def parse_lines(lines: DataFrame, fields: Sequence[str]) -> DataFrame:
+    """Parse each ``value`` as a JSON object of text values.
+
+    Adds one column per field (the value's JSON text, null when absent or
+    JSON null), ``_rescued_data`` (unknown fields as JSON, or null) and
+    ``_reason`` (null for a good line, else why it cannot be used).
+    """
+    parsed = F.from_json(F.col("value"), T.MapType(T.StringType(), T.StringType()))
+    known = F.array(*[F.lit(name) for name in fields])
+    unknown = F.map_filter(F.col("_parsed"), lambda k, _v: ~F.array_contains(known, k))
+    reason = (
+        F.when(F.trim(F.col("value")) == "", F.lit(BLANK))
+        .when(F.col("_parsed").isNull(), F.lit(MALFORMED))
+        .otherwise(F.lit(None).cast("string"))
+    )
+    return (
+        lines.withColumn("_parsed", parsed)
+        .select(
+            "*",
+            *[F.col("_parsed").getItem(name).alias(name) for name in fields],
+            F.when(F.size(unknown) > 0, F.to_json(unknown)).alias("_rescued_data"),
+            reason.alias("_reason"),
+        )
+        .drop("_parsed")
+    )
+
+
+def bronze_rows(parsed: DataFrame, fields: Sequence[str]) -> DataFrame:
+    """The good lines, in the bronze table's column order."""
+    return parsed.filter(F.col("_reason").isNull()).select(
+        *fields, *[f.name for f in META_FIELDS.fields]
+    )
+
+
+def quarantine_rows(parsed: DataFrame, source: str) -> DataFrame:
+    """The unusable lines, with the reason and where they came from."""
+    return parsed.filter(F.col("_reason").isNotNull()).select(
+        F.lit(source).alias("source"),
+        F.col("_reason").alias("reason"),
+        F.col("value").alias("raw_line"),
+        *[f.name for f in QUARANTINE_SCHEMA.fields[3:]],
+    )
+
+
+# --- writer ----------------------------------------------------------------------------
+
+
+def landing_files(settings: Settings, source: str, dates: Sequence[date]) -> list[LandingFile]:
+    """The landing files of ``source`` for ``dates`` that exist, with their checksums."""
+    found = []
+    for day in dates:
+        path = landing_file(settings.landing_dir, source, day)
+        if path.exists():
+            found.append(_describe_file(settings, source, day, path))
+    return found
+
+
+def _describe_file(settings: Settings, source: str, day: date, path: Path) -> LandingFile:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return LandingFile(
+        source=source,
+        arrival_date=day,
+        path=path,
+        relative_path=str(path.relative_to(settings.data_root)),
+        size_bytes=path.stat().st_size,
+        checksum=digest.hexdigest(),
+    )
+
+
+def ensure_tables(spark: SparkSession, settings: Settings) -> None:
+    """Create every bronze table and the ingestion ledger if absent."""
+    for source in SOURCES:
+        tables.ensure_table(spark, bronze_spec(settings, source))
+    tables.ensure_table(spark, quarantine_spec(settings))
+    tables.ensure_table(spark, ledger_spec(settings))
+
+
+def ingest(spark: SparkSession, settings: Settings, source: str, dates: Sequence[date]) -> IngestResult:
+    """Ingest the landing files of ``source`` for ``dates`` that are not yet in the ledger.
+
+    One Delta commit per table for all files of the run. A file is done when
+    its ledger row exists; rows of files that a crashed run wrote without a
+    ledger row are removed before the files are written again, so re-running
+    after any failure adds nothing twice.
+    """
+    files = landing_files(settings, source, dates)
+    done = _recorded_batches(spark, settings, [f.batch_id for f in files])
+    pending = [f for f in files if f.batch_id not in done]
+    if not pending:
+        log.info("bronze %s: %d file(s) already ingested, nothing to do", source, len(files))
+        return IngestResult(source, len(files), len(files), 0, 0, 0)
+
+    spec = bronze_spec(settings, source)
+    quarantine = quarantine_spec(settings)
+    ids = [f.batch_id for f in pending]
+    _remove_partial_batches(spark, [spec.name, quarantine.name], ids)
+
+    ingested_at = datetime.now(timezone.utc).replace(tzinfo=None)
+    parsed = _read_files(spark, pending, ingested_at)
+    parsed.persist()
+    try:
+        tables.append(quarantine_rows(parsed, source), quarantine.name)
+        tables.append(bronze_rows(parsed, SOURCE_FIELDS[source]), spec.name)
+        lines = dict(parsed.groupBy("_batch_id").count().collect())  # type: ignore[arg-type]
+    finally:
+        parsed.unpersist()
+
+    written = _counts_by_batch(spark, spec.name, ids)
+    quarantined = _counts_by_batch(spark, quarantine.name, ids)
+    for batch in ids:
+        expected = lines.get(batch, 0)
+        got = written.get(batch, 0) + quarantined.get(batch, 0)
+        if expected != got:
+            raise ReconciliationError(
+                f"{batch}: {expected} lines in the file but {written.get(batch, 0)} bronze rows "
+                f"+ {quarantined.get(batch, 0)} quarantined rows"
+            )
+        log.info(
+            "bronze %s: %s lines=%d written=%d quarantined=%d (reconciled)",
+            source, batch, expected, written.get(batch, 0), quarantined.get(batch, 0),
+        )
+    record_batches(spark, settings, pending, lines, written, quarantined, ingested_at)
+    return IngestResult(
+        source=source,
+        files=len(files),
+        skipped=len(files) - len(pending),
+        lines=sum(lines.values()),
+        rows_written=sum(written.values()),
+        rows_quarantined=sum(quarantined.values()),
+    )
+
+
+def _read_files(spark: SparkSession, files: Sequence[LandingFile], ingested_at: datetime) -> DataFrame:
+    by_path = {f.path.resolve().as_uri(): f for f in files}
+    file_info = spark.createDataFrame(
+        [(uri, f.relative_path, f.batch_id, f.arrival_date) for uri, f in by_path.items()],
+        "_uri string, _source_file string, _batch_id string, _arrival_date date",
+    )
+    raw = spark.read.text([str(f.path) for f in files]).select(
+        "value",
+        F.col("_metadata.file_path").alias("_file"),
+        F.col("_metadata.file_block_start").alias("_block"),
+        F.monotonically_increasing_id().alias("_mid"),
+    )
+    numbered = number_lines(raw)
+    located = numbered.join(F.broadcast(file_info), _same_file(F.col("_file"), F.col("_uri")))
+    return parse_lines(
+        located.withColumn("_ingested_at", F.lit(ingested_at).cast("timestamp")).drop("_file", "_uri"),
+        SOURCE_FIELDS[files[0].source],
+    )
+
+
+def _same_file(spark_path: Column, uri: Column) -> Column:
+    # Spark reports local files as file:/x while Python's as_uri() gives file:///x.
+    return F.regexp_replace(spark_path, "^file:/+", "/") == F.regexp_replace(uri, "^file:/+", "/")
+
+
+def _recorded_batches(spark: SparkSession, settings: Settings, ids: Sequence[str]) -> set[str]:
+    if not ids:
+        return set()
+    ledger = tables.read(spark, settings.table("ops_ingestion_batches"))
+    rows = ledger.filter(F.col("batch_id").isin(list(ids))).select("batch_id").collect()
+    return {row["batch_id"] for row in rows}
+
+
+def _remove_partial_batches(spark: SparkSession, names: Sequence[str], ids: Sequence[str]) -> None:
+    condition = F.col("_batch_id").isin(list(ids))
+    for name in names:
+        if tables.read(spark, name).filter(condition).limit(1).count():
+            log.warning("%s: removing rows of unrecorded batches left by an interrupted run", name)
+            DeltaTable.forName(spark, name).delete(condition)
+
+
+def _counts_by_batch(spark: SparkSession, name: str, ids: Sequence[str]) -> dict[str, int]:
+    rows = (
+        tables.read(spark, name)
+        .filter(F.col("_batch_id").isin(list(ids)))
+        .groupBy("_batch_id")
+        .count()
+        .collect()
+    )
+    return {row["_batch_id"]: int(row["count"]) for row in rows}
+
+
+def record_batches(
+    spark: SparkSession,
+    settings: Settings,
+    files: Sequence[LandingFile],
+    lines: dict[str, int],
+    written: dict[str, int],
+    quarantined: dict[str, int],
+    ingested_at: datetime,
+) -> None:
+    """Write the ledger rows of ingested files (insert-only MERGE on ``batch_id``)."""
+    rows = [
+        (
+            f.batch_id, f.source, f.arrival_date, f.relative_path, f.size_bytes, f.checksum,
+            lines.get(f.batch_id, 0), written.get(f.batch_id, 0), quarantined.get(f.batch_id, 0),
+            ingested_at,
+        )
+        for f in files
+    ]
+    updates = spark.createDataFrame(rows, LEDGER_SCHEMA)
+    (
+        DeltaTable.forName(spark, settings.table("ops_ingestion_batches"))
+        .alias("t")
+        .merge(updates.alias("s"), "t.batch_id = s.batch_id")
+        .whenNotMatchedInsertAll()
+        .execute()
+    )

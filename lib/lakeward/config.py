@@ -1,0 +1,232 @@
+"""Typed settings: ``conf/base.yml`` with ``conf/<env>.yml`` merged over it.
+
+Raw YAML becomes validated :class:`Settings` once, here; everything downstream
+takes typed settings. An unknown key or a wrong type fails with
+:class:`ConfigError` naming the file, the key and what was expected::
+
+    settings = load_settings("local")
+    settings.table("silver_orders")      # -> "silver.orders"
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import date
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ENVIRONMENTS = ("local", "dev", "prod")
+ENV_VAR = "LAKEWARD_ENV"
+HOME_VAR = "LAKEWARD_HOME"
+CONF_DIR_VAR = "LAKEWARD_CONF_DIR"
+
+
+class ConfigError(ValueError):
+    """Configuration that cannot be loaded or does not validate."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SparkSettings(_Strict):
+    """How the SparkSession is obtained."""
+
+    mode: Literal["local", "cluster", "databricks"] = "local"
+    """local: build ``master`` here; cluster: spark-submit decides; databricks: active session."""
+    master: str = "local[*]"
+    app_name: str = "lakeward"
+    ui: bool = False
+    conf: dict[str, str] = Field(default_factory=dict)
+    """Extra Spark conf applied when the session is built."""
+
+
+class PrivacySettings(_Strict):
+    """Pseudonymization key handling."""
+
+    pii_key_env: str = "LAKEWARD_PII_KEY"
+    generate_key_if_missing: bool = False
+    """Only for local work: create a key under the data root when the variable is unset."""
+
+
+class PipelineSettings(_Strict):
+    """Rules the medallion jobs apply."""
+
+    allowed_lateness_days: int = Field(7, ge=0)
+    future_tolerance_hours: int = Field(1, ge=0)
+    max_amount: float = Field(1000.0, gt=0)
+    feature_version: str = "v1"
+    feature_windows_days: tuple[int, ...] = (7, 30, 90)
+
+    @field_validator("feature_windows_days")
+    @classmethod
+    def _positive_windows(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value or any(days <= 0 for days in value):
+            raise ValueError("expected a non-empty list of positive day counts")
+        return tuple(sorted(set(value)))
+
+
+class QualitySettings(_Strict):
+    """Where data contracts live (relative to the project, or absolute)."""
+
+    contracts_dir: str = "conf/contracts"
+
+
+class FaultSettings(_Strict):
+    """Fault rates the generator injects (0 disables a fault)."""
+
+    duplicate: float = Field(0.02, ge=0, le=1)
+    late: float = Field(0.03, ge=0, le=1)
+    malformed: float = Field(0.005, ge=0, le=1)
+    null_key: float = Field(0.005, ge=0, le=1)
+    out_of_range: float = Field(0.005, ge=0, le=1)
+    schema_drift: bool = True
+
+
+class GeneratorSettings(_Strict):
+    """Defaults for ``lakeward generate``."""
+
+    faults: FaultSettings = Field(default_factory=FaultSettings)
+
+
+class DemoSettings(_Strict):
+    """Size of the data set ``lakeward demo`` generates."""
+
+    seed: int = 7
+    users: int = Field(3000, gt=0)
+    days: int = Field(60, gt=0)
+    start: date = date(2026, 1, 1)
+
+
+class Settings(_Strict):
+    """All lakeward settings for one environment."""
+
+    env: str = "local"
+    data_root: Path = Path(".lakeward")
+    project_dir: Path = Path(".")
+    spark: SparkSettings = Field(default_factory=SparkSettings)
+    privacy: PrivacySettings = Field(default_factory=PrivacySettings)
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    quality: QualitySettings = Field(default_factory=QualitySettings)
+    generator: GeneratorSettings = Field(default_factory=GeneratorSettings)
+    demo: DemoSettings = Field(default_factory=DemoSettings)
+    tables: dict[str, str] = Field(default_factory=dict)
+
+    def table(self, logical: str) -> str:
+        """Return the configured table name for a logical name such as ``silver_orders``."""
+        try:
+            return self.tables[logical]
+        except KeyError:
+            raise ConfigError(
+                f"no table configured for {logical!r}; configured: {sorted(self.tables)}"
+            ) from None
+
+    @property
+    def landing_dir(self) -> Path:
+        """Raw landing files, one folder per source."""
+        return self.data_root / "landing"
+
+    @property
+    def warehouse_dir(self) -> Path:
+        """Managed Delta tables."""
+        return self.data_root / "warehouse"
+
+    @property
+    def metastore_dir(self) -> Path:
+        """The persistent catalog (Derby metastore) for local sessions."""
+        return self.data_root / "metastore"
+
+    @property
+    def contracts_dir(self) -> Path:
+        """Data contracts, resolved against the project directory."""
+        path = Path(self.quality.contracts_dir)
+        return path if path.is_absolute() else self.project_dir / path
+
+
+def default_conf_dir() -> Path:
+    """``conf/`` of the project: ``LAKEWARD_CONF_DIR``, else the one beside ``lib/``."""
+    override = os.environ.get(CONF_DIR_VAR)
+    if override:
+        return Path(override)
+    return Path(__file__).resolve().parents[2] / "conf"
+
+
+def load_settings(
+    env: str | None = None,
+    *,
+    conf_dir: Path | None = None,
+    data_root: Path | None = None,
+) -> Settings:
+    """Load ``base.yml`` and the environment overlay into validated settings.
+
+    ``env`` defaults to ``LAKEWARD_ENV`` or ``local``; ``data_root`` defaults to
+    ``LAKEWARD_HOME`` or the ``data_root`` key.
+    """
+    env = env or os.environ.get(ENV_VAR) or "local"
+    if env not in ENVIRONMENTS:
+        raise ConfigError(f"unknown environment {env!r}; expected one of {', '.join(ENVIRONMENTS)}")
+    conf_dir = (conf_dir or default_conf_dir()).resolve()
+    base_file = conf_dir / "base.yml"
+    env_file = conf_dir / f"{env}.yml"
+    base = _read_yaml(base_file)
+    overlay = _read_yaml(env_file) if env_file.exists() else {}
+    merged = _deep_merge(base, overlay)
+    merged["env"] = env
+    merged["project_dir"] = conf_dir.parent
+    root = data_root or os.environ.get(HOME_VAR) or merged.get("data_root") or ".lakeward"
+    merged["data_root"] = Path(root).expanduser().resolve()
+    try:
+        return Settings.model_validate(merged)
+    except ValidationError as err:
+        raise ConfigError(_describe(err, overlay, base_file, env_file)) from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read config file ({err.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, found {type(data).__name__}")
+    return data
+
+
+def _deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _describe(err: ValidationError, overlay: dict[str, Any], base_file: Path, env_file: Path) -> str:
+    lines = []
+    for problem in err.errors():
+        loc = [str(part) for part in problem["loc"]]
+        key = ".".join(loc)
+        source = env_file if _has_path(overlay, loc) else base_file
+        if problem["type"] == "extra_forbidden":
+            what = "unknown key"
+        else:
+            what = f"{problem['msg']} (found {problem.get('input')!r})"
+        lines.append(f"{source}: {key}: {what}")
+    return "; ".join(lines)
+
+
+def _has_path(data: Any, loc: list[str]) -> bool:
+    for part in loc:
+        if not isinstance(data, dict) or part not in data:
+            return False
+        data = data[part]
+    return True

@@ -1,0 +1,78 @@
+"""``lakeward demo``: generate the BiteBridge demo data if absent, run every stage, summarize."""
+
+from __future__ import annotations
+
+import logging
+
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from lakeward import pipeline, tables
+from lakeward.config import Settings
+from lakeward.sources.bitebridge import FaultRates, arrival_days, generate
+
+log = logging.getLogger(__name__)
+
+EXAMPLE_QUERIES = (
+    "SELECT count(*) FROM silver.orders",
+    "SELECT event_date, count(*) AS orders, sum(amount) AS spend FROM silver.orders "
+    "GROUP BY event_date ORDER BY event_date DESC LIMIT 7",
+    "SELECT user_key, feature_date, orders_30d, spend_30d, days_since_last_order "
+    "FROM gold.user_features ORDER BY orders_30d DESC LIMIT 5",
+)
+
+
+def run_demo(spark: SparkSession, settings: Settings) -> str:
+    """Run the demo and return the summary text."""
+    landing = settings.landing_dir
+    if not landing.exists() or not arrival_days(landing):
+        demo = settings.demo
+        log.info("demo: generating %d users x %d days from %s", demo.users, demo.days, demo.start)
+        generate(
+            landing,
+            seed=demo.seed,
+            users=demo.users,
+            days=demo.days,
+            start=demo.start,
+            faults=FaultRates(**settings.generator.faults.model_dump()),
+        )
+    else:
+        log.info("demo: landing files already present under %s", landing)
+    pipeline.run(spark, settings, "all", pipeline.DateSelection())
+    return summarize(spark, settings)
+
+
+def summarize(spark: SparkSession, settings: Settings) -> str:
+    """Rows per table, quarantine reasons, duplicates dropped, and what to try next."""
+    lines = ["", "lakeward demo: done", "", "Rows per table:"]
+    for logical, name in sorted(settings.tables.items(), key=lambda kv: kv[1]):
+        if tables.exists(spark, name):
+            lines.append(f"  {name:<28} {tables.read(spark, name).count():>10,}")
+    lines += ["", "Quarantined rows by reason:"]
+    for logical in ("bronze_quarantine", "silver_quarantine"):
+        name = settings.table(logical)
+        counts = (
+            tables.read(spark, name)
+            .groupBy("source", "reason")
+            .count()
+            .orderBy("source", "reason")
+            .collect()
+        )
+        for row in counts:
+            lines.append(f"  {name:<20} {row['source']:<20} {row['reason']:<36} {row['count']:>7,}")
+    lines += ["", "Duplicates dropped in silver:"]
+    ledger = tables.read(spark, settings.table("ops_silver_batches"))
+    for row in ledger.groupBy("source").agg(F.sum("rows_duplicate").alias("n")).orderBy("source").collect():
+        lines.append(f"  {row['source']:<20} {row['n']:>7,}")
+    lines += [
+        "",
+        f"Data root: {settings.data_root}",
+        f"  landing files   {settings.landing_dir}",
+        f"  Delta tables    {settings.warehouse_dir}",
+        f"  catalog         {settings.metastore_dir}",
+        "",
+        "Try:",
+        *[f'  lakeward sql "{query}"' for query in EXAMPLE_QUERIES],
+        "",
+    ]
+    return "\n".join(lines)

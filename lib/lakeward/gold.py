@@ -1,0 +1,240 @@
+"""Gold: per-user daily aggregates and as-known-at rolling features.
+
+``gold.user_daily`` aggregates silver by user and event date.
+
+``gold.user_features`` has one row per user and day ``feature_date`` from the
+user's first known event to the as-of date. A row holds what was *known* at
+the end of that day: an event counts from the day it arrived, never earlier,
+so a late event for day d arriving on d+3 first shows in the row of d+3 while
+the rows of d..d+2 stay as they were. ``feature_ts`` is the end of
+``feature_date`` (midnight UTC after it), the moment those values became known.
+
+Rolling windows are computed without a range join: an event with event date
+``e`` that became known on day ``k`` is inside the w-day window of day ``A``
+exactly for ``A`` in ``[k, e + w - 1]``, so it adds +value on day ``k`` and
+-value on day ``e + w``; a running sum over each user's days gives every
+window at once (one shuffle by user).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import date
+
+from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from lakeward import tables
+from lakeward.config import Settings
+
+log = logging.getLogger(__name__)
+
+COUNT = T.LongType()
+MONEY = T.DecimalType(22, 2)
+
+
+def user_daily_spec(settings: Settings) -> tables.TableSpec:
+    """``gold.user_daily``: per user_key and event date."""
+    schema = T.StructType(
+        [
+            T.StructField("user_key", T.StringType()),
+            T.StructField("event_date", T.DateType()),
+            T.StructField("orders", COUNT),
+            T.StructField("spend", MONEY),
+            T.StructField("deliveries", COUNT),
+            T.StructField("late_deliveries", COUNT),
+            T.StructField("rating_count", COUNT),
+            T.StructField("rating_sum", COUNT),
+            T.StructField("mean_rating", T.DoubleType()),
+        ]
+    )
+    return tables.TableSpec(settings.table("gold_user_daily"), schema, subject_column="user_key")
+
+
+def feature_columns(windows: Sequence[int]) -> list[T.StructField]:
+    """The feature value columns for the configured windows."""
+    fields = []
+    for days in windows:
+        fields += [T.StructField(f"orders_{days}d", COUNT), T.StructField(f"spend_{days}d", MONEY)]
+    return fields + [
+        T.StructField("late_deliveries_30d", COUNT),
+        T.StructField("days_since_last_order", T.IntegerType()),
+        T.StructField("rating_count", COUNT),
+        T.StructField("mean_rating", T.DoubleType()),
+    ]
+
+
+def user_features_spec(settings: Settings) -> tables.TableSpec:
+    """``gold.user_features``: as-known-at daily feature history."""
+    schema = T.StructType(
+        [
+            T.StructField("user_key", T.StringType()),
+            T.StructField("feature_date", T.DateType()),
+            T.StructField("feature_ts", T.TimestampType()),
+            *feature_columns(settings.pipeline.feature_windows_days),
+            T.StructField("feature_version", T.StringType()),
+        ]
+    )
+    return tables.TableSpec(settings.table("gold_user_features"), schema, subject_column="user_key")
+
+
+# --- pure transforms -------------------------------------------------------------------
+
+
+def _known_day(df: DataFrame) -> Column:
+    # An event is known once it has arrived, and never before it happened.
+    return F.greatest(F.col("event_date"), F.col("_arrival_date"))
+
+
+def user_daily(orders: DataFrame, deliveries: DataFrame, ratings: DataFrame) -> DataFrame:
+    """Per user_key and event_date: orders, spend, deliveries, late ones, ratings."""
+    zero, none = F.lit(0).cast(COUNT), F.lit(None).cast(MONEY)
+    parts = [
+        orders.select("user_key", "event_date", F.lit(1).cast(COUNT).alias("orders"),
+                      F.col("amount").cast(MONEY).alias("spend"), zero.alias("deliveries"),
+                      zero.alias("late_deliveries"), zero.alias("rating_count"),
+                      zero.alias("rating_sum")),
+        deliveries.select("user_key", "event_date", zero.alias("orders"), none.alias("spend"),
+                          F.lit(1).cast(COUNT).alias("deliveries"),
+                          _is_late().cast(COUNT).alias("late_deliveries"),
+                          zero.alias("rating_count"), zero.alias("rating_sum")),
+        ratings.select("user_key", "event_date", zero.alias("orders"), none.alias("spend"),
+                       zero.alias("deliveries"), zero.alias("late_deliveries"),
+                       F.lit(1).cast(COUNT).alias("rating_count"),
+                       F.col("rating").cast(COUNT).alias("rating_sum")),
+    ]
+    unioned = parts[0].unionByName(parts[1]).unionByName(parts[2])
+    daily = unioned.groupBy("user_key", "event_date").agg(
+        F.sum("orders").alias("orders"),
+        F.coalesce(F.sum("spend"), F.lit(0).cast(MONEY)).cast(MONEY).alias("spend"),
+        F.sum("deliveries").alias("deliveries"),
+        F.sum("late_deliveries").alias("late_deliveries"),
+        F.sum("rating_count").alias("rating_count"),
+        F.sum("rating_sum").alias("rating_sum"),
+    )
+    return daily.withColumn(
+        "mean_rating",
+        F.when(F.col("rating_count") > 0, F.col("rating_sum") / F.col("rating_count")),
+    )
+
+
+def _is_late() -> Column:
+    return F.col("actual_minutes") > F.col("promised_minutes")
+
+
+def _window_deltas(events: DataFrame, days: int, values: dict[str, Column]) -> DataFrame:
+    """+value on the known day, -value on the day the event leaves the window."""
+    known = _known_day(events)
+    leaves = F.date_add(F.col("event_date"), days)
+    inside = events.filter(known < leaves)
+    start = inside.select("user_key", known.alias("day"), *[v.alias(n) for n, v in values.items()])
+    end = inside.select("user_key", leaves.alias("day"), *[(-v).alias(n) for n, v in values.items()])
+    return start.unionByName(end)
+
+
+def user_features(
+    orders: DataFrame,
+    deliveries: DataFrame,
+    ratings: DataFrame,
+    *,
+    as_of: date,
+    windows: Sequence[int],
+    version: str,
+) -> DataFrame:
+    """As-known-at feature rows for every user and day up to ``as_of``."""
+    metrics: list[str] = []
+    deltas: list[DataFrame] = []
+    for days in windows:
+        names = {f"orders_{days}d": F.lit(1).cast(COUNT), f"spend_{days}d": F.col("amount").cast(MONEY)}
+        deltas.append(_window_deltas(orders, days, names))
+        metrics += list(names)
+    deltas.append(_window_deltas(deliveries, 30, {"late_deliveries_30d": _is_late().cast(COUNT)}))
+    metrics.append("late_deliveries_30d")
+    known_ratings = {"rating_count": F.lit(1).cast(COUNT), "rating_sum": F.col("rating").cast(COUNT)}
+    deltas.append(
+        ratings.select("user_key", _known_day(ratings).alias("day"),
+                       *[v.alias(n) for n, v in known_ratings.items()])
+    )
+    metrics += list(known_ratings)
+    deltas.append(
+        orders.select("user_key", _known_day(orders).alias("day"),
+                      F.col("event_date").alias("last_order_date"))
+    )
+
+    combined = deltas[0]
+    for part in deltas[1:]:
+        combined = combined.unionByName(part, allowMissingColumns=True)
+    per_day = combined.groupBy("user_key", "day").agg(
+        *[F.sum(name).alias(name) for name in metrics],
+        F.max("last_order_date").alias("last_order_date"),
+    )
+    first_day = per_day.groupBy("user_key").agg(F.min("day").alias("first_day"))
+    grid = first_day.filter(F.col("first_day") <= F.lit(as_of)).select(
+        "user_key",
+        F.explode(F.sequence(F.col("first_day"), F.lit(as_of))).alias("day"),
+    )
+    running = Window.partitionBy("user_key").orderBy("day").rowsBetween(
+        Window.unboundedPreceding, Window.currentRow
+    )
+    filled = grid.join(per_day, ["user_key", "day"], "left")
+    cumulative = {
+        name: F.coalesce(F.sum(name).over(running), F.lit(0)) for name in metrics
+    }
+    last_order = F.max("last_order_date").over(running)
+    window_fields = [f.name for f in feature_columns(windows)][: 2 * len(windows)]
+    return filled.select(
+        "user_key",
+        F.col("day").alias("feature_date"),
+        F.to_timestamp(F.date_add(F.col("day"), 1)).alias("feature_ts"),
+        *[cumulative[name].cast(MONEY if name.startswith("spend") else COUNT).alias(name)
+          for name in window_fields],
+        cumulative["late_deliveries_30d"].cast(COUNT).alias("late_deliveries_30d"),
+        F.datediff(F.col("day"), last_order).alias("days_since_last_order"),
+        cumulative["rating_count"].cast(COUNT).alias("rating_count"),
+        F.when(cumulative["rating_count"] > 0,
+               cumulative["rating_sum"] / cumulative["rating_count"]).alias("mean_rating"),
+        F.lit(version).alias("feature_version"),
+    )
+
+
+# --- writer ----------------------------------------------------------------------------
+
+
+def ensure_tables(spark: SparkSession, settings: Settings) -> None:
+    """Create the gold tables if absent."""
+    tables.ensure_table(spark, user_daily_spec(settings))
+    tables.ensure_table(spark, user_features_spec(settings))
+
+
+def build(spark: SparkSession, settings: Settings, as_of: date | None = None) -> dict[str, int]:
+    """Recompute both gold tables from silver (knowledge up to ``as_of``, default: all)."""
+    orders = tables.read(spark, settings.table("silver_orders"))
+    deliveries = tables.read(spark, settings.table("silver_deliveries"))
+    ratings = tables.read(spark, settings.table("silver_ratings"))
+    if as_of is None:
+        as_of = orders.agg(F.max("_arrival_date")).first()[0]  # type: ignore[index]
+        if as_of is None:
+            log.info("gold: silver is empty, nothing to build")
+            return {}
+    else:
+        known = F.col("_arrival_date") <= F.lit(as_of)
+        orders, deliveries, ratings = (df.filter(known) for df in (orders, deliveries, ratings))
+    daily_spec, features_spec = user_daily_spec(settings), user_features_spec(settings)
+    daily = user_daily(orders, deliveries, ratings).select(*daily_spec.schema.fieldNames())
+    features = user_features(
+        orders, deliveries, ratings,
+        as_of=as_of,
+        windows=settings.pipeline.feature_windows_days,
+        version=settings.pipeline.feature_version,
+    ).select(*features_spec.schema.fieldNames())
+    tables.overwrite(daily, daily_spec.name)
+    tables.overwrite(features, features_spec.name)
+    counts = {
+        daily_spec.name: tables.read(spark, daily_spec.name).count(),
+        features_spec.name: tables.read(spark, features_spec.name).count(),
+    }
+    for name, rows in counts.items():
+        log.info("gold: %s rebuilt as of %s, %d rows", name, as_of, rows)
+    return counts

@@ -1,0 +1,108 @@
+"""The medallion jobs: which dates each stage takes, in what order, with one log line per stage.
+
+The CLI and the spark-submit entry points both call these functions.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date
+
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from lakeward import bronze, gold, silver, tables
+from lakeward.config import Settings
+from lakeward.privacy.keys import pii_key
+from lakeward.sources.bitebridge import SOURCES, arrival_days
+
+log = logging.getLogger(__name__)
+
+STAGES = ("bronze", "silver", "gold", "all")
+
+
+@dataclass(frozen=True)
+class DateSelection:
+    """``--date D`` (one arrival date) or ``--all-dates`` (everything pending)."""
+
+    day: date | None = None
+
+    @property
+    def all_dates(self) -> bool:
+        """True for ``--all-dates``."""
+        return self.day is None
+
+
+def ensure_tables(spark: SparkSession, settings: Settings) -> None:
+    """Create every table the pipeline writes, so all of them are queryable from the start."""
+    bronze.ensure_tables(spark, settings)
+    silver.ensure_tables(spark, settings)
+    gold.ensure_tables(spark, settings)
+
+
+def run(spark: SparkSession, settings: Settings, stage: str, selection: DateSelection) -> None:
+    """Run one stage, or all of them in order, for the selected dates."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+    ensure_tables(spark, settings)
+    if stage in ("bronze", "all"):
+        run_bronze(spark, settings, selection)
+    if stage in ("silver", "all"):
+        run_silver(spark, settings, selection)
+    if stage in ("gold", "all"):
+        run_gold(spark, settings, selection)
+
+
+def run_bronze(spark: SparkSession, settings: Settings, selection: DateSelection) -> list[bronze.IngestResult]:
+    """Ingest landing files of the selected arrival dates."""
+    days = arrival_days(settings.landing_dir) if settings.landing_dir.exists() else []
+    if selection.day is not None:
+        if selection.day not in days:
+            raise bronze.NoLandingDataError(
+                f"no landing files for {selection.day} under {settings.landing_dir}"
+            )
+        days = [selection.day]
+    elif not days:
+        raise bronze.NoLandingDataError(
+            f"no landing files under {settings.landing_dir}; run `lakeward generate` first"
+        )
+    log.info("bronze: %d arrival date(s) %s..%s", len(days), days[0], days[-1])
+    return [bronze.ingest(spark, settings, source, days) for source in SOURCES]
+
+
+def run_silver(spark: SparkSession, settings: Settings, selection: DateSelection) -> list[silver.SilverResult]:
+    """Move bronze rows of the selected (or every not yet processed) arrival date into silver."""
+    key = pii_key(settings)
+    results = []
+    for source in SOURCES:
+        days = _silver_dates(spark, settings, source, selection)
+        if not days:
+            log.info("silver %s: nothing pending", source)
+            continue
+        results.append(silver.process(spark, settings, source, days, key))
+    return results
+
+
+def _silver_dates(
+    spark: SparkSession, settings: Settings, source: str, selection: DateSelection
+) -> Sequence[date]:
+    if selection.day is not None:
+        return [selection.day]
+    in_bronze = _distinct_dates(spark, settings.table(f"bronze_{source}"), "_arrival_date")
+    ledger = tables.read(spark, settings.table("ops_silver_batches")).filter(
+        F.col("source") == F.lit(source)
+    )
+    done = {row[0] for row in ledger.select("arrival_date").distinct().collect()}
+    return sorted(set(in_bronze) - done)
+
+
+def _distinct_dates(spark: SparkSession, name: str, column: str) -> list[date]:
+    rows = tables.read(spark, name).select(column).distinct().collect()
+    return sorted(row[0] for row in rows if row[0] is not None)
+
+
+def run_gold(spark: SparkSession, settings: Settings, selection: DateSelection) -> dict[str, int]:
+    """Rebuild gold from silver, as known at the selected date (default: everything)."""
+    return gold.build(spark, settings, as_of=selection.day)

@@ -1,0 +1,1 @@
+"""Personal data: keyed pseudonymization now; erasure and DP helpers later."""

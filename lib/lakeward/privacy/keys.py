@@ -1,0 +1,60 @@
+"""The pseudonymization secret: where it comes from and what happens without it.
+
+The HMAC key comes from an environment variable (``LAKEWARD_PII_KEY`` by
+default). Local work may generate one under the data root, once, and says so on
+stderr; other environments refuse to start without it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from pathlib import Path
+
+from lakeward.config import Settings
+
+log = logging.getLogger(__name__)
+
+KEY_FILE = "pii.key"
+MIN_KEY_BYTES = 16
+
+
+class MissingKeyError(RuntimeError):
+    """No pseudonymization key is available in an environment that requires one."""
+
+
+def pii_key(settings: Settings) -> bytes:
+    """Return the HMAC key for user_key.
+
+    >>> pii_key(load_settings("local"))  # doctest: +SKIP
+    b'...'
+    """
+    variable = settings.privacy.pii_key_env
+    value = os.environ.get(variable)
+    if value:
+        key = value.encode("utf-8")
+        if len(key) < MIN_KEY_BYTES:
+            raise MissingKeyError(
+                f"{variable} is set but shorter than {MIN_KEY_BYTES} bytes; use a long random secret"
+            )
+        return key
+    if not settings.privacy.generate_key_if_missing:
+        raise MissingKeyError(
+            f"{variable} is not set; the {settings.env} environment requires the "
+            "pseudonymization key from the environment"
+        )
+    return _local_key(settings.data_root / KEY_FILE, variable)
+
+
+def _local_key(path: Path, variable: str) -> bytes:
+    if path.exists():
+        return path.read_bytes().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_hex(32).encode("ascii")
+    # Create with owner-only permissions before any secret is written.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(key)
+    log.warning("%s is not set: generated a local pseudonymization key at %s", variable, path)
+    return key

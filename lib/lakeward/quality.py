@@ -1,0 +1,190 @@
+"""Data contracts (``conf/contracts/*.yml``) run as Great Expectations suites.
+
+A contract names a logical table and lists expectations by their Great
+Expectations name with keyword arguments::
+
+    table: silver_orders
+    expectations:
+      - expect_column_values_to_not_be_null: {column: event_id}
+      - expect_column_values_to_be_between: {column: amount, min_value: 0}
+
+:func:`enforce` validates a DataFrame before it is written, records one row
+per expectation in ``ops.quality_results`` and raises :class:`GateFailed`
+when any expectation fails. Results hold counts only: Great Expectations is
+asked for no unexpected values, and only numeric fields are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import types as T
+
+from lakeward import tables
+from lakeward.config import ConfigError, Settings
+
+log = logging.getLogger(__name__)
+
+RESULT_SCHEMA = T.StructType(
+    [
+        T.StructField("checked_at", T.TimestampType()),
+        T.StructField("batch", T.StringType()),
+        T.StructField("suite", T.StringType()),
+        T.StructField("table_name", T.StringType()),
+        T.StructField("expectation", T.StringType()),
+        T.StructField("kwargs", T.StringType()),
+        T.StructField("success", T.BooleanType()),
+        T.StructField("element_count", T.LongType()),
+        T.StructField("unexpected_count", T.LongType()),
+        T.StructField("unexpected_percent", T.DoubleType()),
+        T.StructField("gate_passed", T.BooleanType()),
+    ]
+)
+
+# Nothing that could carry a row's value leaves Great Expectations.
+_RESULT_FORMAT = {
+    "result_format": "SUMMARY",
+    "partial_unexpected_count": 0,
+    "include_unexpected_rows": False,
+}
+
+
+class GateFailed(RuntimeError):
+    """A contract failed; nothing was written."""
+
+    def __init__(self, suite: str, failed: list[str]) -> None:
+        super().__init__(f"quality gate {suite} failed: {', '.join(failed)}")
+        self.suite = suite
+        self.failed = failed
+
+
+@dataclass(frozen=True)
+class Contract:
+    """One table's expectations."""
+
+    suite: str
+    table: str
+    expectations: tuple[tuple[str, dict[str, Any]], ...]
+
+
+def result_spec(settings: Settings) -> tables.TableSpec:
+    """``ops.quality_results``: one row per expectation per gate run."""
+    return tables.TableSpec(name=settings.table("ops_quality_results"), schema=RESULT_SCHEMA)
+
+
+def load_contracts(directory: Path) -> dict[str, Contract]:
+    """Contracts by logical table name; a malformed file raises :class:`ConfigError`."""
+    contracts: dict[str, Contract] = {}
+    for path in sorted(directory.glob("*.yml")):
+        contract = _parse_contract(path)
+        contracts[contract.table] = contract
+    return contracts
+
+
+def _parse_contract(path: Path) -> Contract:
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict) or set(data) - {"table", "expectations"}:
+        raise ConfigError(f"{path}: expected keys 'table' and 'expectations' only, found {data!r}")
+    table = data.get("table")
+    items = data.get("expectations")
+    if not isinstance(table, str) or not isinstance(items, list) or not items:
+        raise ConfigError(f"{path}: 'table' must be a name and 'expectations' a non-empty list")
+    expectations = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict) or len(item) != 1:
+            raise ConfigError(f"{path}: expectations[{index}]: expected one 'name: {{kwargs}}' entry")
+        ((name, kwargs),) = item.items()
+        _expectation_class(name, path)
+        if not isinstance(kwargs, dict):
+            raise ConfigError(f"{path}: expectations[{index}] {name}: kwargs must be a mapping")
+        expectations.append((name, kwargs))
+    return Contract(suite=path.stem, table=table, expectations=tuple(expectations))
+
+
+def _expectation_class(name: str, where: Path | str) -> Any:
+    gx = _gx()
+    class_name = "".join(part.capitalize() for part in name.split("_"))
+    cls = getattr(gx.expectations, class_name, None)
+    if not re.fullmatch(r"expect_[a-z_]+", name) or cls is None:
+        raise ConfigError(f"{where}: unknown expectation {name!r}")
+    return cls
+
+
+@lru_cache(maxsize=1)
+def _gx() -> Any:
+    # Imported on first use: it takes seconds and most commands never validate.
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    import great_expectations as gx
+
+    return gx
+
+
+def validate(df: DataFrame, contract: Contract) -> list[dict[str, Any]]:
+    """Run the contract on ``df``; one dict per expectation, counts only."""
+    gx = _gx()
+    context = gx.get_context(mode="ephemeral")
+    asset = context.data_sources.add_spark(name="lakeward").add_dataframe_asset(name=contract.suite)
+    batch = asset.add_batch_definition_whole_dataframe("batch").get_batch(
+        batch_parameters={"dataframe": df}
+    )
+    suite = gx.ExpectationSuite(name=contract.suite)
+    for name, kwargs in contract.expectations:
+        suite.add_expectation(_expectation_class(name, contract.suite)(**kwargs))
+    outcome = batch.validate(suite, result_format=_RESULT_FORMAT)
+    rows = []
+    for result, (name, kwargs) in zip(outcome.results, contract.expectations, strict=True):
+        details = result.result or {}
+        rows.append(
+            {
+                "expectation": name,
+                "kwargs": json.dumps(kwargs, sort_keys=True, default=str),
+                "success": bool(result.success),
+                "element_count": _int(details.get("element_count")),
+                "unexpected_count": _int(details.get("unexpected_count")),
+                "unexpected_percent": _float(details.get("unexpected_percent")),
+            }
+        )
+    return rows
+
+
+def _int(value: Any) -> int | None:
+    return int(value) if isinstance(value, int | float) else None
+
+
+def _float(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) else None
+
+
+def enforce(spark: SparkSession, settings: Settings, table: str, df: DataFrame, *, batch: str) -> None:
+    """Validate ``df`` against the contract of logical ``table`` (if any); raise on failure."""
+    contract = load_contracts(settings.contracts_dir).get(table)
+    if contract is None:
+        log.info("quality: no contract for %s", table)
+        return
+    results = validate(df, contract)
+    passed = all(r["success"] for r in results)
+    at = datetime.now(timezone.utc).replace(tzinfo=None)
+    records = [
+        (
+            at, batch, contract.suite, settings.table(table), r["expectation"], r["kwargs"],
+            r["success"], r["element_count"], r["unexpected_count"], r["unexpected_percent"], passed,
+        )
+        for r in results
+    ]
+    spec = result_spec(settings)
+    tables.ensure_table(spark, spec)
+    tables.append(spark.createDataFrame(records, RESULT_SCHEMA), spec.name)
+    failed = [f"{r['expectation']}({r['kwargs']})" for r in results if not r["success"]]
+    if failed:
+        raise GateFailed(contract.suite, failed)
+    log.info("quality: %s passed %d expectation(s) for %s", contract.suite, len(results), batch)

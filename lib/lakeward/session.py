@@ -1,0 +1,186 @@
+"""The one place a SparkSession is built.
+
+Local mode builds ``master`` with the Delta extension, a warehouse and a
+persistent Derby metastore under the data root, so a table written by one
+process is visible by name in the next. The Delta JVM side is the real
+``io.delta`` artifact from Maven Central at the version matching the installed
+``delta-spark``; Spark's resolver fetches it on first use into the per-user Ivy
+cache, and when that resolver cannot reach Maven Central, Maven fetches it into
+``~/.m2/repository``, which Spark's resolver also reads::
+
+    spark = get_spark(load_settings("local"))
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from importlib import metadata, resources
+from pathlib import Path
+
+from pyspark.sql import SparkSession
+
+from lakeward.config import Settings
+
+log = logging.getLogger(__name__)
+
+DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
+DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
+SCALA_BINARY = "2.13"
+
+
+class SessionError(RuntimeError):
+    """A SparkSession could not be built."""
+
+
+def delta_coordinates() -> str:
+    """Maven coordinates of the Delta artifact matching the installed pyspark and delta-spark.
+
+    >>> delta_coordinates()  # doctest: +SKIP
+    'io.delta:delta-spark_4.1_2.13:4.3.1'
+    """
+    spark_minor = ".".join(metadata.version("pyspark").split(".")[:2])
+    return f"io.delta:delta-spark_{spark_minor}_{SCALA_BINARY}:{metadata.version('delta-spark')}"
+
+
+def get_spark(settings: Settings) -> SparkSession:
+    """Return the process's SparkSession, building it on first call."""
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    mode = settings.spark.mode
+    if mode == "databricks":
+        return SparkSession.builder.getOrCreate()
+    _prepare_environment(settings)
+    builder = _base_builder(settings)
+    if mode == "cluster":
+        return builder.getOrCreate()
+    return _build_local(builder, settings)
+
+
+def _prepare_environment(settings: Settings) -> None:
+    # Workers must run the same interpreter (and virtualenv) as the driver.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    if settings.spark.mode == "local":
+        # Avoids a slow reverse DNS lookup of the host name at start-up.
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+
+
+def _base_builder(settings: Settings) -> SparkSession.Builder:
+    builder = (
+        SparkSession.builder.appName(settings.spark.app_name)
+        .config("spark.sql.extensions", DELTA_EXTENSION)
+        .config("spark.sql.catalog.spark_catalog", DELTA_CATALOG)
+        .config("spark.ui.enabled", str(settings.spark.ui).lower())
+        .config("spark.ui.showConsoleProgress", "false")
+    )
+    for key, value in settings.spark.conf.items():
+        builder = builder.config(key, value)
+    return builder
+
+
+def _submitted() -> bool:
+    # spark-submit starts the JVM first and hands its gateway to Python.
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def _build_local(builder: SparkSession.Builder, settings: Settings) -> SparkSession:
+    """Local catalog and warehouse under the data root.
+
+    Under spark-submit the JVM already runs: master and packages come from the
+    submit command, and only the catalog settings apply here.
+    """
+    root = settings.data_root
+    settings.metastore_dir.mkdir(parents=True, exist_ok=True)
+    settings.warehouse_dir.mkdir(parents=True, exist_ok=True)
+    log4j = resources.files("lakeward") / "resources" / "log4j2.properties"
+    java_options = (
+        f"-Dderby.system.home={settings.metastore_dir} "
+        f"-Dlog4j2.configurationFile=file:{log4j} "
+        "-Dderby.stream.error.file=/dev/null"
+    )
+    metastore_url = f"jdbc:derby:;databaseName={settings.metastore_dir / 'metastore_db'};create=true"
+    builder = (
+        builder.config("spark.sql.warehouse.dir", str(settings.warehouse_dir))
+        .config("spark.hadoop.javax.jdo.option.ConnectionURL", metastore_url)
+        .config("spark.sql.catalogImplementation", "hive")
+        .config("spark.local.dir", str(root / "tmp"))
+        .config("spark.sql.streaming.checkpointLocation", str(root / "checkpoints"))
+        .enableHiveSupport()
+    )
+    if _submitted():
+        return builder.getOrCreate()
+    builder = (
+        builder.master(settings.spark.master)
+        .config("spark.jars.packages", delta_coordinates())
+        .config("spark.driver.extraJavaOptions", java_options)
+    )
+    jvm_log = root / "logs" / "spark.log"
+    try:
+        return _launch(builder, jvm_log)
+    except Exception as first_error:  # noqa: BLE001 - the JVM reports resolution failures opaquely
+        if _delta_in_maven_repository():
+            raise SessionError(
+                f"could not start Spark ({first_error}); see {jvm_log}"
+            ) from first_error
+        log.warning("Spark could not resolve %s; fetching it with Maven", delta_coordinates())
+        _fetch_with_maven(delta_coordinates())
+        return _launch(builder, jvm_log)
+
+
+def _launch(builder: SparkSession.Builder, jvm_log: Path) -> SparkSession:
+    """Start the JVM with its stdout/stderr going to ``jvm_log``.
+
+    Spark's dependency resolver and start-up print dozens of lines on every
+    start; the JVM inherits file descriptors when it is spawned, so pointing
+    them at a log file for the duration of the launch keeps command output
+    clean while the Python side keeps the terminal.
+    """
+    if os.environ.get("LAKEWARD_SPARK_CONSOLE") == "1":
+        return builder.getOrCreate()
+    jvm_log.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(jvm_log, "ab") as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            return builder.getOrCreate()
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def _maven_repository() -> Path:
+    return Path.home() / ".m2" / "repository"
+
+
+def _delta_in_maven_repository() -> bool:
+    group, artifact, version = delta_coordinates().split(":")
+    jar = _maven_repository() / group.replace(".", "/") / artifact / version
+    return (jar / f"{artifact}-{version}.jar").exists()
+
+
+def _fetch_with_maven(coordinates: str) -> None:
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise SessionError(
+            f"Spark could not download {coordinates} and Maven (mvn) is not installed to fetch it"
+        )
+    result = subprocess.run(  # noqa: S603 - fixed argument list
+        [mvn, "-q", "-B", "dependency:get", f"-Dartifact={coordinates}", "-Dtransitive=true"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        tail = (result.stdout + result.stderr).strip().splitlines()[-5:]
+        raise SessionError(f"Maven could not fetch {coordinates}: {' | '.join(tail)}")

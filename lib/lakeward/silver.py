@@ -1,0 +1,446 @@
+"""Silver: typed, conformed, validated, pseudonymized and deduplicated events.
+
+Per source, a run takes the bronze rows of some arrival dates and
+1. conforms drift (``total_amount`` was ``amount`` on some days; ``tip_amount``
+   arrives in ``_rescued_data``) and casts text to types (:func:`conform`);
+2. sends rows with a null key, a value of the wrong type or out of range, a
+   timestamp in the future or an arrival beyond the allowed lateness to
+   ``silver.quarantine`` with the reason (:func:`validate`);
+3. replaces ``user_id`` with ``user_key`` = HMAC-SHA256(key, user_id);
+4. keeps the first arrival of each ``event_id`` (:func:`dedupe`) and drops
+   events silver already has;
+5. runs the table's data contract, and writes only if it passes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+
+from delta.tables import DeltaTable
+from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from lakeward import bronze, quality, tables
+from lakeward.config import PipelineSettings, Settings
+from lakeward.privacy.pseudonymize import hmac_sha256
+from lakeward.sources.bitebridge import DRIFT_NEW_FIELD, DRIFT_RENAMED_FIELD
+
+log = logging.getLogger(__name__)
+
+MONEY = T.DecimalType(12, 2)
+EVENT_TS_FORMAT = "yyyy-MM-dd'T'HH:mm:ssX"
+
+
+@dataclass(frozen=True)
+class SilverSource:
+    """How one bronze source becomes one silver table."""
+
+    source: str
+    table: str
+    typed: dict[str, T.DataType]
+    """Typed business columns (besides event_id, event_ts, user_key)."""
+    ranges: dict[str, tuple[float | None, float | None]]
+    """Inclusive bounds per column; None is unbounded."""
+
+
+SOURCES: dict[str, SilverSource] = {
+    "order_placed": SilverSource(
+        "order_placed",
+        "silver_orders",
+        {
+            "order_id": T.StringType(),
+            "restaurant_id": T.StringType(),
+            "city": T.StringType(),
+            "amount": MONEY,
+            "items": T.IntegerType(),
+            "tip_amount": MONEY,
+        },
+        {"amount": (0, None), "items": (1, 100), "tip_amount": (0, None)},
+    ),
+    "delivery_completed": SilverSource(
+        "delivery_completed",
+        "silver_deliveries",
+        {
+            "order_id": T.StringType(),
+            "courier_id": T.StringType(),
+            "promised_minutes": T.IntegerType(),
+            "actual_minutes": T.IntegerType(),
+        },
+        {"promised_minutes": (0, 1440), "actual_minutes": (0, 1440)},
+    ),
+    "rating_submitted": SilverSource(
+        "rating_submitted",
+        "silver_ratings",
+        {"order_id": T.StringType(), "rating": T.IntegerType()},
+        {"rating": (1, 5)},
+    ),
+    "users": SilverSource(
+        "users",
+        "silver_users",
+        {"signup_date": T.DateType(), "city": T.StringType()},
+        {},
+    ),
+}
+
+KEYS = ("event_id", "event_ts", "user_id")
+LINEAGE = ("_arrival_date", "_ingested_at", "_source_file", "_line_no", "_batch_id")
+
+QUARANTINE_SCHEMA = T.StructType(
+    [
+        T.StructField("source", T.StringType()),
+        T.StructField("event_id", T.StringType()),
+        T.StructField("user_key", T.StringType()),
+        T.StructField("reason", T.StringType()),
+        T.StructField("record", T.StringType()),
+        T.StructField("_arrival_date", T.DateType()),
+        T.StructField("_source_file", T.StringType()),
+        T.StructField("_line_no", T.LongType()),
+        T.StructField("_batch_id", T.StringType()),
+        T.StructField("_quarantined_at", T.TimestampType()),
+    ]
+)
+
+LEDGER_SCHEMA = T.StructType(
+    [
+        T.StructField("source", T.StringType()),
+        T.StructField("arrival_date", T.DateType()),
+        T.StructField("rows_in", T.LongType()),
+        T.StructField("rows_quarantined", T.LongType()),
+        T.StructField("rows_duplicate", T.LongType()),
+        T.StructField("rows_written", T.LongType()),
+        T.StructField("processed_at", T.TimestampType()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class SilverResult:
+    """What one silver run did for one source."""
+
+    source: str
+    rows_in: int
+    rows_quarantined: int
+    rows_duplicate: int
+    rows_written: int
+
+
+def silver_spec(settings: Settings, source: str) -> tables.TableSpec:
+    """The silver table of a source."""
+    spec = SOURCES[source]
+    if source == "users":
+        fields = [
+            T.StructField("user_key", T.StringType()),
+            T.StructField("signup_date", T.DateType()),
+            T.StructField("city", T.StringType()),
+            T.StructField("updated_ts", T.TimestampType()),
+            T.StructField("event_id", T.StringType()),
+            T.StructField("_arrival_date", T.DateType()),
+        ]
+    else:
+        fields = [
+            T.StructField("event_id", T.StringType()),
+            T.StructField("event_ts", T.TimestampType()),
+            T.StructField("event_date", T.DateType()),
+            T.StructField("user_key", T.StringType()),
+            *[T.StructField(name, dtype) for name, dtype in spec.typed.items()],
+            T.StructField("_arrival_date", T.DateType()),
+            T.StructField("_ingested_at", T.TimestampType()),
+            T.StructField("_batch_id", T.StringType()),
+        ]
+    return tables.TableSpec(
+        name=settings.table(spec.table),
+        schema=T.StructType(fields),
+        subject_column="user_key",
+        change_data_feed=True,
+    )
+
+
+def quarantine_spec(settings: Settings) -> tables.TableSpec:
+    """Rows silver refused, pseudonymized, with the reason."""
+    return tables.TableSpec(
+        name=settings.table("silver_quarantine"),
+        schema=QUARANTINE_SCHEMA,
+        subject_column="user_key",
+    )
+
+
+def ledger_spec(settings: Settings) -> tables.TableSpec:
+    """``ops.silver_batches``: per source and arrival date, where every bronze row went."""
+    return tables.TableSpec(name=settings.table("ops_silver_batches"), schema=LEDGER_SCHEMA)
+
+
+# --- pure transforms -------------------------------------------------------------------
+
+
+def conform(bronze_rows: DataFrame, source: str) -> DataFrame:
+    """Resolve schema drift and cast the text fields; keeps the raw text for validation.
+
+    For every typed column ``c`` the result has ``c`` (typed, null when the
+    text does not parse) and ``_raw_c`` (the text).
+    """
+    spec = SOURCES[source]
+    df = bronze_rows
+    rescued = F.from_json(F.col("_rescued_data"), T.MapType(T.StringType(), T.StringType()))
+    text: dict[str, Column] = {}
+    for name in spec.typed:
+        column = F.col(name) if name in df.columns else F.lit(None).cast("string")
+        if (source, name) == DRIFT_RENAMED_FIELD[:2]:
+            column = F.coalesce(column, rescued.getItem(DRIFT_RENAMED_FIELD[2]))
+        if (source, name) == DRIFT_NEW_FIELD:
+            column = rescued.getItem(name)
+        text[name] = column
+    typed_ts = F.try_to_timestamp(F.col("event_ts"), F.lit(EVENT_TS_FORMAT))
+    return df.select(
+        "event_id",
+        F.col("event_ts").alias("_raw_event_ts"),
+        typed_ts.alias("event_ts"),
+        F.to_date(typed_ts).alias("event_date"),
+        "user_id",
+        *[_cast(text[name], dtype).alias(name) for name, dtype in spec.typed.items()],
+        *[text[name].alias(f"_raw_{name}") for name in spec.typed],
+        *LINEAGE,
+    )
+
+
+def _cast(text: Column, dtype: T.DataType) -> Column:
+    if isinstance(dtype, T.DateType):
+        return F.try_to_date(text, F.lit("yyyy-MM-dd"))
+    return text.try_cast(dtype)
+
+
+def validate(conformed: DataFrame, source: str, rules: PipelineSettings) -> DataFrame:
+    """Add ``_reason``: null for a usable row, else every rule it breaks, ``;``-separated."""
+    spec = SOURCES[source]
+    checks: list[Column] = [
+        F.when(F.col(key).isNull(), F.lit(f"null_key:{key}"))
+        for key in ("event_id", "user_id")
+    ]
+    checks.append(
+        F.when(F.col("_raw_event_ts").isNull(), F.lit("null_key:event_ts")).when(
+            F.col("event_ts").isNull(), F.lit("invalid_type:event_ts")
+        )
+    )
+    for name in spec.typed:
+        checks.append(
+            F.when(F.col(f"_raw_{name}").isNotNull() & F.col(name).isNull(), F.lit(f"invalid_type:{name}"))
+        )
+    bounds = dict(spec.ranges)
+    if "amount" in spec.typed:
+        bounds["amount"] = (0, rules.max_amount)
+    for name, (low, high) in bounds.items():
+        outside = F.lit(False)
+        if low is not None:
+            outside = outside | (F.col(name) < F.lit(low))
+        if high is not None:
+            outside = outside | (F.col(name) > F.lit(high))
+        checks.append(F.when(outside, F.lit(f"out_of_range:{name}")))
+    end_of_arrival = F.to_timestamp(F.date_add(F.col("_arrival_date"), 1)) + F.make_interval(
+        hours=F.lit(rules.future_tolerance_hours)
+    )
+    checks.append(F.when(F.col("event_ts") > end_of_arrival, F.lit("future_event_ts")))
+    if source != "users":
+        too_late = F.datediff(F.col("_arrival_date"), F.col("event_date")) > rules.allowed_lateness_days
+        checks.append(F.when(too_late, F.lit("beyond_allowed_lateness")))
+    reasons = F.array_compact(F.array(*checks))
+    return conformed.withColumn(
+        "_reason", F.when(F.size(reasons) > 0, F.array_join(reasons, ";"))
+    )
+
+
+def pseudonymize(df: DataFrame, key: bytes) -> DataFrame:
+    """Replace ``user_id`` with ``user_key`` (keyed hash); the raw id is dropped."""
+    return df.withColumn("user_key", hmac_sha256(F.col("user_id"), key)).drop("user_id")
+
+
+def dedupe(rows: DataFrame) -> DataFrame:
+    """One row per ``event_id``: the first to arrive (then file, then line)."""
+    first = Window.partitionBy("event_id").orderBy(
+        "_arrival_date", "_ingested_at", "_source_file", "_line_no"
+    )
+    return rows.withColumn("_n", F.row_number().over(first)).filter("_n = 1").drop("_n")
+
+
+def quarantine_records(invalid: DataFrame, source: str, at: datetime) -> DataFrame:
+    """Refused rows in the quarantine schema; the record holds no personal data."""
+    business = ["event_id", "_raw_event_ts", *[f"_raw_{n}" for n in SOURCES[source].typed]]
+    return invalid.select(
+        F.lit(source).alias("source"),
+        "event_id",
+        "user_key",
+        F.col("_reason").alias("reason"),
+        F.to_json(F.struct(*[F.col(c).alias(c.removeprefix("_raw_")) for c in business])).alias(
+            "record"
+        ),
+        "_arrival_date",
+        "_source_file",
+        "_line_no",
+        "_batch_id",
+        F.lit(at).cast("timestamp").alias("_quarantined_at"),
+    )
+
+
+def latest_user_state(users: DataFrame) -> DataFrame:
+    """The newest record per ``user_key`` (ties: the greater event_id)."""
+    newest = Window.partitionBy("user_key").orderBy(F.desc("event_ts"), F.desc("event_id"))
+    return (
+        users.withColumn("_n", F.row_number().over(newest))
+        .filter("_n = 1")
+        .select(
+            "user_key", "signup_date", "city", F.col("event_ts").alias("updated_ts"),
+            "event_id", "_arrival_date",
+        )
+    )
+
+
+# --- writer ----------------------------------------------------------------------------
+
+
+def ensure_tables(spark: SparkSession, settings: Settings) -> None:
+    """Create the silver tables, the silver quarantine and the ledger if absent."""
+    for source in SOURCES:
+        tables.ensure_table(spark, silver_spec(settings, source))
+    tables.ensure_table(spark, quarantine_spec(settings))
+    tables.ensure_table(spark, ledger_spec(settings))
+
+
+def process(
+    spark: SparkSession, settings: Settings, source: str, dates: Sequence[date], key: bytes
+) -> SilverResult:
+    """Move the bronze rows of ``dates`` into silver; safe to repeat.
+
+    Raises :class:`lakeward.quality.GateFailed` (table unchanged) when the contract fails.
+    """
+    spec = silver_spec(settings, source)
+    at = datetime.now(timezone.utc).replace(tzinfo=None)
+    rows = tables.read(spark, settings.table(f"bronze_{source}")).filter(
+        F.col("_arrival_date").isin(list(dates))
+    )
+    checked = pseudonymize(validate(conform(rows, source), source, settings.pipeline), key)
+    checked.persist()
+    try:
+        invalid = checked.filter(F.col("_reason").isNotNull())
+        valid = checked.filter(F.col("_reason").isNull())
+        first = dedupe(valid)
+        fresh = _not_in_target(spark, first, spec.name, source)
+        fresh = _final_columns(fresh, spec)
+        fresh.persist()
+        quality.enforce(spark, settings, SOURCES[source].table, fresh, batch=_batch_label(source, dates))
+        stats = _stats(checked, first, fresh)
+        _write(spark, spec.name, source, fresh)
+        _merge_quarantine(spark, settings, quarantine_records(invalid, source, at))
+        fresh.unpersist()
+    finally:
+        checked.unpersist()
+    _record(spark, settings, source, stats, at)
+    totals = [sum(s[i] for s in stats.values()) for i in range(4)]
+    result = SilverResult(source, *totals)
+    log.info(
+        "silver %s: in=%d quarantined=%d duplicates=%d written=%d",
+        source, result.rows_in, result.rows_quarantined, result.rows_duplicate, result.rows_written,
+    )
+    return result
+
+
+def _batch_label(source: str, dates: Sequence[date]) -> str:
+    ordered = sorted(dates)
+    span = f"{ordered[0]}" if len(ordered) == 1 else f"{ordered[0]}..{ordered[-1]}"
+    return f"{source}:{span}"
+
+
+def _not_in_target(spark: SparkSession, rows: DataFrame, target: str, source: str) -> DataFrame:
+    existing = tables.read(spark, target)
+    if source == "users":
+        # The users table keeps the current state per user; older records change nothing.
+        latest = latest_user_state(rows)
+        newer = latest.join(
+            existing.select("user_key", F.col("updated_ts").alias("_t_ts"), F.col("event_id").alias("_t_id")),
+            "user_key",
+            "left",
+        ).filter(
+            F.col("_t_ts").isNull()
+            | (F.col("updated_ts") > F.col("_t_ts"))
+            | ((F.col("updated_ts") == F.col("_t_ts")) & (F.col("event_id") > F.col("_t_id")))
+        )
+        return newer.drop("_t_ts", "_t_id")
+    # A duplicate carries the same event_ts, hence the same event_date: only those
+    # dates of the target need to be read.
+    dates = [r["event_date"] for r in rows.select("event_date").distinct().collect()]
+    candidates = existing.filter(F.col("event_date").isin(dates)).select("event_id")
+    return rows.join(candidates, "event_id", "left_anti")
+
+
+def _final_columns(rows: DataFrame, spec: tables.TableSpec) -> DataFrame:
+    return rows.select(*spec.schema.fieldNames())
+
+
+def _stats(checked: DataFrame, first: DataFrame, fresh: DataFrame) -> dict[date, tuple[int, int, int, int]]:
+    per_date = checked.groupBy("_arrival_date").agg(
+        F.count(F.lit(1)).alias("rows_in"),
+        F.count(F.col("_reason")).alias("rows_quarantined"),
+    )
+    written = fresh.groupBy("_arrival_date").agg(F.count(F.lit(1)).alias("rows_written"))
+    result: dict[date, tuple[int, int, int, int]] = {}
+    written_by = {r["_arrival_date"]: int(r["rows_written"]) for r in written.collect()}
+    for row in per_date.collect():
+        day = row["_arrival_date"]
+        rows_in, quarantined = int(row["rows_in"]), int(row["rows_quarantined"])
+        wrote = written_by.get(day, 0)
+        result[day] = (rows_in, quarantined, rows_in - quarantined - wrote, wrote)
+    return result
+
+
+def _write(spark: SparkSession, name: str, source: str, fresh: DataFrame) -> None:
+    target = DeltaTable.forName(spark, name).alias("t")
+    if source == "users":
+        (
+            target.merge(fresh.alias("s"), "t.user_key = s.user_key")
+            .whenMatchedUpdateAll(
+                condition="s.updated_ts > t.updated_ts OR "
+                "(s.updated_ts = t.updated_ts AND s.event_id > t.event_id)"
+            )
+            .whenNotMatchedInsertAll()
+            .execute()
+        )
+        return
+    (
+        target.merge(fresh.alias("s"), "t.event_date = s.event_date AND t.event_id = s.event_id")
+        .whenNotMatchedInsertAll()
+        .execute()
+    )
+
+
+def _merge_quarantine(spark: SparkSession, settings: Settings, records: DataFrame) -> None:
+    (
+        DeltaTable.forName(spark, settings.table("silver_quarantine"))
+        .alias("t")
+        .merge(
+            records.alias("s"),
+            "t._batch_id = s._batch_id AND t._line_no = s._line_no AND t.source = s.source",
+        )
+        .whenNotMatchedInsertAll()
+        .execute()
+    )
+
+
+def _record(
+    spark: SparkSession,
+    settings: Settings,
+    source: str,
+    stats: dict[date, tuple[int, int, int, int]],
+    at: datetime,
+) -> None:
+    rows = [(source, day, *counts, at) for day, counts in sorted(stats.items())]
+    if not rows:
+        return
+    updates = spark.createDataFrame(rows, LEDGER_SCHEMA)
+    (
+        DeltaTable.forName(spark, settings.table("ops_silver_batches"))
+        .alias("t")
+        .merge(updates.alias("s"), "t.source = s.source AND t.arrival_date = s.arrival_date")
+        .whenNotMatchedInsertAll()
+        .execute()
+    )

@@ -1,0 +1,1 @@
+"""Synthetic data sources feeding the landing zone, so pipelines run without real customer data."""

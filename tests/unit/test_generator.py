@@ -1,0 +1,329 @@
+"""Unit tests for the BiteBridge synthetic event generator (no Spark)."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter, defaultdict
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lakeward.sources.bitebridge import (
+    DRIFT_NEW_FIELD,
+    DRIFT_RENAMED_FIELD,
+    PERSONAL_FIELDS,
+    SOURCE_FIELDS,
+    SOURCES,
+    FaultRates,
+    GenerationSummary,
+    arrival_days,
+    generate,
+    landing_file,
+)
+
+START = date(2024, 3, 1)
+USER_ID = re.compile(r"^usr_[0-9a-f]{12}$")
+TS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
+NUMERIC = ("amount", "total_amount", "items", "promised_minutes", "actual_minutes", "rating")
+
+
+def _gen(root: Path, *, seed: int = 1, users: int = 200, days: int = 10,
+         faults: FaultRates | None = None) -> GenerationSummary:
+    return generate(root, seed=seed, users=users, days=days, start=START,
+                    faults=FaultRates() if faults is None else faults)
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*.jsonl"))}
+
+
+def _read(root: Path, summary: GenerationSummary) -> list[tuple[str, date, str]]:
+    """(source, arrival day, raw line) for every line of every landing file."""
+    out: list[tuple[str, date, str]] = []
+    day = summary.first_day
+    while day <= summary.last_day:
+        for source in SOURCES:
+            text = landing_file(root, source, day).read_text(encoding="utf-8")
+            assert text == "" or text.endswith("\n")
+            out.extend((source, day, line) for line in text.splitlines())
+        day += timedelta(days=1)
+    return out
+
+
+def _parse(line: str) -> dict[str, Any] | None:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    assert isinstance(obj, dict)
+    return obj
+
+
+def _ts_day(rec: dict[str, Any]) -> date:
+    return date.fromisoformat(rec["event_ts"][:10])
+
+
+def test_deterministic_and_seed_sensitive(tmp_path: Path) -> None:
+    s1 = _gen(tmp_path / "a")
+    s2 = _gen(tmp_path / "b")
+    _gen(tmp_path / "c", seed=2)
+    assert s1 == s2
+    first, second = _files(tmp_path / "a"), _files(tmp_path / "b")
+    assert first and first == second
+    assert _files(tmp_path / "c") != first
+
+
+def test_rerun_overwrites_files(tmp_path: Path) -> None:
+    _gen(tmp_path, seed=5)
+    before = _files(tmp_path)
+    _gen(tmp_path, seed=6)
+    _gen(tmp_path, seed=5)
+    assert _files(tmp_path) == before
+
+
+def test_layout_and_arrival_days(tmp_path: Path) -> None:
+    days = 10
+    summary = _gen(tmp_path, days=days, faults=FaultRates(late=0.3))
+    assert summary.first_day == START
+    assert START + timedelta(days=days - 1) <= summary.last_day <= START + timedelta(days=days + 2)
+    expected = [START + timedelta(days=i) for i in range((summary.last_day - START).days + 1)]
+    assert arrival_days(tmp_path) == expected
+    assert summary.files == len(expected) * len(SOURCES)
+    for day in expected:
+        for source in SOURCES:
+            path = landing_file(tmp_path, source, day)
+            assert path == tmp_path / source / f"{day:%Y-%m-%d}.jsonl"
+            assert path.is_file()
+    assert sum(1 for _ in tmp_path.rglob("*.jsonl")) == summary.files
+
+
+def test_arrival_days_edge_cases(tmp_path: Path) -> None:
+    assert arrival_days(tmp_path / "missing") == []
+    (tmp_path / "users").mkdir()
+    (tmp_path / "users" / "notes.jsonl").write_text("")
+    (tmp_path / "users" / "2024-01-02.jsonl").write_text("")
+    (tmp_path / "order_placed").mkdir()
+    (tmp_path / "order_placed" / "2024-01-01.jsonl").write_text("")
+    (tmp_path / "order_placed" / "2024-01-02.jsonl").write_text("")
+    assert arrival_days(tmp_path) == [date(2024, 1, 1), date(2024, 1, 2)]
+    with pytest.raises(ValueError):
+        landing_file(tmp_path, "payments", START)
+
+
+def test_clean_feed(tmp_path: Path) -> None:
+    days = 10
+    summary = _gen(tmp_path, days=days, faults=FaultRates.none())
+    assert summary.last_day == START + timedelta(days=days - 1)
+    assert all(v == 0 for v in summary.faults.values())
+    rows = _read(tmp_path, summary)
+    per_source = Counter(source for source, _, _ in rows)
+    assert dict(per_source) == {s: n for s, n in summary.lines.items() if n}
+    assert all(per_source[s] > 0 for s in SOURCES)
+    event_ids: set[str] = set()
+    signed_up: set[str] = set()
+    referenced: set[str] = set()
+    for source, day, line in rows:
+        rec = _parse(line)
+        assert rec is not None, line
+        assert tuple(rec) == SOURCE_FIELDS[source]
+        assert rec["event_type"] == source
+        assert re.fullmatch(r"[0-9a-f]{32}", rec["event_id"])
+        assert rec["event_id"] not in event_ids
+        event_ids.add(rec["event_id"])
+        assert USER_ID.match(rec["user_id"])
+        assert TS.match(rec["event_ts"]) and _ts_day(rec) == day
+        if source == "users":
+            signed_up.add(rec["user_id"])
+            assert re.fullmatch(r"[a-z]+\.[a-z]+\.[0-9a-f]{4}@example\.com", rec["email"])
+            assert rec["address"].endswith(f" Street, {rec['city']}")
+            assert date.fromisoformat(rec["signup_date"]) <= day
+        else:
+            referenced.add(rec["user_id"])
+            assert re.fullmatch(r"ord_[0-9a-f]{12}", rec["order_id"])
+        if source == "order_placed":
+            assert re.fullmatch(r"rst_[0-9a-f]{6}", rec["restaurant_id"])
+            assert 8 <= rec["amount"] <= 80 and 1 <= rec["items"] <= 6
+        elif source == "delivery_completed":
+            assert re.fullmatch(r"cur_[0-9a-f]{6}", rec["courier_id"])
+            assert 30 <= rec["promised_minutes"] <= 45 and 15 <= rec["actual_minutes"] <= 90
+        elif source == "rating_submitted":
+            assert 1 <= rec["rating"] <= 5
+    assert referenced <= signed_up
+    assert set(PERSONAL_FIELDS) == set(SOURCES)
+
+
+def test_users_snapshot_on_first_day(tmp_path: Path) -> None:
+    users = 300
+    summary = _gen(tmp_path, users=users, faults=FaultRates.none())
+    records = [(day, json.loads(line)) for source, day, line in _read(tmp_path, summary)
+               if source == "users"]
+    existing = {r["user_id"] for _, r in records if date.fromisoformat(r["signup_date"]) < START}
+    # About 60% of users already exist at the start; all of them are in the first file.
+    assert 0.45 * users < len(existing) < 0.75 * users
+    assert existing <= {r["user_id"] for day, r in records if day == START}
+    # Everyone else signs up during the window, on the day of their first users line.
+    assert len({r["user_id"] for _, r in records}) == users
+    for day, r in records:
+        assert date.fromisoformat(r["signup_date"]) <= day
+    # Address changes repeat a user with a new record.
+    assert len(records) > users
+
+
+def test_faults_match_summary(tmp_path: Path) -> None:
+    rate = 0.2
+    rates = FaultRates(duplicate=rate, late=rate, malformed=rate, null_key=rate,
+                       out_of_range=rate, schema_drift=True)
+    days = 14
+    summary = _gen(tmp_path, users=300, days=days, faults=rates)
+    rows = _read(tmp_path, summary)
+    assert sum(summary.lines.values()) == len(rows)
+    horizon = summary.last_day + timedelta(days=300)
+
+    truncated = wrong_type = null_key = out_of_range = 0
+    truncated_by_source: Counter[str] = Counter()
+    by_event: dict[str, list[tuple[date, str, dict[str, Any]]]] = defaultdict(list)
+    null_lines: list[dict[str, Any]] = []
+    clean_ids: set[str] = set()
+    for source, day, line in rows:
+        rec = _parse(line)
+        if rec is None:
+            truncated += 1
+            truncated_by_source[source] += 1
+            assert not line.endswith("}")
+            continue
+        if any(isinstance(rec.get(k), str) for k in NUMERIC) or (
+                source == "users" and isinstance(rec["signup_date"], int)):
+            wrong_type += 1
+        elif rec["event_id"] is None or rec["user_id"] is None:
+            null_key += 1
+        elif (rec.get("amount", rec.get("total_amount", 0)) < 0
+              or rec.get("actual_minutes", 0) < 0
+              or rec.get("rating", 3) not in (1, 2, 3, 4, 5)
+              or _ts_day(rec) > horizon):
+            out_of_range += 1
+        else:
+            clean_ids.add(rec["event_id"])
+        if rec["event_id"] is None:
+            null_lines.append(rec)
+        else:
+            by_event[rec["event_id"]].append((day, line, rec))
+
+    faults = summary.faults
+    assert truncated + wrong_type == faults["malformed"]
+    assert truncated > 0 and wrong_type > 0
+    assert null_key == faults["null_key"]
+    assert out_of_range == faults["out_of_range"]
+
+    duplicates = late = renamed = 0
+    clean_non_user = non_user = 0
+    for copies in by_event.values():
+        duplicates += len(copies) - 1
+        assert len({line for _, line, _ in copies}) == 1  # duplicates are byte-identical
+        arrived = min(day for day, _, _ in copies)
+        assert max(day for day, _, _ in copies) - arrived <= timedelta(days=1)
+        rec = copies[0][2]
+        if rec["event_type"] != "users":
+            non_user += 1
+            clean_non_user += rec["event_id"] in clean_ids
+        if _ts_day(rec) < arrived:
+            late += 1
+            assert arrived - _ts_day(rec) <= timedelta(days=3)
+        if rec["event_type"] == "order_placed":
+            renamed += DRIFT_RENAMED_FIELD[2] in rec
+            event_day = (_ts_day(rec) - START).days
+            if _ts_day(rec) <= horizon:  # ignore future-dated (out of range) lines
+                assert (DRIFT_RENAMED_FIELD[2] in rec) == (event_day % 7 == 5)
+                assert (DRIFT_NEW_FIELD[1] in rec) == (event_day >= days // 3)
+    renamed += sum(DRIFT_RENAMED_FIELD[2] in r for r in null_lines)
+    assert duplicates == faults["duplicate"]
+    assert late == faults["late"]
+    assert renamed <= faults["renamed_field"] <= renamed + truncated_by_source["order_placed"]
+
+    # Rates: content faults over all events; late/duplicate only hit otherwise clean lines.
+    events = len(rows) - faults["duplicate"]
+    for kind in ("malformed", "null_key"):
+        assert abs(faults[kind] / events - rate) < 0.06, kind
+    non_user += sum(1 for r in null_lines if r["event_type"] != "users")
+    non_user += truncated - truncated_by_source["users"]
+    assert abs(faults["out_of_range"] / non_user - rate) < 0.07
+    assert abs(faults["duplicate"] / len(clean_ids) - rate) < 0.06
+    assert abs(faults["late"] / clean_non_user - rate) < 0.06
+
+
+def test_schema_drift_only(tmp_path: Path) -> None:
+    days = 15
+    rates = FaultRates(duplicate=0, late=0, malformed=0, null_key=0, out_of_range=0)
+    summary = _gen(tmp_path, days=days, faults=rates)
+    renamed = 0
+    for source, day, line in _read(tmp_path, summary):
+        rec = json.loads(line)
+        if source != "order_placed":
+            assert tuple(rec) == SOURCE_FIELDS[source]
+            continue
+        idx = (day - START).days
+        keys = list(SOURCE_FIELDS[source])
+        if idx % 7 == 5:
+            keys[keys.index("amount")] = DRIFT_RENAMED_FIELD[2]
+            renamed += 1
+        if idx >= days // 3:
+            keys.append(DRIFT_NEW_FIELD[1])
+            assert 0 <= rec[DRIFT_NEW_FIELD[1]] <= 10
+        assert list(rec) == keys
+    assert renamed == summary.faults["renamed_field"] > 0
+    assert {k: v for k, v in summary.faults.items() if k != "renamed_field"} == dict.fromkeys(
+        ("duplicate", "late", "malformed", "null_key", "out_of_range"), 0)
+
+
+def test_churn_and_delivery_semantics(tmp_path: Path) -> None:
+    days = 30
+    summary = _gen(tmp_path, users=400, days=days, faults=FaultRates.none())
+    orders: dict[str, dict[str, Any]] = {}
+    ordered_on: dict[str, set[int]] = defaultdict(set)
+    deliveries: dict[str, dict[str, Any]] = {}
+    ratings: list[dict[str, Any]] = []
+    for source, _, line in _read(tmp_path, summary):
+        rec = json.loads(line)
+        if source == "order_placed":
+            orders[rec["order_id"]] = rec
+            ordered_on[rec["user_id"]].add((_ts_day(rec) - START).days)
+        elif source == "delivery_completed":
+            deliveries[rec["order_id"]] = rec
+        elif source == "rating_submitted":
+            ratings.append(rec)
+    early = {u for u, ds in ordered_on.items() if min(ds) < days // 3}
+    active_late = {u for u, ds in ordered_on.items() if max(ds) >= days - days // 3}
+    assert early - active_late  # some early customers stop ordering
+    assert len(orders) > 500
+    # At most one order per user per day, deliveries after their order.
+    assert sum(len(ds) for ds in ordered_on.values()) == len(orders)
+    assert 0.9 < len(deliveries) / len(orders) <= 1.0
+    n_late = 0
+    for oid, dlv in deliveries.items():
+        gap = _seconds(dlv["event_ts"]) - _seconds(orders[oid]["event_ts"])
+        assert gap == dlv["actual_minutes"] * 60
+        n_late += dlv["actual_minutes"] > dlv["promised_minutes"]
+    assert 0.05 < n_late / len(deliveries) < 0.3
+    assert 0.3 < len(ratings) / len(deliveries) < 0.6
+    for r in ratings:
+        assert _seconds(r["event_ts"]) > _seconds(deliveries[r["order_id"]]["event_ts"])
+
+
+def _seconds(ts: str) -> int:
+    d = date.fromisoformat(ts[:10])
+    h, m, s = (int(x) for x in ts[11:19].split(":"))
+    return (d - START).days * 86_400 + h * 3600 + m * 60 + s
+
+
+def test_validation() -> None:
+    with pytest.raises(ValueError):
+        FaultRates(late=1.5)
+    with pytest.raises(ValueError):
+        FaultRates(malformed=0.5, null_key=0.5, out_of_range=0.5)
+    with pytest.raises(ValueError):
+        generate(Path("unused"), seed=1, users=0, days=5, start=START)
+    none = FaultRates.none()
+    assert (none.duplicate, none.late, none.malformed, none.null_key, none.out_of_range,
+            none.schema_drift) == (0, 0, 0, 0, 0, False)
