@@ -90,6 +90,8 @@ class LandingFile:
     relative_path: str
     size_bytes: int
     checksum: str
+    lines: int
+    """Lines counted while hashing, independently of Spark's reader."""
 
     @property
     def batch_id(self) -> str:
@@ -221,9 +223,12 @@ def landing_files(settings: Settings, source: str, dates: Sequence[date]) -> lis
 
 def _describe_file(settings: Settings, source: str, day: date, path: Path) -> LandingFile:
     digest = hashlib.sha256()
+    newlines, last = 0, b"\n"
     with path.open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
+            newlines += chunk.count(b"\n")
+            last = chunk[-1:]
     return LandingFile(
         source=source,
         arrival_date=day,
@@ -231,6 +236,7 @@ def _describe_file(settings: Settings, source: str, day: date, path: Path) -> La
         relative_path=str(path.relative_to(settings.data_root)),
         size_bytes=path.stat().st_size,
         checksum=digest.hexdigest(),
+        lines=newlines + (0 if last == b"\n" else 1),
     )
 
 
@@ -266,32 +272,23 @@ def ingest(spark: SparkSession, settings: Settings, source: str, dates: Sequence
     parsed = _read_files(spark, pending, ingested_at)
     parsed.persist()
     try:
+        counts = parsed.groupBy("_batch_id").agg(
+            F.count(F.lit(1)).alias("lines"), F.count("_reason").alias("bad")
+        ).collect()
+        quarantined = {r["_batch_id"]: int(r["bad"]) for r in counts}
+        written = {r["_batch_id"]: int(r["lines"]) - int(r["bad"]) for r in counts}
+        _reconcile(pending, written, quarantined)
         tables.append(quarantine_rows(parsed, source), quarantine.name)
         tables.append(bronze_rows(parsed, SOURCE_FIELDS[source]), spec.name)
-        lines = dict(parsed.groupBy("_batch_id").count().collect())  # type: ignore[arg-type]
     finally:
         parsed.unpersist()
-
-    written = _counts_by_batch(spark, spec.name, ids)
-    quarantined = _counts_by_batch(spark, quarantine.name, ids)
-    for batch in ids:
-        expected = lines.get(batch, 0)
-        got = written.get(batch, 0) + quarantined.get(batch, 0)
-        if expected != got:
-            raise ReconciliationError(
-                f"{batch}: {expected} lines in the file but {written.get(batch, 0)} bronze rows "
-                f"+ {quarantined.get(batch, 0)} quarantined rows"
-            )
-        log.info(
-            "bronze %s: %s lines=%d written=%d quarantined=%d (reconciled)",
-            source, batch, expected, written.get(batch, 0), quarantined.get(batch, 0),
-        )
-    record_batches(spark, settings, pending, lines, written, quarantined, ingested_at)
+    _check_commit(spark, spec.name, sum(written.values()))
+    record_batches(spark, settings, pending, written, quarantined, ingested_at)
     return IngestResult(
         source=source,
         files=len(files),
         skipped=len(files) - len(pending),
-        lines=sum(lines.values()),
+        lines=sum(f.lines for f in pending),
         rows_written=sum(written.values()),
         rows_quarantined=sum(quarantined.values()),
     )
@@ -338,40 +335,45 @@ def _remove_partial_batches(spark: SparkSession, names: Sequence[str], ids: Sequ
             DeltaTable.forName(spark, name).delete(condition)
 
 
-def _counts_by_batch(spark: SparkSession, name: str, ids: Sequence[str]) -> dict[str, int]:
-    rows = (
-        tables.read(spark, name)
-        .filter(F.col("_batch_id").isin(list(ids)))
-        .groupBy("_batch_id")
-        .count()
-        .collect()
-    )
-    return {row["_batch_id"]: int(row["count"]) for row in rows}
+def _reconcile(files: Sequence[LandingFile], written: dict[str, int], quarantined: dict[str, int]) -> None:
+    """Lines in each file (counted by Python) = good rows + quarantined rows (parsed by Spark)."""
+    for f in files:
+        good, bad = written.get(f.batch_id, 0), quarantined.get(f.batch_id, 0)
+        if f.lines != good + bad:
+            raise ReconciliationError(
+                f"{f.relative_path}: {f.lines} lines in the file but {good} bronze rows "
+                f"+ {bad} quarantined rows; nothing was written"
+            )
+        log.info(
+            "bronze %s: %s lines=%d written=%d quarantined=%d (reconciled)",
+            f.source, f.relative_path, f.lines, good, bad,
+        )
+
+
+def _check_commit(spark: SparkSession, name: str, expected_rows: int) -> None:
+    """The append's own commit must report the rows we meant to write."""
+    last = tables.history(spark, name, 1).select("operation", "operationMetrics").first()
+    if last is None:
+        raise ReconciliationError(f"{name}: no commit found after the append")
+    rows = int((last["operationMetrics"] or {}).get("numOutputRows", 0))
+    if last["operation"] == "WRITE" and rows != expected_rows:
+        raise ReconciliationError(f"{name}: the commit wrote {rows} rows, expected {expected_rows}")
 
 
 def record_batches(
     spark: SparkSession,
     settings: Settings,
     files: Sequence[LandingFile],
-    lines: dict[str, int],
     written: dict[str, int],
     quarantined: dict[str, int],
     ingested_at: datetime,
 ) -> None:
-    """Write the ledger rows of ingested files (insert-only MERGE on ``batch_id``)."""
+    """Append the ledger rows of ingested files: from now on they count as done."""
     rows = [
         (
             f.batch_id, f.source, f.arrival_date, f.relative_path, f.size_bytes, f.checksum,
-            lines.get(f.batch_id, 0), written.get(f.batch_id, 0), quarantined.get(f.batch_id, 0),
-            ingested_at,
+            f.lines, written.get(f.batch_id, 0), quarantined.get(f.batch_id, 0), ingested_at,
         )
         for f in files
     ]
-    updates = spark.createDataFrame(rows, LEDGER_SCHEMA)
-    (
-        DeltaTable.forName(spark, settings.table("ops_ingestion_batches"))
-        .alias("t")
-        .merge(updates.alias("s"), "t.batch_id = s.batch_id")
-        .whenNotMatchedInsertAll()
-        .execute()
-    )
+    tables.append(spark.createDataFrame(rows, LEDGER_SCHEMA), settings.table("ops_ingestion_batches"))

@@ -94,10 +94,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lakeward`` console script."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=logging.INFO,
+        level=logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    log.setLevel(logging.DEBUG if args.debug else logging.INFO)
     if args.debug:
         os.environ["LAKEWARD_SPARK_CONSOLE"] = "1"
     else:

@@ -126,6 +126,7 @@ def _gx() -> Any:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
 
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
     return gx
 
 
@@ -133,6 +134,8 @@ def validate(df: DataFrame, contract: Contract) -> list[dict[str, Any]]:
     """Run the contract on ``df``; one dict per expectation, counts only."""
     gx = _gx()
     context = gx.get_context(mode="ephemeral")
+    # Progress bars would interleave with the job's log lines.
+    context.variables.progress_bars = _progress_bars_off()
     asset = context.data_sources.add_spark(name="lakeward").add_dataframe_asset(name=contract.suite)
     batch = asset.add_batch_definition_whole_dataframe("batch").get_batch(
         batch_parameters={"dataframe": df}
@@ -155,6 +158,12 @@ def validate(df: DataFrame, contract: Contract) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def _progress_bars_off() -> Any:
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    return ProgressBarsConfig(globally=False, metric_calculations=False)
 
 
 def _int(value: Any) -> int | None:

@@ -208,7 +208,7 @@ def conform(bronze_rows: DataFrame, source: str) -> DataFrame:
 
 def _cast(text: Column, dtype: T.DataType) -> Column:
     if isinstance(dtype, T.DateType):
-        return F.try_to_date(text, F.lit("yyyy-MM-dd"))
+        return F.try_to_date(text, "yyyy-MM-dd")
     return text.try_cast(dtype)
 
 

@@ -1,0 +1,352 @@
+"""Point-in-time (as-of) joins of training labels to a feature history.
+
+For every label row, :func:`as_of_join` takes the feature row with the same
+keys and the latest feature timestamp at or before the label timestamp, so a
+label never sees a value that was not yet known::
+
+    from datetime import timedelta
+
+    training = as_of_join(
+        labels,                      # user_key, label_ts, churned
+        features,                    # user_key, feature_ts, orders_30d, ...
+        keys=["user_key"],
+        label_ts="label_ts",
+        feature_ts="feature_ts",
+        ttl=timedelta(days=7),       # ignore feature rows older than a week
+        prefix="f_",
+    )
+    # user_key, label_ts, churned, f_feature_ts, f_orders_30d, ...
+
+How it works: both inputs are unioned into one frame (labels tagged kind 1,
+feature rows kind 0 with all their columns packed into ONE struct, so a wide
+feature table does not widen the window), shuffled once by the keys and
+ordered by ``(ts, kind, tie-break)``. A running ``last(payload, ignorenulls)``
+then hands each label the newest feature struct at or before it; feature rows
+sort before labels with the same timestamp, which makes the upper bound
+inclusive. The TTL is checked afterwards against the feature timestamp carried
+inside the struct. There is no join between the two sides, hence no range-join
+or cartesian blow-up: one shuffle per side.
+
+With ``time_buckets=n`` the timeline is additionally cut into ``n`` equal time
+buckets (over the range of all timestamps) and the window runs per
+``(keys, bucket)``, so one hot key is spread over up to ``n`` tasks. A small
+aggregate per ``(keys, bucket)`` carries the newest feature of the earlier
+buckets into each bucket as a synthetic feature row, which keeps the result
+identical to the unbucketed join. It reads each input three times (range,
+carry-forward aggregate, main window) and shuffles the feature side twice, so
+use it for skewed keys only and cache expensive inputs first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+__all__ = ["AsOfJoinError", "ColumnClashError", "MissingColumnsError", "as_of_join"]
+
+# Internal column names of the unioned frame. User columns only ever live
+# inside the two structs, so these cannot collide with them.
+_KIND = "__pit_kind"
+_TS = "__pit_ts"
+_LABEL = "__pit_label"
+_PAYLOAD = "__pit_payload"
+_MATCH = "__pit_match"
+_BUCKET = "__pit_bucket"
+_LO = "__pit_lo"
+_HI = "__pit_hi"
+_LAST = "__pit_last"
+_CARRIED = "__pit_carried"
+_FEATURE, _LABEL_KIND = 0, 1
+
+
+class AsOfJoinError(ValueError):
+    """Arguments of :func:`as_of_join` that do not fit the inputs."""
+
+
+class MissingColumnsError(AsOfJoinError):
+    """A column named in the arguments is not in the DataFrame it should be in."""
+
+
+class ColumnClashError(AsOfJoinError):
+    """Two output columns would have the same name."""
+
+
+def as_of_join(
+    labels: DataFrame,
+    features: DataFrame,
+    *,
+    keys: Sequence[str],
+    label_ts: str,
+    feature_ts: str,
+    ttl: timedelta | None = None,
+    prefix: str | None = None,
+    time_buckets: int | None = None,
+) -> DataFrame:
+    """Attach to each label row the latest feature row known at the label's time.
+
+    For each row of ``labels``, the matching feature row is the one with equal
+    ``keys`` and the greatest ``feature_ts`` such that
+    ``label_ts - ttl <= feature_ts <= label_ts`` (both bounds inclusive; no
+    lower bound when ``ttl`` is None). Without a match the feature columns are
+    null.
+
+    - Every label row comes out exactly once, duplicates included; label rows
+      with a null key or a null ``label_ts`` come out with null features.
+    - Feature rows with a null key or a null ``feature_ts`` never match.
+    - Keys match with equi-join semantics (``=``, never null to null).
+    - ``ttl`` is an exact duration (``timedelta(days=1)`` is 86 400 s).
+
+    **Tie-break.** When several feature rows of a key share the greatest
+    ``feature_ts``, the chosen one is the greatest in this total order: compare
+    the feature columns (every column of ``features`` except ``keys``) in the
+    column order of ``features``, each ascending with null smallest, as Spark
+    sorts them (strings by their UTF-8 bytes, NaN above every other number;
+    arrays and structs element by element). Columns of a type Spark cannot
+    sort (map, variant, interval) take part through their JSON text
+    (``to_json``). The result does not depend on partitioning or input order.
+    (The only rows this order cannot tell apart differ solely in ``-0.0``
+    versus ``0.0``.)
+
+    Output columns: all columns of ``labels`` (same names, same order, same
+    types) followed by all columns of ``features`` except ``keys``, in the
+    column order of ``features``, named ``prefix + name`` (``feature_ts``
+    included). Label columns come back nullable.
+
+    Example::
+
+        >>> as_of_join(labels, features, keys=["user_key"], label_ts="ts",
+        ...            feature_ts="feature_ts", prefix="f_")  # doctest: +SKIP
+
+    Args:
+        labels: One row per training example.
+        features: The feature history; one row per key and time the values
+            became known.
+        keys: Columns present in both frames that identify the entity.
+        label_ts: Timestamp column of ``labels``.
+        feature_ts: Timestamp column of ``features``.
+        ttl: Ignore feature rows older than ``label_ts - ttl``; None: no limit.
+        prefix: Put before the name of every column taken from ``features``.
+        time_buckets: Split every key's timeline into this many time buckets
+            to spread heavily skewed keys over several tasks (see module
+            docstring); None or 1: no bucketing.
+
+    Returns:
+        A lazy DataFrame; no Spark job runs until it is used.
+
+    Raises:
+        MissingColumnsError: A key or timestamp column is missing.
+        ColumnClashError: An output column name occurs twice (set ``prefix``).
+        ValueError: ``keys`` empty or repeated, ``ttl`` negative,
+            ``time_buckets`` below 1.
+    """
+    keys = _check_arguments(keys, label_ts, feature_ts, ttl, time_buckets)
+    _require_columns("labels", labels, [*keys, label_ts], keys=keys, ts_arg="label_ts")
+    _require_columns("features", features, [*keys, feature_ts], keys=keys, ts_arg="feature_ts")
+    feature_columns = [c for c in features.columns if c not in keys]
+    out_names = [f"{prefix or ''}{c}" for c in feature_columns]
+    _check_clashes(labels, out_names, prefix)
+
+    union = _tagged_union(labels, features, keys, label_ts, feature_ts)
+    payload_type = features.select(_packed(feature_columns)).schema[0].dataType
+    assert isinstance(payload_type, T.StructType)
+    tie_break = _tie_break(F.col(_PAYLOAD), payload_type)
+    key_cols = [_key(i) for i in range(len(keys))]
+
+    if time_buckets is not None and time_buckets > 1:
+        union = _bucketed(union, key_cols, time_buckets, tie_break)
+        partition = [*key_cols, _BUCKET]
+    else:
+        partition = key_cols
+
+    window = (
+        Window.partitionBy(*partition)
+        .orderBy(F.col(_TS).asc_nulls_first(), F.col(_KIND).desc(), tie_break.asc_nulls_first())
+        .rowsBetween(Window.unboundedPreceding, Window.currentRow)
+    )
+    latest = F.last(F.col(_PAYLOAD), ignorenulls=True).over(window)
+    matched = union.withColumn(_MATCH, latest).where(F.col(_KIND) == _LABEL_KIND)
+
+    found_ts = F.col(_MATCH).getField(feature_ts)
+    in_range = F.col(_TS).isNotNull() & F.col(_MATCH).isNotNull()
+    if ttl is not None:
+        in_range = in_range & (found_ts >= F.col(_TS) - F.lit(ttl))
+    match = F.when(in_range, F.col(_MATCH))
+    return matched.select(
+        *[F.col(_LABEL).getField(c).alias(c) for c in labels.columns],
+        *[match.getField(c).alias(name) for c, name in zip(feature_columns, out_names, strict=True)],
+    )
+
+
+def _check_arguments(
+    keys: Sequence[str],
+    label_ts: str,
+    feature_ts: str,
+    ttl: timedelta | None,
+    time_buckets: int | None,
+) -> list[str]:
+    key_list = [keys] if isinstance(keys, str) else list(keys)
+    if not key_list:
+        raise ValueError("as_of_join needs at least one key column; got keys=[]")
+    if len(set(key_list)) != len(key_list):
+        raise ValueError(f"keys must not repeat a column; got {key_list}")
+    for name, ts in (("label_ts", label_ts), ("feature_ts", feature_ts)):
+        if ts in key_list:
+            raise ValueError(f"{name}={ts!r} is also one of the keys {key_list}")
+    if ttl is not None:
+        if not isinstance(ttl, timedelta):
+            raise TypeError(f"ttl must be a datetime.timedelta or None; got {type(ttl).__name__}")
+        if ttl < timedelta(0):
+            raise ValueError(f"ttl must not be negative; got {ttl}")
+    if time_buckets is not None and (
+        isinstance(time_buckets, bool) or not isinstance(time_buckets, int) or time_buckets < 1
+    ):
+        raise ValueError(f"time_buckets must be a positive int or None; got {time_buckets!r}")
+    return key_list
+
+
+def _require_columns(
+    side: str, df: DataFrame, expected: list[str], *, keys: list[str], ts_arg: str
+) -> None:
+    missing = [c for c in expected if c not in df.columns]
+    if missing:
+        raise MissingColumnsError(
+            f"{side} is missing column(s) {missing}: expected keys {keys} and "
+            f"{ts_arg}={expected[-1]!r}; {side} has columns {df.columns}"
+        )
+
+
+def _check_clashes(labels: DataFrame, feature_names: list[str], prefix: str | None) -> None:
+    case_sensitive = labels.sparkSession.conf.get("spark.sql.caseSensitive", "false") == "true"
+
+    def norm(name: str) -> str:
+        return name if case_sensitive else name.lower()
+
+    seen: dict[str, str] = {}
+    clashes: list[str] = []
+    for name in [*labels.columns, *feature_names]:
+        if norm(name) in seen:
+            clashes.append(name if seen[norm(name)] == name else f"{seen[norm(name)]}/{name}")
+        else:
+            seen[norm(name)] = name
+    if clashes:
+        hint = "choose another prefix" if prefix else "pass prefix= to rename the feature columns"
+        raise ColumnClashError(
+            f"as_of_join output would repeat column(s) {clashes} "
+            f"(labels columns {labels.columns}, feature columns {feature_names}); {hint}"
+        )
+
+
+def _ref(name: str) -> Column:
+    """A column by its exact name, even with dots or backticks in it."""
+    return F.col("`" + name.replace("`", "``") + "`")
+
+
+def _key(i: int) -> str:
+    return f"__pit_key{i}"
+
+
+def _packed(columns: list[str]) -> Column:
+    return F.struct(*[_ref(c) for c in columns])
+
+
+def _tagged_union(
+    labels: DataFrame, features: DataFrame, keys: list[str], label_ts: str, feature_ts: str
+) -> DataFrame:
+    """Labels and feature rows in one frame: keys, ts, kind and one struct per side."""
+    label_type = labels.select(_packed(labels.columns)).schema[0].dataType
+    feature_columns = [c for c in features.columns if c not in keys]
+    payload_type = features.select(_packed(feature_columns)).schema[0].dataType
+    label_side = labels.select(
+        *[_ref(k).alias(_key(i)) for i, k in enumerate(keys)],
+        _ref(label_ts).alias(_TS),
+        F.lit(_LABEL_KIND).alias(_KIND),
+        _packed(labels.columns).alias(_LABEL),
+        F.lit(None).cast(payload_type).alias(_PAYLOAD),
+    )
+    usable = F.lit(True)
+    for c in [*keys, feature_ts]:
+        usable = usable & _ref(c).isNotNull()
+    feature_side = features.where(usable).select(
+        *[_ref(k).alias(_key(i)) for i, k in enumerate(keys)],
+        _ref(feature_ts).alias(_TS),
+        F.lit(_FEATURE).alias(_KIND),
+        F.lit(None).cast(label_type).alias(_LABEL),
+        _packed(feature_columns).alias(_PAYLOAD),
+    )
+    return label_side.unionByName(feature_side)
+
+
+def _sortable(data_type: T.DataType) -> bool:
+    if isinstance(data_type, T.StructType):
+        return all(_sortable(f.dataType) for f in data_type.fields)
+    if isinstance(data_type, T.ArrayType):
+        return _sortable(data_type.elementType)
+    unsortable = (T.MapType, T.VariantType, T.CalendarIntervalType, T.UserDefinedType)
+    return not isinstance(data_type, unsortable)
+
+
+def _tie_break(payload: Column, payload_type: T.StructType) -> Column:
+    """The payload itself when Spark can sort it; else unsortable fields as JSON text."""
+    if _sortable(payload_type):
+        return payload
+    fields = []
+    for i, field in enumerate(payload_type.fields):
+        value = payload.getField(field.name)
+        if not _sortable(field.dataType):
+            value = F.to_json(F.struct(value.alias("v")))
+        fields.append(value.alias(f"f{i}"))
+    return F.when(payload.isNotNull(), F.struct(*fields))
+
+
+def _bucketed(union: DataFrame, key_cols: list[str], buckets: int, tie_break: Column) -> DataFrame:
+    """Add a time bucket to every row, plus one carried-forward feature row per bucket.
+
+    Buckets are monotone in time, so every feature row of an earlier bucket is
+    strictly older than every row of a later one. The carried row of bucket b
+    is the newest feature row of all buckets before b (same tie-break), so a
+    window per ``(keys, bucket)`` finds what a window per ``keys`` would.
+    """
+    micros = F.unix_micros(F.col(_TS).cast(T.TimestampType()))
+    bounds = union.agg(F.min(micros).alias(_LO), F.max(micros).alias(_HI))
+    span = (F.col(_HI) - F.col(_LO) + F.lit(1)).cast("double")
+    position = (micros - F.col(_LO)).cast("double") / span * F.lit(float(buckets))
+    bucket = F.least(F.lit(buckets - 1), F.greatest(F.lit(0), F.floor(position).cast("int")))
+    with_bucket = (
+        union.crossJoin(F.broadcast(bounds))
+        .withColumn(_BUCKET, bucket)
+        .drop(_LO, _HI)
+    )
+
+    # Newest feature row per (keys, bucket) by (ts, tie-break); the sort key
+    # is separate from the payload because the payload may not be sortable.
+    order = F.when(
+        F.col(_KIND) == _FEATURE, F.struct(F.col(_TS).alias("t"), tie_break.alias("o"))
+    )
+    per_bucket = with_bucket.groupBy(*key_cols, _BUCKET).agg(
+        F.when(
+            F.max(order).isNotNull(),
+            F.struct(F.max(order).getField("t").alias("t"), F.max_by(_PAYLOAD, order).alias("p")),
+        ).alias(_LAST)
+    )
+    before = (
+        Window.partitionBy(*key_cols)
+        .orderBy(F.col(_BUCKET).asc_nulls_first())
+        .rowsBetween(Window.unboundedPreceding, -1)
+    )
+    carried = (
+        per_bucket.withColumn(_CARRIED, F.last(F.col(_LAST), ignorenulls=True).over(before))
+        .where(F.col(_CARRIED).isNotNull() & F.col(_BUCKET).isNotNull())
+        .select(
+            *key_cols,
+            F.col(_CARRIED).getField("t").alias(_TS),
+            F.lit(_FEATURE).alias(_KIND),
+            F.lit(None).cast(union.schema[_LABEL].dataType).alias(_LABEL),
+            F.col(_CARRIED).getField("p").alias(_PAYLOAD),
+            _BUCKET,
+        )
+    )
+    return with_bucket.unionByName(carried)

@@ -1,0 +1,54 @@
+"""One SparkSession per test process, built by lakeward.session on a temporary data root.
+
+Tests that write get their own uuid-named schema (``fresh_settings``) so no
+test depends on another test's tables.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pyspark.sql import SparkSession
+
+from lakeward.config import Settings, load_settings
+
+# A fixed test key so pseudonymized values are reproducible inside the run.
+os.environ.setdefault("LAKEWARD_PII_KEY", "test-key-0123456789abcdef-not-a-secret")
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("lakeward-home")
+
+
+@pytest.fixture(scope="session")
+def base_settings(data_root: Path) -> Settings:
+    settings = load_settings("local", data_root=data_root)
+    conf = dict(settings.spark.conf)
+    conf.update({"spark.sql.shuffle.partitions": "2", "spark.default.parallelism": "2"})
+    spark_settings = settings.spark.model_copy(update={"master": "local[2]", "conf": conf})
+    return settings.model_copy(update={"spark": spark_settings})
+
+
+@pytest.fixture(scope="session")
+def spark(base_settings: Settings) -> Iterator[SparkSession]:
+    from lakeward.session import get_spark
+
+    session = get_spark(base_settings)
+    yield session
+    session.stop()
+
+
+@pytest.fixture()
+def fresh_settings(base_settings: Settings, tmp_path: Path) -> Settings:
+    """Settings whose tables live in schemas of their own and whose landing dir is empty."""
+    suffix = uuid.uuid4().hex[:8]
+    renamed = {
+        logical: f"{name.split('.')[0]}_{suffix}.{name.split('.')[1]}"
+        for logical, name in base_settings.tables.items()
+    }
+    return base_settings.model_copy(update={"tables": renamed, "data_root": tmp_path})

@@ -1,0 +1,37 @@
+import json
+
+from chispa import assert_df_equality
+from pyspark.sql import SparkSession
+
+from lakeward.bronze import BLANK, MALFORMED, number_lines, parse_lines
+
+
+def test_number_lines_across_files_and_splits(spark: SparkSession) -> None:
+    # Two files; file a was read as two splits whose ids are not contiguous.
+    rows = [
+        ("a0", "a", 0, 100), ("a1", "a", 0, 101),
+        ("a2", "a", 64, 8589934592), ("a3", "a", 64, 8589934593), ("a4", "a", 64, 8589934594),
+        ("b0", "b", 0, 17179869184),
+    ]
+    lines = spark.createDataFrame(rows, "value string, _file string, _block long, _mid long")
+    got = {r["value"]: r["_line_no"] for r in number_lines(lines).collect()}
+    assert got == {"a0": 1, "a1": 2, "a2": 3, "a3": 4, "a4": 5, "b0": 1}
+
+
+def test_parse_lines_keeps_text_and_rescues_unknown_fields(spark: SparkSession) -> None:
+    good = json.dumps({"event_id": "e1", "amount": 12.50, "items": 3, "tip_amount": 1.5, "x": None})
+    lines = [good, '{"event_id": "e2", "amount": "twelve"', "", "[1, 2]", '{"event_id": null}']
+    df = spark.createDataFrame([(v, i + 1) for i, v in enumerate(lines)], "value string, _line_no long")
+    out = {r["_line_no"]: r for r in parse_lines(df, ["event_id", "amount", "items"]).collect()}
+    assert out[1]["event_id"] == "e1" and out[1]["amount"] == "12.5" and out[1]["items"] == "3"
+    assert json.loads(out[1]["_rescued_data"]) == {"tip_amount": "1.5", "x": None}
+    assert out[1]["_reason"] is None
+    assert out[2]["_reason"] == MALFORMED
+    assert out[3]["_reason"] == BLANK
+    assert out[4]["_reason"] == MALFORMED
+    assert out[5]["_reason"] is None and out[5]["event_id"] is None and out[5]["_rescued_data"] is None
+
+
+def test_parse_lines_is_pure(spark: SparkSession) -> None:
+    df = spark.createDataFrame([('{"a": "1"}', 1)], "value string, _line_no long")
+    assert_df_equality(parse_lines(df, ["a"]), parse_lines(df, ["a"]))

@@ -1,0 +1,65 @@
+from pathlib import Path
+
+import pytest
+
+from lakeward.config import ConfigError, default_conf_dir, load_settings
+
+
+def _conf(tmp_path: Path, base_extra: str = "", local: str = "") -> Path:
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    base = (default_conf_dir() / "base.yml").read_text()
+    (conf / "base.yml").write_text(base + base_extra)
+    (conf / "local.yml").write_text(local)
+    return conf
+
+
+def test_base_and_overlay_merge(tmp_path: Path) -> None:
+    conf = _conf(tmp_path, local="pipeline:\n  allowed_lateness_days: 3\n")
+    settings = load_settings("local", conf_dir=conf, data_root=tmp_path / "home")
+    assert settings.pipeline.allowed_lateness_days == 3
+    assert settings.pipeline.max_amount == 1000.0  # from base
+    assert settings.table("silver_orders") == "silver.orders"
+    assert settings.data_root == (tmp_path / "home").resolve()
+    assert settings.landing_dir == settings.data_root / "landing"
+
+
+def test_unknown_key_names_file_and_key(tmp_path: Path) -> None:
+    conf = _conf(tmp_path, local="pipeline:\n  allowed_latenes_days: 3\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings("local", conf_dir=conf)
+    assert "local.yml" in str(err.value)
+    assert "pipeline.allowed_latenes_days" in str(err.value)
+    assert "unknown key" in str(err.value)
+
+
+def test_wrong_type_names_expected(tmp_path: Path) -> None:
+    conf = _conf(tmp_path, local="pipeline:\n  max_amount: lots\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings("local", conf_dir=conf)
+    message = str(err.value)
+    assert "local.yml" in message and "pipeline.max_amount" in message and "'lots'" in message
+
+
+def test_error_in_base_names_base(tmp_path: Path) -> None:
+    conf = _conf(tmp_path, base_extra="\nsurprise: 1\n")
+    with pytest.raises(ConfigError, match=r"base\.yml: surprise: unknown key"):
+        load_settings("local", conf_dir=conf)
+
+
+def test_home_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LAKEWARD_HOME", str(tmp_path / "elsewhere"))
+    assert load_settings("local").data_root == (tmp_path / "elsewhere").resolve()
+
+
+def test_environment_from_variable_and_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LAKEWARD_ENV", "prod")
+    assert load_settings().env == "prod"
+    assert load_settings().privacy.generate_key_if_missing is False
+    with pytest.raises(ConfigError, match="unknown environment"):
+        load_settings("staging")
+
+
+def test_unknown_logical_table() -> None:
+    with pytest.raises(ConfigError, match="no table configured"):
+        load_settings("local").table("silver_nothing")

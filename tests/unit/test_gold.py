@@ -1,0 +1,110 @@
+"""gold.user_features against a brute-force oracle on randomized data, late events included."""
+
+import random
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from chispa import assert_df_equality
+from pyspark.sql import SparkSession
+
+from lakeward.gold import user_daily, user_features
+
+START = date(2026, 1, 1)
+ORDERS = "user_key string, event_date date, _arrival_date date, amount decimal(12,2)"
+DELIVERIES = ("user_key string, event_date date, _arrival_date date, promised_minutes int, "
+              "actual_minutes int")
+RATINGS = "user_key string, event_date date, _arrival_date date, rating int"
+WINDOWS = (3, 7)
+
+
+def _random_events(seed: int):
+    rng = random.Random(seed)
+    users = [f"u{seed}_{i}" for i in range(4)]
+
+    def when():
+        event = START + timedelta(days=rng.randrange(20))
+        late = rng.choice([0, 0, 0, 1, 2, 5, 9])
+        return event, event + timedelta(days=late)
+
+    orders = [(rng.choice(users), *when(), Decimal(rng.randrange(100, 5000)) / 100) for _ in range(40)]
+    deliveries = [(rng.choice(users), *when(), 30, rng.choice([20, 30, 31, 60])) for _ in range(30)]
+    ratings = [(rng.choice(users), *when(), rng.randint(1, 5)) for _ in range(20)]
+    return orders, deliveries, ratings
+
+
+def _oracle(orders, deliveries, ratings, as_of):
+    def known(e):
+        return max(e[1], e[2])
+
+    rows = []
+    users = {e[0] for e in orders + deliveries + ratings}
+    for user in sorted(users):
+        mine = [e for e in orders + deliveries + ratings if e[0] == user]
+        first = min(known(e) for e in mine)
+        day = first
+        while day <= as_of:
+            seen_orders = [e for e in orders if e[0] == user and known(e) <= day]
+            row = {"user_key": user, "feature_date": day,
+                   "feature_ts": datetime(day.year, day.month, day.day) + timedelta(days=1)}
+            for w in WINDOWS:
+                inside = [e for e in seen_orders if day - timedelta(days=w - 1) <= e[1] <= day]
+                row[f"orders_{w}d"] = len(inside)
+                row[f"spend_{w}d"] = sum((e[3] for e in inside), Decimal(0))
+            row["late_deliveries_30d"] = sum(
+                1 for e in deliveries
+                if e[0] == user and known(e) <= day and day - timedelta(days=29) <= e[1] <= day
+                and e[4] > e[3]
+            )
+            last = max((e[1] for e in seen_orders), default=None)
+            row["days_since_last_order"] = None if last is None else (day - last).days
+            seen_ratings = [e[3] for e in ratings if e[0] == user and known(e) <= day]
+            row["rating_count"] = len(seen_ratings)
+            row["mean_rating"] = sum(seen_ratings) / len(seen_ratings) if seen_ratings else None
+            row["feature_version"] = "vT"
+            rows.append(row)
+            day += timedelta(days=1)
+    return rows
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_user_features_match_oracle(spark: SparkSession, seed: int) -> None:
+    orders, deliveries, ratings = _random_events(seed)
+    as_of = START + timedelta(days=15 + seed)
+    got = user_features(
+        spark.createDataFrame(orders, ORDERS),
+        spark.createDataFrame(deliveries, DELIVERIES),
+        spark.createDataFrame(ratings, RATINGS),
+        as_of=as_of, windows=WINDOWS, version="vT",
+    )
+    expected_rows = _oracle(orders, deliveries, ratings, as_of)
+    expected = spark.createDataFrame(expected_rows, schema=got.schema)
+    assert_df_equality(got, expected, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_late_event_only_changes_later_rows(spark: SparkSession) -> None:
+    on_time = [("u", date(2026, 1, 1), date(2026, 1, 1), Decimal("10.00"))]
+    late = on_time + [("u", date(2026, 1, 2), date(2026, 1, 5), Decimal("5.00"))]
+    empty_d = spark.createDataFrame([], DELIVERIES)
+    empty_r = spark.createDataFrame([], RATINGS)
+
+    def rows(orders):
+        df = user_features(spark.createDataFrame(orders, ORDERS), empty_d, empty_r,
+                           as_of=date(2026, 1, 6), windows=(7,), version="v")
+        return {r["feature_date"]: r["orders_7d"] for r in df.collect()}
+
+    before, after = rows(on_time), rows(late)
+    assert [after[date(2026, 1, d)] for d in range(1, 7)] == [1, 1, 1, 1, 2, 2]
+    assert all(before[date(2026, 1, d)] == 1 for d in range(1, 7))
+
+
+def test_user_daily(spark: SparkSession) -> None:
+    d = date(2026, 1, 1)
+    got = user_daily(
+        spark.createDataFrame([("u", d, d, Decimal("10.00")), ("u", d, d, Decimal("2.50"))], ORDERS),
+        spark.createDataFrame([("u", d, d, 30, 45)], DELIVERIES),
+        spark.createDataFrame([("u", d, d, 4), ("u", d, d, 5)], RATINGS),
+    ).first()
+    assert (got["orders"], got["spend"], got["deliveries"], got["late_deliveries"]) == (
+        2, Decimal("12.50"), 1, 1)
+    assert (got["rating_count"], got["rating_sum"], got["mean_rating"]) == (2, 9, 4.5)

@@ -1,0 +1,357 @@
+"""Unit tests for lakeward.pit.as_of_join against a brute-force Python oracle."""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+from chispa import assert_df_equality
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from lakeward.pit import ColumnClashError, MissingColumnsError, as_of_join
+
+T0 = datetime(2024, 3, 1, 12, 0, 0)
+TTL = timedelta(seconds=5)
+
+LABELS = T.StructType(
+    [
+        T.StructField("seed", T.IntegerType()),
+        T.StructField("k1", T.StringType()),
+        T.StructField("k2", T.IntegerType()),
+        T.StructField("label_ts", T.TimestampType()),
+        T.StructField("label_id", T.IntegerType()),
+        T.StructField("y", T.DoubleType()),
+    ]
+)
+# Keys interleaved with feature columns on purpose: output follows this order.
+FEATURES = T.StructType(
+    [
+        T.StructField("seed", T.IntegerType()),
+        T.StructField("k1", T.StringType()),
+        T.StructField("a", T.IntegerType()),
+        T.StructField("feature_ts", T.TimestampType()),
+        T.StructField("k2", T.IntegerType()),
+        T.StructField("b", T.StringType()),
+        T.StructField("c", T.DoubleType()),
+    ]
+)
+KEYS = ["seed", "k1", "k2"]
+
+Row = dict[str, Any]
+
+
+def at(seconds: int) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+# --- oracle -------------------------------------------------------------------------------
+
+
+def _null_smallest(value: Any) -> tuple[int, Any]:
+    return (0, 0) if value is None else (1, value)
+
+
+def oracle(
+    labels: Sequence[Row],
+    features: Sequence[Row],
+    *,
+    label_columns: Sequence[str],
+    feature_columns: Sequence[str],
+    keys: Sequence[str],
+    label_ts: str,
+    feature_ts: str,
+    ttl: timedelta | None,
+) -> list[tuple[Any, ...]]:
+    """The contract, by brute force: greatest feature_ts in [label_ts - ttl, label_ts],
+    ties broken by the greatest (feature columns in order, null smallest)."""
+    payload = [c for c in feature_columns if c not in keys]
+    out = []
+    for label in labels:
+        best, best_rank = None, None
+        usable = label[label_ts] is not None and all(label[k] is not None for k in keys)
+        for feature in features if usable else ():
+            ts = feature[feature_ts]
+            if ts is None or any(feature[k] is None or feature[k] != label[k] for k in keys):
+                continue
+            if ts > label[label_ts] or (ttl is not None and ts < label[label_ts] - ttl):
+                continue
+            rank = (ts, tuple(_null_smallest(feature[c]) for c in payload))
+            if best_rank is None or rank > best_rank:
+                best, best_rank = feature, rank
+        out.append(
+            tuple(label[c] for c in label_columns)
+            + tuple(None if best is None else best[c] for c in payload)
+        )
+    return out
+
+
+def _sorted(rows: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
+    return sorted(
+        (tuple(r) for r in rows),
+        key=lambda r: tuple((0, "") if v is None else (1, repr(v)) for v in r),
+    )
+
+
+# --- random data ---------------------------------------------------------------------------
+
+
+def random_case(seed: int, n_labels: int = 40, n_features: int = 60) -> tuple[list[Row], list[Row]]:
+    """Small key and time ranges so that ties, equal timestamps and boundaries are frequent."""
+    rng = random.Random(seed)
+
+    def maybe(value: Any, p_null: float = 0.05) -> Any:
+        return None if rng.random() < p_null else value
+
+    def ts() -> datetime | None:
+        return maybe(at(rng.randint(0, 30)))
+
+    features: list[Row] = []
+    for _ in range(n_features):
+        features.append(
+            {
+                "seed": seed,
+                "k1": maybe(rng.choice("xyz")),
+                "k2": maybe(rng.choice([1, 2])),
+                "feature_ts": ts(),
+                "a": rng.choice([None, 1, 2, 3]),
+                "b": rng.choice([None, "p", "q"]),
+                "c": rng.choice([None, -1.5, 0.0, 2.5]),
+            }
+        )
+    features += [dict(rng.choice(features)) for _ in range(4)]  # exact duplicates
+    labels: list[Row] = []
+    for i in range(n_labels):
+        labels.append(
+            {
+                "seed": seed,
+                # "w" never occurs in the features: labels without any feature row.
+                "k1": maybe(rng.choice("xyzw")),
+                "k2": maybe(rng.choice([1, 2])),
+                "label_ts": ts(),
+                "label_id": i,
+                "y": rng.choice([0.0, 1.0]),
+            }
+        )
+    # Exact TTL boundaries: feature_ts == label_ts - ttl (in) and one second older (out).
+    dated = [f for f in features if f["feature_ts"] is not None]
+    for i in range(6):
+        f = rng.choice(dated)
+        shift = TTL + timedelta(seconds=i % 2)
+        labels.append(
+            {"seed": seed, "k1": f["k1"], "k2": f["k2"], "label_ts": f["feature_ts"] + shift,
+             "label_id": 100 + i, "y": 1.0}
+        )
+    labels += [dict(rng.choice(labels)) for _ in range(5)]  # duplicate label rows
+    rng.shuffle(labels)
+    return labels, features
+
+
+SEEDS = range(25)
+
+
+@pytest.fixture(scope="module")
+def random_data(spark: SparkSession) -> tuple[dict[int, tuple[list[Row], list[Row]]], DataFrame,
+                                              DataFrame]:
+    cases = {seed: random_case(seed) for seed in SEEDS}
+    label_rows = [tuple(r[f.name] for f in LABELS) for ls, _ in cases.values() for r in ls]
+    feature_rows = [tuple(r[f.name] for f in FEATURES) for _, fs in cases.values() for r in fs]
+    labels = spark.createDataFrame(label_rows, LABELS)
+    features = spark.createDataFrame(feature_rows, FEATURES)
+    return cases, labels, features
+
+
+def _check_against_oracle(
+    cases: dict[int, tuple[list[Row], list[Row]]], result: DataFrame, ttl: timedelta | None
+) -> None:
+    by_seed: dict[int, list[tuple[Any, ...]]] = defaultdict(list)
+    for row in result.collect():
+        by_seed[row["seed"]].append(tuple(row))
+    for seed, (labels, features) in cases.items():
+        expected = oracle(
+            labels, features, label_columns=LABELS.fieldNames(),
+            feature_columns=FEATURES.fieldNames(), keys=KEYS,
+            label_ts="label_ts", feature_ts="feature_ts", ttl=ttl,
+        )
+        assert _sorted(by_seed[seed]) == _sorted(expected), f"seed {seed}"
+
+
+@pytest.mark.parametrize("ttl", [None, TTL], ids=["no-ttl", "ttl"])
+def test_matches_oracle_on_random_data(random_data: Any, ttl: timedelta | None) -> None:
+    cases, labels, features = random_data
+    result = as_of_join(labels, features, keys=KEYS, label_ts="label_ts",
+                        feature_ts="feature_ts", ttl=ttl)
+    assert result.columns == LABELS.fieldNames() + ["a", "feature_ts", "b", "c"]
+    _check_against_oracle(cases, result, ttl)
+
+
+def test_time_buckets_and_input_order_do_not_change_the_result(random_data: Any) -> None:
+    cases, labels, features = random_data
+    result = as_of_join(labels.repartition(3), features.repartition(3), keys=KEYS, label_ts="label_ts",
+                        feature_ts="feature_ts", ttl=TTL, time_buckets=4)
+    _check_against_oracle(cases, result, TTL)
+
+
+# --- hand-written cases --------------------------------------------------------------------
+
+SMALL_LABELS = T.StructType(
+    [
+        T.StructField("user", T.StringType()),
+        T.StructField("ts", T.TimestampType()),
+        T.StructField("label", T.IntegerType()),
+    ]
+)
+SMALL_FEATURES = T.StructType(
+    [
+        T.StructField("user", T.StringType()),
+        T.StructField("ts", T.TimestampType()),
+        T.StructField("v", T.IntegerType()),
+    ]
+)
+SMALL_OUT = T.StructType(
+    [*SMALL_LABELS.fields, T.StructField("f_ts", T.TimestampType()),
+     T.StructField("f_v", T.IntegerType())]
+)
+
+
+def _small(spark: SparkSession, labels: list[tuple[Any, ...]],
+           features: list[tuple[Any, ...]]) -> tuple[DataFrame, DataFrame]:
+    return (spark.createDataFrame(labels, SMALL_LABELS),
+            spark.createDataFrame(features, SMALL_FEATURES))
+
+
+def test_bounds_ties_duplicates_and_nulls(spark: SparkSession) -> None:
+    labels, features = _small(
+        spark,
+        [
+            ("u", at(10), 1),   # equal timestamps: inclusive upper bound, tie -> greatest v
+            ("u", at(10), 1),   # duplicate label row: comes out twice
+            ("u", at(16), 2),   # feature_ts == label_ts - ttl: still in
+            ("u", at(17), 3),   # one second older than the TTL allows: out
+            ("u", at(9), 4),    # before every usable feature
+            ("v", at(10), 5),   # no feature rows for this key
+            (None, at(10), 6),  # null key never matches (even a null-keyed feature)
+            ("u", None, 7),     # null timestamp never matches
+        ],
+        [
+            ("u", at(10), 3),
+            ("u", at(10), 7),
+            ("u", at(10), None),
+            ("u", at(11), 1),   # after the labels at 10
+            ("u", None, 99),    # null feature_ts never matches
+            (None, at(1), 98),
+        ],
+    )
+    result = as_of_join(labels, features, keys=["user"], label_ts="ts", feature_ts="ts",
+                        ttl=timedelta(seconds=5), prefix="f_")
+    expected = spark.createDataFrame(
+        [
+            ("u", at(10), 1, at(10), 7),
+            ("u", at(10), 1, at(10), 7),
+            ("u", at(16), 2, at(11), 1),
+            ("u", at(17), 3, None, None),
+            ("u", at(9), 4, None, None),
+            ("v", at(10), 5, None, None),
+            (None, at(10), 6, None, None),
+            ("u", None, 7, None, None),
+        ],
+        SMALL_OUT,
+    )
+    assert_df_equality(result, expected, ignore_row_order=True)
+
+
+def test_without_ttl_any_older_feature_matches(spark: SparkSession) -> None:
+    labels, features = _small(spark, [("u", at(1000), 1)], [("u", at(0), 5), ("u", at(1001), 6)])
+    result = as_of_join(labels, features, keys=["user"], label_ts="ts", feature_ts="ts",
+                        prefix="f_")
+    assert [tuple(r) for r in result.collect()] == [("u", at(1000), 1, at(0), 5)]
+
+
+def test_zero_ttl_keeps_only_exact_timestamps(spark: SparkSession) -> None:
+    labels, features = _small(spark, [("u", at(5), 1), ("u", at(6), 2)], [("u", at(5), 9)])
+    result = as_of_join(labels, features, keys=["user"], label_ts="ts", feature_ts="ts",
+                        ttl=timedelta(0), prefix="f_")
+    assert _sorted(result.select("label", "f_v").collect()) == [(1, 9), (2, None)]
+
+
+def test_prefix_names_every_feature_column_in_feature_order(spark: SparkSession) -> None:
+    labels = spark.createDataFrame([(1, at(5), "l")], "id INT, when TIMESTAMP, note STRING")
+    features = spark.createDataFrame(
+        [(2.0, at(4), 1, "x")], "score DOUBLE, seen_at TIMESTAMP, id INT, note STRING"
+    )
+    result = as_of_join(labels, features, keys=["id"], label_ts="when", feature_ts="seen_at",
+                        prefix="feat_")
+    assert result.columns == ["id", "when", "note", "feat_score", "feat_seen_at", "feat_note"]
+    assert [tuple(r) for r in result.collect()] == [(1, at(5), "l", 2.0, at(4), "x")]
+
+
+def test_map_columns_break_ties_through_their_json(spark: SparkSession) -> None:
+    labels = spark.createDataFrame([("u", at(5))], "user STRING, ts TIMESTAMP")
+    features = spark.createDataFrame(
+        [("u", at(5), {"a": 1}), ("u", at(5), {"b": 0}), ("u", at(4), {"z": 9})],
+        "user STRING, fts TIMESTAMP, m MAP<STRING, INT>",
+    )
+    plain, bucketed = (
+        as_of_join(labels, features, keys=["user"], label_ts="ts", feature_ts="fts",
+                   time_buckets=buckets)
+        for buckets in (None, 2)
+    )
+    # '{"v":{"b":0}}' is the greatest JSON text; one job for both variants.
+    assert [r["m"] for r in plain.unionByName(bucketed).collect()] == [{"b": 0}, {"b": 0}]
+
+
+def test_plan_has_no_join_and_one_shuffle(spark: SparkSession,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    labels, features = _small(spark, [("u", at(5), 1)], [("u", at(4), 2)])
+    as_of_join(labels, features, keys=["user"], label_ts="ts", feature_ts="ts",
+               prefix="f_").explain()
+    plan = capsys.readouterr().out
+    assert "Join" not in plan and "Cartesian" not in plan
+    assert plan.count("Exchange") == 1, plan
+
+
+# --- argument errors -----------------------------------------------------------------------
+
+
+def test_clashing_columns_without_prefix_are_named(spark: SparkSession) -> None:
+    labels, features = _small(spark, [], [])
+    with pytest.raises(ColumnClashError, match=r"\['ts'\]"):
+        as_of_join(labels, features, keys=["user"], label_ts="ts", feature_ts="ts")
+
+
+def test_prefix_that_still_clashes_is_rejected(spark: SparkSession) -> None:
+    labels = spark.createDataFrame([], "user STRING, ts TIMESTAMP, f_v INT")
+    features = spark.createDataFrame([], "user STRING, fts TIMESTAMP, v INT")
+    with pytest.raises(ColumnClashError, match="f_v"):
+        as_of_join(labels, features, keys=["user"], label_ts="ts", feature_ts="fts", prefix="f_")
+
+
+def test_missing_columns_list_expected_and_present(spark: SparkSession) -> None:
+    labels, features = _small(spark, [], [])
+    with pytest.raises(MissingColumnsError) as err:
+        as_of_join(labels, features, keys=["user", "shop"], label_ts="event_ts", feature_ts="ts",
+                   prefix="f_")
+    message = str(err.value)
+    assert "['shop', 'event_ts']" in message and "['user', 'ts', 'label']" in message
+    with pytest.raises(MissingColumnsError, match="features.*'feature_ts'"):
+        as_of_join(labels, features, keys=["user"], label_ts="ts", feature_ts="feature_ts",
+                   prefix="f_")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"keys": [], "ttl": None}, "at least one key"),
+        ({"keys": ["user"], "ttl": timedelta(seconds=-1)}, "negative"),
+        ({"keys": ["user", "user"], "ttl": None}, "repeat"),
+    ],
+)
+def test_invalid_arguments(spark: SparkSession, kwargs: dict[str, Any], message: str) -> None:
+    labels, features = _small(spark, [], [])
+    with pytest.raises(ValueError, match=message):
+        as_of_join(labels, features, label_ts="ts", feature_ts="ts", prefix="f_", **kwargs)

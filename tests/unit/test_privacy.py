@@ -1,0 +1,52 @@
+import hashlib
+import hmac
+from pathlib import Path
+
+import pytest
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from lakeward.config import load_settings
+from lakeward.privacy.keys import MissingKeyError, pii_key
+from lakeward.privacy.pseudonymize import hmac_sha256
+
+VALUES = ["usr_0123456789ab", "", "Müller ünïcode", "x" * 300, None]
+
+
+@pytest.mark.parametrize("key", [b"k" * 16, b"a-longer-secret-key-" * 5])
+def test_hmac_matches_python(spark: SparkSession, key: bytes) -> None:
+    df = spark.createDataFrame([(v,) for v in VALUES], "v string")
+    got = dict(df.select("v", hmac_sha256(F.col("v"), key).alias("h")).collect())
+    for value in VALUES:
+        expected = None if value is None else hmac.new(key, value.encode(), hashlib.sha256).hexdigest()
+        assert got[value] == expected
+
+
+def test_hmac_rejects_empty_key(spark: SparkSession) -> None:
+    with pytest.raises(ValueError):
+        hmac_sha256(F.lit("x"), b"")
+
+
+def test_local_key_generated_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                  caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.delenv("LAKEWARD_PII_KEY", raising=False)
+    settings = load_settings("local", data_root=tmp_path)
+    first = pii_key(settings)
+    second = pii_key(settings)
+    assert first == second and len(first) >= 32
+    assert (tmp_path / "pii.key").stat().st_mode & 0o077 == 0
+    assert sum("generated a local pseudonymization key" in r.message for r in caplog.records) == 1
+
+
+def test_prod_refuses_without_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LAKEWARD_PII_KEY", raising=False)
+    with pytest.raises(MissingKeyError, match="LAKEWARD_PII_KEY is not set"):
+        pii_key(load_settings("prod", data_root=tmp_path))
+
+
+def test_key_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LAKEWARD_PII_KEY", "s" * 40)
+    assert pii_key(load_settings("prod", data_root=tmp_path)) == b"s" * 40
+    monkeypatch.setenv("LAKEWARD_PII_KEY", "short")
+    with pytest.raises(MissingKeyError, match="shorter"):
+        pii_key(load_settings("prod", data_root=tmp_path))

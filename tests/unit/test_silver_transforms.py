@@ -1,0 +1,79 @@
+import json
+from datetime import date, datetime
+
+from pyspark.sql import SparkSession
+
+from lakeward.config import PipelineSettings
+from lakeward.silver import conform, dedupe, pseudonymize, quarantine_records, validate
+
+BRONZE_ORDER = (
+    "event_id string, event_type string, event_ts string, user_id string, order_id string, "
+    "restaurant_id string, city string, amount string, items string, _rescued_data string, "
+    "_arrival_date date, _ingested_at timestamp, _source_file string, _line_no long, _batch_id string"
+)
+AT = datetime(2026, 1, 3, 1, 0, 0)
+
+
+def _order(event_id, ts="2026-01-02T10:00:00Z", user="usr_aaaaaaaaaaaa", amount="10.5",
+           items="2", rescued=None, arrival=date(2026, 1, 2), line=1):
+    return (event_id, "order_placed", ts, user, "ord_1", "rst_1", "Paris", amount, items, rescued,
+            arrival, AT, "landing/order_placed/x.jsonl", line, "b1")
+
+
+def _checked(spark: SparkSession, rows):
+    df = spark.createDataFrame(rows, BRONZE_ORDER)
+    return validate(conform(df, "order_placed"), "order_placed", PipelineSettings())
+
+
+def test_conform_resolves_renamed_and_new_fields(spark: SparkSession) -> None:
+    rescued = json.dumps({"total_amount": "20.25", "tip_amount": "1.5"})
+    row = _checked(spark, [_order("e1", amount=None, rescued=rescued)]).first()
+    assert str(row["amount"]) == "20.25" and str(row["tip_amount"]) == "1.50"
+    assert row["event_ts"] == datetime(2026, 1, 2, 10, 0, 0)
+    assert row["event_date"] == date(2026, 1, 2)
+    assert row["_reason"] is None
+
+
+def test_validate_names_every_broken_rule(spark: SparkSession) -> None:
+    rows = [
+        _order("ok", line=1),
+        _order(None, line=2),
+        _order("e3", user=None, line=3),
+        _order("e4", amount="twelve", line=4),
+        _order("e5", amount="-3", items="0", line=5),
+        _order("e6", ts="2027-06-01T00:00:00Z", line=6),
+        _order("e7", ts="yesterday", line=7),
+        _order("e8", ts="2025-12-01T00:00:00Z", line=8),
+    ]
+    reasons = {r["_line_no"]: r["_reason"] for r in _checked(spark, rows).collect()}
+    assert reasons == {
+        1: None,
+        2: "null_key:event_id",
+        3: "null_key:user_id",
+        4: "invalid_type:amount",
+        5: "out_of_range:amount;out_of_range:items",
+        6: "future_event_ts",
+        7: "invalid_type:event_ts",
+        8: "beyond_allowed_lateness",
+    }
+
+
+def test_dedupe_keeps_first_arrival(spark: SparkSession) -> None:
+    rows = [
+        _order("e1", arrival=date(2026, 1, 3), line=1),
+        _order("e1", arrival=date(2026, 1, 2), line=9),
+        _order("e1", arrival=date(2026, 1, 2), line=4),
+        _order("e2", line=5),
+    ]
+    kept = dedupe(_checked(spark, rows)).select("event_id", "_arrival_date", "_line_no").collect()
+    assert sorted(tuple(r) for r in kept) == [("e1", date(2026, 1, 2), 4), ("e2", date(2026, 1, 2), 5)]
+
+
+def test_pseudonymize_and_quarantine_record_hold_no_raw_id(spark: SparkSession) -> None:
+    checked = pseudonymize(_checked(spark, [_order("e4", amount="twelve")]), b"k" * 32)
+    assert "user_id" not in checked.columns
+    record = quarantine_records(checked, "order_placed", AT).first()
+    assert record["reason"] == "invalid_type:amount"
+    assert "usr_aaaaaaaaaaaa" not in json.dumps(record.asDict(), default=str)
+    assert json.loads(record["record"])["amount"] == "twelve"
+    assert len(record["user_key"]) == 64
