@@ -43,12 +43,16 @@ def spark(base_settings: Settings) -> Iterator[SparkSession]:
     session.stop()
 
 
-@pytest.fixture()
-def fresh_settings(base_settings: Settings, tmp_path: Path) -> Settings:
-    """Settings whose tables live in schemas of their own and whose landing dir is empty."""
+def isolated(settings: Settings, root: Path) -> Settings:
+    """Settings whose tables live in schemas of their own and whose data root is ``root``."""
     suffix = uuid.uuid4().hex[:8]
     renamed = {
         logical: f"{name.split('.')[0]}_{suffix}.{name.split('.')[1]}"
-        for logical, name in base_settings.tables.items()
+        for logical, name in settings.tables.items()
     }
-    return base_settings.model_copy(update={"tables": renamed, "data_root": tmp_path})
+    return settings.model_copy(update={"tables": renamed, "data_root": root})
+
+
+@pytest.fixture()
+def fresh_settings(base_settings: Settings, tmp_path: Path) -> Settings:
+    return isolated(base_settings, tmp_path)

@@ -128,6 +128,10 @@ def _one_line(err: BaseException) -> str:
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "generate":
         return _generate(args, settings)
+    if args.command in ("run", "demo"):
+        from lakeward.privacy.keys import pii_key
+
+        pii_key(settings)  # refuse to start without a key where one is required
     from lakeward.session import get_spark
 
     spark = get_spark(settings)

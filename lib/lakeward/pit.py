@@ -151,8 +151,8 @@ def as_of_join(
     _check_clashes(labels, out_names, prefix)
 
     union = _tagged_union(labels, features, keys, label_ts, feature_ts)
-    payload_type = features.select(_packed(feature_columns)).schema[0].dataType
-    assert isinstance(payload_type, T.StructType)
+    payload_type = union.schema[_PAYLOAD].dataType
+    assert isinstance(payload_type, T.StructType)  # built by _tagged_union
     tie_break = _tie_break(F.col(_PAYLOAD), payload_type)
     key_cols = [_key(i) for i in range(len(keys))]
 
@@ -164,7 +164,7 @@ def as_of_join(
 
     window = (
         Window.partitionBy(*partition)
-        .orderBy(F.col(_TS).asc_nulls_first(), F.col(_KIND).desc(), tie_break.asc_nulls_first())
+        .orderBy(F.col(_TS).asc_nulls_first(), F.col(_KIND).asc(), tie_break.asc_nulls_first())
         .rowsBetween(Window.unboundedPreceding, Window.currentRow)
     )
     latest = F.last(F.col(_PAYLOAD), ignorenulls=True).over(window)
@@ -174,10 +174,14 @@ def as_of_join(
     in_range = F.col(_TS).isNotNull() & F.col(_MATCH).isNotNull()
     if ttl is not None:
         in_range = in_range & (found_ts >= F.col(_TS) - F.lit(ttl))
-    match = F.when(in_range, F.col(_MATCH))
-    return matched.select(
+    # Null the struct once, then unpack it: the check is not repeated per column.
+    checked = matched.select(_LABEL, F.when(in_range, F.col(_MATCH)).alias(_MATCH))
+    return checked.select(
         *[F.col(_LABEL).getField(c).alias(c) for c in labels.columns],
-        *[match.getField(c).alias(name) for c, name in zip(feature_columns, out_names, strict=True)],
+        *[
+            F.col(_MATCH).getField(c).alias(name)
+            for c, name in zip(feature_columns, out_names, strict=True)
+        ],
     )
 
 
@@ -241,7 +245,7 @@ def _check_clashes(labels: DataFrame, feature_names: list[str], prefix: str | No
 
 
 def _ref(name: str) -> Column:
-    """A column by its exact name, even with dots or backticks in it."""
+    """Refer to a column by its exact name, even with dots or backticks in it."""
     return F.col("`" + name.replace("`", "``") + "`")
 
 
@@ -290,7 +294,7 @@ def _sortable(data_type: T.DataType) -> bool:
 
 
 def _tie_break(payload: Column, payload_type: T.StructType) -> Column:
-    """The payload itself when Spark can sort it; else unsortable fields as JSON text."""
+    """Sort key for ties: the payload if Spark can sort it, else unsortable fields as JSON."""
     if _sortable(payload_type):
         return payload
     fields = []
@@ -315,17 +319,11 @@ def _bucketed(union: DataFrame, key_cols: list[str], buckets: int, tie_break: Co
     span = (F.col(_HI) - F.col(_LO) + F.lit(1)).cast("double")
     position = (micros - F.col(_LO)).cast("double") / span * F.lit(float(buckets))
     bucket = F.least(F.lit(buckets - 1), F.greatest(F.lit(0), F.floor(position).cast("int")))
-    with_bucket = (
-        union.crossJoin(F.broadcast(bounds))
-        .withColumn(_BUCKET, bucket)
-        .drop(_LO, _HI)
-    )
+    with_bucket = union.crossJoin(F.broadcast(bounds)).withColumn(_BUCKET, bucket).drop(_LO, _HI)
 
     # Newest feature row per (keys, bucket) by (ts, tie-break); the sort key
     # is separate from the payload because the payload may not be sortable.
-    order = F.when(
-        F.col(_KIND) == _FEATURE, F.struct(F.col(_TS).alias("t"), tie_break.alias("o"))
-    )
+    order = F.when(F.col(_KIND) == _FEATURE, F.struct(F.col(_TS).alias("t"), tie_break.alias("o")))
     per_bucket = with_bucket.groupBy(*key_cols, _BUCKET).agg(
         F.when(
             F.max(order).isNotNull(),

@@ -67,6 +67,8 @@ def _quote(column: str) -> str:
 
 def ensure_table(spark: SparkSession, spec: TableSpec) -> None:
     """Create the table (and its schema/database) if it does not exist yet."""
+    if spark.catalog.tableExists(spec.name):
+        return
     if "." in spec.name:
         ensure_schema(spark, spec.name.rsplit(".", 1)[0])
     builder = DeltaTable.createIfNotExists(spark).tableName(spec.name).addColumns(spec.schema)

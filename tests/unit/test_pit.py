@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 from chispa import assert_df_equality
 from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from lakeward.pit import ColumnClashError, MissingColumnsError, as_of_join
@@ -192,8 +191,8 @@ def test_matches_oracle_on_random_data(random_data: Any, ttl: timedelta | None) 
 
 def test_time_buckets_and_input_order_do_not_change_the_result(random_data: Any) -> None:
     cases, labels, features = random_data
-    result = as_of_join(labels.repartition(3), features.repartition(3), keys=KEYS, label_ts="label_ts",
-                        feature_ts="feature_ts", ttl=TTL, time_buckets=4)
+    result = as_of_join(labels.repartition(3), features.repartition(3), keys=KEYS,
+                        label_ts="label_ts", feature_ts="feature_ts", ttl=TTL, time_buckets=4)
     _check_against_oracle(cases, result, TTL)
 
 

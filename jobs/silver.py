@@ -1,0 +1,8 @@
+"""spark-submit entry point: `spark-submit --packages <delta> jobs/silver.py (--date D | --all-dates)`."""
+
+import sys
+
+from lakeward.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["run", "silver", *sys.argv[1:]]))

@@ -1,0 +1,105 @@
+"""The CLI as a user runs it: new processes, one data root, tables visible by name across them."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lakeward.config import default_conf_dir
+
+pytestmark = pytest.mark.integration
+
+LAKEWARD = [sys.executable, "-m", "lakeward.cli"]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("cli")
+    conf = root / "conf"
+    shutil.copytree(default_conf_dir(), conf)
+    with (conf / "local.yml").open("a") as handle:
+        handle.write('demo:\n  seed: 5\n  users: 30\n  days: 4\n  start: "2026-02-01"\n')
+    environment = dict(os.environ)
+    environment.pop("LAKEWARD_PII_KEY", None)
+    environment.update(
+        LAKEWARD_HOME=str(root / "home"), LAKEWARD_CONF_DIR=str(conf), LAKEWARD_ENV="local"
+    )
+    return environment
+
+
+def lakeward(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*LAKEWARD, *args], env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def demo(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return lakeward(env, "demo")
+
+
+def test_demo_runs_and_summarizes(demo: subprocess.CompletedProcess[str], env: dict[str, str]) -> None:
+    assert demo.returncode == 0, demo.stderr[-3000:]
+    out = demo.stdout
+    assert "silver.orders" in out and "gold.user_features" in out
+    assert "Quarantined rows by reason" in out and "malformed_json" in out
+    assert "Duplicates dropped in silver" in out
+    assert env["LAKEWARD_HOME"] in out
+    assert out.count('lakeward sql "') == 3
+    assert "generated a local pseudonymization key" in demo.stderr
+    assert (Path(env["LAKEWARD_HOME"]) / "pii.key").exists()
+    assert not (Path.cwd() / "metastore_db").exists() and not (Path.cwd() / "derby.log").exists()
+
+
+def test_sql_in_a_new_process_sees_the_demo_tables(demo: subprocess.CompletedProcess[str],
+                                                   env: dict[str, str]) -> None:
+    assert demo.returncode == 0
+    result = lakeward(env, "sql", "--format", "json",
+                      "SELECT count(*) AS n, count(DISTINCT user_key) AS users FROM silver.orders")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(rows) == 1 and rows[0]["n"] > 0 and rows[0]["users"] > 0
+
+    csv_out = lakeward(env, "sql", "--format", "csv",
+                       "SELECT source, count(*) AS n FROM bronze.quarantine GROUP BY source ORDER BY source")
+    assert csv_out.returncode == 0 and csv_out.stdout.splitlines()[0] == "source,n"
+
+    missing = lakeward(env, "sql", "SELECT * FROM silver.nothing_here")
+    assert missing.returncode == 1
+    assert missing.stderr.strip().startswith("lakeward: error:")
+    assert "TABLE_OR_VIEW_NOT_FOUND" in missing.stderr and "Traceback" not in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1
+
+
+def test_missing_landing_date_is_one_line(demo: subprocess.CompletedProcess[str], env: dict[str, str]) -> None:
+    result = lakeward(env, "run", "bronze", "--date", "2031-01-01")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("lakeward: error: no landing files for 2031-01-01")
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_arguments_and_config(env: dict[str, str], tmp_path: Path) -> None:
+    bad_date = lakeward(env, "run", "bronze", "--date", "yesterday")
+    assert bad_date.returncode == 2 and "expected a date as YYYY-MM-DD" in bad_date.stderr
+
+    conf = tmp_path / "conf"
+    shutil.copytree(env["LAKEWARD_CONF_DIR"], conf)
+    (conf / "local.yml").write_text("pipeline:\n  allowed_lateness_days: soon\n")
+    bad_conf = lakeward({**env, "LAKEWARD_CONF_DIR": str(conf)}, "generate", "--seed", "1",
+                        "--users", "2", "--days", "1")
+    assert bad_conf.returncode == 2
+    assert "local.yml: pipeline.allowed_lateness_days" in bad_conf.stderr
+    assert "Traceback" not in bad_conf.stderr
+
+    prod = lakeward({**env, "LAKEWARD_ENV": "prod"}, "run", "silver", "--all-dates")
+    assert prod.returncode != 0 and "LAKEWARD_PII_KEY is not set" in prod.stderr
+
+
+def test_help_lists_every_command() -> None:
+    result = subprocess.run([*LAKEWARD, "--help"], capture_output=True, text=True, check=True)
+    for command in ("generate", "run", "demo", "sql"):
+        assert command in result.stdout
