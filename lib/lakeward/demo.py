@@ -45,7 +45,7 @@ def run_demo(spark: SparkSession, settings: Settings) -> str:
 def summarize(spark: SparkSession, settings: Settings) -> str:
     """Rows per table, quarantine reasons, duplicates dropped, and what to try next."""
     lines = ["", "lakeward demo: done", "", "Rows per table:"]
-    for logical, name in sorted(settings.tables.items(), key=lambda kv: kv[1]):
+    for name in sorted(settings.tables.values()):
         if tables.exists(spark, name):
             lines.append(f"  {name:<28} {tables.read(spark, name).count():>10,}")
     lines += ["", "Quarantined rows by reason:"]

@@ -55,7 +55,9 @@ def run(spark: SparkSession, settings: Settings, stage: str, selection: DateSele
         run_gold(spark, settings, selection)
 
 
-def run_bronze(spark: SparkSession, settings: Settings, selection: DateSelection) -> list[bronze.IngestResult]:
+def run_bronze(
+    spark: SparkSession, settings: Settings, selection: DateSelection
+) -> list[bronze.IngestResult]:
     """Ingest landing files of the selected arrival dates."""
     days = arrival_days(settings.landing_dir) if settings.landing_dir.exists() else []
     if selection.day is not None:
@@ -72,7 +74,9 @@ def run_bronze(spark: SparkSession, settings: Settings, selection: DateSelection
     return [bronze.ingest(spark, settings, source, days) for source in SOURCES]
 
 
-def run_silver(spark: SparkSession, settings: Settings, selection: DateSelection) -> list[silver.SilverResult]:
+def run_silver(
+    spark: SparkSession, settings: Settings, selection: DateSelection
+) -> list[silver.SilverResult]:
     """Move bronze rows of the selected (or every not yet processed) arrival date into silver."""
     key = pii_key(settings)
     results = []

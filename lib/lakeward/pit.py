@@ -114,7 +114,8 @@ def as_of_join(
     Output columns: all columns of ``labels`` (same names, same order, same
     types) followed by all columns of ``features`` except ``keys``, in the
     column order of ``features``, named ``prefix + name`` (``feature_ts``
-    included). Label columns come back nullable.
+    included). All columns keep their types; all come back nullable (the
+    union of both sides makes every column nullable).
 
     Example::
 

@@ -21,7 +21,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -182,7 +182,7 @@ def enforce(spark: SparkSession, settings: Settings, table: str, df: DataFrame, 
         return
     results = validate(df, contract)
     passed = all(r["success"] for r in results)
-    at = datetime.now(timezone.utc).replace(tzinfo=None)
+    at = datetime.now(UTC).replace(tzinfo=None)
     records = [
         (
             at, batch, contract.suite, settings.table(table), r["expectation"], r["kwargs"],

@@ -17,14 +17,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 from delta.tables import DeltaTable
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from lakeward import bronze, quality, tables
+from lakeward import quality, tables
 from lakeward.config import PipelineSettings, Settings
 from lakeward.privacy.pseudonymize import hmac_sha256
 from lakeward.sources.bitebridge import DRIFT_NEW_FIELD, DRIFT_RENAMED_FIELD
@@ -184,7 +184,7 @@ def conform(bronze_rows: DataFrame, source: str) -> DataFrame:
     """
     spec = SOURCES[source]
     df = bronze_rows
-    rescued = F.from_json(F.col("_rescued_data"), T.MapType(T.StringType(), T.StringType()))
+    rescued = F.from_json(F.col("_rescued_data"), T.MapType(T.StringType(), T.StringType()))  # type: ignore[arg-type]
     text: dict[str, Column] = {}
     for name in spec.typed:
         column = F.col(name) if name in df.columns else F.lit(None).cast("string")
@@ -315,7 +315,7 @@ def process(
     Raises :class:`lakeward.quality.GateFailed` (table unchanged) when the contract fails.
     """
     spec = silver_spec(settings, source)
-    at = datetime.now(timezone.utc).replace(tzinfo=None)
+    at = datetime.now(UTC).replace(tzinfo=None)
     rows = tables.read(spark, settings.table(f"bronze_{source}")).filter(
         F.col("_arrival_date").isin(list(dates))
     )

@@ -64,8 +64,8 @@ def test_sql_in_a_new_process_sees_the_demo_tables(demo: subprocess.CompletedPro
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(rows) == 1 and rows[0]["n"] > 0 and rows[0]["users"] > 0
 
-    csv_out = lakeward(env, "sql", "--format", "csv",
-                       "SELECT source, count(*) AS n FROM bronze.quarantine GROUP BY source ORDER BY source")
+    query = "SELECT source, count(*) AS n FROM bronze.quarantine GROUP BY source ORDER BY source"
+    csv_out = lakeward(env, "sql", "--format", "csv", query)
     assert csv_out.returncode == 0 and csv_out.stdout.splitlines()[0] == "source,n"
 
     missing = lakeward(env, "sql", "SELECT * FROM silver.nothing_here")
@@ -75,10 +75,13 @@ def test_sql_in_a_new_process_sees_the_demo_tables(demo: subprocess.CompletedPro
     assert len(missing.stderr.strip().splitlines()) == 1
 
 
-def test_missing_landing_date_is_one_line(demo: subprocess.CompletedProcess[str], env: dict[str, str]) -> None:
+def test_missing_landing_date_is_one_line(
+    demo: subprocess.CompletedProcess[str], env: dict[str, str]
+) -> None:
     result = lakeward(env, "run", "bronze", "--date", "2031-01-01")
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1].startswith("lakeward: error: no landing files for 2031-01-01")
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("lakeward: error: no landing files for 2031-01-01")
     assert "Traceback" not in result.stderr
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from chispa import assert_df_equality
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from lakeward.pit import ColumnClashError, MissingColumnsError, as_of_join
@@ -287,6 +288,28 @@ def test_prefix_names_every_feature_column_in_feature_order(spark: SparkSession)
                         prefix="feat_")
     assert result.columns == ["id", "when", "note", "feat_score", "feat_seen_at", "feat_note"]
     assert [tuple(r) for r in result.collect()] == [(1, at(5), "l", 2.0, at(4), "x")]
+
+
+def test_output_schema_keeps_types_and_makes_columns_nullable(spark: SparkSession) -> None:
+    labels = spark.range(3).select(
+        "id", F.timestamp_seconds(F.col("id")).alias("ts"), F.lit("x").alias("tag")
+    )
+    features = spark.range(2).select(
+        "id", F.timestamp_seconds(F.col("id")).alias("fts"), F.lit(1.5).alias("score")
+    )
+    result = as_of_join(labels, features, keys=["id"], label_ts="ts", feature_ts="fts")
+    assert result.schema == T.StructType(
+        [
+            T.StructField("id", T.LongType(), True),
+            T.StructField("ts", T.TimestampType(), True),
+            T.StructField("tag", T.StringType(), True),
+            T.StructField("fts", T.TimestampType(), True),
+            T.StructField("score", T.DoubleType(), True),
+        ]
+    )
+    assert sorted(tuple(r) for r in result.select("id", "score").collect()) == [
+        (0, 1.5), (1, 1.5), (2, None)
+    ]
 
 
 def test_map_columns_break_ties_through_their_json(spark: SparkSession) -> None:
