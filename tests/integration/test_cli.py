@@ -46,7 +46,7 @@ def test_demo_runs_and_summarizes(demo: subprocess.CompletedProcess[str], env: d
     assert demo.returncode == 0, demo.stderr[-3000:]
     out = demo.stdout
     assert "silver.orders" in out and "gold.user_features" in out
-    assert "Quarantined rows by reason" in out and "malformed_json" in out
+    assert "Quarantined rows by reason" in out
     assert "Duplicates dropped in silver" in out
     assert env["LAKEWARD_HOME"] in out
     assert out.count('lakeward sql "') == 3
