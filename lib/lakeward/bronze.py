@@ -300,7 +300,9 @@ def _read_files(spark: SparkSession, files: Sequence[LandingFile], ingested_at: 
         [(uri, f.relative_path, f.batch_id, f.arrival_date) for uri, f in by_path.items()],
         "_uri string, _source_file string, _batch_id string, _arrival_date date",
     )
-    raw = spark.read.text([str(f.path) for f in files]).select(
+    # Read by resolved path: Spark reports the path it opened, and a landing
+    # directory reached through a symbolic link must still match.
+    raw = spark.read.text([str(f.path.resolve()) for f in files]).select(
         "value",
         F.col("_metadata.file_path").alias("_file"),
         F.col("_metadata.file_block_start").alias("_block"),

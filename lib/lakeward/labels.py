@@ -1,0 +1,40 @@
+"""Churn labels: for each order at time t, whether the user orders again within (t, t + horizon].
+
+Only orders whose whole window is observed get a label (no censored labels):
+``t + horizon <= observed_until``.
+
+    labels = churn_labels(orders, horizon=timedelta(days=30), observed_until=end_of_data)
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+
+
+def churn_labels(orders: DataFrame, *, horizon: timedelta, observed_until: datetime) -> DataFrame:
+    """One row per order: ``label_id``, ``user_key``, ``label_ts``, ``churned`` (1 or 0).
+
+    ``orders`` needs ``event_id``, ``user_key`` and ``event_ts``. The window is
+    open at ``t`` and closed at ``t + horizon``: an order at the same instant
+    does not count as a next order, one exactly ``horizon`` later does.
+    """
+    if horizon <= timedelta(0):
+        raise ValueError(f"horizon must be positive, got {horizon}")
+    span = int(horizon / timedelta(microseconds=1))
+    micros = F.unix_micros(F.col("event_ts"))
+    following = Window.partitionBy("user_key").orderBy(micros).rangeBetween(1, span)
+    observed = F.col("event_ts") + F.lit(horizon) <= F.lit(observed_until)
+    return (
+        orders.filter(F.col("user_key").isNotNull() & F.col("event_ts").isNotNull())
+        .withColumn("_next_orders", F.count(F.lit(1)).over(following))
+        .filter(observed)
+        .select(
+            F.col("event_id").alias("label_id"),
+            "user_key",
+            F.col("event_ts").alias("label_ts"),
+            (F.col("_next_orders") == 0).cast("int").alias("churned"),
+        )
+    )

@@ -1,0 +1,105 @@
+"""Leakage-safe splits: temporal (with a gap of the label horizon) and by group.
+
+train, validation, test = "train", "validation", "test"
+split = temporal_split(labels, ts="label_ts", t1=t1, t2=t2, gap=timedelta(days=30))
+split = group_split(labels, key="user_key", fractions=(0.7, 0.15, 0.15), seed=7)
+problems = leakage(split, key="user_key", ts="label_ts", horizon=timedelta(days=30))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+PARTS = ("train", "validation", "test")
+SPLIT = "split"
+
+
+class LeakageError(RuntimeError):
+    """A split lets information cross from one part into another."""
+
+
+def temporal_split(
+    labels: DataFrame, *, ts: str, t1: datetime, t2: datetime, gap: timedelta
+) -> DataFrame:
+    """Add ``split``: train before ``t1``, validation in ``[t1, t2)``, test from ``t2``.
+
+    A train or validation label whose window ``(ts, ts + gap]`` would reach
+    the next part's start is dropped, so no label window crosses a boundary.
+    """
+    if not t1 < t2:
+        raise ValueError(f"expected t1 < t2, got {t1} and {t2}")
+    if gap < timedelta(0):
+        raise ValueError(f"gap must not be negative, got {gap}")
+    at = F.col(ts)
+    part = (
+        F.when(at + F.lit(gap) < F.lit(t1), F.lit("train"))
+        .when((at >= F.lit(t1)) & (at + F.lit(gap) < F.lit(t2)), F.lit("validation"))
+        .when(at >= F.lit(t2), F.lit("test"))
+    )
+    return labels.withColumn(SPLIT, part).filter(F.col(SPLIT).isNotNull())
+
+
+def group_split(
+    labels: DataFrame, *, key: str, fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0
+) -> DataFrame:
+    """Add ``split`` by a seeded hash of ``key``: every group lands in exactly one part."""
+    if len(fractions) != len(PARTS) or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-9:
+        raise ValueError(f"expected three non-negative fractions summing to 1, got {fractions}")
+    buckets = 1_000_000
+    position = F.pmod(F.xxhash64(F.lit(seed), F.col(key)), F.lit(buckets)) / buckets
+    train_end, validation_end = fractions[0], fractions[0] + fractions[1]
+    part = (
+        F.when(position < train_end, F.lit("train"))
+        .when(position < validation_end, F.lit("validation"))
+        .otherwise(F.lit("test"))
+    )
+    return labels.withColumn(SPLIT, part)
+
+
+def leakage(
+    split: DataFrame,
+    *,
+    key: str | None = None,
+    ts: str | None = None,
+    horizon: timedelta | None = None,
+) -> list[str]:
+    """Describe every leak between parts; an empty list means none was found.
+
+    With ``key``: a group that appears in more than one part. With ``ts`` (and
+    ``horizon``): a label window of an earlier part that reaches the first
+    label of a later part.
+    """
+    problems: list[str] = []
+    if key is not None:
+        shared = (
+            split.groupBy(key).agg(F.countDistinct(SPLIT).alias("parts")).filter("parts > 1").count()
+        )
+        if shared:
+            problems.append(f"{shared} value(s) of {key} appear in more than one part")
+    if ts is not None:
+        reach = F.lit(horizon or timedelta(0))
+        bounds = {
+            row[SPLIT]: (row["first"], row["last_reach"])
+            for row in split.groupBy(SPLIT)
+            .agg(F.min(ts).alias("first"), F.max(F.col(ts) + reach).alias("last_reach"))
+            .collect()
+        }
+        present = [p for p in PARTS if p in bounds]
+        for earlier, later in zip(present, present[1:], strict=False):
+            if bounds[earlier][1] >= bounds[later][0]:
+                problems.append(
+                    f"{earlier} label windows reach {bounds[earlier][1]}, "
+                    f"not before the first {later} label at {bounds[later][0]}"
+                )
+    return problems
+
+
+def assert_no_leakage(split: DataFrame, **checks: object) -> None:
+    """Raise :class:`LeakageError` listing every leak :func:`leakage` finds."""
+    problems = leakage(split, **checks)  # type: ignore[arg-type]
+    if problems:
+        raise LeakageError("; ".join(problems))

@@ -1,0 +1,98 @@
+"""Churn labels against a brute-force oracle; splits and their leakage checks."""
+
+import random
+from datetime import datetime, timedelta
+
+import pytest
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from lakeward.labels import churn_labels
+from lakeward.splits import LeakageError, assert_no_leakage, group_split, leakage, temporal_split
+
+T0 = datetime(2026, 1, 1)
+HORIZON = timedelta(seconds=50)
+
+
+def _orders(seeds: range) -> list[tuple[str, str, datetime]]:
+    rows = []
+    for seed in seeds:
+        rng = random.Random(seed)
+        users = [f"s{seed}u{i}" for i in range(5)]
+        for n in range(60):
+            # Few distinct seconds, so ties and exact horizon boundaries are common.
+            rows.append((f"s{seed}e{n}", rng.choice(users), T0 + timedelta(seconds=rng.randrange(0, 300, 5))))
+    return rows
+
+
+def _oracle(orders, observed_until):
+    labels = {}
+    for event_id, user, ts in orders:
+        if ts + HORIZON > observed_until:
+            continue
+        later = [o for o in orders if o[1] == user and ts < o[2] <= ts + HORIZON]
+        labels[event_id] = (user, ts, 0 if later else 1)
+    return labels
+
+
+def test_churn_labels_match_oracle(spark: SparkSession) -> None:
+    orders = _orders(range(20))
+    observed_until = T0 + timedelta(seconds=250)
+    df = spark.createDataFrame(orders, "event_id string, user_key string, event_ts timestamp")
+    got = {r["label_id"]: (r["user_key"], r["label_ts"], r["churned"])
+           for r in churn_labels(df, horizon=HORIZON, observed_until=observed_until).collect()}
+    expected = _oracle(orders, observed_until)
+    assert got == expected
+    assert {v[2] for v in expected.values()} == {0, 1}
+
+
+def test_churn_window_is_open_at_t_and_closed_at_horizon(spark: SparkSession) -> None:
+    rows = [("a", "u", T0), ("b", "u", T0), ("c", "u", T0 + HORIZON),
+            ("x", "v", T0), ("y", "v", T0 + HORIZON + timedelta(seconds=1))]
+    df = spark.createDataFrame(rows, "event_id string, user_key string, event_ts timestamp")
+    got = {r["label_id"]: r["churned"]
+           for r in churn_labels(df, horizon=HORIZON, observed_until=T0 + HORIZON * 3).collect()}
+    assert got == {"a": 0, "b": 0, "c": 1, "x": 1, "y": 1}
+    with pytest.raises(ValueError):
+        churn_labels(df, horizon=timedelta(0), observed_until=T0)
+
+
+def test_temporal_split_boundaries_and_gap(spark: SparkSession) -> None:
+    gap = timedelta(days=30)
+    t1, t2 = T0 + timedelta(days=100), T0 + timedelta(days=200)
+    stamps = {
+        "train_last": t1 - gap - timedelta(seconds=1),
+        "gap_before_validation": t1 - gap,
+        "validation_first": t1,
+        "validation_last": t2 - gap - timedelta(seconds=1),
+        "gap_before_test": t2 - gap,
+        "test_first": t2,
+    }
+    df = spark.createDataFrame(list(stamps.items()), "name string, label_ts timestamp")
+    got = {r["name"]: r["split"] for r in temporal_split(df, ts="label_ts", t1=t1, t2=t2, gap=gap).collect()}
+    assert got == {"train_last": "train", "validation_first": "validation",
+                   "validation_last": "validation", "test_first": "test"}
+    split = temporal_split(df, ts="label_ts", t1=t1, t2=t2, gap=gap)
+    assert leakage(split, ts="label_ts", horizon=gap) == []
+    naive = temporal_split(df, ts="label_ts", t1=t1, t2=t2, gap=timedelta(0))
+    problems = leakage(naive, ts="label_ts", horizon=gap)
+    assert len(problems) == 2 and "train label windows reach" in problems[0]
+    with pytest.raises(LeakageError):
+        assert_no_leakage(naive, ts="label_ts", horizon=gap)
+
+
+def test_group_split_keeps_each_user_in_one_part(spark: SparkSession) -> None:
+    df = spark.range(4000).select(
+        (F.col("id") % 500).cast("string").alias("user_key"), F.col("id").alias("label_id")
+    )
+    split = group_split(df, key="user_key", fractions=(0.6, 0.2, 0.2), seed=3)
+    assert leakage(split, key="user_key") == []
+    users = dict(split.groupBy("split").agg(F.countDistinct("user_key")).collect())
+    assert set(users) == {"train", "validation", "test"}
+    assert 240 <= users["train"] <= 360 and sum(users.values()) == 500
+    again = group_split(df, key="user_key", fractions=(0.6, 0.2, 0.2), seed=3)
+    assert split.exceptAll(again).count() == 0
+    shared = df.withColumn("split", F.when(F.col("label_id") % 3 == 0, "train").otherwise("test"))
+    assert "appear in more than one part" in leakage(shared, key="user_key")[0]
+    with pytest.raises(ValueError):
+        group_split(df, key="user_key", fractions=(0.5, 0.2, 0.2))
