@@ -54,8 +54,8 @@ def _tree_rss(pid: int) -> int:
     return total
 
 
-def timed(command: list[str], env: dict[str, str]) -> tuple[float, int]:
-    """Wall seconds and peak tree RSS of one command; fails loudly on a non-zero exit."""
+def timed(command: list[str], env: dict[str, str], log: Path) -> tuple[float, int]:
+    """Wall seconds and peak tree RSS of one command; its stderr (stage log lines) goes to ``log``."""
     start = time.perf_counter()
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     peak = 0
@@ -71,6 +71,7 @@ def timed(command: list[str], env: dict[str, str]) -> tuple[float, int]:
     _, err = process.communicate()
     sampler.join()
     elapsed = time.perf_counter() - start
+    log.write_bytes(err)
     if process.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{err.decode()[-2000:]}")
     return elapsed, peak
@@ -114,7 +115,8 @@ def main() -> None:
     for run in range(args.runs):
         for variant, command in (("floor", [sys.executable, "-c", FLOOR]), ("pipeline", lakeward)):
             home = fresh_home(landing, root, f"home-{variant}")
-            results[variant].append(timed(command, {**env, "LAKEWARD_HOME": str(home)}))
+            log = root / f"{variant}-run{run + 1}.log"
+            results[variant].append(timed(command, {**env, "LAKEWARD_HOME": str(home)}, log))
             seconds, peak = results[variant][-1]
             print(f"run {run + 1} {variant}: {seconds:.1f} s, peak {peak / 2**20:.0f} MiB", file=sys.stderr)
 
