@@ -75,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     when = run.add_mutually_exclusive_group(required=True)
     when.add_argument("--date", type=_date, help="one arrival date, YYYY-MM-DD")
     when.add_argument("--all-dates", action="store_true", help="every pending arrival date")
+    when.add_argument("--full", action="store_true",
+                      help="gold and all only: recompute gold from everything in silver instead of "
+                      "applying what changed since the last run (bronze and silver take every "
+                      "pending date)")
 
     commands.add_parser("demo", parents=[common],
                         help="generate the demo data set, run everything, print a summary",
@@ -128,6 +132,8 @@ def _one_line(err: BaseException) -> str:
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "generate":
         return _generate(args, settings)
+    if args.command == "run" and args.full and args.stage not in ("gold", "all"):
+        raise UsageError(f"--full applies to gold and all, not to {args.stage}")
     if args.command in ("run", "demo"):
         from lakeward.privacy.keys import pii_key
 
@@ -138,7 +144,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "run":
         from lakeward.pipeline import DateSelection, run
 
-        run(spark, settings, args.stage, DateSelection(None if args.all_dates else args.date))
+        day = None if args.all_dates or args.full else args.date
+        run(spark, settings, args.stage, DateSelection(day, full=args.full))
         return 0
     if args.command == "demo":
         from lakeward.demo import run_demo

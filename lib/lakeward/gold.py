@@ -1,4 +1,4 @@
-"""Gold: per-user daily aggregates and as-known-at rolling features.
+"""Gold: per-user daily aggregates and as-known-at rolling features (pure transforms).
 
 ``gold.user_daily`` aggregates silver by user and event date.
 
@@ -18,7 +18,6 @@ window at once (one shuffle by user).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from datetime import date
 
@@ -28,8 +27,6 @@ from pyspark.sql import types as T
 
 from lakeward import tables
 from lakeward.config import Settings
-
-log = logging.getLogger(__name__)
 
 COUNT = T.LongType()
 MONEY = T.DecimalType(22, 2)
@@ -134,6 +131,28 @@ def _window_deltas(events: DataFrame, days: int, values: dict[str, Column]) -> D
     return start.unionByName(end)
 
 
+def _state_deltas(state: DataFrame, windows: Sequence[int]) -> DataFrame:
+    """Feature rows of day ``m - 1`` as deltas on day ``m``, so running sums continue from them.
+
+    The rating sum and the last order date are not stored, but both are exact
+    functions of stored columns: ratings are whole numbers, so
+    ``mean * count`` rounds back to the sum, and the last order date is the
+    feature date minus the days since it.
+    """
+    windowed = [f.name for f in feature_columns(windows)][: 2 * len(windows)]
+    return state.select(
+        "user_key",
+        F.date_add(F.col("feature_date"), 1).alias("day"),
+        *[F.col(name) for name in windowed],
+        F.col("late_deliveries_30d"),
+        F.col("rating_count"),
+        F.coalesce(F.round(F.col("mean_rating") * F.col("rating_count")), F.lit(0))
+        .cast(COUNT)
+        .alias("rating_sum"),
+        F.date_sub(F.col("feature_date"), F.col("days_since_last_order")).alias("last_order_date"),
+    )
+
+
 def user_features(
     orders: DataFrame,
     deliveries: DataFrame,
@@ -142,8 +161,20 @@ def user_features(
     as_of: date,
     windows: Sequence[int],
     version: str,
+    starts: DataFrame | None = None,
+    state: DataFrame | None = None,
 ) -> DataFrame:
-    """As-known-at feature rows for every user and day up to ``as_of``."""
+    """As-known-at feature rows for every user and day up to ``as_of``.
+
+    Without ``starts`` every user gets rows from their first known day: a full
+    recompute. With ``starts`` (``user_key``, ``start_day``) only those users
+    get rows, for the days ``[start_day, as_of]``, continued from ``state``:
+    their feature rows of ``start_day - 1`` (absent for a user with nothing
+    known before ``start_day``). Because every value is a running sum of
+    deltas, the row of day A equals the row of ``start_day - 1`` plus the
+    deltas dated ``start_day..A``, so both paths give the same rows. Events
+    whose deltas all fall before ``start_day`` may be left out of the inputs.
+    """
     metrics: list[str] = []
     deltas: list[DataFrame] = []
     for days in windows:
@@ -162,18 +193,29 @@ def user_features(
         orders.select("user_key", _known_day(orders).alias("day"),
                       F.col("event_date").alias("last_order_date"))
     )
+    # A delivery makes its user known even when it falls outside every window.
+    deltas.append(deliveries.select("user_key", _known_day(deliveries).alias("day")))
 
     combined = deltas[0]
     for part in deltas[1:]:
         combined = combined.unionByName(part, allowMissingColumns=True)
+    combined = combined.filter(F.col("user_key").isNotNull())
+    if starts is not None:
+        # Deltas before a user's start day are already inside the state row.
+        combined = combined.join(starts, "user_key").filter(F.col("day") >= F.col("start_day"))
+        combined = combined.drop("start_day")
+        if state is not None:
+            combined = combined.unionByName(_state_deltas(state, windows), allowMissingColumns=True)
+    combined = combined.filter(F.col("day") <= F.lit(as_of))
     per_day = combined.groupBy("user_key", "day").agg(
         *[F.sum(name).alias(name) for name in metrics],
         F.max("last_order_date").alias("last_order_date"),
     )
-    first_day = per_day.groupBy("user_key").agg(F.min("day").alias("first_day"))
-    grid = first_day.filter(F.col("first_day") <= F.lit(as_of)).select(
+    if starts is None:
+        starts = per_day.groupBy("user_key").agg(F.min("day").alias("start_day"))
+    grid = starts.filter(F.col("start_day") <= F.lit(as_of)).select(
         "user_key",
-        F.explode(F.sequence(F.col("first_day"), F.lit(as_of))).alias("day"),
+        F.explode(F.sequence(F.col("start_day"), F.lit(as_of))).alias("day"),
     )
     running = Window.partitionBy("user_key").orderBy("day").rowsBetween(
         Window.unboundedPreceding, Window.currentRow
@@ -206,35 +248,3 @@ def ensure_tables(spark: SparkSession, settings: Settings) -> None:
     """Create the gold tables if absent."""
     tables.ensure_table(spark, user_daily_spec(settings))
     tables.ensure_table(spark, user_features_spec(settings))
-
-
-def build(spark: SparkSession, settings: Settings, as_of: date | None = None) -> dict[str, int]:
-    """Recompute both gold tables from silver (knowledge up to ``as_of``, default: all)."""
-    orders = tables.read(spark, settings.table("silver_orders"))
-    deliveries = tables.read(spark, settings.table("silver_deliveries"))
-    ratings = tables.read(spark, settings.table("silver_ratings"))
-    if as_of is None:
-        as_of = orders.agg(F.max("_arrival_date")).first()[0]  # type: ignore[index]
-        if as_of is None:
-            log.info("gold: silver is empty, nothing to build")
-            return {}
-    else:
-        known = F.col("_arrival_date") <= F.lit(as_of)
-        orders, deliveries, ratings = (df.filter(known) for df in (orders, deliveries, ratings))
-    daily_spec, features_spec = user_daily_spec(settings), user_features_spec(settings)
-    daily = user_daily(orders, deliveries, ratings).select(*daily_spec.schema.fieldNames())
-    features = user_features(
-        orders, deliveries, ratings,
-        as_of=as_of,
-        windows=settings.pipeline.feature_windows_days,
-        version=settings.pipeline.feature_version,
-    ).select(*features_spec.schema.fieldNames())
-    tables.overwrite(daily, daily_spec.name)
-    tables.overwrite(features, features_spec.name)
-    counts = {
-        daily_spec.name: tables.read(spark, daily_spec.name).count(),
-        features_spec.name: tables.read(spark, features_spec.name).count(),
-    }
-    for name, rows in counts.items():
-        log.info("gold: %s rebuilt as of %s, %d rows", name, as_of, rows)
-    return counts

@@ -13,7 +13,7 @@ from datetime import date
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from lakeward import bronze, gold, silver, tables
+from lakeward import bronze, incremental, silver, tables
 from lakeward.config import Settings
 from lakeward.privacy.keys import pii_key
 from lakeward.sources.bitebridge import SOURCES, arrival_days
@@ -25,9 +25,13 @@ STAGES = ("bronze", "silver", "gold", "all")
 
 @dataclass(frozen=True)
 class DateSelection:
-    """``--date D`` (one arrival date) or ``--all-dates`` (everything pending)."""
+    """``--date D`` (one arrival date) or ``--all-dates`` (everything pending).
+
+    ``full`` recomputes gold from silver instead of applying the increment.
+    """
 
     day: date | None = None
+    full: bool = False
 
     @property
     def all_dates(self) -> bool:
@@ -39,7 +43,7 @@ def ensure_tables(spark: SparkSession, settings: Settings) -> None:
     """Create every table the pipeline writes, so all of them are queryable from the start."""
     bronze.ensure_tables(spark, settings)
     silver.ensure_tables(spark, settings)
-    gold.ensure_tables(spark, settings)
+    incremental.ensure_tables(spark, settings)
 
 
 def run(spark: SparkSession, settings: Settings, stage: str, selection: DateSelection) -> None:
@@ -107,6 +111,12 @@ def _distinct_dates(spark: SparkSession, name: str, column: str) -> list[date]:
     return sorted(row[0] for row in rows if row[0] is not None)
 
 
-def run_gold(spark: SparkSession, settings: Settings, selection: DateSelection) -> dict[str, int]:
-    """Rebuild gold from silver, as known at the selected date (default: everything)."""
-    return gold.build(spark, settings, as_of=selection.day)
+def run_gold(
+    spark: SparkSession, settings: Settings, selection: DateSelection
+) -> incremental.GoldResult:
+    """Bring gold up to date with everything silver holds, or recompute it with ``full``.
+
+    Gold follows silver, not the date: whatever silver received since the
+    last gold run (on any arrival date) is applied.
+    """
+    return incremental.refresh(spark, settings, full=selection.full)

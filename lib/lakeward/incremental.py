@@ -1,0 +1,384 @@
+"""Incremental maintenance of the gold tables from silver's change data feed.
+
+``refresh`` brings ``gold.user_daily`` and ``gold.user_features`` up to date
+with silver. It reads only the silver rows inserted since the versions
+recorded by the previous run in ``ops.gold_runs``, and writes the result
+with MERGEs on the rows' keys. Then it records the silver versions it read::
+
+    result = refresh(spark, settings)              # incremental when possible
+    result = refresh(spark, settings, full=True)   # recompute from silver
+
+What an increment recomputes:
+
+- ``user_daily``: the (user, event date) groups that received new events,
+  aggregated again from silver, so late events update the past days they
+  belong to.
+- ``user_features``: for each user with new events, the rows from the first
+  day those events became known, continued from the user's row of the day
+  before (see :func:`lakeward.gold.user_features`). Also, every user's rows
+  for the days between the previous run's ``as_of`` and the new one.
+
+Both equal a full recompute on the same silver versions, whatever order the
+arrival days came in. A run that finds no new silver version changes nothing.
+It falls back to a full recompute when there is no previous run, when the
+feature definition changed, or when the change feed cannot be read or holds
+anything other than inserts. Silver is insert-only, so anything else comes
+from outside the pipeline, an erasure for example.
+
+The ledger row is written last. A run that dies before it leaves gold rows
+that the next run computes again, from the same state, to the same values.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from functools import reduce
+
+from delta.tables import DeltaTable
+from pyspark.errors import AnalysisException
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from lakeward import gold, tables
+from lakeward.config import Settings
+
+log = logging.getLogger(__name__)
+
+SILVER_EVENTS = ("silver_orders", "silver_deliveries", "silver_ratings")
+LATE_DELIVERY_WINDOW = 30
+
+LEDGER_SCHEMA = T.StructType(
+    [
+        T.StructField("run_id", T.StringType()),
+        T.StructField("mode", T.StringType()),
+        T.StructField("as_of", T.DateType()),
+        T.StructField("feature_version", T.StringType()),
+        T.StructField("windows", T.StringType()),
+        T.StructField("inputs", T.MapType(T.StringType(), T.LongType())),
+        T.StructField("daily_rows_written", T.LongType()),
+        T.StructField("feature_rows_written", T.LongType()),
+        T.StructField("started_at", T.TimestampType()),
+        T.StructField("finished_at", T.TimestampType()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class GoldResult:
+    """What one gold run did.
+
+    ``mode`` is ``full``, ``incremental`` or ``up_to_date`` (nothing new in
+    silver). ``inputs`` maps each silver table to the version read.
+    """
+
+    mode: str
+    as_of: date | None
+    daily_rows_written: int = 0
+    feature_rows_written: int = 0
+    inputs: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _LastRun:
+    as_of: date | None
+    feature_version: str
+    windows: str
+    inputs: dict[str, int]
+
+
+def ledger_spec(settings: Settings) -> tables.TableSpec:
+    """``ops.gold_runs``: one row per gold run, with the silver versions it read."""
+    return tables.TableSpec(settings.table("ops_gold_runs"), LEDGER_SCHEMA)
+
+
+def ensure_tables(spark: SparkSession, settings: Settings) -> None:
+    """Create the gold tables and their ledger if absent."""
+    gold.ensure_tables(spark, settings)
+    tables.ensure_table(spark, ledger_spec(settings))
+
+
+def refresh(spark: SparkSession, settings: Settings, *, full: bool = False) -> GoldResult:
+    """Bring gold up to date with silver: incrementally, or recomputed with ``full``."""
+    ensure_tables(spark, settings)
+    started = datetime.now(UTC).replace(tzinfo=None)
+    names = {logical: settings.table(logical) for logical in SILVER_EVENTS}
+    versions = {name: tables.current_version(spark, name) for name in names.values()}
+    last = _last_run(spark, settings)
+    reason = "requested" if full else _full_reason(settings, last, versions)
+    if reason is None and last is not None:
+        if last.inputs == versions:
+            log.info("gold: up to date with silver versions %s", _describe(versions))
+            return GoldResult("up_to_date", last.as_of, inputs=versions)
+        changes = _inserted_changes(spark, names, last.inputs, versions)
+        if changes is None:
+            reason = "the change feed since the last run holds more than inserts or cannot be read"
+        else:
+            result = _incremental(spark, settings, names, versions, changes, last.as_of)
+            _record(spark, settings, result, started)
+            return result
+    log.info("gold: full recompute (%s)", reason)
+    result = _full(spark, settings, names, versions)
+    _record(spark, settings, result, started)
+    return result
+
+
+def _describe(versions: Mapping[str, int]) -> str:
+    return ", ".join(f"{name}@{version}" for name, version in sorted(versions.items()))
+
+
+def _windows_text(settings: Settings) -> str:
+    return ",".join(str(days) for days in settings.pipeline.feature_windows_days)
+
+
+def _last_run(spark: SparkSession, settings: Settings) -> _LastRun | None:
+    ledger = tables.read(spark, settings.table("ops_gold_runs"))
+    row = ledger.orderBy(F.col("finished_at").desc()).first()
+    if row is None:
+        return None
+    return _LastRun(row["as_of"], row["feature_version"], row["windows"], dict(row["inputs"]))
+
+
+def _full_reason(settings: Settings, last: _LastRun | None, versions: Mapping[str, int]) -> str | None:
+    if last is None:
+        return "no previous gold run"
+    if last.feature_version != settings.pipeline.feature_version or last.windows != _windows_text(settings):
+        return "the feature definition changed"
+    if set(last.inputs) != set(versions):
+        return "the silver tables changed names"
+    regressed = [name for name, version in versions.items() if version < last.inputs[name]]
+    if regressed:
+        return f"silver tables were replaced: {', '.join(sorted(regressed))}"
+    return None
+
+
+def _inserted_changes(
+    spark: SparkSession,
+    names: Mapping[str, str],
+    since: Mapping[str, int],
+    until: Mapping[str, int],
+) -> dict[str, DataFrame] | None:
+    """Rows inserted into each silver table after ``since`` up to ``until`` (None: not only inserts)."""
+    changes: dict[str, DataFrame] = {}
+    for logical, name in names.items():
+        start, end = since[name] + 1, until[name]
+        current = tables.read(spark, name, version=end)
+        if start > end:
+            changes[logical] = current.limit(0)
+            continue
+        try:
+            feed = (
+                spark.read.format("delta")
+                .option("readChangeFeed", "true")
+                .option("startingVersion", start)
+                .option("endingVersion", end)
+                .table(name)
+            )
+            kinds = {row[0] for row in feed.select("_change_type").distinct().collect()}
+        except AnalysisException as err:
+            log.warning("gold: cannot read the change feed of %s from version %d: %s",
+                        name, start, str(err).splitlines()[0])
+            return None
+        if kinds - {"insert"}:
+            log.warning("gold: %s has %s changes since version %d", name, sorted(kinds), start)
+            return None
+        changes[logical] = feed.select(*current.columns)
+    return changes
+
+
+def _read_pinned(
+    spark: SparkSession, names: Mapping[str, str], versions: Mapping[str, int]
+) -> list[DataFrame]:
+    return [tables.read(spark, names[name], version=versions[names[name]]) for name in SILVER_EVENTS]
+
+
+def _as_of(events: Sequence[DataFrame]) -> date | None:
+    latest = [df.agg(F.max("_arrival_date")).first()[0] for df in events]  # type: ignore[index]
+    known = [day for day in latest if day is not None]
+    return max(known) if known else None
+
+
+def _full(
+    spark: SparkSession, settings: Settings, names: Mapping[str, str], versions: Mapping[str, int]
+) -> GoldResult:
+    orders, deliveries, ratings = _read_pinned(spark, names, versions)
+    as_of = _as_of([orders, deliveries, ratings])
+    daily_spec, features_spec = gold.user_daily_spec(settings), gold.user_features_spec(settings)
+    daily = gold.user_daily(orders, deliveries, ratings).select(*daily_spec.schema.fieldNames())
+    if as_of is None:
+        log.info("gold: silver is empty")
+        features = spark.createDataFrame([], features_spec.schema)
+    else:
+        features = gold.user_features(
+            orders, deliveries, ratings, as_of=as_of,
+            windows=settings.pipeline.feature_windows_days,
+            version=settings.pipeline.feature_version,
+        ).select(*features_spec.schema.fieldNames())
+    # Files that each cover a narrow range of days let later increments skip
+    # most of the table when they look up the rows of one day.
+    partitions = int(spark.conf.get("spark.sql.shuffle.partitions") or "8")
+    tables.overwrite(daily, daily_spec.name)
+    tables.overwrite(features.repartitionByRange(partitions, "feature_date"), features_spec.name)
+    daily_rows = _written(spark, daily_spec.name)
+    feature_rows = _written(spark, features_spec.name)
+    log.info("gold: %s rebuilt, %d rows; %s rebuilt as of %s, %d rows",
+             daily_spec.name, daily_rows, features_spec.name, as_of, feature_rows)
+    return GoldResult("full", as_of, daily_rows, feature_rows, dict(versions))
+
+
+def _incremental(
+    spark: SparkSession,
+    settings: Settings,
+    names: Mapping[str, str],
+    versions: Mapping[str, int],
+    changes: Mapping[str, DataFrame],
+    previous_as_of: date | None,
+) -> GoldResult:
+    changed = reduce(
+        DataFrame.unionByName,
+        [
+            df.select("user_key", "event_date", "_arrival_date",
+                      F.greatest("event_date", "_arrival_date").alias("known_day"))
+            for df in changes.values()
+        ],
+    ).filter(F.col("user_key").isNotNull() & F.col("event_date").isNotNull()).cache()
+    try:
+        bounds = changed.agg(
+            F.min("known_day").alias("first_known"),
+            F.max("_arrival_date").alias("last_arrival"),
+            F.min("event_date").alias("first_event"),
+            F.max("event_date").alias("last_event"),
+        ).first()
+        if bounds is None or bounds["first_known"] is None:
+            log.info("gold: no new silver rows since the last run")
+            return GoldResult("incremental", previous_as_of, inputs=dict(versions))
+        arrived = [d for d in (previous_as_of, bounds["last_arrival"]) if d is not None]
+        as_of: date = max(arrived)
+        pinned = _read_pinned(spark, names, versions)
+        daily_rows = _merge_daily(
+            spark, settings, pinned, changed, bounds["first_event"], bounds["last_event"]
+        )
+        feature_rows = _merge_features(spark, settings, pinned, changed, previous_as_of, as_of)
+    finally:
+        changed.unpersist()
+    log.info("gold: increment up to %s: %d user_daily rows, %d user_features rows written",
+             as_of, daily_rows, feature_rows)
+    return GoldResult("incremental", as_of, daily_rows, feature_rows, dict(versions))
+
+
+def _merge_daily(
+    spark: SparkSession,
+    settings: Settings,
+    pinned: Sequence[DataFrame],
+    changed: DataFrame,
+    first_event: date,
+    last_event: date,
+) -> int:
+    spec = gold.user_daily_spec(settings)
+    groups = changed.select("user_key", "event_date").distinct()
+    in_range = (F.col("event_date") >= F.lit(first_event)) & (F.col("event_date") <= F.lit(last_event))
+    affected = [df.filter(in_range).join(groups, ["user_key", "event_date"], "left_semi") for df in pinned]
+    daily = gold.user_daily(*affected).select(*spec.schema.fieldNames())
+    keys = (F.col("t.user_key") == F.col("s.user_key")) & (F.col("t.event_date") == F.col("s.event_date"))
+    # The literal bound lets Delta skip the files of older days.
+    condition = keys & (F.col("t.event_date") >= F.lit(first_event))
+    _upsert(spark, spec.name, daily, condition)
+    return _written(spark, spec.name)
+
+
+def _merge_features(
+    spark: SparkSession,
+    settings: Settings,
+    pinned: Sequence[DataFrame],
+    changed: DataFrame,
+    previous_as_of: date | None,
+    as_of: date,
+) -> int:
+    spec = gold.user_features_spec(settings)
+    windows = settings.pipeline.feature_windows_days
+    existing = tables.read(spark, spec.name)
+    restarts = changed.groupBy("user_key").agg(F.min("known_day").alias("start_day"))
+    if previous_as_of is not None and as_of > previous_as_of:
+        carried_forward = existing.filter(F.col("feature_date") == F.lit(previous_as_of)).select(
+            "user_key", F.lit(previous_as_of + timedelta(days=1)).alias("start_day")
+        )
+        restarts = restarts.unionByName(carried_forward)
+    starts = (
+        restarts.groupBy("user_key").agg(F.min("start_day").alias("start_day"))
+        .filter(F.col("start_day") <= F.lit(as_of))
+        .cache()
+    )
+    try:
+        first_start = starts.agg(F.min("start_day")).first()[0]  # type: ignore[index]
+        if first_start is None:
+            return 0
+        state = (
+            existing.filter(F.col("feature_date") >= F.lit(first_start - timedelta(days=1)))
+            .join(starts, "user_key")
+            .filter(F.col("feature_date") == F.date_sub(F.col("start_day"), 1))
+            .drop("start_day")
+        )
+        orders, deliveries, ratings = (
+            df.filter(_relevant(first_start, as_of, spans))
+            for df, spans in zip(pinned, (windows, (LATE_DELIVERY_WINDOW,), ()), strict=True)
+        )
+        features = gold.user_features(
+            orders, deliveries, ratings, as_of=as_of, windows=windows,
+            version=settings.pipeline.feature_version, starts=starts, state=state,
+        ).select(*spec.schema.fieldNames())
+        keys = (F.col("t.user_key") == F.col("s.user_key")) & (
+            F.col("t.feature_date") == F.col("s.feature_date")
+        )
+        _upsert(spark, spec.name, features, keys & (F.col("t.feature_date") >= F.lit(first_start)))
+    finally:
+        starts.unpersist()
+    return _written(spark, spec.name)
+
+
+def _relevant(first_start: date, as_of: date, windows: Sequence[int]) -> Column:
+    """Events with a delta dated ``first_start..as_of``: known then, or leaving a window then."""
+    known = (F.col("_arrival_date") >= F.lit(first_start)) | (F.col("event_date") >= F.lit(first_start))
+    leaving = [
+        F.col("event_date").between(F.lit(first_start - timedelta(days=w)), F.lit(as_of - timedelta(days=w)))
+        for w in windows
+    ]
+    return reduce(Column.__or__, leaving, known)
+
+
+def _upsert(spark: SparkSession, name: str, source: DataFrame, condition: Column) -> None:
+    (
+        DeltaTable.forName(spark, name).alias("t")
+        .merge(source.alias("s"), condition)
+        .whenMatchedUpdateAll()
+        .whenNotMatchedInsertAll()
+        .execute()
+    )
+
+
+def _written(spark: SparkSession, name: str) -> int:
+    """Rows the table's last commit wrote (inserted plus updated), from Delta's own metrics."""
+    row = tables.history(spark, name, 1).select("operationMetrics").first()
+    metrics = (row["operationMetrics"] if row else None) or {}
+    if "numOutputRows" in metrics and "numTargetRowsInserted" not in metrics:
+        return int(metrics["numOutputRows"])
+    return int(metrics.get("numTargetRowsInserted", 0)) + int(metrics.get("numTargetRowsUpdated", 0))
+
+
+def _record(spark: SparkSession, settings: Settings, result: GoldResult, started: datetime) -> None:
+    row = (
+        uuid.uuid4().hex,
+        result.mode,
+        result.as_of,
+        settings.pipeline.feature_version,
+        _windows_text(settings),
+        result.inputs,
+        result.daily_rows_written,
+        result.feature_rows_written,
+        started,
+        datetime.now(UTC).replace(tzinfo=None),
+    )
+    tables.append(spark.createDataFrame([row], LEDGER_SCHEMA), settings.table("ops_gold_runs"))
