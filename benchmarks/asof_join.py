@@ -11,12 +11,18 @@ Variants:
     as_of   as_of_join(labels, features, keys=["key"], ...)
     naive   left join on key and feature_ts <= label_ts, row_number over the
             label id ordered by feature_ts desc, keep row 1
-    equi    labels joined on key to one feature row per key
+    equi    labels left-joined to the same feature rows on key and exact
+            timestamp: the same keys, the same sizes and one shuffle per side,
+            the cost floor of any join between the two tables
 
 ``--skew`` puts 10% of all label and feature rows on key 0. The ``rows/task``
 column is max/median of label rows per partition of the as-of output (the
 window's tasks), read via ``spark_partition_id``; with skew the hot key shows
 up as one large task unless ``--time-buckets`` spreads it.
+
+The naive join grows with labels x feature rows per key; under skew the hot
+key alone pairs 10% of the labels with 10% of the features. Each naive run is
+cancelled after ``--naive-timeout`` seconds and reported as "> limit".
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import logging
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -62,7 +69,7 @@ def _ts() -> Column:
 
 
 def _feature_values(wide: bool) -> list[Column]:
-    count = 120 if wide else 4
+    count = 120 if wide else 10
     return [(F.pmod(_hash(100 + i), F.lit(10_000)) / 100.0).alias(f"f{i}") for i in range(count)]
 
 
@@ -81,10 +88,10 @@ def build_features(spark: SparkSession, n: int, keys: int, skew: bool, wide: boo
     )
 
 
-def build_one_per_key(spark: SparkSession, keys: int, wide: bool) -> DataFrame:
-    return spark.range(keys).select(
-        F.col("id").alias("key"), _ts().alias("feature_ts"), *_feature_values(wide)
-    )
+def equi_join(labels: DataFrame, features: DataFrame) -> DataFrame:
+    feats = features.withColumnRenamed("key", "f_key")
+    exact = (labels["key"] == feats["f_key"]) & (labels["label_ts"] == feats["feature_ts"])
+    return labels.join(feats, exact, "left")
 
 
 def naive_as_of(labels: DataFrame, features: DataFrame) -> DataFrame:
@@ -102,11 +109,28 @@ def naive_as_of(labels: DataFrame, features: DataFrame) -> DataFrame:
     )
 
 
-def timed(name: str, build: Callable[[], DataFrame], runs: int) -> float:
+def timed(
+    name: str, build: Callable[[], DataFrame], runs: int, limit: float | None = None
+) -> float:
+    """Median seconds of ``runs`` runs; ``inf`` when a run hits ``limit`` (it is cancelled)."""
     times = []
     for run in range(runs):
+        spark = build().sparkSession
+        spark.sparkContext.setJobGroup(name, name, interruptOnCancel=True)
+        timer = threading.Timer(limit, spark.sparkContext.cancelJobGroup, [name]) if limit else None
+        if timer:
+            timer.start()
         started = time.perf_counter()
-        build().write.format("noop").mode("overwrite").save()
+        try:
+            build().write.format("noop").mode("overwrite").save()
+        except Exception:  # noqa: BLE001 - the cancellation surfaces as a generic Spark error
+            if timer is None or timer.is_alive():
+                raise
+            log.info("%s run %d: cancelled after %.0f s", name, run + 1, limit)
+            return float("inf")
+        finally:
+            if timer:
+                timer.cancel()
         times.append(time.perf_counter() - started)
         log.info("%s run %d: %.2f s", name, run + 1, times[-1])
     return statistics.median(times)
@@ -137,7 +161,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--features-per-key", type=int, default=100)
     parser.add_argument("--keys", type=int, default=1_000)
     parser.add_argument("--skew", action="store_true", help="10%% of rows on one key")
-    parser.add_argument("--wide", action="store_true", help="120 feature columns instead of 4")
+    parser.add_argument("--wide", action="store_true", help="120 feature columns instead of 10")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument(
         "--time-buckets", type=int, default=None, help="pass time_buckets= to as_of_join"
@@ -147,6 +171,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="the naive join grows with labels x features per key",
     )
+    parser.add_argument("--naive-timeout", type=float, default=900.0, help="seconds per naive run")
     parser.add_argument("--master", default=None, help="e.g. local[2]; default from settings")
     parser.add_argument("--shuffle-partitions", type=int, default=None)
     return parser.parse_args(argv)
@@ -176,7 +201,6 @@ def run(spark: SparkSession, args: argparse.Namespace) -> str:
     n_features = args.keys * args.features_per_key
     labels = build_labels(spark, args.labels, args.keys, args.skew)
     features = build_features(spark, n_features, args.keys, args.skew, args.wide)
-    one_per_key = build_one_per_key(spark, args.keys, args.wide)
 
     def as_of() -> DataFrame:
         return as_of_join(
@@ -194,9 +218,9 @@ def run(spark: SparkSession, args: argparse.Namespace) -> str:
     t_naive = (
         float("nan")
         if args.skip_naive
-        else timed("naive", lambda: naive_as_of(labels, features), args.runs)
+        else timed("naive", lambda: naive_as_of(labels, features), args.runs, args.naive_timeout)
     )
-    t_equi = timed("equi", lambda: labels.join(one_per_key, "key", "left"), args.runs)
+    t_equi = timed("equi", lambda: equi_join(labels, features), args.runs)
     balance = task_balance(spark, as_of)
 
     header = (
@@ -206,11 +230,25 @@ def run(spark: SparkSession, args: argparse.Namespace) -> str:
     )
     row = (
         f"| {args.labels:,} | {n_features:,} | {args.keys:,} | {'yes' if args.skew else 'no'} "
-        f"| {'120 cols' if args.wide else '4 cols'} | {args.time_buckets or '-'} "
-        f"| {t_asof:.2f} | {t_naive:.2f} | {t_equi:.2f} | {t_asof / t_equi:.1f}x "
-        f"| {t_naive / t_equi:.1f}x | {t_asof / t_naive:.2f} | {balance} |"
+        f"| {'120 cols' if args.wide else '10 cols'} | {args.time_buckets or '-'} "
+        f"| {t_asof:.2f} | {_seconds(t_naive, args.naive_timeout)} | {t_equi:.2f} "
+        f"| {t_asof / t_equi:.1f}x | {_ratio(t_naive, t_equi)} | {_ratio(t_asof, t_naive, 2)} "
+        f"| {balance} |"
     )
     return f"{header}\n{row}"
+
+
+def _seconds(value: float, limit: float) -> str:
+    return f"> {limit:.0f}" if value == float("inf") else f"{value:.2f}"
+
+
+def _ratio(num: float, den: float, digits: int = 1) -> str:
+    """``num / den``; a cancelled run (``inf``) gives a bound instead of a value."""
+    if num == float("inf"):
+        return "> limit"
+    if den == float("inf"):
+        return "< limit"
+    return f"{num / den:.{digits}f}" + ("x" if digits == 1 else "")
 
 
 if __name__ == "__main__":

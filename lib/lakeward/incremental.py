@@ -114,13 +114,11 @@ def refresh(spark: SparkSession, settings: Settings, *, full: bool = False) -> G
         if last.inputs == versions:
             log.info("gold: up to date with silver versions %s", _describe(versions))
             return GoldResult("up_to_date", last.as_of, inputs=versions)
-        changes = _inserted_changes(spark, names, last.inputs, versions)
-        if changes is None:
-            reason = "the change feed since the last run holds more than inserts or cannot be read"
-        else:
-            result = _incremental(spark, settings, names, versions, changes, last.as_of)
+        result = _incremental(spark, settings, names, versions, last)
+        if result is not None:
             _record(spark, settings, result, started)
             return result
+        reason = "the change feed since the last run holds more than inserts or cannot be read"
     log.info("gold: full recompute (%s)", reason)
     result = _full(spark, settings, names, versions)
     _record(spark, settings, result, started)
@@ -156,38 +154,28 @@ def _full_reason(settings: Settings, last: _LastRun | None, versions: Mapping[st
     return None
 
 
-def _inserted_changes(
+def _change_feed(
     spark: SparkSession,
     names: Mapping[str, str],
     since: Mapping[str, int],
     until: Mapping[str, int],
-) -> dict[str, DataFrame] | None:
-    """Rows inserted into each silver table after ``since`` up to ``until`` (None: not only inserts)."""
-    changes: dict[str, DataFrame] = {}
-    for logical, name in names.items():
+) -> DataFrame:
+    """Every change to the silver event tables after ``since`` up to ``until``, as known days."""
+    feeds = []
+    for name in names.values():
         start, end = since[name] + 1, until[name]
-        current = tables.read(spark, name, version=end)
         if start > end:
-            changes[logical] = current.limit(0)
             continue
-        try:
-            feed = (
-                spark.read.format("delta")
-                .option("readChangeFeed", "true")
-                .option("startingVersion", start)
-                .option("endingVersion", end)
-                .table(name)
-            )
-            kinds = {row[0] for row in feed.select("_change_type").distinct().collect()}
-        except AnalysisException as err:
-            log.warning("gold: cannot read the change feed of %s from version %d: %s",
-                        name, start, str(err).splitlines()[0])
-            return None
-        if kinds - {"insert"}:
-            log.warning("gold: %s has %s changes since version %d", name, sorted(kinds), start)
-            return None
-        changes[logical] = feed.select(*current.columns)
-    return changes
+        feeds.append(
+            spark.read.format("delta")
+            .option("readChangeFeed", "true")
+            .option("startingVersion", start)
+            .option("endingVersion", end)
+            .table(name)
+            .select("user_key", "event_date", "_arrival_date", "_change_type",
+                    F.greatest("event_date", "_arrival_date").alias("known_day"))
+        )
+    return reduce(DataFrame.unionByName, feeds)
 
 
 def _read_pinned(
@@ -235,36 +223,37 @@ def _incremental(
     settings: Settings,
     names: Mapping[str, str],
     versions: Mapping[str, int],
-    changes: Mapping[str, DataFrame],
-    previous_as_of: date | None,
-) -> GoldResult:
-    changed = reduce(
-        DataFrame.unionByName,
-        [
-            df.select("user_key", "event_date", "_arrival_date",
-                      F.greatest("event_date", "_arrival_date").alias("known_day"))
-            for df in changes.values()
-        ],
-    ).filter(F.col("user_key").isNotNull() & F.col("event_date").isNotNull()).cache()
+    last: _LastRun,
+) -> GoldResult | None:
+    """Apply the silver rows inserted since ``last``; None when the feed holds anything else."""
     try:
-        bounds = changed.agg(
+        feed = _change_feed(spark, names, last.inputs, versions).cache()
+        bounds = feed.agg(
+            F.max((F.col("_change_type") != F.lit("insert")).cast("int")).alias("other_changes"),
             F.min("known_day").alias("first_known"),
             F.max("_arrival_date").alias("last_arrival"),
             F.min("event_date").alias("first_event"),
             F.max("event_date").alias("last_event"),
         ).first()
-        if bounds is None or bounds["first_known"] is None:
+    except AnalysisException as err:
+        log.warning("gold: cannot read the silver change feed: %s", str(err).splitlines()[0])
+        return None
+    changed = feed.filter(F.col("user_key").isNotNull() & F.col("event_date").isNotNull())
+    try:
+        if bounds is None or bounds["other_changes"]:
+            return None
+        if bounds["first_known"] is None:
             log.info("gold: no new silver rows since the last run")
-            return GoldResult("incremental", previous_as_of, inputs=dict(versions))
-        arrived = [d for d in (previous_as_of, bounds["last_arrival"]) if d is not None]
+            return GoldResult("incremental", last.as_of, inputs=dict(versions))
+        arrived = [d for d in (last.as_of, bounds["last_arrival"]) if d is not None]
         as_of: date = max(arrived)
         pinned = _read_pinned(spark, names, versions)
         daily_rows = _merge_daily(
             spark, settings, pinned, changed, bounds["first_event"], bounds["last_event"]
         )
-        feature_rows = _merge_features(spark, settings, pinned, changed, previous_as_of, as_of)
+        feature_rows = _merge_features(spark, settings, pinned, changed, last.as_of, as_of)
     finally:
-        changed.unpersist()
+        feed.unpersist()
     log.info("gold: increment up to %s: %d user_daily rows, %d user_features rows written",
              as_of, daily_rows, feature_rows)
     return GoldResult("incremental", as_of, daily_rows, feature_rows, dict(versions))
@@ -286,8 +275,7 @@ def _merge_daily(
     keys = (F.col("t.user_key") == F.col("s.user_key")) & (F.col("t.event_date") == F.col("s.event_date"))
     # The literal bound lets Delta skip the files of older days.
     condition = keys & (F.col("t.event_date") >= F.lit(first_event))
-    _upsert(spark, spec.name, daily, condition)
-    return _written(spark, spec.name)
+    return _upsert(spark, spec.name, daily, condition)
 
 
 def _merge_features(
@@ -330,13 +318,18 @@ def _merge_features(
             orders, deliveries, ratings, as_of=as_of, windows=windows,
             version=settings.pipeline.feature_version, starts=starts, state=state,
         ).select(*spec.schema.fieldNames())
+        if previous_as_of is None or first_start > previous_as_of:
+            # Arrival days in order: every row is a new day. Rows of those days
+            # exist only if a run died before its ledger write; replace them.
+            DeltaTable.forName(spark, spec.name).delete(F.col("feature_date") >= F.lit(first_start))
+            tables.append(features, spec.name)
+            return _written(spark, spec.name)
         keys = (F.col("t.user_key") == F.col("s.user_key")) & (
             F.col("t.feature_date") == F.col("s.feature_date")
         )
-        _upsert(spark, spec.name, features, keys & (F.col("t.feature_date") >= F.lit(first_start)))
+        return _upsert(spark, spec.name, features, keys & (F.col("t.feature_date") >= F.lit(first_start)))
     finally:
         starts.unpersist()
-    return _written(spark, spec.name)
 
 
 def _relevant(first_start: date, as_of: date, windows: Sequence[int]) -> Column:
@@ -349,23 +342,24 @@ def _relevant(first_start: date, as_of: date, windows: Sequence[int]) -> Column:
     return reduce(Column.__or__, leaving, known)
 
 
-def _upsert(spark: SparkSession, name: str, source: DataFrame, condition: Column) -> None:
-    (
+def _upsert(spark: SparkSession, name: str, source: DataFrame, condition: Column) -> int:
+    """MERGE ``source`` into the table by ``condition``; returns rows inserted plus updated."""
+    metrics = (
         DeltaTable.forName(spark, name).alias("t")
         .merge(source.alias("s"), condition)
         .whenMatchedUpdateAll()
         .whenNotMatchedInsertAll()
         .execute()
+        .first()
     )
+    return int(metrics["num_inserted_rows"]) + int(metrics["num_updated_rows"]) if metrics else 0
 
 
 def _written(spark: SparkSession, name: str) -> int:
-    """Rows the table's last commit wrote (inserted plus updated), from Delta's own metrics."""
+    """Rows the table's last commit (a write) wrote, from Delta's own metrics."""
     row = tables.history(spark, name, 1).select("operationMetrics").first()
     metrics = (row["operationMetrics"] if row else None) or {}
-    if "numOutputRows" in metrics and "numTargetRowsInserted" not in metrics:
-        return int(metrics["numOutputRows"])
-    return int(metrics.get("numTargetRowsInserted", 0)) + int(metrics.get("numTargetRowsUpdated", 0))
+    return int(metrics.get("numOutputRows", 0))
 
 
 def _record(spark: SparkSession, settings: Settings, result: GoldResult, started: datetime) -> None:

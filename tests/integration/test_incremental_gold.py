@@ -148,7 +148,7 @@ def test_a_rerun_with_nothing_new_writes_nothing(
 
 
 def test_one_new_day_in_order_only_appends_that_day(
-    spark: SparkSession, base_settings: Settings, tmp_path: Path
+    spark: SparkSession, base_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = _settings(base_settings, tmp_path)
     silver.ensure_tables(spark, settings)
@@ -159,9 +159,13 @@ def test_one_new_day_in_order_only_appends_that_day(
     incremental.refresh(spark, settings)
     before = tables.read(spark, settings.table("gold_user_features")).collect()
     _append(spark, settings, "silver_orders", rows[2:])
+    with monkeypatch.context() as patched:
+        patched.setattr(incremental, "_record", lambda *_: (_ for _ in ()).throw(RuntimeError("crash")))
+        with pytest.raises(RuntimeError, match="crash"):
+            incremental.refresh(spark, settings)
     result = incremental.refresh(spark, settings)
     after = tables.read(spark, settings.table("gold_user_features"))
     assert (result.mode, result.as_of, result.feature_rows_written) == ("incremental", d2, 2)
     assert sorted(before) == sorted(after.filter(F.col("feature_date") == d1).collect())
-    new = {r["user_key"]: r["orders_7d"] for r in after.filter(F.col("feature_date") == d2).collect()}
-    assert new == {"a": 2, "b": 1}
+    new = [(r["user_key"], r["orders_7d"]) for r in after.filter(F.col("feature_date") == d2).collect()]
+    assert sorted(new) == [("a", 2), ("b", 1)], "the run that died left no second copy"
