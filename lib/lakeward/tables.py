@@ -114,6 +114,30 @@ def overwrite(df: DataFrame, name: str) -> None:
     df.write.format("delta").mode("overwrite").saveAsTable(name)
 
 
+def replace(df: DataFrame, spec: TableSpec, properties: dict[str, str] | None = None) -> None:
+    """Replace the table's contents, schema and properties in one commit.
+
+    ``CREATE OR REPLACE TABLE ... AS SELECT``: the spec's properties plus
+    ``properties`` become the table's only properties, and they land in the
+    same commit as the data, so no reader sees new rows with old properties.
+    The table's history (and time travel to earlier versions) is kept::
+
+        replace(df, spec, {"lakeward.training_set.content_hash": digest})
+    """
+    if "." in spec.name:
+        ensure_schema(df.sparkSession, spec.name.rsplit(".", 1)[0])
+    writer = df.select(*spec.schema.fieldNames()).writeTo(spec.name).using("delta")
+    for key, value in {**spec.delta_properties(), **(properties or {})}.items():
+        writer = writer.tableProperty(key, value)
+    writer.createOrReplace()
+
+
+def properties(spark: SparkSession, name: str) -> dict[str, str]:
+    """The table's current properties (``DESCRIBE DETAIL``)."""
+    row = DeltaTable.forName(spark, name).detail().select("properties").first()
+    return dict(row["properties"] or {}) if row is not None else {}
+
+
 def read(spark: SparkSession, name: str, *, version: int | None = None) -> DataFrame:
     """The table's current contents, or its contents at a Delta ``version``."""
     if version is None:

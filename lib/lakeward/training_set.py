@@ -1,0 +1,670 @@
+"""Training sets: churn labels, point-in-time features and a leakage-checked split.
+
+``lakeward training-set`` builds ``ml.training_set``: one row per labelled
+order (:func:`lakeward.labels.churn_labels`), the newest ``gold.user_features``
+row known at the order's time (:func:`lakeward.pit.as_of_join`), and a
+``split`` column (:mod:`lakeward.splits`). Every input is read at a pinned
+Delta version; the versions, with every other setting that shapes the rows,
+make a :class:`BuildSpec`, stored in the table's properties and in the
+``ops.training_sets`` ledger, so the exact rows can be rebuilt later::
+
+    result = build(spark, settings)                   # ml.training_set, one commit
+    again = rebuild(spark, settings, result.spec)     # same inputs, same versions
+    assert content_hash(again) == result.content_hash
+
+The build fails, writing nothing, when a joined ``feature_ts`` is later than
+its ``label_ts`` or when :func:`lakeward.splits.leakage` reports a leak.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from pyspark import StorageLevel
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from lakeward import gold, tables
+from lakeward.config import Settings
+from lakeward.labels import churn_labels
+from lakeward.pit import as_of_join
+from lakeward.splits import PARTS, SPLIT, group_split, leakage, temporal_split
+
+__all__ = [
+    "CONTENT_HASH_PROPERTY",
+    "SPEC_PROPERTY",
+    "BuildSpec",
+    "TrainingSetError",
+    "TrainingSetResult",
+    "assemble",
+    "assert_point_in_time",
+    "build",
+    "content_hash",
+    "feature_columns",
+    "ledger_spec",
+    "rebuild",
+    "stored_spec",
+    "table_name",
+    "temporal_bounds",
+    "training_set_spec",
+]
+
+log = logging.getLogger(__name__)
+
+SPEC_PROPERTY = "lakeward.training_set.spec"
+CONTENT_HASH_PROPERTY = "lakeward.training_set.content_hash"
+SPLITS = ("group", "temporal")
+KEY = "user_key"
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ORDER_COLUMNS = ("event_id", "user_key", "event_ts")
+_LABEL_FIELDS = (
+    T.StructField("label_id", T.StringType()),
+    T.StructField("user_key", T.StringType()),
+    T.StructField("label_ts", T.TimestampType()),
+    T.StructField("churned", T.IntegerType()),
+)
+
+LEDGER_SCHEMA = T.StructType(
+    [
+        T.StructField("build_id", T.StringType()),
+        T.StructField("name", T.StringType()),
+        T.StructField("table_version", T.LongType()),
+        T.StructField("input_table", T.StringType()),
+        T.StructField("input_version", T.LongType()),
+        T.StructField("rows", T.LongType()),
+        T.StructField("content_hash", T.StringType()),
+        T.StructField("spec_json", T.StringType()),
+        T.StructField("built_at", T.TimestampType()),
+    ]
+)
+
+
+class TrainingSetError(RuntimeError):
+    """A training set that cannot be built or rebuilt as asked; the message says why."""
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    """Everything needed to rebuild a training set exactly.
+
+    Datetimes are timezone-aware UTC: naive values (and dates, taken as UTC
+    midnight) are converted on construction, so a spec equals its JSON round
+    trip::
+
+        spec = BuildSpec.from_json(result.spec.to_json())
+        assert spec == result.spec
+    """
+
+    inputs: dict[str, int]
+    """Input table name as configured (``silver.orders``) -> the Delta version read."""
+    horizon_days: int
+    ttl_days: int | None
+    split: str
+    """``group`` or ``temporal``."""
+    fractions: tuple[float, float, float]
+    """Train, validation, test shares of the group split."""
+    seed: int
+    t1: datetime | None
+    """Temporal split bounds as resolved; never None after a temporal build."""
+    t2: datetime | None
+    observed_until: datetime
+    """End of the last arrival day of the orders read; label windows end at or before it."""
+    feature_version: str
+
+    def __post_init__(self) -> None:
+        if self.split not in SPLITS:
+            raise TrainingSetError(f"split must be one of {', '.join(SPLITS)}, got {self.split!r}")
+        if self.horizon_days <= 0:
+            raise TrainingSetError(f"horizon_days must be positive, got {self.horizon_days}")
+        if self.ttl_days is not None and self.ttl_days < 0:
+            raise TrainingSetError(f"ttl_days must not be negative, got {self.ttl_days}")
+        shares = tuple(float(share) for share in self.fractions)
+        if len(shares) != len(PARTS) or any(s < 0 for s in shares) or abs(sum(shares) - 1) > 1e-9:
+            raise TrainingSetError(f"expected three non-negative fractions summing to 1, got {shares}")
+        t1, t2 = (None if t is None else _utc(t) for t in (self.t1, self.t2))
+        if self.split == "temporal" and (t1 is None or t2 is None):
+            raise TrainingSetError("a temporal split needs both t1 and t2")
+        if t1 is not None and t2 is not None and not t1 < t2:
+            raise TrainingSetError(f"expected t1 < t2, got {t1} and {t2}")
+        # Frozen: normalized values go in through object.__setattr__.
+        object.__setattr__(self, "inputs", {str(k): int(v) for k, v in self.inputs.items()})
+        object.__setattr__(self, "fractions", shares)
+        object.__setattr__(self, "t1", t1)
+        object.__setattr__(self, "t2", t2)
+        object.__setattr__(self, "observed_until", _utc(self.observed_until))
+
+    @property
+    def horizon(self) -> timedelta:
+        """The label window, which is also the gap between temporal parts."""
+        return timedelta(days=self.horizon_days)
+
+    @property
+    def ttl(self) -> timedelta | None:
+        """Oldest feature row the as-of join takes, or None for no limit."""
+        return None if self.ttl_days is None else timedelta(days=self.ttl_days)
+
+    def to_json(self) -> str:
+        """Canonical JSON (sorted keys, ISO datetimes): equal specs give equal text."""
+        data = asdict(self)
+        for key in ("t1", "t2", "observed_until"):
+            data[key] = None if data[key] is None else data[key].isoformat()
+        data["fractions"] = list(self.fractions)
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> BuildSpec:
+        """Parse :meth:`to_json` output; any other shape raises :class:`TrainingSetError`."""
+        try:
+            data = json.loads(text)
+        except (TypeError, ValueError) as err:
+            raise TrainingSetError(f"a training set spec must be JSON: {err}") from None
+        expected = {f.name for f in fields(cls)}
+        if not isinstance(data, dict) or set(data) != expected:
+            found = sorted(data) if isinstance(data, dict) else type(data).__name__
+            # Unknown keys are refused too: a spec from a newer lakeward may mean
+            # rows this version cannot reproduce.
+            raise TrainingSetError(f"a training set spec has keys {sorted(expected)}, found {found}")
+        try:
+            for key in ("t1", "t2", "observed_until"):
+                if data[key] is not None:
+                    data[key] = datetime.fromisoformat(data[key])
+            data["fractions"] = tuple(data["fractions"])
+            return cls(**data)
+        except (TypeError, ValueError, AttributeError) as err:
+            raise TrainingSetError(f"not a valid training set spec: {err}") from None
+
+
+@dataclass(frozen=True)
+class TrainingSetResult:
+    """What :func:`build` wrote."""
+
+    table: str
+    """The table written, e.g. ``ml.training_set``."""
+    version: int
+    """Its Delta version after the write."""
+    rows: int
+    content_hash: str
+    spec: BuildSpec
+    split_rows: dict[str, int] = field(default_factory=dict)
+    """Rows per split part, every part listed."""
+    build_id: str = ""
+    """The build's id in the ``ops.training_sets`` ledger."""
+
+
+# --- names and schemas -----------------------------------------------------------------
+
+
+def feature_columns(settings: Settings) -> list[str]:
+    """The numeric model feature columns of the training set, in table order."""
+    return [f.name for f in gold.feature_columns(settings.pipeline.feature_windows_days)]
+
+
+def table_name(settings: Settings, name: str | None = None) -> str:
+    """``ml.training_set``, or ``ml.<name>`` (the schema of ``ml_training_set``) for a plain identifier."""
+    default = settings.table("ml_training_set")
+    if name is None:
+        return default
+    if not _IDENTIFIER.fullmatch(name):
+        raise TrainingSetError(
+            f"a training set name is a plain identifier (letters, digits, _), got {name!r}"
+        )
+    schema = default.rsplit(".", 1)[0] if "." in default else None
+    return f"{schema}.{name}" if schema else name
+
+
+def training_set_spec(settings: Settings, name: str | None = None) -> tables.TableSpec:
+    """The training set table: labels, the feature row joined to each, and ``split``."""
+    schema = T.StructType(
+        [
+            *_LABEL_FIELDS,
+            T.StructField("feature_date", T.DateType()),
+            T.StructField("feature_ts", T.TimestampType()),
+            *gold.feature_columns(settings.pipeline.feature_windows_days),
+            T.StructField("feature_version", T.StringType()),
+            T.StructField(SPLIT, T.StringType()),
+        ]
+    )
+    return tables.TableSpec(table_name(settings, name), schema, subject_column=KEY)
+
+
+def ledger_spec(settings: Settings) -> tables.TableSpec:
+    """``ops.training_sets``: one row per build and input table, with the version read."""
+    return tables.TableSpec(settings.table("ops_training_sets"), LEDGER_SCHEMA)
+
+
+def _history_columns(settings: Settings) -> list[str]:
+    return [KEY, "feature_date", "feature_ts", *feature_columns(settings), "feature_version"]
+
+
+# --- pure transforms -------------------------------------------------------------------
+
+
+def assemble(orders: DataFrame, features: DataFrame, spec: BuildSpec) -> DataFrame:
+    """Labels, the feature row known at each label's time, and the split. No I/O.
+
+    ``orders`` needs ``event_id``, ``user_key`` and ``event_ts``; ``features``
+    needs ``user_key``, ``feature_ts`` and ``feature_version`` (only rows of
+    ``spec.feature_version`` are used). The result has ``label_id``,
+    ``user_key``, ``label_ts``, ``churned``, then every other column of
+    ``features`` in its order (null when no feature row is within the TTL),
+    then ``split``. Orders whose window ends after ``spec.observed_until`` get
+    no label; a temporal split also drops labels whose window would reach the
+    next part::
+
+        training = assemble(orders, gold_features, spec)
+    """
+    _require(orders, "orders", _ORDER_COLUMNS)
+    _require(features, "features", (KEY, "feature_ts", "feature_version"))
+    labels = churn_labels(orders, horizon=spec.horizon, observed_until=spec.observed_until)
+    current = features.filter(F.col("feature_version") == F.lit(spec.feature_version))
+    joined = as_of_join(
+        labels, current, keys=[KEY], label_ts="label_ts", feature_ts="feature_ts", ttl=spec.ttl
+    )
+    if spec.split == "temporal":
+        assert spec.t1 is not None and spec.t2 is not None  # BuildSpec guarantees it
+        return temporal_split(joined, ts="label_ts", t1=spec.t1, t2=spec.t2, gap=spec.horizon)
+    return group_split(joined, key=KEY, fractions=spec.fractions, seed=spec.seed)
+
+
+def temporal_bounds(
+    first: datetime, last: datetime, *, horizon: timedelta, fractions: Sequence[float]
+) -> tuple[datetime, datetime]:
+    """``(t1, t2)`` for labels from ``first`` to ``last``, with a gap of ``horizon`` before each.
+
+    The range minus the two gaps is cut in the proportions of ``fractions``,
+    so train holds ``first`` and test holds ``last``. Raises
+    :class:`TrainingSetError` when the range is not longer than two gaps::
+
+        t1, t2 = temporal_bounds(first, last, horizon=timedelta(days=30), fractions=(0.7, 0.15, 0.15))
+    """
+    first, last = _utc(first), _utc(last)
+    usable = last - first - 2 * horizon
+    if usable <= timedelta(0):
+        raise TrainingSetError(
+            f"labels run from {first} to {last} ({(last - first).days} days); a temporal split "
+            f"needs more than {2 * horizon.days} days for three parts separated by gaps of "
+            f"{horizon.days} days. Use the group split, give t1 and t2, or add data"
+        )
+    t1 = first + usable * fractions[0] + horizon
+    t2 = t1 + usable * fractions[1] + horizon
+    # Whole seconds read better in the spec; the build checks every part is non-empty.
+    return t1.replace(microsecond=0), t2.replace(microsecond=0)
+
+
+def content_hash(df: DataFrame) -> str:
+    """Hex digest of the rows and columns of ``df``, independent of row order.
+
+    One aggregate over two 64-bit hashes per row (count, sums and an xor), so
+    no row is collected. Column names and types are part of the digest, and
+    each value is hashed with a null marker, so ``(null, "a")`` and
+    ``("a", null)`` differ::
+
+        assert content_hash(df) == content_hash(df.orderBy(F.rand()))
+    """
+    values: list[Column] = []
+    for name in df.columns:
+        column = F.col("`" + name.replace("`", "``") + "`")
+        values += [column, column.isNull()]
+    # Two salts, two independent hashes; a salt also makes a frame without columns hashable.
+    first = F.xxhash64(F.lit("lakeward.content_hash.1"), *values)
+    second = F.xxhash64(F.lit("lakeward.content_hash.2"), *values)
+    # Sums as decimals: a sum of 64-bit hashes overflows a long, an error under ANSI.
+    wide = T.DecimalType(20, 0)
+    row = df.agg(
+        F.count(F.lit(1)).alias("rows"),
+        F.sum(first.cast(wide)).alias("sum1"),
+        F.sum(second.cast(wide)).alias("sum2"),
+        F.bit_xor(second).alias("xor2"),
+    ).first()
+    assert row is not None  # a global aggregate returns one row
+    parts = [df.schema.simpleString(), row["rows"], str(row["sum1"]), str(row["sum2"]), row["xor2"]]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+
+def assert_point_in_time(training: DataFrame) -> None:
+    """Raise :class:`TrainingSetError` if any row's ``feature_ts`` is later than its ``label_ts``."""
+    future = training.filter(F.col("feature_ts") > F.col("label_ts"))
+    example = future.select("label_id", "label_ts", "feature_ts").first()
+    if example is not None:
+        raise TrainingSetError(
+            f"{future.count()} training row(s) have feature_ts later than label_ts, e.g. label "
+            f"{example['label_id']} at {example['label_ts']} with feature_ts {example['feature_ts']}: "
+            "the features would leak the future"
+        )
+
+
+# --- build, rebuild --------------------------------------------------------------------
+
+
+def build(
+    spark: SparkSession,
+    settings: Settings,
+    *,
+    name: str | None = None,
+    split: str | None = None,
+    t1: datetime | date | None = None,
+    t2: datetime | date | None = None,
+) -> TrainingSetResult:
+    """Build ``ml.training_set`` (or ``ml.<name>``) and record it in ``ops.training_sets``.
+
+    ``split``, ``t1`` and ``t2`` override ``settings.training_set``. Each input
+    is read at its current Delta version, pinned first, so the versions
+    recorded are exactly those read. Nothing is written when a feature row
+    from after its label's time was joined, a split part leaks into another,
+    or there are no labels (or, for a temporal split, an empty part)::
+
+        result = build(spark, settings, split="temporal")
+        result.spec.inputs        # {"silver.orders": 12, "gold.user_features": 4}
+    """
+    config = settings.training_set
+    table = table_name(settings, name)
+    split = split or config.split
+    if split not in SPLITS:
+        raise TrainingSetError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if split == "group" and (t1 is not None or t2 is not None):
+        raise TrainingSetError("t1 and t2 apply to the temporal split only")
+    if t1 is None and t2 is None and split == "temporal":
+        t1, t2 = config.t1, config.t2
+    if (t1 is None) != (t2 is None):
+        raise TrainingSetError("give both t1 and t2, or neither to compute them from the labels")
+
+    _refuse_foreign_table(spark, table)
+    orders_name = settings.table("silver_orders")
+    features_name = settings.table("gold_user_features")
+    versions = {orders_name: _pinned_version(spark, orders_name),
+                features_name: _pinned_version(spark, features_name)}
+    orders = tables.read(spark, orders_name, version=versions[orders_name])
+    features = _feature_history(
+        tables.read(spark, features_name, version=versions[features_name]), settings, features_name
+    )
+    observed_until = _observed_until(orders, orders_name, versions[orders_name])
+    _require_feature_rows(features, features_name, versions[features_name], settings)
+    horizon = timedelta(days=config.horizon_days)
+    if split == "temporal" and t1 is None:
+        first, last = _label_range(orders, horizon, observed_until, orders_name)
+        t1, t2 = temporal_bounds(first, last, horizon=horizon, fractions=config.fractions)
+    spec = BuildSpec(
+        inputs=versions,
+        horizon_days=config.horizon_days,
+        ttl_days=config.ttl_days,
+        split=split,
+        fractions=config.fractions,
+        seed=config.seed,
+        t1=None if t1 is None else _utc(t1),
+        t2=None if t2 is None else _utc(t2),
+        observed_until=observed_until,
+        feature_version=settings.pipeline.feature_version,
+    )
+
+    table_spec = training_set_spec(settings, name)
+    training = assemble(orders.select(*_ORDER_COLUMNS), features, spec).select(
+        *table_spec.schema.fieldNames()
+    )
+    # Checked, hashed and written: computed once, not once per action.
+    training = training.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        split_rows = _verify(training, spec, orders_name)
+        digest = content_hash(training)
+        tables.replace(
+            training, table_spec, {SPEC_PROPERTY: spec.to_json(), CONTENT_HASH_PROPERTY: digest}
+        )
+    finally:
+        training.unpersist()
+    version = tables.current_version(spark, table)
+    rows = sum(split_rows.values())
+    build_id = uuid.uuid4().hex
+    _record(spark, settings, build_id, table, version, rows, digest, spec)
+    log.debug(
+        "training-set: %s version %d, %d rows (%s); inputs %s",
+        table, version, rows, ", ".join(f"{p} {n}" for p, n in split_rows.items()),
+        ", ".join(f"{t}@{v}" for t, v in spec.inputs.items()),
+    )
+    return TrainingSetResult(table, version, rows, digest, spec, split_rows, build_id)
+
+
+def rebuild(spark: SparkSession, settings: Settings, spec: BuildSpec) -> DataFrame:
+    """The training set ``spec`` describes, from its inputs at the recorded Delta versions.
+
+    Raises :class:`TrainingSetError` naming the table and version when a
+    version cannot be read: beyond the latest, no longer in the log, or with
+    data files removed (``VACUUM``)::
+
+        spec = stored_spec(spark, settings)
+        assert content_hash(rebuild(spark, settings, spec)) == original_hash
+    """
+    orders_name = settings.table("silver_orders")
+    features_name = settings.table("gold_user_features")
+    missing = [n for n in (orders_name, features_name) if n not in spec.inputs]
+    if missing:
+        raise TrainingSetError(
+            f"the spec records inputs {sorted(spec.inputs)}, not the configured table(s) {missing}"
+        )
+    orders = _read_version(spark, orders_name, spec.inputs[orders_name])
+    features = _read_version(spark, features_name, spec.inputs[features_name])
+    return assemble(
+        orders.select(*_ORDER_COLUMNS), _feature_history(features, settings, features_name), spec
+    )
+
+
+def stored_spec(
+    spark: SparkSession, settings: Settings, *, name: str | None = None, version: int | None = None
+) -> BuildSpec:
+    """The spec of a training set table: its current one, or the build that wrote ``version``.
+
+    The current spec comes from the table's properties, an earlier one from
+    the ``ops.training_sets`` ledger::
+
+        rows = rebuild(spark, settings, stored_spec(spark, settings, version=3))
+    """
+    table = table_name(settings, name)
+    if version is None:
+        if not tables.exists(spark, table):
+            raise TrainingSetError(f"{table} does not exist; run `lakeward training-set` first")
+        text = tables.properties(spark, table).get(SPEC_PROPERTY)
+        if text is None:
+            raise TrainingSetError(f"{table} has no {SPEC_PROPERTY} property: not a training set")
+        return BuildSpec.from_json(text)
+    ledger = settings.table("ops_training_sets")
+    row = None
+    if tables.exists(spark, ledger):
+        row = (
+            tables.read(spark, ledger)
+            .filter((F.col("name") == F.lit(table)) & (F.col("table_version") == F.lit(version)))
+            .select("spec_json")
+            .first()
+        )
+    if row is None:
+        raise TrainingSetError(f"{ledger} records no build of {table} version {version}")
+    return BuildSpec.from_json(row["spec_json"])
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+def _utc(value: datetime | date) -> datetime:
+    if not isinstance(value, datetime):
+        return datetime(value.year, value.month, value.day, tzinfo=UTC)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _require(df: DataFrame, side: str, columns: Sequence[str]) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise TrainingSetError(f"{side} lacks column(s) {missing}; it has {df.columns}")
+
+
+def _pinned_version(spark: SparkSession, name: str) -> int:
+    if not tables.exists(spark, name):
+        raise TrainingSetError(
+            f"{name} does not exist; run the pipeline first (lakeward run all --all-dates)"
+        )
+    return tables.current_version(spark, name)
+
+
+def _feature_history(features: DataFrame, settings: Settings, name: str) -> DataFrame:
+    wanted = _history_columns(settings)
+    missing = [c for c in wanted if c not in features.columns]
+    if missing:
+        raise TrainingSetError(
+            f"{name} lacks column(s) {missing} that the configured features need; "
+            "run the gold stage again with the current configuration"
+        )
+    return features.select(*wanted)
+
+
+def _observed_until(orders: DataFrame, name: str, version: int) -> datetime:
+    row = orders.agg(F.max("_arrival_date").alias("last")).first()
+    last = None if row is None else row["last"]
+    if last is None:
+        raise TrainingSetError(
+            f"{name} (version {version}) has no orders; run the pipeline first "
+            "(lakeward run all --all-dates)"
+        )
+    return _utc(last + timedelta(days=1))
+
+
+def _require_feature_rows(features: DataFrame, name: str, version: int, settings: Settings) -> None:
+    wanted = settings.pipeline.feature_version
+    if features.filter(F.col("feature_version") == F.lit(wanted)).limit(1).count():
+        return
+    found = [r[0] for r in features.select("feature_version").distinct().limit(5).collect()]
+    if not found:
+        raise TrainingSetError(
+            f"{name} (version {version}) is empty; run the pipeline first (lakeward run all --all-dates)"
+        )
+    raise TrainingSetError(
+        f"{name} (version {version}) has no rows of feature_version {wanted!r} (found {found}); "
+        "run the gold stage again with the current configuration"
+    )
+
+
+def _label_range(
+    orders: DataFrame, horizon: timedelta, observed_until: datetime, name: str
+) -> tuple[datetime, datetime]:
+    # The same rows churn_labels keeps, without its window: only the range is needed.
+    labelled = orders.filter(
+        F.col("user_key").isNotNull()
+        & F.col("event_ts").isNotNull()
+        & (F.col("event_ts") + F.lit(horizon) <= F.lit(observed_until))
+    )
+    micros = F.unix_micros(F.col("event_ts"))
+    row = labelled.agg(F.min(micros).alias("first"), F.max(micros).alias("last")).first()
+    if row is None or row["first"] is None:
+        raise TrainingSetError(_no_labels(name, horizon, observed_until))
+    return (_EPOCH + timedelta(microseconds=row["first"]),
+            _EPOCH + timedelta(microseconds=row["last"]))
+
+
+def _no_labels(name: str, horizon: timedelta, observed_until: datetime) -> str:
+    return (
+        f"no order in {name} has a fully observed {horizon.days}-day churn window "
+        f"(data observed until {observed_until}): the training set would be empty"
+    )
+
+
+def _verify(training: DataFrame, spec: BuildSpec, orders_name: str) -> dict[str, int]:
+    """Rows per part, after the point-in-time, emptiness and leakage checks."""
+    assert_point_in_time(training)
+    counted = {r[SPLIT]: r["count"] for r in training.groupBy(SPLIT).count().collect()}
+    split_rows = {part: int(counted.get(part, 0)) for part in PARTS}
+    if not any(split_rows.values()):
+        raise TrainingSetError(_no_labels(orders_name, spec.horizon, spec.observed_until))
+    empty = [p for p in PARTS if not split_rows[p]]
+    if spec.split == "temporal" and empty:
+        raise TrainingSetError(
+            f"the temporal split t1={spec.t1}, t2={spec.t2} leaves {', '.join(empty)} empty "
+            f"(rows per part: {split_rows}); choose other bounds"
+        )
+    for part, share in zip(PARTS, spec.fractions, strict=True):
+        if share > 0 and not split_rows[part]:
+            log.warning("training-set: split part %s is empty (too few users?)", part)
+    if spec.split == "temporal":
+        problems = leakage(training, ts="label_ts", horizon=spec.horizon)
+    else:
+        problems = leakage(training, key=KEY)
+    if problems:
+        raise TrainingSetError("leakage between split parts: " + "; ".join(problems))
+    return split_rows
+
+
+def _refuse_foreign_table(spark: SparkSession, table: str) -> None:
+    # --name must not replace a table that is not a training set (predictions, say).
+    if tables.exists(spark, table) and SPEC_PROPERTY not in _properties_or_empty(spark, table):
+        raise TrainingSetError(f"{table} exists and is not a training set; choose another name")
+
+
+def _properties_or_empty(spark: SparkSession, table: str) -> dict[str, str]:
+    try:
+        return tables.properties(spark, table)
+    except Exception:  # noqa: BLE001 - not a Delta table: no training set properties
+        return {}
+
+
+def _read_version(spark: SparkSession, name: str, version: int) -> DataFrame:
+    if not tables.exists(spark, name):
+        raise TrainingSetError(f"cannot read {name} at Delta version {version}: the table does not exist")
+    try:
+        df = tables.read(spark, name, version=version)
+    except Exception as err:  # noqa: BLE001 - Delta's errors vary by cause; report one line
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise TrainingSetError(f"cannot read {name} at Delta version {version}: {first}") from err
+    _require_files(df, name, version)
+    return df
+
+
+def _require_files(df: DataFrame, name: str, version: int) -> None:
+    """Fail now, not at the first action, when VACUUM removed data files of this version."""
+    paths = df.inputFiles()
+    if not paths:
+        return
+    directories = sorted({path.rsplit("/", 1)[0] for path in paths})
+    try:
+        # One listing per directory; binaryFile reads no content unless asked for it.
+        listed = (
+            df.sparkSession.read.format("binaryFile")
+            .option("recursiveFileLookup", "true")
+            .load(directories)
+            .select("path")
+            .collect()
+        )
+    except Exception:  # noqa: BLE001 - a directory that is gone took its files with it
+        listed = []
+    present = {row["path"].rsplit("/", 1)[-1] for row in listed}
+    gone = sorted({path.rsplit("/", 1)[-1] for path in paths} - present)
+    if gone:
+        raise TrainingSetError(
+            f"cannot read {name} at Delta version {version}: data file(s) of that version are "
+            f"gone (vacuumed?), e.g. {gone[0]}"
+        )
+
+
+def _record(
+    spark: SparkSession,
+    settings: Settings,
+    build_id: str,
+    table: str,
+    version: int,
+    rows: int,
+    digest: str,
+    spec: BuildSpec,
+) -> None:
+    ledger = ledger_spec(settings)
+    tables.ensure_table(spark, ledger)
+    built_at = datetime.now(UTC)
+    spec_json = spec.to_json()
+    records: list[tuple[Any, ...]] = [
+        (build_id, table, version, input_table, input_version, rows, digest, spec_json, built_at)
+        for input_table, input_version in spec.inputs.items()
+    ]
+    tables.append(spark.createDataFrame(records, LEDGER_SCHEMA), ledger.name)

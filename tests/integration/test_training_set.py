@@ -1,0 +1,255 @@
+"""lakeward training-set on small silver and gold tables written directly (no pipeline run)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import re
+import subprocess
+import sys
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from chispa import assert_df_equality
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from lakeward import gold, silver, tables
+from lakeward.config import Settings
+from lakeward.splits import PARTS, leakage
+from lakeward.tables import SUBJECT_COLUMN_PROPERTY
+from lakeward.training_set import (
+    CONTENT_HASH_PROPERTY,
+    SPEC_PROPERTY,
+    BuildSpec,
+    TrainingSetError,
+    assemble,
+    build,
+    content_hash,
+    feature_columns,
+    rebuild,
+    stored_spec,
+    table_name,
+)
+
+pytestmark = pytest.mark.integration
+
+START = date(2026, 1, 1)
+USERS = [f"user{i:02d}" for i in range(12)]
+
+
+def _write_orders(spark: SparkSession, settings: Settings, first_day: int, last_day: int) -> None:
+    """Orders with event dates first_day..last_day, some arriving a day late."""
+    spec = silver.silver_spec(settings, "order_placed")
+    tables.ensure_table(spark, spec)
+    rng = random.Random(first_day)
+    rows = []
+    for user in USERS:
+        day = first_day + rng.randrange(4)
+        while day <= last_day:
+            event_ts = datetime(2026, 1, 1, rng.randrange(24), rng.randrange(60)) + timedelta(days=day)
+            late = rng.choice([0, 0, 0, 1])
+            arrival = min(event_ts.date() + timedelta(days=late), START + timedelta(days=last_day))
+            values = {"event_id": f"{user}-{day}", "event_ts": event_ts, "event_date": event_ts.date(),
+                      "user_key": user, "_arrival_date": arrival}
+            rows.append(tuple(values.get(name) for name in spec.schema.fieldNames()))
+            day += rng.choice([1, 3, 5, 9, 20, 40])
+    tables.append(spark.createDataFrame(rows, spec.schema), spec.name)
+
+
+def _write_features(spark: SparkSession, settings: Settings, first_day: int, last_day: int) -> None:
+    """One feature row per user and day, known at midnight after the day."""
+    name = settings.table("gold_user_features")
+    schema = T.StructType([
+        T.StructField("user_key", T.StringType()),
+        T.StructField("feature_date", T.DateType()),
+        T.StructField("feature_ts", T.TimestampType()),
+        *gold.feature_columns(settings.pipeline.feature_windows_days),
+        T.StructField("feature_version", T.StringType()),
+    ])
+    tables.ensure_table(spark, tables.TableSpec(name, schema, subject_column="user_key"))
+    days = spark.createDataFrame([(u,) for u in USERS], "user_key string").select(
+        "user_key",
+        F.explode(F.sequence(F.lit(START + timedelta(days=first_day)),
+                             F.lit(START + timedelta(days=last_day)))).alias("feature_date"),
+    )
+    values = [
+        ((F.dayofyear("feature_date") + F.length("user_key") * i) % 7).cast(f.dataType).alias(f.name)
+        for i, f in enumerate(gold.feature_columns(settings.pipeline.feature_windows_days))
+    ]
+    rows = days.select(
+        "user_key", "feature_date", F.to_timestamp(F.date_add("feature_date", 1)).alias("feature_ts"),
+        *values, F.lit(settings.pipeline.feature_version).alias("feature_version"),
+    )
+    # An empty day range (last_day < first_day) leaves the table without rows.
+    tables.append(rows.filter(F.lit(first_day <= last_day)), name)
+
+
+def _inputs_at(spark: SparkSession, settings: Settings, spec: BuildSpec) -> tuple[DataFrame, DataFrame]:
+    orders_name, features_name = settings.table("silver_orders"), settings.table("gold_user_features")
+    orders = tables.read(spark, orders_name, version=spec.inputs[orders_name])
+    features = tables.read(spark, features_name, version=spec.inputs[features_name])
+    columns = ["user_key", "feature_date", "feature_ts", *feature_columns(settings), "feature_version"]
+    return orders, features.select(*columns)
+
+
+def _vacuum_everything_old(spark: SparkSession, name: str) -> None:
+    # VACUUM LITE takes seconds where a full VACUUM takes a minute on a small machine. It is
+    # SQL only, and Delta's parser takes no IDENTIFIER(), so the name is checked and quoted.
+    assert re.fullmatch(r"\w+\.\w+", name)
+    quoted = ".".join(f"`{part}`" for part in name.split("."))
+    spark.conf.set("spark.databricks.delta.retentionDurationCheck.enabled", "false")
+    try:
+        spark.sql(f"VACUUM {quoted} LITE RETAIN 0 HOURS")
+    finally:
+        spark.conf.unset("spark.databricks.delta.retentionDurationCheck.enabled")
+
+
+def test_build_records_versions_and_rebuilds_exactly(spark: SparkSession, fresh_settings: Settings) -> None:
+    settings = fresh_settings
+    _write_orders(spark, settings, 0, 79)
+    _write_features(spark, settings, 0, 79)
+    orders_name, features_name = settings.table("silver_orders"), settings.table("gold_user_features")
+
+    first = build(spark, settings)
+
+    table = settings.table("ml_training_set")
+    assert first.table == table
+    assert first.version == tables.current_version(spark, table)
+    assert first.spec.inputs == {orders_name: tables.current_version(spark, orders_name),
+                                 features_name: tables.current_version(spark, features_name)}
+    last_arrival = tables.read(spark, orders_name).agg(F.max("_arrival_date")).first()[0]
+    assert first.spec.observed_until == datetime.combine(
+        last_arrival + timedelta(days=1), datetime.min.time(), UTC)
+    assert first.spec.split == "group" and first.spec.t1 is None
+
+    written = tables.read(spark, table)
+    assert written.columns == ["label_id", "user_key", "label_ts", "churned", "feature_date",
+                               "feature_ts", *feature_columns(settings), "feature_version", "split"]
+    orders, features = _inputs_at(spark, settings, first.spec)
+    expected = assemble(orders, features, first.spec)
+    assert_df_equality(written, expected, ignore_row_order=True, ignore_nullable=True)
+    assert content_hash(written) == first.content_hash
+    assert first.rows == written.count() == sum(first.split_rows.values())
+    labelled = orders.filter(F.col("event_ts") + F.expr("INTERVAL 30 DAYS")
+                             <= F.lit(first.spec.observed_until)).count()
+    assert first.rows == labelled > 0
+    assert set(first.split_rows) == set(PARTS)
+    assert written.filter("feature_ts > label_ts OR feature_ts < label_ts - INTERVAL 3 DAYS").count() == 0
+    assert leakage(written, key="user_key") == []
+
+    props = tables.properties(spark, table)
+    assert BuildSpec.from_json(props[SPEC_PROPERTY]) == first.spec
+    assert props[CONTENT_HASH_PROPERTY] == first.content_hash
+    assert props[SUBJECT_COLUMN_PROPERTY] == "user_key"
+    assert stored_spec(spark, settings) == first.spec
+
+    ledger = tables.read(spark, settings.table("ops_training_sets"))
+    rows = ledger.collect()
+    assert {(r["input_table"], r["input_version"]) for r in rows} == set(first.spec.inputs.items())
+    assert {(r["build_id"], r["name"], r["table_version"], r["rows"], r["content_hash"])
+            for r in rows} == {(first.build_id, table, first.version, first.rows, first.content_hash)}
+    assert BuildSpec.from_json(rows[0]["spec_json"]) == first.spec
+
+    # New data arrives: the first training set can still be rebuilt exactly.
+    _write_orders(spark, settings, 80, 99)
+    _write_features(spark, settings, 80, 99)
+    again = rebuild(spark, settings, first.spec)
+    assert_df_equality(again, written, ignore_row_order=True, ignore_nullable=True)
+    assert content_hash(again) == first.content_hash
+
+    second = build(spark, settings)
+    assert second.version == first.version + 1
+    assert second.content_hash != first.content_hash and second.rows > first.rows
+    assert all(second.spec.inputs[t] > v for t, v in first.spec.inputs.items())
+    assert stored_spec(spark, settings, version=first.version) == first.spec
+    assert stored_spec(spark, settings) == second.spec
+    assert tables.read(spark, settings.table("ops_training_sets")).count() == 4
+    assert content_hash(tables.read(spark, table, version=first.version)) == first.content_hash
+
+    beyond = dataclasses.replace(first.spec, inputs={**first.spec.inputs, features_name: 999})
+    with pytest.raises(TrainingSetError, match=rf"cannot read {features_name} at Delta version 999"):
+        rebuild(spark, settings, beyond)
+
+    # Overwrite gold and vacuum: the files of the recorded version are gone.
+    tables.overwrite(tables.read(spark, features_name), features_name)
+    _vacuum_everything_old(spark, features_name)
+    version = first.spec.inputs[features_name]
+    with pytest.raises(TrainingSetError, match=rf"{features_name} at Delta version {version}: .*gone"):
+        rebuild(spark, settings, first.spec)
+
+
+def test_temporal_build_named_table(spark: SparkSession, fresh_settings: Settings) -> None:
+    settings = fresh_settings
+    _write_orders(spark, settings, 0, 149)
+    _write_features(spark, settings, 0, 149)
+
+    computed = build(spark, settings, name="churn_temporal", split="temporal")
+    assert computed.table == table_name(settings, "churn_temporal") != settings.table("ml_training_set")
+    assert computed.spec.t1 is not None and computed.spec.t2 is not None
+    assert all(computed.split_rows[p] > 0 for p in PARTS)
+    written = tables.read(spark, computed.table)
+    horizon = timedelta(days=30)
+    assert leakage(written, ts="label_ts", horizon=horizon) == []
+    bounds = {r["split"]: (r["lo"], r["hi"]) for r in written.groupBy("split").agg(
+        F.min("label_ts").alias("lo"), F.max("label_ts").alias("hi")).collect()}
+    t1, t2 = (t.replace(tzinfo=None) for t in (computed.spec.t1, computed.spec.t2))
+    assert bounds["train"][1] + horizon < t1 <= bounds["validation"][0]
+    assert bounds["validation"][1] + horizon < t2 <= bounds["test"][0]
+
+    given = build(spark, settings, name="churn_temporal", split="temporal",
+                  t1=date(2026, 3, 1), t2=date(2026, 4, 10))
+    assert given.spec.t1 == datetime(2026, 3, 1, tzinfo=UTC)
+    assert given.version == computed.version + 1
+    assert_df_equality(rebuild(spark, settings, given.spec), tables.read(spark, given.table),
+                       ignore_row_order=True, ignore_nullable=True)
+
+    with pytest.raises(TrainingSetError, match="leaves validation empty"):
+        build(spark, settings, split="temporal", t1=date(2026, 3, 1), t2=date(2026, 3, 20))
+    with pytest.raises(TrainingSetError, match="t1 and t2 apply to the temporal split only"):
+        build(spark, settings, split="group", t1=date(2026, 3, 1), t2=date(2026, 4, 10))
+    with pytest.raises(TrainingSetError, match="plain identifier"):
+        build(spark, settings, name="ml.other")
+
+    foreign = table_name(settings, "not_a_training_set")
+    tables.overwrite(spark.range(3), foreign)
+    with pytest.raises(TrainingSetError, match="exists and is not a training set"):
+        build(spark, settings, name="not_a_training_set")
+    assert tables.read(spark, foreign).count() == 3
+
+
+def test_missing_or_empty_inputs(spark: SparkSession, fresh_settings: Settings) -> None:
+    settings = fresh_settings
+    with pytest.raises(TrainingSetError, match=r"silver.* does not exist; run the pipeline first"):
+        build(spark, settings)
+    _write_orders(spark, settings, 0, 49)
+    _write_features(spark, settings, 0, -1)  # creates the table, no rows
+    with pytest.raises(TrainingSetError, match=r"gold.*user_features \(version \d+\) is empty"):
+        build(spark, settings)
+    _write_features(spark, settings, 0, 49)
+    with pytest.raises(TrainingSetError, match="labels run from .* temporal split needs more than 60"):
+        build(spark, settings, split="temporal")
+    assert not tables.exists(spark, settings.table("ml_training_set"))
+
+
+def test_cli_on_an_empty_data_root_fails_in_one_line(tmp_path: Path) -> None:
+    env = {**os.environ, "LAKEWARD_HOME": str(tmp_path / "home"), "LAKEWARD_ENV": "local"}
+    cli = [sys.executable, "-m", "lakeward.cli", "training-set"]
+
+    usage = subprocess.run([*cli, "--split", "group", "--t1", "2026-03-01", "--t2", "2026-04-01"],
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert usage.returncode == 2
+    assert usage.stderr.strip() == "lakeward: error: --t1 and --t2 apply to --split temporal only"
+    bad_name = subprocess.run([*cli, "--name", "ml.x"], env=env, capture_output=True, text=True,
+                              timeout=120)
+    assert bad_name.returncode == 2 and "expected a plain identifier" in bad_name.stderr
+
+    result = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1] == ("lakeward: error: silver.orders does not exist; run the pipeline first "
+                         "(lakeward run all --all-dates)")
+    assert "Traceback" not in result.stderr
