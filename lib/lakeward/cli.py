@@ -11,6 +11,7 @@ import csv
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 from datetime import date
@@ -43,6 +44,14 @@ def _positive(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
     return value
+
+
+def _identifier(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", text):
+        raise argparse.ArgumentTypeError(
+            f"expected a plain identifier (letters, digits, _; not starting with a digit), got {text!r}"
+        )
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,7 +100,87 @@ def build_parser() -> argparse.ArgumentParser:
     sql.add_argument("query")
     sql.add_argument("--format", choices=["table", "json", "csv"], default="table")
     sql.add_argument("--limit", type=_positive, default=1000, help="rows to print (default 1000)")
+
+    ts = commands.add_parser("training-set", parents=[common],
+                             help="build ml.training_set: churn labels, as-of features, split",
+                             description="Label every order whose churn window is fully observed, "
+                             "join the gold.user_features row known at the order's time, add a "
+                             "leakage-checked split column and write ml.training_set. The Delta "
+                             "version of every input is recorded in the table's properties and "
+                             "in ops.training_sets.")
+    ts.add_argument("--name", type=_identifier, default=None,
+                    help="write ml.NAME instead of ml.training_set")
+    ts.add_argument("--split", choices=["group", "temporal"], default=None,
+                    help="group: by user_key; temporal: train < t1 <= validation < t2 <= test "
+                    "(default: from config)")
+    ts.add_argument("--t1", type=_date, default=None,
+                    help="temporal split: first day of validation (default: computed from the labels)")
+    ts.add_argument("--t2", type=_date, default=None, help="temporal split: first day of test")
+    _add_ml_commands(commands, common)
     return parser
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def _numbers(text: str) -> list[float]:
+    return [_number(part.strip()) for part in text.split(",") if part.strip()]
+
+
+def _add_ml_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    """``train``, ``dp-sweep``, ``predict`` and ``rebuild-training-set``."""
+    model = argparse.ArgumentParser(add_help=False)
+    model.add_argument("--model", choices=["logreg", "mlp"], default=None,
+                       help="logreg: one linear layer; mlp: one hidden layer (default: from config)")
+    model.add_argument("--epochs", type=_positive, default=None, help="passes over the train split")
+    model.add_argument("--delta", type=_number, default=None,
+                       help="DP target delta, below 1/N (default: from config, else 1/(10 N))")
+    model.add_argument("--seed", type=int, default=None, help="seed of weights, sampling and noise")
+    model.add_argument("--training-set", type=_identifier, default=None, metavar="NAME",
+                       help="train on ml.NAME instead of ml.training_set")
+
+    train = commands.add_parser(
+        "train", parents=[common, model],
+        help="train the churn model: DP-SGD, its non-private twin, a scikit-learn baseline",
+        description="Train on the train split of the training set `lakeward training-set` wrote and "
+        "evaluate on validation and test (ROC-AUC, PR-AUC, log loss, Brier). One MLflow parent run "
+        "holds the DP-SGD model (Opacus), its non-private twin and a LogisticRegression baseline, "
+        "with every input Delta table and version. The main model is registered.")
+    train.add_argument("--epsilon", type=_number, default=None,
+                       help="DP target epsilon (default: from config)")
+    train.add_argument("--no-dp", action="store_true",
+                       help="train only the non-private model and the baseline; register the former")
+
+    sweep = commands.add_parser(
+        "dp-sweep", parents=[common, model],
+        help="one DP run per epsilon plus the non-private twin, and a plot of test ROC-AUC",
+        description="Train one DP-SGD model per epsilon and the non-private twin on the same split, "
+        "log them under one MLflow parent run and plot test ROC-AUC against epsilon "
+        "($LAKEWARD_HOME/plots/, also logged as an artifact).")
+    sweep.add_argument("--epsilons", type=_numbers, default=None, metavar="E1,E2,...",
+                       help="comma-separated epsilons, e.g. 0.5,1,2,4,8 (default: from config)")
+
+    predict = commands.add_parser(
+        "predict", parents=[common], help="score one day's feature rows into ml.predictions",
+        description="Score the gold.user_features rows of one feature date with the model a "
+        "`lakeward train` run registered, and write them to ml.predictions with the run id and "
+        "model version. Re-running the same run and date replaces that slice.")
+    predict.add_argument("--run-id", required=True, help="the parent run id `lakeward train` logged")
+    predict.add_argument("--date", type=_date, required=True, help="feature date, YYYY-MM-DD")
+
+    rebuild = commands.add_parser(
+        "rebuild-training-set", parents=[common],
+        help="rebuild a run's training set from its logged Delta versions and check its hash",
+        description="Read every input table at the Delta version the run logged (time travel), "
+        "rebuild the training set and check its content hash against the run's. Fails naming the "
+        "table and version when a version is no longer available or the rows differ.")
+    rebuild.add_argument("--run-id", required=True, help="an MLflow run id logged by `lakeward train`")
+    rebuild.add_argument("--output", type=_identifier, default=None, metavar="NAME",
+                         help="also write the verified rows to ml.NAME")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -134,6 +223,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return _generate(args, settings)
     if args.command == "run" and args.full and args.stage not in ("gold", "all"):
         raise UsageError(f"--full applies to gold and all, not to {args.stage}")
+    if args.command == "training-set":
+        _check_training_set_args(args, settings)
+    if args.command in ("train", "dp-sweep"):
+        settings = _training_settings(args, settings)
     if args.command in ("run", "demo"):
         from lakeward.privacy.keys import pii_key
 
@@ -154,7 +247,82 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     if args.command == "sql":
         return _sql(spark, args)
+    if args.command == "training-set":
+        return _training_set(spark, args, settings)
+    if args.command in ("train", "dp-sweep", "predict", "rebuild-training-set"):
+        return _ml_command(spark, args, settings)
     raise UsageError(f"unknown command {args.command}")
+
+
+def _check_training_set_args(args: argparse.Namespace, settings: Settings) -> None:
+    # Before the session starts: a usage error should not cost a Spark start-up.
+    split = args.split or settings.training_set.split
+    if split == "group" and (args.t1 or args.t2):
+        raise UsageError("--t1 and --t2 apply to --split temporal only")
+    if (args.t1 is None) != (args.t2 is None):
+        raise UsageError("give both --t1 and --t2, or neither to compute them from the labels")
+    if args.t1 is not None and not args.t1 < args.t2:
+        raise UsageError(f"expected --t1 before --t2, got {args.t1} and {args.t2}")
+
+
+def _training_set(spark: Any, args: argparse.Namespace, settings: Settings) -> int:
+    from lakeward.training_set import build
+
+    result = build(spark, settings, name=args.name, split=args.split, t1=args.t1, t2=args.t2)
+    log.info(
+        "training-set: wrote %s version %d: %d rows (%s); inputs %s",
+        result.table, result.version, result.rows,
+        ", ".join(f"{part} {rows}" for part, rows in result.split_rows.items()),
+        ", ".join(f"{table} v{version}" for table, version in result.spec.inputs.items()),
+    )
+    return 0
+
+
+def _training_settings(args: argparse.Namespace, settings: Settings) -> Settings:
+    # Before the session starts, like every usage check. lakeward.train imports no torch.
+    from lakeward.train import PrivacyParameterError, check_epsilon, with_overrides
+
+    try:
+        updated = with_overrides(
+            settings, model=args.model, epochs=args.epochs, delta=args.delta, seed=args.seed,
+            epsilon=getattr(args, "epsilon", None),
+        )
+        for epsilon in getattr(args, "epsilons", None) or ():
+            check_epsilon(epsilon)
+    except (PrivacyParameterError, ValueError) as err:
+        raise UsageError(str(err)) from None
+    if getattr(args, "epsilons", None) == []:
+        raise UsageError("--epsilons needs at least one number, e.g. 0.5,1,2,4,8")
+    return updated
+
+
+def _ml_command(spark: Any, args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "predict":
+        from lakeward.predict import predict
+
+        predict(spark, settings, args.run_id, args.date)
+        return 0
+    if args.command == "rebuild-training-set":
+        from lakeward.tracking import rebuild_training_set
+
+        result = rebuild_training_set(spark, settings, args.run_id, args.output)
+        log.info("rebuild-training-set: run %s: content hash %s matches%s", result.run_id,
+                 result.content_hash,
+                 f"; wrote {result.output} version {result.output_version}" if result.output else "")
+        return 0
+    from lakeward.train import PrivacyParameterError, sweep, train
+
+    try:
+        if args.command == "train":
+            summary = train(spark, settings, dp=not args.no_dp, table=args.training_set)
+        else:
+            epsilons = args.epsilons or list(settings.training.sweep_epsilons)
+            summary = sweep(spark, settings, epsilons, table=args.training_set)
+    except PrivacyParameterError as err:
+        raise UsageError(str(err)) from None
+    log.info("%s: MLflow parent run %s (experiment %s)", args.command, summary.parent_run_id,
+             summary.experiment_id)
+    return 0
 
 
 def _generate(args: argparse.Namespace, settings: Settings) -> int:

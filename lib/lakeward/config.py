@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENVIRONMENTS = ("local", "dev", "prod")
 ENV_VAR = "LAKEWARD_ENV"
@@ -101,6 +101,90 @@ class DemoSettings(_Strict):
     start: date = date(2026, 1, 1)
 
 
+class TrainingSetSettings(_Strict):
+    """How ``lakeward training-set`` builds ``ml.training_set``; the command line overrides it."""
+
+    horizon_days: int = Field(30, gt=0)
+    """Churn label window ``(t, t + horizon]``; also the gap between temporal split parts."""
+    ttl_days: int | None = Field(3, ge=0)
+    """Oldest feature row (in days before the label) the as-of join takes; ``None``: no limit."""
+    split: Literal["group", "temporal"] = "group"
+    """``group``: users hashed into parts; ``temporal``: train < t1 <= validation < t2 <= test."""
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    """Train, validation, test: shares of users (group), or of the label time range left after
+    the two gaps when temporal bounds are computed."""
+    seed: int = 7
+    """Seed of the group split's hash."""
+    t1: date | None = None
+    """Temporal split: first day of validation (UTC midnight); ``None``: computed from the labels."""
+    t2: date | None = None
+    """Temporal split: first day of test; given together with ``t1`` or not at all."""
+
+    @field_validator("fractions")
+    @classmethod
+    def _fractions_sum_to_one(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(share < 0 for share in value) or abs(sum(value) - 1) > 1e-9:
+            raise ValueError("expected three non-negative shares summing to 1")
+        return value
+
+    @model_validator(mode="after")
+    def _bounds_together(self) -> TrainingSetSettings:
+        if (self.t1 is None) != (self.t2 is None):
+            raise ValueError("t1 and t2 are given together or not at all")
+        if self.t1 is not None and self.t2 is not None and not self.t1 < self.t2:
+            raise ValueError(f"expected t1 < t2, got {self.t1} and {self.t2}")
+        return self
+
+
+class TrackingSettings(_Strict):
+    """Where MLflow runs, artifacts and registered models go."""
+
+    uri: str | None = None
+    """Remote tracking URI (``http(s)://...``, ``databricks``, a database URL). ``None``:
+    SQLite at ``<data_root>/mlflow/mlflow.db`` with artifacts under ``<data_root>/mlflow/artifacts``."""
+    artifact_location: str | None = None
+    """Artifact root of the experiment when lakeward creates it. ``None``: the server decides for
+    http(s) and Databricks URIs, ``<data_root>/mlflow/artifacts`` for every other URI."""
+    experiment: str = "lakeward-churn"
+    """Experiment every training run is logged to."""
+    registered_model: str = "lakeward_churn"
+    """Registry name of the model each ``lakeward train`` registers."""
+
+
+class TrainingSettings(_Strict):
+    """Defaults of ``lakeward train`` and ``lakeward dp-sweep``; the command line overrides them."""
+
+    model: Literal["logreg", "mlp"] = "logreg"
+    """``logreg``: one linear layer; ``mlp``: one hidden layer of ``hidden_units``."""
+    hidden_units: int = Field(32, gt=0)
+    """Width of the hidden layer of ``mlp``."""
+    epochs: int = Field(10, gt=0)
+    """Passes over the train split (the DP accountant counts every step of them)."""
+    batch_size: int = Field(256, gt=0)
+    """Expected batch size; under DP the sample rate is ``batch_size / train rows``."""
+    learning_rate: float = Field(0.01, gt=0)
+    """Adam learning rate, the same for the DP model and its twin."""
+    max_grad_norm: float = Field(1.0, gt=0)
+    """Per-sample gradient clipping norm C of DP-SGD."""
+    epsilon: float = Field(3.0, gt=0)
+    """Target epsilon of DP-SGD."""
+    delta: float | None = Field(None, gt=0, lt=1)
+    """Target delta; ``None``: ``1 / (10 * train rows)``, safely below ``1 / N``."""
+    seed: int = 42
+    """Seeds torch, sampling and the baseline, so a run repeats exactly on CPU."""
+    accountant: Literal["prv", "rdp"] = "prv"
+    """Opacus privacy accountant: ``prv`` (tighter) or ``rdp`` (Renyi DP)."""
+    sweep_epsilons: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)
+    """Epsilons ``lakeward dp-sweep`` trains when ``--epsilons`` is not given."""
+
+    @field_validator("sweep_epsilons")
+    @classmethod
+    def _positive_epsilons(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if not value or any(not 0 < eps < float("inf") for eps in value):
+            raise ValueError("expected a non-empty list of positive, finite epsilons")
+        return tuple(sorted(set(value)))
+
+
 class Settings(_Strict):
     """All lakeward settings for one environment."""
 
@@ -113,6 +197,9 @@ class Settings(_Strict):
     quality: QualitySettings = Field(default_factory=QualitySettings)
     generator: GeneratorSettings = Field(default_factory=GeneratorSettings)
     demo: DemoSettings = Field(default_factory=DemoSettings)
+    training_set: TrainingSetSettings = Field(default_factory=TrainingSetSettings)
+    tracking: TrackingSettings = Field(default_factory=TrackingSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
     tables: dict[str, str] = Field(default_factory=dict)
 
     def table(self, logical: str) -> str:
@@ -138,6 +225,16 @@ class Settings(_Strict):
     def metastore_dir(self) -> Path:
         """The persistent catalog (Derby metastore) for local sessions."""
         return self.data_root / "metastore"
+
+    @property
+    def mlflow_dir(self) -> Path:
+        """The local MLflow store: ``mlflow.db`` and ``artifacts/``."""
+        return self.data_root / "mlflow"
+
+    @property
+    def plots_dir(self) -> Path:
+        """Plots lakeward draws (for example the DP sweep)."""
+        return self.data_root / "plots"
 
     @property
     def contracts_dir(self) -> Path:

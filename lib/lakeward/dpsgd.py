@@ -1,0 +1,271 @@
+"""The churn networks and their training: plain Adam, and DP-SGD through Opacus.
+
+This is the only module that imports torch and opacus; ``lakeward.train`` imports it
+when it trains, so the CLI and tests that do not train never load them. The DP model
+and its non-private twin share everything but privacy: architecture, initial weights
+(same seed), batch size, epochs, optimizer and learning rate::
+
+    net, seconds = fit_non_private(z, y, config)
+    dp_net, privacy, seconds = fit_private(z, y, config, epsilon=3.0, delta=1e-6, accountant="prv")
+    scorer = scoring_module(preprocessor, dp_net)   # raw features (NaN = null) -> probability
+"""
+
+import logging
+import math
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from lakeward.train_data import Preprocessor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """How a network is trained (the same for the DP model and its twin)."""
+
+    model: str
+    hidden_units: int
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    seed: int
+
+
+@dataclass(frozen=True)
+class PrivacyReport:
+    """What DP-SGD did and what it spent."""
+
+    epsilon_target: float
+    epsilon_spent: float
+    delta: float
+    noise_multiplier: float
+    max_grad_norm: float
+    sample_rate: float
+    epochs: int
+    steps: int
+    accountant: str
+
+    def params(self) -> dict[str, str]:
+        """As MLflow params (strings, full precision)."""
+        return {
+            "dp.epsilon_target": repr(self.epsilon_target),
+            "dp.delta": repr(self.delta),
+            "dp.noise_multiplier": repr(self.noise_multiplier),
+            "dp.max_grad_norm": repr(self.max_grad_norm),
+            "dp.sample_rate": repr(self.sample_rate),
+            "dp.epochs": str(self.epochs),
+            "dp.steps": str(self.steps),
+            "dp.accountant": self.accountant,
+            "dp.poisson_sampling": "true",
+            "dp.mechanism": "DP-SGD (Opacus make_private_with_epsilon)",
+        }
+
+
+def build_net(kind: str, inputs: int, hidden_units: int) -> nn.Module:
+    """``logreg``: one linear layer; ``mlp``: linear, ReLU, linear. Outputs one logit."""
+    if kind == "logreg":
+        return nn.Sequential(nn.Linear(inputs, 1))
+    if kind == "mlp":
+        return nn.Sequential(nn.Linear(inputs, hidden_units), nn.ReLU(), nn.Linear(hidden_units, 1))
+    raise ValueError(f"unknown model {kind!r}; expected logreg or mlp")
+
+
+class _Rows(torch.utils.data.Dataset):
+    """Features and labels as tensors, fetched a whole batch at a time.
+
+    A ``TensorDataset`` is indexed row by row and the rows stacked again, which costs
+    more than the training step of these small networks; ``__getitems__`` lets the
+    DataLoader (and Opacus's Poisson loader built from it) take a batch in one index.
+    """
+
+    def __init__(self, z: np.ndarray, y: np.ndarray):
+        self.x = torch.from_numpy(np.ascontiguousarray(z, dtype=np.float32))
+        self.y = torch.from_numpy(y.astype(np.float32)).unsqueeze(1)
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        return self.x[index], self.y[index]
+
+    def __getitems__(self, indices: list[int]) -> tuple[Tensor, Tensor]:
+        rows = torch.as_tensor(indices, dtype=torch.long)
+        return self.x[rows], self.y[rows]
+
+
+def _as_batch(batch: Any) -> Any:
+    return batch
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Train on one intra-op thread, then restore the setting.
+
+    These networks are a few hundred weights; splitting their kernels over threads
+    costs more than it saves, and spinning threads fight Spark for the same cores.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _loader(z: np.ndarray, y: np.ndarray, batch_size: int, seed: int) -> torch.utils.data.DataLoader:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.utils.data.DataLoader(
+        _Rows(z, y), batch_size=batch_size, shuffle=True, generator=generator, collate_fn=_as_batch
+    )
+
+
+def _epochs(model: nn.Module, optimizer: torch.optim.Optimizer, loader: torch.utils.data.DataLoader,
+            epochs: int) -> list[float]:
+    loss_fn = nn.BCEWithLogitsLoss()
+    seconds = []
+    model.train()
+    for _ in range(epochs):
+        start = time.perf_counter()
+        for features, labels in loader:
+            optimizer.zero_grad(set_to_none=True)
+            loss_fn(model(features), labels).backward()
+            optimizer.step()
+        seconds.append(time.perf_counter() - start)
+    model.eval()
+    return seconds
+
+
+def fit_non_private(z: np.ndarray, y: np.ndarray, config: FitConfig) -> tuple[nn.Module, list[float]]:
+    """Train with Adam on shuffled mini-batches; returns the net and seconds per epoch."""
+    torch.manual_seed(config.seed)
+    net = build_net(config.model, z.shape[1], config.hidden_units)
+    optimizer = torch.optim.Adam(net.parameters(), lr=config.learning_rate)
+    with _one_thread():
+        seconds = _epochs(net, optimizer, _loader(z, y, config.batch_size, config.seed), config.epochs)
+    return net, seconds
+
+
+def fit_private(
+    z: np.ndarray,
+    y: np.ndarray,
+    config: FitConfig,
+    *,
+    epsilon: float,
+    delta: float,
+    max_grad_norm: float,
+    accountant: str,
+) -> tuple[nn.Module, PrivacyReport, list[float]]:
+    """DP-SGD to a target (epsilon, delta) with Poisson sampling.
+
+    Opacus picks the noise multiplier that reaches ``epsilon`` after ``epochs`` epochs
+    at sample rate ``batch_size / rows``; the report holds the epsilon the accountant
+    says was actually spent. Raises ``ValueError`` when no noise level reaches the target.
+    """
+    from opacus import PrivacyEngine
+
+    torch.manual_seed(config.seed)
+    net = build_net(config.model, z.shape[1], config.hidden_units)
+    optimizer = torch.optim.Adam(net.parameters(), lr=config.learning_rate)
+    with warnings.catch_warnings():
+        # secure_mode stays off on purpose: the seeded RNG makes runs reproducible.
+        warnings.filterwarnings("ignore", message="Secure RNG turned off")
+        # The noise search probes RDP orders at its edge; the accountant reports the spend.
+        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+        engine = PrivacyEngine(accountant=accountant)
+        private_net, private_optimizer, private_loader = engine.make_private_with_epsilon(
+            module=net,
+            optimizer=optimizer,
+            data_loader=_loader(z, y, config.batch_size, config.seed),
+            target_epsilon=epsilon,
+            target_delta=delta,
+            epochs=config.epochs,
+            max_grad_norm=max_grad_norm,
+            poisson_sampling=True,
+        )
+    with warnings.catch_warnings(), _one_thread():
+        # Opacus's per-sample hooks fire on the first layer, whose inputs need no gradient.
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        seconds = _epochs(private_net, private_optimizer, private_loader, config.epochs)
+        spent = float(engine.get_epsilon(delta))
+    report = PrivacyReport(
+        epsilon_target=epsilon,
+        epsilon_spent=spent,
+        delta=delta,
+        noise_multiplier=float(private_optimizer.noise_multiplier),
+        max_grad_norm=max_grad_norm,
+        sample_rate=float(private_loader.sample_rate),
+        epochs=config.epochs,
+        steps=sum(int(steps) for _, _, steps in engine.accountant.history),
+        accountant=engine.accountant.mechanism(),
+    )
+    # A clean copy without Opacus's hooks, so it can be scripted and logged.
+    trained = build_net(config.model, z.shape[1], config.hidden_units)
+    trained.load_state_dict(private_net._module.state_dict())
+    trained.eval()
+    return trained, report, seconds
+
+
+def probabilities(net: nn.Module, z: np.ndarray) -> np.ndarray:
+    """Churn probability of each preprocessed row."""
+    with torch.no_grad():
+        logits = net(torch.from_numpy(np.ascontiguousarray(z, dtype=np.float32)))
+    return torch.sigmoid(logits).squeeze(-1).numpy().astype(np.float64)
+
+
+class _Preprocess(nn.Module):
+    """The fitted :class:`Preprocessor` as buffers: NaN -> median, indicators, standardize."""
+
+    # Real annotations (no ``from __future__ import annotations`` here): TorchScript reads them.
+    fill: Tensor
+    indicators: Tensor
+    mean: Tensor
+    scale: Tensor
+
+    def __init__(self, fill: np.ndarray, indicators: np.ndarray, mean: np.ndarray, scale: np.ndarray):
+        super().__init__()
+        self.register_buffer("fill", torch.tensor(fill, dtype=torch.float32))
+        self.register_buffer("indicators", torch.tensor(indicators, dtype=torch.long))
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
+        self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32))
+
+    def forward(self, x: Tensor) -> Tensor:
+        missing = torch.isnan(x)
+        filled = torch.where(missing, self.fill, x)
+        flags = missing.index_select(1, self.indicators).to(x.dtype)
+        return (torch.cat([filled, flags], dim=1) - self.mean) / self.scale
+
+
+class _Scorer(nn.Module):
+    def __init__(self, preprocess: nn.Module, net: nn.Module):
+        super().__init__()
+        self.preprocess = preprocess
+        self.net = net
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.sigmoid(self.net(self.preprocess(x))).squeeze(-1)
+
+
+def scoring_module(preprocessor: Preprocessor, net: nn.Module) -> torch.jit.ScriptModule:
+    """Raw features in model order (NaN for null) -> churn probability, as TorchScript.
+
+    Scripted so the logged model loads with torch alone, without lakeward installed.
+    """
+    preprocess = _Preprocess(preprocessor.fill, preprocessor.indicator_columns,
+                             preprocessor.mean, preprocessor.scale)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.script(_Scorer(preprocess, net).eval())
+
+
+def median_seconds(seconds: list[float]) -> float:
+    """Median of per-epoch seconds (NaN for none)."""
+    return float(np.median(seconds)) if seconds else math.nan

@@ -1,0 +1,545 @@
+"""MLflow tracking: a real backend store, Delta lineage on every run, and rebuilds by run id.
+
+By default runs go to SQLite at ``<data_root>/mlflow/mlflow.db`` and artifacts to
+``<data_root>/mlflow/artifacts`` (never ``./mlruns``); ``tracking.uri`` in the config
+points at a remote server instead. Telemetry is off. A training run records, as MLflow
+dataset inputs, every Delta table its training set was built from (name, path and
+version) and the training-set table itself, plus the config, the code version and the
+content hash of the exact training rows, so the set can be rebuilt and checked::
+
+    experiment_id = configure(settings)
+    with mlflow.start_run(experiment_id=experiment_id):
+        log_run_context(settings)
+        log_training_lineage(spark, snapshot)
+    ...
+    rebuild_training_set(spark, settings, run_id)   # same rows, or LineageError
+
+mlflow is imported on first use: it costs seconds of start-up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cache
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import unquote, urlparse
+
+import yaml
+
+from lakeward import tables
+from lakeward.config import Settings
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+    from pyspark.sql import DataFrame, SparkSession
+
+log = logging.getLogger(__name__)
+
+SPEC_TAG = "lakeward.training_set.spec"
+HASH_TAG = "lakeward.training_set.content_hash"
+TABLE_TAG = "lakeward.training_set.table"
+VERSION_TAG = "lakeward.training_set.version"
+ROWS_TAG = "lakeward.training_set.rows"
+CODE_VERSION_TAG = "lakeward.code_version"
+MODEL_NAME_TAG = "lakeward.model_name"
+MODEL_VERSION_TAG = "lakeward.model_version"
+MODEL_URI_TAG = "lakeward.model_uri"
+
+# Input tags: MLflow's Delta source drops a version of 0 (it tests truthiness) and keeps
+# no path when it has a table name, so every input also carries all three as tags.
+INPUT_TABLE_TAG = "lakeward.delta_table"
+INPUT_VERSION_TAG = "lakeward.delta_version"
+INPUT_PATH_TAG = "lakeward.delta_path"
+SOURCE_CONTEXT = "source"
+TRAINING_CONTEXT = "training"
+
+class LineageError(RuntimeError):
+    """A run's training set cannot be rebuilt exactly: names the run, tables and versions."""
+
+
+class BuildSpecLike(Protocol):
+    """What tracking needs of ``lakeward.training_set.BuildSpec``."""
+
+    @property
+    def inputs(self) -> dict[str, int]:
+        """Input table name -> Delta version read."""
+        ...
+
+    def to_json(self) -> str:
+        """The spec as JSON."""
+        ...
+
+
+@dataclass(frozen=True)
+class TrainingSnapshot:
+    """The training set a run trains on: one table at one Delta version, and how it was built."""
+
+    table: str
+    version: int
+    rows: int
+    content_hash: str
+    spec: BuildSpecLike
+
+
+@dataclass(frozen=True)
+class LoggedInput:
+    """One Delta table a run logged as a dataset input."""
+
+    table: str
+    version: int
+    path: str | None
+    context: str
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """What a run recorded about its training set."""
+
+    run_id: str
+    spec_json: str
+    content_hash: str
+    table: str | None
+    version: int | None
+    inputs: tuple[LoggedInput, ...]
+
+
+@dataclass(frozen=True)
+class RebuildResult:
+    """A verified rebuild: the hash matched the run's."""
+
+    run_id: str
+    content_hash: str
+    inputs: dict[str, int]
+    output: str | None
+    output_version: int | None
+
+
+# --- setup -----------------------------------------------------------------------------
+
+
+def mlflow_module() -> Any:
+    """``mlflow``, imported with telemetry off (it is read when mlflow is imported)."""
+    os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    import mlflow
+
+    return mlflow
+
+
+def tracking_uri(settings: Settings) -> str:
+    """``tracking.uri``, else SQLite under the data root."""
+    if settings.tracking.uri:
+        return settings.tracking.uri
+    return f"sqlite:///{settings.mlflow_dir / 'mlflow.db'}"
+
+
+def artifact_location(settings: Settings) -> str | None:
+    """Artifact root for an experiment lakeward creates; ``None`` lets a server decide."""
+    if settings.tracking.artifact_location:
+        return settings.tracking.artifact_location
+    scheme = urlparse(tracking_uri(settings)).scheme
+    if scheme in ("http", "https") or scheme.startswith("databricks"):
+        return None
+    return (settings.mlflow_dir / "artifacts").as_uri()
+
+
+def configure(settings: Settings) -> str:
+    """Point MLflow at the configured store and return the experiment id (created if absent)."""
+    mlflow = mlflow_module()
+    uri = tracking_uri(settings)
+    if uri.startswith("sqlite:///"):
+        settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    name = settings.tracking.experiment
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            experiment_id: str = mlflow.create_experiment(name, artifact_location=artifact_location(settings))
+        except mlflow.exceptions.MlflowException:
+            # Another process created it first.
+            experiment = mlflow.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+            experiment_id = experiment.experiment_id
+        log.info("tracking: created experiment %r at %s", name, uri)
+    else:
+        experiment_id = experiment.experiment_id
+    # A run started without an experiment id (a nested run, say) would otherwise land in
+    # the default experiment, whose artifacts go to ./mlruns.
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+def client() -> Any:
+    """An ``MlflowClient`` on the configured store (call :func:`configure` first)."""
+    return mlflow_module().MlflowClient()
+
+
+# --- what a run logs -------------------------------------------------------------------
+
+
+def code_version(settings: Settings) -> str:
+    """``git:<commit>`` (``+dirty`` with uncommitted changes) of the project, else the package version."""
+    project = settings.project_dir.resolve()
+    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}  # read-only: never refresh the index
+    try:
+        top = _git(project, env, "rev-parse", "--show-toplevel")
+        if Path(top).resolve() == project:
+            commit = _git(project, env, "rev-parse", "HEAD")
+            dirty = _git(project, env, "status", "--porcelain", "--untracked-files=no")
+            return f"git:{commit}" + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return f"lakeward=={package_version()}"
+
+
+def _git(cwd: Path, env: dict[str, str], *args: str) -> str:
+    result = subprocess.run(  # noqa: S603 - fixed argument list
+        ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=10, check=True
+    )
+    return result.stdout.strip()
+
+
+@cache
+def package_version() -> str:
+    """The installed lakeward version."""
+    try:
+        return metadata.version("lakeward")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def config_params(settings: Settings) -> dict[str, str]:
+    """The settings flattened to MLflow params (``training.epochs`` -> ``"10"``)."""
+    flat: dict[str, str] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, Mapping):
+            for key, item in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), item)
+        else:
+            flat[prefix] = value if isinstance(value, str) else json.dumps(value)
+
+    walk("", settings.model_dump(mode="json"))
+    return flat
+
+
+def log_run_context(settings: Settings) -> None:
+    """Config (params and a YAML artifact) and code version on the active run."""
+    mlflow = mlflow_module()
+    mlflow.log_params(config_params(settings))
+    mlflow.log_text(
+        yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=True), "config/settings.yml"
+    )
+    version = code_version(settings)
+    tags = {CODE_VERSION_TAG: version, "lakeward.package_version": package_version()}
+    if version.startswith("git:"):
+        tags["mlflow.source.git.commit"] = version[4:].removesuffix("+dirty")
+    mlflow.set_tags(tags)
+
+
+def table_location(spark: SparkSession, table: str) -> str | None:
+    """The Delta table's storage location."""
+    from delta.tables import DeltaTable
+
+    row = DeltaTable.forName(spark, table).detail().select("location").first()
+    return None if row is None else str(row["location"])
+
+
+def delta_dataset(
+    spark: SparkSession,
+    table: str,
+    version: int,
+    *,
+    rows: int | None = None,
+    targets: str | None = None,
+) -> Any:
+    """An MLflow dataset for ``table`` at Delta ``version`` (a ``DeltaDatasetSource``).
+
+    Built like ``mlflow.data.load_delta(table_name=..., version=...)``, but with a
+    digest from the table and version and a row count given by the caller:
+    MLflow's own profile runs a Python RDD job per table and its digest depends on the
+    query plan, not the data version.
+    """
+    from mlflow.data.delta_dataset_source import DeltaDatasetSource
+
+    source = DeltaDatasetSource(delta_table_name=qualified_name(spark, table), delta_table_version=version)
+    digest = hashlib.sha256(f"{table}@v{version}".encode()).hexdigest()[:16]
+    frame = tables.read(spark, table, version=version)
+    return _dataset_class()(
+        df=frame, source=source, targets=targets, name=f"{table}@v{version}", digest=digest, rows=rows
+    )
+
+
+def qualified_name(spark: SparkSession, table: str) -> str:
+    """``catalog.schema.table``.
+
+    MLflow takes the first part of a two-part name for a catalog, so ``silver.orders``
+    would pass for a Unity Catalog table (and send MLflow looking for Databricks
+    credentials); the session's current catalog makes the name exact.
+    """
+    parts = table.split(".")
+    if len(parts) >= 3:
+        return table
+    if len(parts) == 1:
+        parts.insert(0, spark.catalog.currentDatabase())
+    return ".".join([spark.catalog.currentCatalog(), *parts])
+
+
+_MLFLOW_TYPES = {
+    "string": "string", "boolean": "boolean", "binary": "binary", "date": "datetime",
+    "timestamp": "datetime", "timestamp_ntz": "datetime", "float": "float", "double": "double",
+    "decimal": "double", "tinyint": "integer", "smallint": "integer", "int": "integer", "bigint": "long",
+}
+
+
+def mlflow_schema(schema: Any) -> Any:
+    """An MLflow column schema for a Spark schema (decimals as double, dates as datetime).
+
+    MLflow's own inference gives up on decimal and date columns and logs no schema.
+    """
+    from mlflow.types import ColSpec, Schema, TensorSpec
+
+    columns: list[ColSpec | TensorSpec] = [
+        ColSpec(_MLFLOW_TYPES.get(field.dataType.simpleString().split("(")[0], "string"), field.name,
+                required=not field.nullable)
+        for field in schema.fields
+    ]
+    return Schema(columns)
+
+
+@cache
+def _dataset_class() -> type:
+    from mlflow.data.spark_dataset import SparkDataset
+
+    class DeltaTableDataset(SparkDataset):  # type: ignore[misc]
+        """A ``SparkDataset`` whose profile is a known row count instead of an RDD job."""
+
+        def __init__(self, *, rows: int | None, **kwargs: Any) -> None:
+            self._rows = rows
+            super().__init__(**kwargs)
+
+        @property
+        def profile(self) -> Any:
+            return None if self._rows is None else {"num_rows": self._rows}
+
+        @property
+        def schema(self) -> Any:
+            return mlflow_schema(self.df.schema)
+
+    return DeltaTableDataset
+
+
+def log_delta_input(
+    spark: SparkSession,
+    table: str,
+    version: int,
+    *,
+    context: str,
+    rows: int | None = None,
+    targets: str | None = None,
+) -> None:
+    """Log ``table`` at ``version`` as a dataset input of the active run."""
+    mlflow = mlflow_module()
+    dataset = delta_dataset(spark, table, version, rows=rows, targets=targets)
+    source = dataset.source
+    if source.delta_table_version != version or not source.delta_table_name.endswith(table):
+        raise LineageError(
+            f"MLflow recorded {source.delta_table_name}@{source.delta_table_version} "
+            f"for {table}@v{version}"
+        )
+    tags = {INPUT_TABLE_TAG: table, INPUT_VERSION_TAG: str(version)}
+    location = table_location(spark, table)
+    if location:
+        tags[INPUT_PATH_TAG] = location
+    mlflow.log_input(dataset, context=context, tags=tags)
+
+
+def log_training_lineage(spark: SparkSession, snapshot: TrainingSnapshot, *, inputs: bool = True) -> None:
+    """Log the training set (and, with ``inputs``, every table it was built from) on the active run.
+
+    Tags carry the spec and the content hash, so :func:`rebuild_training_set` needs
+    nothing but the run id.
+    """
+    mlflow = mlflow_module()
+    if inputs:
+        for table, version in sorted(snapshot.spec.inputs.items()):
+            log_delta_input(spark, table, version, context=SOURCE_CONTEXT)
+    log_delta_input(
+        spark, snapshot.table, snapshot.version, context=TRAINING_CONTEXT,
+        rows=snapshot.rows, targets="churned",
+    )
+    mlflow.set_tags({
+        SPEC_TAG: snapshot.spec.to_json(),
+        HASH_TAG: snapshot.content_hash,
+        TABLE_TAG: snapshot.table,
+        VERSION_TAG: str(snapshot.version),
+        ROWS_TAG: str(snapshot.rows),
+    })
+    mlflow.log_text(snapshot.spec.to_json(), "lineage/training_set_spec.json")
+
+
+# --- reading a run back ----------------------------------------------------------------
+
+
+def get_run(run_id: str) -> Run:
+    """The run, or :class:`LineageError` if the store has no such run."""
+    mlflow = mlflow_module()
+    try:
+        return client().get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        raise LineageError(f"no MLflow run {run_id!r} in {mlflow.get_tracking_uri()}") from None
+
+
+def logged_inputs(run: Run) -> tuple[LoggedInput, ...]:
+    """The Delta tables the run logged as dataset inputs, with their versions."""
+    found = []
+    for item in run.inputs.dataset_inputs if run.inputs is not None else []:
+        tags = {tag.key: tag.value for tag in item.tags}
+        source = json.loads(item.dataset.source or "{}")
+        table = tags.get(INPUT_TABLE_TAG) or source.get("delta_table_name")
+        version = tags.get(INPUT_VERSION_TAG, source.get("delta_table_version"))
+        if table is None or version is None:
+            continue
+        found.append(LoggedInput(
+            table=table,
+            version=int(version),
+            path=tags.get(INPUT_PATH_TAG) or source.get("path"),
+            context=tags.get("mlflow.data.context", ""),
+        ))
+    return tuple(found)
+
+
+def lineage(run_id: str) -> Lineage:
+    """The training-set lineage a run logged; :class:`LineageError` if it has none."""
+    run = get_run(run_id)
+    tags = run.data.tags
+    if SPEC_TAG not in tags or HASH_TAG not in tags:
+        raise LineageError(
+            f"run {run_id} has no training-set lineage (tags {SPEC_TAG}, {HASH_TAG}); "
+            "pass the run id `lakeward train` logged"
+        )
+    version = tags.get(VERSION_TAG)
+    return Lineage(
+        run_id=run_id,
+        spec_json=tags[SPEC_TAG],
+        content_hash=tags[HASH_TAG],
+        table=tags.get(TABLE_TAG),
+        version=None if version is None else int(version),
+        inputs=logged_inputs(run),
+    )
+
+
+# --- rebuilding ------------------------------------------------------------------------
+
+
+def describe_versions(versions: Mapping[str, int]) -> str:
+    """``silver.orders@v3, gold.user_features@v5``."""
+    return ", ".join(f"{table}@v{version}" for table, version in sorted(versions.items()))
+
+
+def check_versions_available(spark: SparkSession, versions: Mapping[str, int]) -> None:
+    """Every table still exists and can still be read at its version, or :class:`LineageError`.
+
+    A version is gone when it is beyond the latest, when its log entries were cleaned
+    up, or when VACUUM removed data files it needs (checked for local files).
+    """
+    for table, version in sorted(versions.items()):
+        if not tables.exists(spark, table):
+            raise LineageError(f"{table} no longer exists, so version {version} cannot be read")
+        latest = tables.current_version(spark, table)
+        if version > latest:
+            raise LineageError(f"{table} has no version {version}: its latest version is {latest}")
+        try:
+            files = tables.read(spark, table, version=version).inputFiles()
+        except Exception as err:  # noqa: BLE001 - Delta reports a cleaned-up log in several ways
+            raise LineageError(
+                f"{table} version {version} is no longer available "
+                f"(log retention or VACUUM): {_first_line(err)}"
+            ) from None
+        local = [(name, _local_path(name)) for name in files]
+        missing = [name for name, path in local if path is not None and not path.exists()]
+        if missing:
+            raise LineageError(
+                f"{table} version {version} is no longer available: {len(missing)} of its "
+                f"{len(files)} data files were removed (VACUUM), e.g. {missing[0]}"
+            )
+
+
+def _local_path(uri: str) -> Path | None:
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        return Path(unquote(parsed.path))
+    return None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def rebuild_training_set(
+    spark: SparkSession, settings: Settings, run_id: str, output: str | None = None
+) -> RebuildResult:
+    """Rebuild the run's training set from its logged Delta versions and check its content hash.
+
+    With ``output`` the verified rows are written to ``<ml schema>.<output>``, with the
+    spec, hash and run id as table properties. A mismatch or an input version that can
+    no longer be read raises :class:`LineageError` naming the tables and versions.
+    """
+    from lakeward import training_set
+
+    target = None if output is None else training_set.table_name(settings, output)
+    recorded = lineage(run_id)
+    spec = training_set.BuildSpec.from_json(recorded.spec_json)
+    logged = {item.table: item.version for item in recorded.inputs if item.context == SOURCE_CONTEXT}
+    if logged and logged != dict(spec.inputs):
+        raise LineageError(
+            f"run {run_id} is inconsistent: its dataset inputs are {describe_versions(logged)} "
+            f"but its spec names {describe_versions(spec.inputs)}"
+        )
+    where = describe_versions(spec.inputs)
+    try:
+        check_versions_available(spark, spec.inputs)
+    except LineageError as err:
+        raise LineageError(f"run {run_id}: cannot rebuild its training set: {err}") from None
+    try:
+        rebuilt = training_set.rebuild(spark, settings, spec)
+        digest = training_set.content_hash(rebuilt)
+    except training_set.TrainingSetError as err:
+        raise LineageError(f"run {run_id}: cannot rebuild its training set: {err}") from None
+    except Exception as err:  # noqa: BLE001 - the time-travel read fails only when the rows are read
+        raise LineageError(
+            f"run {run_id}: reading the inputs at {where} failed: {_first_line(err)}"
+        ) from None
+    if digest != recorded.content_hash:
+        raise LineageError(
+            f"run {run_id}: the training set rebuilt from {where} has content hash {digest}, "
+            f"but the run logged {recorded.content_hash}"
+        )
+    log.info("rebuild: run %s: rebuilt from %s, content hash %s matches", run_id, where, digest)
+    version = None
+    if target is not None:
+        version = _write_rebuilt(spark, rebuilt, target, recorded, digest)
+        log.info("rebuild: wrote %s version %d", target, version)
+    return RebuildResult(run_id, digest, dict(spec.inputs), target, version)
+
+
+def _write_rebuilt(spark: SparkSession, rows: DataFrame, target: str, recorded: Lineage, digest: str) -> int:
+    tables.ensure_schema(spark, target.rsplit(".", 1)[0])
+    writer = rows.writeTo(target).using("delta")
+    properties = {
+        SPEC_TAG: recorded.spec_json, HASH_TAG: digest, "lakeward.rebuilt_from_run": recorded.run_id,
+    }
+    for key, value in properties.items():
+        writer = writer.tableProperty(key, value)
+    writer.createOrReplace()
+    return tables.current_version(spark, target)

@@ -1,0 +1,218 @@
+"""Training, lineage, rebuilds and predictions against real Delta tables and a real SQLite MLflow store.
+
+One module-scoped training run on a small training set (built by lakeward.training_set
+from hand-written silver orders and gold features) serves the read-only checks. Tests
+that change tables or runs make their own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from datetime import date, timedelta
+from pathlib import Path
+
+import pytest
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from lakeward import tables, tracking
+from lakeward.config import Settings
+from lakeward.train import TrainingSetMissingError, TrainSummary, open_training_set, train, with_overrides
+from tests.conftest import isolated
+from tests.ml_data import RAW_IDS, append_orders, order_rows, user_key, write_inputs
+
+pytestmark = pytest.mark.training
+
+USERS = 160
+
+
+def with_store(settings: Settings, store: Path) -> Settings:
+    """Settings whose MLflow store is ``store`` (one SQLite database for the module)."""
+    options = settings.tracking.model_copy(update={
+        "uri": f"sqlite:///{store / 'mlflow.db'}", "artifact_location": (store / "artifacts").as_uri(),
+    })
+    return settings.model_copy(update={"tracking": options})
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("mlflow")
+
+
+@pytest.fixture(scope="module")
+def trained(spark: SparkSession, base_settings: Settings, store: Path,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, TrainSummary]]:
+    from lakeward import training_set
+
+    root = tmp_path_factory.mktemp("train-home")
+    settings = with_store(isolated(base_settings, root), store)
+    settings = with_overrides(settings, epochs=2, batch_size=64, epsilon=3.0)
+    write_inputs(spark, settings, users=USERS)
+    training_set.build(spark, settings)
+    cwd = Path.cwd()
+    os.chdir(root)  # so a stray ./mlruns would show up here
+    try:
+        yield settings, train(spark, settings, dp=True)
+    finally:
+        os.chdir(cwd)
+
+
+def client(settings: Settings):  # noqa: ANN201 - MlflowClient, imported lazily
+    tracking.configure(settings)
+    return tracking.client()
+
+
+def test_dp_run_logs_privacy_and_compares_with_twin_and_baseline(trained) -> None:
+    settings, summary = trained
+    assert set(summary.results) == {"dp", "non_private", "sklearn_logreg"}
+    mlflow = client(settings)
+    dp = mlflow.get_run(summary.results["dp"].run_id)
+    params, metrics = dp.data.params, dp.data.metrics
+    assert params["dp.accountant"] == "prv" and params["dp.poisson_sampling"] == "true"
+    assert float(params["dp.noise_multiplier"]) > 0 and float(params["dp.max_grad_norm"]) == 1.0
+    train_rows = int(mlflow.get_run(summary.parent_run_id).data.params["rows.train"])
+    assert float(params["dp.sample_rate"]) == pytest.approx(1 / -(-train_rows // 64))
+    assert float(params["dp.delta"]) < 1 / train_rows and params["dp.epochs"] == "2"
+    assert metrics["dp_epsilon_spent"] <= 3.0
+    for run in summary.results.values():
+        child = mlflow.get_run(run.run_id)
+        assert child.data.tags["mlflow.parentRunId"] == summary.parent_run_id
+        for split in ("validation", "test"):
+            for name in ("roc_auc", "pr_auc", "log_loss", "brier"):
+                assert f"{split}_{name}" in child.data.metrics
+    parent = mlflow.get_run(summary.parent_run_id).data
+    assert parent.metrics["dp_epsilon_spent"] == metrics["dp_epsilon_spent"]
+    assert "non_private_test_roc_auc" in parent.metrics and "sklearn_logreg_test_roc_auc" in parent.metrics
+    # The DP model is the one registered, and the registry knows which run it came from.
+    version = mlflow.get_model_version(settings.tracking.registered_model, summary.model_version)
+    assert version.run_id == summary.results["dp"].run_id
+    assert version.tags["lakeward.parent_run_id"] == summary.parent_run_id
+
+
+def test_run_records_inputs_with_delta_versions_config_and_code(trained, spark: SparkSession) -> None:
+    settings, summary = trained
+    mlflow = client(settings)
+    run = mlflow.get_run(summary.parent_run_id)
+    logged = {item.table: item for item in tracking.logged_inputs(run)}
+    spec = json.loads(run.data.tags[tracking.SPEC_TAG])
+    orders, features = settings.table("silver_orders"), settings.table("gold_user_features")
+    assert {orders, features, summary.training_set.table} == set(logged)
+    for table in (orders, features):
+        assert logged[table].version == spec["inputs"][table] == tables.current_version(spark, table)
+        assert logged[table].context == "source" and logged[table].path.endswith(table.split(".")[1])
+    assert logged[summary.training_set.table].version == summary.training_set.version
+    sources = [json.loads(item.dataset.source) for item in run.inputs.dataset_inputs]
+    assert all(source["delta_table_name"].startswith("spark_catalog.") for source in sources)
+    assert run.data.tags[tracking.HASH_TAG] == summary.training_set.content_hash
+    assert run.data.params["training.epochs"] == "2"
+    assert run.data.tags[tracking.CODE_VERSION_TAG].split(":")[0] in ("git", "lakeward==0.1.0")
+    artifacts = {item.path for item in mlflow.list_artifacts(run.info.run_id, "config")}
+    assert artifacts == {"config/settings.yml"}
+
+
+def test_mlflow_holds_no_identifiers_and_nothing_lands_in_mlruns(trained, store: Path) -> None:
+    settings, _ = trained
+    assert not (settings.data_root / "mlruns").exists()
+    contents = b"".join(path.read_bytes() for path in store.rglob("*") if path.is_file())
+    assert b"churn_probability" in contents  # the model signature: the scan does see the store
+    for raw in RAW_IDS[:USERS]:
+        assert raw.encode() not in contents
+        assert user_key(raw).encode() not in contents
+
+
+def test_rebuild_from_run_matches_even_after_inputs_change(trained, spark: SparkSession) -> None:
+    settings, summary = trained
+    client(settings)
+    new_orders = [(f"new-{r[0]}", *r[1:5], r[5] + timedelta(days=200)) for r in order_rows(20, seed=99)]
+    append_orders(spark, settings, new_orders)
+    result = tracking.rebuild_training_set(spark, settings, summary.parent_run_id, output="rebuilt")
+    assert result.content_hash == summary.training_set.content_hash
+    assert result.output is not None and result.output.endswith(".rebuilt")
+    properties = tables.properties(spark, result.output)
+    assert properties[tracking.HASH_TAG] == summary.training_set.content_hash
+    assert properties["lakeward.rebuilt_from_run"] == summary.parent_run_id
+
+
+def test_tampered_hash_and_missing_versions_are_clear_errors(trained, spark: SparkSession) -> None:
+    settings, summary = trained
+    mlflow = tracking.mlflow_module()
+    recorded = tracking.lineage(summary.parent_run_id)
+    orders = settings.table("silver_orders")
+    with mlflow.start_run(experiment_id=summary.experiment_id, run_name="tampered") as run:
+        mlflow.set_tags({tracking.SPEC_TAG: recorded.spec_json, tracking.HASH_TAG: "0" * 64})
+    mismatch = r"has content hash [0-9a-f]{64}, but the run logged 0{64}"
+    with pytest.raises(tracking.LineageError, match=mismatch) as err:
+        tracking.rebuild_training_set(spark, settings, run.info.run_id)
+    assert f"{orders}@v" in str(err.value)
+
+    spec = json.loads(recorded.spec_json)
+    spec["inputs"][orders] = 99
+    with mlflow.start_run(experiment_id=summary.experiment_id, run_name="future") as run:
+        mlflow.set_tags({tracking.SPEC_TAG: json.dumps(spec), tracking.HASH_TAG: recorded.content_hash})
+    beyond = rf"{orders} has no version 99: its latest version is \d+"
+    with pytest.raises(tracking.LineageError, match=beyond):
+        tracking.rebuild_training_set(spark, settings, run.info.run_id)
+
+    with mlflow.start_run(experiment_id=summary.experiment_id, run_name="bare") as bare:
+        pass
+    with pytest.raises(tracking.LineageError, match="no training-set lineage"):
+        tracking.rebuild_training_set(spark, settings, bare.info.run_id)
+
+
+def test_vacuumed_version_names_table_and_version(
+    spark: SparkSession, base_settings: Settings, store: Path, tmp_path: Path
+) -> None:
+    from lakeward.training_set import BuildSpec
+
+    settings = with_store(isolated(base_settings, tmp_path), store)
+    name = settings.table("silver_orders")
+    tables.ensure_schema(spark, name.split(".")[0])
+    tables.overwrite(spark.range(3).withColumn("event_id", F.col("id").cast("string")), name)
+    tables.overwrite(spark.range(5).withColumn("event_id", F.col("id").cast("string")), name)
+    spec = BuildSpec(inputs={name: 0}, horizon_days=30, ttl_days=3, split="group",
+                     fractions=(0.7, 0.15, 0.15), seed=7, t1=None, t2=None,
+                     observed_until=date(2026, 4, 1), feature_version="v1")
+    experiment = tracking.configure(settings)
+    mlflow = tracking.mlflow_module()
+    with mlflow.start_run(experiment_id=experiment, run_name="vacuumed") as run:
+        mlflow.set_tags({tracking.SPEC_TAG: spec.to_json(), tracking.HASH_TAG: "0" * 64})
+    check = "spark.databricks.delta.retentionDurationCheck.enabled"
+    spark.conf.set(check, "false")
+    try:
+        # LITE finds the files to delete in the log instead of listing the directory: much faster.
+        quoted = ".".join(f"`{part}`" for part in name.split("."))
+        spark.sql(f"VACUUM {quoted} LITE RETAIN 0 HOURS")
+    finally:
+        spark.conf.unset(check)
+    with pytest.raises(tracking.LineageError, match=rf"{name} version 0 is no longer available"):
+        tracking.rebuild_training_set(spark, settings, run.info.run_id)
+
+
+def test_predict_writes_predictions_idempotently(trained, spark: SparkSession) -> None:
+    from lakeward.predict import predict
+
+    settings, summary = trained
+    day = date(2026, 3, 1)
+    first = predict(spark, settings, summary.parent_run_id, day)
+    again = predict(spark, settings, summary.parent_run_id, day)
+    other = predict(spark, settings, summary.parent_run_id, day + timedelta(days=1))
+    rows = tables.read(spark, first.table)
+    users = (tables.read(spark, settings.table("gold_user_features"))
+             .filter(F.col("feature_date") == F.lit(day)).count())
+    assert first.rows == again.rows == users > 0 and again.version > first.version
+    slice_ = rows.filter((F.col("run_id") == summary.parent_run_id) & (F.col("feature_date") == F.lit(day)))
+    assert slice_.count() == users and slice_.select("user_key").distinct().count() == users
+    assert rows.count() == users + other.rows
+    stats = slice_.agg(F.min("score"), F.max("score"), F.countDistinct("model_version")).first()
+    assert 0 <= stats[0] <= stats[1] <= 1 and stats[2] == 1
+    assert slice_.first()["model_version"] == summary.model_version == first.model_version
+
+
+def test_missing_training_set_says_what_to_run(spark: SparkSession, fresh_settings: Settings) -> None:
+    with pytest.raises(TrainingSetMissingError, match=r"run `lakeward training-set` first"):
+        open_training_set(spark, fresh_settings)
+    with pytest.raises(TrainingSetMissingError, match=r"run `lakeward training-set --name other` first"):
+        open_training_set(spark, fresh_settings, "other")
+

@@ -1,0 +1,169 @@
+"""Training preparation without Spark or torch: arrays, preprocessing, metrics, privacy arguments."""
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lakeward import tracking
+from lakeward.config import load_settings
+from lakeward.train import PrivacyParameterError, check_delta, check_epsilon, default_delta, with_overrides
+from lakeward.train_data import Preprocessor, TrainingDataError, arrays_from_pandas, scores
+
+NAN = math.nan
+FEATURES = ("orders_30d", "days_since_last_order", "mean_rating")
+
+
+def frame(rows: list[tuple]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["label_id", "churned", "split", *FEATURES])
+
+
+ROWS = [
+    ("o3", 0, "train", 4, 2, NAN),
+    ("o1", 1, "train", 0, NAN, NAN),
+    ("o2", 0, "train", 6, 1, NAN),
+    ("o4", 1, "validation", 1, 9, 4.0),
+    ("o5", 0, "test", 5, NAN, NAN),
+]
+
+
+def test_arrays_are_split_and_ordered_by_label_id() -> None:
+    data = arrays_from_pandas(frame(ROWS), FEATURES)
+    np.testing.assert_array_equal(data.train.y, [1, 0, 0])  # o1, o2, o3
+    np.testing.assert_array_equal(data.train.x[:, 0], [0, 6, 4])
+    assert np.isnan(data.train.x[0, 1]) and data.validation.rows == 1 and data.test.rows == 1
+    shuffled = arrays_from_pandas(frame(ROWS[::-1]), FEATURES)
+    np.testing.assert_array_equal(shuffled.train.x, data.train.x)
+
+
+@pytest.mark.parametrize(
+    ("rows", "columns", "message"),
+    [
+        (ROWS, FEATURES + ("spend_7d",), r"lacks columns \['spend_7d'\]"),
+        ([("o1", 1, "holdout", 0, 0, 0.0), *ROWS], FEATURES, "split must be one of"),
+        ([("o1", 2, "train", 0, 0, 0.0)], FEATURES, "churned must be 0 or 1"),
+        ([r for r in ROWS if r[2] != "train"], FEATURES, "train split is empty"),
+        ([r for r in ROWS if r[1] == 0], FEATURES, "only one class"),
+    ],
+)
+def test_bad_training_rows_are_named(rows: list[tuple], columns: tuple[str, ...], message: str) -> None:
+    with pytest.raises(TrainingDataError, match=message):
+        arrays_from_pandas(frame(rows), columns)
+
+
+def test_preprocessor_fits_on_train_only() -> None:
+    train = np.array([[0.0, NAN, NAN], [6.0, 1.0, NAN], [4.0, 2.0, NAN]])
+    prep = Preprocessor.fit(train)
+    # Median of the train values; the all-null column is kept and filled with 0.
+    np.testing.assert_allclose(prep.fill, [4.0, 1.5, 0.0])
+    # Indicators for the columns that had nulls in train, after the features.
+    np.testing.assert_array_equal(prep.indicator_columns, [1, 2])
+    assert prep.output_names(FEATURES) == [*FEATURES, "days_since_last_order_missing", "mean_rating_missing"]
+    z = prep.transform(train)
+    assert z.shape == (3, 5) and z.dtype == np.float32
+    np.testing.assert_allclose(z.mean(axis=0), 0, atol=1e-6)
+    # Validation statistics never move the fit: a null where train had none gets the train median.
+    other = prep.transform(np.array([[NAN, 100.0, 3.0]]))
+    assert other[0, 0] == pytest.approx((4.0 - prep.mean[0]) / prep.scale[0], rel=1e-5)
+    assert not np.isnan(other).any()
+
+
+def test_scores() -> None:
+    y = np.array([0, 0, 1, 1])
+    perfect = scores(y, np.array([0.1, 0.2, 0.8, 0.9]))
+    assert perfect["roc_auc"] == 1.0 and perfect["pr_auc"] == 1.0
+    assert perfect["brier"] == pytest.approx((0.01 + 0.04 + 0.04 + 0.01) / 4)
+    assert perfect["log_loss"] == pytest.approx(-np.mean(np.log([0.9, 0.8, 0.8, 0.9])))
+    single = scores(np.array([0, 0]), np.array([0.2, 0.4]))
+    assert math.isnan(single["roc_auc"]) and math.isnan(single["pr_auc"]) and single["brier"] > 0
+
+
+@pytest.mark.parametrize("epsilon", [0, -1, math.nan, math.inf])
+def test_nonsense_epsilon_is_refused(epsilon: float) -> None:
+    with pytest.raises(PrivacyParameterError, match="epsilon must be a positive, finite number"):
+        check_epsilon(epsilon)
+
+
+@pytest.mark.parametrize("delta", [0, 1, 1.5, -1e-5, math.nan])
+def test_nonsense_delta_is_refused(delta: float) -> None:
+    with pytest.raises(PrivacyParameterError, match="strictly between 0 and 1"):
+        check_delta(delta)
+
+
+def test_delta_must_be_below_one_over_n() -> None:
+    check_delta(1e-4, rows=9_999)
+    with pytest.raises(PrivacyParameterError, match=r"not below 1/N = 0.001 for N = 1000 train rows"):
+        check_delta(1e-3, rows=1000)
+    assert default_delta(1000) == pytest.approx(1e-4) and default_delta(1000) < 1 / 1000
+
+
+def test_overrides_are_validated() -> None:
+    settings = load_settings("local")
+    updated = with_overrides(settings, epochs=3, model="mlp", epsilon=None)
+    assert updated.training.epochs == 3 and updated.training.model == "mlp"
+    assert updated.training.epsilon == settings.training.epsilon
+    with pytest.raises(ValueError, match="epochs"):
+        with_overrides(settings, epochs=0)
+    with pytest.raises(PrivacyParameterError):
+        with_overrides(settings, epsilon=-2.0)
+
+
+def test_tracking_defaults_stay_under_the_data_root(tmp_path: Path) -> None:
+    settings = load_settings("local", data_root=tmp_path)
+    assert tracking.tracking_uri(settings) == f"sqlite:///{tmp_path.resolve()}/mlflow/mlflow.db"
+    assert tracking.artifact_location(settings) == (tmp_path.resolve() / "mlflow" / "artifacts").as_uri()
+    remote = settings.model_copy(update={
+        "tracking": settings.tracking.model_copy(update={"uri": "http://mlflow.internal:5000"})
+    })
+    assert tracking.tracking_uri(remote) == "http://mlflow.internal:5000"
+    assert tracking.artifact_location(remote) is None  # the server decides
+
+
+def test_config_params_and_code_version() -> None:
+    settings = load_settings("local")
+    params = tracking.config_params(settings)
+    assert params["training.epochs"] == str(settings.training.epochs)
+    assert params["tables.silver_orders"] == "silver.orders"
+    assert params["training.delta"] == "null"
+    version = tracking.code_version(settings)
+    assert version.startswith("git:") or version.startswith("lakeward==")
+
+
+def test_sweep_plot_is_a_png(tmp_path: Path) -> None:
+    from lakeward.dp_plot import plot_sweep
+
+    path = plot_sweep([(8.0, 0.74), (0.5, 0.6), (2.0, 0.7)], 0.76, tmp_path / "plots" / "sweep.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_and_train_imports_leave_torch_out() -> None:
+    code = (
+        "import sys, lakeward.cli, lakeward.train, lakeward.tracking, lakeward.predict; "
+        "print(sorted(m for m in ('torch', 'opacus', 'mlflow') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_cli_lists_ml_commands_and_refuses_bad_privacy_arguments(tmp_path: Path) -> None:
+    lakeward = [sys.executable, "-m", "lakeward.cli"]
+    env = {**os.environ, "LAKEWARD_HOME": str(tmp_path)}
+    listed = subprocess.run([*lakeward, "--help"], capture_output=True, text=True, check=True, env=env)
+    for command in ("train", "dp-sweep", "predict", "rebuild-training-set"):
+        assert command in listed.stdout
+        subprocess.run([*lakeward, command, "--help"], capture_output=True, check=True, env=env)
+    for args, message in [
+        (["train", "--epsilon", "0"], "epsilon must be a positive, finite number"),
+        (["train", "--delta", "1"], "delta must be a probability strictly between 0 and 1"),
+        (["dp-sweep", "--epsilons", "1,-2"], "epsilon must be a positive, finite number"),
+    ]:
+        result = subprocess.run([*lakeward, *args], capture_output=True, text=True, env=env)
+        assert result.returncode == 2
+        assert result.stderr.strip() == f"lakeward: error: {message}" or message in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "mlflow").exists()  # refused before any store or session was touched
