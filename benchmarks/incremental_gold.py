@@ -2,7 +2,8 @@
 
 Silver comes from ``spark.range``: ``--users`` users with ``--events-per-day``
 orders, deliveries and ratings each per day over ``--days`` arrival days, with 5% of
-events arriving 1 to 3 days late. Each run uses fresh tables:
+events arriving 1 to 3 days late, one arrival day per file as the daily pipeline
+writes it. Each run uses fresh tables:
 
 1. write silver for the first ``days - 1`` arrival days and run gold once
    (a full build; not timed);
@@ -62,7 +63,9 @@ def _events(spark: SparkSession, users: int, days: int, per_day: int, offset: in
     )
 
 
-def _write_silver(spark: SparkSession, settings: Settings, events: dict[str, DataFrame], keep) -> None:
+def _write_silver(
+    spark: SparkSession, settings: Settings, events: dict[str, DataFrame], keep: Column, days: int
+) -> None:
     for logical, df in events.items():
         name = settings.table(logical)
         columns = tables.read(spark, name).schema
@@ -70,7 +73,8 @@ def _write_silver(spark: SparkSession, settings: Settings, events: dict[str, Dat
             *[F.col(f.name).cast(f.dataType) if f.name in df.columns
               else F.lit(None).cast(f.dataType).alias(f.name) for f in columns.fields]
         )
-        tables.append(selected, name)
+        # One arrival day per file, as the daily pipeline lays silver out.
+        tables.append(selected.repartitionByRange(days, "_arrival_date"), name)
 
 
 def _one_run(spark: SparkSession, base: Settings, args: argparse.Namespace) -> tuple[float, float, int]:
@@ -83,9 +87,9 @@ def _one_run(spark: SparkSession, base: Settings, args: argparse.Namespace) -> t
         for i, logical in enumerate(incremental.SILVER_EVENTS)
     }
     last_day = START + timedelta(days=args.days - 1)
-    _write_silver(spark, settings, events, F.col("_arrival_date") < F.lit(last_day))
+    _write_silver(spark, settings, events, F.col("_arrival_date") < F.lit(last_day), args.days - 1)
     incremental.refresh(spark, settings)
-    _write_silver(spark, settings, events, F.col("_arrival_date") == F.lit(last_day))
+    _write_silver(spark, settings, events, F.col("_arrival_date") == F.lit(last_day), 1)
 
     began = time.perf_counter()
     result = incremental.refresh(spark, settings)

@@ -209,7 +209,7 @@ def _full(
     # Files that each cover a narrow range of days let later increments skip
     # most of the table when they look up the rows of one day.
     partitions = int(spark.conf.get("spark.sql.shuffle.partitions") or "8")
-    tables.overwrite(daily, daily_spec.name)
+    tables.overwrite(daily.repartitionByRange(partitions, "event_date"), daily_spec.name)
     tables.overwrite(features.repartitionByRange(partitions, "feature_date"), features_spec.name)
     daily_rows = _written(spark, daily_spec.name)
     feature_rows = _written(spark, features_spec.name)

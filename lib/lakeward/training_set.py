@@ -388,7 +388,9 @@ def build(
     features = _feature_history(
         tables.read(spark, features_name, version=versions[features_name]), settings, features_name
     )
-    observed_until = _observed_until(orders, orders_name, versions[orders_name])
+    observed_until = _observed_until(
+        orders, orders_name, versions[orders_name], settings.pipeline.allowed_lateness_days
+    )
     _require_feature_rows(features, features_name, versions[features_name], settings)
     horizon = timedelta(days=config.horizon_days)
     if split == "temporal" and t1 is None:
@@ -523,7 +525,13 @@ def _feature_history(features: DataFrame, settings: Settings, name: str) -> Data
     return features.select(*wanted)
 
 
-def _observed_until(orders: DataFrame, name: str, version: int) -> datetime:
+def _observed_until(orders: DataFrame, name: str, version: int, lateness_days: int) -> datetime:
+    """The end of the last arrival day, less the allowed lateness.
+
+    An order may still arrive up to ``lateness_days`` after it happened, so
+    only a window that ends that long before the last arrival is complete:
+    a later one could call a user churned whose next order is still in transit.
+    """
     row = orders.agg(F.max("_arrival_date").alias("last")).first()
     last = None if row is None else row["last"]
     if last is None:
@@ -531,7 +539,7 @@ def _observed_until(orders: DataFrame, name: str, version: int) -> datetime:
             f"{name} (version {version}) has no orders; run the pipeline first "
             "(lakeward run all --all-dates)"
         )
-    return _utc(last + timedelta(days=1))
+    return _utc(last + timedelta(days=1) - timedelta(days=lateness_days))
 
 
 def _require_feature_rows(features: DataFrame, name: str, version: int, settings: Settings) -> None:

@@ -122,8 +122,9 @@ def test_build_records_versions_and_rebuilds_exactly(spark: SparkSession, fresh_
     assert first.spec.inputs == {orders_name: tables.current_version(spark, orders_name),
                                  features_name: tables.current_version(spark, features_name)}
     last_arrival = tables.read(spark, orders_name).agg(F.max("_arrival_date")).first()[0]
+    lateness = timedelta(days=settings.pipeline.allowed_lateness_days)
     assert first.spec.observed_until == datetime.combine(
-        last_arrival + timedelta(days=1), datetime.min.time(), UTC)
+        last_arrival + timedelta(days=1) - lateness, datetime.min.time(), UTC)
     assert first.spec.split == "group" and first.spec.t1 is None
 
     written = tables.read(spark, table)
