@@ -497,6 +497,8 @@ def rebuild_training_set(
     """
     from lakeward import training_set
 
+    # A new process has no tracking URI yet; MLflow's default is a store in the cwd.
+    configure(settings)
     target = None if output is None else training_set.table_name(settings, output)
     recorded = lineage(run_id)
     spec = training_set.BuildSpec.from_json(recorded.spec_json)

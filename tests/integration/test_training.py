@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
 
+import mlflow
 import pytest
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
@@ -124,9 +125,10 @@ def test_mlflow_holds_no_identifiers_and_nothing_lands_in_mlruns(trained, store:
 
 def test_rebuild_from_run_matches_even_after_inputs_change(trained, spark: SparkSession) -> None:
     settings, summary = trained
-    client(settings)
     new_orders = [(f"new-{r[0]}", *r[1:5], r[5] + timedelta(days=200)) for r in order_rows(20, seed=99)]
     append_orders(spark, settings, new_orders)
+    # As in a new process: rebuild must find the store itself, not MLflow's default in the cwd.
+    mlflow.set_tracking_uri(None)
     result = tracking.rebuild_training_set(spark, settings, summary.parent_run_id, output="rebuilt")
     assert result.content_hash == summary.training_set.content_hash
     assert result.output is not None and result.output.endswith(".rebuilt")
