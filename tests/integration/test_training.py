@@ -218,3 +218,22 @@ def test_missing_training_set_says_what_to_run(spark: SparkSession, fresh_settin
     with pytest.raises(TrainingSetMissingError, match=r"run `lakeward training-set --name other` first"):
         open_training_set(spark, fresh_settings, "other")
 
+
+
+def test_dp_sweep_runs_each_epsilon_beside_the_twin_and_logs_a_plot(trained, spark: SparkSession) -> None:
+    from lakeward.train import sweep
+
+    settings, _ = trained
+    summary = sweep(spark, settings, [4.0, 1.0])
+    assert [r.privacy.epsilon_target for r in summary.sweep] == [1.0, 4.0]
+    for result in summary.sweep:
+        assert 0 < result.privacy.epsilon_spent <= result.privacy.epsilon_target * 1.01
+    assert summary.plot is not None and summary.plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert summary.plot.is_relative_to(settings.data_root)
+    mlflow_client = client(settings)
+    artifacts = [a.path for a in mlflow_client.list_artifacts(summary.parent_run_id, "plots")]
+    assert artifacts == [f"plots/{summary.plot.name}"]
+    children = mlflow_client.search_runs(
+        [summary.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{summary.parent_run_id}'"
+    )
+    assert len(children) == 3, "one DP run per epsilon and the non-private twin"
