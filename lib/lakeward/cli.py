@@ -11,13 +11,12 @@ import csv
 import json
 import logging
 import os
-import re
 import sys
 from collections.abc import Sequence
 from datetime import date
 from typing import Any
 
-from lakeward.config import ConfigError, Settings, load_settings
+from lakeward.config import ConfigError, Settings, is_identifier, load_settings
 
 log = logging.getLogger("lakeward")
 
@@ -47,7 +46,7 @@ def _positive(text: str) -> int:
 
 
 def _identifier(text: str) -> str:
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", text):
+    if not is_identifier(text):
         raise argparse.ArgumentTypeError(
             f"expected a plain identifier (letters, digits, _; not starting with a digit), got {text!r}"
         )

@@ -11,6 +11,7 @@ takes typed settings. An unknown key or a wrong type fails with
 from __future__ import annotations
 
 import os
+import re
 from datetime import date
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +23,14 @@ ENVIRONMENTS = ("local", "dev", "prod")
 ENV_VAR = "LAKEWARD_ENV"
 HOME_VAR = "LAKEWARD_HOME"
 CONF_DIR_VAR = "LAKEWARD_CONF_DIR"
+
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def is_identifier(name: str) -> bool:
+    """Whether ``name`` is a plain SQL identifier, safe to quote into a statement."""
+    return _IDENTIFIER.fullmatch(name) is not None
 
 
 class ConfigError(ValueError):

@@ -185,9 +185,9 @@ def _read_pinned(
 
 
 def _as_of(events: Sequence[DataFrame]) -> date | None:
-    latest = [df.agg(F.max("_arrival_date")).first()[0] for df in events]  # type: ignore[index]
-    known = [day for day in latest if day is not None]
-    return max(known) if known else None
+    """The last arrival date over all event tables, in one Spark action."""
+    arrivals = reduce(DataFrame.unionByName, [df.select("_arrival_date") for df in events])
+    return arrivals.agg(F.max("_arrival_date")).first()[0]  # type: ignore[index]
 
 
 def _full(

@@ -14,14 +14,13 @@ because statistics in ``_delta_log`` would otherwise keep raw values::
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import StructType
 
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+from lakeward.config import is_identifier
 
 PERSONAL_DATA_PROPERTY = "lakeward.personal_data"
 PERSONAL_COLUMNS_PROPERTY = "lakeward.personal_columns"
@@ -85,7 +84,7 @@ def ensure_schema(spark: SparkSession, name: str) -> None:
     to be a plain identifier and quoted.
     """
     parts = name.split(".")
-    if not all(_IDENTIFIER.fullmatch(part) for part in parts):
+    if not all(is_identifier(part) for part in parts):
         raise ValueError(f"not a valid schema name: {name!r}")
     quoted = ".".join(f"`{part}`" for part in parts)
     spark.sql("CREATE SCHEMA IF NOT EXISTS " + quoted)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -34,7 +33,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from lakeward import gold, tables
-from lakeward.config import Settings
+from lakeward.config import Settings, is_identifier
 from lakeward.labels import churn_labels
 from lakeward.pit import as_of_join
 from lakeward.splits import PARTS, SPLIT, group_split, leakage, temporal_split
@@ -65,7 +64,6 @@ CONTENT_HASH_PROPERTY = "lakeward.training_set.content_hash"
 SPLITS = ("group", "temporal")
 KEY = "user_key"
 
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ORDER_COLUMNS = ("event_id", "user_key", "event_ts")
 _LABEL_FIELDS = (
@@ -215,7 +213,7 @@ def table_name(settings: Settings, name: str | None = None) -> str:
     default = settings.table("ml_training_set")
     if name is None:
         return default
-    if not _IDENTIFIER.fullmatch(name):
+    if not is_identifier(name):
         raise TrainingSetError(
             f"a training set name is a plain identifier (letters, digits, _), got {name!r}"
         )
