@@ -211,8 +211,8 @@ def _full(
     partitions = int(spark.conf.get("spark.sql.shuffle.partitions") or "8")
     tables.overwrite(daily.repartitionByRange(partitions, "event_date"), daily_spec.name)
     tables.overwrite(features.repartitionByRange(partitions, "feature_date"), features_spec.name)
-    daily_rows = _written(spark, daily_spec.name)
-    feature_rows = _written(spark, features_spec.name)
+    daily_rows = tables.rows_last_written(spark, daily_spec.name)
+    feature_rows = tables.rows_last_written(spark, features_spec.name)
     log.info("gold: %s rebuilt, %d rows; %s rebuilt as of %s, %d rows",
              daily_spec.name, daily_rows, features_spec.name, as_of, feature_rows)
     return GoldResult("full", as_of, daily_rows, feature_rows, dict(versions))
@@ -232,8 +232,6 @@ def _incremental(
             F.max((F.col("_change_type") != F.lit("insert")).cast("int")).alias("other_changes"),
             F.min("known_day").alias("first_known"),
             F.max("_arrival_date").alias("last_arrival"),
-            F.min("event_date").alias("first_event"),
-            F.max("event_date").alias("last_event"),
         ).first()
     except AnalysisException as err:
         log.warning("gold: cannot read the silver change feed: %s", str(err).splitlines()[0])
@@ -247,11 +245,20 @@ def _incremental(
             return GoldResult("incremental", last.as_of, inputs=dict(versions))
         arrived = [d for d in (last.as_of, bounds["last_arrival"]) if d is not None]
         as_of: date = max(arrived)
-        pinned = _read_pinned(spark, names, versions)
-        daily_rows = _merge_daily(
-            spark, settings, pinned, changed, bounds["first_event"], bounds["last_event"]
-        )
-        feature_rows = _merge_features(spark, settings, pinned, changed, last.as_of, as_of)
+        days = sorted(r["event_date"] for r in changed.select("event_date").distinct().collect())
+        first_known: date = bounds["first_known"]
+        earliest = first_known
+        if last.as_of is not None and as_of > last.as_of:
+            earliest = min(first_known, last.as_of + timedelta(days=1))
+        # Both writes below read only these rows; reading them once, into
+        # memory, saves a Delta file-listing and scan per use.
+        needed = _needed_rows(spark, settings, names, versions, days, earliest, as_of)
+        try:
+            daily_rows = _merge_daily(settings, needed, days)
+            feature_rows = _merge_features(spark, settings, needed, changed, last.as_of, as_of)
+        finally:
+            for df in needed:
+                df.unpersist()
     finally:
         feed.unpersist()
     log.info("gold: increment up to %s: %d user_daily rows, %d user_features rows written",
@@ -259,35 +266,49 @@ def _incremental(
     return GoldResult("incremental", as_of, daily_rows, feature_rows, dict(versions))
 
 
-def _merge_daily(
+def _needed_rows(
     spark: SparkSession,
     settings: Settings,
-    pinned: Sequence[DataFrame],
-    changed: DataFrame,
-    first_event: date,
-    last_event: date,
-) -> int:
+    names: Mapping[str, str],
+    versions: Mapping[str, int],
+    days: Sequence[date],
+    earliest: date,
+    as_of: date,
+) -> list[DataFrame]:
+    """The pinned silver rows of the touched event days or with a delta dated ``earliest..as_of``, cached."""
+    touched = F.col("event_date").isin(list(days))
+    return [
+        df.filter(touched | _relevant(earliest, as_of, spans)).persist()
+        for df, spans in zip(_read_pinned(spark, names, versions), _delta_spans(settings), strict=True)
+    ]
+
+
+def _delta_spans(settings: Settings) -> tuple[Sequence[int], ...]:
+    """Per event table (orders, deliveries, ratings): the windows its events leave after some days."""
+    return (settings.pipeline.feature_windows_days, (LATE_DELIVERY_WINDOW,), ())
+
+
+def _merge_daily(settings: Settings, needed: Sequence[DataFrame], days: Sequence[date]) -> int:
+    """Recompute every event date the feed touched and replace those dates in one commit.
+
+    A day's rows depend only on that day's silver rows, so recomputing whole
+    days needs no join with the table, and the write never reads it.
+    """
     spec = gold.user_daily_spec(settings)
-    groups = changed.select("user_key", "event_date").distinct()
-    in_range = (F.col("event_date") >= F.lit(first_event)) & (F.col("event_date") <= F.lit(last_event))
-    affected = [df.filter(in_range).join(groups, ["user_key", "event_date"], "left_semi") for df in pinned]
-    daily = gold.user_daily(*affected).select(*spec.schema.fieldNames())
-    keys = (F.col("t.user_key") == F.col("s.user_key")) & (F.col("t.event_date") == F.col("s.event_date"))
-    # The literal bound lets Delta skip the files of older days.
-    condition = keys & (F.col("t.event_date") >= F.lit(first_event))
-    return _upsert(spark, spec.name, daily, condition)
+    touched = F.col("event_date").isin(list(days))
+    daily = gold.user_daily(*[df.filter(touched) for df in needed]).select(*spec.schema.fieldNames())
+    return tables.overwrite_where(daily, spec.name, touched)
 
 
 def _merge_features(
     spark: SparkSession,
     settings: Settings,
-    pinned: Sequence[DataFrame],
+    needed: Sequence[DataFrame],
     changed: DataFrame,
     previous_as_of: date | None,
     as_of: date,
 ) -> int:
     spec = gold.user_features_spec(settings)
-    windows = settings.pipeline.feature_windows_days
     existing = tables.read(spark, spec.name)
     restarts = changed.groupBy("user_key").agg(F.min("known_day").alias("start_day"))
     if previous_as_of is not None and as_of > previous_as_of:
@@ -312,18 +333,16 @@ def _merge_features(
         )
         orders, deliveries, ratings = (
             df.filter(_relevant(first_start, as_of, spans))
-            for df, spans in zip(pinned, (windows, (LATE_DELIVERY_WINDOW,), ()), strict=True)
+            for df, spans in zip(needed, _delta_spans(settings), strict=True)
         )
         features = gold.user_features(
-            orders, deliveries, ratings, as_of=as_of, windows=windows,
+            orders, deliveries, ratings, as_of=as_of, windows=settings.pipeline.feature_windows_days,
             version=settings.pipeline.feature_version, starts=starts, state=state,
         ).select(*spec.schema.fieldNames())
         if previous_as_of is None or first_start > previous_as_of:
             # Arrival days in order: every row is a new day. Rows of those days
-            # exist only if a run died before its ledger write; replace them.
-            DeltaTable.forName(spark, spec.name).delete(F.col("feature_date") >= F.lit(first_start))
-            tables.append(features, spec.name)
-            return _written(spark, spec.name)
+            # exist only if a run died before its ledger write; they are replaced.
+            return tables.overwrite_where(features, spec.name, F.col("feature_date") >= F.lit(first_start))
         keys = (F.col("t.user_key") == F.col("s.user_key")) & (
             F.col("t.feature_date") == F.col("s.feature_date")
         )
@@ -353,13 +372,6 @@ def _upsert(spark: SparkSession, name: str, source: DataFrame, condition: Column
         .first()
     )
     return int(metrics["num_inserted_rows"]) + int(metrics["num_updated_rows"]) if metrics else 0
-
-
-def _written(spark: SparkSession, name: str) -> int:
-    """Rows the table's last commit (a write) wrote, from Delta's own metrics."""
-    row = tables.history(spark, name, 1).select("operationMetrics").first()
-    metrics = (row["operationMetrics"] if row else None) or {}
-    return int(metrics.get("numOutputRows", 0))
 
 
 def _record(spark: SparkSession, settings: Settings, result: GoldResult, started: datetime) -> None:

@@ -13,7 +13,7 @@ from datetime import date
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from lakeward import bronze, incremental, silver, tables
+from lakeward import bronze, incremental, quality, silver, tables
 from lakeward.config import Settings
 from lakeward.privacy.keys import pii_key
 from lakeward.sources.bitebridge import SOURCES, arrival_days
@@ -50,6 +50,8 @@ def run(spark: SparkSession, settings: Settings, stage: str, selection: DateSele
     """Run one stage, or all of them in order, for the selected dates."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+    if stage in ("silver", "all"):
+        quality.preload()
     ensure_tables(spark, settings)
     if stage in ("bronze", "all"):
         run_bronze(spark, settings, selection)

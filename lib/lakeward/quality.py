@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import re
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -118,6 +119,16 @@ def _expectation_class(name: str, where: Path | str) -> Any:
     if not re.fullmatch(r"expect_[a-z_]+", name) or cls is None:
         raise ConfigError(f"{where}: unknown expectation {name!r}")
     return cls
+
+
+def preload() -> None:
+    """Start importing Great Expectations in a background thread.
+
+    The import takes several seconds of Python work; a job that will validate
+    later starts it first, so it overlaps with Spark work the JVM is doing.
+    Not a daemon: interrupting an import at interpreter exit can crash it.
+    """
+    threading.Thread(target=_gx, name="preload-great-expectations").start()
 
 
 @lru_cache(maxsize=1)

@@ -325,7 +325,7 @@ def process(
         invalid = checked.filter(F.col("_reason").isNotNull())
         valid = checked.filter(F.col("_reason").isNull())
         first = dedupe(valid)
-        fresh = _not_in_target(spark, first, spec.name, source)
+        fresh = _not_in_target(spark, first, spec.name, source, dates_from=valid)
         fresh = _final_columns(fresh, spec)
         fresh.persist()
         quality.enforce(spark, settings, SOURCES[source].table, fresh, batch=_batch_label(source, dates))
@@ -351,7 +351,9 @@ def _batch_label(source: str, dates: Sequence[date]) -> str:
     return f"{source}:{span}"
 
 
-def _not_in_target(spark: SparkSession, rows: DataFrame, target: str, source: str) -> DataFrame:
+def _not_in_target(
+    spark: SparkSession, rows: DataFrame, target: str, source: str, *, dates_from: DataFrame
+) -> DataFrame:
     existing = tables.read(spark, target)
     if source == "users":
         # The users table keeps the current state per user; older records change nothing.
@@ -368,7 +370,9 @@ def _not_in_target(spark: SparkSession, rows: DataFrame, target: str, source: st
         return newer.drop("_t_ts", "_t_id")
     # A duplicate carries the same event_ts, hence the same event_date: only those
     # dates of the target need to be read.
-    dates = [r["event_date"] for r in rows.select("event_date").distinct().collect()]
+    # ``dates_from`` (the cached rows before dedup) has the same dates, and
+    # reading them there does not run the dedup an extra time.
+    dates = [r["event_date"] for r in dates_from.select("event_date").distinct().collect()]
     candidates = existing.filter(F.col("event_date").isin(dates)).select("event_id")
     return rows.join(candidates, "event_id", "left_anti")
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from delta.tables import DeltaTable
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql.types import StructType
 
 from lakeward.config import is_identifier
@@ -111,6 +111,24 @@ def append(df: DataFrame, name: str, *, txn: tuple[str, int] | None = None) -> N
 def overwrite(df: DataFrame, name: str) -> None:
     """Replace the table's contents (schema kept) in one commit."""
     df.write.format("delta").mode("overwrite").saveAsTable(name)
+
+
+def overwrite_where(df: DataFrame, name: str, condition: Column) -> int:
+    """Replace the rows matching ``condition`` with ``df`` in one commit; returns rows written.
+
+    Delta checks that every written row satisfies ``condition``, so a write
+    can never leave rows outside the part it replaces::
+
+        overwrite_where(day_rows, "gold.user_daily", F.col("event_date") >= F.lit(day))
+    """
+    df.writeTo(name).overwrite(condition)
+    return rows_last_written(df.sparkSession, name)
+
+
+def rows_last_written(spark: SparkSession, name: str) -> int:
+    """Rows the table's last commit wrote, from Delta's own operation metrics."""
+    row = DeltaTable.forName(spark, name).history(1).select("operationMetrics").first()
+    return int(((row["operationMetrics"] if row else None) or {}).get("numOutputRows", 0))
 
 
 def replace(df: DataFrame, spec: TableSpec, properties: dict[str, str] | None = None) -> None:
