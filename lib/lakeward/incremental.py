@@ -254,7 +254,7 @@ def _incremental(
         # memory, saves a Delta file-listing and scan per use.
         needed = _needed_rows(spark, settings, names, versions, days, earliest, as_of)
         try:
-            daily_rows = _merge_daily(settings, needed, days)
+            daily_rows = _replace_daily_days(settings, needed, days)
             feature_rows = _merge_features(spark, settings, needed, changed, last.as_of, as_of)
         finally:
             for df in needed:
@@ -288,7 +288,7 @@ def _delta_spans(settings: Settings) -> tuple[Sequence[int], ...]:
     return (settings.pipeline.feature_windows_days, (LATE_DELIVERY_WINDOW,), ())
 
 
-def _merge_daily(settings: Settings, needed: Sequence[DataFrame], days: Sequence[date]) -> int:
+def _replace_daily_days(settings: Settings, needed: Sequence[DataFrame], days: Sequence[date]) -> int:
     """Recompute every event date the feed touched and replace those dates in one commit.
 
     A day's rows depend only on that day's silver rows, so recomputing whole

@@ -369,9 +369,8 @@ def _not_in_target(
         )
         return newer.drop("_t_ts", "_t_id")
     # A duplicate carries the same event_ts, hence the same event_date: only those
-    # dates of the target need to be read.
-    # ``dates_from`` (the cached rows before dedup) has the same dates, and
-    # reading them there does not run the dedup an extra time.
+    # dates of the target need to be read. They are taken from ``dates_from``
+    # (the cached rows before dedup, same dates) so the dedup does not run twice.
     dates = [r["event_date"] for r in dates_from.select("event_date").distinct().collect()]
     candidates = existing.filter(F.col("event_date").isin(dates)).select("event_id")
     return rows.join(candidates, "event_id", "left_anti")

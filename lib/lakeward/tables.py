@@ -127,7 +127,7 @@ def overwrite_where(df: DataFrame, name: str, condition: Column) -> int:
 
 def rows_last_written(spark: SparkSession, name: str) -> int:
     """Rows the table's last commit wrote, from Delta's own operation metrics."""
-    row = DeltaTable.forName(spark, name).history(1).select("operationMetrics").first()
+    row = history(spark, name, 1).select("operationMetrics").first()
     return int(((row["operationMetrics"] if row else None) or {}).get("numOutputRows", 0))
 
 
