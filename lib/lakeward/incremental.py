@@ -232,6 +232,7 @@ def _incremental(
             F.max((F.col("_change_type") != F.lit("insert")).cast("int")).alias("other_changes"),
             F.min("known_day").alias("first_known"),
             F.max("_arrival_date").alias("last_arrival"),
+            F.collect_set(F.when(F.col("user_key").isNotNull(), F.col("event_date"))).alias("event_dates"),
         ).first()
     except AnalysisException as err:
         log.warning("gold: cannot read the silver change feed: %s", str(err).splitlines()[0])
@@ -245,16 +246,16 @@ def _incremental(
             return GoldResult("incremental", last.as_of, inputs=dict(versions))
         arrived = [d for d in (last.as_of, bounds["last_arrival"]) if d is not None]
         as_of: date = max(arrived)
-        days = sorted(r["event_date"] for r in changed.select("event_date").distinct().collect())
+        touched = F.col("event_date").isin(sorted(bounds["event_dates"]))
         first_known: date = bounds["first_known"]
         earliest = first_known
         if last.as_of is not None and as_of > last.as_of:
             earliest = min(first_known, last.as_of + timedelta(days=1))
         # Both writes below read only these rows; reading them once, into
         # memory, saves a Delta file-listing and scan per use.
-        needed = _needed_rows(spark, settings, names, versions, days, earliest, as_of)
+        needed = _needed_rows(spark, settings, names, versions, touched, earliest, as_of)
         try:
-            daily_rows = _replace_daily_days(settings, needed, days)
+            daily_rows = _replace_daily_days(settings, needed, touched)
             feature_rows = _merge_features(spark, settings, needed, changed, last.as_of, as_of)
         finally:
             for df in needed:
@@ -271,12 +272,11 @@ def _needed_rows(
     settings: Settings,
     names: Mapping[str, str],
     versions: Mapping[str, int],
-    days: Sequence[date],
+    touched: Column,
     earliest: date,
     as_of: date,
 ) -> list[DataFrame]:
-    """The pinned silver rows of the touched event days or with a delta dated ``earliest..as_of``, cached."""
-    touched = F.col("event_date").isin(list(days))
+    """The pinned silver rows of the ``touched`` days, or with a delta dated ``earliest..as_of``; cached."""
     return [
         df.filter(touched | _relevant(earliest, as_of, spans)).persist()
         for df, spans in zip(_read_pinned(spark, names, versions), _delta_spans(settings), strict=True)
@@ -288,14 +288,13 @@ def _delta_spans(settings: Settings) -> tuple[Sequence[int], ...]:
     return (settings.pipeline.feature_windows_days, (LATE_DELIVERY_WINDOW,), ())
 
 
-def _replace_daily_days(settings: Settings, needed: Sequence[DataFrame], days: Sequence[date]) -> int:
-    """Recompute every event date the feed touched and replace those dates in one commit.
+def _replace_daily_days(settings: Settings, needed: Sequence[DataFrame], touched: Column) -> int:
+    """Recompute the ``touched`` event dates and replace them in one commit.
 
     A day's rows depend only on that day's silver rows, so recomputing whole
     days needs no join with the table, and the write never reads it.
     """
     spec = gold.user_daily_spec(settings)
-    touched = F.col("event_date").isin(list(days))
     daily = gold.user_daily(*[df.filter(touched) for df in needed]).select(*spec.schema.fieldNames())
     return tables.overwrite_where(daily, spec.name, touched)
 

@@ -219,7 +219,6 @@ def test_missing_training_set_says_what_to_run(spark: SparkSession, fresh_settin
         open_training_set(spark, fresh_settings, "other")
 
 
-
 def test_dp_sweep_runs_each_epsilon_beside_the_twin_and_logs_a_plot(trained, spark: SparkSession) -> None:
     from lakeward.train import sweep
 
