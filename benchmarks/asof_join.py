@@ -167,6 +167,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--time-buckets", type=int, default=None, help="pass time_buckets= to as_of_join"
     )
     parser.add_argument(
+        "--prefilter", choices=["auto", "on", "off"], default="auto",
+        help="pass prefilter= to as_of_join (auto: on for wide feature columns)",
+    )
+    parser.add_argument(
         "--skip-naive",
         action="store_true",
         help="the naive join grows with labels x features per key",
@@ -210,6 +214,7 @@ def run(spark: SparkSession, args: argparse.Namespace) -> str:
             label_ts="label_ts",
             feature_ts="feature_ts",
             time_buckets=args.time_buckets,
+            prefilter={"auto": None, "on": True, "off": False}[args.prefilter],
         )
 
     log.info("warm-up")
@@ -224,13 +229,13 @@ def run(spark: SparkSession, args: argparse.Namespace) -> str:
     balance = task_balance(spark, as_of)
 
     header = (
-        "| labels | features | keys | skew | wide | buckets | as_of s | naive s | equi s "
+        "| labels | features | keys | skew | wide | buckets | prefilter | as_of s | naive s | equi s "
         "| as_of/equi | naive/equi | as_of/naive | label rows/task max/median |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
     row = (
         f"| {args.labels:,} | {n_features:,} | {args.keys:,} | {'yes' if args.skew else 'no'} "
-        f"| {'120 cols' if args.wide else '10 cols'} | {args.time_buckets or '-'} "
+        f"| {'120 cols' if args.wide else '10 cols'} | {args.time_buckets or '-'} | {args.prefilter} "
         f"| {t_asof:.2f} | {_seconds(t_naive, args.naive_timeout)} | {t_equi:.2f} "
         f"| {t_asof / t_equi:.1f}x | {_ratio(t_naive, t_equi)} | {_ratio(t_asof, t_naive, 2)} "
         f"| {balance} |"

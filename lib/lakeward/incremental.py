@@ -2,8 +2,10 @@
 
 ``refresh`` brings ``gold.user_daily`` and ``gold.user_features`` up to date
 with silver. It reads only the silver rows inserted since the versions
-recorded by the previous run in ``ops.gold_runs``, and writes the result
-with MERGEs on the rows' keys. Then it records the silver versions it read::
+recorded by the previous run in ``ops.gold_runs``, and replaces the gold rows
+they change: whole event dates of ``user_daily``, and the new days of
+``user_features`` (a MERGE when arrival days came out of order). Then it
+records the silver versions it read::
 
     result = refresh(spark, settings)              # incremental when possible
     result = refresh(spark, settings, full=True)   # recompute from silver

@@ -27,6 +27,16 @@ inclusive. The TTL is checked afterwards against the feature timestamp carried
 inside the struct. There is no join between the two sides, hence no range-join
 or cartesian blow-up: one shuffle per side.
 
+A wide feature table (many or large columns) is first reduced to the rows
+some label can use: a narrow pass of the same window over keys and
+timestamps only finds, per label, the timestamp of its match; the feature
+rows at those ``(keys, timestamp)`` pairs (ties included) are kept by a
+semi-join with the pairs broadcast, before any wide row is shuffled. The
+result is the same, because every label's match and all its ties survive.
+``prefilter`` forces this on or off; by default it is on when the feature
+payload is estimated at more than ``WIDE_PAYLOAD_BYTES`` per row. The pairs
+are at most one per label row, and every executor holds them in memory.
+
 With ``time_buckets=n`` the timeline is additionally cut into ``n`` equal time
 buckets (over the range of all timestamps) and the window runs per
 ``(keys, bucket)``, so one hot key is spread over up to ``n`` tasks. A small
@@ -41,6 +51,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import timedelta
+from functools import reduce
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
@@ -60,7 +71,11 @@ _LO = "__pit_lo"
 _HI = "__pit_hi"
 _LAST = "__pit_last"
 _CARRIED = "__pit_carried"
+_FOUND = "__pit_found"
 _FEATURE, _LABEL_KIND = 0, 1
+
+WIDE_PAYLOAD_BYTES = 256
+"""Estimated bytes per feature row above which the join prefilters the feature rows."""
 
 
 class AsOfJoinError(ValueError):
@@ -85,6 +100,7 @@ def as_of_join(
     ttl: timedelta | None = None,
     prefix: str | None = None,
     time_buckets: int | None = None,
+    prefilter: bool | None = None,
 ) -> DataFrame:
     """Attach to each label row the latest feature row known at the label's time.
 
@@ -134,6 +150,9 @@ def as_of_join(
         time_buckets: Split every key's timeline into this many time buckets
             to spread heavily skewed keys over several tasks (see module
             docstring); None or 1: no bucketing.
+        prefilter: Keep only the feature rows some label can match before
+            the wide shuffle (see module docstring); None: when the feature
+            columns are wide. Same result either way.
 
     Returns:
         A lazy DataFrame; no Spark job runs until it is used.
@@ -142,15 +161,21 @@ def as_of_join(
         MissingColumnsError: A key or timestamp column is missing.
         ColumnClashError: An output column name occurs twice (set ``prefix``).
         ValueError: ``keys`` empty or repeated, ``ttl`` negative,
-            ``time_buckets`` below 1.
+            ``time_buckets`` below 1, ``prefilter`` not a bool or None.
     """
     keys = _check_arguments(keys, label_ts, feature_ts, ttl, time_buckets)
+    if prefilter not in (None, True, False):
+        raise ValueError(f"prefilter must be True, False or None; got {prefilter!r}")
     _require_columns("labels", labels, [*keys, label_ts], keys=keys, ts_arg="label_ts")
     _require_columns("features", features, [*keys, feature_ts], keys=keys, ts_arg="feature_ts")
     feature_columns = [c for c in features.columns if c not in keys]
     out_names = [f"{prefix or ''}{c}" for c in feature_columns]
     _check_clashes(labels, out_names, prefix)
 
+    if prefilter is None:
+        prefilter = _estimated_bytes(features.select(feature_columns).schema) > WIDE_PAYLOAD_BYTES
+    if prefilter:
+        features = _usable_features(labels, features, keys, label_ts, feature_ts)
     union = _tagged_union(labels, features, keys, label_ts, feature_ts)
     payload_type = union.schema[_PAYLOAD].dataType
     assert isinstance(payload_type, T.StructType)  # built by _tagged_union
@@ -283,6 +308,61 @@ def _tagged_union(
         _packed(feature_columns).alias(_PAYLOAD),
     )
     return label_side.unionByName(feature_side)
+
+
+def _estimated_bytes(data_type: T.DataType) -> int:
+    """A rough row width: 8 per number or time, 20 per string (Spark's own guess), 100 per collection."""
+    if isinstance(data_type, T.StructType):
+        return sum(_estimated_bytes(f.dataType) for f in data_type.fields)
+    if isinstance(data_type, T.StringType | T.BinaryType):
+        return 20
+    if isinstance(data_type, T.ArrayType | T.MapType | T.VariantType):
+        return 100
+    return 8
+
+
+def _usable_features(
+    labels: DataFrame, features: DataFrame, keys: list[str], label_ts: str, feature_ts: str
+) -> DataFrame:
+    """The feature rows whose ``(keys, feature_ts)`` is some label's match, ties included.
+
+    The same window as the join, on keys and timestamps only, gives each label
+    the timestamp of its match; the TTL is left to the join, so a few rows too
+    old for their label may stay. The pairs go to every task as a broadcast,
+    so the wide rows are filtered where they are read.
+    """
+    key_names = [_key(i) for i in range(len(keys))]
+    label_side = labels.select(
+        *[_ref(k).alias(_key(i)) for i, k in enumerate(keys)],
+        _ref(label_ts).alias(_TS),
+        F.lit(_LABEL_KIND).alias(_KIND),
+    )
+    feature_side = features.select(
+        *[_ref(k).alias(_key(i)) for i, k in enumerate(keys)],
+        _ref(feature_ts).alias(_TS),
+        F.lit(_FEATURE).alias(_KIND),
+    )
+    narrow = label_side.unionByName(feature_side).withColumn(
+        _FOUND, F.when(F.col(_KIND) == _FEATURE, F.col(_TS))
+    )
+    window = (
+        Window.partitionBy(*key_names)
+        .orderBy(F.col(_TS).asc_nulls_first(), F.col(_KIND).asc())
+        .rowsBetween(Window.unboundedPreceding, Window.currentRow)
+    )
+    found = F.last(F.col(_FOUND), ignorenulls=True).over(window)
+    pairs = (
+        narrow.withColumn(_FOUND, found)
+        .where((F.col(_KIND) == _LABEL_KIND) & F.col(_FOUND).isNotNull())
+        .select(*key_names, _FOUND)
+        .distinct()
+    )
+    same = reduce(
+        Column.__and__,
+        [_ref(k) == pairs[_key(i)] for i, k in enumerate(keys)],
+        _ref(feature_ts) == pairs[_FOUND],
+    )
+    return features.join(F.broadcast(pairs), same, "left_semi")
 
 
 def _sortable(data_type: T.DataType) -> bool:

@@ -197,6 +197,15 @@ def test_time_buckets_and_input_order_do_not_change_the_result(random_data: Any)
     _check_against_oracle(cases, result, TTL)
 
 
+@pytest.mark.parametrize(("ttl", "buckets"), [(None, None), (TTL, None), (TTL, 3)])
+def test_prefiltered_features_match_oracle(random_data: Any, ttl: timedelta | None,
+                                           buckets: int | None) -> None:
+    cases, labels, features = random_data
+    result = as_of_join(labels, features, keys=KEYS, label_ts="label_ts",
+                        feature_ts="feature_ts", ttl=ttl, time_buckets=buckets, prefilter=True)
+    _check_against_oracle(cases, result, ttl)
+
+
 # --- hand-written cases --------------------------------------------------------------------
 
 SMALL_LABELS = T.StructType(
@@ -335,6 +344,20 @@ def test_plan_has_no_join_and_one_shuffle(spark: SparkSession,
     plan = capsys.readouterr().out
     assert "Join" not in plan and "Cartesian" not in plan
     assert plan.count("Exchange") == 1, plan
+
+
+def test_wide_features_are_prefiltered_by_default(spark: SparkSession,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    labels = spark.createDataFrame([("u", at(5))], "user STRING, ts TIMESTAMP")
+    wide = spark.createDataFrame(
+        [("u", at(t), *[float(t)] * 40) for t in (3, 4, 6)],
+        ", ".join(["user STRING", "fts TIMESTAMP"] + [f"v{i} DOUBLE" for i in range(40)]),
+    )
+    joined = as_of_join(labels, wide, keys=["user"], label_ts="ts", feature_ts="fts")
+    joined.explain()
+    plan = capsys.readouterr().out
+    assert "LeftSemi" in plan and "Broadcast" in plan, plan
+    assert [(r["fts"], r["v39"]) for r in joined.collect()] == [(at(4), 4.0)]
 
 
 # --- argument errors -----------------------------------------------------------------------
