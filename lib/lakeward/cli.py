@@ -14,7 +14,8 @@ import os
 import sys
 from collections.abc import Sequence
 from datetime import date
-from typing import Any
+from decimal import Decimal
+from typing import Any, NoReturn
 
 from lakeward.config import ConfigError, Settings, is_identifier, load_settings
 
@@ -53,18 +54,36 @@ def _identifier(text: str) -> str:
     return text
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr, like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _common_options(*, in_command: bool) -> _Parser:
+    """``--env`` and ``--debug``, accepted before and after the command name.
+
+    In a command the options have no default, so ``lakeward --env dev run ...``
+    is not undone by the command's own (absent) ``--env``.
+    """
+    unset: dict[str, Any] = {"default": argparse.SUPPRESS} if in_command else {}
+    common = _Parser(add_help=False)
+    common.add_argument("--env", help="configuration environment: local, dev or prod "
+                        "(default: $LAKEWARD_ENV or local)", **unset)
+    common.add_argument("--debug", action="store_true", help="show tracebacks and Spark's output",
+                        **unset)
+    return common
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every command."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--env", help="configuration environment: local, dev or prod "
-                        "(default: $LAKEWARD_ENV or local)")
-    common.add_argument("--debug", action="store_true", help="show tracebacks and Spark's output")
-
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="lakeward",
         description="PySpark + Delta Lake medallion pipeline for ML data (BiteBridge example).",
-        parents=[common],
+        parents=[_common_options(in_command=False)],
     )
+    common = _common_options(in_command=True)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     gen = commands.add_parser("generate", parents=[common],
@@ -354,7 +373,8 @@ def _sql(spark: Any, args: argparse.Namespace) -> int:
     out = sys.stdout
     if args.format == "json":
         for row in rows:
-            out.write(json.dumps(row.asDict(recursive=True), default=str, ensure_ascii=False) + "\n")
+            record = _json_ready(row.asDict(recursive=True))
+            out.write(json.dumps(record, default=str, ensure_ascii=False) + "\n")
     elif args.format == "csv":
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(columns)
@@ -363,6 +383,17 @@ def _sql(spark: Any, args: argparse.Namespace) -> int:
     else:
         out.write(format_table(columns, [list(row) for row in rows]))
     return 0
+
+
+def _json_ready(value: Any) -> Any:
+    """Decimals as JSON numbers when a float holds them exactly, else as text (no silent rounding)."""
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, Decimal) and value.is_finite() and Decimal(repr(float(value))) == value:
+        return float(value)
+    return value
 
 
 def format_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -1,0 +1,50 @@
+"""Unit tests for the CLI's argument handling and output conversion (no Spark)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from lakeward.cli import EXIT_USAGE, _json_ready, build_parser
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "debug"),
+    [
+        (["--env", "dev", "--debug", "run", "gold", "--full"], "dev", True),
+        (["run", "gold", "--full", "--env", "prod", "--debug"], "prod", True),
+        (["--env", "dev", "run", "gold", "--full", "--env", "prod"], "prod", False),
+        (["sql", "SELECT 1"], None, False),
+    ],
+)
+def test_global_options_count_before_and_after_the_command(
+    argv: list[str], env: str | None, debug: bool
+) -> None:
+    args = build_parser().parse_args(argv)
+    assert (args.env, args.debug) == (env, debug)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["run", "bronze", "--date", "notadate"], "lakeward run: error: argument --date"),
+        ([], "lakeward: error: the following arguments are required"),
+        (["sql", "SELECT 1", "--format", "xml"], "lakeward sql: error: argument --format"),
+    ],
+)
+def test_argument_errors_are_one_line_on_stderr(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as stop:
+        build_parser().parse_args(argv)
+    assert stop.value.code == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(message), err
+
+
+def test_json_keeps_exact_decimals_as_numbers_and_others_as_text() -> None:
+    record = {"spend": Decimal("21.85"), "nested": [{"x": Decimal("0.10")}],
+              "wide": Decimal("12345678901234567890.123456789"), "n": 3}
+    assert _json_ready(record) == {"spend": 21.85, "nested": [{"x": 0.1}],
+                                   "wide": Decimal("12345678901234567890.123456789"), "n": 3}
