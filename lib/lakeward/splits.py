@@ -29,6 +29,7 @@ def temporal_split(
 
     A train or validation label whose window ``(ts, ts + gap]`` would reach
     the next part's start is dropped, so no label window crosses a boundary.
+    Labels with a null ``ts`` belong to no part and are dropped too.
     """
     if not t1 < t2:
         raise ValueError(f"expected t1 < t2, got {t1} and {t2}")
@@ -71,7 +72,8 @@ def leakage(
 
     With ``key``: a group that appears in more than one part. With ``ts`` (and
     ``horizon``): a label window of an earlier part that reaches the first
-    label of a later part.
+    label of a later part. Neighbouring non-empty parts are compared; that
+    covers every pair, because each part's first label is before its windows end.
     """
     problems: list[str] = []
     if key is not None:
