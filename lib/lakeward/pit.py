@@ -152,7 +152,9 @@ def as_of_join(
             docstring); None or 1: no bucketing.
         prefilter: Keep only the feature rows some label can match before
             the wide shuffle (see module docstring); None: when the feature
-            columns are wide. Same result either way.
+            columns are wide. Same result either way. The driver collects
+            and broadcasts up to one (keys, timestamp) pair per label row:
+            with tens of millions of labels, pass False.
 
     Returns:
         A lazy DataFrame; no Spark job runs until it is used.
