@@ -165,9 +165,7 @@ def as_of_join(
         ValueError: ``keys`` empty or repeated, ``ttl`` negative,
             ``time_buckets`` below 1, ``prefilter`` not a bool or None.
     """
-    keys = _check_arguments(keys, label_ts, feature_ts, ttl, time_buckets)
-    if prefilter not in (None, True, False):
-        raise ValueError(f"prefilter must be True, False or None; got {prefilter!r}")
+    keys = _check_arguments(keys, label_ts, feature_ts, ttl, time_buckets, prefilter)
     _require_columns("labels", labels, [*keys, label_ts], keys=keys, ts_arg="label_ts")
     _require_columns("features", features, [*keys, feature_ts], keys=keys, ts_arg="feature_ts")
     feature_columns = [c for c in features.columns if c not in keys]
@@ -219,6 +217,7 @@ def _check_arguments(
     feature_ts: str,
     ttl: timedelta | None,
     time_buckets: int | None,
+    prefilter: bool | None,
 ) -> list[str]:
     key_list = [keys] if isinstance(keys, str) else list(keys)
     if not key_list:
@@ -237,6 +236,8 @@ def _check_arguments(
         isinstance(time_buckets, bool) or not isinstance(time_buckets, int) or time_buckets < 1
     ):
         raise ValueError(f"time_buckets must be a positive int or None; got {time_buckets!r}")
+    if prefilter not in (None, True, False):
+        raise ValueError(f"prefilter must be True, False or None; got {prefilter!r}")
     return key_list
 
 
@@ -281,6 +282,10 @@ def _key(i: int) -> str:
     return f"__pit_key{i}"
 
 
+def _renamed_keys(keys: list[str]) -> list[Column]:
+    return [_ref(k).alias(_key(i)) for i, k in enumerate(keys)]
+
+
 def _packed(columns: list[str]) -> Column:
     return F.struct(*[_ref(c) for c in columns])
 
@@ -293,7 +298,7 @@ def _tagged_union(
     feature_columns = [c for c in features.columns if c not in keys]
     payload_type = features.select(_packed(feature_columns)).schema[0].dataType
     label_side = labels.select(
-        *[_ref(k).alias(_key(i)) for i, k in enumerate(keys)],
+        *_renamed_keys(keys),
         _ref(label_ts).alias(_TS),
         F.lit(_LABEL_KIND).alias(_KIND),
         _packed(labels.columns).alias(_LABEL),
@@ -303,7 +308,7 @@ def _tagged_union(
     for c in [*keys, feature_ts]:
         usable = usable & _ref(c).isNotNull()
     feature_side = features.where(usable).select(
-        *[_ref(k).alias(_key(i)) for i, k in enumerate(keys)],
+        *_renamed_keys(keys),
         _ref(feature_ts).alias(_TS),
         F.lit(_FEATURE).alias(_KIND),
         F.lit(None).cast(label_type).alias(_LABEL),
@@ -335,12 +340,12 @@ def _usable_features(
     """
     key_names = [_key(i) for i in range(len(keys))]
     label_side = labels.select(
-        *[_ref(k).alias(_key(i)) for i, k in enumerate(keys)],
+        *_renamed_keys(keys),
         _ref(label_ts).alias(_TS),
         F.lit(_LABEL_KIND).alias(_KIND),
     )
     feature_side = features.select(
-        *[_ref(k).alias(_key(i)) for i, k in enumerate(keys)],
+        *_renamed_keys(keys),
         _ref(feature_ts).alias(_TS),
         F.lit(_FEATURE).alias(_KIND),
     )

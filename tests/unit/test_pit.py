@@ -394,6 +394,7 @@ def test_missing_columns_list_expected_and_present(spark: SparkSession) -> None:
         ({"keys": [], "ttl": None}, "at least one key"),
         ({"keys": ["user"], "ttl": timedelta(seconds=-1)}, "negative"),
         ({"keys": ["user", "user"], "ttl": None}, "repeat"),
+        ({"keys": ["user"], "ttl": None, "prefilter": "yes"}, "prefilter"),
     ],
 )
 def test_invalid_arguments(spark: SparkSession, kwargs: dict[str, Any], message: str) -> None:
