@@ -173,7 +173,8 @@ def as_of_join(
     _check_clashes(labels, out_names, prefix)
 
     if prefilter is None:
-        prefilter = _estimated_bytes(features.select(feature_columns).schema) > WIDE_PAYLOAD_BYTES
+        payload = T.StructType([f for f in features.schema.fields if f.name not in keys])
+        prefilter = _estimated_bytes(payload) > WIDE_PAYLOAD_BYTES
     if prefilter:
         features = _usable_features(labels, features, keys, label_ts, feature_ts)
     union = _tagged_union(labels, features, keys, label_ts, feature_ts)
@@ -188,12 +189,7 @@ def as_of_join(
     else:
         partition = key_cols
 
-    window = (
-        Window.partitionBy(*partition)
-        .orderBy(F.col(_TS).asc_nulls_first(), F.col(_KIND).asc(), tie_break.asc_nulls_first())
-        .rowsBetween(Window.unboundedPreceding, Window.currentRow)
-    )
-    latest = F.last(F.col(_PAYLOAD), ignorenulls=True).over(window)
+    latest = _newest_so_far(F.col(_PAYLOAD), partition, tie_break.asc_nulls_first())
     matched = union.withColumn(_MATCH, latest).where(F.col(_KIND) == _LABEL_KIND)
 
     found_ts = F.col(_MATCH).getField(feature_ts)
@@ -333,33 +329,18 @@ def _usable_features(
 ) -> DataFrame:
     """The feature rows whose ``(keys, feature_ts)`` is some label's match, ties included.
 
-    The same window as the join, on keys and timestamps only, gives each label
-    the timestamp of its match; the TTL is left to the join, so a few rows too
-    old for their label may stay. The pairs go to every task as a broadcast,
-    so the wide rows are filtered where they are read.
+    The join's own union and window, on keys and timestamps only (Spark prunes
+    the unused structs), give each label the timestamp of its match; the TTL
+    is left to the join, so a few rows too old for their label may stay. The
+    pairs go to every task as a broadcast, so the wide rows are filtered where
+    they are read.
     """
     key_names = [_key(i) for i in range(len(keys))]
-    label_side = labels.select(
-        *_renamed_keys(keys),
-        _ref(label_ts).alias(_TS),
-        F.lit(_LABEL_KIND).alias(_KIND),
+    narrow = _tagged_union(labels, features, keys, label_ts, feature_ts).select(
+        *key_names, _TS, _KIND, F.when(F.col(_KIND) == _FEATURE, F.col(_TS)).alias(_FOUND)
     )
-    feature_side = features.select(
-        *_renamed_keys(keys),
-        _ref(feature_ts).alias(_TS),
-        F.lit(_FEATURE).alias(_KIND),
-    )
-    narrow = label_side.unionByName(feature_side).withColumn(
-        _FOUND, F.when(F.col(_KIND) == _FEATURE, F.col(_TS))
-    )
-    window = (
-        Window.partitionBy(*key_names)
-        .orderBy(F.col(_TS).asc_nulls_first(), F.col(_KIND).asc())
-        .rowsBetween(Window.unboundedPreceding, Window.currentRow)
-    )
-    found = F.last(F.col(_FOUND), ignorenulls=True).over(window)
     pairs = (
-        narrow.withColumn(_FOUND, found)
+        narrow.withColumn(_FOUND, _newest_so_far(F.col(_FOUND), key_names))
         .where((F.col(_KIND) == _LABEL_KIND) & F.col(_FOUND).isNotNull())
         .select(*key_names, _FOUND)
         .distinct()
@@ -370,6 +351,16 @@ def _usable_features(
         _ref(feature_ts) == pairs[_FOUND],
     )
     return features.join(F.broadcast(pairs), same, "left_semi")
+
+
+def _newest_so_far(value: Column, partition: list[str], *tie_break: Column) -> Column:
+    """The last non-null ``value`` up to this row, in time order, features before labels."""
+    window = (
+        Window.partitionBy(*partition)
+        .orderBy(F.col(_TS).asc_nulls_first(), F.col(_KIND).asc(), *tie_break)
+        .rowsBetween(Window.unboundedPreceding, Window.currentRow)
+    )
+    return F.last(value, ignorenulls=True).over(window)
 
 
 def _sortable(data_type: T.DataType) -> bool:
