@@ -69,6 +69,7 @@ class PipelineSettings(_Strict):
     max_amount: float = Field(1000.0, gt=0)
     feature_version: str = "v1"
     feature_windows_days: tuple[int, ...] = (7, 30, 90)
+    gold_rows_per_file: int = Field(250_000, gt=0)
 
     @field_validator("feature_windows_days")
     @classmethod

@@ -206,37 +206,50 @@ def user_features(
         combined = combined.drop("start_day")
         if state is not None:
             combined = combined.unionByName(_state_deltas(state, windows), allowMissingColumns=True)
+        # Every start day gets a row, also for a user with no delta on it.
+        combined = combined.unionByName(
+            starts.select("user_key", F.col("start_day").alias("day")), allowMissingColumns=True
+        )
     combined = combined.filter(F.col("day") <= F.lit(as_of))
-    per_day = combined.groupBy("user_key", "day").agg(
+    # The only shuffle: the grouping by (user, day) and the window by user both
+    # keep to the partitioning by user.
+    per_day = combined.repartition("user_key").groupBy("user_key", "day").agg(
         *[F.sum(name).alias(name) for name in metrics],
         F.max("last_order_date").alias("last_order_date"),
     )
-    if starts is None:
-        starts = per_day.groupBy("user_key").agg(F.min("day").alias("start_day"))
-    grid = starts.filter(F.col("start_day") <= F.lit(as_of)).select(
+    by_day = Window.partitionBy("user_key").orderBy("day")
+    running = by_day.rowsBetween(Window.unboundedPreceding, Window.currentRow)
+    cumulative = {name: F.coalesce(F.sum(name).over(running), F.lit(0)) for name in metrics}
+    # Values change only on days with a delta: each such day's sums hold until
+    # the day before the next one (or as_of), so the window runs over the
+    # days with deltas and the dense rows come from expanding them.
+    summed = per_day.select(
         "user_key",
-        F.explode(F.sequence(F.col("start_day"), F.lit(as_of))).alias("day"),
+        "day",
+        *[cumulative[name].alias(name) for name in metrics],
+        F.max("last_order_date").over(running).alias("last_order_date"),
+        F.lead("day").over(by_day).alias("_next_day"),
     )
-    running = Window.partitionBy("user_key").orderBy("day").rowsBetween(
-        Window.unboundedPreceding, Window.currentRow
+    changes = summed.select(
+        "user_key",
+        F.explode(
+            F.sequence(F.col("day"), F.coalesce(F.date_sub(F.col("_next_day"), 1), F.lit(as_of)))
+        ).alias("feature_date"),
+        *metrics,
+        "last_order_date",
     )
-    filled = grid.join(per_day, ["user_key", "day"], "left")
-    cumulative = {
-        name: F.coalesce(F.sum(name).over(running), F.lit(0)) for name in metrics
-    }
-    last_order = F.max("last_order_date").over(running)
     window_fields = [f.name for f in feature_columns(windows)][: 2 * len(windows)]
-    return filled.select(
+    return changes.select(
         "user_key",
-        F.col("day").alias("feature_date"),
-        F.to_timestamp(F.date_add(F.col("day"), 1)).alias("feature_ts"),
-        *[cumulative[name].cast(MONEY if name.startswith("spend") else COUNT).alias(name)
+        "feature_date",
+        F.to_timestamp(F.date_add(F.col("feature_date"), 1)).alias("feature_ts"),
+        *[F.col(name).cast(MONEY if name.startswith("spend") else COUNT).alias(name)
           for name in window_fields],
-        cumulative["late_deliveries_30d"].cast(COUNT).alias("late_deliveries_30d"),
-        F.datediff(F.col("day"), last_order).alias("days_since_last_order"),
-        cumulative["rating_count"].cast(COUNT).alias("rating_count"),
-        F.when(cumulative["rating_count"] > 0,
-               cumulative["rating_sum"] / cumulative["rating_count"]).alias("mean_rating"),
+        F.col("late_deliveries_30d").cast(COUNT).alias("late_deliveries_30d"),
+        F.datediff(F.col("feature_date"), F.col("last_order_date")).alias("days_since_last_order"),
+        F.col("rating_count").cast(COUNT).alias("rating_count"),
+        F.when(F.col("rating_count") > 0,
+               F.col("rating_sum") / F.col("rating_count")).alias("mean_rating"),
         F.lit(version).alias("feature_version"),
     )
 

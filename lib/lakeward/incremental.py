@@ -208,11 +208,12 @@ def _full(
             windows=settings.pipeline.feature_windows_days,
             version=settings.pipeline.feature_version,
         ).select(*features_spec.schema.fieldNames())
-    # Files that each cover a narrow range of days let later increments skip
-    # most of the table when they look up the rows of one day.
-    partitions = int(spark.conf.get("spark.sql.shuffle.partitions") or "8")
-    tables.overwrite(daily.repartitionByRange(partitions, "event_date"), daily_spec.name)
-    tables.overwrite(features.repartitionByRange(partitions, "feature_date"), features_spec.name)
+    # Files that each cover a few days let later increments skip most of the
+    # table when they look up the rows of one day. Sorting within each task
+    # (no shuffle) and cutting the sorted rows into files gives that.
+    per_file = settings.pipeline.gold_rows_per_file
+    tables.overwrite(daily.sortWithinPartitions("event_date"), daily_spec.name, rows_per_file=per_file)
+    tables.overwrite(features.sortWithinPartitions("feature_date"), features_spec.name, rows_per_file=per_file)
     daily_rows = tables.rows_last_written(spark, daily_spec.name)
     feature_rows = tables.rows_last_written(spark, features_spec.name)
     log.info("gold: %s rebuilt, %d rows; %s rebuilt as of %s, %d rows",

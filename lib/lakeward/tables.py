@@ -108,9 +108,12 @@ def append(df: DataFrame, name: str, *, txn: tuple[str, int] | None = None) -> N
     writer.saveAsTable(name)
 
 
-def overwrite(df: DataFrame, name: str) -> None:
+def overwrite(df: DataFrame, name: str, *, rows_per_file: int | None = None) -> None:
     """Replace the table's contents (schema kept) in one commit."""
-    df.write.format("delta").mode("overwrite").saveAsTable(name)
+    writer = df.write.format("delta").mode("overwrite")
+    if rows_per_file is not None:
+        writer = writer.option("maxRecordsPerFile", rows_per_file)
+    writer.saveAsTable(name)
 
 
 def overwrite_where(df: DataFrame, name: str, condition: Column) -> int:
