@@ -250,49 +250,76 @@ def ensure_tables(spark: SparkSession, settings: Settings) -> None:
 
 
 def ingest(spark: SparkSession, settings: Settings, source: str, dates: Sequence[date]) -> IngestResult:
-    """Ingest the landing files of ``source`` for ``dates`` that are not yet in the ledger.
+    """Ingest the landing files of one source; see :func:`ingest_sources`."""
+    return ingest_sources(spark, settings, [source], dates)[0]
+
+
+def ingest_sources(
+    spark: SparkSession, settings: Settings, sources: Sequence[str], dates: Sequence[date]
+) -> list[IngestResult]:
+    """Ingest the landing files of ``sources`` for ``dates`` that are not yet in the ledger.
 
     One Delta commit per table for all files of the run. A file is done when
     its ledger row exists; rows of files that a crashed run wrote without a
     ledger row are removed before the files are written again, so re-running
-    after any failure adds nothing twice.
+    after any failure adds nothing twice. The sources share every step that
+    does not depend on their fields: one ledger lookup, one cleanup query,
+    one counting job, one quarantine write and one ledger write.
     """
-    files = landing_files(settings, source, dates)
-    done = _recorded_batches(spark, settings, [f.batch_id for f in files])
-    pending = [f for f in files if f.batch_id not in done]
-    if not pending:
-        log.info("bronze %s: %d file(s) already ingested, nothing to do", source, len(files))
-        return IngestResult(source, len(files), len(files), 0, 0, 0)
+    files = {source: landing_files(settings, source, dates) for source in sources}
+    done = _recorded_batches(spark, settings, [f.batch_id for fs in files.values() for f in fs])
+    pending = {s: [f for f in fs if f.batch_id not in done] for s, fs in files.items()}
+    for source in sources:
+        if not pending[source]:
+            log.info("bronze %s: %d file(s) already ingested, nothing to do", source, len(files[source]))
+    todo = {s: pending[s] for s in sources if pending[s]}
+    written, quarantined = _ingest_pending(spark, settings, todo) if todo else ({}, {})
+    return [
+        IngestResult(
+            source=source,
+            files=len(files[source]),
+            skipped=len(files[source]) - len(pending[source]),
+            lines=sum(f.lines for f in pending[source]),
+            rows_written=sum(written.get(f.batch_id, 0) for f in pending[source]),
+            rows_quarantined=sum(quarantined.get(f.batch_id, 0) for f in pending[source]),
+        )
+        for source in sources
+    ]
 
-    spec = bronze_spec(settings, source)
+
+def _ingest_pending(
+    spark: SparkSession, settings: Settings, pending: dict[str, list[LandingFile]]
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Write the pending files; rows written and quarantined per batch id."""
+    specs = {source: bronze_spec(settings, source) for source in pending}
     quarantine = quarantine_spec(settings)
-    ids = [f.batch_id for f in pending]
-    _remove_partial_batches(spark, [spec.name, quarantine.name], ids)
-
+    every_file = [f for fs in pending.values() for f in fs]
+    _remove_partial_batches(
+        spark, [*(spec.name for spec in specs.values()), quarantine.name], [f.batch_id for f in every_file]
+    )
     ingested_at = datetime.now(UTC).replace(tzinfo=None)
-    parsed = _read_files(spark, pending, ingested_at)
-    parsed.persist()
+    parsed = {source: _read_files(spark, fs, ingested_at).persist() for source, fs in pending.items()}
     try:
-        counts = parsed.groupBy("_batch_id").agg(
+        # One job fills every source's cache and counts the lines of each file.
+        lines = reduce(DataFrame.unionByName, [df.select("_batch_id", "_reason") for df in parsed.values()])
+        counts = lines.groupBy("_batch_id").agg(
             F.count(F.lit(1)).alias("lines"), F.count("_reason").alias("bad")
         ).collect()
         quarantined = {r["_batch_id"]: int(r["bad"]) for r in counts}
         written = {r["_batch_id"]: int(r["lines"]) - int(r["bad"]) for r in counts}
-        _reconcile(pending, written, quarantined)
-        tables.append(quarantine_rows(parsed, source), quarantine.name)
-        tables.append(bronze_rows(parsed, SOURCE_FIELDS[source]), spec.name)
+        _reconcile(every_file, written, quarantined)
+        tables.append(
+            reduce(DataFrame.unionByName, [quarantine_rows(df, s) for s, df in parsed.items()]),
+            quarantine.name,
+        )
+        for source, df in parsed.items():
+            tables.append(bronze_rows(df, SOURCE_FIELDS[source]), specs[source].name)
     finally:
-        parsed.unpersist()
-    _check_written(spark, spec.name, written)
-    record_batches(spark, settings, pending, written, quarantined, ingested_at)
-    return IngestResult(
-        source=source,
-        files=len(files),
-        skipped=len(files) - len(pending),
-        lines=sum(f.lines for f in pending),
-        rows_written=sum(written.values()),
-        rows_quarantined=sum(quarantined.values()),
-    )
+        for df in parsed.values():
+            df.unpersist()
+    _check_written(spark, [spec.name for spec in specs.values()], written)
+    record_batches(spark, settings, every_file, written, quarantined, ingested_at)
+    return written, quarantined
 
 
 def _read_files(spark: SparkSession, files: Sequence[LandingFile], ingested_at: datetime) -> DataFrame:
@@ -358,18 +385,19 @@ def _reconcile(files: Sequence[LandingFile], written: dict[str, int], quarantine
         )
 
 
-def _check_written(spark: SparkSession, name: str, written: dict[str, int]) -> None:
-    """Rows the table now holds per batch must be the rows we meant to write."""
+def _check_written(spark: SparkSession, names: Sequence[str], written: dict[str, int]) -> None:
+    """Rows the tables now hold per batch must be the rows we meant to write (one query)."""
     ids = [batch for batch, rows in written.items() if rows]
     if not ids:
         return
-    counts = (
-        tables.read(spark, name).filter(F.col("_batch_id").isin(ids)).groupBy("_batch_id").count().collect()
+    batches = reduce(
+        DataFrame.unionByName,
+        [tables.read(spark, name).select("_batch_id").filter(F.col("_batch_id").isin(ids)) for name in names],
     )
-    found = {row["_batch_id"]: int(row["count"]) for row in counts}
+    found = {row["_batch_id"]: int(row["count"]) for row in batches.groupBy("_batch_id").count().collect()}
     wrong = {b: (found.get(b, 0), n) for b, n in written.items() if found.get(b, 0) != n}
     if wrong:
-        raise ReconciliationError(f"{name}: rows found vs expected per batch: {wrong}")
+        raise ReconciliationError(f"{', '.join(names)}: rows found vs expected per batch: {wrong}")
 
 
 def record_batches(

@@ -213,7 +213,9 @@ def _full(
     # (no shuffle) and cutting the sorted rows into files gives that.
     per_file = settings.pipeline.gold_rows_per_file
     tables.overwrite(daily.sortWithinPartitions("event_date"), daily_spec.name, rows_per_file=per_file)
-    tables.overwrite(features.sortWithinPartitions("feature_date"), features_spec.name, rows_per_file=per_file)
+    tables.overwrite(
+        features.sortWithinPartitions("feature_date"), features_spec.name, rows_per_file=per_file
+    )
     daily_rows = tables.rows_last_written(spark, daily_spec.name)
     feature_rows = tables.rows_last_written(spark, features_spec.name)
     log.info("gold: %s rebuilt, %d rows; %s rebuilt as of %s, %d rows",

@@ -9,8 +9,9 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
+from functools import reduce
 
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from lakeward import bronze, incremental, quality, silver, tables
@@ -77,7 +78,7 @@ def run_bronze(
             f"no landing files under {settings.landing_dir}; run `lakeward generate` first"
         )
     log.info("bronze: %d arrival date(s) %s..%s", len(days), days[0], days[-1])
-    return [bronze.ingest(spark, settings, source, days) for source in SOURCES]
+    return bronze.ingest_sources(spark, settings, list(SOURCES), days)
 
 
 def run_silver(
@@ -85,32 +86,39 @@ def run_silver(
 ) -> list[silver.SilverResult]:
     """Move bronze rows of the selected (or every not yet processed) arrival date into silver."""
     key = pii_key(settings)
+    pending = _silver_dates(spark, settings, selection)
     results = []
     for source in SOURCES:
-        days = _silver_dates(spark, settings, source, selection)
-        if not days:
+        if not pending[source]:
             log.info("silver %s: nothing pending", source)
             continue
-        results.append(silver.process(spark, settings, source, days, key))
+        results.append(silver.process(spark, settings, source, pending[source], key))
     return results
 
 
 def _silver_dates(
-    spark: SparkSession, settings: Settings, source: str, selection: DateSelection
-) -> Sequence[date]:
+    spark: SparkSession, settings: Settings, selection: DateSelection
+) -> dict[str, Sequence[date]]:
+    """Per source: the selected date, or the bronze arrival dates silver has not processed."""
     if selection.day is not None:
-        return [selection.day]
-    in_bronze = _distinct_dates(spark, settings.table(f"bronze_{source}"), "_arrival_date")
-    ledger = tables.read(spark, settings.table("ops_silver_batches")).filter(
-        F.col("source") == F.lit(source)
+        return {source: [selection.day] for source in SOURCES}
+    # One query for every source: bronze dates without a silver ledger row.
+    in_bronze = reduce(
+        DataFrame.unionByName,
+        [
+            tables.read(spark, settings.table(f"bronze_{source}"))
+            .select(F.lit(source).alias("source"), F.col("_arrival_date").alias("arrival_date"))
+            .filter(F.col("arrival_date").isNotNull())
+            .distinct()
+            for source in SOURCES
+        ],
     )
-    done = {row[0] for row in ledger.select("arrival_date").distinct().collect()}
-    return sorted(set(in_bronze) - done)
-
-
-def _distinct_dates(spark: SparkSession, name: str, column: str) -> list[date]:
-    rows = tables.read(spark, name).select(column).distinct().collect()
-    return sorted(row[0] for row in rows if row[0] is not None)
+    done = tables.read(spark, settings.table("ops_silver_batches")).select("source", "arrival_date")
+    rows = in_bronze.join(done, ["source", "arrival_date"], "left_anti").collect()
+    pending: dict[str, list[date]] = {source: [] for source in SOURCES}
+    for row in rows:
+        pending[row["source"]].append(row["arrival_date"])
+    return {source: sorted(days) for source, days in pending.items()}
 
 
 def run_gold(
