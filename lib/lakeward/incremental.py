@@ -209,12 +209,15 @@ def _full(
             version=settings.pipeline.feature_version,
         ).select(*features_spec.schema.fieldNames())
     # Files that each cover a few days let later increments skip most of the
-    # table when they look up the rows of one day. Sorting within each task
-    # (no shuffle) and cutting the sorted rows into files gives that.
-    per_file = settings.pipeline.gold_rows_per_file
-    tables.overwrite(daily.sortWithinPartitions("event_date"), daily_spec.name, rows_per_file=per_file)
+    # table when they look up or replace the rows of some days. user_daily is
+    # small enough for a range shuffle by date. The feature history is not: its
+    # range shuffle would need a sampling pass over the whole computation, so
+    # each task sorts its rows by date and cuts them into files instead.
+    partitions = int(spark.conf.get("spark.sql.shuffle.partitions") or "8")
+    tables.overwrite(daily.repartitionByRange(partitions, "event_date"), daily_spec.name)
     tables.overwrite(
-        features.sortWithinPartitions("feature_date"), features_spec.name, rows_per_file=per_file
+        features.sortWithinPartitions("feature_date"), features_spec.name,
+        rows_per_file=settings.pipeline.gold_rows_per_file,
     )
     daily_rows = tables.rows_last_written(spark, daily_spec.name)
     feature_rows = tables.rows_last_written(spark, features_spec.name)
