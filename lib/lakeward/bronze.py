@@ -357,17 +357,21 @@ def _recorded_batches(spark: SparkSession, settings: Settings, ids: Sequence[str
     return {row["batch_id"] for row in rows}
 
 
-def _remove_partial_batches(spark: SparkSession, names: Sequence[str], ids: Sequence[str]) -> None:
+def _rows_of_batches(spark: SparkSession, names: Sequence[str], ids: Sequence[str]) -> DataFrame:
+    """(``table``, ``_batch_id``) of every row of batches ``ids`` in tables ``names``: one query."""
     condition = F.col("_batch_id").isin(list(ids))
-    # One query for all tables: after a clean run (the usual case) it finds nothing.
-    found = reduce(
+    return reduce(
         DataFrame.unionByName,
-        [tables.read(spark, name).filter(condition).select(F.lit(name).alias("name")).limit(1)
+        [tables.read(spark, name).filter(condition).select(F.lit(name).alias("table"), "_batch_id")
          for name in names],
     )
-    for row in found.collect():
-        log.warning("%s: removing rows of unrecorded batches left by an interrupted run", row["name"])
-        DeltaTable.forName(spark, row["name"]).delete(condition)
+
+
+def _remove_partial_batches(spark: SparkSession, names: Sequence[str], ids: Sequence[str]) -> None:
+    # After a clean run (the usual case) the query finds nothing.
+    for row in _rows_of_batches(spark, names, ids).select("table").distinct().collect():
+        log.warning("%s: removing rows of unrecorded batches left by an interrupted run", row["table"])
+        DeltaTable.forName(spark, row["table"]).delete(F.col("_batch_id").isin(list(ids)))
 
 
 def _reconcile(files: Sequence[LandingFile], written: dict[str, int], quarantined: dict[str, int]) -> None:
@@ -390,11 +394,8 @@ def _check_written(spark: SparkSession, names: Sequence[str], written: dict[str,
     ids = [batch for batch, rows in written.items() if rows]
     if not ids:
         return
-    batches = reduce(
-        DataFrame.unionByName,
-        [tables.read(spark, name).select("_batch_id").filter(F.col("_batch_id").isin(ids)) for name in names],
-    )
-    found = {row["_batch_id"]: int(row["count"]) for row in batches.groupBy("_batch_id").count().collect()}
+    counts = _rows_of_batches(spark, names, ids).groupBy("_batch_id").count().collect()
+    found = {row["_batch_id"]: int(row["count"]) for row in counts}
     wrong = {b: (found.get(b, 0), n) for b, n in written.items() if found.get(b, 0) != n}
     if wrong:
         raise ReconciliationError(f"{', '.join(names)}: rows found vs expected per batch: {wrong}")
