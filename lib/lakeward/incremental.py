@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -263,8 +264,14 @@ def _incremental(
         # memory, saves a Delta file-listing and scan per use.
         needed = _needed_rows(spark, settings, names, versions, touched, earliest, as_of)
         try:
-            daily_rows = _replace_daily_days(settings, needed, touched)
-            feature_rows = _merge_features(spark, settings, needed, changed, last.as_of, as_of)
+            # The two writes touch different tables and each is mostly waiting
+            # on Delta's driver-side work, so they run side by side.
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                daily = pool.submit(_replace_daily_days, settings, needed, touched)
+                features = pool.submit(
+                    _merge_features, spark, settings, needed, changed, last.as_of, earliest, as_of
+                )
+                daily_rows, feature_rows = daily.result(), features.result()
         finally:
             for df in needed:
                 df.unpersist()
@@ -313,8 +320,15 @@ def _merge_features(
     needed: Sequence[DataFrame],
     changed: DataFrame,
     previous_as_of: date | None,
+    earliest: date,
     as_of: date,
 ) -> int:
+    """Recompute each affected user's rows from its start day; every start day is ``>= earliest``.
+
+    ``earliest`` bounds what is read and replaced. Rows between it and a
+    user's own start day are left out by the join with ``starts``, so the
+    bound needs no Spark job of its own.
+    """
     spec = gold.user_features_spec(settings)
     existing = tables.read(spark, spec.name)
     restarts = changed.groupBy("user_key").agg(F.min("known_day").alias("start_day"))
@@ -329,31 +343,29 @@ def _merge_features(
         .cache()
     )
     try:
-        first_start = starts.agg(F.min("start_day")).first()[0]  # type: ignore[index]
-        if first_start is None:
-            return 0
         state = (
-            existing.filter(F.col("feature_date") >= F.lit(first_start - timedelta(days=1)))
+            existing.filter(F.col("feature_date") >= F.lit(earliest - timedelta(days=1)))
             .join(starts, "user_key")
             .filter(F.col("feature_date") == F.date_sub(F.col("start_day"), 1))
             .drop("start_day")
         )
         orders, deliveries, ratings = (
-            df.filter(_relevant(first_start, as_of, spans))
+            df.filter(_relevant(earliest, as_of, spans))
             for df, spans in zip(needed, _delta_spans(settings), strict=True)
         )
         features = gold.user_features(
             orders, deliveries, ratings, as_of=as_of, windows=settings.pipeline.feature_windows_days,
             version=settings.pipeline.feature_version, starts=starts, state=state,
         ).select(*spec.schema.fieldNames())
-        if previous_as_of is None or first_start > previous_as_of:
+        from_earliest = F.col("feature_date") >= F.lit(earliest)
+        if previous_as_of is None or earliest > previous_as_of:
             # Arrival days in order: every row is a new day. Rows of those days
             # exist only if a run died before its ledger write; they are replaced.
-            return tables.overwrite_where(features, spec.name, F.col("feature_date") >= F.lit(first_start))
+            return tables.overwrite_where(features, spec.name, from_earliest)
         keys = (F.col("t.user_key") == F.col("s.user_key")) & (
             F.col("t.feature_date") == F.col("s.feature_date")
         )
-        return _upsert(spark, spec.name, features, keys & (F.col("t.feature_date") >= F.lit(first_start)))
+        return _upsert(spark, spec.name, features, keys & (F.col("t.feature_date") >= F.lit(earliest)))
     finally:
         starts.unpersist()
 
