@@ -47,7 +47,12 @@ def user_daily_spec(settings: Settings) -> tables.TableSpec:
             T.StructField("mean_rating", T.DoubleType()),
         ]
     )
-    return tables.TableSpec(settings.table("gold_user_daily"), schema, subject_column="user_key")
+    # Partitioned by date: an increment replaces whole event dates, which is
+    # then a change to the log only, with no data file read or rewritten.
+    return tables.TableSpec(
+        settings.table("gold_user_daily"), schema, subject_column="user_key",
+        partition_columns=("event_date",),
+    )
 
 
 def feature_columns(windows: Sequence[int]) -> list[T.StructField]:

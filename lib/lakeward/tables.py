@@ -41,6 +41,7 @@ class TableSpec:
     schema: StructType
     personal_columns: tuple[str, ...] = ()
     subject_column: str | None = None
+    partition_columns: tuple[str, ...] = ()
     change_data_feed: bool = False
     properties: dict[str, str] = field(default_factory=dict)
 
@@ -71,6 +72,8 @@ def ensure_table(spark: SparkSession, spec: TableSpec) -> None:
     if "." in spec.name:
         ensure_schema(spark, spec.name.rsplit(".", 1)[0])
     builder = DeltaTable.createIfNotExists(spark).tableName(spec.name).addColumns(spec.schema)
+    if spec.partition_columns:
+        builder = builder.partitionedBy(*spec.partition_columns)
     for key, value in spec.delta_properties().items():
         builder = builder.property(key, value)
     builder.execute()
