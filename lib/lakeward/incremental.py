@@ -360,7 +360,13 @@ def _merge_features(
         from_earliest = F.col("feature_date") >= F.lit(earliest)
         if previous_as_of is None or earliest > previous_as_of:
             # Arrival days in order: every row is a new day. Rows of those days
-            # exist only if a run died before its ledger write; they are replaced.
+            # exist only if a run died before its ledger write; they are then
+            # replaced. Otherwise a plain append does, and it skips the search
+            # for rows to remove and the snapshot rebuild that a conditional
+            # overwrite costs. Gold has one writer, so nothing lands in between.
+            if existing.filter(from_earliest).isEmpty():
+                tables.append(features, spec.name)
+                return tables.rows_last_written(spark, spec.name)
             return tables.overwrite_where(features, spec.name, from_earliest)
         keys = (F.col("t.user_key") == F.col("s.user_key")) & (
             F.col("t.feature_date") == F.col("s.feature_date")
