@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from delta.tables import DeltaTable
 from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
 from lakeward.config import is_identifier
@@ -34,7 +35,8 @@ class TableSpec:
     ``personal_columns`` hold personal data (raw identifiers or contact data):
     they get no column statistics. ``subject_column`` names the column that
     identifies the person a row is about (``user_id`` in bronze, ``user_key``
-    elsewhere); the erasure job deletes by it.
+    elsewhere); the erasure job deletes by it. ``partition_columns`` are the
+    Delta partition columns, set when the table is created.
     """
 
     name: str
@@ -150,6 +152,8 @@ def replace(df: DataFrame, spec: TableSpec, properties: dict[str, str] | None = 
     if "." in spec.name:
         ensure_schema(df.sparkSession, spec.name.rsplit(".", 1)[0])
     writer = df.select(*spec.schema.fieldNames()).writeTo(spec.name).using("delta")
+    if spec.partition_columns:
+        writer = writer.partitionedBy(*[F.col(c) for c in spec.partition_columns])
     for key, value in {**spec.delta_properties(), **(properties or {})}.items():
         writer = writer.tableProperty(key, value)
     writer.createOrReplace()
