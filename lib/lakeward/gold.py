@@ -217,8 +217,11 @@ def user_features(
         )
     combined = combined.filter(F.col("day") <= F.lit(as_of))
     # The only shuffle: the grouping by (user, day) and the window by user both
-    # keep to the partitioning by user.
-    per_day = combined.repartition("user_key").groupBy("user_key", "day").agg(
+    # keep to the partitioning by user. Its count is fixed because the stage
+    # after it writes about three rows per row it reads: adaptive execution
+    # would size the tasks by the rows read and leave a few uneven ones.
+    partitions = int(combined.sparkSession.conf.get("spark.sql.shuffle.partitions") or "8")
+    per_day = combined.repartition(partitions, "user_key").groupBy("user_key", "day").agg(
         *[F.sum(name).alias(name) for name in metrics],
         F.max("last_order_date").alias("last_order_date"),
     )
