@@ -25,7 +25,7 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from lakeward import tables
+from lakeward import session, tables
 from lakeward.config import Settings
 
 COUNT = T.LongType()
@@ -220,7 +220,7 @@ def user_features(
     # keep to the partitioning by user. Its count is fixed because the stage
     # after it writes about three rows per row it reads: adaptive execution
     # would size the tasks by the rows read and leave a few uneven ones.
-    partitions = int(combined.sparkSession.conf.get("spark.sql.shuffle.partitions") or "8")
+    partitions = session.shuffle_partitions(combined.sparkSession)
     per_day = combined.repartition(partitions, "user_key").groupBy("user_key", "day").agg(
         *[F.sum(name).alias(name) for name in metrics],
         F.max("last_order_date").alias("last_order_date"),

@@ -47,7 +47,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from lakeward import gold, tables
+from lakeward import gold, session, tables
 from lakeward.config import Settings
 
 log = logging.getLogger(__name__)
@@ -214,8 +214,8 @@ def _full(
     # small enough for a range shuffle by date. The feature history is not: its
     # range shuffle would need a sampling pass over the whole computation, so
     # each task sorts its rows by date and cuts them into files instead.
-    partitions = int(spark.conf.get("spark.sql.shuffle.partitions") or "8")
-    tables.overwrite(daily.repartitionByRange(partitions, "event_date"), daily_spec.name)
+    by_date = daily.repartitionByRange(session.shuffle_partitions(spark), "event_date")
+    tables.overwrite(by_date, daily_spec.name)
     tables.overwrite(
         features.sortWithinPartitions("feature_date"), features_spec.name,
         rows_per_file=settings.pipeline.gold_rows_per_file,

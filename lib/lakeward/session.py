@@ -61,6 +61,11 @@ def get_spark(settings: Settings) -> SparkSession:
     return _build_local(builder, settings)
 
 
+def shuffle_partitions(spark: SparkSession) -> int:
+    """The session's ``spark.sql.shuffle.partitions``, for shuffles whose count is set explicitly."""
+    return int(spark.conf.get("spark.sql.shuffle.partitions") or "200")
+
+
 def _prepare_environment(settings: Settings) -> None:
     # Workers must run the same interpreter (and virtualenv) as the driver.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
