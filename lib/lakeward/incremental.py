@@ -209,11 +209,12 @@ def _full(
             windows=settings.pipeline.feature_windows_days,
             version=settings.pipeline.feature_version,
         ).select(*features_spec.schema.fieldNames())
-    # Files that each cover a few days let later increments skip most of the
-    # table when they look up or replace the rows of some days. user_daily is
-    # small enough for a range shuffle by date. The feature history is not: its
-    # range shuffle would need a sampling pass over the whole computation, so
-    # each task sorts its rows by date and cuts them into files instead.
+    # user_daily is partitioned by date; a range shuffle by date puts each date
+    # in one task, so a date gets one file rather than one per task. Feature
+    # files that each cover a few days let later increments skip most of the
+    # history. Its range shuffle would need a sampling pass over the whole
+    # computation, so each task sorts its rows by date and cuts them into
+    # files instead.
     by_date = daily.repartitionByRange(session.shuffle_partitions(spark), "event_date")
     tables.overwrite(by_date, daily_spec.name)
     tables.overwrite(
@@ -270,7 +271,7 @@ def _incremental(
             with ThreadPoolExecutor(max_workers=2) as pool:
                 daily = pool.submit(_replace_daily_days, settings, needed, touched)
                 features = pool.submit(
-                    _merge_features, spark, settings, needed, changed, last.as_of, earliest, as_of
+                    _write_features, spark, settings, needed, changed, last.as_of, earliest, as_of
                 )
                 daily_rows, feature_rows = daily.result(), features.result()
         finally:
@@ -315,7 +316,7 @@ def _replace_daily_days(settings: Settings, needed: Sequence[DataFrame], touched
     return tables.overwrite_where(daily, spec.name, touched)
 
 
-def _merge_features(
+def _write_features(
     spark: SparkSession,
     settings: Settings,
     needed: Sequence[DataFrame],
