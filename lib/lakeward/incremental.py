@@ -342,40 +342,40 @@ def _write_features(
     starts = (
         restarts.groupBy("user_key").agg(F.min("start_day").alias("start_day"))
         .filter(F.col("start_day") <= F.lit(as_of))
-        .cache()
+        # Not cache(): Spark plans a cached frame that reads user_features
+        # again after the append below changes that table (a Delta snapshot
+        # and file listing, about 0.6 s). A local checkpoint keeps the rows
+        # without the plan; Spark drops them once the frame is unreachable.
+        .localCheckpoint()
     )
-    try:
-        state = (
-            existing.filter(F.col("feature_date") >= F.lit(earliest - timedelta(days=1)))
-            .join(starts, "user_key")
-            .filter(F.col("feature_date") == F.date_sub(F.col("start_day"), 1))
-            .drop("start_day")
-        )
-        orders, deliveries, ratings = (
-            df.filter(_relevant(earliest, as_of, spans))
-            for df, spans in zip(needed, _delta_spans(settings), strict=True)
-        )
-        features = gold.user_features(
-            orders, deliveries, ratings, as_of=as_of, windows=settings.pipeline.feature_windows_days,
-            version=settings.pipeline.feature_version, starts=starts, state=state,
-        ).select(*spec.schema.fieldNames())
-        from_earliest = F.col("feature_date") >= F.lit(earliest)
-        if previous_as_of is None or earliest > previous_as_of:
-            # Arrival days in order: every row is a new day. Rows of those days
-            # exist only if a run died before its ledger write; they are then
-            # replaced. Otherwise a plain append does, and it skips the search
-            # for rows to remove and the snapshot rebuild that a conditional
-            # overwrite costs. Gold has one writer, so nothing lands in between.
-            if existing.filter(from_earliest).isEmpty():
-                tables.append(features, spec.name)
-                return tables.rows_last_written(spark, spec.name)
-            return tables.overwrite_where(features, spec.name, from_earliest)
-        keys = (F.col("t.user_key") == F.col("s.user_key")) & (
-            F.col("t.feature_date") == F.col("s.feature_date")
-        )
-        return _upsert(spark, spec.name, features, keys & (F.col("t.feature_date") >= F.lit(earliest)))
-    finally:
-        starts.unpersist()
+    state = (
+        existing.filter(F.col("feature_date") >= F.lit(earliest - timedelta(days=1)))
+        .join(starts, "user_key")
+        .filter(F.col("feature_date") == F.date_sub(F.col("start_day"), 1))
+        .drop("start_day")
+    )
+    orders, deliveries, ratings = (
+        df.filter(_relevant(earliest, as_of, spans))
+        for df, spans in zip(needed, _delta_spans(settings), strict=True)
+    )
+    features = gold.user_features(
+        orders, deliveries, ratings, as_of=as_of, windows=settings.pipeline.feature_windows_days,
+        version=settings.pipeline.feature_version, starts=starts, state=state,
+    ).select(*spec.schema.fieldNames())
+    from_earliest = F.col("feature_date") >= F.lit(earliest)
+    if previous_as_of is None or earliest > previous_as_of:
+        # Arrival days in order: every row is a new day. Rows of those days
+        # exist only if a run died before its ledger write; they are then
+        # replaced. Otherwise a plain append does, and it skips the search
+        # for rows to remove and the snapshot rebuild that a conditional
+        # overwrite costs. Gold has one writer, so nothing lands in between.
+        if existing.filter(from_earliest).isEmpty():
+            return tables.append_counted(features, spec.name)
+        return tables.overwrite_where(features, spec.name, from_earliest)
+    keys = (F.col("t.user_key") == F.col("s.user_key")) & (
+        F.col("t.feature_date") == F.col("s.feature_date")
+    )
+    return _upsert(spark, spec.name, features, keys & (F.col("t.feature_date") >= F.lit(earliest)))
 
 
 def _relevant(first_start: date, as_of: date, windows: Sequence[int]) -> Column:

@@ -14,10 +14,11 @@ because statistics in ``_delta_log`` would otherwise keep raw values::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from delta.tables import DeltaTable
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
@@ -121,6 +122,13 @@ def overwrite(df: DataFrame, name: str, *, rows_per_file: int | None = None) -> 
     writer.saveAsTable(name)
 
 
+def append_counted(df: DataFrame, name: str) -> int:
+    """Append ``df`` to the table; returns the rows appended."""
+    observed, rows = _counted(df)
+    append(observed, name)
+    return rows()
+
+
 def overwrite_where(df: DataFrame, name: str, condition: Column) -> int:
     """Replace the rows matching ``condition`` with ``df`` in one commit; returns rows written.
 
@@ -129,8 +137,22 @@ def overwrite_where(df: DataFrame, name: str, condition: Column) -> int:
 
         overwrite_where(day_rows, "gold.user_daily", F.col("event_date") >= F.lit(day))
     """
-    df.writeTo(name).overwrite(condition)
-    return rows_last_written(df.sparkSession, name)
+    observed, rows = _counted(df)
+    observed.writeTo(name).overwrite(condition)
+    return rows()
+
+
+def _counted(df: DataFrame) -> tuple[DataFrame, Callable[[], int]]:
+    """``df`` counting its rows as the next action runs it, and a getter for the count.
+
+    The count costs no Spark job, where reading it back from the table's
+    history costs one. It works only for writes that run the frame's own plan,
+    like the two above; a ``saveAsTable`` overwrite plans the query anew and
+    the count is lost, so that one uses :func:`rows_last_written`.
+    """
+    observation = Observation()
+    observed = df.observe(observation, F.count(F.lit(1)).alias("rows"))
+    return observed, lambda: int(observation.get["rows"])
 
 
 def rows_last_written(spark: SparkSession, name: str) -> int:
