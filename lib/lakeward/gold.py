@@ -204,24 +204,25 @@ def user_features(
     combined = deltas[0]
     for part in deltas[1:]:
         combined = combined.unionByName(part, allowMissingColumns=True)
-    combined = combined.filter(F.col("user_key").isNotNull())
     if starts is not None:
-        # Deltas before a user's start day are already inside the state row.
-        combined = combined.join(starts, "user_key").filter(F.col("day") >= F.col("start_day"))
-        combined = combined.drop("start_day")
         if state is not None:
             combined = combined.unionByName(_state_deltas(state, windows), allowMissingColumns=True)
         # Every start day gets a row, also for a user with no delta on it.
         combined = combined.unionByName(
             starts.select("user_key", F.col("start_day").alias("day")), allowMissingColumns=True
         )
-    combined = combined.filter(F.col("day") <= F.lit(as_of))
-    # The only shuffle: the grouping by (user, day) and the window by user both
-    # keep to the partitioning by user. Its count is fixed because the stage
-    # after it writes about three rows per row it reads: adaptive execution
-    # would size the tasks by the rows read and leave a few uneven ones.
-    partitions = session.shuffle_partitions(combined.sparkSession)
-    per_day = combined.repartition(partitions, "user_key").groupBy("user_key", "day").agg(
+    combined = combined.filter(F.col("user_key").isNotNull() & (F.col("day") <= F.lit(as_of)))
+    # The only shuffle of the deltas: the join with starts, the grouping by
+    # (user, day) and the window by user all keep to the partitioning by user.
+    # Its count is fixed because the stage after it writes about three rows
+    # per row it reads: adaptive execution would size the tasks by the rows
+    # read and leave a few uneven ones.
+    combined = combined.repartition(session.shuffle_partitions(combined.sparkSession), "user_key")
+    if starts is not None:
+        # Deltas before a user's start day are already inside the state row.
+        combined = combined.join(starts, "user_key").filter(F.col("day") >= F.col("start_day"))
+        combined = combined.drop("start_day")
+    per_day = combined.groupBy("user_key", "day").agg(
         *[F.sum(name).alias(name) for name in metrics],
         F.max("last_order_date").alias("last_order_date"),
     )
