@@ -147,8 +147,9 @@ def _counted(df: DataFrame) -> tuple[DataFrame, Callable[[], int]]:
 
     The count costs no Spark job, where reading it back from the table's
     history costs one. It works only for writes that run the frame's own plan,
-    like the two above; a ``saveAsTable`` overwrite plans the query anew and
-    the count is lost, so that one uses :func:`rows_last_written`.
+    as :func:`append_counted` and :func:`overwrite_where` do; a ``saveAsTable``
+    overwrite plans the query anew and the count is lost, so that one uses
+    :func:`rows_last_written`.
     """
     observation = Observation()
     observed = df.observe(observation, F.count(F.lit(1)).alias("rows"))
