@@ -239,10 +239,15 @@ def test_failing_gate_leaves_silver_unchanged(
     }
     failed = next(r for r in results if not r["success"])
     assert failed["unexpected_count"] > 0 and failed["gate_passed"] is False
-    # Counts only: no value of the batch is recorded.
+    # Counts only: no value of the batch is recorded. The text columns are the only ones that
+    # could carry a value; the clock and the computed percentages are left out of the scan, since
+    # a time like 10:45.123456 contains an amount like 5.12 by chance.
+    assert set(results[0].asDict()) == set(quality.RESULT_SCHEMA.names)
+    text_columns = ("batch", "suite", "table_name", "expectation", "kwargs")
+    text = json.dumps([[r[c] for c in text_columns] for r in results])
     bronze_rows = tables.read(spark, settings.table("bronze_order_placed")).select("amount").collect()
-    amounts = {str(r[0]) for r in bronze_rows}
-    assert not any(a in json.dumps([r.asDict() for r in results], default=str) for a in amounts if len(a) > 3)
+    amounts = {str(r[0]) for r in bronze_rows if r[0] is not None}
+    assert not any(a in text for a in amounts if len(a) > 3)
 
 
 def test_missing_landing_date_is_a_clear_error(spark: SparkSession, run: Settings) -> None:
