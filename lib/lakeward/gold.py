@@ -137,7 +137,7 @@ def _window_deltas(events: DataFrame, days: int, values: dict[str, Column]) -> D
 
 
 def _state_deltas(state: DataFrame, windows: Sequence[int]) -> DataFrame:
-    """Feature rows of day ``m - 1`` as deltas on day ``m``, so running sums continue from them.
+    """Feature rows of day ``start_day - 1`` as deltas on ``start_day``, so running sums continue.
 
     The rating sum and the last order date are not stored, but both are exact
     functions of stored columns: ratings are whole numbers, so
@@ -147,14 +147,14 @@ def _state_deltas(state: DataFrame, windows: Sequence[int]) -> DataFrame:
     windowed = [f.name for f in feature_columns(windows)][: 2 * len(windows)]
     return state.select(
         "user_key",
-        F.date_add(F.col("feature_date"), 1).alias("day"),
+        F.col("start_day").alias("day"),
         *[F.col(name) for name in windowed],
         F.col("late_deliveries_30d"),
         F.col("rating_count"),
         F.coalesce(F.round(F.col("mean_rating") * F.col("rating_count")), F.lit(0))
         .cast(COUNT)
         .alias("rating_sum"),
-        F.date_sub(F.col("feature_date"), F.col("days_since_last_order")).alias("last_order_date"),
+        F.date_sub(F.col("start_day"), F.col("days_since_last_order") + 1).alias("last_order_date"),
     )
 
 
@@ -174,8 +174,9 @@ def user_features(
     Without ``starts`` every user gets rows from their first known day: a full
     recompute. With ``starts`` (``user_key``, ``start_day``) only those users
     get rows, for the days ``[start_day, as_of]``, continued from ``state``:
-    their feature rows of ``start_day - 1`` (absent for a user with nothing
-    known before ``start_day``). Because every value is a running sum of
+    one row per start (``user_key``, ``start_day`` and the feature columns of
+    the user's row of ``start_day - 1``, null for a user with nothing known
+    before ``start_day``). Because every value is a running sum of
     deltas, the row of day A equals the row of ``start_day - 1`` plus the
     deltas dated ``start_day..A``, so both paths give the same rows. Events
     whose deltas all fall before ``start_day`` may be left out of the inputs.
@@ -205,12 +206,13 @@ def user_features(
     for part in deltas[1:]:
         combined = combined.unionByName(part, allowMissingColumns=True)
     if starts is not None:
-        if state is not None:
-            combined = combined.unionByName(_state_deltas(state, windows), allowMissingColumns=True)
-        # Every start day gets a row, also for a user with no delta on it.
-        combined = combined.unionByName(
-            starts.select("user_key", F.col("start_day").alias("day")), allowMissingColumns=True
+        # Every start day gets a row, also for a user with no delta on it: the
+        # state has one row per start, and without a state the starts give it.
+        start_rows = (
+            _state_deltas(state, windows) if state is not None
+            else starts.select("user_key", F.col("start_day").alias("day"))
         )
+        combined = combined.unionByName(start_rows, allowMissingColumns=True)
     combined = combined.filter(F.col("user_key").isNotNull() & (F.col("day") <= F.lit(as_of)))
     # The only shuffle of the deltas: the join with starts, the grouping by
     # (user, day) and the window by user all keep to the partitioning by user.

@@ -348,11 +348,13 @@ def _write_features(
         # rows without the plan; Spark removes them once nothing refers to it.
         .localCheckpoint()
     )
-    state = (
-        existing.filter(F.col("feature_date") >= F.lit(earliest - timedelta(days=1)))
-        .join(starts, "user_key")
-        .filter(F.col("feature_date") == F.date_sub(F.col("start_day"), 1))
-        .drop("start_day")
+    # One row per start: the user's row of the day before, or nulls for a user
+    # with none. Its deltas also give the start day its row.
+    previous = existing.filter(F.col("feature_date") >= F.lit(earliest - timedelta(days=1)))
+    state = starts.join(
+        previous.withColumn("start_day", F.date_add(F.col("feature_date"), 1)).drop("feature_date"),
+        ["user_key", "start_day"],
+        "left",
     )
     orders, deliveries, ratings = (
         df.filter(_relevant(earliest, as_of, spans))
