@@ -107,11 +107,9 @@ def ensure_tables(spark: SparkSession, settings: Settings) -> None:
 
 def refresh(spark: SparkSession, settings: Settings, *, full: bool = False) -> GoldResult:
     """Bring gold up to date with silver: incrementally, or recomputed with ``full``."""
-    ensure_tables(spark, settings)
     started = datetime.now(UTC).replace(tzinfo=None)
     names = {logical: settings.table(logical) for logical in SILVER_EVENTS}
-    versions = {name: tables.current_version(spark, name) for name in names.values()}
-    last = _last_run(spark, settings)
+    versions, last = _probe(spark, settings, names)
     reason = "requested" if full else _full_reason(settings, last, versions)
     if reason is None and last is not None:
         if last.inputs == versions:
@@ -126,6 +124,25 @@ def refresh(spark: SparkSession, settings: Settings, *, full: bool = False) -> G
     result = _full(spark, settings, names, versions)
     _record(spark, settings, result, started)
     return result
+
+
+def _probe(
+    spark: SparkSession, settings: Settings, names: Mapping[str, str]
+) -> tuple[dict[str, int], _LastRun | None]:
+    """The silver versions and the last run, read side by side.
+
+    Each is a small Spark job or a catalog call that spends most of its time
+    on the driver; in sequence they took about a tenth of an increment.
+    """
+
+    def last_run() -> _LastRun | None:
+        ensure_tables(spark, settings)
+        return _last_run(spark, settings)
+
+    with ThreadPoolExecutor(max_workers=len(names) + 1) as pool:
+        last = pool.submit(last_run)
+        versions = {name: pool.submit(tables.current_version, spark, name) for name in names.values()}
+        return {name: version.result() for name, version in versions.items()}, last.result()
 
 
 def _describe(versions: Mapping[str, int]) -> str:
