@@ -87,13 +87,10 @@ def run_silver(
     """Move bronze rows of the selected (or every not yet processed) arrival date into silver."""
     key = pii_key(settings)
     pending = _silver_dates(spark, settings, selection)
-    results = []
     for source in SOURCES:
         if not pending[source]:
             log.info("silver %s: nothing pending", source)
-            continue
-        results.append(silver.process(spark, settings, source, pending[source], key))
-    return results
+    return silver.process_sources(spark, settings, {s: pending[s] for s in SOURCES}, key)
 
 
 def _silver_dates(

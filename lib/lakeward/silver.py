@@ -15,9 +15,10 @@ Per source, a run takes the bronze rows of some arrival dates and
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from functools import reduce
 
 from delta.tables import DeltaTable
 from pyspark.sql import Column, DataFrame, SparkSession, Window
@@ -314,35 +315,81 @@ def process(
 
     Raises :class:`lakeward.quality.GateFailed` (table unchanged) when the contract fails.
     """
-    spec = silver_spec(settings, source)
+    return process_sources(spark, settings, {source: dates}, key)[0]
+
+
+def process_sources(
+    spark: SparkSession, settings: Settings, pending: Mapping[str, Sequence[date]], key: bytes
+) -> list[SilverResult]:
+    """Move the bronze rows of each source's pending dates into silver; safe to repeat.
+
+    Each source is gated and written in turn. The refused rows and the ledger
+    rows of all sources are then written with one MERGE each: the two tables
+    are shared, and a MERGE costs about a second whatever it writes. When a
+    gate fails, the sources before it are still recorded, and
+    :class:`lakeward.quality.GateFailed` is raised with the failing table unchanged.
+    """
     at = datetime.now(UTC).replace(tzinfo=None)
+    written: list[_Written] = []
+    try:
+        for source, dates in pending.items():
+            if dates:
+                written.append(_write_source(spark, settings, source, dates, key, at))
+    finally:
+        try:
+            if written:
+                refused = reduce(DataFrame.unionByName, [w.refused for w in written])
+                _merge_quarantine(spark, settings, refused)
+                _record(spark, settings, [(w.result.source, w.stats) for w in written], at)
+        finally:
+            for w in written:
+                w.refused.unpersist()
+    for w in written:
+        r = w.result
+        log.info(
+            "silver %s: in=%d quarantined=%d duplicates=%d written=%d",
+            r.source, r.rows_in, r.rows_quarantined, r.rows_duplicate, r.rows_written,
+        )
+    return [w.result for w in written]
+
+
+@dataclass(frozen=True)
+class _Written:
+    """One source written to its silver table; its refused rows and ledger counts still to record."""
+
+    result: SilverResult
+    refused: DataFrame
+    """Held in memory until the shared quarantine MERGE."""
+    stats: dict[date, tuple[int, int, int, int]]
+
+
+def _write_source(
+    spark: SparkSession, settings: Settings, source: str, dates: Sequence[date], key: bytes, at: datetime
+) -> _Written:
+    spec = silver_spec(settings, source)
     rows = tables.read(spark, settings.table(f"bronze_{source}")).filter(
         F.col("_arrival_date").isin(list(dates))
     )
     checked = pseudonymize(validate(conform(rows, source), source, settings.pipeline), key)
     checked.persist()
     try:
-        invalid = checked.filter(F.col("_reason").isNotNull())
         valid = checked.filter(F.col("_reason").isNull())
         first = dedupe(valid)
-        fresh = _not_in_target(spark, first, spec.name, source, dates_from=valid)
-        fresh = _final_columns(fresh, spec)
-        fresh.persist()
-        quality.enforce(spark, settings, SOURCES[source].table, fresh, batch=_batch_label(source, dates))
-        stats = _stats(checked, first, fresh)
-        _write(spark, spec.name, source, fresh)
-        _merge_quarantine(spark, settings, quarantine_records(invalid, source, at))
-        fresh.unpersist()
+        fresh, event_dates = _not_in_target(spark, first, spec.name, source, dates_from=valid)
+        fresh = _final_columns(fresh, spec).persist()
+        try:
+            quality.enforce(spark, settings, SOURCES[source].table, fresh, batch=_batch_label(source, dates))
+            stats = _stats(checked, first, fresh)
+            _write(spark, spec.name, source, fresh, event_dates)
+        finally:
+            fresh.unpersist()
+        # A small frame kept apart, so the cache of every checked row goes now.
+        refused = quarantine_records(checked.filter(F.col("_reason").isNotNull()), source, at).persist()
+        refused.count()
     finally:
         checked.unpersist()
-    _record(spark, settings, source, stats, at)
     totals = [sum(s[i] for s in stats.values()) for i in range(4)]
-    result = SilverResult(source, *totals)
-    log.info(
-        "silver %s: in=%d quarantined=%d duplicates=%d written=%d",
-        source, result.rows_in, result.rows_quarantined, result.rows_duplicate, result.rows_written,
-    )
-    return result
+    return _Written(SilverResult(source, *totals), refused, stats)
 
 
 def _batch_label(source: str, dates: Sequence[date]) -> str:
@@ -353,7 +400,8 @@ def _batch_label(source: str, dates: Sequence[date]) -> str:
 
 def _not_in_target(
     spark: SparkSession, rows: DataFrame, target: str, source: str, *, dates_from: DataFrame
-) -> DataFrame:
+) -> tuple[DataFrame, list[date] | None]:
+    """The rows the target lacks, and the event dates they can be on (None for users)."""
     existing = tables.read(spark, target)
     if source == "users":
         # The users table keeps the current state per user; older records change nothing.
@@ -367,13 +415,13 @@ def _not_in_target(
             | (F.col("updated_ts") > F.col("_t_ts"))
             | ((F.col("updated_ts") == F.col("_t_ts")) & (F.col("event_id") > F.col("_t_id")))
         )
-        return newer.drop("_t_ts", "_t_id")
+        return newer.drop("_t_ts", "_t_id"), None
     # A duplicate carries the same event_ts, hence the same event_date: only those
     # dates of the target need to be read. They are taken from ``dates_from``
     # (the cached rows before dedup, same dates) so the dedup does not run twice.
     dates = [r["event_date"] for r in dates_from.select("event_date").distinct().collect()]
     candidates = existing.filter(F.col("event_date").isin(dates)).select("event_id")
-    return rows.join(candidates, "event_id", "left_anti")
+    return rows.join(candidates, "event_id", "left_anti"), dates
 
 
 def _final_columns(rows: DataFrame, spec: tables.TableSpec) -> DataFrame:
@@ -396,7 +444,9 @@ def _stats(checked: DataFrame, first: DataFrame, fresh: DataFrame) -> dict[date,
     return result
 
 
-def _write(spark: SparkSession, name: str, source: str, fresh: DataFrame) -> None:
+def _write(
+    spark: SparkSession, name: str, source: str, fresh: DataFrame, event_dates: list[date] | None
+) -> None:
     target = DeltaTable.forName(spark, name).alias("t")
     if source == "users":
         (
@@ -409,11 +459,13 @@ def _write(spark: SparkSession, name: str, source: str, fresh: DataFrame) -> Non
             .execute()
         )
         return
-    (
-        target.merge(fresh.alias("s"), "t.event_date = s.event_date AND t.event_id = s.event_id")
-        .whenNotMatchedInsertAll()
-        .execute()
+    # The dates as literals let Delta skip the target files of other dates;
+    # without them the MERGE reads every event id silver holds.
+    same_event = (F.col("t.event_date") == F.col("s.event_date")) & (
+        F.col("t.event_id") == F.col("s.event_id")
     )
+    on_dates = F.col("t.event_date").isin(event_dates or [])
+    target.merge(fresh.alias("s"), same_event & on_dates).whenNotMatchedInsertAll().execute()
 
 
 def _merge_quarantine(spark: SparkSession, settings: Settings, records: DataFrame) -> None:
@@ -432,11 +484,12 @@ def _merge_quarantine(spark: SparkSession, settings: Settings, records: DataFram
 def _record(
     spark: SparkSession,
     settings: Settings,
-    source: str,
-    stats: dict[date, tuple[int, int, int, int]],
+    stats: Sequence[tuple[str, dict[date, tuple[int, int, int, int]]]],
     at: datetime,
 ) -> None:
-    rows = [(source, day, *counts, at) for day, counts in sorted(stats.items())]
+    rows = [
+        (source, day, *counts, at) for source, per_day in stats for day, counts in sorted(per_day.items())
+    ]
     if not rows:
         return
     updates = spark.createDataFrame(rows, LEDGER_SCHEMA)
