@@ -8,10 +8,17 @@ Expectations name with keyword arguments::
       - expect_column_values_to_not_be_null: {column: event_id}
       - expect_column_values_to_be_between: {column: amount, min_value: 0}
 
-:func:`enforce` validates a DataFrame before it is written, records one row
-per expectation in ``ops.quality_results`` and raises :class:`GateFailed`
-when any expectation fails. Results hold counts only: Great Expectations is
-asked for no unexpected values, and only numeric fields are kept.
+:func:`check` validates a DataFrame before it is written, :func:`record`
+writes one row per expectation to ``ops.quality_results``, and
+:meth:`GateResult.raise_if_failed` raises :class:`GateFailed` when any
+expectation failed::
+
+    gate = check(settings, "silver_orders", df, batch="order_placed:2026-03-01")
+    record(spark, settings, [gate])
+    gate.raise_if_failed()
+
+Results hold counts only: Great Expectations is asked for no unexpected
+values, and only numeric fields are kept.
 """
 
 from __future__ import annotations
@@ -185,12 +192,30 @@ def _float(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) else None
 
 
-def enforce(spark: SparkSession, settings: Settings, table: str, df: DataFrame, *, batch: str) -> None:
-    """Validate ``df`` against the contract of logical ``table`` (if any); raise on failure."""
+@dataclass(frozen=True)
+class GateResult:
+    """One contract run on one batch: the rows for ``ops.quality_results`` and what failed."""
+
+    suite: str
+    records: list[tuple[Any, ...]]
+    failed: list[str]
+
+    def raise_if_failed(self) -> None:
+        """Raise :class:`GateFailed` naming the failed expectations, if any."""
+        if self.failed:
+            raise GateFailed(self.suite, self.failed)
+
+
+def check(settings: Settings, table: str, df: DataFrame, *, batch: str) -> GateResult | None:
+    """Validate ``df`` against the contract of logical ``table``; None when it has none.
+
+    Records nothing: :func:`record` writes the results, so a job that gates
+    several tables writes them in one commit.
+    """
     contract = load_contracts(settings.contracts_dir).get(table)
     if contract is None:
         log.info("quality: no contract for %s", table)
-        return
+        return None
     results = validate(df, contract)
     passed = all(r["success"] for r in results)
     at = datetime.now(UTC).replace(tzinfo=None)
@@ -201,10 +226,17 @@ def enforce(spark: SparkSession, settings: Settings, table: str, df: DataFrame, 
         )
         for r in results
     ]
+    failed = [f"{r['expectation']}({r['kwargs']})" for r in results if not r["success"]]
+    if not failed:
+        log.info("quality: %s passed %d expectation(s) for %s", contract.suite, len(results), batch)
+    return GateResult(contract.suite, records, failed)
+
+
+def record(spark: SparkSession, settings: Settings, results: list[GateResult]) -> None:
+    """Append the results of some gate runs to ``ops.quality_results``, in one commit."""
+    records = [row for result in results for row in result.records]
+    if not records:
+        return
     spec = result_spec(settings)
     tables.ensure_table(spark, spec)
     tables.append(spark.createDataFrame(records, RESULT_SCHEMA), spec.name)
-    failed = [f"{r['expectation']}({r['kwargs']})" for r in results if not r["success"]]
-    if failed:
-        raise GateFailed(contract.suite, failed)
-    log.info("quality: %s passed %d expectation(s) for %s", contract.suite, len(results), batch)

@@ -323,20 +323,23 @@ def process_sources(
 ) -> list[SilverResult]:
     """Move the bronze rows of each source's pending dates into silver; safe to repeat.
 
-    Each source is gated and written in turn. The refused rows and the ledger
-    rows of all sources are then written with one MERGE each: the two tables
-    are shared, and a MERGE costs about a second whatever it writes. When a
-    gate fails, the sources before it are still recorded, and
-    :class:`lakeward.quality.GateFailed` is raised with the failing table unchanged.
+    Each source is gated and written in turn. The gate results, the refused
+    rows and the ledger rows of all sources are then written with one commit
+    each: the tables are shared, and a Delta write costs about a second
+    whatever it writes. When a gate fails, the results and the sources before
+    it are still recorded, and :class:`lakeward.quality.GateFailed` is raised
+    with the failing table unchanged.
     """
     at = datetime.now(UTC).replace(tzinfo=None)
     written: list[_Written] = []
+    gates: list[quality.GateResult] = []
     try:
         for source, dates in pending.items():
             if dates:
-                written.append(_write_source(spark, settings, source, dates, key, at))
+                written.append(_write_source(spark, settings, source, dates, key, at, gates))
     finally:
         try:
+            quality.record(spark, settings, gates)
             if written:
                 refused = reduce(DataFrame.unionByName, [w.refused for w in written])
                 _merge_quarantine(spark, settings, refused)
@@ -364,8 +367,15 @@ class _Written:
 
 
 def _write_source(
-    spark: SparkSession, settings: Settings, source: str, dates: Sequence[date], key: bytes, at: datetime
+    spark: SparkSession,
+    settings: Settings,
+    source: str,
+    dates: Sequence[date],
+    key: bytes,
+    at: datetime,
+    gates: list[quality.GateResult],
 ) -> _Written:
+    """Gate and write one source; its gate result is added to ``gates`` before anything can raise."""
     spec = silver_spec(settings, source)
     rows = tables.read(spark, settings.table(f"bronze_{source}")).filter(
         F.col("_arrival_date").isin(list(dates))
@@ -378,7 +388,10 @@ def _write_source(
         fresh, event_dates = _not_in_target(spark, first, spec.name, source, dates_from=valid)
         fresh = _final_columns(fresh, spec).persist()
         try:
-            quality.enforce(spark, settings, SOURCES[source].table, fresh, batch=_batch_label(source, dates))
+            gate = quality.check(settings, SOURCES[source].table, fresh, batch=_batch_label(source, dates))
+            if gate is not None:
+                gates.append(gate)
+                gate.raise_if_failed()
             stats = _stats(checked, first, fresh)
             _write(spark, spec.name, source, fresh, event_dates)
         finally:

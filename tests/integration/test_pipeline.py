@@ -250,6 +250,47 @@ def test_failing_gate_leaves_silver_unchanged(
     assert not any(a in text for a in amounts if len(a) > 3)
 
 
+def test_a_failing_gate_keeps_what_the_sources_before_it_wrote(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path
+) -> None:
+    contracts = tmp_path / "contracts"
+    contracts.mkdir()
+    (contracts / "orders.yml").write_text(
+        "table: silver_orders\nexpectations:\n  - expect_column_values_to_not_be_null: {column: event_id}\n"
+    )
+    (contracts / "strict_ratings.yml").write_text(
+        "table: silver_ratings\nexpectations:\n"
+        "  - expect_column_values_to_be_between: {column: rating, min_value: 6, max_value: 7}\n"
+    )
+    settings = isolated(base_settings, tmp_path)
+    settings = settings.model_copy(
+        update={"quality": settings.quality.model_copy(update={"contracts_dir": str(contracts)})}
+    )
+    day = date(2026, 3, 1)
+    generate(settings.landing_dir, seed=5, users=15, days=1, start=day, faults=FaultRates.none())
+    pipeline.ensure_tables(spark, settings)
+    bronze.ingest(spark, settings, "order_placed", [day])
+    bronze.ingest(spark, settings, "rating_submitted", [day])
+    ratings_version = tables.current_version(spark, settings.table("silver_ratings"))
+    pending = {"order_placed": [day], "rating_submitted": [day]}
+    with pytest.raises(quality.GateFailed, match="expect_column_values_to_be_between"):
+        silver.process_sources(spark, settings, pending, pii_key(settings))
+    assert _count(spark, settings, "silver_orders") == _count(spark, settings, "bronze_order_placed") > 0
+    assert tables.current_version(spark, settings.table("silver_ratings")) == ratings_version
+    ledger = tables.read(spark, settings.table("ops_silver_batches")).collect()
+    assert {(r["source"], r["arrival_date"]) for r in ledger} == {("order_placed", day)}
+    results = tables.read(spark, settings.table("ops_quality_results")).collect()
+    assert {(r["suite"], r["success"]) for r in results} == {("orders", True), ("strict_ratings", False)}
+    # The retry after the contract is mended writes the ratings and leaves the orders as they were.
+    (contracts / "strict_ratings.yml").unlink()
+    orders_version = tables.current_version(spark, settings.table("silver_orders"))
+    results_by_source = {r.source: r for r in silver.process_sources(
+        spark, settings, {"rating_submitted": [day]}, pii_key(settings)
+    )}
+    assert results_by_source["rating_submitted"].rows_written > 0
+    assert tables.current_version(spark, settings.table("silver_orders")) == orders_version
+
+
 def test_missing_landing_date_is_a_clear_error(spark: SparkSession, run: Settings) -> None:
     with pytest.raises(bronze.NoLandingDataError, match="no landing files for 2031-01-01"):
         pipeline.run_bronze(spark, run, DateSelection(date(2031, 1, 1)))
