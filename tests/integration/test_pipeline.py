@@ -206,20 +206,26 @@ def test_line_numbers_point_at_the_source_line(spark: SparkSession, run: Setting
     assert json.loads(line)["event_id"] == row["event_id"]
 
 
+def _with_contracts(base_settings: Settings, tmp_path: Path, contracts: dict[str, str]) -> Settings:
+    """Isolated settings whose contracts directory holds only ``contracts`` (suite name -> YAML)."""
+    directory = tmp_path / "contracts"
+    directory.mkdir()
+    for suite, text in contracts.items():
+        (directory / f"{suite}.yml").write_text(text)
+    settings = isolated(base_settings, tmp_path)
+    return settings.model_copy(
+        update={"quality": settings.quality.model_copy(update={"contracts_dir": str(directory)})}
+    )
+
+
 def test_failing_gate_leaves_silver_unchanged(
     spark: SparkSession, base_settings: Settings, tmp_path: Path
 ) -> None:
-    contracts = tmp_path / "contracts"
-    contracts.mkdir()
-    (contracts / "strict_orders.yml").write_text(
-        "table: silver_orders\nexpectations:\n"
+    settings = _with_contracts(base_settings, tmp_path, {
+        "strict_orders": "table: silver_orders\nexpectations:\n"
         "  - expect_column_values_to_not_be_null: {column: event_id}\n"
         "  - expect_column_values_to_be_between: {column: amount, min_value: 0, max_value: 1}\n"
-    )
-    settings = isolated(base_settings, tmp_path)
-    settings = settings.model_copy(
-        update={"quality": settings.quality.model_copy(update={"contracts_dir": str(contracts)})}
-    )
+    })
     generate(settings.landing_dir, seed=3, users=15, days=1, start=date(2026, 3, 1), faults=FaultRates.none())
     pipeline.ensure_tables(spark, settings)
     bronze.ingest(spark, settings, "order_placed", [date(2026, 3, 1)])
@@ -253,19 +259,13 @@ def test_failing_gate_leaves_silver_unchanged(
 def test_a_failing_gate_keeps_what_the_sources_before_it_wrote(
     spark: SparkSession, base_settings: Settings, tmp_path: Path
 ) -> None:
-    contracts = tmp_path / "contracts"
-    contracts.mkdir()
-    (contracts / "orders.yml").write_text(
-        "table: silver_orders\nexpectations:\n  - expect_column_values_to_not_be_null: {column: event_id}\n"
-    )
-    (contracts / "strict_ratings.yml").write_text(
-        "table: silver_ratings\nexpectations:\n"
-        "  - expect_column_values_to_be_between: {column: rating, min_value: 6, max_value: 7}\n"
-    )
-    settings = isolated(base_settings, tmp_path)
-    settings = settings.model_copy(
-        update={"quality": settings.quality.model_copy(update={"contracts_dir": str(contracts)})}
-    )
+    settings = _with_contracts(base_settings, tmp_path, {
+        "orders": "table: silver_orders\nexpectations:\n"
+        "  - expect_column_values_to_not_be_null: {column: event_id}\n",
+        "strict_ratings": "table: silver_ratings\nexpectations:\n"
+        "  - expect_column_values_to_be_between: {column: rating, min_value: 6, max_value: 7}\n",
+    })
+    contracts = Path(settings.quality.contracts_dir)
     day = date(2026, 3, 1)
     generate(settings.landing_dir, seed=5, users=15, days=1, start=day, faults=FaultRates.none())
     pipeline.ensure_tables(spark, settings)
