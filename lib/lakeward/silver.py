@@ -338,15 +338,11 @@ def process_sources(
             if dates:
                 written.append(_write_source(spark, settings, source, dates, key, at, gates))
     finally:
-        try:
-            quality.record(spark, settings, gates)
-            if written:
-                refused = reduce(DataFrame.unionByName, [w.refused for w in written])
-                _merge_quarantine(spark, settings, refused)
-                _record(spark, settings, [(w.result.source, w.stats) for w in written], at)
-        finally:
-            for w in written:
-                w.refused.unpersist()
+        quality.record(spark, settings, gates)
+        if written:
+            refused = reduce(DataFrame.unionByName, [w.refused for w in written])
+            _merge_quarantine(spark, settings, refused)
+            _record(spark, settings, [(w.result.source, w.stats) for w in written], at)
     for w in written:
         r = w.result
         log.info(
@@ -362,7 +358,7 @@ class _Written:
 
     result: SilverResult
     refused: DataFrame
-    """Held in memory until the shared quarantine MERGE."""
+    """A local checkpoint, held until the shared quarantine MERGE."""
     stats: dict[date, tuple[int, int, int, int]]
 
 
@@ -396,9 +392,10 @@ def _write_source(
             _write(spark, spec.name, source, fresh, event_dates)
         finally:
             fresh.unpersist()
-        # A small frame kept apart, so the cache of every checked row goes now.
-        refused = quarantine_records(checked.filter(F.col("_reason").isNotNull()), source, at).persist()
-        refused.count()
+        # The refused rows are few: held apart (a local checkpoint, computed now
+        # from the cache), they let the cache of every checked row go at once.
+        invalid = checked.filter(F.col("_reason").isNotNull())
+        refused = quarantine_records(invalid, source, at).localCheckpoint()
     finally:
         checked.unpersist()
     totals = [sum(s[i] for s in stats.values()) for i in range(4)]
