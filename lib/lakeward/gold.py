@@ -173,7 +173,7 @@ def user_features(
 
     Without ``starts`` every user gets rows from their first known day: a full
     recompute. With ``starts`` (``user_key``, ``start_day``) only those users
-    get rows, for the days ``[start_day, as_of]``, continued from ``state``:
+    get rows, for the days ``[start_day, as_of]``, continued from ``state`` (required with ``starts``):
     one row per start (``user_key``, ``start_day`` and the feature columns of
     the user's row of ``start_day - 1``, null for a user with nothing known
     before ``start_day``). Because every value is a running sum of
@@ -206,13 +206,11 @@ def user_features(
     for part in deltas[1:]:
         combined = combined.unionByName(part, allowMissingColumns=True)
     if starts is not None:
-        # Every start day gets a row, also for a user with no delta on it: the
-        # state has one row per start, and without a state the starts give it.
-        start_rows = (
-            _state_deltas(state, windows) if state is not None
-            else starts.select("user_key", F.col("start_day").alias("day"))
-        )
-        combined = combined.unionByName(start_rows, allowMissingColumns=True)
+        if state is None:
+            raise ValueError("user_features: starts need a state, one row per start")
+        # The state has one row per start, so every start day gets a row, also
+        # for a user with no delta on it.
+        combined = combined.unionByName(_state_deltas(state, windows), allowMissingColumns=True)
     combined = combined.filter(F.col("user_key").isNotNull() & (F.col("day") <= F.lit(as_of)))
     # The only shuffle of the deltas: the join with starts, the grouping by
     # (user, day) and the window by user all keep to the partitioning by user.

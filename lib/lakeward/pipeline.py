@@ -90,7 +90,7 @@ def run_silver(
     for source in SOURCES:
         if not pending[source]:
             log.info("silver %s: nothing pending", source)
-    return silver.process_sources(spark, settings, {s: pending[s] for s in SOURCES}, key)
+    return silver.process_sources(spark, settings, pending, key)
 
 
 def _silver_dates(

@@ -217,7 +217,8 @@ def check(settings: Settings, table: str, df: DataFrame, *, batch: str) -> GateR
         log.info("quality: no contract for %s", table)
         return None
     results = validate(df, contract)
-    passed = all(r["success"] for r in results)
+    failed = [f"{r['expectation']}({r['kwargs']})" for r in results if not r["success"]]
+    passed = not failed
     at = datetime.now(UTC).replace(tzinfo=None)
     records = [
         (
@@ -226,8 +227,7 @@ def check(settings: Settings, table: str, df: DataFrame, *, batch: str) -> GateR
         )
         for r in results
     ]
-    failed = [f"{r['expectation']}({r['kwargs']})" for r in results if not r["success"]]
-    if not failed:
+    if passed:
         log.info("quality: %s passed %d expectation(s) for %s", contract.suite, len(results), batch)
     return GateResult(contract.suite, records, failed)
 

@@ -342,24 +342,30 @@ def process_sources(
         if written:
             refused = reduce(DataFrame.unionByName, [w.refused for w in written])
             _merge_quarantine(spark, settings, refused)
-            _record(spark, settings, [(w.result.source, w.stats) for w in written], at)
-    for w in written:
-        r = w.result
+            _record(spark, settings, [(w.source, w.stats) for w in written], at)
+    results = [w.result for w in written]
+    for r in results:
         log.info(
             "silver %s: in=%d quarantined=%d duplicates=%d written=%d",
             r.source, r.rows_in, r.rows_quarantined, r.rows_duplicate, r.rows_written,
         )
-    return [w.result for w in written]
+    return results
 
 
 @dataclass(frozen=True)
 class _Written:
     """One source written to its silver table; its refused rows and ledger counts still to record."""
 
-    result: SilverResult
+    source: str
     refused: DataFrame
     """A local checkpoint, held until the shared quarantine MERGE."""
     stats: dict[date, tuple[int, int, int, int]]
+
+    @property
+    def result(self) -> SilverResult:
+        """The ledger counts summed over the source's dates."""
+        totals = [sum(counts[i] for counts in self.stats.values()) for i in range(4)]
+        return SilverResult(self.source, *totals)
 
 
 def _write_source(
@@ -388,7 +394,7 @@ def _write_source(
             if gate is not None:
                 gates.append(gate)
                 gate.raise_if_failed()
-            stats = _stats(checked, first, fresh)
+            stats = _stats(checked, fresh)
             _write(spark, spec.name, source, fresh, event_dates)
         finally:
             fresh.unpersist()
@@ -398,8 +404,7 @@ def _write_source(
         refused = quarantine_records(invalid, source, at).localCheckpoint()
     finally:
         checked.unpersist()
-    totals = [sum(s[i] for s in stats.values()) for i in range(4)]
-    return _Written(SilverResult(source, *totals), refused, stats)
+    return _Written(source, refused, stats)
 
 
 def _batch_label(source: str, dates: Sequence[date]) -> str:
@@ -438,7 +443,7 @@ def _final_columns(rows: DataFrame, spec: tables.TableSpec) -> DataFrame:
     return rows.select(*spec.schema.fieldNames())
 
 
-def _stats(checked: DataFrame, first: DataFrame, fresh: DataFrame) -> dict[date, tuple[int, int, int, int]]:
+def _stats(checked: DataFrame, fresh: DataFrame) -> dict[date, tuple[int, int, int, int]]:
     per_date = checked.groupBy("_arrival_date").agg(
         F.count(F.lit(1)).alias("rows_in"),
         F.count(F.col("_reason")).alias("rows_quarantined"),
