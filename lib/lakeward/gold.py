@@ -168,18 +168,28 @@ def user_features(
     version: str,
     starts: DataFrame | None = None,
     state: DataFrame | None = None,
+    from_day: date | None = None,
 ) -> DataFrame:
     """As-known-at feature rows for every user and day up to ``as_of``.
 
-    Without ``starts`` every user gets rows from their first known day: a full
-    recompute. With ``starts`` (``user_key``, ``start_day``) only those users
-    get rows, for the days ``[start_day, as_of]``, continued from ``state`` (required with ``starts``):
-    one row per start (``user_key``, ``start_day`` and the feature columns of
-    the user's row of ``start_day - 1``, null for a user with nothing known
-    before ``start_day``). Because every value is a running sum of
-    deltas, the row of day A equals the row of ``start_day - 1`` plus the
-    deltas dated ``start_day..A``, so both paths give the same rows. Events
-    whose deltas all fall before ``start_day`` may be left out of the inputs.
+    With none of ``starts``, ``state`` and ``from_day`` every user gets rows
+    from their first known day: a full recompute. The others continue rows
+    already computed. Every value is a running sum of deltas, so the row of
+    day A equals the row of the day before a start plus the deltas dated from
+    the start to A:
+
+    - ``state`` (``user_key``, ``start_day`` and the feature columns of the
+      user's row of ``start_day - 1``, null for a user with nothing known
+      before) continues that row from ``start_day``, also on days with no
+      delta.
+    - ``starts`` (``user_key``, ``start_day``; one row each, and ``state``
+      required with it) limits the rows to those users, from their own start
+      day: for arrival days that came out of order.
+    - ``from_day`` is one start day for every user: deltas dated before it
+      are left out.
+
+    Events whose deltas all fall before the start may be left out of the
+    inputs.
     """
     metrics: list[str] = []
     deltas: list[DataFrame] = []
@@ -205,13 +215,16 @@ def user_features(
     combined = deltas[0]
     for part in deltas[1:]:
         combined = combined.unionByName(part, allowMissingColumns=True)
-    if starts is not None:
-        if state is None:
-            raise ValueError("user_features: starts need a state, one row per start")
+    if starts is not None and state is None:
+        raise ValueError("user_features: starts need a state, one row per start")
+    if state is not None:
         # The state has one row per start, so every start day gets a row, also
         # for a user with no delta on it.
         combined = combined.unionByName(_state_deltas(state, windows), allowMissingColumns=True)
-    combined = combined.filter(F.col("user_key").isNotNull() & (F.col("day") <= F.lit(as_of)))
+    kept = F.col("user_key").isNotNull() & (F.col("day") <= F.lit(as_of))
+    if from_day is not None:
+        kept &= F.col("day") >= F.lit(from_day)
+    combined = combined.filter(kept)
     # The only shuffle of the deltas: the join with starts, the grouping by
     # (user, day) and the window by user all keep to the partitioning by user.
     # Its count is fixed because the stage after it writes about three rows

@@ -39,7 +39,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from functools import reduce
+from functools import partial, reduce
 
 from delta.tables import DeltaTable
 from pyspark.errors import AnalysisException
@@ -342,16 +342,44 @@ def _write_features(
     earliest: date,
     as_of: date,
 ) -> int:
-    """Recompute each affected user's rows from its start day; every start day is ``>= earliest``.
-
-    ``earliest`` bounds what is read and replaced. Rows between it and a
-    user's own start day are left out by the join with ``starts``, so the
-    bound needs no Spark job of its own.
-    """
+    """Recompute each affected user's rows from its start day; every start day is ``>= earliest``."""
     spec = gold.user_features_spec(settings)
     existing = tables.read(spark, spec.name)
+    orders, deliveries, ratings = (
+        df.filter(_relevant(earliest, as_of, spans))
+        for df, spans in zip(needed, _delta_spans(settings), strict=True)
+    )
+    compute = partial(
+        gold.user_features, orders, deliveries, ratings, as_of=as_of,
+        windows=settings.pipeline.feature_windows_days, version=settings.pipeline.feature_version,
+        from_day=earliest,
+    )
+    from_earliest = F.col("feature_date") >= F.lit(earliest)
+    if previous_as_of is None or earliest > previous_as_of:
+        # Arrival days in order: everything new became known after the last
+        # run's as_of, so every user starts on the day after it, continued
+        # from their row of that day (a user without one had nothing known
+        # then, and their rows start with their first delta). One start day
+        # for all needs no per-user starts and no join with them.
+        state = None
+        if previous_as_of is not None:
+            state = existing.filter(F.col("feature_date") == F.lit(previous_as_of)).select(
+                F.lit(previous_as_of + timedelta(days=1)).alias("start_day"),
+                *[column for column in existing.columns if column != "feature_date"],
+            )
+        features = compute(state=state).select(*spec.schema.fieldNames())
+        # Every row is a new day. Rows of those days exist only if a run died
+        # before its ledger write; they are then replaced. Otherwise a plain
+        # append does, and it skips the search for rows to remove and the
+        # snapshot rebuild that a conditional overwrite costs. Gold has one
+        # writer, so nothing lands in between.
+        if existing.filter(from_earliest).isEmpty():
+            return tables.append_counted(features, spec.name)
+        return tables.overwrite_where(features, spec.name, from_earliest)
+    # Arrival days out of order: each affected user restarts on the first day
+    # their new events became known, and the rows from there are merged.
     restarts = changed.groupBy("user_key").agg(F.min("known_day").alias("start_day"))
-    if previous_as_of is not None and as_of > previous_as_of:
+    if as_of > previous_as_of:
         carried_forward = existing.filter(F.col("feature_date") == F.lit(previous_as_of)).select(
             "user_key", F.lit(previous_as_of + timedelta(days=1)).alias("start_day")
         )
@@ -360,37 +388,21 @@ def _write_features(
         restarts.groupBy("user_key").agg(F.min("start_day").alias("start_day"))
         .filter(F.col("start_day") <= F.lit(as_of))
         # Not cache(): Spark plans a cached frame that reads user_features
-        # again after the append below changes that table (three Delta file
+        # again after the write below changes that table (three Delta file
         # listings, about 0.7 s at 3.24M events). A local checkpoint keeps the
         # rows without the plan; Spark removes them once nothing refers to it.
         .localCheckpoint()
     )
     # One row per start: the user's row of the day before, or nulls for a user
-    # with none. Its deltas also give the start day its row.
+    # with none. Rows between ``earliest`` and a user's own start day are left
+    # out by this join, so the bound needs no Spark job of its own.
     previous = existing.filter(F.col("feature_date") >= F.lit(earliest - timedelta(days=1)))
     state = starts.join(
         previous.withColumn("start_day", F.date_add(F.col("feature_date"), 1)).drop("feature_date"),
         ["user_key", "start_day"],
         "left",
     )
-    orders, deliveries, ratings = (
-        df.filter(_relevant(earliest, as_of, spans))
-        for df, spans in zip(needed, _delta_spans(settings), strict=True)
-    )
-    features = gold.user_features(
-        orders, deliveries, ratings, as_of=as_of, windows=settings.pipeline.feature_windows_days,
-        version=settings.pipeline.feature_version, starts=starts, state=state,
-    ).select(*spec.schema.fieldNames())
-    from_earliest = F.col("feature_date") >= F.lit(earliest)
-    if previous_as_of is None or earliest > previous_as_of:
-        # Arrival days in order: every row is a new day. Rows of those days
-        # exist only if a run died before its ledger write; they are then
-        # replaced. Otherwise a plain append does, and it skips the search
-        # for rows to remove and the snapshot rebuild that a conditional
-        # overwrite costs. Gold has one writer, so nothing lands in between.
-        if existing.filter(from_earliest).isEmpty():
-            return tables.append_counted(features, spec.name)
-        return tables.overwrite_where(features, spec.name, from_earliest)
+    features = compute(starts=starts, state=state).select(*spec.schema.fieldNames())
     keys = (F.col("t.user_key") == F.col("s.user_key")) & (
         F.col("t.feature_date") == F.col("s.feature_date")
     )
