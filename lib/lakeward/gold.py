@@ -239,27 +239,15 @@ def user_features(
         *[F.sum(name).alias(name) for name in metrics],
         F.max("last_order_date").alias("last_order_date"),
     )
-    by_day = Window.partitionBy("user_key").orderBy("day")
-    running = by_day.rowsBetween(Window.unboundedPreceding, Window.currentRow)
-    cumulative = {name: F.coalesce(F.sum(name).over(running), F.lit(0)) for name in metrics}
-    # Values change only on days with a delta: each such day's sums hold until
-    # the day before the next one (or as_of), so the window runs over the
-    # days with deltas and the dense rows come from expanding them.
-    summed = per_day.select(
-        "user_key",
-        "day",
-        *[cumulative[name].alias(name) for name in metrics],
-        F.max("last_order_date").over(running).alias("last_order_date"),
-        F.lead("day").over(by_day).alias("_next_day"),
-    )
-    changes = summed.select(
-        "user_key",
-        F.explode(
-            F.sequence(F.col("day"), F.coalesce(F.date_sub(F.col("_next_day"), 1), F.lit(as_of)))
-        ).alias("feature_date"),
-        *metrics,
-        "last_order_date",
-    )
+    if from_day == as_of:
+        # One day to compute: every delta left is dated as_of, so its sums
+        # are the row, with no running window or expansion to run.
+        changes = per_day.select(
+            "user_key", F.col("day").alias("feature_date"),
+            *[F.coalesce(F.col(name), F.lit(0)).alias(name) for name in metrics], "last_order_date",
+        )
+    else:
+        changes = _expand_running(per_day, metrics, as_of)
     window_fields = [f.name for f in feature_columns(windows)][: 2 * len(windows)]
     return changes.select(
         "user_key",
@@ -273,6 +261,32 @@ def user_features(
         F.when(F.col("rating_count") > 0,
                F.col("rating_sum") / F.col("rating_count")).alias("mean_rating"),
         F.lit(version).alias("feature_version"),
+    )
+
+
+def _expand_running(per_day: DataFrame, metrics: Sequence[str], as_of: date) -> DataFrame:
+    """Running sums over each user's days with deltas, expanded to one row per day up to ``as_of``.
+
+    Values change only on days with a delta: each such day's sums hold until
+    the day before the next one (or as_of), so the window runs over the days
+    with deltas and the dense rows come from expanding them.
+    """
+    by_day = Window.partitionBy("user_key").orderBy("day")
+    running = by_day.rowsBetween(Window.unboundedPreceding, Window.currentRow)
+    summed = per_day.select(
+        "user_key",
+        "day",
+        *[F.coalesce(F.sum(name).over(running), F.lit(0)).alias(name) for name in metrics],
+        F.max("last_order_date").over(running).alias("last_order_date"),
+        F.lead("day").over(by_day).alias("_next_day"),
+    )
+    return summed.select(
+        "user_key",
+        F.explode(
+            F.sequence(F.col("day"), F.coalesce(F.date_sub(F.col("_next_day"), 1), F.lit(as_of)))
+        ).alias("feature_date"),
+        *metrics,
+        "last_order_date",
     )
 
 

@@ -7,6 +7,7 @@ from decimal import Decimal
 import pytest
 from chispa import assert_df_equality
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
 from lakeward.gold import user_daily, user_features
 
@@ -87,6 +88,30 @@ def test_user_features_match_oracle(spark: SparkSession, as_of_day: int) -> None
     expected = spark.createDataFrame(expected_rows, schema=got.schema)
     assert_df_equality(got, expected, ignore_row_order=True, ignore_nullable=True)
 
+
+
+@pytest.mark.parametrize(("from_day", "as_of_day"), [(12, 12), (12, 17), (1, 1)])
+def test_rows_continued_from_the_day_before_match_oracle(
+    spark: SparkSession, from_day: int, as_of_day: int
+) -> None:
+    """The increment's path: each user's row of the day before, plus the deltas from ``from_day``."""
+    orders, deliveries, ratings = [], [], []
+    for seed in range(20, 28):
+        o, d, r = _random_events(seed)
+        orders += o
+        deliveries += d
+        ratings += r
+    first, as_of = START + timedelta(days=from_day), START + timedelta(days=as_of_day)
+    frames = (spark.createDataFrame(orders, ORDERS), spark.createDataFrame(deliveries, DELIVERIES),
+              spark.createDataFrame(ratings, RATINGS))
+    day_before = user_features(*frames, as_of=first - timedelta(days=1), windows=WINDOWS, version="vT")
+    state = day_before.filter(F.col("feature_date") == F.lit(first - timedelta(days=1))).select(
+        F.lit(first).alias("start_day"), *[c for c in day_before.columns if c != "feature_date"]
+    )
+    got = user_features(*frames, as_of=as_of, windows=WINDOWS, version="vT", state=state, from_day=first)
+    expected_rows = [r for r in _oracle(orders, deliveries, ratings, as_of) if r["feature_date"] >= first]
+    expected = spark.createDataFrame(expected_rows, schema=got.schema)
+    assert_df_equality(got, expected, ignore_row_order=True, ignore_nullable=True)
 
 def test_late_event_only_changes_later_rows(spark: SparkSession) -> None:
     on_time = [("u", date(2026, 1, 1), date(2026, 1, 1), Decimal("10.00"))]
