@@ -241,12 +241,18 @@ def _describe_file(settings: Settings, source: str, day: date, path: Path) -> La
     )
 
 
+def table_specs(settings: Settings) -> list[tables.TableSpec]:
+    """Every bronze table and the ingestion ledger."""
+    return [
+        *[bronze_spec(settings, source) for source in SOURCES],
+        quarantine_spec(settings),
+        ledger_spec(settings),
+    ]
+
+
 def ensure_tables(spark: SparkSession, settings: Settings) -> None:
     """Create every bronze table and the ingestion ledger if absent."""
-    for source in SOURCES:
-        tables.ensure_table(spark, bronze_spec(settings, source))
-    tables.ensure_table(spark, quarantine_spec(settings))
-    tables.ensure_table(spark, ledger_spec(settings))
+    tables.ensure_tables(spark, table_specs(settings))
 
 
 def ingest(spark: SparkSession, settings: Settings, source: str, dates: Sequence[date]) -> IngestResult:

@@ -293,7 +293,11 @@ def _expand_running(per_day: DataFrame, metrics: Sequence[str], as_of: date) -> 
 # --- writer ----------------------------------------------------------------------------
 
 
+def table_specs(settings: Settings) -> list[tables.TableSpec]:
+    """The gold tables."""
+    return [user_daily_spec(settings), user_features_spec(settings)]
+
+
 def ensure_tables(spark: SparkSession, settings: Settings) -> None:
     """Create the gold tables if absent."""
-    tables.ensure_table(spark, user_daily_spec(settings))
-    tables.ensure_table(spark, user_features_spec(settings))
+    tables.ensure_tables(spark, table_specs(settings))

@@ -99,10 +99,14 @@ def ledger_spec(settings: Settings) -> tables.TableSpec:
     return tables.TableSpec(settings.table("ops_gold_runs"), LEDGER_SCHEMA)
 
 
+def table_specs(settings: Settings) -> list[tables.TableSpec]:
+    """The gold tables and their ledger."""
+    return [*gold.table_specs(settings), ledger_spec(settings)]
+
+
 def ensure_tables(spark: SparkSession, settings: Settings) -> None:
     """Create the gold tables and their ledger if absent."""
-    gold.ensure_tables(spark, settings)
-    tables.ensure_table(spark, ledger_spec(settings))
+    tables.ensure_tables(spark, table_specs(settings))
 
 
 def refresh(spark: SparkSession, settings: Settings, *, full: bool = False) -> GoldResult:

@@ -42,9 +42,13 @@ class DateSelection:
 
 def ensure_tables(spark: SparkSession, settings: Settings) -> None:
     """Create every table the pipeline writes, so all of them are queryable from the start."""
-    bronze.ensure_tables(spark, settings)
-    silver.ensure_tables(spark, settings)
-    incremental.ensure_tables(spark, settings)
+    specs = [
+        *bronze.table_specs(settings),
+        *silver.table_specs(settings),
+        *incremental.table_specs(settings),
+        quality.result_spec(settings),
+    ]
+    tables.ensure_tables(spark, specs)
 
 
 def run(spark: SparkSession, settings: Settings, stage: str, selection: DateSelection) -> None:

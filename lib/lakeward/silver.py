@@ -300,12 +300,18 @@ def latest_user_state(users: DataFrame) -> DataFrame:
 # --- writer ----------------------------------------------------------------------------
 
 
+def table_specs(settings: Settings) -> list[tables.TableSpec]:
+    """The silver tables, the silver quarantine and the ledger."""
+    return [
+        *[silver_spec(settings, source) for source in SOURCES],
+        quarantine_spec(settings),
+        ledger_spec(settings),
+    ]
+
+
 def ensure_tables(spark: SparkSession, settings: Settings) -> None:
     """Create the silver tables, the silver quarantine and the ledger if absent."""
-    for source in SOURCES:
-        tables.ensure_table(spark, silver_spec(settings, source))
-    tables.ensure_table(spark, quarantine_spec(settings))
-    tables.ensure_table(spark, ledger_spec(settings))
+    tables.ensure_tables(spark, table_specs(settings))
 
 
 def process(
