@@ -384,8 +384,23 @@ def _write_features(
     # their new events became known, and the rows from there are merged.
     restarts = changed.groupBy("user_key").agg(F.min("known_day").alias("start_day"))
     if as_of > previous_as_of:
-        carried_forward = existing.filter(F.col("feature_date") == F.lit(previous_as_of)).select(
-            "user_key", F.lit(previous_as_of + timedelta(days=1)).alias("start_day")
+        # Every user known on the new days goes on from the day after the last
+        # as_of: those with a row then, and those whose stored events became
+        # known only on the new days (an event dated after its arrival day),
+        # which the change feed does not list.
+        known_later = reduce(DataFrame.unionByName, [
+            df.filter(
+                F.greatest("event_date", "_arrival_date").between(
+                    F.lit(previous_as_of + timedelta(days=1)), F.lit(as_of)
+                )
+            ).select("user_key")
+            for df in (orders, deliveries, ratings)
+        ])
+        carried_forward = (
+            existing.filter(F.col("feature_date") == F.lit(previous_as_of)).select("user_key")
+            .unionByName(known_later)
+            .filter(F.col("user_key").isNotNull())
+            .select("user_key", F.lit(previous_as_of + timedelta(days=1)).alias("start_day"))
         )
         restarts = restarts.unionByName(carried_forward)
     starts = (

@@ -177,3 +177,37 @@ def test_one_new_day_in_order_only_appends_that_day(
     assert sorted(before) == sorted(after.filter(F.col("feature_date") == d1).collect())
     new = [(r["user_key"], r["orders_7d"]) for r in after.filter(F.col("feature_date") == d2).collect()]
     assert sorted(new) == [("a", 2), ("b", 1)], "the run that died left no second copy"
+
+
+def test_events_known_after_their_arrival_day_carry_over_into_a_merge(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path
+) -> None:
+    """An event dated after its arrival day (within silver's tolerance) is known only on its own date.
+
+    It is stored by the run of its arrival day but has no row yet; a later
+    run that must MERGE (a backfill of an earlier arrival day) still has to
+    give its user rows from that date on, though the change feed does not
+    list it.
+    """
+    settings = _settings(base_settings, tmp_path)
+    silver.ensure_tables(spark, settings)
+    d1, d2, d3 = date(2026, 3, 1), date(2026, 3, 2), date(2026, 3, 3)
+    orders = [
+        ("a", d1, d1, Decimal("10.00")),
+        ("x", d2, d1, Decimal("7.00")),  # dated the day after it arrived
+        ("a", d2, d2, Decimal("1.00")),
+        ("a", d1, d1, Decimal("3.00")),  # the backfill of arrival day d1
+        ("y", d3, d2, Decimal("2.00")),
+    ]
+    rows = _silver_rows(orders, [], [])["silver_orders"]
+    _append(spark, settings, "silver_orders", rows[:2])
+    assert incremental.refresh(spark, settings).as_of == d1
+    _append(spark, settings, "silver_orders", rows[2:])
+    result = incremental.refresh(spark, settings)
+    assert (result.mode, result.as_of) == ("incremental", d2)
+    _, features_incremental = _snapshot(spark, settings)
+    incremental.refresh(spark, settings, full=True)
+    _, features_full = _snapshot(spark, settings)
+    assert_df_equality(features_incremental, features_full, ignore_row_order=True, ignore_nullable=True)
+    x_rows = features_incremental.filter(F.col("user_key") == "x").select("feature_date", "orders_7d")
+    assert [tuple(r) for r in x_rows.collect()] == [(d2, 1)]
