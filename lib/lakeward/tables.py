@@ -85,7 +85,9 @@ def ensure_tables(spark: SparkSession, specs: Sequence[TableSpec]) -> None:
     new process the first Delta and catalog calls load and compile their code
     (about 10 s), and that part does not overlap.
     """
-    missing = [spec for spec in specs if not spark.catalog.tableExists(spec.name)]
+    # One spec per name: two threads creating one table would race.
+    unique = {spec.name: spec for spec in specs}.values()
+    missing = [spec for spec in unique if not spark.catalog.tableExists(spec.name)]
     for schema in sorted({spec.name.rsplit(".", 1)[0] for spec in missing if "." in spec.name}):
         ensure_schema(spark, schema)
     if len(missing) == 1:
