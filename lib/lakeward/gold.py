@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import date
 
-from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -290,14 +290,9 @@ def _expand_running(per_day: DataFrame, metrics: Sequence[str], as_of: date) -> 
     )
 
 
-# --- writer ----------------------------------------------------------------------------
+# --- tables ----------------------------------------------------------------------------
 
 
 def table_specs(settings: Settings) -> list[tables.TableSpec]:
     """The gold tables."""
     return [user_daily_spec(settings), user_features_spec(settings)]
-
-
-def ensure_tables(spark: SparkSession, settings: Settings) -> None:
-    """Create the gold tables if absent."""
-    tables.ensure_tables(spark, table_specs(settings))

@@ -90,12 +90,9 @@ def ensure_tables(spark: SparkSession, specs: Sequence[TableSpec]) -> None:
     missing = [spec for spec in unique if not spark.catalog.tableExists(spec.name)]
     for schema in sorted({spec.name.rsplit(".", 1)[0] for spec in missing if "." in spec.name}):
         ensure_schema(spark, schema)
-    if len(missing) == 1:
-        _create(spark, missing[0])
-    elif missing:
-        with ThreadPoolExecutor(max_workers=CREATE_THREADS) as pool:
-            # list() so that an error in any thread is raised here.
-            list(pool.map(partial(_create, spark), missing))
+    with ThreadPoolExecutor(max_workers=CREATE_THREADS) as pool:
+        # list() so that an error in any thread is raised here.
+        list(pool.map(partial(_create, spark), missing))
 
 
 def _create(spark: SparkSession, spec: TableSpec) -> None:
