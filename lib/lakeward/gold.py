@@ -85,8 +85,8 @@ def user_features_spec(settings: Settings) -> tables.TableSpec:
 # --- pure transforms -------------------------------------------------------------------
 
 
-def _known_day(df: DataFrame) -> Column:
-    # An event is known once it has arrived, and never before it happened.
+def known_day() -> Column:
+    """The day an event became known: once it has arrived, and never before it happened."""
     return F.greatest(F.col("event_date"), F.col("_arrival_date"))
 
 
@@ -128,7 +128,7 @@ def _is_late() -> Column:
 
 def _window_deltas(events: DataFrame, days: int, values: dict[str, Column]) -> DataFrame:
     """+value on the known day, -value on the day the event leaves the window."""
-    known = _known_day(events)
+    known = known_day()
     leaves = F.date_add(F.col("event_date"), days)
     inside = events.filter(known < leaves)
     start = inside.select("user_key", known.alias("day"), *[v.alias(n) for n, v in values.items()])
@@ -201,16 +201,16 @@ def user_features(
     metrics.append("late_deliveries_30d")
     known_ratings = {"rating_count": F.lit(1).cast(COUNT), "rating_sum": F.col("rating").cast(COUNT)}
     deltas.append(
-        ratings.select("user_key", _known_day(ratings).alias("day"),
+        ratings.select("user_key", known_day().alias("day"),
                        *[v.alias(n) for n, v in known_ratings.items()])
     )
     metrics += list(known_ratings)
     deltas.append(
-        orders.select("user_key", _known_day(orders).alias("day"),
+        orders.select("user_key", known_day().alias("day"),
                       F.col("event_date").alias("last_order_date"))
     )
     # A delivery makes its user known even when it falls outside every window.
-    deltas.append(deliveries.select("user_key", _known_day(deliveries).alias("day")))
+    deltas.append(deliveries.select("user_key", known_day().alias("day")))
 
     combined = deltas[0]
     for part in deltas[1:]:

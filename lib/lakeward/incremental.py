@@ -197,7 +197,7 @@ def _change_feed(
             .option("endingVersion", end)
             .table(name)
             .select("user_key", "event_date", "_arrival_date", "_change_type",
-                    F.greatest("event_date", "_arrival_date").alias("known_day"))
+                    gold.known_day().alias("known_day"))
         )
     return reduce(DataFrame.unionByName, feeds)
 
@@ -388,19 +388,16 @@ def _write_features(
         # as_of: those with a row then, and those whose stored events became
         # known only on the new days (an event dated after its arrival day),
         # which the change feed does not list.
+        next_day = previous_as_of + timedelta(days=1)
         known_later = reduce(DataFrame.unionByName, [
-            df.filter(
-                F.greatest("event_date", "_arrival_date").between(
-                    F.lit(previous_as_of + timedelta(days=1)), F.lit(as_of)
-                )
-            ).select("user_key")
+            df.filter(gold.known_day().between(F.lit(next_day), F.lit(as_of))).select("user_key")
             for df in (orders, deliveries, ratings)
         ])
         carried_forward = (
             existing.filter(F.col("feature_date") == F.lit(previous_as_of)).select("user_key")
             .unionByName(known_later)
             .filter(F.col("user_key").isNotNull())
-            .select("user_key", F.lit(previous_as_of + timedelta(days=1)).alias("start_day"))
+            .select("user_key", F.lit(next_day).alias("start_day"))
         )
         restarts = restarts.unionByName(carried_forward)
     starts = (
