@@ -29,6 +29,10 @@ from outside the pipeline, an erasure for example.
 
 The ledger row is written last. A run that dies before it leaves gold rows
 that the next run computes again, from the same state, to the same values.
+Each ``user_features`` commit of a run names it in the commit's
+``userMetadata`` (``lakeward gold run <run_id>``), so the next run can tell
+from the table's latest commit whether a run wrote after the last one
+recorded.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import logging
 import uuid
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from functools import partial, reduce
 
@@ -88,10 +92,15 @@ class GoldResult:
 
 @dataclass(frozen=True)
 class _LastRun:
+    run_id: str
     as_of: date | None
     feature_version: str
     windows: str
     inputs: dict[str, int]
+    # Whether user_features' latest commit is this run's: then it holds no
+    # rows after ``as_of`` (only a run that died before its ledger row leaves
+    # such rows).
+    wrote_features_last: bool = False
 
 
 def ledger_spec(settings: Settings) -> tables.TableSpec:
@@ -112,6 +121,7 @@ def ensure_tables(spark: SparkSession, settings: Settings) -> None:
 def refresh(spark: SparkSession, settings: Settings, *, full: bool = False) -> GoldResult:
     """Bring gold up to date with silver: incrementally, or recomputed with ``full``."""
     started = datetime.now(UTC).replace(tzinfo=None)
+    run_id = uuid.uuid4().hex
     names = {logical: settings.table(logical) for logical in SILVER_EVENTS}
     versions, last = _probe(spark, settings, names)
     reason = "requested" if full else _full_reason(settings, last, versions)
@@ -119,15 +129,20 @@ def refresh(spark: SparkSession, settings: Settings, *, full: bool = False) -> G
         if last.inputs == versions:
             log.info("gold: up to date with silver versions %s", _describe(versions))
             return GoldResult("up_to_date", last.as_of, inputs=versions)
-        result = _incremental(spark, settings, names, versions, last)
+        result = _incremental(spark, settings, names, versions, last, run_id)
         if result is not None:
-            _record(spark, settings, result, started)
+            _record(spark, settings, result, run_id, started)
             return result
         reason = "the change feed since the last run holds more than inserts or cannot be read"
     log.info("gold: full recompute (%s)", reason)
-    result = _full(spark, settings, names, versions)
-    _record(spark, settings, result, started)
+    result = _full(spark, settings, names, versions, run_id)
+    _record(spark, settings, result, run_id, started)
     return result
+
+
+def _commit_note(run_id: str) -> str:
+    """What a gold run writes in the history of its ``user_features`` commits."""
+    return f"lakeward gold run {run_id}"
 
 
 def _probe(
@@ -136,17 +151,29 @@ def _probe(
     """The silver versions and the last run, read side by side.
 
     Each is a small Spark job or a catalog call that spends most of its time
-    on the driver; in sequence they took about a tenth of an increment.
+    on the driver; in sequence they took about a tenth of an increment. The
+    gold tables are checked at the same time: a read that came before its
+    table existed is done again.
     """
-
-    def last_run() -> _LastRun | None:
-        ensure_tables(spark, settings)
-        return _last_run(spark, settings)
-
-    with ThreadPoolExecutor(max_workers=len(names) + 1) as pool:
-        last = pool.submit(last_run)
+    features = settings.table("gold_user_features")
+    with ThreadPoolExecutor(max_workers=len(names) + 3) as pool:
+        ensured = pool.submit(ensure_tables, spark, settings)
+        last = pool.submit(_last_run, spark, settings)
+        note = pool.submit(tables.last_commit_metadata, spark, features)
         versions = {name: pool.submit(tables.current_version, spark, name) for name in names.values()}
-        return {name: version.result() for name, version in versions.items()}, last.result()
+        ensured.result()
+        try:
+            previous = last.result()
+        except AnalysisException:
+            previous = _last_run(spark, settings)
+        try:
+            features_note = note.result()
+        except AnalysisException:
+            features_note = tables.last_commit_metadata(spark, features)
+        if previous is not None:
+            wrote_last = features_note == _commit_note(previous.run_id)
+            previous = replace(previous, wrote_features_last=wrote_last)
+        return {name: version.result() for name, version in versions.items()}, previous
 
 
 def _describe(versions: Mapping[str, int]) -> str:
@@ -162,7 +189,7 @@ def _last_run(spark: SparkSession, settings: Settings) -> _LastRun | None:
     row = ledger.orderBy(F.col("finished_at").desc()).first()
     if row is None:
         return None
-    return _LastRun(row["as_of"], row["feature_version"], row["windows"], dict(row["inputs"]))
+    return _LastRun(row["run_id"], row["as_of"], row["feature_version"], row["windows"], dict(row["inputs"]))
 
 
 def _full_reason(settings: Settings, last: _LastRun | None, versions: Mapping[str, int]) -> str | None:
@@ -215,7 +242,11 @@ def _as_of(events: Sequence[DataFrame]) -> date | None:
 
 
 def _full(
-    spark: SparkSession, settings: Settings, names: Mapping[str, str], versions: Mapping[str, int]
+    spark: SparkSession,
+    settings: Settings,
+    names: Mapping[str, str],
+    versions: Mapping[str, int],
+    run_id: str,
 ) -> GoldResult:
     orders, deliveries, ratings = _read_pinned(spark, names, versions)
     as_of = _as_of([orders, deliveries, ratings])
@@ -240,7 +271,7 @@ def _full(
     tables.overwrite(by_date, daily_spec.name)
     tables.overwrite(
         features.sortWithinPartitions("feature_date"), features_spec.name,
-        rows_per_file=settings.pipeline.gold_rows_per_file,
+        rows_per_file=settings.pipeline.gold_rows_per_file, user_metadata=_commit_note(run_id),
     )
     daily_rows = tables.rows_last_written(spark, daily_spec.name)
     feature_rows = tables.rows_last_written(spark, features_spec.name)
@@ -255,6 +286,7 @@ def _incremental(
     names: Mapping[str, str],
     versions: Mapping[str, int],
     last: _LastRun,
+    run_id: str,
 ) -> GoldResult | None:
     """Apply the silver rows inserted since ``last``; None when the feed holds anything else."""
     try:
@@ -292,7 +324,7 @@ def _incremental(
             with ThreadPoolExecutor(max_workers=2) as pool:
                 daily = pool.submit(_replace_daily_days, settings, needed, touched)
                 features = pool.submit(
-                    _write_features, spark, settings, needed, changed, last.as_of, earliest, as_of
+                    _write_features, spark, settings, needed, changed, last, earliest, as_of, run_id
                 )
                 daily_rows, feature_rows = daily.result(), features.result()
         finally:
@@ -342,12 +374,14 @@ def _write_features(
     settings: Settings,
     needed: Sequence[DataFrame],
     changed: DataFrame,
-    previous_as_of: date | None,
+    last: _LastRun,
     earliest: date,
     as_of: date,
+    run_id: str,
 ) -> int:
     """Recompute each affected user's rows from its start day; every start day is ``>= earliest``."""
     spec = gold.user_features_spec(settings)
+    previous_as_of, note = last.as_of, _commit_note(run_id)
     existing = tables.read(spark, spec.name)
     orders, deliveries, ratings = (
         df.filter(_relevant(earliest, as_of, spans))
@@ -376,10 +410,12 @@ def _write_features(
         # before its ledger write; they are then replaced. Otherwise a plain
         # append does, and it skips the search for rows to remove and the
         # snapshot rebuild that a conditional overwrite costs. Gold has one
-        # writer, so nothing lands in between.
-        if existing.filter(from_earliest).isEmpty():
-            return tables.append_counted(features, spec.name)
-        return tables.overwrite_where(features, spec.name, from_earliest)
+        # writer, so nothing lands in between. When the table's latest commit
+        # is the last run's, no run wrote after it, and the Spark job that
+        # looks for such rows (about 0.9 s) is not needed.
+        if last.wrote_features_last or existing.filter(from_earliest).isEmpty():
+            return tables.append_counted(features, spec.name, user_metadata=note)
+        return tables.overwrite_where(features, spec.name, from_earliest, user_metadata=note)
     # Arrival days out of order: each affected user restarts on the first day
     # their new events became known, and the rows from there are merged.
     restarts = changed.groupBy("user_key").agg(F.min("known_day").alias("start_day"))
@@ -448,9 +484,11 @@ def _upsert(spark: SparkSession, name: str, source: DataFrame, condition: Column
     return int(metrics["num_inserted_rows"]) + int(metrics["num_updated_rows"]) if metrics else 0
 
 
-def _record(spark: SparkSession, settings: Settings, result: GoldResult, started: datetime) -> None:
+def _record(
+    spark: SparkSession, settings: Settings, result: GoldResult, run_id: str, started: datetime
+) -> None:
     row = (
-        uuid.uuid4().hex,
+        run_id,
         result.mode,
         result.as_of,
         settings.pipeline.feature_version,

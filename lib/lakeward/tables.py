@@ -30,6 +30,8 @@ PERSONAL_DATA_PROPERTY = "lakeward.personal_data"
 PERSONAL_COLUMNS_PROPERTY = "lakeward.personal_columns"
 SUBJECT_COLUMN_PROPERTY = "lakeward.subject_column"
 CREATE_THREADS = 4
+# Delta's write option for a free-text note kept in the commit's history entry.
+USER_METADATA_OPTION = "userMetadata"
 
 
 @dataclass(frozen=True)
@@ -123,35 +125,47 @@ def exists(spark: SparkSession, name: str) -> bool:
     return spark.catalog.tableExists(name)
 
 
-def append(df: DataFrame, name: str, *, txn: tuple[str, int] | None = None) -> None:
+def append(
+    df: DataFrame, name: str, *, txn: tuple[str, int] | None = None, user_metadata: str | None = None
+) -> None:
     """Append ``df`` to the table.
 
     With ``txn=(app_id, version)`` the append is idempotent: Delta records the
     pair in the same commit and skips any later write whose version for that
     app id is not greater, so a retried write after a crash adds nothing.
+    ``user_metadata`` is kept in the commit's history entry (see
+    :func:`last_commit_metadata`).
     """
     writer = df.write.format("delta").mode("append")
     if txn is not None:
         writer = writer.option("txnAppId", txn[0]).option("txnVersion", str(txn[1]))
+    if user_metadata is not None:
+        writer = writer.option(USER_METADATA_OPTION, user_metadata)
     writer.saveAsTable(name)
 
 
-def overwrite(df: DataFrame, name: str, *, rows_per_file: int | None = None) -> None:
+def overwrite(
+    df: DataFrame, name: str, *, rows_per_file: int | None = None, user_metadata: str | None = None
+) -> None:
     """Replace the table's contents (schema kept) in one commit."""
     writer = df.write.format("delta").mode("overwrite")
     if rows_per_file is not None:
         writer = writer.option("maxRecordsPerFile", rows_per_file)
+    if user_metadata is not None:
+        writer = writer.option(USER_METADATA_OPTION, user_metadata)
     writer.saveAsTable(name)
 
 
-def append_counted(df: DataFrame, name: str) -> int:
+def append_counted(df: DataFrame, name: str, *, user_metadata: str | None = None) -> int:
     """Append ``df`` to the table; returns the rows appended."""
     observed, rows = _counted(df)
-    append(observed, name)
+    append(observed, name, user_metadata=user_metadata)
     return rows()
 
 
-def overwrite_where(df: DataFrame, name: str, condition: Column) -> int:
+def overwrite_where(
+    df: DataFrame, name: str, condition: Column, *, user_metadata: str | None = None
+) -> int:
     """Replace the rows matching ``condition`` with ``df`` in one commit; returns rows written.
 
     Delta checks that every written row satisfies ``condition``, so a write
@@ -160,7 +174,10 @@ def overwrite_where(df: DataFrame, name: str, condition: Column) -> int:
         overwrite_where(day_rows, "gold.user_daily", F.col("event_date") >= F.lit(day))
     """
     observed, rows = _counted(df)
-    observed.writeTo(name).overwrite(condition)
+    writer = observed.writeTo(name)
+    if user_metadata is not None:
+        writer = writer.option(USER_METADATA_OPTION, user_metadata)
+    writer.overwrite(condition)
     return rows()
 
 
@@ -223,6 +240,12 @@ def current_version(spark: SparkSession, name: str) -> int:
     if row is None:
         raise LookupError(f"table {name} has no history")
     return int(row["version"])
+
+
+def last_commit_metadata(spark: SparkSession, name: str) -> str | None:
+    """The ``user_metadata`` of the table's latest commit; None if that commit has none."""
+    row = history(spark, name, 1).select("userMetadata").first()
+    return row["userMetadata"] if row is not None else None
 
 
 def history(spark: SparkSession, name: str, limit: int | None = None) -> DataFrame:

@@ -179,6 +179,9 @@ def test_one_new_day_in_order_only_appends_that_day(
     assert sorted(before) == sorted(after.filter(F.col("feature_date") == d1).collect())
     new = [(r["user_key"], r["orders_7d"]) for r in after.filter(F.col("feature_date") == d2).collect()]
     assert sorted(new) == [("a", 2), ("b", 1)], "the run that died left no second copy"
+    last_run = tables.read(spark, settings.table("ops_gold_runs")).orderBy(F.desc("finished_at")).first()
+    note = tables.last_commit_metadata(spark, settings.table("gold_user_features"))
+    assert note == f"lakeward gold run {last_run['run_id']}", "the commit names the run the ledger records"
 
 
 def test_events_known_after_their_arrival_day_carry_over_into_a_merge(
