@@ -126,14 +126,42 @@ def _is_late() -> Column:
     return F.col("actual_minutes") > F.col("promised_minutes")
 
 
-def _window_deltas(events: DataFrame, days: int, values: dict[str, Column]) -> DataFrame:
-    """+value on the known day, -value on the day the event leaves the window."""
+def _window_parts(days: int, values: dict[str, Column]) -> list[tuple[Column, dict[str, Column]]]:
+    """+value on the known day, -value on the day the event leaves the window (if inside it at all)."""
     known = known_day()
     leaves = F.date_add(F.col("event_date"), days)
-    inside = events.filter(known < leaves)
-    start = inside.select("user_key", known.alias("day"), *[v.alias(n) for n, v in values.items()])
-    end = inside.select("user_key", leaves.alias("day"), *[(-v).alias(n) for n, v in values.items()])
-    return start.unionByName(end)
+    inside = known < leaves
+    return [
+        (F.when(inside, known), values),
+        (F.when(inside, leaves), {name: -value for name, value in values.items()}),
+    ]
+
+
+def _deltas(events: DataFrame, parts: Sequence[tuple[Column, dict[str, Column]]]) -> DataFrame:
+    """Every event's deltas, one row per part whose day is not null, from one read of the events.
+
+    Each part is a day and the values it adds on it; a metric a part does not
+    set is null there.
+    """
+    first: dict[str, Column] = {}
+    for _, values in parts:
+        for name, value in values.items():
+            first.setdefault(name, value)
+    names = list(first)
+    types = {field.name: field.dataType
+             for field in events.select(*[value.alias(name) for name, value in first.items()]).schema}
+    rows = F.array(*[
+        F.struct(day.alias("day"), *[
+            (values[name] if name in values else F.lit(None)).cast(types[name]).alias(name)
+            for name in names
+        ])
+        for day, values in parts
+    ])
+    return (
+        events.select("user_key", F.explode(rows).alias("_delta"))
+        .select("user_key", "_delta.*")
+        .filter(F.col("day").isNotNull())
+    )
 
 
 def _state_deltas(state: DataFrame, windows: Sequence[int]) -> DataFrame:
@@ -191,30 +219,30 @@ def user_features(
     Events whose deltas all fall before the start may be left out of the
     inputs.
     """
+    # Each event table is read once: every event becomes its rows of deltas
+    # by an explode, rather than one read of the table per kind of delta.
+    order_parts: list[tuple[Column, dict[str, Column]]] = []
     metrics: list[str] = []
-    deltas: list[DataFrame] = []
     for days in windows:
         names = {f"orders_{days}d": F.lit(1).cast(COUNT), f"spend_{days}d": F.col("amount").cast(MONEY)}
-        deltas.append(_window_deltas(orders, days, names))
+        order_parts += _window_parts(days, names)
         metrics += list(names)
-    deltas.append(_window_deltas(deliveries, 30, {"late_deliveries_30d": _is_late().cast(COUNT)}))
+    order_parts.append((known_day(), {"last_order_date": F.col("event_date")}))
+    late = {"late_deliveries_30d": _is_late().cast(COUNT)}
+    # A delivery makes its user known even when it falls outside every window.
+    delivery_parts = [*_window_parts(30, late), (known_day(), {})]
     metrics.append("late_deliveries_30d")
     known_ratings = {"rating_count": F.lit(1).cast(COUNT), "rating_sum": F.col("rating").cast(COUNT)}
-    deltas.append(
-        ratings.select("user_key", known_day().alias("day"),
-                       *[v.alias(n) for n, v in known_ratings.items()])
-    )
     metrics += list(known_ratings)
-    deltas.append(
-        orders.select("user_key", known_day().alias("day"),
-                      F.col("event_date").alias("last_order_date"))
+    combined = (
+        _deltas(orders, order_parts)
+        .unionByName(_deltas(deliveries, delivery_parts), allowMissingColumns=True)
+        .unionByName(
+            ratings.select("user_key", known_day().alias("day"),
+                           *[v.alias(n) for n, v in known_ratings.items()]),
+            allowMissingColumns=True,
+        )
     )
-    # A delivery makes its user known even when it falls outside every window.
-    deltas.append(deliveries.select("user_key", known_day().alias("day")))
-
-    combined = deltas[0]
-    for part in deltas[1:]:
-        combined = combined.unionByName(part, allowMissingColumns=True)
     if starts is not None and state is None:
         raise ValueError("user_features: starts need a state, one row per start")
     if state is not None:
