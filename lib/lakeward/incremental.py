@@ -39,11 +39,12 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from functools import partial, reduce
+from typing import TypeVar
 
 from delta.tables import DeltaTable
 from pyspark.errors import AnalysisException
@@ -55,6 +56,7 @@ from lakeward import gold, session, tables
 from lakeward.config import Settings
 
 log = logging.getLogger(__name__)
+Result = TypeVar("Result")
 
 SILVER_EVENTS = ("silver_orders", "silver_deliveries", "silver_ratings")
 LATE_DELIVERY_WINDOW = 30
@@ -162,18 +164,20 @@ def _probe(
         note = pool.submit(tables.last_commit_metadata, spark, features)
         versions = {name: pool.submit(tables.current_version, spark, name) for name in names.values()}
         ensured.result()
-        try:
-            previous = last.result()
-        except AnalysisException:
-            previous = _last_run(spark, settings)
-        try:
-            features_note = note.result()
-        except AnalysisException:
-            features_note = tables.last_commit_metadata(spark, features)
+        previous = _settled(last, partial(_last_run, spark, settings))
+        features_note = _settled(note, partial(tables.last_commit_metadata, spark, features))
         if previous is not None:
             wrote_last = features_note == _commit_note(previous.run_id)
             previous = replace(previous, wrote_features_last=wrote_last)
         return {name: version.result() for name, version in versions.items()}, previous
+
+
+def _settled(future: Future[Result], again: Callable[[], Result]) -> Result:
+    """The future's result; ``again()`` if it failed because it ran before its table existed."""
+    try:
+        return future.result()
+    except AnalysisException:
+        return again()
 
 
 def _describe(versions: Mapping[str, int]) -> str:

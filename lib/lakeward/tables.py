@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 from delta.tables import DeltaTable
 from pyspark.sql import Column, DataFrame, Observation, SparkSession
@@ -136,11 +137,9 @@ def append(
     ``user_metadata`` is kept in the commit's history entry (see
     :func:`last_commit_metadata`).
     """
-    writer = df.write.format("delta").mode("append")
+    writer = df.write.format("delta").mode("append").options(**_noted(user_metadata))
     if txn is not None:
         writer = writer.option("txnAppId", txn[0]).option("txnVersion", str(txn[1]))
-    if user_metadata is not None:
-        writer = writer.option(USER_METADATA_OPTION, user_metadata)
     writer.saveAsTable(name)
 
 
@@ -148,11 +147,9 @@ def overwrite(
     df: DataFrame, name: str, *, rows_per_file: int | None = None, user_metadata: str | None = None
 ) -> None:
     """Replace the table's contents (schema kept) in one commit."""
-    writer = df.write.format("delta").mode("overwrite")
+    writer = df.write.format("delta").mode("overwrite").options(**_noted(user_metadata))
     if rows_per_file is not None:
         writer = writer.option("maxRecordsPerFile", rows_per_file)
-    if user_metadata is not None:
-        writer = writer.option(USER_METADATA_OPTION, user_metadata)
     writer.saveAsTable(name)
 
 
@@ -174,11 +171,13 @@ def overwrite_where(
         overwrite_where(day_rows, "gold.user_daily", F.col("event_date") >= F.lit(day))
     """
     observed, rows = _counted(df)
-    writer = observed.writeTo(name)
-    if user_metadata is not None:
-        writer = writer.option(USER_METADATA_OPTION, user_metadata)
-    writer.overwrite(condition)
+    observed.writeTo(name).options(**_noted(user_metadata)).overwrite(condition)
     return rows()
+
+
+def _noted(user_metadata: str | None) -> dict[str, str]:
+    """The write options that keep ``user_metadata`` in the commit's history entry."""
+    return {USER_METADATA_OPTION: user_metadata} if user_metadata is not None else {}
 
 
 def _counted(df: DataFrame) -> tuple[DataFrame, Callable[[], int]]:
@@ -197,8 +196,8 @@ def _counted(df: DataFrame) -> tuple[DataFrame, Callable[[], int]]:
 
 def rows_last_written(spark: SparkSession, name: str) -> int:
     """Rows the table's last commit wrote, from Delta's own operation metrics."""
-    row = history(spark, name, 1).select("operationMetrics").first()
-    return int(((row["operationMetrics"] if row else None) or {}).get("numOutputRows", 0))
+    metrics = _last_commit(spark, name, "operationMetrics")
+    return int((metrics or {}).get("numOutputRows", 0))
 
 
 def replace(df: DataFrame, spec: TableSpec, properties: dict[str, str] | None = None) -> None:
@@ -236,16 +235,22 @@ def read(spark: SparkSession, name: str, *, version: int | None = None) -> DataF
 
 def current_version(spark: SparkSession, name: str) -> int:
     """The table's latest Delta version."""
-    row = DeltaTable.forName(spark, name).history(1).select("version").first()
-    if row is None:
+    version = _last_commit(spark, name, "version")
+    if version is None:
         raise LookupError(f"table {name} has no history")
-    return int(row["version"])
+    return int(version)
 
 
 def last_commit_metadata(spark: SparkSession, name: str) -> str | None:
     """The ``user_metadata`` of the table's latest commit; None if that commit has none."""
-    row = history(spark, name, 1).select("userMetadata").first()
-    return row["userMetadata"] if row is not None else None
+    note = _last_commit(spark, name, "userMetadata")
+    return str(note) if note is not None else None
+
+
+def _last_commit(spark: SparkSession, name: str, column: str) -> Any:
+    """One column of the table's latest history entry; None if there is none."""
+    row = history(spark, name, 1).select(column).first()
+    return row[column] if row is not None else None
 
 
 def history(spark: SparkSession, name: str, limit: int | None = None) -> DataFrame:
