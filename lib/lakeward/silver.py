@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from functools import reduce
@@ -329,33 +330,45 @@ def process_sources(
 ) -> list[SilverResult]:
     """Move the bronze rows of each source's pending dates into silver; safe to repeat.
 
-    Each source is gated and written in turn. The gate results, the refused
-    rows and the ledger rows of all sources are then written with one commit
-    each: the tables are shared, and a Delta write costs about a second
-    whatever it writes. When a gate fails, the results and the sources before
-    it are still recorded, and :class:`lakeward.quality.GateFailed` is raised
-    with the failing table unchanged.
+    The sources are gated and written side by side, on one thread each: a
+    source is a chain of small Spark jobs with driver-side Delta and planning
+    work between them, and the chains of the others fill those gaps. The gate
+    results, the refused rows and the ledger rows of all sources are then
+    written with one commit each: the tables are shared, and a Delta write
+    costs about a second whatever it writes. When a gate fails, every other
+    source is still written and recorded, and :class:`lakeward.quality.GateFailed`
+    is raised with the failing table unchanged.
     """
     at = datetime.now(UTC).replace(tzinfo=None)
-    written: list[_Written] = []
-    gates: list[quality.GateResult] = []
-    try:
-        for source, dates in pending.items():
-            if dates:
-                written.append(_write_source(spark, settings, source, dates, key, at, gates))
-    finally:
-        quality.record(spark, settings, gates)
+    todo = [(source, dates) for source, dates in pending.items() if dates]
+    gates: dict[str, list[quality.GateResult]] = {source: [] for source, _ in todo}
+    with ThreadPoolExecutor(max_workers=max(1, len(todo))) as pool:
+        futures = [
+            pool.submit(_write_source, spark, settings, source, dates, key, at, gates[source])
+            for source, dates in todo
+        ]
+    written = [f.result() for f in futures if f.exception() is None]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = pool.submit(
+            quality.record, spark, settings, [gate for source, _ in todo for gate in gates[source]]
+        )
         if written:
             refused = reduce(DataFrame.unionByName, [w.refused for w in written])
             _merge_quarantine(spark, settings, refused)
+            # Last: a ledger row marks its date done, so it follows everything it accounts for.
             _record(spark, settings, [(w.source, w.stats) for w in written], at)
-    results = [w.result for w in written]
-    for r in results:
+        results.result()
+    for w in written:
+        r = w.result
         log.info(
             "silver %s: in=%d quarantined=%d duplicates=%d written=%d",
             r.source, r.rows_in, r.rows_quarantined, r.rows_duplicate, r.rows_written,
         )
-    return results
+    for future in futures:
+        error = future.exception()
+        if error is not None:
+            raise error
+    return [w.result for w in written]
 
 
 @dataclass(frozen=True)
@@ -391,16 +404,16 @@ def _write_source(
     checked = pseudonymize(validate(conform(rows, source), source, settings.pipeline), key)
     checked.persist()
     try:
-        valid = checked.filter(F.col("_reason").isNull())
-        first = dedupe(valid)
-        fresh, event_dates = _not_in_target(spark, first, spec.name, source, dates_from=valid)
+        arrivals = _arrivals(checked)
+        first = dedupe(checked.filter(F.col("_reason").isNull()))
+        fresh, event_dates = _not_in_target(spark, first, spec.name, source, arrivals)
         fresh = _final_columns(fresh, spec).persist()
         try:
             gate = quality.check(settings, SOURCES[source].table, fresh, batch=_batch_label(source, dates))
             if gate is not None:
                 gates.append(gate)
                 gate.raise_if_failed()
-            stats = _stats(checked, fresh)
+            stats = _stats(arrivals, fresh)
             _write(spark, spec.name, source, fresh, event_dates)
         finally:
             fresh.unpersist()
@@ -419,8 +432,31 @@ def _batch_label(source: str, dates: Sequence[date]) -> str:
     return f"{source}:{span}"
 
 
+@dataclass(frozen=True)
+class _Arrival:
+    """The checked rows of one arrival date: how many, how many refused, the usable rows' event dates."""
+
+    rows_in: int
+    rows_refused: int
+    event_dates: frozenset[date]
+
+
+def _arrivals(checked: DataFrame) -> dict[date, _Arrival]:
+    """Per arrival date of the checked rows, in one Spark job."""
+    usable_date = F.when(F.col("_reason").isNull(), F.col("event_date"))
+    rows = checked.groupBy("_arrival_date").agg(
+        F.count(F.lit(1)).alias("rows_in"),
+        F.count(F.col("_reason")).alias("rows_refused"),
+        F.collect_set(usable_date).alias("event_dates"),
+    ).collect()
+    return {
+        r["_arrival_date"]: _Arrival(int(r["rows_in"]), int(r["rows_refused"]), frozenset(r["event_dates"]))
+        for r in rows
+    }
+
+
 def _not_in_target(
-    spark: SparkSession, rows: DataFrame, target: str, source: str, *, dates_from: DataFrame
+    spark: SparkSession, rows: DataFrame, target: str, source: str, arrivals: Mapping[date, _Arrival]
 ) -> tuple[DataFrame, list[date] | None]:
     """The rows the target lacks, and the event dates they can be on (None for users)."""
     existing = tables.read(spark, target)
@@ -438,9 +474,8 @@ def _not_in_target(
         )
         return newer.drop("_t_ts", "_t_id"), None
     # A duplicate carries the same event_ts, hence the same event_date: only those
-    # dates of the target need to be read. They are taken from ``dates_from``
-    # (the cached rows before dedup, same dates) so the dedup does not run twice.
-    dates = [r["event_date"] for r in dates_from.select("event_date").distinct().collect()]
+    # dates of the target need to be read.
+    dates = sorted(frozenset().union(*(a.event_dates for a in arrivals.values())))
     candidates = existing.filter(F.col("event_date").isin(dates)).select("event_id")
     return rows.join(candidates, "event_id", "left_anti"), dates
 
@@ -449,19 +484,16 @@ def _final_columns(rows: DataFrame, spec: tables.TableSpec) -> DataFrame:
     return rows.select(*spec.schema.fieldNames())
 
 
-def _stats(checked: DataFrame, fresh: DataFrame) -> dict[date, tuple[int, int, int, int]]:
-    per_date = checked.groupBy("_arrival_date").agg(
-        F.count(F.lit(1)).alias("rows_in"),
-        F.count(F.col("_reason")).alias("rows_quarantined"),
-    )
+def _stats(arrivals: Mapping[date, _Arrival], fresh: DataFrame) -> dict[date, tuple[int, int, int, int]]:
+    """Per arrival date: rows in, quarantined, dropped as duplicates, written."""
     written = fresh.groupBy("_arrival_date").agg(F.count(F.lit(1)).alias("rows_written"))
-    result: dict[date, tuple[int, int, int, int]] = {}
     written_by = {r["_arrival_date"]: int(r["rows_written"]) for r in written.collect()}
-    for row in per_date.collect():
-        day = row["_arrival_date"]
-        rows_in, quarantined = int(row["rows_in"]), int(row["rows_quarantined"])
+    result: dict[date, tuple[int, int, int, int]] = {}
+    for day, arrival in arrivals.items():
         wrote = written_by.get(day, 0)
-        result[day] = (rows_in, quarantined, rows_in - quarantined - wrote, wrote)
+        result[day] = (
+            arrival.rows_in, arrival.rows_refused, arrival.rows_in - arrival.rows_refused - wrote, wrote
+        )
     return result
 
 
