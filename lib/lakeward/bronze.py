@@ -314,12 +314,11 @@ def _ingest_pending(
         quarantined = {r["_batch_id"]: int(r["bad"]) for r in counts}
         written = {r["_batch_id"]: int(r["lines"]) - int(r["bad"]) for r in counts}
         _reconcile(every_file, written, quarantined)
-        tables.append(
-            reduce(DataFrame.unionByName, [quarantine_rows(df, s) for s, df in parsed.items()]),
-            quarantine.name,
-        )
-        for source, df in parsed.items():
-            tables.append(bronze_rows(df, SOURCE_FIELDS[source]), specs[source].name)
+        tables.append_side_by_side([
+            (reduce(DataFrame.unionByName, [quarantine_rows(df, s) for s, df in parsed.items()]),
+             quarantine.name),
+            *[(bronze_rows(df, SOURCE_FIELDS[s]), specs[s].name) for s, df in parsed.items()],
+        ])
     finally:
         for df in parsed.values():
             df.unpersist()

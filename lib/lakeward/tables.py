@@ -143,6 +143,20 @@ def append(
     writer.saveAsTable(name)
 
 
+def append_side_by_side(writes: Sequence[tuple[DataFrame, str]]) -> None:
+    """Append each frame to its table, all at once on one thread per table.
+
+    A Delta append is a Spark job framed by driver-side work (planning,
+    reading the snapshot, committing); side by side, the jobs of some writes
+    fill the driver-side gaps of the others. Each table gets its own commit,
+    so a failure can leave some appended and not others, as sequential writes
+    would.
+    """
+    with ThreadPoolExecutor(max_workers=max(1, len(writes))) as pool:
+        # list() so that an error in any thread is raised here.
+        list(pool.map(lambda write: append(*write), writes))
+
+
 def overwrite(
     df: DataFrame, name: str, *, rows_per_file: int | None = None, user_metadata: str | None = None
 ) -> None:
