@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date
 from functools import reduce
@@ -40,26 +41,41 @@ class DateSelection:
         return self.day is None
 
 
-def ensure_tables(spark: SparkSession, settings: Settings) -> None:
-    """Create every table the pipeline writes, so all of them are queryable from the start."""
-    specs = [
+def table_specs(settings: Settings) -> list[tables.TableSpec]:
+    """Every table the pipeline writes."""
+    return [
         *bronze.table_specs(settings),
         *silver.table_specs(settings),
         *incremental.table_specs(settings),
         quality.result_spec(settings),
     ]
-    tables.ensure_tables(spark, specs)
+
+
+def ensure_tables(spark: SparkSession, settings: Settings) -> None:
+    """Create every table the pipeline writes, so all of them are queryable from the start."""
+    tables.ensure_tables(spark, table_specs(settings))
 
 
 def run(spark: SparkSession, settings: Settings, stage: str, selection: DateSelection) -> None:
-    """Run one stage, or all of them in order, for the selected dates."""
+    """Run one stage, or all of them in order, for the selected dates.
+
+    Every table the pipeline writes exists when this returns. Bronze touches
+    only its own tables, so the others are created while it runs: creating a
+    table is mostly driver-side work, which overlaps with bronze's Spark jobs.
+    """
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
     if stage in ("silver", "all"):
         quality.preload()
-    ensure_tables(spark, settings)
-    if stage in ("bronze", "all"):
-        run_bronze(spark, settings, selection)
+    first = bronze.table_specs(settings) if stage in ("bronze", "all") else []
+    tables.ensure_tables(spark, first)
+    created = {spec.name for spec in first}
+    rest = [spec for spec in table_specs(settings) if spec.name not in created]
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        others = pool.submit(tables.ensure_tables, spark, rest)
+        if stage in ("bronze", "all"):
+            run_bronze(spark, settings, selection)
+        others.result()
     if stage in ("silver", "all"):
         run_silver(spark, settings, selection)
     if stage in ("gold", "all"):
@@ -82,7 +98,13 @@ def run_bronze(
             f"no landing files under {settings.landing_dir}; run `lakeward generate` first"
         )
     log.info("bronze: %d arrival date(s) %s..%s", len(days), days[0], days[-1])
-    return bronze.ingest_sources(spark, settings, list(SOURCES), days)
+    results = bronze.ingest_sources(spark, settings, list(SOURCES), days)
+    log.info(
+        "bronze: done, %d file(s) ingested (%d already were), %d rows written, %d quarantined",
+        sum(r.files - r.skipped for r in results), sum(r.skipped for r in results),
+        sum(r.rows_written for r in results), sum(r.rows_quarantined for r in results),
+    )
+    return results
 
 
 def run_silver(
@@ -91,6 +113,8 @@ def run_silver(
     """Move bronze rows of the selected (or every not yet processed) arrival date into silver."""
     key = pii_key(settings)
     pending = _silver_dates(spark, settings, selection)
+    log.info("silver: %d arrival date(s) pending over %d source(s)",
+             sum(len(days) for days in pending.values()), sum(1 for days in pending.values() if days))
     for source in SOURCES:
         if not pending[source]:
             log.info("silver %s: nothing pending", source)
