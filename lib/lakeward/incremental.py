@@ -272,17 +272,28 @@ def _full(
     # computation, so each task sorts its rows by date and cuts them into
     # files instead.
     by_date = daily.repartitionByRange(session.shuffle_partitions(spark), "event_date")
-    # Side by side: each write's driver-side Delta work overlaps the other's jobs.
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        daily_done = pool.submit(_rebuild, spark, by_date, daily_spec.name)
-        features_done = pool.submit(
+    daily_rows, feature_rows = _both_tables(
+        partial(_rebuild, spark, by_date, daily_spec.name),
+        partial(
             _rebuild, spark, features.sortWithinPartitions("feature_date"), features_spec.name,
             rows_per_file=settings.pipeline.gold_rows_per_file, user_metadata=_commit_note(run_id),
-        )
-        daily_rows, feature_rows = daily_done.result(), features_done.result()
+        ),
+    )
     log.info("gold: %s rebuilt, %d rows; %s rebuilt as of %s, %d rows",
              daily_spec.name, daily_rows, features_spec.name, as_of, feature_rows)
     return GoldResult("full", as_of, daily_rows, feature_rows, dict(versions))
+
+
+def _both_tables(daily: Callable[[], int], features: Callable[[], int]) -> tuple[int, int]:
+    """Run the ``user_daily`` and ``user_features`` writes side by side; the rows each wrote.
+
+    Each write is a chain of small Spark jobs and a Delta commit on its own
+    table; side by side, one's driver-side work overlaps the other's tasks
+    (about 0.6 s of a 10 s increment, measured).
+    """
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        daily_done, features_done = pool.submit(daily), pool.submit(features)
+        return daily_done.result(), features_done.result()
 
 
 def _rebuild(
@@ -336,15 +347,10 @@ def _incremental(
         # memory, saves a Delta file-listing and scan per use.
         needed = _needed_rows(spark, settings, names, versions, touched, earliest, as_of)
         try:
-            # Each write is a chain of small Spark jobs and a Delta commit on its
-            # own table; side by side, one's driver-side work overlaps the
-            # other's tasks (about 0.6 s of 10 s, measured).
-            with ThreadPoolExecutor(max_workers=2) as pool:
-                daily = pool.submit(_replace_daily_days, settings, needed, touched)
-                features = pool.submit(
-                    _write_features, spark, settings, needed, changed, last, earliest, as_of, run_id
-                )
-                daily_rows, feature_rows = daily.result(), features.result()
+            daily_rows, feature_rows = _both_tables(
+                partial(_replace_daily_days, settings, needed, touched),
+                partial(_write_features, spark, settings, needed, changed, last, earliest, as_of, run_id),
+            )
         finally:
             for df in needed:
                 df.unpersist()
