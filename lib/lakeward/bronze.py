@@ -121,6 +121,8 @@ def bronze_spec(settings: Settings, source: str) -> tables.TableSpec:
         schema=schema,
         personal_columns=(*PERSONAL_FIELDS[source], "_rescued_data"),
         subject_column="user_id",
+        # What bronze is read by: silver by arrival date, a re-run by batch.
+        stats_columns=("_arrival_date", "_batch_id"),
     )
 
 

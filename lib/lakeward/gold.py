@@ -51,7 +51,7 @@ def user_daily_spec(settings: Settings) -> tables.TableSpec:
     # then a change to the log only, with no data file read or rewritten.
     return tables.TableSpec(
         settings.table("gold_user_daily"), schema, subject_column="user_key",
-        partition_columns=("event_date",),
+        partition_columns=("event_date",), stats_columns=("user_key",),
     )
 
 
@@ -79,7 +79,12 @@ def user_features_spec(settings: Settings) -> tables.TableSpec:
             T.StructField("feature_version", T.StringType()),
         ]
     )
-    return tables.TableSpec(settings.table("gold_user_features"), schema, subject_column="user_key")
+    # Statistics on the value columns would cost about a third of each write and
+    # skip nothing: readers filter by user and time.
+    return tables.TableSpec(
+        settings.table("gold_user_features"), schema, subject_column="user_key",
+        stats_columns=("user_key", "feature_date", "feature_ts"),
+    )
 
 
 # --- pure transforms -------------------------------------------------------------------

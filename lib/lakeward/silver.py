@@ -153,11 +153,16 @@ def silver_spec(settings: Settings, source: str) -> tables.TableSpec:
             T.StructField("_ingested_at", T.TimestampType()),
             T.StructField("_batch_id", T.StringType()),
         ]
+    # Statistics only on what silver is filtered by: time, arrival, the person.
+    stats = ("user_key", "_arrival_date") if source == "users" else (
+        "event_ts", "event_date", "user_key", "_arrival_date"
+    )
     return tables.TableSpec(
         name=settings.table(spec.table),
         schema=T.StructType(fields),
         subject_column="user_key",
         change_data_feed=True,
+        stats_columns=stats,
     )
 
 

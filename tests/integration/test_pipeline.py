@@ -167,6 +167,18 @@ def test_bronze_keeps_no_statistics_for_personal_columns(spark: SparkSession, ru
     assert not any(r in log_text for r in _raw_identifiers(run))
 
 
+def test_feature_history_keeps_statistics_only_on_user_and_time(spark: SparkSession, run: Settings) -> None:
+    directory = _table_dir(spark, run.table("gold_user_features"))
+    stats = [
+        json.loads(json.loads(line)["add"]["stats"])
+        for path in (directory / "_delta_log").glob("*.json")
+        for line in path.read_text().splitlines()
+        if line.startswith('{"add"')
+    ]
+    assert stats and all(s["numRecords"] > 0 for s in stats)
+    assert {key for s in stats for key in s["minValues"]} == {"user_key", "feature_date", "feature_ts"}
+
+
 def test_crash_between_write_and_ledger_adds_nothing_twice(
     spark: SparkSession, base_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

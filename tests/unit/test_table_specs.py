@@ -1,0 +1,44 @@
+"""What table specs tell Delta: which columns get statistics."""
+
+import pytest
+from pyspark.sql import types as T
+
+from lakeward import bronze, gold, silver, tables
+from lakeward.config import load_settings
+from lakeward.sources.bitebridge import PERSONAL_FIELDS, SOURCES
+
+STATS = "delta.dataSkippingStatsColumns"
+SCHEMA = T.StructType([T.StructField(c, T.StringType()) for c in ("user_id", "email", "day", "n")])
+
+
+def test_personal_columns_alone_keep_stats_on_every_other_column() -> None:
+    spec = tables.TableSpec("t", SCHEMA, personal_columns=("user_id", "email"))
+    assert spec.delta_properties()[STATS] == "day,n"
+
+
+def test_named_stats_columns_replace_the_default() -> None:
+    spec = tables.TableSpec("t", SCHEMA, personal_columns=("email",), stats_columns=("day",))
+    assert spec.delta_properties()[STATS] == "day"
+    assert STATS not in tables.TableSpec("t", SCHEMA).delta_properties()
+
+
+@pytest.mark.parametrize(
+    ("stats", "partition"), [(("email",), ()), (("nope",), ()), (("day",), ("day",))]
+)
+def test_stats_on_personal_unknown_or_partition_columns_are_refused(
+    stats: tuple[str, ...], partition: tuple[str, ...]
+) -> None:
+    with pytest.raises(ValueError, match="stats_columns"):
+        tables.TableSpec("t", SCHEMA, personal_columns=("email",), partition_columns=partition,
+                         stats_columns=stats)
+
+
+def test_pipeline_tables_keep_stats_only_on_what_they_are_filtered_by() -> None:
+    settings = load_settings("local")
+    for source in SOURCES:
+        bronze_stats = bronze.bronze_spec(settings, source).delta_properties()[STATS].split(",")
+        assert "_batch_id" in bronze_stats and "_arrival_date" in bronze_stats
+        assert not set(bronze_stats) & set(PERSONAL_FIELDS[source])
+        assert "user_key" in silver.silver_spec(settings, source).delta_properties()[STATS]
+    features = gold.user_features_spec(settings).delta_properties()[STATS]
+    assert features == "user_key,feature_date,feature_ts"
