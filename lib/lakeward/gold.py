@@ -79,8 +79,8 @@ def user_features_spec(settings: Settings) -> tables.TableSpec:
             T.StructField("feature_version", T.StringType()),
         ]
     )
-    # Statistics on the value columns would cost about a third of each write and
-    # skip nothing: readers filter by user and time.
+    # Statistics on the value columns would cost a sixth of each write
+    # (benchmarks/write_stats.py) and skip nothing: readers filter by user and time.
     return tables.TableSpec(
         settings.table("gold_user_features"), schema, subject_column="user_key",
         stats_columns=("user_key", "feature_date", "feature_ts"),
