@@ -5,8 +5,8 @@ three DECIMAL(22,2) sums) are cached once, then appended to three fresh tables i
 turn, ``--runs`` rounds (new tables each round), in one process:
 
 - ``default``: Delta's default, statistics on the first 32 columns (here all 14);
-- ``named``: ``delta.dataSkippingStatsColumns`` on the three columns
-  ``gold.user_features`` keeps statistics for (user key, date, timestamp);
+- ``named``: the ``delta.dataSkippingStatsColumns`` that ``gold.user_features`` sets
+  (user key, date, timestamp);
 - ``none``: ``delta.dataSkippingNumIndexedCols = 0``, row counts only.
 
 The first round warms the JVM and is left out of the medians::
@@ -24,15 +24,21 @@ import time
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from lakeward import tables
-from lakeward.config import load_settings
+from lakeward import gold, tables
+from lakeward.config import Settings, load_settings
 from lakeward.session import get_spark
 
-VARIANTS = {
-    "default": {},
-    "named": {"delta.dataSkippingStatsColumns": "user_key,feature_date,feature_ts"},
-    "none": {"delta.dataSkippingNumIndexedCols": "0"},
-}
+STATS_COLUMNS = "delta.dataSkippingStatsColumns"
+
+
+def variants(settings: Settings) -> dict[str, dict[str, str]]:
+    """Table properties per variant; ``named`` is what ``gold.user_features`` sets."""
+    named = gold.user_features_spec(settings).delta_properties()[STATS_COLUMNS]
+    return {
+        "default": {},
+        "named": {STATS_COLUMNS: named},
+        "none": {"delta.dataSkippingNumIndexedCols": "0"},
+    }
 
 
 def feature_rows(spark: SparkSession, rows: int, users: int) -> DataFrame:
@@ -67,12 +73,14 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=25_000)
     parser.add_argument("--runs", type=int, default=4)
     args = parser.parse_args()
-    spark = get_spark(load_settings("local"))
+    settings = load_settings("local")
+    spark = get_spark(settings)
     df = feature_rows(spark, args.rows, args.users).cache()
     df.count()
-    seconds: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    properties_of = variants(settings)
+    seconds: dict[str, list[float]] = {name: [] for name in properties_of}
     for round_no in range(args.runs):
-        for name, properties in VARIANTS.items():
+        for name, properties in properties_of.items():
             seconds[name].append(timed_append(spark, df, f"bench.write_stats_{name}_{round_no}", properties))
             print(f"round {round_no}: {name} {seconds[name][-1]:.2f} s", flush=True)
     baseline = statistics.median(seconds["default"][1:])
