@@ -51,6 +51,16 @@ class SparkSettings(_Strict):
     ui: bool = False
     conf: dict[str, str] = Field(default_factory=dict)
     """Extra Spark conf applied when the session is built."""
+    driver_java_options: list[str] = Field(default_factory=list)
+    """JVM options for the driver lakeward starts itself (local mode, outside spark-submit)."""
+
+    @field_validator("driver_java_options")
+    @classmethod
+    def _options_are_flags(cls, options: list[str]) -> list[str]:
+        malformed = [option for option in options if not option.startswith("-") or " " in option]
+        if malformed:
+            raise ValueError(f"expected one JVM option per item, each starting with '-', got {malformed}")
+        return options
 
 
 class PrivacySettings(_Strict):

@@ -103,12 +103,6 @@ def _build_local(builder: SparkSession.Builder, settings: Settings) -> SparkSess
     root = settings.data_root
     settings.metastore_dir.mkdir(parents=True, exist_ok=True)
     settings.warehouse_dir.mkdir(parents=True, exist_ok=True)
-    log4j = resources.files("lakeward") / "resources" / "log4j2.properties"
-    java_options = (
-        f"-Dderby.system.home={settings.metastore_dir} "
-        f"-Dlog4j2.configurationFile=file:{log4j} "
-        "-Dderby.stream.error.file=/dev/null"
-    )
     metastore_url = f"jdbc:derby:;databaseName={settings.metastore_dir / 'metastore_db'};create=true"
     builder = (
         builder.config("spark.sql.warehouse.dir", str(settings.warehouse_dir))
@@ -123,7 +117,7 @@ def _build_local(builder: SparkSession.Builder, settings: Settings) -> SparkSess
     builder = (
         builder.master(settings.spark.master)
         .config("spark.jars.packages", delta_coordinates())
-        .config("spark.driver.extraJavaOptions", java_options)
+        .config("spark.driver.extraJavaOptions", driver_java_options(settings))
     )
     jvm_log = root / "logs" / "spark.log"
     try:
@@ -136,6 +130,23 @@ def _build_local(builder: SparkSession.Builder, settings: Settings) -> SparkSess
         log.warning("Spark could not resolve %s; fetching it with Maven", delta_coordinates())
         _fetch_with_maven(delta_coordinates())
         return _launch(builder, jvm_log)
+
+
+def driver_java_options(settings: Settings) -> str:
+    """The JVM options of a driver that lakeward starts itself.
+
+    The metastore and logging options, then ``spark.driver_java_options``, then
+    any ``spark.driver.extraJavaOptions`` from the Spark conf, which would
+    otherwise be replaced rather than added to.
+    """
+    log4j = resources.files("lakeward") / "resources" / "log4j2.properties"
+    return " ".join([
+        f"-Dderby.system.home={settings.metastore_dir}",
+        f"-Dlog4j2.configurationFile=file:{log4j}",
+        "-Dderby.stream.error.file=/dev/null",
+        *settings.spark.driver_java_options,
+        *settings.spark.conf.get("spark.driver.extraJavaOptions", "").split(),
+    ])
 
 
 def _launch(builder: SparkSession.Builder, jvm_log: Path) -> SparkSession:

@@ -63,3 +63,25 @@ def test_environment_from_variable_and_unknown(monkeypatch: pytest.MonkeyPatch) 
 def test_unknown_logical_table() -> None:
     with pytest.raises(ConfigError, match="no table configured"):
         load_settings("local").table("silver_nothing")
+
+
+def test_driver_java_options_must_be_single_flags(tmp_path: Path) -> None:
+    conf = _conf(tmp_path, local='spark:\n  driver_java_options: ["-Xss4m -Xmx2g", "UseParallelGC"]\n')
+    with pytest.raises(ConfigError) as err:
+        load_settings("local", conf_dir=conf)
+    message = str(err.value)
+    assert "local.yml" in message and "spark.driver_java_options" in message
+    assert "-Xss4m -Xmx2g" in message and "UseParallelGC" in message
+
+
+def test_driver_java_options_keep_the_spark_conf_ones(tmp_path: Path) -> None:
+    from lakeward.session import driver_java_options
+
+    local = (
+        'spark:\n  driver_java_options: ["-XX:+UseParallelGC"]\n'
+        '  conf:\n    spark.driver.extraJavaOptions: "-Dlakeward.probe=1"\n'
+    )
+    settings = load_settings("local", conf_dir=_conf(tmp_path, local=local), data_root=tmp_path / "home")
+    options = driver_java_options(settings).split()
+    assert f"-Dderby.system.home={settings.metastore_dir}" in options
+    assert options[-2:] == ["-XX:+UseParallelGC", "-Dlakeward.probe=1"]
