@@ -145,8 +145,8 @@ def driver_java_options(settings: Settings) -> str:
         f"-Dlog4j2.configurationFile=file:{log4j}",
         "-Dderby.stream.error.file=/dev/null",
         *settings.spark.driver_java_options,
-        *settings.spark.conf.get("spark.driver.extraJavaOptions", "").split(),
-    ])
+        settings.spark.conf.get("spark.driver.extraJavaOptions", ""),
+    ]).strip()
 
 
 def _launch(builder: SparkSession.Builder, jvm_log: Path) -> SparkSession:
