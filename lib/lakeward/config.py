@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 from datetime import date
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +24,8 @@ ENVIRONMENTS = ("local", "dev", "prod")
 ENV_VAR = "LAKEWARD_ENV"
 HOME_VAR = "LAKEWARD_HOME"
 CONF_DIR_VAR = "LAKEWARD_CONF_DIR"
+# Settings lakeward sets itself when it loads the files; a file may not set them.
+DERIVED_KEYS = ("env", "project_dir")
 
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -264,11 +267,31 @@ class Settings(_Strict):
 
 
 def default_conf_dir() -> Path:
-    """``conf/`` of the project: ``LAKEWARD_CONF_DIR``, else the one beside ``lib/``."""
+    """``conf/`` of the project.
+
+    ``LAKEWARD_CONF_DIR``, else the one beside ``lib/`` (a checkout or an
+    editable install), else the copy a regular install puts under
+    ``<prefix>/share/lakeward/conf``.
+    """
     override = os.environ.get(CONF_DIR_VAR)
     if override:
         return Path(override)
-    return Path(__file__).resolve().parents[2] / "conf"
+    beside_lib = Path(__file__).resolve().parents[2] / "conf"
+    if beside_lib.is_dir():
+        return beside_lib
+    return _installed_conf_dir() or beside_lib
+
+
+def _installed_conf_dir() -> Path | None:
+    """Where the installed distribution put its copy of ``conf/``, if it did."""
+    try:
+        files = metadata.distribution("lakeward").files or []
+    except metadata.PackageNotFoundError:
+        return None
+    for file in files:
+        if file.as_posix().endswith("share/lakeward/conf/base.yml"):
+            return Path(str(file.locate())).resolve().parent
+    return None
 
 
 def load_settings(
@@ -291,9 +314,20 @@ def load_settings(
     base = _read_yaml(base_file)
     overlay = _read_yaml(env_file) if env_file.exists() else {}
     merged = _deep_merge(base, overlay)
+    derived = [key for key in DERIVED_KEYS if key in merged]
+    if derived:
+        source = env_file if any(key in overlay for key in derived) else base_file
+        raise ConfigError(
+            f"{source}: {', '.join(derived)}: unknown key; set by lakeward "
+            f"(--env / {ENV_VAR} and the conf directory), not in a config file"
+        )
+    configured_root = merged.get("data_root", ".lakeward")
+    if not isinstance(configured_root, str) or not configured_root:
+        source = env_file if "data_root" in overlay else base_file
+        raise ConfigError(f"{source}: data_root: expected a path (found {configured_root!r})")
     merged["env"] = env
     merged["project_dir"] = conf_dir.parent
-    root = data_root or os.environ.get(HOME_VAR) or merged.get("data_root") or ".lakeward"
+    root = data_root or os.environ.get(HOME_VAR) or configured_root
     merged["data_root"] = Path(root).expanduser().resolve()
     try:
         return Settings.model_validate(merged)
@@ -330,20 +364,36 @@ def _deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]
 def _describe(err: ValidationError, overlay: dict[str, Any], base_file: Path, env_file: Path) -> str:
     lines = []
     for problem in err.errors():
-        loc = [str(part) for part in problem["loc"]]
-        key = ".".join(loc)
+        loc = list(problem["loc"])
+        key = ".".join(str(part) for part in loc)
         source = env_file if _has_path(overlay, loc) else base_file
         if problem["type"] == "extra_forbidden":
-            what = "unknown key"
+            allowed = _keys_at(Settings, loc[:-1])
+            what = "unknown key" + (f"; expected one of {', '.join(allowed)}" if allowed else "")
         else:
             what = f"{problem['msg']} (found {problem.get('input')!r})"
         lines.append(f"{source}: {key}: {what}")
     return "; ".join(lines)
 
 
-def _has_path(data: Any, loc: list[str]) -> bool:
+def _has_path(data: Any, loc: list[str | int]) -> bool:
+    """Whether ``loc`` (keys and list indexes) leads to a value inside ``data``."""
     for part in loc:
-        if not isinstance(data, dict) or part not in data:
+        if isinstance(data, dict) and part in data:
+            data = data[part]
+        elif isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data):
+            data = data[part]
+        else:
             return False
-        data = data[part]
     return True
+
+
+def _keys_at(model: type[BaseModel], loc: list[str | int]) -> list[str]:
+    """The keys a config file may set at ``loc``, which names nested sections of ``model``."""
+    for part in loc:
+        field_info = model.model_fields.get(str(part))
+        section = field_info.annotation if field_info is not None else None
+        if not (isinstance(section, type) and issubclass(section, BaseModel)):
+            return []
+        model = section
+    return [name for name in model.model_fields if name not in DERIVED_KEYS]
