@@ -1,7 +1,9 @@
 """``lakeward <command>``: every job is reachable from here.
 
-Errors the user can fix (bad date, missing landing files, unknown table, bad
-config) print one line on stderr and exit 1; ``--debug`` shows the traceback.
+Errors print one line on stderr and exit non-zero: 2 for bad arguments or
+config (a malformed date, an unknown environment), 1 for a job that cannot
+run or failed (missing landing files, an unknown table in SQL, a failed
+quality gate); ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -97,11 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--clean", action="store_true", help="generate without faults")
 
     run = commands.add_parser("run", parents=[common], help="run a pipeline stage",
-                              description="Run bronze, silver, gold, or all of them in order.")
+                              description="Run bronze, silver, gold, or all of them in order, "
+                              "for one arrival date or (the default) every pending one.")
     run.add_argument("stage", choices=["bronze", "silver", "gold", "all"])
-    when = run.add_mutually_exclusive_group(required=True)
+    when = run.add_mutually_exclusive_group()
     when.add_argument("--date", type=_date, help="one arrival date, YYYY-MM-DD")
-    when.add_argument("--all-dates", action="store_true", help="every pending arrival date")
+    when.add_argument("--all-dates", action="store_true",
+                      help="every pending arrival date (the default without --date)")
     when.add_argument("--full", action="store_true",
                       help="gold and all only: recompute gold from everything in silver instead of "
                       "applying what changed since the last run (bronze and silver take every "
@@ -117,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
                               description="Run a Spark SQL query against the lakeward tables.")
     sql.add_argument("query")
     sql.add_argument("--format", choices=["table", "json", "csv"], default="table")
-    sql.add_argument("--limit", type=_positive, default=1000, help="rows to print (default 1000)")
+    sql.add_argument("--limit", type=_positive, default=None,
+                     help="print at most this many rows (default: every row)")
 
     ts = commands.add_parser("training-set", parents=[common],
                              help="build ml.training_set: churn labels, as-of features, split",
@@ -365,12 +370,17 @@ def _generate(args: argparse.Namespace, settings: Settings) -> int:
 
 def _sql(spark: Any, args: argparse.Namespace) -> int:
     df = spark.sql(args.query)
-    rows = df.limit(args.limit + 1).collect()
-    if len(rows) > args.limit:
-        rows = rows[: args.limit]
-        log.info("sql: output truncated to %d rows (use --limit)", args.limit)
+    if args.limit is not None:
+        df = df.limit(args.limit)
     columns = df.columns
     out = sys.stdout
+    if args.format == "table":
+        # Column widths need every row first.
+        out.write(format_table(columns, [list(row) for row in df.collect()]))
+        return 0
+    # One partition at a time (the next one fetched while this one prints), so a
+    # large result streams instead of filling the driver.
+    rows = df.toLocalIterator(prefetchPartitions=True)
     if args.format == "json":
         for row in rows:
             record = _json_ready(row.asDict(recursive=True))
@@ -380,8 +390,6 @@ def _sql(spark: Any, args: argparse.Namespace) -> int:
         writer.writerow(columns)
         for row in rows:
             writer.writerow(["" if v is None else v for v in row])
-    else:
-        out.write(format_table(columns, [list(row) for row in rows]))
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -10,7 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from pyspark.sql import SparkSession
 
+from lakeward import cli
 from lakeward.config import default_conf_dir
 
 pytestmark = pytest.mark.integration
@@ -100,6 +103,18 @@ def test_bad_arguments_and_config(env: dict[str, str], tmp_path: Path) -> None:
 
     prod = lakeward({**env, "LAKEWARD_ENV": "prod"}, "run", "silver", "--all-dates")
     assert prod.returncode != 0 and "LAKEWARD_PII_KEY is not set" in prod.stderr
+
+
+def test_sql_prints_every_row_unless_limited(
+    spark: SparkSession, capsys: pytest.CaptureFixture[str]
+) -> None:
+    query = "SELECT id FROM range(2500)"
+    assert cli._sql(spark, argparse.Namespace(query=query, format="json", limit=None)) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [json.loads(line)["id"] for line in lines] == list(range(2500))
+
+    assert cli._sql(spark, argparse.Namespace(query=query, format="csv", limit=3)) == 0
+    assert capsys.readouterr().out.splitlines() == ["id", "0", "1", "2"]
 
 
 def test_help_lists_every_command() -> None:

@@ -26,11 +26,30 @@ def test_global_options_count_before_and_after_the_command(
 
 
 @pytest.mark.parametrize(
+    ("argv", "day", "all_dates", "full"),
+    [
+        (["run", "gold"], None, False, False),
+        (["run", "all", "--all-dates"], None, True, False),
+        (["run", "silver", "--date", "2026-03-01"], "2026-03-01", False, False),
+        (["run", "gold", "--full"], None, False, True),
+    ],
+)
+def test_run_takes_every_pending_date_unless_told_otherwise(
+    argv: list[str], day: str | None, all_dates: bool, full: bool
+) -> None:
+    args = build_parser().parse_args(argv)
+    assert (None if args.date is None else args.date.isoformat(), args.all_dates, args.full) == (
+        day, all_dates, full
+    )
+
+
+@pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["run", "bronze", "--date", "notadate"], "lakeward run: error: argument --date"),
         ([], "lakeward: error: the following arguments are required"),
         (["sql", "SELECT 1", "--format", "xml"], "lakeward sql: error: argument --format"),
+        (["run", "gold", "--date", "2026-03-01", "--full"], "lakeward run: error: argument --full"),
     ],
 )
 def test_argument_errors_are_one_line_on_stderr(
