@@ -25,6 +25,10 @@ log = logging.getLogger(__name__)
 STAGES = ("bronze", "silver", "gold", "all")
 
 
+class NoBronzeDataError(LookupError):
+    """Silver was asked for an arrival date that bronze has not ingested."""
+
+
 @dataclass(frozen=True)
 class DateSelection:
     """``--date D`` (one arrival date) or ``--all-dates`` (everything pending).
@@ -126,6 +130,14 @@ def _silver_dates(
 ) -> dict[str, Sequence[date]]:
     """Per source: the selected date, or the bronze arrival dates silver has not processed."""
     if selection.day is not None:
+        ingested = tables.read(spark, settings.table("ops_ingestion_batches")).filter(
+            F.col("arrival_date") == F.lit(selection.day)
+        )
+        if ingested.isEmpty():
+            raise NoBronzeDataError(
+                f"bronze has no batch for {selection.day}; run `lakeward run bronze --date "
+                f"{selection.day}` first"
+            )
         return {source: [selection.day] for source in SOURCES}
     # One query for every source: bronze dates without a silver ledger row.
     in_bronze = reduce(

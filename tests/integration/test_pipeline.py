@@ -308,3 +308,12 @@ def test_missing_landing_date_is_a_clear_error(spark: SparkSession, run: Setting
     with pytest.raises(bronze.NoLandingDataError, match="no landing files for 2031-01-01"):
         pipeline.run_bronze(spark, run, DateSelection(date(2031, 1, 1)))
     assert landing_file(run.landing_dir, "users", date(2026, 3, 1)).exists()
+
+
+def test_silver_for_a_date_bronze_never_ingested_is_a_clear_error(
+    spark: SparkSession, run: Settings
+) -> None:
+    before = tables.current_version(spark, run.table("ops_silver_batches"))
+    with pytest.raises(pipeline.NoBronzeDataError, match="bronze has no batch for 2031-01-01"):
+        pipeline.run_silver(spark, run, DateSelection(date(2031, 1, 1)))
+    assert tables.current_version(spark, run.table("ops_silver_batches")) == before
