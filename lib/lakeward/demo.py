@@ -13,13 +13,16 @@ from lakeward.sources.bitebridge import FaultRates, arrival_days, generate
 
 log = logging.getLogger(__name__)
 
-EXAMPLE_QUERIES = (
-    "SELECT count(*) FROM silver.orders",
-    "SELECT event_date, count(*) AS orders, sum(amount) AS spend FROM silver.orders "
-    "GROUP BY event_date ORDER BY event_date DESC LIMIT 7",
-    "SELECT user_key, feature_date, orders_30d, spend_30d, days_since_last_order "
-    "FROM gold.user_features ORDER BY orders_30d DESC LIMIT 5",
-)
+def example_queries(settings: Settings) -> tuple[str, ...]:
+    """Three queries to try after the demo, on the tables as configured."""
+    orders, features = settings.table("silver_orders"), settings.table("gold_user_features")
+    return (
+        f"SELECT count(*) FROM {orders}",
+        f"SELECT event_date, count(*) AS orders, sum(amount) AS spend FROM {orders} "
+        "GROUP BY event_date ORDER BY event_date DESC LIMIT 7",
+        "SELECT user_key, feature_date, orders_30d, spend_30d, days_since_last_order "
+        f"FROM {features} ORDER BY orders_30d DESC LIMIT 5",
+    )
 
 
 def run_demo(spark: SparkSession, settings: Settings) -> str:
@@ -72,7 +75,7 @@ def summarize(spark: SparkSession, settings: Settings) -> str:
         f"  catalog         {settings.metastore_dir}",
         "",
         "Try:",
-        *[f'  lakeward sql "{query}"' for query in EXAMPLE_QUERIES],
+        *[f'  lakeward sql "{query}"' for query in example_queries(settings)],
         "",
     ]
     return "\n".join(lines)
