@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from datetime import date
 from decimal import Decimal
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TextIO
 
 from lakeward.config import ConfigError, Settings, is_identifier, load_settings
 
@@ -122,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     sql.add_argument("query")
     sql.add_argument("--format", choices=["table", "json", "csv"], default="table")
     sql.add_argument("--limit", type=_positive, default=None,
-                     help="print at most this many rows (default: every row)")
+                     help="print at most this many rows (default: every row; the table format "
+                     "holds them all in memory to size its columns, json and csv stream them)")
 
     ts = commands.add_parser("training-set", parents=[common],
                              help="build ml.training_set: churn labels, as-of features, split",
@@ -372,25 +373,34 @@ def _sql(spark: Any, args: argparse.Namespace) -> int:
     df = spark.sql(args.query)
     if args.limit is not None:
         df = df.limit(args.limit)
+    try:
+        _print_rows(df, args.format, sys.stdout)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader stopped early (`| head`): not an error. Later writes,
+        # including the interpreter's final flush, go nowhere.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
+def _print_rows(df: Any, output_format: str, out: TextIO) -> None:
     columns = df.columns
-    out = sys.stdout
-    if args.format == "table":
+    if output_format == "table":
         # Column widths need every row first.
         out.write(format_table(columns, [list(row) for row in df.collect()]))
-        return 0
+        return
     # One partition at a time (the next one fetched while this one prints), so a
     # large result streams instead of filling the driver.
     rows = df.toLocalIterator(prefetchPartitions=True)
-    if args.format == "json":
+    if output_format == "json":
         for row in rows:
             record = _json_ready(row.asDict(recursive=True))
             out.write(json.dumps(record, default=str, ensure_ascii=False) + "\n")
-    elif args.format == "csv":
+    else:
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(columns)
         for row in rows:
             writer.writerow(["" if v is None else v for v in row])
-    return 0
 
 
 def _json_ready(value: Any) -> Any:

@@ -117,6 +117,18 @@ def test_sql_prints_every_row_unless_limited(
     assert capsys.readouterr().out.splitlines() == ["id", "0", "1", "2"]
 
 
+def test_sql_output_cut_short_by_its_reader_is_not_an_error(env: dict[str, str]) -> None:
+    command = [*LAKEWARD, "sql", "--format", "csv", "SELECT id FROM range(200000)"]
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as reader:
+        assert reader.stdout is not None and reader.stderr is not None
+        assert [reader.stdout.readline() for _ in range(2)] == ["id\n", "0\n"]
+        reader.stdout.close()
+        err = reader.stderr.read()
+        assert reader.wait(timeout=300) == 0, err[-3000:]
+    assert "Broken pipe" not in err and "Exception ignored" not in err
+
+
 def test_help_lists_every_command() -> None:
     result = subprocess.run([*LAKEWARD, "--help"], capture_output=True, text=True, check=True)
     for command in ("generate", "run", "demo", "sql"):
