@@ -311,6 +311,8 @@ def load_settings(
     conf_dir = (conf_dir or default_conf_dir()).resolve()
     base_file = conf_dir / "base.yml"
     env_file = conf_dir / f"{env}.yml"
+    if not base_file.exists():
+        raise ConfigError(f"{base_file}: not found; set {CONF_DIR_VAR} to the directory that holds base.yml")
     base = _read_yaml(base_file)
     overlay = _read_yaml(env_file) if env_file.exists() else {}
     merged = _deep_merge(base, overlay)
@@ -321,8 +323,8 @@ def load_settings(
             f"{source}: {', '.join(derived)}: unknown key; set by lakeward "
             f"(--env / {ENV_VAR} and the conf directory), not in a config file"
         )
-    configured_root = merged.get("data_root", ".lakeward")
-    if not isinstance(configured_root, str) or not configured_root:
+    configured_root = merged.get("data_root") or ".lakeward"
+    if not isinstance(configured_root, str):
         source = env_file if "data_root" in overlay else base_file
         raise ConfigError(f"{source}: data_root: expected a path (found {configured_root!r})")
     merged["env"] = env

@@ -51,6 +51,18 @@ def test_bad_keys_name_the_overlay_and_what_was_expected(tmp_path: Path, local: 
         load_settings("local", conf_dir=conf)
 
 
+def test_null_data_root_means_the_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LAKEWARD_HOME", raising=False)
+    monkeypatch.chdir(tmp_path)
+    conf = _conf(tmp_path, local="data_root:\n")
+    assert load_settings("local", conf_dir=conf).data_root == (tmp_path / ".lakeward").resolve()
+
+
+def test_missing_conf_dir_says_how_to_point_at_one(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"base\.yml: not found; set LAKEWARD_CONF_DIR"):
+        load_settings("local", conf_dir=tmp_path / "nowhere")
+
+
 def test_wrong_type_names_expected(tmp_path: Path) -> None:
     conf = _conf(tmp_path, local="pipeline:\n  max_amount: lots\n")
     with pytest.raises(ConfigError) as err:
