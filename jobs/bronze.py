@@ -1,4 +1,4 @@
-"""spark-submit entry point: `spark-submit --packages <delta> jobs/bronze.py (--date D | --all-dates)`."""
+"""spark-submit entry point: `spark-submit --packages <delta> jobs/bronze.py [--date D | --all-dates]`."""
 
 import sys
 

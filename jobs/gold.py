@@ -1,4 +1,4 @@
-"""spark-submit entry point: `spark-submit --packages <delta> jobs/gold.py (--date D | --all-dates)`."""
+"""spark-submit entry point: `spark-submit --packages <delta> jobs/gold.py [--full]`."""
 
 import sys
 

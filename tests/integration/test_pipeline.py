@@ -313,7 +313,8 @@ def test_missing_landing_date_is_a_clear_error(spark: SparkSession, run: Setting
 def test_silver_for_a_date_bronze_never_ingested_is_a_clear_error(
     spark: SparkSession, run: Settings
 ) -> None:
-    before = tables.current_version(spark, run.table("ops_silver_batches"))
+    written = ["ops_silver_batches", "ops_quality_results", "silver_quarantine", "silver_orders"]
+    before = {name: tables.current_version(spark, run.table(name)) for name in written}
     with pytest.raises(pipeline.NoBronzeDataError, match="bronze has no batch for 2031-01-01"):
         pipeline.run_silver(spark, run, DateSelection(date(2031, 1, 1)))
-    assert tables.current_version(spark, run.table("ops_silver_batches")) == before
+    assert {name: tables.current_version(spark, run.table(name)) for name in written} == before
