@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 
+from lakeward import config
 from lakeward.config import ConfigError, default_conf_dir, load_settings
 
 
@@ -115,3 +116,27 @@ def test_driver_java_options_keep_the_spark_conf_ones(tmp_path: Path) -> None:
     options = driver_java_options(settings).split()
     assert f"-Dderby.system.home={settings.metastore_dir}" in options
     assert options[-2:] == ["-XX:+UseParallelGC", "-Dlakeward.probe=1"]
+
+
+def test_a_regular_install_finds_its_copy_of_conf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The layout pip gives a wheel's data files: <prefix>/share/..., listed in the
+    # RECORD of <prefix>/lib/python3.X/site-packages/lakeward-*.dist-info.
+    prefix = tmp_path / "prefix"
+    site = prefix / "lib" / "python3.11" / "site-packages"
+    dist_info = site / "lakeward-0.1.0.dist-info"
+    dist_info.mkdir(parents=True)
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: lakeward\nVersion: 0.1.0\n")
+    installed = prefix / "share" / "lakeward" / "conf"
+    installed.mkdir(parents=True)
+    (installed / "base.yml").write_text((default_conf_dir() / "base.yml").read_text())
+    (dist_info / "RECORD").write_text(
+        "lakeward/__init__.py,,\n../../../share/lakeward/conf/base.yml,,\n"
+    )
+    monkeypatch.setattr(config.metadata, "distribution",
+                        lambda name: config.metadata.PathDistribution(dist_info))
+    monkeypatch.setattr(config, "__file__", str(site / "lakeward" / "config.py"))
+    monkeypatch.delenv("LAKEWARD_CONF_DIR", raising=False)
+    assert default_conf_dir() == installed.resolve()
+    settings = load_settings("local")
+    assert settings.project_dir == installed.parent.resolve()
+    assert settings.contracts_dir == installed / "contracts"
