@@ -13,6 +13,7 @@ from lakeward.sources.bitebridge import FaultRates, arrival_days, generate
 
 log = logging.getLogger(__name__)
 
+
 def example_queries(settings: Settings) -> tuple[str, ...]:
     """Three queries to try after the demo, on the tables as configured."""
     orders, features = settings.table("silver_orders"), settings.table("gold_user_features")
