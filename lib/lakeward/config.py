@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from datetime import date
 from importlib import metadata
 from pathlib import Path
@@ -316,17 +317,21 @@ def load_settings(
     base = _read_yaml(base_file)
     overlay = _read_yaml(env_file) if env_file.exists() else {}
     merged = _deep_merge(base, overlay)
-    derived = [key for key in DERIVED_KEYS if key in merged]
+
+    def source(loc: list[str | int]) -> Path:
+        """The file whose value at ``loc`` the merge kept: the overlay's, if it sets one."""
+        return env_file if _has_path(overlay, loc) else base_file
+
+    derived = [
+        f"{source([key])}: {key}: unknown key; set by lakeward "
+        f"(--env / {ENV_VAR} and the conf directory), not in a config file"
+        for key in DERIVED_KEYS if key in merged
+    ]
     if derived:
-        source = env_file if any(key in overlay for key in derived) else base_file
-        raise ConfigError(
-            f"{source}: {', '.join(derived)}: unknown key; set by lakeward "
-            f"(--env / {ENV_VAR} and the conf directory), not in a config file"
-        )
+        raise ConfigError("; ".join(derived))
     configured_root = merged.get("data_root") or ".lakeward"
     if not isinstance(configured_root, str):
-        source = env_file if "data_root" in overlay else base_file
-        raise ConfigError(f"{source}: data_root: expected a path (found {configured_root!r})")
+        raise ConfigError(f"{source(['data_root'])}: data_root: expected a path (found {configured_root!r})")
     merged["env"] = env
     merged["project_dir"] = conf_dir.parent
     root = data_root or os.environ.get(HOME_VAR) or configured_root
@@ -334,7 +339,7 @@ def load_settings(
     try:
         return Settings.model_validate(merged)
     except ValidationError as err:
-        raise ConfigError(_describe(err, overlay, base_file, env_file)) from None
+        raise ConfigError(_describe(err, source)) from None
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -363,18 +368,18 @@ def _deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]
     return merged
 
 
-def _describe(err: ValidationError, overlay: dict[str, Any], base_file: Path, env_file: Path) -> str:
+def _describe(err: ValidationError, source: Callable[[list[str | int]], Path]) -> str:
+    """One ``file: key: what was expected`` per problem; ``source`` names the file per key."""
     lines = []
     for problem in err.errors():
         loc = list(problem["loc"])
         key = ".".join(str(part) for part in loc)
-        source = env_file if _has_path(overlay, loc) else base_file
         if problem["type"] == "extra_forbidden":
             allowed = _keys_at(Settings, loc[:-1])
             what = "unknown key" + (f"; expected one of {', '.join(allowed)}" if allowed else "")
         else:
             what = f"{problem['msg']} (found {problem.get('input')!r})"
-        lines.append(f"{source}: {key}: {what}")
+        lines.append(f"{source(loc)}: {key}: {what}")
     return "; ".join(lines)
 
 
