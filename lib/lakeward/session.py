@@ -23,7 +23,7 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
-from lakeward.config import Settings
+from lakeward.config import ConfigError, Settings
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def get_spark(settings: Settings) -> SparkSession:
     _prepare_environment(settings)
     builder = _base_builder(settings)
     if mode == "cluster":
-        return builder.getOrCreate()
+        return _build_cluster(builder, settings)
     return _build_local(builder, settings)
 
 
@@ -114,12 +114,40 @@ def _build_local(builder: SparkSession.Builder, settings: Settings) -> SparkSess
     )
     if _submitted():
         return builder.getOrCreate()
+    return _start_jvm(builder, settings)
+
+
+def _build_cluster(builder: SparkSession.Builder, settings: Settings) -> SparkSession:
+    """The cluster's own catalog and warehouse (its ``spark-defaults.conf``).
+
+    Under spark-submit, master and packages come from the submit command. When
+    lakeward starts the driver itself, they come from ``spark.master`` and the
+    Delta coordinates; a local master is refused, since it would quietly run
+    the job on this machine without the cluster's catalog.
+    """
+    if _submitted():
+        return builder.getOrCreate()
+    master = settings.spark.master
+    if master.startswith("local"):
+        raise ConfigError(
+            f"spark.mode is cluster but spark.master is {master!r}: set spark.master to the "
+            f"cluster's master URL in conf/{settings.env}.yml, or run the job with spark-submit"
+        )
+    return _start_jvm(builder, settings)
+
+
+def _start_jvm(builder: SparkSession.Builder, settings: Settings) -> SparkSession:
+    """Start the driver JVM with ``spark.master`` and the Delta artifact.
+
+    If the first start fails and the Delta jars are not in the local Maven
+    repository, Maven fetches them there and the start is retried once.
+    """
     builder = (
         builder.master(settings.spark.master)
         .config("spark.jars.packages", delta_coordinates())
         .config("spark.driver.extraJavaOptions", driver_java_options(settings))
     )
-    jvm_log = root / "logs" / "spark.log"
+    jvm_log = settings.data_root / "logs" / "spark.log"
     try:
         return _launch(builder, jvm_log)
     except Exception as first_error:  # noqa: BLE001 - the JVM reports resolution failures opaquely
