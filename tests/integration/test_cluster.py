@@ -1,0 +1,222 @@
+"""lakeward on a Spark standalone cluster: a master and a worker in their own JVMs on this machine.
+
+DESIGN.md makes a standalone cluster the test of cluster runs. The jobs run
+as users run them (``spark-submit`` of ``jobs/*.py``, and ``lakeward`` with
+``spark.mode: cluster``), so their executors are separate JVMs that get the
+Delta jars and the project's Python from the driver, not from the test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+from typing import NamedTuple
+
+import pyspark
+import pytest
+from pyspark.sql import SparkSession
+
+from lakeward.config import Settings, default_conf_dir
+from lakeward.session import delta_coordinates
+from lakeward.sources.bitebridge import SOURCES, generate
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+SPARK_BIN = Path(pyspark.__file__).parent / "bin"
+DAY = date(2026, 3, 2)
+START_TIMEOUT_S = 120
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _wait_for(log: Path, text: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if log.exists() and text in log.read_text(errors="replace"):
+            return
+        if process.poll() is not None:
+            break
+        time.sleep(0.5)
+    raise RuntimeError(f"standalone cluster did not log {text!r}:\n{log.read_text(errors='replace')[-3000:]}")
+
+
+class Cluster:
+    """A standalone master and one two-core worker, stopped when the module's tests end."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.url = f"spark://127.0.0.1:{_free_port()}"
+        self.work_dir = root / "work"
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> None:
+        env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_NO_DAEMONIZE": "1"}
+        port = self.url.rsplit(":", 1)[1]
+        master_log = self.root / "master.log"
+        master = self._spawn(
+            ["org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", port,
+             "--webui-port", str(_free_port())], master_log, env)
+        _wait_for(master_log, "I have been elected leader", master)
+        worker_log = self.root / "worker.log"
+        worker = self._spawn(
+            ["org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1", "--cores", "2",
+             "--memory", "2g", "--webui-port", str(_free_port()), "--work-dir", str(self.work_dir),
+             self.url], worker_log, env)
+        _wait_for(worker_log, "Successfully registered with master", worker)
+
+    def _spawn(self, args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+        with log.open("wb") as sink:
+            process = subprocess.Popen(
+                [str(SPARK_BIN / "spark-class"), *args], stdout=sink, stderr=subprocess.STDOUT, env=env
+            )
+        self.processes.append(process)
+        return process
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+    def applications(self) -> list[str]:
+        """Applications whose executors ran on the worker."""
+        return sorted(path.name for path in self.work_dir.glob("app-*"))
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    standalone = Cluster(tmp_path_factory.mktemp("standalone"))
+    try:
+        standalone.start()
+        yield standalone
+    finally:
+        standalone.stop()
+
+
+def _environment(home: Path, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(LAKEWARD_HOME=str(home), PYSPARK_PYTHON=sys.executable, SPARK_LOCAL_IP="127.0.0.1", **extra)
+    return env
+
+
+def _landing(home: Path) -> int:
+    """Two arrival days of BiteBridge data, faults included; returns the lines of ``DAY``."""
+    generate(home / "landing", seed=3, users=40, days=2, start=date(2026, 3, 1))
+    return sum(
+        sum(1 for _ in path.open()) for path in (home / "landing").glob(f"*/{DAY.isoformat()}.jsonl")
+    )
+
+
+def _rows(spark: SparkSession, warehouse: Path, settings: Settings, logical: str) -> int:
+    """Rows of a table written by another process's catalog, read from its files."""
+    schema, table = settings.table(logical).split(".")
+    return spark.read.format("delta").load(str(warehouse / f"{schema}.db" / table)).count()
+
+
+def _bronze_and_quarantine(spark: SparkSession, warehouse: Path, settings: Settings) -> int:
+    tables = [f"bronze_{source}" for source in SOURCES] + ["bronze_quarantine"]
+    return sum(_rows(spark, warehouse, settings, logical) for logical in tables)
+
+
+class Submitted(NamedTuple):
+    """The submitted job's working directory, data root, landing lines of ``DAY`` and result."""
+
+    work: Path
+    home: Path
+    lines: int
+    result: subprocess.CompletedProcess[str]
+    new_applications: int
+
+
+@pytest.fixture(scope="module")
+def submitted(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Submitted:
+    """One arrival day through ``jobs/all.py``, submitted to the cluster as a user submits it."""
+    work = tmp_path_factory.mktemp("submitted")
+    home = work / "home"
+    lines = _landing(home)
+    before = cluster.applications()
+    result = subprocess.run(
+        [str(SPARK_BIN / "spark-submit"), "--master", cluster.url, "--packages", delta_coordinates(),
+         "--driver-java-options", "-Dderby.stream.error.file=/dev/null",
+         "--conf", "spark.executor.memory=1g", str(REPO / "jobs" / "all.py"), "--date", DAY.isoformat()],
+        env=_environment(home), capture_output=True, text=True, timeout=900, cwd=work,
+    )
+    return Submitted(work, home, lines, result, len(cluster.applications()) - len(before))
+
+
+def test_spark_submit_runs_a_day_on_the_cluster(
+    submitted: Submitted, spark: SparkSession, base_settings: Settings
+) -> None:
+    assert submitted.result.returncode == 0, submitted.result.stderr[-4000:]
+    assert submitted.new_applications == 1, "the job's executors did not run on the worker"
+    warehouse = submitted.home / "warehouse"
+    assert _bronze_and_quarantine(spark, warehouse, base_settings) == submitted.lines
+    assert _rows(spark, warehouse, base_settings, "silver_orders") > 0
+    assert _rows(spark, warehouse, base_settings, "gold_user_features") > 0
+    assert not (submitted.work / "derby.log").exists()
+
+
+def test_cluster_mode_takes_the_master_from_config(
+    cluster: Cluster, submitted: Submitted, spark: SparkSession, base_settings: Settings, tmp_path: Path
+) -> None:
+    assert submitted.result.returncode == 0
+    home = submitted.home
+    conf = tmp_path / "conf"
+    shutil.copytree(default_conf_dir(), conf)
+    # A cluster's catalog comes from its spark-defaults.conf; this cluster has
+    # none, so the overlay points at the metastore the submitted job wrote.
+    metastore = f"jdbc:derby:;databaseName={home / 'metastore' / 'metastore_db'}"
+    (conf / "dev.yml").write_text(
+        "spark:\n"
+        "  mode: cluster\n"
+        f"  master: {cluster.url}\n"
+        "  conf:\n"
+        "    spark.sql.catalogImplementation: hive\n"
+        f"    spark.hadoop.javax.jdo.option.ConnectionURL: '{metastore}'\n"
+        f"    spark.sql.warehouse.dir: {home / 'warehouse'}\n"
+        "    spark.executor.memory: 1g\n"
+    )
+    before = cluster.applications()
+
+    query = subprocess.run(
+        [sys.executable, "-m", "lakeward.cli", "sql", "--env", "dev", "--format", "json",
+         "SELECT count(*) AS n FROM silver.orders"],
+        env=_environment(home, LAKEWARD_CONF_DIR=str(conf), LAKEWARD_PII_KEY="cluster-test-key"),
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )
+
+    assert query.returncode == 0, query.stderr[-4000:]
+    assert len(cluster.applications()) == len(before) + 1
+    counted = json.loads(query.stdout)["n"]
+    assert counted == _rows(spark, home / "warehouse", base_settings, "silver_orders")
+
+
+def test_cluster_mode_refuses_a_local_master(tmp_path: Path) -> None:
+    conf = tmp_path / "conf"
+    shutil.copytree(default_conf_dir(), conf)
+
+    run = subprocess.run(
+        [sys.executable, "-m", "lakeward.cli", "run", "bronze", "--env", "dev", "--date", DAY.isoformat()],
+        env=_environment(tmp_path / "home", LAKEWARD_CONF_DIR=str(conf), LAKEWARD_PII_KEY="cluster-test-key"),
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+
+    assert run.returncode == 2
+    assert run.stderr.strip().count("\n") == 0
+    assert "spark.mode is cluster but spark.master is 'local[*]'" in run.stderr
