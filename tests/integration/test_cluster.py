@@ -118,9 +118,11 @@ def _environment(home: Path, **extra: str) -> dict[str, str]:
 def _landing(home: Path) -> int:
     """Two arrival days of BiteBridge data, faults included; returns the lines of ``DAY``."""
     generate(home / "landing", seed=3, users=40, days=2, start=date(2026, 3, 1))
-    return sum(
-        sum(1 for _ in path.open()) for path in (home / "landing").glob(f"*/{DAY.isoformat()}.jsonl")
-    )
+    lines = 0
+    for path in (home / "landing").glob(f"*/{DAY.isoformat()}.jsonl"):
+        with path.open("rb") as landing_file:
+            lines += sum(1 for _ in landing_file)
+    return lines
 
 
 def _rows(spark: SparkSession, warehouse: Path, settings: Settings, logical: str) -> int:
