@@ -56,9 +56,18 @@ def get_spark(settings: Settings) -> SparkSession:
         return SparkSession.builder.getOrCreate()
     _prepare_environment(settings)
     builder = _base_builder(settings)
-    if mode == "cluster":
-        return _build_cluster(builder, settings)
-    return _build_local(builder, settings)
+    if mode == "local":
+        builder = _local_catalog(builder, settings)
+    if _submitted():
+        # spark-submit already started the JVM with its master and packages.
+        return builder.getOrCreate()
+    if mode == "cluster" and settings.spark.master.startswith("local"):
+        # It would quietly run the job on this machine without the cluster's catalog.
+        raise ConfigError(
+            f"spark.mode is cluster but spark.master is {settings.spark.master!r}: set spark.master "
+            f"to the cluster's master URL in conf/{settings.env}.yml, or run the job with spark-submit"
+        )
+    return _start_jvm(builder, settings)
 
 
 def shuffle_partitions(spark: SparkSession) -> int:
@@ -94,17 +103,13 @@ def _submitted() -> bool:
     return "PYSPARK_GATEWAY_PORT" in os.environ
 
 
-def _build_local(builder: SparkSession.Builder, settings: Settings) -> SparkSession:
-    """Local catalog and warehouse under the data root.
-
-    Under spark-submit the JVM already runs: master and packages come from the
-    submit command, and only the catalog settings apply here.
-    """
+def _local_catalog(builder: SparkSession.Builder, settings: Settings) -> SparkSession.Builder:
+    """Hive catalog (Derby) and warehouse under the data root; ``cluster`` mode uses the cluster's."""
     root = settings.data_root
     settings.metastore_dir.mkdir(parents=True, exist_ok=True)
     settings.warehouse_dir.mkdir(parents=True, exist_ok=True)
     metastore_url = f"jdbc:derby:;databaseName={settings.metastore_dir / 'metastore_db'};create=true"
-    builder = (
+    return (
         builder.config("spark.sql.warehouse.dir", str(settings.warehouse_dir))
         .config("spark.hadoop.javax.jdo.option.ConnectionURL", metastore_url)
         .config("spark.sql.catalogImplementation", "hive")
@@ -112,28 +117,6 @@ def _build_local(builder: SparkSession.Builder, settings: Settings) -> SparkSess
         .config("spark.sql.streaming.checkpointLocation", str(root / "checkpoints"))
         .enableHiveSupport()
     )
-    if _submitted():
-        return builder.getOrCreate()
-    return _start_jvm(builder, settings)
-
-
-def _build_cluster(builder: SparkSession.Builder, settings: Settings) -> SparkSession:
-    """The cluster's own catalog and warehouse (its ``spark-defaults.conf``).
-
-    Under spark-submit, master and packages come from the submit command. When
-    lakeward starts the driver itself, they come from ``spark.master`` and the
-    Delta coordinates; a local master is refused, since it would quietly run
-    the job on this machine without the cluster's catalog.
-    """
-    if _submitted():
-        return builder.getOrCreate()
-    master = settings.spark.master
-    if master.startswith("local"):
-        raise ConfigError(
-            f"spark.mode is cluster but spark.master is {master!r}: set spark.master to the "
-            f"cluster's master URL in conf/{settings.env}.yml, or run the job with spark-submit"
-        )
-    return _start_jvm(builder, settings)
 
 
 def _start_jvm(builder: SparkSession.Builder, settings: Settings) -> SparkSession:
