@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,11 +14,9 @@ from pyspark.sql import SparkSession
 
 from lakeward import cli
 from lakeward.config import default_conf_dir
+from tests.cli_process import LAKEWARD, lakeward
 
 pytestmark = pytest.mark.integration
-
-LAKEWARD = [sys.executable, "-m", "lakeward.cli"]
-
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
@@ -34,10 +31,6 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         LAKEWARD_HOME=str(root / "home"), LAKEWARD_CONF_DIR=str(conf), LAKEWARD_ENV="local"
     )
     return environment
-
-
-def lakeward(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*LAKEWARD, *args], env=env, capture_output=True, text=True, timeout=900)
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,7 @@ from pyspark.sql import SparkSession
 from lakeward.config import Settings, default_conf_dir
 from lakeward.session import delta_coordinates
 from lakeward.sources.bitebridge import SOURCES, generate
+from tests.cli_process import lakeward
 
 pytestmark = pytest.mark.integration
 
@@ -196,11 +197,10 @@ def test_cluster_mode_takes_the_master_from_config(
     )
     before = cluster.applications()
 
-    query = subprocess.run(
-        [sys.executable, "-m", "lakeward.cli", "sql", "--env", "dev", "--format", "json",
-         "SELECT count(*) AS n FROM silver.orders"],
-        env=_environment(home, LAKEWARD_CONF_DIR=str(conf), LAKEWARD_PII_KEY="cluster-test-key"),
-        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    query = lakeward(
+        _environment(home, LAKEWARD_CONF_DIR=str(conf), LAKEWARD_PII_KEY="cluster-test-key"),
+        "sql", "--env", "dev", "--format", "json", "SELECT count(*) AS n FROM silver.orders",
+        cwd=tmp_path, timeout=600,
     )
 
     assert query.returncode == 0, query.stderr[-4000:]
@@ -213,10 +213,9 @@ def test_cluster_mode_refuses_a_local_master(tmp_path: Path) -> None:
     conf = tmp_path / "conf"
     shutil.copytree(default_conf_dir(), conf)
 
-    run = subprocess.run(
-        [sys.executable, "-m", "lakeward.cli", "run", "bronze", "--env", "dev", "--date", DAY.isoformat()],
-        env=_environment(tmp_path / "home", LAKEWARD_CONF_DIR=str(conf), LAKEWARD_PII_KEY="cluster-test-key"),
-        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    run = lakeward(
+        _environment(tmp_path / "home", LAKEWARD_CONF_DIR=str(conf), LAKEWARD_PII_KEY="cluster-test-key"),
+        "run", "bronze", "--env", "dev", "--date", DAY.isoformat(), cwd=tmp_path, timeout=300,
     )
 
     assert run.returncode == 2

@@ -7,7 +7,6 @@ import os
 import random
 import re
 import subprocess
-import sys
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from lakeward.training_set import (
     stored_spec,
     table_name,
 )
+from tests.cli_process import LAKEWARD
 
 pytestmark = pytest.mark.integration
 
@@ -238,7 +238,7 @@ def test_missing_or_empty_inputs(spark: SparkSession, fresh_settings: Settings) 
 
 def test_cli_on_an_empty_data_root_fails_in_one_line(tmp_path: Path) -> None:
     env = {**os.environ, "LAKEWARD_HOME": str(tmp_path / "home"), "LAKEWARD_ENV": "local"}
-    cli = [sys.executable, "-m", "lakeward.cli", "training-set"]
+    cli = [*LAKEWARD, "training-set"]
 
     usage = subprocess.run([*cli, "--split", "group", "--t1", "2026-03-01", "--t2", "2026-04-01"],
                            env=env, capture_output=True, text=True, timeout=120)

@@ -14,6 +14,7 @@ from lakeward import tracking
 from lakeward.config import load_settings
 from lakeward.train import PrivacyParameterError, check_delta, check_epsilon, default_delta, with_overrides
 from lakeward.train_data import Preprocessor, TrainingDataError, arrays_from_pandas, scores
+from tests.cli_process import LAKEWARD
 
 NAN = math.nan
 FEATURES = ("orders_30d", "days_since_last_order", "mean_rating")
@@ -151,7 +152,7 @@ def test_cli_and_train_imports_leave_torch_out() -> None:
 
 
 def test_cli_lists_ml_commands_and_refuses_bad_privacy_arguments(tmp_path: Path) -> None:
-    lakeward = [sys.executable, "-m", "lakeward.cli"]
+    lakeward = LAKEWARD
     env = {**os.environ, "LAKEWARD_HOME": str(tmp_path)}
     listed = subprocess.run([*lakeward, "--help"], capture_output=True, text=True, check=True, env=env)
     for command in ("train", "dp-sweep", "predict", "rebuild-training-set"):
