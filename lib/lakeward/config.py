@@ -329,7 +329,7 @@ def load_settings(
     ]
     if derived:
         raise ConfigError("; ".join(derived))
-    configured_root = merged.get("data_root") or ".lakeward"
+    configured_root = merged.get("data_root") or str(Settings.model_fields["data_root"].default)
     if not isinstance(configured_root, str):
         raise ConfigError(f"{source(['data_root'])}: data_root: expected a path (found {configured_root!r})")
     merged["env"] = env
