@@ -18,6 +18,7 @@ from tests.cli_process import LAKEWARD, lakeward
 
 pytestmark = pytest.mark.integration
 
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("cli")
