@@ -463,7 +463,7 @@ def _arrivals(checked: DataFrame) -> dict[date, _Arrival]:
 def _not_in_target(
     spark: SparkSession, rows: DataFrame, target: str, source: str, arrivals: Mapping[date, _Arrival]
 ) -> tuple[DataFrame, list[date] | None]:
-    """The rows the target lacks, and the event dates they can be on (None for users)."""
+    """The rows the target lacks, and the event dates they fall on (None for users)."""
     existing = tables.read(spark, target)
     if source == "users":
         # The users table keeps the current state per user; older records change nothing.
@@ -478,11 +478,11 @@ def _not_in_target(
             | ((F.col("updated_ts") == F.col("_t_ts")) & (F.col("event_id") > F.col("_t_id")))
         )
         return newer.drop("_t_ts", "_t_id"), None
-    # A duplicate carries the same event_ts, hence the same event_date: only those
-    # dates of the target need to be read.
+    # Every event date of the target is searched: event_id is the event's identity,
+    # and a copy sent again with a corrected timestamp falls on another date.
+    fresh = rows.join(existing.select("event_id"), "event_id", "left_anti")
     dates = sorted(frozenset().union(*(a.event_dates for a in arrivals.values())))
-    candidates = existing.filter(F.col("event_date").isin(dates)).select("event_id")
-    return rows.join(candidates, "event_id", "left_anti"), dates
+    return fresh, dates
 
 
 def _final_columns(rows: DataFrame, spec: tables.TableSpec) -> DataFrame:
@@ -517,8 +517,10 @@ def _write(
             .execute()
         )
         return
-    # The dates as literals let Delta skip the target files of other dates;
-    # without them the MERGE reads every event id silver holds.
+    # ``fresh`` holds no event id the target had when _not_in_target read it. The
+    # MERGE looks again on the batch's event dates at write time, so a run writing
+    # the same events meanwhile does not get them in twice; the dates as literals
+    # let Delta skip the files of every other date.
     same_event = (F.col("t.event_date") == F.col("s.event_date")) & (
         F.col("t.event_id") == F.col("s.event_id")
     )

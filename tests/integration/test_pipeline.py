@@ -318,3 +318,31 @@ def test_silver_for_a_date_bronze_never_ingested_is_a_clear_error(
     with pytest.raises(pipeline.NoBronzeDataError, match="bronze has no batch for 2031-01-01"):
         pipeline.run_silver(spark, run, DateSelection(date(2031, 1, 1)))
     assert {name: tables.current_version(spark, run.table(name)) for name in written} == before
+
+
+def test_an_event_sent_again_with_another_time_is_a_duplicate_on_a_later_day(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path
+) -> None:
+    """``event_id`` is the event's identity: a copy sent again a day later with a
+    corrected timestamp, so on another event date, is dropped as a duplicate."""
+    settings = isolated(base_settings, tmp_path)
+    days = [date(2026, 3, 1), date(2026, 3, 2)]
+    generate(settings.landing_dir, seed=5, users=30, days=2, start=days[0], faults=FaultRates.none())
+    first_file = landing_file(settings.landing_dir, "order_placed", days[0])
+    original = json.loads(first_file.read_text().splitlines()[0])
+    with landing_file(settings.landing_dir, "order_placed", days[1]).open("a") as f:
+        f.write(json.dumps({**original, "event_ts": "2026-03-02T12:00:00Z", "amount": 1.0}) + "\n")
+    bronze.ensure_tables(spark, settings)
+    silver.ensure_tables(spark, settings)
+    for day in days:
+        bronze.ingest(spark, settings, "order_placed", [day])
+        silver.process(spark, settings, "order_placed", [day], pii_key(settings))
+
+    orders = tables.read(spark, settings.table("silver_orders"))
+    kept = orders.filter(F.col("event_id") == original["event_id"]).collect()
+    assert [(r["event_ts"].isoformat(), float(r["amount"])) for r in kept] == [
+        (original["event_ts"].removesuffix("Z"), original["amount"])
+    ]
+    assert orders.groupBy("event_id").count().filter("count > 1").count() == 0
+    ledger = tables.read(spark, settings.table("ops_silver_batches")).collect()
+    assert {(r["arrival_date"], r["rows_duplicate"]) for r in ledger} == {(days[0], 0), (days[1], 1)}
