@@ -411,15 +411,14 @@ def _write_source(
     try:
         arrivals = _arrivals(checked)
         first = dedupe(checked.filter(F.col("_reason").isNull()))
-        fresh, event_dates = _not_in_target(spark, first, spec.name, source, arrivals)
-        fresh = _final_columns(fresh, spec).persist()
+        fresh = _final_columns(_not_in_target(spark, first, spec.name, source), spec).persist()
         try:
             gate = quality.check(settings, SOURCES[source].table, fresh, batch=_batch_label(source, dates))
             if gate is not None:
                 gates.append(gate)
                 gate.raise_if_failed()
             stats = _stats(arrivals, fresh)
-            _write(spark, spec.name, source, fresh, event_dates)
+            _write(spark, spec.name, source, fresh, _event_dates(arrivals))
         finally:
             fresh.unpersist()
         # The refused rows are few: held apart (a local checkpoint, computed now
@@ -460,10 +459,8 @@ def _arrivals(checked: DataFrame) -> dict[date, _Arrival]:
     }
 
 
-def _not_in_target(
-    spark: SparkSession, rows: DataFrame, target: str, source: str, arrivals: Mapping[date, _Arrival]
-) -> tuple[DataFrame, list[date] | None]:
-    """The rows the target lacks, and the event dates they fall on (None for users)."""
+def _not_in_target(spark: SparkSession, rows: DataFrame, target: str, source: str) -> DataFrame:
+    """The rows the target lacks."""
     existing = tables.read(spark, target)
     if source == "users":
         # The users table keeps the current state per user; older records change nothing.
@@ -477,12 +474,15 @@ def _not_in_target(
             | (F.col("updated_ts") > F.col("_t_ts"))
             | ((F.col("updated_ts") == F.col("_t_ts")) & (F.col("event_id") > F.col("_t_id")))
         )
-        return newer.drop("_t_ts", "_t_id"), None
+        return newer.drop("_t_ts", "_t_id")
     # Every event date of the target is searched: event_id is the event's identity,
     # and a copy sent again with a corrected timestamp falls on another date.
-    fresh = rows.join(existing.select("event_id"), "event_id", "left_anti")
-    dates = sorted(frozenset().union(*(a.event_dates for a in arrivals.values())))
-    return fresh, dates
+    return rows.join(existing.select("event_id"), "event_id", "left_anti")
+
+
+def _event_dates(arrivals: Mapping[date, _Arrival]) -> list[date]:
+    """The event dates of the usable rows of every arrival date."""
+    return sorted(frozenset().union(*(a.event_dates for a in arrivals.values())))
 
 
 def _final_columns(rows: DataFrame, spec: tables.TableSpec) -> DataFrame:
@@ -503,7 +503,7 @@ def _stats(arrivals: Mapping[date, _Arrival], fresh: DataFrame) -> dict[date, tu
 
 
 def _write(
-    spark: SparkSession, name: str, source: str, fresh: DataFrame, event_dates: list[date] | None
+    spark: SparkSession, name: str, source: str, fresh: DataFrame, event_dates: list[date]
 ) -> None:
     target = DeltaTable.forName(spark, name).alias("t")
     if source == "users":
@@ -524,7 +524,7 @@ def _write(
     same_event = (F.col("t.event_date") == F.col("s.event_date")) & (
         F.col("t.event_id") == F.col("s.event_id")
     )
-    on_dates = F.col("t.event_date").isin(event_dates or [])
+    on_dates = F.col("t.event_date").isin(event_dates)
     target.merge(fresh.alias("s"), same_event & on_dates).whenNotMatchedInsertAll().execute()
 
 
