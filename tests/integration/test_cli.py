@@ -124,6 +124,7 @@ def test_sql_output_cut_short_by_its_reader_is_not_an_error(env: dict[str, str])
 
 
 def test_help_lists_every_command() -> None:
-    result = subprocess.run([*LAKEWARD, "--help"], capture_output=True, text=True, check=True)
+    result = lakeward(os.environ, "--help")
+    assert result.returncode == 0
     for command in ("generate", "run", "demo", "sql"):
         assert command in result.stdout

@@ -6,7 +6,6 @@ import dataclasses
 import os
 import random
 import re
-import subprocess
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from lakeward.training_set import (
     stored_spec,
     table_name,
 )
-from tests.cli_process import LAKEWARD
+from tests.cli_process import lakeward
 
 pytestmark = pytest.mark.integration
 
@@ -238,17 +237,14 @@ def test_missing_or_empty_inputs(spark: SparkSession, fresh_settings: Settings) 
 
 def test_cli_on_an_empty_data_root_fails_in_one_line(tmp_path: Path) -> None:
     env = {**os.environ, "LAKEWARD_HOME": str(tmp_path / "home"), "LAKEWARD_ENV": "local"}
-    cli = [*LAKEWARD, "training-set"]
-
-    usage = subprocess.run([*cli, "--split", "group", "--t1", "2026-03-01", "--t2", "2026-04-01"],
-                           env=env, capture_output=True, text=True, timeout=120)
+    usage = lakeward(env, "training-set", "--split", "group", "--t1", "2026-03-01", "--t2", "2026-04-01",
+                     timeout=120)
     assert usage.returncode == 2
     assert usage.stderr.strip() == "lakeward: error: --t1 and --t2 apply to --split temporal only"
-    bad_name = subprocess.run([*cli, "--name", "ml.x"], env=env, capture_output=True, text=True,
-                              timeout=120)
+    bad_name = lakeward(env, "training-set", "--name", "ml.x", timeout=120)
     assert bad_name.returncode == 2 and "expected a plain identifier" in bad_name.stderr
 
-    result = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=900)
+    result = lakeward(env, "training-set")
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert lines[-1] == ("lakeward: error: silver.orders does not exist; run the pipeline first "

@@ -14,7 +14,7 @@ from lakeward import tracking
 from lakeward.config import load_settings
 from lakeward.train import PrivacyParameterError, check_delta, check_epsilon, default_delta, with_overrides
 from lakeward.train_data import Preprocessor, TrainingDataError, arrays_from_pandas, scores
-from tests.cli_process import LAKEWARD
+from tests.cli_process import lakeward
 
 NAN = math.nan
 FEATURES = ("orders_30d", "days_since_last_order", "mean_rating")
@@ -152,18 +152,18 @@ def test_cli_and_train_imports_leave_torch_out() -> None:
 
 
 def test_cli_lists_ml_commands_and_refuses_bad_privacy_arguments(tmp_path: Path) -> None:
-    lakeward = LAKEWARD
     env = {**os.environ, "LAKEWARD_HOME": str(tmp_path)}
-    listed = subprocess.run([*lakeward, "--help"], capture_output=True, text=True, check=True, env=env)
+    listed = lakeward(env, "--help")
+    assert listed.returncode == 0
     for command in ("train", "dp-sweep", "predict", "rebuild-training-set"):
         assert command in listed.stdout
-        subprocess.run([*lakeward, command, "--help"], capture_output=True, check=True, env=env)
+        assert lakeward(env, command, "--help").returncode == 0
     for args, message in [
         (["train", "--epsilon", "0"], "epsilon must be a positive, finite number"),
         (["train", "--delta", "1"], "delta must be a probability strictly between 0 and 1"),
         (["dp-sweep", "--epsilons", "1,-2"], "epsilon must be a positive, finite number"),
     ]:
-        result = subprocess.run([*lakeward, *args], capture_output=True, text=True, env=env)
+        result = lakeward(env, *args)
         assert result.returncode == 2
         assert result.stderr.strip() == f"lakeward: error: {message}" or message in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
