@@ -161,6 +161,9 @@ def as_of_join(
 
     Raises:
         MissingColumnsError: A key or timestamp column is missing.
+        AsOfJoinError: A timestamp column is not a timestamp or date, or a key
+            has types of different kinds on the two sides (numbers of any
+            width go together).
         ColumnClashError: An output column name occurs twice (set ``prefix``).
         ValueError: ``keys`` empty or repeated, ``ttl`` negative,
             ``time_buckets`` below 1, ``prefilter`` not a bool or None.
@@ -168,6 +171,7 @@ def as_of_join(
     keys = _check_arguments(keys, label_ts, feature_ts, ttl, time_buckets, prefilter)
     _require_columns("labels", labels, [*keys, label_ts], keys=keys, ts_arg="label_ts")
     _require_columns("features", features, [*keys, feature_ts], keys=keys, ts_arg="feature_ts")
+    _check_types(labels, features, keys, label_ts, feature_ts)
     feature_columns = [c for c in features.columns if c not in keys]
     out_names = [f"{prefix or ''}{c}" for c in feature_columns]
     _check_clashes(labels, out_names, prefix)
@@ -246,6 +250,34 @@ def _require_columns(
             f"{side} is missing column(s) {missing}: expected keys {keys} and "
             f"{ts_arg}={expected[-1]!r}; {side} has columns {df.columns}"
         )
+
+
+_TIME_TYPES = (T.TimestampType, T.TimestampNTZType, T.DateType)
+
+
+def _check_types(
+    labels: DataFrame, features: DataFrame, keys: list[str], label_ts: str, feature_ts: str
+) -> None:
+    """Times must be times, and each key of one kind on both sides.
+
+    Spark would otherwise cast silently: a string ``label_ts`` parsed as a
+    time, or string keys cast to numbers so that ``'1'`` matches ``1``.
+    """
+    for side, df, arg, name in (("labels", labels, "label_ts", label_ts),
+                                ("features", features, "feature_ts", feature_ts)):
+        found = df.schema[name].dataType
+        if not isinstance(found, _TIME_TYPES):
+            raise AsOfJoinError(
+                f"{arg}={name!r} in {side} must be a timestamp or date column; it is {found.simpleString()}"
+            )
+    for key in keys:
+        left, right = labels.schema[key].dataType, features.schema[key].dataType
+        numeric = isinstance(left, T.NumericType) and isinstance(right, T.NumericType)
+        if left != right and not numeric:
+            raise AsOfJoinError(
+                f"key {key!r} is {left.simpleString()} in labels but {right.simpleString()} "
+                "in features; cast one side so that both have the same type"
+            )
 
 
 def _check_clashes(labels: DataFrame, feature_names: list[str], prefix: str | None) -> None:
@@ -339,18 +371,34 @@ def _usable_features(
     narrow = _tagged_union(labels, features, keys, label_ts, feature_ts).select(
         *key_names, _TS, _KIND, F.when(F.col(_KIND) == _FEATURE, F.col(_TS)).alias(_FOUND)
     )
+    # The pairs meet the user's feature columns in the join condition, where
+    # a shared name would be ambiguous: they get names features does not use.
+    pair_names = _unused_names([*key_names, _FOUND], features.columns)
     pairs = (
         narrow.withColumn(_FOUND, _newest_so_far(F.col(_FOUND), key_names))
         .where((F.col(_KIND) == _LABEL_KIND) & F.col(_FOUND).isNotNull())
-        .select(*key_names, _FOUND)
+        .select(*[F.col(c).alias(pair_names[c]) for c in [*key_names, _FOUND]])
         .distinct()
     )
     same = reduce(
         Column.__and__,
-        [_ref(k) == pairs[_key(i)] for i, k in enumerate(keys)],
-        _ref(feature_ts) == pairs[_FOUND],
+        [_ref(k) == _ref(pair_names[_key(i)]) for i, k in enumerate(keys)],
+        _ref(feature_ts) == _ref(pair_names[_FOUND]),
     )
     return features.join(F.broadcast(pairs), same, "left_semi")
+
+
+def _unused_names(names: list[str], taken: list[str]) -> dict[str, str]:
+    """Each name, with underscores put before it until no column in ``taken`` has it in any case."""
+    used = {name.lower() for name in taken}
+    fresh = {}
+    for name in names:
+        candidate = name
+        while candidate.lower() in used:
+            candidate = "_" + candidate
+        fresh[name] = candidate
+        used.add(candidate.lower())
+    return fresh
 
 
 def _newest_so_far(value: Column, partition: list[str], *tie_break: Column) -> Column:

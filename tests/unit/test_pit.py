@@ -14,7 +14,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from lakeward.pit import ColumnClashError, MissingColumnsError, as_of_join
+from lakeward.pit import AsOfJoinError, ColumnClashError, MissingColumnsError, as_of_join
 
 T0 = datetime(2024, 3, 1, 12, 0, 0)
 TTL = timedelta(seconds=5)
@@ -360,6 +360,22 @@ def test_wide_features_are_prefiltered_by_default(spark: SparkSession,
     assert [(r["fts"], r["v39"]) for r in joined.collect()] == [(at(4), 4.0)]
 
 
+@pytest.mark.parametrize("prefilter", [False, True])
+def test_columns_named_like_the_joins_own_work_columns(spark: SparkSession, prefilter: bool) -> None:
+    # Every name the join uses for its work, as a key, a timestamp and a
+    # feature column (one upper-cased: Spark matches names in any case).
+    labels = spark.createDataFrame(
+        [(1, 2, at(5), 0)], "__pit_key0 INT, __pit_found INT, __pit_ts TIMESTAMP, __pit_kind INT"
+    )
+    features = spark.createDataFrame(
+        [(1, 2, at(t), t, t * 10) for t in (3, 4, 6)],
+        "__pit_key0 INT, __pit_found INT, __pit_ts TIMESTAMP, __PIT_KEY1 INT, __pit_payload INT",
+    )
+    joined = as_of_join(labels, features, keys=["__pit_key0", "__pit_found"], label_ts="__pit_ts",
+                        feature_ts="__pit_ts", prefix="f_", prefilter=prefilter)
+    assert [tuple(r) for r in joined.collect()] == [(1, 2, at(5), 0, at(4), 4, 40)]
+
+
 # --- argument errors -----------------------------------------------------------------------
 
 
@@ -401,3 +417,17 @@ def test_invalid_arguments(spark: SparkSession, kwargs: dict[str, Any], message:
     labels, features = _small(spark, [], [])
     with pytest.raises(ValueError, match=message):
         as_of_join(labels, features, label_ts="ts", feature_ts="ts", prefix="f_", **kwargs)
+
+
+def test_times_must_be_times_and_keys_of_one_kind(spark: SparkSession) -> None:
+    labels = spark.createDataFrame([("1", "2024-03-01 12:00:05", 1, at(5))],
+                                   "user STRING, ts STRING, shop INT, lts TIMESTAMP")
+    features = spark.createDataFrame([(1, at(4), 1)], "user INT, fts TIMESTAMP, shop BIGINT")
+    with pytest.raises(AsOfJoinError, match=r"label_ts='ts' in labels must be a timestamp or date.*string"):
+        as_of_join(labels, features, keys=["shop"], label_ts="ts", feature_ts="fts", prefix="f_")
+    with pytest.raises(AsOfJoinError, match=r"key 'user' is string in labels but int in features"):
+        as_of_join(labels, features, keys=["user"], label_ts="lts", feature_ts="fts", prefix="f_")
+    # Numbers of different widths, and dates against timestamps, are fine.
+    dated = features.withColumn("fts", F.to_date("fts"))
+    joined = as_of_join(labels, dated, keys=["shop"], label_ts="lts", feature_ts="fts", prefix="f_")
+    assert [r["f_fts"] for r in joined.collect()] == [at(0).date()]
