@@ -1,7 +1,8 @@
 """Churn labels: for each order at time t, whether the user orders again within (t, t + horizon].
 
-Only orders whose whole window is observed get a label (no censored labels):
-``t + horizon <= observed_until``.
+Only orders whose whole window is observed get a label (no censored labels).
+``observed_until`` is an exclusive end: every instant before it is observed,
+so a window is complete when ``t + horizon < observed_until``.
 
     labels = churn_labels(orders, horizon=timedelta(days=30), observed_until=end_of_data)
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from pyspark.sql import DataFrame, Window
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 
@@ -19,18 +20,18 @@ def churn_labels(orders: DataFrame, *, horizon: timedelta, observed_until: datet
 
     ``orders`` needs ``event_id``, ``user_key`` and ``event_ts``. The window is
     open at ``t`` and closed at ``t + horizon``: an order at the same instant
-    does not count as a next order, one exactly ``horizon`` later does.
+    does not count as a next order, one exactly ``horizon`` later does. So
+    the window's last instant must be observed too: see :func:`fully_observed`.
     """
     if horizon <= timedelta(0):
         raise ValueError(f"horizon must be positive, got {horizon}")
     span = int(horizon / timedelta(microseconds=1))
     micros = F.unix_micros(F.col("event_ts"))
     following = Window.partitionBy("user_key").orderBy(micros).rangeBetween(1, span)
-    observed = F.col("event_ts") + F.lit(horizon) <= F.lit(observed_until)
     return (
         orders.filter(F.col("user_key").isNotNull() & F.col("event_ts").isNotNull())
         .withColumn("_next_orders", F.count(F.lit(1)).over(following))
-        .filter(observed)
+        .filter(fully_observed(horizon, observed_until))
         .select(
             F.col("event_id").alias("label_id"),
             "user_key",
@@ -38,3 +39,12 @@ def churn_labels(orders: DataFrame, *, horizon: timedelta, observed_until: datet
             (F.col("_next_orders") == 0).cast("int").alias("churned"),
         )
     )
+
+
+def fully_observed(horizon: timedelta, observed_until: datetime) -> Column:
+    """Whether the window ``(event_ts, event_ts + horizon]`` ends before ``observed_until``.
+
+    ``observed_until`` itself is not observed (an event at that instant may
+    still arrive), and the window includes its end.
+    """
+    return F.col("event_ts") + F.lit(horizon) < F.lit(observed_until)

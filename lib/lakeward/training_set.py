@@ -34,7 +34,7 @@ from pyspark.sql import types as T
 
 from lakeward import gold, tables
 from lakeward.config import Settings, is_identifier
-from lakeward.labels import churn_labels
+from lakeward.labels import churn_labels, fully_observed
 from lakeward.pit import as_of_join
 from lakeward.splits import PARTS, SPLIT, group_split, leakage, temporal_split
 
@@ -256,8 +256,8 @@ def assemble(orders: DataFrame, features: DataFrame, spec: BuildSpec) -> DataFra
     ``spec.feature_version`` are used). The result has ``label_id``,
     ``user_key``, ``label_ts``, ``churned``, then every other column of
     ``features`` in its order (null when no feature row is within the TTL),
-    then ``split``. Orders whose window ends after ``spec.observed_until`` get
-    no label; a temporal split also drops labels whose window would reach the
+    then ``split``. Orders whose window does not end before
+    ``spec.observed_until`` get no label; a temporal split also drops labels whose window would reach the
     next part::
 
         training = assemble(orders, gold_features, spec)
@@ -562,7 +562,7 @@ def _label_range(
     labelled = orders.filter(
         F.col("user_key").isNotNull()
         & F.col("event_ts").isNotNull()
-        & (F.col("event_ts") + F.lit(horizon) <= F.lit(observed_until))
+        & fully_observed(horizon, observed_until)
     )
     micros = F.unix_micros(F.col("event_ts"))
     row = labelled.agg(F.min(micros).alias("first"), F.max(micros).alias("last")).first()

@@ -135,7 +135,7 @@ def test_build_records_versions_and_rebuilds_exactly(spark: SparkSession, fresh_
     assert content_hash(written) == first.content_hash
     assert first.rows == written.count() == sum(first.split_rows.values())
     labelled = orders.filter(F.col("event_ts") + F.expr("INTERVAL 30 DAYS")
-                             <= F.lit(first.spec.observed_until)).count()
+                             < F.lit(first.spec.observed_until)).count()
     assert first.rows == labelled > 0
     assert set(first.split_rows) == set(PARTS)
     assert written.filter("feature_ts > label_ts OR feature_ts < label_ts - INTERVAL 3 DAYS").count() == 0

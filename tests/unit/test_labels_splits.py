@@ -28,7 +28,7 @@ def _orders(seeds: range) -> list[tuple[str, str, datetime]]:
 def _oracle(orders, observed_until):
     labels = {}
     for event_id, user, ts in orders:
-        if ts + HORIZON > observed_until:
+        if ts + HORIZON >= observed_until:
             continue
         later = [o for o in orders if o[1] == user and ts < o[2] <= ts + HORIZON]
         labels[event_id] = (user, ts, 0 if later else 1)
@@ -55,6 +55,16 @@ def test_churn_window_is_open_at_t_and_closed_at_horizon(spark: SparkSession) ->
     assert got == {"a": 0, "b": 0, "c": 1, "x": 1, "y": 1}
     with pytest.raises(ValueError):
         churn_labels(df, horizon=timedelta(0), observed_until=T0)
+
+
+def test_a_window_ending_at_observed_until_is_censored(spark: SparkSession) -> None:
+    # observed_until is an exclusive end, and the window (t, t + horizon]
+    # includes its end: an order at observed_until would fall in it unseen.
+    end = T0 + HORIZON * 2
+    rows = [("at", "u", end - HORIZON), ("before", "v", end - HORIZON - timedelta(microseconds=1))]
+    df = spark.createDataFrame(rows, "event_id string, user_key string, event_ts timestamp")
+    got = [r["label_id"] for r in churn_labels(df, horizon=HORIZON, observed_until=end).collect()]
+    assert got == ["before"]
 
 
 def test_temporal_split_boundaries_and_gap(spark: SparkSession) -> None:
