@@ -7,7 +7,8 @@ user's first known event to the as-of date. A row holds what was *known* at
 the end of that day: an event counts from the day it arrived, never earlier,
 so a late event for day d arriving on d+3 first shows in the row of d+3 while
 the rows of d..d+2 stay as they were. ``feature_ts`` is the end of
-``feature_date`` (midnight UTC after it), the moment those values became known.
+``feature_date``, its last microsecond (UTC): the values hold every event known
+that day, so they are known when the day ends, and on that day.
 
 Rolling windows are computed without a range join: an event with event date
 ``e`` that became known on day ``k`` is inside the w-day window of day ``A``
@@ -109,8 +110,8 @@ def user_daily(orders: DataFrame, deliveries: DataFrame, ratings: DataFrame) -> 
                           zero.alias("rating_count"), zero.alias("rating_sum")),
         ratings.select("user_key", "event_date", zero.alias("orders"), none.alias("spend"),
                        zero.alias("deliveries"), zero.alias("late_deliveries"),
-                       F.lit(1).cast(COUNT).alias("rating_count"),
-                       F.col("rating").cast(COUNT).alias("rating_sum")),
+                       _is_rated().alias("rating_count"),
+                       F.coalesce(F.col("rating").cast(COUNT), zero).alias("rating_sum")),
     ]
     unioned = parts[0].unionByName(parts[1]).unionByName(parts[2])
     daily = unioned.groupBy("user_key", "event_date").agg(
@@ -128,7 +129,18 @@ def user_daily(orders: DataFrame, deliveries: DataFrame, ratings: DataFrame) -> 
 
 
 def _is_late() -> Column:
-    return F.col("actual_minutes") > F.col("promised_minutes")
+    # A delivery without both times is not known to be late; it still counts as a delivery.
+    return F.coalesce(F.col("actual_minutes") > F.col("promised_minutes"), F.lit(False))
+
+
+def _is_rated() -> Column:
+    # A rating event without a rating counts in neither the count nor the sum.
+    return F.col("rating").isNotNull().cast(COUNT)
+
+
+def end_of_day(day: Column) -> Column:
+    """The last microsecond of ``day``, UTC: the ``feature_ts`` of a row of that day."""
+    return F.timestamp_micros(F.unix_micros(F.to_timestamp(F.date_add(day, 1))) - F.lit(1))
 
 
 def _window_parts(days: int, values: dict[str, Column]) -> list[tuple[Column, dict[str, Column]]]:
@@ -237,7 +249,7 @@ def user_features(
     # A delivery makes its user known even when it falls outside every window.
     delivery_parts = [*_window_parts(30, late), (known_day(), {})]
     metrics.append("late_deliveries_30d")
-    known_ratings = {"rating_count": F.lit(1).cast(COUNT), "rating_sum": F.col("rating").cast(COUNT)}
+    known_ratings = {"rating_count": _is_rated(), "rating_sum": F.col("rating").cast(COUNT)}
     metrics += list(known_ratings)
     combined = (
         _deltas(orders, order_parts)
@@ -285,7 +297,7 @@ def user_features(
     return changes.select(
         "user_key",
         "feature_date",
-        F.to_timestamp(F.date_add(F.col("feature_date"), 1)).alias("feature_ts"),
+        end_of_day(F.col("feature_date")).alias("feature_ts"),
         *[F.col(name).cast(MONEY if name.startswith("spend") else COUNT).alias(name)
           for name in window_fields],
         F.col("late_deliveries_30d").cast(COUNT).alias("late_deliveries_30d"),

@@ -89,7 +89,8 @@ def test_gold_tables_are_built(spark: SparkSession, run: Settings) -> None:
     assert daily.agg(F.sum("orders")).first()[0] == orders.count()
     assert daily.agg(F.sum("spend")).first()[0] == orders.agg(F.sum("amount")).first()[0]
     features = tables.read(spark, run.table("gold_user_features"))
-    assert features.filter(F.col("feature_ts") != F.to_timestamp(F.date_add("feature_date", 1))).count() == 0
+    end_of_day = F.to_timestamp(F.date_add("feature_date", 1)) - F.expr("INTERVAL 1 MICROSECOND")
+    assert features.filter(F.col("feature_ts") != end_of_day).count() == 0
     assert {r[0] for r in features.select("feature_version").distinct().collect()} == {"v1"}
 
 

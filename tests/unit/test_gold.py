@@ -29,8 +29,9 @@ def _random_events(seed: int):
         return event, event + timedelta(days=late)
 
     orders = [(rng.choice(users), *when(), Decimal(rng.randrange(100, 5000)) / 100) for _ in range(40)]
-    deliveries = [(rng.choice(users), *when(), 30, rng.choice([20, 30, 31, 60])) for _ in range(30)]
-    ratings = [(rng.choice(users), *when(), rng.randint(1, 5)) for _ in range(20)]
+    # Silver lets a missing delivery time or rating through: a null is no value.
+    deliveries = [(rng.choice(users), *when(), 30, rng.choice([20, 30, 31, 60, None])) for _ in range(30)]
+    ratings = [(rng.choice(users), *when(), rng.choice([1, 2, 3, 4, 5, None])) for _ in range(20)]
     return orders, deliveries, ratings
 
 
@@ -47,7 +48,7 @@ def _oracle(orders, deliveries, ratings, as_of):
         while day <= as_of:
             seen_orders = [e for e in orders if e[0] == user and known(e) <= day]
             row = {"user_key": user, "feature_date": day,
-                   "feature_ts": datetime(day.year, day.month, day.day) + timedelta(days=1)}
+                   "feature_ts": datetime(day.year, day.month, day.day, 23, 59, 59, 999999)}
             for w in WINDOWS:
                 inside = [e for e in seen_orders if day - timedelta(days=w - 1) <= e[1] <= day]
                 row[f"orders_{w}d"] = len(inside)
@@ -55,11 +56,11 @@ def _oracle(orders, deliveries, ratings, as_of):
             row["late_deliveries_30d"] = sum(
                 1 for e in deliveries
                 if e[0] == user and known(e) <= day and day - timedelta(days=29) <= e[1] <= day
-                and e[4] > e[3]
+                and e[4] is not None and e[4] > e[3]
             )
             last = max((e[1] for e in seen_orders), default=None)
             row["days_since_last_order"] = None if last is None else (day - last).days
-            seen_ratings = [e[3] for e in ratings if e[0] == user and known(e) <= day]
+            seen_ratings = [e[3] for e in ratings if e[0] == user and known(e) <= day and e[3] is not None]
             row["rating_count"] = len(seen_ratings)
             row["mean_rating"] = sum(seen_ratings) / len(seen_ratings) if seen_ratings else None
             row["feature_version"] = "vT"
@@ -139,3 +140,14 @@ def test_user_daily(spark: SparkSession) -> None:
     assert (got["orders"], got["spend"], got["deliveries"], got["late_deliveries"]) == (
         2, Decimal("12.50"), 1, 1)
     assert (got["rating_count"], got["rating_sum"], got["mean_rating"]) == (2, 9, 4.5)
+
+
+def test_user_daily_counts_no_missing_values(spark: SparkSession) -> None:
+    d = date(2026, 1, 1)
+    got = user_daily(
+        spark.createDataFrame([], ORDERS),
+        spark.createDataFrame([("u", d, d, 30, None)], DELIVERIES),
+        spark.createDataFrame([("u", d, d, None), ("u", d, d, 4)], RATINGS),
+    ).first()
+    assert (got["deliveries"], got["late_deliveries"]) == (1, 0)
+    assert (got["rating_count"], got["rating_sum"], got["mean_rating"]) == (1, 4, 4.0)
