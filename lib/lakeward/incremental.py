@@ -29,10 +29,11 @@ from outside the pipeline, an erasure for example.
 
 The ledger row is written last. A run that dies before it leaves gold rows
 that the next run computes again, from the same state, to the same values.
-Each ``user_features`` commit of a run names it in the commit's
+Each append or overwrite of ``user_features`` names its run in the commit's
 ``userMetadata`` (``lakeward gold run <run_id>``), so the next run can tell
 from the table's latest commit whether a run wrote after the last one
-recorded.
+recorded. A MERGE commit names none, and the next in-order run then looks
+for rows of its new days before it appends.
 """
 
 from __future__ import annotations
