@@ -445,20 +445,22 @@ def _write_features(
     # their new events became known, and the rows from there are merged.
     restarts = changed.groupBy("user_key").agg(F.min("known_day").alias("start_day"))
     if as_of > previous_as_of:
-        # Every user known on the new days goes on from the day after the last
-        # as_of: those with a row then, and those whose stored events became
-        # known only on the new days (an event dated after its arrival day),
-        # which the change feed does not list.
+        # Every user known on the new days gets rows on them: those with a row
+        # on the last as_of go on from the day after it; the others start on
+        # the first day something of theirs became known. That includes
+        # stored events known only on the new days (an event dated after its
+        # arrival day), which the change feed does not list.
         next_day = previous_as_of + timedelta(days=1)
         known_later = reduce(DataFrame.unionByName, [
-            df.filter(gold.known_day().between(F.lit(next_day), F.lit(as_of))).select("user_key")
+            df.filter(gold.known_day().between(F.lit(next_day), F.lit(as_of)))
+            .select("user_key", gold.known_day().alias("start_day"))
             for df in (orders, deliveries, ratings)
         ])
         carried_forward = (
-            existing.filter(F.col("feature_date") == F.lit(previous_as_of)).select("user_key")
+            existing.filter(F.col("feature_date") == F.lit(previous_as_of))
+            .select("user_key", F.lit(next_day).alias("start_day"))
             .unionByName(known_later)
             .filter(F.col("user_key").isNotNull())
-            .select("user_key", F.lit(next_day).alias("start_day"))
         )
         restarts = restarts.unionByName(carried_forward)
     starts = (

@@ -216,3 +216,31 @@ def test_events_known_after_their_arrival_day_carry_over_into_a_merge(
     assert_df_equality(features_incremental, features_full, ignore_row_order=True, ignore_nullable=True)
     x_rows = features_incremental.filter(F.col("user_key") == "x").select("feature_date", "orders_7d")
     assert [tuple(r) for r in x_rows.collect()] == [(d2, 1)]
+
+
+def test_a_backfill_that_also_adds_new_days_starts_new_users_on_their_first_day(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path
+) -> None:
+    """A run that MERGEs (it reaches back before the last as_of) and also moves
+    as_of on by several days: a user first known on one of the new days gets
+    rows from that day, not from the day after the last as_of."""
+    settings = _settings(base_settings, tmp_path)
+    silver.ensure_tables(spark, settings)
+    d1, d3, d5 = date(2026, 3, 1), date(2026, 3, 3), date(2026, 3, 5)
+    orders = [
+        ("a", d3, d3, Decimal("10.00")),
+        ("a", d1, d1, Decimal("3.00")),  # the backfill of arrival day d1
+        ("z", d5, d5, Decimal("2.00")),  # z's first event, two days after the last as_of
+    ]
+    rows = _silver_rows(orders, [], [])["silver_orders"]
+    _append(spark, settings, "silver_orders", rows[:1])
+    assert incremental.refresh(spark, settings).as_of == d3
+    _append(spark, settings, "silver_orders", rows[1:])
+    result = incremental.refresh(spark, settings)
+    assert (result.mode, result.as_of) == ("incremental", d5)
+    _, features_incremental = _snapshot(spark, settings)
+    incremental.refresh(spark, settings, full=True)
+    _, features_full = _snapshot(spark, settings)
+    assert_df_equality(features_incremental, features_full, ignore_row_order=True, ignore_nullable=True)
+    z_rows = features_incremental.filter(F.col("user_key") == "z").select("feature_date", "orders_7d")
+    assert [tuple(r) for r in z_rows.collect()] == [(d5, 1)]
