@@ -337,7 +337,9 @@ def _read_files(spark: SparkSession, files: Sequence[LandingFile], ingested_at: 
     )
     # Read by resolved path: Spark reports the path it opened, and a landing
     # directory reached through a symbolic link must still match.
-    raw = spark.read.text([str(f.path.resolve()) for f in files]).select(
+    # Lines end at "\n" only, as the ledger counts them; by default Spark also
+    # ends one at a bare "\r", and the line counts would no longer reconcile.
+    raw = spark.read.text([str(f.path.resolve()) for f in files], lineSep="\n").select(
         "value",
         F.col("_metadata.file_path").alias("_file"),
         F.col("_metadata.file_block_start").alias("_block"),

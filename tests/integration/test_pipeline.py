@@ -347,3 +347,22 @@ def test_an_event_sent_again_with_another_time_is_a_duplicate_on_a_later_day(
     assert orders.groupBy("event_id").count().filter("count > 1").count() == 0
     ledger = tables.read(spark, settings.table("ops_silver_batches")).collect()
     assert {(r["arrival_date"], r["rows_duplicate"]) for r in ledger} == {(days[0], 0), (days[1], 1)}
+
+
+def test_a_carriage_return_inside_a_line_is_quarantined_with_its_line(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path
+) -> None:
+    """Lines end at a newline only, so a stray ``\\r`` leaves the count reconciled."""
+    settings = isolated(base_settings, tmp_path)
+    day = date(2026, 3, 1)
+    generate(settings.landing_dir, seed=5, users=10, days=1, start=day, faults=FaultRates.none())
+    path = landing_file(settings.landing_dir, "order_placed", day)
+    lines = path.read_text().splitlines()
+    with path.open("a", newline="") as f:
+        f.write('{"event_id": "broken\r", "amount": 1}\n')
+        f.write(lines[0].replace("{", "{ ", 1) + "\r\n")  # a Windows line ending: still a good line
+    bronze.ensure_tables(spark, settings)
+    bronze.ingest(spark, settings, "order_placed", [day])
+    quarantined = tables.read(spark, settings.table("bronze_quarantine")).collect()
+    assert [r["_line_no"] for r in quarantined] == [len(lines) + 1]
+    assert _count(spark, settings, "bronze_order_placed") == len(lines) + 1
