@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 from datetime import date
 from decimal import Decimal
@@ -370,6 +371,10 @@ def _generate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _sql(spark: Any, args: argparse.Namespace) -> int:
+    # PySpark hands timestamps over as naive times in this process's time
+    # zone; they print as Spark shows them only when it is the session's.
+    os.environ["TZ"] = spark.conf.get("spark.sql.session.timeZone")
+    time.tzset()
     df = spark.sql(args.query)
     if args.limit is not None:
         df = df.limit(args.limit)

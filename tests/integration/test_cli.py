@@ -61,6 +61,11 @@ def test_sql_in_a_new_process_sees_the_demo_tables(demo: subprocess.CompletedPro
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(rows) == 1 and rows[0]["n"] > 0 and rows[0]["users"] > 0
 
+    # Times print in the session's time zone (UTC), whatever the machine's is.
+    tokyo = lakeward({**env, "TZ": "Asia/Tokyo"}, "sql", "--format", "json",
+                     "SELECT timestamp'2026-01-01 00:00:00' AS ts")
+    assert tokyo.stdout.splitlines() == ['{"ts": "2026-01-01 00:00:00"}'], tokyo.stderr[-3000:]
+
     query = "SELECT source, count(*) AS n FROM bronze.quarantine GROUP BY source ORDER BY source"
     csv_out = lakeward(env, "sql", "--format", "csv", query)
     assert csv_out.returncode == 0 and csv_out.stdout.splitlines()[0] == "source,n"
