@@ -184,6 +184,25 @@ def test_one_new_day_in_order_only_appends_that_day(
     assert note == f"lakeward gold run {last_run['run_id']}", "the commit names the run the ledger records"
 
 
+def _two_runs_then_full(
+    spark: SparkSession, settings: Settings, orders: list, first: int, as_of: tuple[date, date]
+) -> DataFrame:
+    """Gold over ``orders[:first]``, then an increment over the rest; the increment's
+    ``user_features``, after checking it against ``--full``. ``as_of``: each run's."""
+    silver.ensure_tables(spark, settings)
+    rows = _silver_rows(orders, [], [])["silver_orders"]
+    _append(spark, settings, "silver_orders", rows[:first])
+    assert incremental.refresh(spark, settings).as_of == as_of[0]
+    _append(spark, settings, "silver_orders", rows[first:])
+    result = incremental.refresh(spark, settings)
+    assert (result.mode, result.as_of) == ("incremental", as_of[1])
+    _, features_incremental = _snapshot(spark, settings)
+    incremental.refresh(spark, settings, full=True)
+    _, features_full = _snapshot(spark, settings)
+    assert_df_equality(features_incremental, features_full, ignore_row_order=True, ignore_nullable=True)
+    return features_incremental
+
+
 def test_events_known_after_their_arrival_day_carry_over_into_a_merge(
     spark: SparkSession, base_settings: Settings, tmp_path: Path
 ) -> None:
@@ -194,8 +213,6 @@ def test_events_known_after_their_arrival_day_carry_over_into_a_merge(
     give its user rows from that date on, though the change feed does not
     list it.
     """
-    settings = _settings(base_settings, tmp_path)
-    silver.ensure_tables(spark, settings)
     d1, d2, d3 = date(2026, 3, 1), date(2026, 3, 2), date(2026, 3, 3)
     orders = [
         ("a", d1, d1, Decimal("10.00")),
@@ -204,17 +221,8 @@ def test_events_known_after_their_arrival_day_carry_over_into_a_merge(
         ("a", d1, d1, Decimal("3.00")),  # the backfill of arrival day d1
         ("y", d3, d2, Decimal("2.00")),
     ]
-    rows = _silver_rows(orders, [], [])["silver_orders"]
-    _append(spark, settings, "silver_orders", rows[:2])
-    assert incremental.refresh(spark, settings).as_of == d1
-    _append(spark, settings, "silver_orders", rows[2:])
-    result = incremental.refresh(spark, settings)
-    assert (result.mode, result.as_of) == ("incremental", d2)
-    _, features_incremental = _snapshot(spark, settings)
-    incremental.refresh(spark, settings, full=True)
-    _, features_full = _snapshot(spark, settings)
-    assert_df_equality(features_incremental, features_full, ignore_row_order=True, ignore_nullable=True)
-    x_rows = features_incremental.filter(F.col("user_key") == "x").select("feature_date", "orders_7d")
+    features = _two_runs_then_full(spark, _settings(base_settings, tmp_path), orders, 2, (d1, d2))
+    x_rows = features.filter(F.col("user_key") == "x").select("feature_date", "orders_7d")
     assert [tuple(r) for r in x_rows.collect()] == [(d2, 1)]
 
 
@@ -224,23 +232,12 @@ def test_a_backfill_that_also_adds_new_days_starts_new_users_on_their_first_day(
     """A run that MERGEs (it reaches back before the last as_of) and also moves
     as_of on by several days: a user first known on one of the new days gets
     rows from that day, not from the day after the last as_of."""
-    settings = _settings(base_settings, tmp_path)
-    silver.ensure_tables(spark, settings)
     d1, d3, d5 = date(2026, 3, 1), date(2026, 3, 3), date(2026, 3, 5)
     orders = [
         ("a", d3, d3, Decimal("10.00")),
         ("a", d1, d1, Decimal("3.00")),  # the backfill of arrival day d1
         ("z", d5, d5, Decimal("2.00")),  # z's first event, two days after the last as_of
     ]
-    rows = _silver_rows(orders, [], [])["silver_orders"]
-    _append(spark, settings, "silver_orders", rows[:1])
-    assert incremental.refresh(spark, settings).as_of == d3
-    _append(spark, settings, "silver_orders", rows[1:])
-    result = incremental.refresh(spark, settings)
-    assert (result.mode, result.as_of) == ("incremental", d5)
-    _, features_incremental = _snapshot(spark, settings)
-    incremental.refresh(spark, settings, full=True)
-    _, features_full = _snapshot(spark, settings)
-    assert_df_equality(features_incremental, features_full, ignore_row_order=True, ignore_nullable=True)
-    z_rows = features_incremental.filter(F.col("user_key") == "z").select("feature_date", "orders_7d")
+    features = _two_runs_then_full(spark, _settings(base_settings, tmp_path), orders, 1, (d3, d5))
+    z_rows = features.filter(F.col("user_key") == "z").select("feature_date", "orders_7d")
     assert [tuple(r) for r in z_rows.collect()] == [(d5, 1)]
