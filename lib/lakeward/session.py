@@ -60,7 +60,10 @@ def get_spark(settings: Settings) -> SparkSession:
         builder = _local_catalog(builder, settings)
     if _submitted():
         # spark-submit already started the JVM with its master and packages.
-        return builder.getOrCreate()
+        spark = builder.getOrCreate()
+        if mode == "local":
+            _quiet_derby(spark, settings)
+        return spark
     if mode == "cluster" and settings.spark.master.startswith("local"):
         # It would quietly run the job on this machine without the cluster's catalog.
         raise ConfigError(
@@ -117,6 +120,20 @@ def _local_catalog(builder: SparkSession.Builder, settings: Settings) -> SparkSe
         .config("spark.sql.streaming.checkpointLocation", str(root / "checkpoints"))
         .enableHiveSupport()
     )
+
+
+def _quiet_derby(spark: SparkSession, settings: Settings) -> None:
+    """Keep Derby's files out of the working directory of a submitted job.
+
+    Derby reads these JVM properties when it boots, at the catalog's first
+    use, which comes after the session is built. Values the submit command
+    set (``--driver-java-options``) are kept.
+    """
+    system = spark.sparkContext._jvm.java.lang.System  # type: ignore[union-attr]
+    for name, value in (("derby.system.home", str(settings.metastore_dir)),
+                        ("derby.stream.error.file", os.devnull)):
+        if system.getProperty(name) is None:
+            system.setProperty(name, value)
 
 
 def _start_jvm(builder: SparkSession.Builder, settings: Settings) -> SparkSession:

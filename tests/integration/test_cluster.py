@@ -156,7 +156,6 @@ def submitted(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Sub
     before = cluster.applications()
     result = subprocess.run(
         [str(SPARK_BIN / "spark-submit"), "--master", cluster.url, "--packages", delta_coordinates(),
-         "--driver-java-options", "-Dderby.stream.error.file=/dev/null",
          "--conf", "spark.executor.memory=1g", str(REPO / "jobs" / "all.py"), "--date", DAY.isoformat()],
         env=_environment(home), capture_output=True, text=True, timeout=900, cwd=work,
     )
