@@ -12,6 +12,7 @@ import argparse
 import csv
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -400,7 +401,7 @@ def _print_rows(df: Any, output_format: str, out: TextIO) -> None:
     if output_format == "json":
         for row in rows:
             record = _json_ready(row.asDict(recursive=True))
-            out.write(json.dumps(record, default=str, ensure_ascii=False) + "\n")
+            out.write(json.dumps(record, default=str, ensure_ascii=False, allow_nan=False) + "\n")
     else:
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(columns)
@@ -409,11 +410,16 @@ def _print_rows(df: Any, output_format: str, out: TextIO) -> None:
 
 
 def _json_ready(value: Any) -> Any:
-    """Decimals as JSON numbers when a float holds them exactly, else as text (no silent rounding)."""
+    """Decimals as JSON numbers when a float holds them exactly, else as text (no silent rounding).
+
+    NaN and the infinities, which JSON has no numbers for, as text, as Spark's ``to_json`` writes them.
+    """
     if isinstance(value, dict):
         return {k: _json_ready(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_json_ready(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
     if isinstance(value, Decimal) and value.is_finite() and Decimal(repr(float(value))) == value:
         return float(value)
     return value

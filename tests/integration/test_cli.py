@@ -115,6 +115,11 @@ def test_sql_prints_every_row_unless_limited(
     assert cli._sql(spark, argparse.Namespace(query=query, format="csv", limit=3)) == 0
     assert capsys.readouterr().out.splitlines() == ["id", "0", "1", "2"]
 
+    # JSON has no NaN or infinity: they print as text, as Spark's to_json writes them.
+    special = "SELECT double('NaN') AS a, array(double('inf'), -double('inf'), 1.5D) AS b"
+    assert cli._sql(spark, argparse.Namespace(query=special, format="json", limit=None)) == 0
+    assert json.loads(capsys.readouterr().out) == {"a": "NaN", "b": ["Infinity", "-Infinity", 1.5]}
+
 
 def test_sql_output_cut_short_by_its_reader_is_not_an_error(env: dict[str, str]) -> None:
     command = [*LAKEWARD, "sql", "--format", "csv", "SELECT id FROM range(200000)"]
