@@ -130,10 +130,14 @@ def _quiet_derby(spark: SparkSession, settings: Settings) -> None:
     set (``--driver-java-options``) are kept.
     """
     system = spark.sparkContext._jvm.java.lang.System  # type: ignore[union-attr]
-    for name, value in (("derby.system.home", str(settings.metastore_dir)),
-                        ("derby.stream.error.file", os.devnull)):
+    for name, value in _derby_properties(settings).items():
         if system.getProperty(name) is None:
             system.setProperty(name, value)
+
+
+def _derby_properties(settings: Settings) -> dict[str, str]:
+    """Derby's home under the data root, and its log discarded."""
+    return {"derby.system.home": str(settings.metastore_dir), "derby.stream.error.file": os.devnull}
 
 
 def _start_jvm(builder: SparkSession.Builder, settings: Settings) -> SparkSession:
@@ -169,9 +173,8 @@ def driver_java_options(settings: Settings) -> str:
     """
     log4j = resources.files("lakeward") / "resources" / "log4j2.properties"
     return " ".join([
-        f"-Dderby.system.home={settings.metastore_dir}",
+        *[f"-D{name}={value}" for name, value in _derby_properties(settings).items()],
         f"-Dlog4j2.configurationFile=file:{log4j}",
-        "-Dderby.stream.error.file=/dev/null",
         *settings.spark.driver_java_options,
         settings.spark.conf.get("spark.driver.extraJavaOptions", ""),
     ]).strip()
