@@ -9,13 +9,16 @@ quality gate); ``--debug`` shows the traceback.
 from __future__ import annotations
 
 import argparse
+import base64
 import csv
 import json
 import logging
 import math
 import os
+import re
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from datetime import date
 from decimal import Decimal
@@ -33,11 +36,17 @@ class UsageError(ValueError):
     """Arguments that make no sense together."""
 
 
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
 def _date(text: str) -> date:
+    # fromisoformat alone also takes 20260105 and 2026-W01-1, which are not the documented form.
     try:
-        return date.fromisoformat(text)
+        if _ISO_DATE.fullmatch(text):
+            return date.fromisoformat(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a date as YYYY-MM-DD, got {text!r}") from None
+        pass
+    raise argparse.ArgumentTypeError(f"expected a date as YYYY-MM-DD, got {text!r}")
 
 
 def _positive(text: str) -> int:
@@ -391,6 +400,10 @@ def _sql(spark: Any, args: argparse.Namespace) -> int:
 
 def _print_rows(df: Any, output_format: str, out: TextIO) -> None:
     columns = df.columns
+    if output_format == "json":
+        _check_unique_names(columns)
+    else:
+        df = _as_spark_text(df)
     if output_format == "table":
         # Column widths need every row first.
         out.write(format_table(columns, [list(row) for row in df.collect()]))
@@ -409,15 +422,53 @@ def _print_rows(df: Any, output_format: str, out: TextIO) -> None:
             writer.writerow(["" if v is None else v for v in row])
 
 
+def _check_unique_names(columns: Sequence[str]) -> None:
+    """A JSON object keeps one value per key, so a repeated column name would lose data."""
+    repeated = sorted(name for name, n in Counter(columns).items() if n > 1)
+    if repeated:
+        raise ValueError(
+            f"the result has more than one column named {', '.join(map(repr, repeated))}; "
+            "give them distinct names with AS for --format json"
+        )
+
+
+def _as_spark_text(df: Any) -> Any:
+    """Nested, boolean and interval columns as Spark prints them, not as Python reprs.
+
+    Selected by position, so a result with repeated column names works too.
+    """
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    as_text = (T.ArrayType, T.MapType, T.StructType, T.BooleanType, T.DayTimeIntervalType,
+               T.YearMonthIntervalType, T.VariantType)
+    fields = df.schema.fields
+    if not any(isinstance(f.dataType, (*as_text, T.BinaryType)) for f in fields):
+        return df
+    positional = df.toDF(*[f"_{i}" for i in range(len(fields))])
+    columns = []
+    for i, field in enumerate(fields):
+        column = F.col(f"_{i}")
+        if isinstance(field.dataType, T.BinaryType):
+            column = F.hex(column)
+        elif isinstance(field.dataType, as_text):
+            column = column.cast("string")
+        columns.append(column.alias(field.name))
+    return positional.select(*columns)
+
+
 def _json_ready(value: Any) -> Any:
     """Decimals as JSON numbers when a float holds them exactly, else as text (no silent rounding).
 
-    NaN and the infinities, which JSON has no numbers for, as text, as Spark's ``to_json`` writes them.
+    NaN and the infinities, which JSON has no numbers for, as text, and binary as base64, as
+    Spark's ``to_json`` writes them.
     """
     if isinstance(value, dict):
         return {k: _json_ready(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_json_ready(v) for v in value]
+    if isinstance(value, bytes | bytearray):
+        return base64.b64encode(value).decode("ascii")
     if isinstance(value, float) and not math.isfinite(value):
         return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
     if isinstance(value, Decimal) and value.is_finite() and Decimal(repr(float(value))) == value:

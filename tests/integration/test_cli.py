@@ -101,7 +101,7 @@ def test_bad_arguments_and_config(env: dict[str, str], tmp_path: Path) -> None:
     assert "Traceback" not in bad_conf.stderr
 
     prod = lakeward({**env, "LAKEWARD_ENV": "prod"}, "run", "silver", "--all-dates")
-    assert prod.returncode != 0 and "LAKEWARD_PII_KEY is not set" in prod.stderr
+    assert prod.returncode == 2 and "LAKEWARD_PII_KEY is not set" in prod.stderr
 
 
 def test_sql_prints_every_row_unless_limited(
@@ -119,6 +119,24 @@ def test_sql_prints_every_row_unless_limited(
     special = "SELECT double('NaN') AS a, array(double('inf'), -double('inf'), 1.5D) AS b"
     assert cli._sql(spark, argparse.Namespace(query=special, format="json", limit=None)) == 0
     assert json.loads(capsys.readouterr().out) == {"a": "NaN", "b": ["Infinity", "-Infinity", 1.5]}
+
+    # A JSON object keeps one value per key: two columns of one name are refused.
+    with pytest.raises(ValueError, match="more than one column named 'x'"):
+        cli._sql(spark, argparse.Namespace(query="SELECT 1 AS x, 2 AS x", format="json", limit=None))
+
+
+def test_sql_table_and_csv_print_values_as_spark_does(
+    spark: SparkSession, capsys: pytest.CaptureFixture[str]
+) -> None:
+    query = ("SELECT array(1, NULL) AS a, map('k', 1) AS m, named_struct('x', 1, 'y', 'b') AS s, "
+             "true AS t, X'0A0B' AS bin, 2 AS n, 3 AS n")
+    assert cli._sql(spark, argparse.Namespace(query=query, format="csv", limit=None)) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "a,m,s,t,bin,n,n", '"[1, null]",{k -> 1},"{1, b}",true,0A0B,2,3']
+    assert cli._sql(spark, argparse.Namespace(query=query, format="table", limit=None)) == 0
+    row = capsys.readouterr().out.splitlines()[3]
+    assert [cell.strip() for cell in row.strip("|").split("|")] == [
+        "[1, null]", "{k -> 1}", "{1, b}", "true", "0A0B", "2", "3"]
 
 
 def test_sql_output_cut_short_by_its_reader_is_not_an_error(env: dict[str, str]) -> None:

@@ -47,6 +47,11 @@ def test_run_takes_every_pending_date_unless_told_otherwise(
     ("argv", "message"),
     [
         (["run", "bronze", "--date", "notadate"], "lakeward run: error: argument --date"),
+        # Python reads these as dates too; the documented form is YYYY-MM-DD only.
+        (["run", "bronze", "--date", "20260105"], "lakeward run: error: argument --date"),
+        (["run", "bronze", "--date", "2026-W02-1"], "lakeward run: error: argument --date"),
+        (["generate", "--seed", "1", "--users", "2", "--days", "1", "--start", "2026-02-30"],
+         "lakeward generate: error: argument --start"),
         ([], "lakeward: error: the following arguments are required"),
         (["sql", "SELECT 1", "--format", "xml"], "lakeward sql: error: argument --format"),
         (["run", "gold", "--date", "2026-03-01", "--full"], "lakeward run: error: argument --full"),

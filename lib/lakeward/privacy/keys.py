@@ -12,7 +12,7 @@ import os
 import secrets
 from pathlib import Path
 
-from lakeward.config import Settings
+from lakeward.config import ConfigError, Settings
 
 log = logging.getLogger(__name__)
 
@@ -20,8 +20,8 @@ KEY_FILE = "pii.key"
 MIN_KEY_BYTES = 16
 
 
-class MissingKeyError(RuntimeError):
-    """No pseudonymization key is available in an environment that requires one."""
+class MissingKeyError(ConfigError):
+    """No usable pseudonymization key where one is required: a configuration error (exit 2)."""
 
 
 def pii_key(settings: Settings) -> bytes:
