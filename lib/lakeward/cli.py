@@ -361,7 +361,7 @@ def _ml_command(spark: Any, args: argparse.Namespace, settings: Settings) -> int
 
 
 def _generate(args: argparse.Namespace, settings: Settings) -> int:
-    from lakeward.sources.bitebridge import FaultRates, generate
+    from lakeward.sources.bitebridge import FaultRates, arrival_days, generate
 
     faults = FaultRates.none() if args.clean else FaultRates(**settings.generator.faults.model_dump())
     summary = generate(
@@ -377,6 +377,16 @@ def _generate(args: argparse.Namespace, settings: Settings) -> int:
         summary.files, sum(summary.lines.values()), settings.landing_dir,
         summary.first_day, summary.last_day, summary.faults,
     )
+    others = [d for d in arrival_days(settings.landing_dir)
+              if not summary.first_day <= d <= summary.last_day]
+    if others:
+        # More landing days are new data arriving, so they stay; say so, since they
+        # may also be left from another seed.
+        log.warning(
+            "generate: the landing directory also holds files of %d other arrival days (%s..%s), "
+            "which the next run ingests too; remove %s to start over",
+            len(others), others[0], others[-1], settings.landing_dir,
+        )
     return 0
 
 

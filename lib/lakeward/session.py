@@ -117,6 +117,9 @@ def _local_catalog(builder: SparkSession.Builder, settings: Settings) -> SparkSe
         .config("spark.hadoop.javax.jdo.option.ConnectionURL", metastore_url)
         .config("spark.sql.catalogImplementation", "hive")
         .config("spark.local.dir", str(root / "tmp"))
+        # Hive's session makes this directory at start and never removes it; by
+        # default it is /tmp/<session id>_resources, one per process.
+        .config("spark.hadoop.hive.downloaded.resources.dir", str(root / "tmp" / "${hive.session.id}_resources"))
         .config("spark.sql.streaming.checkpointLocation", str(root / "checkpoints"))
         .enableHiveSupport()
     )
