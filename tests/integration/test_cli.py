@@ -50,6 +50,8 @@ def test_demo_runs_and_summarizes(demo: subprocess.CompletedProcess[str], env: d
     assert "generated a local pseudonymization key" in demo.stderr
     assert (Path(env["LAKEWARD_HOME"]) / "pii.key").exists()
     assert not (Path.cwd() / "metastore_db").exists() and not (Path.cwd() / "derby.log").exists()
+    # Hive's per-session scratch directory is under the data root, not in /tmp.
+    assert list((Path(env["LAKEWARD_HOME"]) / "tmp").glob("*_resources"))
 
 
 def test_sql_in_a_new_process_sees_the_demo_tables(demo: subprocess.CompletedProcess[str],
