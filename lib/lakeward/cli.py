@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--days", type=_positive, required=True)
     gen.add_argument("--start", type=_date, default=None, help="first day (default: from config)")
     gen.add_argument("--clean", action="store_true", help="generate without faults")
+    gen.add_argument("--users-feed", choices=["snapshot", "changes"], default=None,
+                     help="users files: every user each day, or only the day's changes "
+                     "(default: from config, snapshot)")
 
     run = commands.add_parser("run", parents=[common], help="run a pipeline stage",
                               description="Run bronze, silver, gold, or all of them in order, "
@@ -371,6 +374,7 @@ def _generate(args: argparse.Namespace, settings: Settings) -> int:
         days=args.days,
         start=args.start or settings.demo.start,
         faults=faults,
+        users_feed=args.users_feed or settings.generator.users_feed,
     )
     log.info(
         "generate: %d files, %d lines under %s (arrival days %s..%s); faults %s",

@@ -114,6 +114,9 @@ class GeneratorSettings(_Strict):
     """Defaults for ``lakeward generate``."""
 
     faults: FaultSettings = Field(default_factory=FaultSettings)
+    # "snapshot": each day's users file holds every user signed up by then;
+    # "changes": only the users records that changed that day.
+    users_feed: Literal["snapshot", "changes"] = "snapshot"
 
 
 class DemoSettings(_Strict):

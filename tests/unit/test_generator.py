@@ -31,9 +31,9 @@ NUMERIC = ("amount", "total_amount", "items", "promised_minutes", "actual_minute
 
 
 def _gen(root: Path, *, seed: int = 1, users: int = 200, days: int = 10,
-         faults: FaultRates | None = None) -> GenerationSummary:
+         faults: FaultRates | None = None, users_feed: str = "snapshot") -> GenerationSummary:
     return generate(root, seed=seed, users=users, days=days, start=START,
-                    faults=FaultRates() if faults is None else faults)
+                    faults=FaultRates() if faults is None else faults, users_feed=users_feed)
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -115,7 +115,7 @@ def test_arrival_days_edge_cases(tmp_path: Path) -> None:
 
 def test_clean_feed(tmp_path: Path) -> None:
     days = 10
-    summary = _gen(tmp_path, days=days, faults=FaultRates.none())
+    summary = _gen(tmp_path, days=days, faults=FaultRates.none(), users_feed="changes")
     assert summary.last_day == START + timedelta(days=days - 1)
     assert all(v == 0 for v in summary.faults.values())
     rows = _read(tmp_path, summary)
@@ -155,9 +155,40 @@ def test_clean_feed(tmp_path: Path) -> None:
     assert set(PERSONAL_FIELDS) == set(SOURCES)
 
 
-def test_users_snapshot_on_first_day(tmp_path: Path) -> None:
+def test_users_snapshot_every_day(tmp_path: Path) -> None:
+    users, days = 300, 12
+    summary = _gen(tmp_path, users=users, days=days, faults=FaultRates(
+        duplicate=0, late=0.3, malformed=0, null_key=0, out_of_range=0))
+    assert summary.last_day > START + timedelta(days=days - 1)  # late events make a tail
+    snapshots: dict[date, dict[str, str]] = defaultdict(dict)
+    for source, day, line in _read(tmp_path, summary):
+        if source == "users":
+            rec = json.loads(line)
+            assert rec["user_id"] not in snapshots[day]
+            snapshots[day][rec["user_id"]] = line
+    # Every arrival day, the tail included, holds every user signed up by its end, once.
+    signup = {u: json.loads(x)["signup_date"] for s in snapshots.values() for u, x in s.items()}
+    record_of: dict[str, str] = {}
+    changed = 0
+    for offset in range((summary.last_day - START).days + 1):
+        day = START + timedelta(days=offset)
+        snapshot = snapshots[day]
+        assert set(snapshot) == {u for u, d in signup.items() if d <= day.isoformat()}
+        for user_id, line in snapshot.items():
+            rec = json.loads(line)
+            assert _ts_day(rec) <= day and date.fromisoformat(rec["signup_date"]) <= day
+            before = record_of.get(user_id)
+            if before is not None and before != line:
+                # A changed record is a new record: new id, a time on this very day.
+                assert json.loads(before)["event_id"] != rec["event_id"] and _ts_day(rec) == day
+                changed += 1
+            record_of[user_id] = line
+    assert len(record_of) == users and changed > 0
+
+
+def test_users_changes_feed_holds_what_changed(tmp_path: Path) -> None:
     users = 300
-    summary = _gen(tmp_path, users=users, faults=FaultRates.none())
+    summary = _gen(tmp_path, users=users, faults=FaultRates.none(), users_feed="changes")
     records = [(day, json.loads(line)) for source, day, line in _read(tmp_path, summary)
                if source == "users"]
     existing = {r["user_id"] for _, r in records if date.fromisoformat(r["signup_date"]) < START}
@@ -177,7 +208,9 @@ def test_faults_match_summary(tmp_path: Path) -> None:
     rates = FaultRates(duplicate=rate, late=rate, malformed=rate, null_key=rate,
                        out_of_range=rate, schema_drift=True)
     days = 14
-    summary = _gen(tmp_path, users=300, days=days, faults=rates)
+    # In a snapshot, one users record is on every day's file; a changes feed has each
+    # record once, so every copy in the files is an injected duplicate.
+    summary = _gen(tmp_path, users=300, days=days, faults=rates, users_feed="changes")
     rows = _read(tmp_path, summary)
     assert sum(summary.lines.values()) == len(rows)
     horizon = summary.last_day + timedelta(days=300)

@@ -46,6 +46,8 @@ DRIFT_RENAMED_FIELD = ("order_placed", "amount", "total_amount")  # source, orig
 FAULT_KINDS: tuple[str, ...] = (
     "duplicate", "late", "malformed", "null_key", "out_of_range", "renamed_field")
 MAX_LATE_DAYS = 3
+# How the users source is extracted: the whole table every day, or what changed.
+USERS_FEEDS: tuple[str, ...] = ("snapshot", "changes")
 
 _DAY = 86_400
 _NEVER = 1 << 30
@@ -137,10 +139,14 @@ class GenerationSummary:
 
 
 class _User:
-    """Mutable per-user state; slots keep 200k users cheap."""
+    """Mutable per-user state; slots keep 200k users cheap.
+
+    ``record`` is the user's current users record and ``line`` its JSON, both
+    replaced on every change, so a daily snapshot re-encodes only what changed.
+    """
 
     __slots__ = ("uid", "signup", "signup_sec", "city", "log1m", "churn", "first", "last",
-                 "tag", "street_no", "street")
+                 "tag", "street_no", "street", "record", "line", "updated")
 
     def __init__(self, rng: random.Random, days: int) -> None:
         self.uid = ""
@@ -156,14 +162,18 @@ class _User:
         self.tag = rng.getrandbits(16)
         self.street_no = rng.randint(1, 250)
         self.street = rng.randrange(len(_STREETS))
+        self.record: dict[str, Any] = {}
+        self.line = ""
+        self.updated = 0
 
 
 class _Generator:
     """Single-pass, day-by-day generator; holds only users and ≤4 days of pending lines."""
 
     def __init__(self, landing_dir: Path, seed: int, n_users: int, days: int, start: date,
-                 rates: FaultRates) -> None:
+                 rates: FaultRates, users_feed: str) -> None:
         self.dir, self.days, self.start, self.rates = landing_dir, days, start, rates
+        self.snapshot = users_feed == "snapshot"
         self.rng = rng = random.Random(seed)
         self.dirty = any((rates.duplicate, rates.late, rates.malformed, rates.null_key,
                           rates.out_of_range))
@@ -204,7 +214,10 @@ class _Generator:
             self.buckets[d] = []
             self._flush(d)
         last = max(self.pending, default=self.days - 1)
+        self.max_arrival = last  # a copy made on the last day stays there: no new day begins
         for a in range(self.days, last + 1):
+            if self.snapshot:  # the users table is still extracted while late events trickle in
+                self._users_lines(self.users[:n_existing], a)
             self._flush(a)
         return GenerationSummary(files=self.files, lines=self.lines, faults=self.faults,
                                  first_day=self.start,
@@ -229,33 +242,51 @@ class _Generator:
             self.buckets[day].append(idx)
 
     def _users_day(self, d: int, n_existing: int) -> int:
-        """Emit the day's user records: initial snapshot, address changes, new signups."""
+        """Apply the day's address changes and signups, then write the day's users records.
+
+        A snapshot holds every user signed up by the end of the day, each as their
+        current record: its ``event_id`` and ``event_ts`` are those of the record's last
+        change, so an unchanged user's line is the same every day. A changes feed holds
+        only the records that changed that day (all of them on the first day).
+        """
         rng, users = self.rng, self.users
+        changed: dict[str, _User] = {}  # a user changed twice in a day is extracted once
         if d == 0:
             for u in users[:n_existing]:
-                self._user_line(u, rng.randrange(600))
+                self._new_record(u, rng.randrange(600))
+                changed[u.uid] = u
         k = int(n_existing * 0.01 + rng.random())
         for idx in sorted(rng.sample(range(n_existing), min(k, n_existing))):
             u = users[idx]
             u.city = (u.city + rng.randint(1, len(_CITIES) - 1)) % len(_CITIES)
             u.street_no, u.street = rng.randint(1, 250), rng.randrange(len(_STREETS))
-            self._user_line(u, d * _DAY + rng.randrange(_DAY))
+            self._new_record(u, d * _DAY + rng.randrange(_DAY))
+            changed[u.uid] = u
         while n_existing < len(users) and users[n_existing].signup == d:
             u = users[n_existing]
-            self._user_line(u, d * _DAY + u.signup_sec)
+            self._new_record(u, d * _DAY + u.signup_sec)
+            changed[u.uid] = u
             self._schedule(n_existing, d)
             n_existing += 1
+        self._users_lines(users[:n_existing] if self.snapshot else list(changed.values()), d)
         return n_existing
 
-    def _user_line(self, u: _User, t: int) -> None:
+    def _users_lines(self, users: list[_User], arrival: int) -> None:
+        for u in users:
+            self._emit("users", dict(u.record), u.updated, u.updated // _DAY, clean_line=u.line,
+                       arrival=arrival)
+
+    def _new_record(self, u: _User, t: int) -> None:
         city = _CITIES[u.city]
-        rec = {"event_id": self._event_id(), "event_type": "users", "event_ts": self._ts(t),
-               "user_id": u.uid,
-               "email": f"{_FIRST_SLUG[u.first]}.{_LAST_SLUG[u.last]}.{u.tag:04x}@example.com",
-               "name": f"{_FIRST[u.first]} {_LAST[u.last]}",
-               "address": f"{u.street_no} {_STREETS[u.street]} Street, {city}",
-               "signup_date": (self.start + timedelta(days=u.signup)).isoformat(), "city": city}
-        self._emit("users", rec, t, t // _DAY)
+        u.record = {
+            "event_id": self._event_id(), "event_type": "users", "event_ts": self._ts(t),
+            "user_id": u.uid,
+            "email": f"{_FIRST_SLUG[u.first]}.{_LAST_SLUG[u.last]}.{u.tag:04x}@example.com",
+            "name": f"{_FIRST[u.first]} {_LAST[u.last]}",
+            "address": f"{u.street_no} {_STREETS[u.street]} Street, {city}",
+            "signup_date": (self.start + timedelta(days=u.signup)).isoformat(), "city": city}
+        u.line = _ENCODER.encode(u.record)
+        u.updated = t
 
     def _order(self, idx: int, d: int) -> None:
         """Emit one order with its delivery and rating, and feed bad experiences into churn.
@@ -315,11 +346,14 @@ class _Generator:
                     u.churn = min(u.churn, tr // _DAY + 1 + int(rand() * 5))
         self._schedule(idx, d + 1)
 
-    def _emit(self, source: str, rec: dict[str, Any], t: int, day: int) -> None:
+    def _emit(self, source: str, rec: dict[str, Any], t: int, day: int,
+              clean_line: str | None = None, arrival: int | None = None) -> None:
         """Apply faults to one event and route its line(s) to arrival-day buffers.
 
-        Events whose event day falls after the window (deliveries/ratings of the last
-        day's late-evening orders) are dropped: the observation window simply ends.
+        ``day`` is the day the event belongs to; it arrives on ``arrival`` (default: that
+        day), later if the line is made late. ``clean_line``, when given, is ``rec``
+        already encoded. Events whose day falls after the window (deliveries/ratings of
+        the last day's late-evening orders) are dropped: the observation window simply ends.
         """
         if day >= self.days:
             return
@@ -339,10 +373,10 @@ class _Generator:
             elif source != "users" and r < rates.malformed + rates.null_key + rates.out_of_range:
                 kind = "out_of_range"
                 self._out_of_range(source, rec, t)
-        line = _ENCODER.encode(rec)
+        line = clean_line if kind is None and clean_line is not None else _ENCODER.encode(rec)
         if truncate:  # cut before the closing brace, so the line is never valid JSON
             line = line[: rng.randint(len(line) // 3, len(line) - 1)]
-        arrival = day
+        arrival = day if arrival is None else arrival
         if kind is None and source != "users" and rates.late and rng.random() < rates.late:
             arrival += rng.randint(1, MAX_LATE_DAYS)
             self.faults["late"] += 1
@@ -401,15 +435,19 @@ class _Generator:
 
 
 def generate(landing_dir: Path, *, seed: int, users: int, days: int, start: date,
-             faults: FaultRates = FaultRates()) -> GenerationSummary:
+             faults: FaultRates = FaultRates(), users_feed: str = "snapshot") -> GenerationSummary:
     """Write the BiteBridge landing files for ``days`` days starting at ``start``.
 
-    The same arguments always produce byte-identical files, so pipeline results can be
-    compared run to run. Existing files with the same names are overwritten.
+    ``users_feed`` is ``"snapshot"`` (each day's users file holds every user signed up
+    by then) or ``"changes"`` (only the users records that changed that day). The same
+    arguments always produce byte-identical files, so pipeline results can be compared
+    run to run. Existing files with the same names are overwritten.
     """
     if users < 1 or days < 1:
         raise ValueError(f"users and days must be positive, got users={users}, days={days}")
-    return _Generator(Path(landing_dir), seed, users, days, start, faults).run()
+    if users_feed not in USERS_FEEDS:
+        raise ValueError(f"users_feed must be one of {USERS_FEEDS}, got {users_feed!r}")
+    return _Generator(Path(landing_dir), seed, users, days, start, faults, users_feed).run()
 
 
 def landing_file(landing_dir: Path, source: str, arrival_day: date) -> Path:
