@@ -20,6 +20,8 @@ import subprocess
 import sys
 from importlib import metadata, resources
 from pathlib import Path
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 from pyspark.sql import SparkSession
 
@@ -63,6 +65,7 @@ def get_spark(settings: Settings) -> SparkSession:
         spark = builder.getOrCreate()
         if mode == "local":
             _quiet_derby(spark, settings)
+            _check_catalog_home(spark, settings)
         return spark
     if mode == "cluster" and settings.spark.master.startswith("local"):
         # It would quietly run the job on this machine without the cluster's catalog.
@@ -70,7 +73,10 @@ def get_spark(settings: Settings) -> SparkSession:
             f"spark.mode is cluster but spark.master is {settings.spark.master!r}: set spark.master "
             f"to the cluster's master URL in conf/{settings.env}.yml, or run the job with spark-submit"
         )
-    return _start_jvm(builder, settings)
+    spark = _start_jvm(builder, settings)
+    if mode == "local":
+        _check_catalog_home(spark, settings)
+    return spark
 
 
 def shuffle_partitions(spark: SparkSession) -> int:
@@ -124,6 +130,23 @@ def _local_catalog(builder: SparkSession.Builder, settings: Settings) -> SparkSe
         .config("spark.sql.streaming.checkpointLocation", str(root / "checkpoints"))
         .enableHiveSupport()
     )
+
+
+def _check_catalog_home(spark: SparkSession, settings: Settings) -> None:
+    """Refuse a catalog whose tables live under another data root.
+
+    The Derby catalog records absolute locations, so in a copied or moved data
+    root every table name still points at the original's files: reads would show
+    them and writes would change them.
+    """
+    location = spark.catalog.getDatabase("default").locationUri
+    found = Path(url2pathname(urlparse(location).path))
+    if found.resolve() != settings.warehouse_dir.resolve():
+        raise ConfigError(
+            f"the catalog in {settings.metastore_dir} keeps its tables under {found}, not under "
+            f"{settings.warehouse_dir}: this data root was copied or moved, and its tables would "
+            f"read and write the files under {found}. Use that data root, or an empty one"
+        )
 
 
 def _quiet_derby(spark: SparkSession, settings: Settings) -> None:

@@ -79,6 +79,23 @@ def test_sql_in_a_new_process_sees_the_demo_tables(demo: subprocess.CompletedPro
     assert len(missing.stderr.strip().splitlines()) == 1
 
 
+def test_a_copied_data_root_is_refused(
+    demo: subprocess.CompletedProcess[str], env: dict[str, str], tmp_path: Path
+) -> None:
+    # Its catalog still names the original's files: writing through it would change them.
+    copy = tmp_path / "copy"
+    # Not tmp/: an ending Spark process may still be removing its scratch files there.
+    shutil.copytree(env["LAKEWARD_HOME"], copy, ignore=shutil.ignore_patterns("tmp"))
+    result = lakeward({**env, "LAKEWARD_HOME": str(copy)}, "sql", "SELECT count(*) FROM silver.orders")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"lakeward: error: the catalog in {copy / 'metastore'} keeps its tables under "
+        f"{Path(env['LAKEWARD_HOME']) / 'warehouse'}, not under {copy / 'warehouse'}: this data root "
+        f"was copied or moved, and its tables would read and write the files under "
+        f"{Path(env['LAKEWARD_HOME']) / 'warehouse'}. Use that data root, or an empty one"
+    ]
+
+
 def test_missing_landing_date_is_one_line(
     demo: subprocess.CompletedProcess[str], env: dict[str, str]
 ) -> None:
