@@ -20,8 +20,7 @@ import subprocess
 import sys
 from importlib import metadata, resources
 from pathlib import Path
-from urllib.parse import urlparse
-from urllib.request import url2pathname
+from urllib.parse import unquote
 
 from pyspark.sql import SparkSession
 
@@ -140,13 +139,25 @@ def _check_catalog_home(spark: SparkSession, settings: Settings) -> None:
     them and writes would change them.
     """
     location = spark.catalog.getDatabase("default").locationUri
-    found = Path(url2pathname(urlparse(location).path))
-    if found.resolve() != settings.warehouse_dir.resolve():
+    path = location.removeprefix("file:")
+    path = "/" + path.lstrip("/") if path.startswith("//") else path  # file:///a is file:/a
+    # Percent-encoded here (file:/a/50%25off), but taken as it is in case a catalog
+    # gives it decoded: a root is refused only when neither reading is this warehouse.
+    readings = [Path(unquote(path)), Path(path)]
+    found = readings[0]
+    if not any(_same_directory(reading, settings.warehouse_dir) for reading in readings):
         raise ConfigError(
             f"the catalog in {settings.metastore_dir} keeps its tables under {found}, not under "
             f"{settings.warehouse_dir}: this data root was copied or moved, and its tables would "
             f"read and write the files under {found}. Use that data root, or an empty one"
         )
+
+
+def _same_directory(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist
+        return a.resolve() == b.resolve()
 
 
 def _quiet_derby(spark: SparkSession, settings: Settings) -> None:
@@ -165,6 +176,16 @@ def _quiet_derby(spark: SparkSession, settings: Settings) -> None:
 def _derby_properties(settings: Settings) -> dict[str, str]:
     """Derby's home under the data root, and its log discarded."""
     return {"derby.system.home": str(settings.metastore_dir), "derby.stream.error.file": os.devnull}
+
+
+def _java_property(name: str, value: str) -> str:
+    """``-Dname=value`` as one word of ``extraJavaOptions``, which Spark splits at spaces.
+
+    Spark's splitting keeps a double-quoted word whole and reads a backslash in it as an
+    escape, so a data root with spaces or quotes in its path still works.
+    """
+    escaped = f"-D{name}={value}".replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
 
 
 def _start_jvm(builder: SparkSession.Builder, settings: Settings) -> SparkSession:
@@ -200,8 +221,8 @@ def driver_java_options(settings: Settings) -> str:
     """
     log4j = resources.files("lakeward") / "resources" / "log4j2.properties"
     return " ".join([
-        *[f"-D{name}={value}" for name, value in _derby_properties(settings).items()],
-        f"-Dlog4j2.configurationFile=file:{log4j}",
+        *[_java_property(name, value) for name, value in _derby_properties(settings).items()],
+        _java_property("log4j2.configurationFile", f"file:{log4j}"),
         *settings.spark.driver_java_options,
         settings.spark.conf.get("spark.driver.extraJavaOptions", ""),
     ]).strip()

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("cli")
+    root = tmp_path_factory.mktemp("cli home 50%")  # a space and a percent sign in every path
     conf = root / "conf"
     shutil.copytree(default_conf_dir(), conf)
     with (conf / "local.yml").open("a") as handle:
@@ -142,20 +142,27 @@ def test_sql_prints_every_row_unless_limited(
     # A JSON object keeps one value per key: two columns of one name are refused.
     with pytest.raises(ValueError, match="more than one column named 'x'"):
         cli._sql(spark, argparse.Namespace(query="SELECT 1 AS x, 2 AS x", format="json", limit=None))
+    nested = "SELECT array(struct(1 AS a, 2 AS a)) AS s"
+    with pytest.raises(ValueError, match="column 's' has more than one field named 'a'"):
+        cli._sql(spark, argparse.Namespace(query=nested, format="json", limit=None))
+    # PySpark cannot collect a calendar interval: it prints as Spark's text.
+    interval = "SELECT make_interval(0, 1, 0, 2) AS i, X'0A0B' AS bin"
+    assert cli._sql(spark, argparse.Namespace(query=interval, format="json", limit=None)) == 0
+    assert json.loads(capsys.readouterr().out) == {"i": "1 months 2 days", "bin": "Cgs="}
 
 
 def test_sql_table_and_csv_print_values_as_spark_does(
     spark: SparkSession, capsys: pytest.CaptureFixture[str]
 ) -> None:
     query = ("SELECT array(1, NULL) AS a, map('k', 1) AS m, named_struct('x', 1, 'y', 'b') AS s, "
-             "true AS t, X'0A0B' AS bin, 2 AS n, 3 AS n")
+             "true AS t, X'0A0B' AS bin, make_interval(0, 1) AS i, 2 AS n, 3 AS n")
     assert cli._sql(spark, argparse.Namespace(query=query, format="csv", limit=None)) == 0
     assert capsys.readouterr().out.splitlines() == [
-        "a,m,s,t,bin,n,n", '"[1, null]",{k -> 1},"{1, b}",true,0A0B,2,3']
+        "a,m,s,t,bin,i,n,n", '"[1, null]",{k -> 1},"{1, b}",true,0A0B,1 months,2,3']
     assert cli._sql(spark, argparse.Namespace(query=query, format="table", limit=None)) == 0
     row = capsys.readouterr().out.splitlines()[3]
     assert [cell.strip() for cell in row.strip("|").split("|")] == [
-        "[1, null]", "{k -> 1}", "{1, b}", "true", "0A0B", "2", "3"]
+        "[1, null]", "{k -> 1}", "{1, b}", "true", "0A0B", "1 months", "2", "3"]
 
 
 def test_sql_output_cut_short_by_its_reader_is_not_an_error(env: dict[str, str]) -> None:

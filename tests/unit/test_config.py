@@ -1,3 +1,4 @@
+import shlex
 from pathlib import Path
 
 import pytest
@@ -112,8 +113,10 @@ def test_driver_java_options_keep_the_spark_conf_ones(tmp_path: Path) -> None:
         'spark:\n  driver_java_options: ["-XX:+UseParallelGC"]\n'
         '  conf:\n    spark.driver.extraJavaOptions: "-Dlakeward.probe=1"\n'
     )
-    settings = load_settings("local", conf_dir=_conf(tmp_path, local=local), data_root=tmp_path / "home")
-    options = driver_java_options(settings).split()
+    # Spark splits the options at spaces outside double quotes, as a POSIX shell does.
+    home = tmp_path / 'my "home" 50%'
+    settings = load_settings("local", conf_dir=_conf(tmp_path, local=local), data_root=home)
+    options = shlex.split(driver_java_options(settings))
     assert f"-Dderby.system.home={settings.metastore_dir}" in options
     assert options[-2:] == ["-XX:+UseParallelGC", "-Dlakeward.probe=1"]
 
