@@ -10,7 +10,8 @@ Python driver plus its JVM, sampled from /proc every 0.2 s.
 
 The users source is a changes feed here unless ``--users-feed snapshot``: the benchmark
 measures events, and a daily snapshot of 25k users over 170 days is 3.4M lines, more
-than three times the events. The default keeps the results comparable with the earlier ones.
+than three times the events. The default keeps the data of the same size and kind as in
+the earlier results (not byte for byte: the generator's draws changed with the snapshot).
 
 Prints one markdown table row per variant. Results go in docs/BENCHMARKS.md.
 """

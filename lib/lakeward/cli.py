@@ -413,11 +413,17 @@ def _sql(spark: Any, args: argparse.Namespace) -> int:
 
 
 def _print_rows(df: Any, output_format: str, out: TextIO) -> None:
+    from pyspark.sql import types as T
+
     columns = df.columns
     if output_format == "json":
-        _check_unique_names(columns)
+        _check_unique_names(df.schema)
+        # PySpark cannot collect a calendar interval (make_interval) at all.
+        df = _as_spark_text(df, (T.CalendarIntervalType,))
     else:
-        df = _as_spark_text(df)
+        df = _as_spark_text(df, (T.ArrayType, T.MapType, T.StructType, T.BooleanType,
+                                 T.CalendarIntervalType, T.DayTimeIntervalType,
+                                 T.YearMonthIntervalType, T.VariantType, T.BinaryType))
     if output_format == "table":
         # Column widths need every row first.
         out.write(format_table(columns, [list(row) for row in df.collect()]))
@@ -436,36 +442,43 @@ def _print_rows(df: Any, output_format: str, out: TextIO) -> None:
             writer.writerow(["" if v is None else v for v in row])
 
 
-def _check_unique_names(columns: Sequence[str]) -> None:
-    """A JSON object keeps one value per key, so a repeated column name would lose data."""
-    repeated = sorted(name for name, n in Counter(columns).items() if n > 1)
+def _check_unique_names(schema: Any, where: str = "the result has more than one column") -> None:
+    """A JSON object keeps one value per key, so a repeated name would lose data, nested ones too."""
+    from pyspark.sql import types as T
+
+    repeated = sorted(name for name, n in Counter(schema.names).items() if n > 1)
     if repeated:
         raise ValueError(
-            f"the result has more than one column named {', '.join(map(repr, repeated))}; "
+            f"{where} named {', '.join(map(repr, repeated))}; "
             "give them distinct names with AS for --format json"
         )
+    for field in schema.fields:
+        kind = field.dataType
+        while isinstance(kind, T.ArrayType | T.MapType):
+            kind = kind.elementType if isinstance(kind, T.ArrayType) else kind.valueType
+        if isinstance(kind, T.StructType):
+            _check_unique_names(kind, f"column {field.name!r} has more than one field")
 
 
-def _as_spark_text(df: Any) -> Any:
-    """Nested, boolean and interval columns as Spark prints them, not as Python reprs.
+def _as_spark_text(df: Any, kinds: tuple[type, ...]) -> Any:
+    """Columns of these types as Spark prints them (``CAST AS STRING``), not as Python reprs.
 
-    Selected by position, so a result with repeated column names works too.
+    A binary column as hex; binary nested in another type is cast, which decodes it as
+    UTF-8. Selected by position, so a result with repeated column names works too.
     """
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
-    as_text = (T.ArrayType, T.MapType, T.StructType, T.BooleanType, T.DayTimeIntervalType,
-               T.YearMonthIntervalType, T.VariantType)
     fields = df.schema.fields
-    if not any(isinstance(f.dataType, (*as_text, T.BinaryType)) for f in fields):
+    if not any(isinstance(f.dataType, kinds) for f in fields):
         return df
     positional = df.toDF(*[f"_{i}" for i in range(len(fields))])
     columns = []
     for i, field in enumerate(fields):
         column = F.col(f"_{i}")
-        if isinstance(field.dataType, T.BinaryType):
-            column = F.hex(column)
-        elif isinstance(field.dataType, as_text):
+        if isinstance(field.dataType, T.BinaryType) and T.BinaryType in kinds:
+            column = F.hex(column)  # a cast would decode the bytes as UTF-8
+        elif isinstance(field.dataType, kinds):
             column = column.cast("string")
         columns.append(column.alias(field.name))
     return positional.select(*columns)

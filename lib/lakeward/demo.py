@@ -69,7 +69,8 @@ def summarize(spark: SparkSession, settings: Settings) -> str:
     ledger = tables.read(spark, settings.table("ops_silver_batches"))
     for row in ledger.groupBy("source").agg(F.sum("rows_duplicate").alias("n")).orderBy("source").collect():
         # A users record silver already holds is not a fault: each day's snapshot repeats it.
-        note = "  (records already current)" if row["source"] == "users" else ""
+        snapshot = row["source"] == "users" and settings.generator.users_feed == "snapshot"
+        note = "  (records already current)" if snapshot else ""
         lines.append(f"  {row['source']:<20} {row['n']:>7,}{note}")
     lines += [
         "",

@@ -216,7 +216,7 @@ class _Generator:
         last = max(self.pending, default=self.days - 1)
         self.max_arrival = last  # a copy made on the last day stays there: no new day begins
         for a in range(self.days, last + 1):
-            if self.snapshot:  # the users table is still extracted while late events trickle in
+            if self.snapshot:  # every arrival day with files has its users snapshot
                 self._users_lines(self.users[:n_existing], a)
             self._flush(a)
         return GenerationSummary(files=self.files, lines=self.lines, faults=self.faults,
