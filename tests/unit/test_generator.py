@@ -186,6 +186,15 @@ def test_users_snapshot_every_day(tmp_path: Path) -> None:
     assert len(record_of) == users and changed > 0
 
 
+def test_the_users_feed_leaves_the_other_sources_as_they_are(tmp_path: Path) -> None:
+    _gen(tmp_path / "snapshot", days=8)
+    _gen(tmp_path / "changes", days=8, users_feed="changes")
+    snapshot, changes = _files(tmp_path / "snapshot"), _files(tmp_path / "changes")
+    assert snapshot.keys() == changes.keys()
+    differ = {path.split("/")[0] for path in snapshot if snapshot[path] != changes[path]}
+    assert differ == {"users"}
+
+
 def test_users_changes_feed_holds_what_changed(tmp_path: Path) -> None:
     users = 300
     summary = _gen(tmp_path, users=users, faults=FaultRates.none(), users_feed="changes")

@@ -175,6 +175,9 @@ class _Generator:
         self.dir, self.days, self.start, self.rates = landing_dir, days, start, rates
         self.snapshot = users_feed == "snapshot"
         self.rng = rng = random.Random(seed)
+        # The users lines' faults draw from their own sequence: how many users lines there
+        # are (snapshot or changes) then leaves every other source's data as it is.
+        self.users_rng = random.Random(seed ^ 0x5EED_05E5)
         self.dirty = any((rates.duplicate, rates.late, rates.malformed, rates.null_key,
                           rates.out_of_range))
         self.max_arrival = days - 1 + MAX_LATE_DAYS
@@ -357,7 +360,7 @@ class _Generator:
         """
         if day >= self.days:
             return
-        rng, rates = self.rng, self.rates
+        rng, rates = (self.users_rng if source == "users" else self.rng), self.rates
         kind = None
         truncate = False
         if self.dirty:
