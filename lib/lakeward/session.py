@@ -64,15 +64,14 @@ def get_spark(settings: Settings) -> SparkSession:
         spark = builder.getOrCreate()
         if mode == "local":
             _quiet_derby(spark, settings)
-            _check_catalog_home(spark, settings)
-        return spark
-    if mode == "cluster" and settings.spark.master.startswith("local"):
+    elif mode == "cluster" and settings.spark.master.startswith("local"):
         # It would quietly run the job on this machine without the cluster's catalog.
         raise ConfigError(
             f"spark.mode is cluster but spark.master is {settings.spark.master!r}: set spark.master "
             f"to the cluster's master URL in conf/{settings.env}.yml, or run the job with spark-submit"
         )
-    spark = _start_jvm(builder, settings)
+    else:
+        spark = _start_jvm(builder, settings)
     if mode == "local":
         _check_catalog_home(spark, settings)
     return spark
