@@ -25,6 +25,7 @@ from decimal import Decimal
 from typing import Any, NoReturn, TextIO
 
 from lakeward.config import ConfigError, Settings, is_identifier, load_settings
+from lakeward.sources.bitebridge import USERS_FEEDS
 
 log = logging.getLogger("lakeward")
 
@@ -108,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--days", type=_positive, required=True)
     gen.add_argument("--start", type=_date, default=None, help="first day (default: from config)")
     gen.add_argument("--clean", action="store_true", help="generate without faults")
-    gen.add_argument("--users-feed", choices=["snapshot", "changes"], default=None,
+    gen.add_argument("--users-feed", choices=USERS_FEEDS, default=None,
                      help="users files: every user each day, or only the day's changes "
                      "(default: from config, snapshot)")
 

@@ -276,7 +276,7 @@ class _Generator:
 
     def _users_lines(self, users: list[_User], arrival: int) -> None:
         for u in users:
-            self._emit("users", dict(u.record), u.updated, u.updated // _DAY, clean_line=u.line,
+            self._emit("users", u.record, u.updated, u.updated // _DAY, clean_line=u.line,
                        arrival=arrival)
 
     def _new_record(self, u: _User, t: int) -> None:
@@ -355,8 +355,9 @@ class _Generator:
 
         ``day`` is the day the event belongs to; it arrives on ``arrival`` (default: that
         day), later if the line is made late. ``clean_line``, when given, is ``rec``
-        already encoded. Events whose day falls after the window (deliveries/ratings of
-        the last day's late-evening orders) are dropped: the observation window simply ends.
+        already encoded, and ``rec`` is kept as it is: a fault changes a copy. Events whose
+        day falls after the window (deliveries/ratings of the last day's late-evening
+        orders) are dropped: the observation window simply ends.
         """
         if day >= self.days:
             return
@@ -365,6 +366,8 @@ class _Generator:
         truncate = False
         if self.dirty:
             r = rng.random()
+            if clean_line is not None and r < rates.malformed + rates.null_key + rates.out_of_range:
+                rec = dict(rec)  # the caller's record stays clean
             if r < rates.malformed:
                 kind = "malformed"
                 truncate = rng.random() < 0.5
