@@ -78,6 +78,12 @@ def _append(spark: SparkSession, settings: Settings, logical: str, rows: list[di
     tables.append(spark.createDataFrame(full_rows, schema), name)
 
 
+def _record_processed(spark: SparkSession, settings: Settings, days: list[date]) -> None:
+    """Write the silver ledger rows that say these arrival days were processed, as silver does last."""
+    _append(spark, settings, "ops_silver_batches",
+            [{"source": "order_placed", "arrival_date": day, "rows_in": 0} for day in days])
+
+
 def _snapshot(spark: SparkSession, settings: Settings) -> tuple[DataFrame, DataFrame]:
     """Both gold tables pinned at their current versions, so a later overwrite does not change them."""
     return tuple(  # type: ignore[return-value]
@@ -93,9 +99,11 @@ def test_increments_equal_full_recompute_and_oracle(
 ) -> None:
     settings = _settings(base_settings, tmp_path)
     silver.ensure_tables(spark, settings)
-    orders, deliveries, ratings = _events(seed)
+    # Two arrival days bring no event: one inside the period, one after it.
+    quiet = {START + timedelta(days=20), START + timedelta(days=DAYS + 10)}
+    orders, deliveries, ratings = ([e for e in events if e[2] not in quiet] for events in _events(seed))
     rows = _silver_rows(orders, deliveries, ratings)
-    arrival_days = sorted({r["_arrival_date"] for table in rows.values() for r in table})
+    arrival_days = sorted({r["_arrival_date"] for table in rows.values() for r in table} | quiet)
     if order == "shuffled":
         # Nearly every chunk then reaches back before the last run's as-of.
         rng = random.Random(100 + seed)
@@ -113,6 +121,7 @@ def test_increments_equal_full_recompute_and_oracle(
             part = [r for r in table_rows if r["_arrival_date"] in chunk]
             if part:
                 _append(spark, settings, logical, part)
+        _record_processed(spark, settings, chunk)
         if step == 2:
             # Dies after the gold MERGEs, before the ledger: the next run redoes the work.
             def crash(*_: object) -> None:
@@ -134,6 +143,7 @@ def test_increments_equal_full_recompute_and_oracle(
     assert_df_equality(features_incremental, features_full, ignore_row_order=True, ignore_nullable=True)
 
     as_of = max(arrival_days)
+    assert incremental.refresh(spark, settings).as_of == as_of
     oracle = spark.createDataFrame(
         _oracle(orders, deliveries, ratings, as_of), schema=features_incremental.schema
     )
@@ -241,3 +251,31 @@ def test_a_backfill_that_also_adds_new_days_starts_new_users_on_their_first_day(
     features = _two_runs_then_full(spark, _settings(base_settings, tmp_path), orders, 1, (d3, d5))
     z_rows = features.filter(F.col("user_key") == "z").select("feature_date", "orders_7d")
     assert [tuple(r) for r in z_rows.collect()] == [(d5, 1)]
+
+
+def test_an_arrival_day_without_events_still_moves_the_features_on(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path
+) -> None:
+    """Silver processed d3 and kept no event of it (all quarantined, say): d3
+    still gets every user's row, with the windows moved on, in an increment
+    as in ``--full``."""
+    settings = _settings(base_settings, tmp_path)
+    silver.ensure_tables(spark, settings)
+    d1, d2, d3 = date(2026, 3, 1), date(2026, 3, 2), date(2026, 3, 3)
+    orders = [("a", d1, d1, Decimal("10.00")), ("a", d2 - timedelta(days=3), d2, Decimal("4.00"))]
+    _append(spark, settings, "silver_orders", _silver_rows(orders, [], [])["silver_orders"])
+    _record_processed(spark, settings, [d1, d2])
+    assert incremental.refresh(spark, settings).as_of == d2
+    _record_processed(spark, settings, [d3])
+    result = incremental.refresh(spark, settings)
+    assert (result.mode, result.as_of, result.feature_rows_written) == ("incremental", d3, 1)
+    assert incremental.refresh(spark, settings).mode == "up_to_date"
+    features_incremental = _snapshot(spark, settings)[1]
+    rows = features_incremental.filter(F.col("feature_date") == d3).select(
+        "user_key", "orders_3d", "spend_3d", "orders_7d", "days_since_last_order"
+    )
+    # The order of 27 February has left the 3-day window on d3.
+    assert [tuple(r) for r in rows.collect()] == [("a", 1, Decimal("10.00"), 2, 2)]
+    incremental.refresh(spark, settings, full=True)
+    assert_df_equality(features_incremental, _snapshot(spark, settings)[1],
+                       ignore_row_order=True, ignore_nullable=True)
