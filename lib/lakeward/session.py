@@ -122,9 +122,9 @@ def _local_catalog(builder: SparkSession.Builder, settings: Settings) -> SparkSe
         .config("spark.sql.catalogImplementation", "hive")
         .config("spark.local.dir", str(root / "tmp"))
         # Hive's session makes this directory at start and never removes it; by
-        # default it is /tmp/<session id>_resources, one per process.
-        .config("spark.hadoop.hive.downloaded.resources.dir",
-                str(root / "tmp" / "${hive.session.id}_resources"))
+        # default it is /tmp/<session id>_resources, a new one per process.
+        # Lakeward adds no Hive resources, so every process shares one.
+        .config("spark.hadoop.hive.downloaded.resources.dir", str(root / "tmp" / "hive_resources"))
         .config("spark.sql.streaming.checkpointLocation", str(root / "checkpoints"))
         .enableHiveSupport()
     )

@@ -50,8 +50,12 @@ def test_demo_runs_and_summarizes(demo: subprocess.CompletedProcess[str], env: d
     assert "generated a local pseudonymization key" in demo.stderr
     assert (Path(env["LAKEWARD_HOME"]) / "pii.key").exists()
     assert not (Path.cwd() / "metastore_db").exists() and not (Path.cwd() / "derby.log").exists()
-    # Hive's per-session scratch directory is under the data root, not in /tmp.
-    assert list((Path(env["LAKEWARD_HOME"]) / "tmp").glob("*_resources"))
+    assert _hive_resource_dirs(env) == ["hive_resources"]
+
+
+def _hive_resource_dirs(env: dict[str, str]) -> list[str]:
+    """Hive's resource directories: one under the data root, shared by every process, none in /tmp."""
+    return sorted(p.name for p in (Path(env["LAKEWARD_HOME"]) / "tmp").glob("*resources"))
 
 
 def test_sql_in_a_new_process_sees_the_demo_tables(demo: subprocess.CompletedProcess[str],
@@ -71,6 +75,7 @@ def test_sql_in_a_new_process_sees_the_demo_tables(demo: subprocess.CompletedPro
     query = "SELECT source, count(*) AS n FROM bronze.quarantine GROUP BY source ORDER BY source"
     csv_out = lakeward(env, "sql", "--format", "csv", query)
     assert csv_out.returncode == 0 and csv_out.stdout.splitlines()[0] == "source,n"
+    assert _hive_resource_dirs(env) == ["hive_resources"], "a new process adds no directory"
 
     missing = lakeward(env, "sql", "SELECT * FROM silver.nothing_here")
     assert missing.returncode == 1
