@@ -32,11 +32,10 @@ from outside the pipeline, an erasure for example.
 
 The ledger row is written last. A run that dies before it leaves gold rows
 that the next run computes again, from the same state, to the same values.
-Each append or overwrite of ``user_features`` names its run in the commit's
-``userMetadata`` (``lakeward gold run <run_id>``), so the next run can tell
-from the table's latest commit whether a run wrote after the last one
-recorded. A MERGE commit names none, and the next in-order run then looks
-for rows of its new days before it appends.
+Every commit of a gold run names the run in its ``userMetadata``
+(``lakeward gold run <run_id>``), so the next run can tell from the latest
+commit of ``user_features`` whether a run wrote after the last one recorded;
+only then does it look for rows of its new days before it appends.
 """
 
 from __future__ import annotations
@@ -317,7 +316,7 @@ def _full(
     # files instead.
     by_date = daily.repartitionByRange(session.shuffle_partitions(spark), "event_date")
     daily_rows, feature_rows = _both_tables(
-        partial(_rebuild, spark, by_date, daily_spec.name),
+        partial(_rebuild, spark, by_date, daily_spec.name, user_metadata=_commit_note(run_id)),
         partial(
             _rebuild, spark, features.sortWithinPartitions("feature_date"), features_spec.name,
             rows_per_file=settings.pipeline.gold_rows_per_file, user_metadata=_commit_note(run_id),
@@ -401,7 +400,7 @@ def _incremental(
         needed = _needed_rows(spark, settings, names, versions, touched, earliest, as_of)
         try:
             daily_rows, feature_rows = _both_tables(
-                partial(_replace_daily_days, settings, needed, touched) if event_dates else lambda: 0,
+                partial(_replace_daily_days, settings, needed, touched, run_id) if event_dates else lambda: 0,
                 partial(_write_features, spark, settings, needed, changed, last, earliest, as_of, run_id),
             )
         finally:
@@ -435,7 +434,9 @@ def _delta_spans(settings: Settings) -> tuple[Sequence[int], ...]:
     return (settings.pipeline.feature_windows_days, (LATE_DELIVERY_WINDOW,), ())
 
 
-def _replace_daily_days(settings: Settings, needed: Sequence[DataFrame], touched: Column) -> int:
+def _replace_daily_days(
+    settings: Settings, needed: Sequence[DataFrame], touched: Column, run_id: str
+) -> int:
     """Recompute the ``touched`` event dates and replace them in one commit.
 
     A day's rows depend only on that day's silver rows, so recomputing whole
@@ -443,7 +444,7 @@ def _replace_daily_days(settings: Settings, needed: Sequence[DataFrame], touched
     """
     spec = gold.user_daily_spec(settings)
     daily = gold.user_daily(*[df.filter(touched) for df in needed]).select(*spec.schema.fieldNames())
-    return tables.overwrite_where(daily, spec.name, touched)
+    return tables.overwrite_where(daily, spec.name, touched, user_metadata=_commit_note(run_id))
 
 
 def _write_features(
@@ -537,7 +538,8 @@ def _write_features(
     keys = (F.col("t.user_key") == F.col("s.user_key")) & (
         F.col("t.feature_date") == F.col("s.feature_date")
     )
-    return _upsert(spark, spec.name, features, keys & (F.col("t.feature_date") >= F.lit(earliest)))
+    with tables.noted_commits(spark, note):
+        return _upsert(spark, spec.name, features, keys & (F.col("t.feature_date") >= F.lit(earliest)))
 
 
 def _relevant(first_start: date, as_of: date, windows: Sequence[int]) -> Column:

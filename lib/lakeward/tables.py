@@ -16,8 +16,9 @@ part of the CPU a Delta write costs::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -35,6 +36,8 @@ SUBJECT_COLUMN_PROPERTY = "lakeward.subject_column"
 CREATE_THREADS = 4
 # Delta's write option for a free-text note kept in the commit's history entry.
 USER_METADATA_OPTION = "userMetadata"
+# The same note for commits that take no write options, such as a MERGE.
+USER_METADATA_CONF = "spark.databricks.delta.commitInfo.userMetadata"
 
 
 @dataclass(frozen=True)
@@ -211,6 +214,25 @@ def overwrite_where(
 def _noted(user_metadata: str | None) -> dict[str, str]:
     """The write options that keep ``user_metadata`` in the commit's history entry."""
     return {USER_METADATA_OPTION: user_metadata} if user_metadata is not None else {}
+
+
+@contextmanager
+def noted_commits(spark: SparkSession, user_metadata: str) -> Iterator[None]:
+    """Delta commits made in the block keep ``user_metadata`` in their history entry.
+
+    For operations that take no write option for it, such as a MERGE. The
+    setting is the session's: a commit on another thread meanwhile gets the
+    note too, unless its write sets its own.
+    """
+    previous = spark.conf.get(USER_METADATA_CONF, None)
+    spark.conf.set(USER_METADATA_CONF, user_metadata)
+    try:
+        yield
+    finally:
+        if previous is None:
+            spark.conf.unset(USER_METADATA_CONF)
+        else:
+            spark.conf.set(USER_METADATA_CONF, previous)
 
 
 def _counted(df: DataFrame) -> tuple[DataFrame, Callable[[], int]]:

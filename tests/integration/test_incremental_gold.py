@@ -206,6 +206,13 @@ def _two_runs_then_full(
     _append(spark, settings, "silver_orders", rows[first:])
     result = incremental.refresh(spark, settings)
     assert (result.mode, result.as_of) == ("incremental", as_of[1])
+    last_run = tables.read(spark, settings.table("ops_gold_runs")).orderBy(F.desc("finished_at")).first()
+    features_name = settings.table("gold_user_features")
+    assert tables.history(spark, features_name, 1).first()["operation"] == "MERGE"
+    for logical in ("gold_user_features", "gold_user_daily"):
+        note = tables.last_commit_metadata(spark, settings.table(logical))
+        assert note == f"lakeward gold run {last_run['run_id']}", "a MERGE commit names its run too"
+    assert spark.conf.get(tables.USER_METADATA_CONF, None) is None, "the note stays with the MERGE"
     _, features_incremental = _snapshot(spark, settings)
     incremental.refresh(spark, settings, full=True)
     _, features_full = _snapshot(spark, settings)
