@@ -464,8 +464,9 @@ def _check_unique_names(schema: Any, where: str = "the result has more than one 
 def _as_spark_text(df: Any, kinds: tuple[type, ...]) -> Any:
     """Columns of these types as Spark prints them (``CAST AS STRING``), not as Python reprs.
 
-    A binary column as hex; binary nested in another type is cast, which decodes it as
-    UTF-8. Selected by position, so a result with repeated column names works too.
+    With ``BinaryType`` among the kinds, binary values print as hex, nested ones
+    too: a cast would decode the bytes as UTF-8. Selected by position, so a
+    result with repeated column names works too.
     """
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
@@ -477,12 +478,46 @@ def _as_spark_text(df: Any, kinds: tuple[type, ...]) -> Any:
     columns = []
     for i, field in enumerate(fields):
         column = F.col(f"_{i}")
-        if isinstance(field.dataType, T.BinaryType) and T.BinaryType in kinds:
-            column = F.hex(column)  # a cast would decode the bytes as UTF-8
-        elif isinstance(field.dataType, kinds):
+        if T.BinaryType in kinds:
+            column = _binary_as_hex(column, field.dataType)
+        if isinstance(field.dataType, kinds):
             column = column.cast("string")
         columns.append(column.alias(field.name))
     return positional.select(*columns)
+
+
+def _binary_as_hex(column: Any, kind: Any) -> Any:
+    """``column`` with every binary value in it, at any depth, as a hex string."""
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    if isinstance(kind, T.BinaryType):
+        return F.hex(column)
+    if not _holds_binary(kind):
+        return column
+    if isinstance(kind, T.ArrayType):
+        return F.transform(column, lambda item: _binary_as_hex(item, kind.elementType))
+    if isinstance(kind, T.MapType):
+        keyed = F.transform_keys(column, lambda key, _: _binary_as_hex(key, kind.keyType))
+        return F.transform_values(keyed, lambda _, value: _binary_as_hex(value, kind.valueType))
+    if len(set(kind.names)) < len(kind.names):
+        return column  # fields of one name cannot be taken apart by name
+    parts = [_binary_as_hex(column.getField(f.name), f.dataType).alias(f.name) for f in kind.fields]
+    return F.when(column.isNotNull(), F.struct(*parts))
+
+
+def _holds_binary(kind: Any) -> bool:
+    from pyspark.sql import types as T
+
+    if isinstance(kind, T.BinaryType):
+        return True
+    if isinstance(kind, T.ArrayType):
+        return _holds_binary(kind.elementType)
+    if isinstance(kind, T.MapType):
+        return _holds_binary(kind.keyType) or _holds_binary(kind.valueType)
+    if isinstance(kind, T.StructType):
+        return any(_holds_binary(f.dataType) for f in kind.fields)
+    return False
 
 
 def _json_ready(value: Any) -> Any:

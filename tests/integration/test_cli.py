@@ -169,6 +169,14 @@ def test_sql_table_and_csv_print_values_as_spark_does(
     assert [cell.strip() for cell in row.strip("|").split("|")] == [
         "[1, null]", "{k -> 1}", "{1, b}", "true", "0A0B", "1 months", "2", "3"]
 
+    # Binary inside other types is hex too (a cast would decode it as UTF-8); a null stays null.
+    nested = ("SELECT array(X'41', NULL) AS a, map(X'42', named_struct('b', X'43', 'n', 1)) AS m, "
+              "named_struct('s', named_struct('b', X'0A')) AS s, "
+              "CAST(NULL AS STRUCT<b: BINARY>) AS z")
+    assert cli._sql(spark, argparse.Namespace(query=nested, format="csv", limit=None)) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "a,m,s,z", '"[41, null]","{42 -> {43, 1}}",{{0A}},']
+
 
 def test_sql_output_cut_short_by_its_reader_is_not_an_error(env: dict[str, str]) -> None:
     command = [*LAKEWARD, "sql", "--format", "csv", "SELECT id FROM range(200000)"]
