@@ -7,7 +7,8 @@ writes it. Each run uses fresh tables:
 
 1. write silver for the first ``days - 1`` arrival days and run gold once
    (a full build; not timed);
-2. append the last arrival day to silver and time ``incremental.refresh``
+2. append the last arrival day to silver (and its row to the silver ledger,
+   as silver does) and time ``incremental.refresh``
    (the increment);
 3. time ``incremental.refresh(full=True)`` on the same silver (``--full``).
 
@@ -37,6 +38,7 @@ from lakeward.session import get_spark
 log = logging.getLogger("benchmarks.incremental_gold")
 
 START = date(2025, 1, 1)
+SILVER_SOURCES = ("order_placed", "delivery_completed", "rating_submitted")
 
 
 def _hash(salt: int) -> Column:
@@ -77,6 +79,12 @@ def _write_silver(
         tables.append(selected.repartitionByRange(days, "_arrival_date"), name)
 
 
+def _record_processed(spark: SparkSession, settings: Settings, days: list[date]) -> None:
+    """The silver ledger rows that mark these arrival days processed, which gold reads for its as-of day."""
+    rows = [(source, day, 0, 0, 0, 0, None) for source in SILVER_SOURCES for day in days]
+    tables.append(spark.createDataFrame(rows, silver.LEDGER_SCHEMA), settings.table("ops_silver_batches"))
+
+
 def _one_run(spark: SparkSession, base: Settings, args: argparse.Namespace) -> tuple[float, float, int]:
     suffix = uuid.uuid4().hex[:8]
     renamed = {k: f"{v.split('.')[0]}_{suffix}.{v.split('.')[1]}" for k, v in base.tables.items()}
@@ -88,8 +96,10 @@ def _one_run(spark: SparkSession, base: Settings, args: argparse.Namespace) -> t
     }
     last_day = START + timedelta(days=args.days - 1)
     _write_silver(spark, settings, events, F.col("_arrival_date") < F.lit(last_day), args.days - 1)
+    _record_processed(spark, settings, [START + timedelta(days=d) for d in range(args.days - 1)])
     incremental.refresh(spark, settings)
     _write_silver(spark, settings, events, F.col("_arrival_date") == F.lit(last_day), 1)
+    _record_processed(spark, settings, [last_day])
 
     began = time.perf_counter()
     result = incremental.refresh(spark, settings)
