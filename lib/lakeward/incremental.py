@@ -20,9 +20,9 @@ What an increment recomputes:
   before (see :func:`lakeward.gold.user_features`). Also, every user's rows
   for the days between the previous run's ``as_of`` and the new one.
 
-The feature rows run up to ``as_of``: the last arrival day silver has
-processed, in ``ops.silver_batches``, also when silver kept no event of that
-day. Both tables equal a full recompute on the same silver versions, whatever
+The feature rows run up to ``as_of``: the last arrival day of an event
+source that silver has processed, in ``ops.silver_batches``, also when silver
+kept no event of that day. Both tables equal a full recompute on the same silver versions, whatever
 order the arrival days came in. A run that finds no new silver version and no
 newly processed arrival day changes nothing.
 It falls back to a full recompute when there is no previous run, when the
@@ -55,13 +55,15 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from lakeward import gold, session, tables
+from lakeward import gold, session, silver, tables
 from lakeward.config import Settings
 
 log = logging.getLogger(__name__)
 Result = TypeVar("Result")
 
 SILVER_EVENTS = ("silver_orders", "silver_deliveries", "silver_ratings")
+# Their sources, as the silver ledger names them.
+EVENT_SOURCES = tuple(source for source, spec in silver.SOURCES.items() if spec.table in SILVER_EVENTS)
 LATE_DELIVERY_WINDOW = 30
 
 LEDGER_SCHEMA = T.StructType(
@@ -95,7 +97,8 @@ class GoldResult:
     """What one gold run did.
 
     ``mode`` is ``full``, ``incremental`` or ``up_to_date`` (nothing new in
-    silver). ``inputs`` maps each silver table to the version read.
+    silver, and no newer arrival day processed). ``as_of`` is the last day of
+    the feature history. ``inputs`` maps each silver table to the version read.
     """
 
     mode: str
@@ -156,7 +159,7 @@ def refresh(spark: SparkSession, settings: Settings, *, full: bool = False) -> G
 
 
 def _commit_note(run_id: str) -> str:
-    """What a gold run writes in the history of its ``user_features`` commits."""
+    """What a gold run writes in the history entry of its commits to both gold tables."""
     return f"lakeward gold run {run_id}"
 
 
@@ -190,14 +193,16 @@ def _probe(
 
 
 def _processed_through(spark: SparkSession, settings: Settings) -> date | None:
-    """The last arrival day silver has processed (``ops.silver_batches``), events or not.
+    """The last arrival day of an event source that silver has processed (``ops.silver_batches``).
 
-    Features run up to it also when that day brought no event silver kept
-    (every line quarantined, or only a users snapshot): the day still passed,
-    and its rows show the windows moving on.
+    Features run up to it also when silver kept no event of that day (every
+    row quarantined): the day passed, and its rows show the windows moving
+    on. A day with only a users file does not count: its events may still
+    be on their way.
     """
     ledger = tables.read(spark, settings.table("ops_silver_batches"))
-    return ledger.agg(F.max("arrival_date")).first()[0]  # type: ignore[index]
+    events = ledger.filter(F.col("source").isin(list(EVENT_SOURCES)))
+    return events.agg(F.max("arrival_date")).first()[0]  # type: ignore[index]
 
 
 def _days_passed(as_of: date | None, processed: date | None) -> bool:

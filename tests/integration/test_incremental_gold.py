@@ -212,7 +212,6 @@ def _two_runs_then_full(
     for logical in ("gold_user_features", "gold_user_daily"):
         note = tables.last_commit_metadata(spark, settings.table(logical))
         assert note == f"lakeward gold run {last_run['run_id']}", "a MERGE commit names its run too"
-    assert spark.conf.get(tables.USER_METADATA_CONF, None) is None, "the note stays with the MERGE"
     _, features_incremental = _snapshot(spark, settings)
     incremental.refresh(spark, settings, full=True)
     _, features_full = _snapshot(spark, settings)
@@ -268,21 +267,42 @@ def test_an_arrival_day_without_events_still_moves_the_features_on(
     as in ``--full``."""
     settings = _settings(base_settings, tmp_path)
     silver.ensure_tables(spark, settings)
-    d1, d2, d3 = date(2026, 3, 1), date(2026, 3, 2), date(2026, 3, 3)
-    orders = [("a", d1, d1, Decimal("10.00")), ("a", d2 - timedelta(days=3), d2, Decimal("4.00"))]
+    d0, d2, d3 = date(2026, 2, 28), date(2026, 3, 2), date(2026, 3, 3)
+    orders = [("a", d0, d0, Decimal("4.00")), ("a", d2, d2, Decimal("10.00"))]
     _append(spark, settings, "silver_orders", _silver_rows(orders, [], [])["silver_orders"])
-    _record_processed(spark, settings, [d1, d2])
+    _record_processed(spark, settings, [d0, d0 + timedelta(days=1), d2])
     assert incremental.refresh(spark, settings).as_of == d2
+    columns = ("orders_3d", "spend_3d", "orders_7d", "days_since_last_order")
+
+    def row_of(features: DataFrame, day: date) -> tuple:
+        return tuple(features.filter(F.col("feature_date") == day).select(*columns).first())
+
+    assert row_of(_snapshot(spark, settings)[1], d2) == (2, Decimal("14.00"), 2, 0)
+    # A users file alone does not move the history on: the day's events may still come.
+    _append(spark, settings, "ops_silver_batches", [{"source": "users", "arrival_date": d3}])
+    assert incremental.refresh(spark, settings).mode == "up_to_date"
     _record_processed(spark, settings, [d3])
     result = incremental.refresh(spark, settings)
     assert (result.mode, result.as_of, result.feature_rows_written) == ("incremental", d3, 1)
     assert incremental.refresh(spark, settings).mode == "up_to_date"
     features_incremental = _snapshot(spark, settings)[1]
-    rows = features_incremental.filter(F.col("feature_date") == d3).select(
-        "user_key", "orders_3d", "spend_3d", "orders_7d", "days_since_last_order"
-    )
-    # The order of 27 February has left the 3-day window on d3.
-    assert [tuple(r) for r in rows.collect()] == [("a", 1, Decimal("10.00"), 2, 2)]
+    # The order of 28 February has left the 3-day window on d3.
+    assert row_of(features_incremental, d3) == (1, Decimal("10.00"), 2, 1)
     incremental.refresh(spark, settings, full=True)
     assert_df_equality(features_incremental, _snapshot(spark, settings)[1],
                        ignore_row_order=True, ignore_nullable=True)
+
+
+def test_a_commit_note_is_set_only_inside_its_block(spark: SparkSession) -> None:
+    conf = tables.USER_METADATA_CONF
+    with tables.noted_commits(spark, "first"):
+        assert spark.conf.get(conf) == "first"
+    assert spark.conf.get(conf, None) is None
+    spark.conf.set(conf, "set by the caller")
+    try:
+        with pytest.raises(RuntimeError), tables.noted_commits(spark, "second"):
+            assert spark.conf.get(conf) == "second"
+            raise RuntimeError("the MERGE failed")
+        assert spark.conf.get(conf) == "set by the caller", "the value found is put back"
+    finally:
+        spark.conf.unset(conf)
