@@ -16,6 +16,7 @@ part of the CPU a Delta write costs::
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -38,6 +39,7 @@ CREATE_THREADS = 4
 USER_METADATA_OPTION = "userMetadata"
 # The same note for commits that take no write options, such as a MERGE.
 USER_METADATA_CONF = "spark.databricks.delta.commitInfo.userMetadata"
+_NOTE_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -222,17 +224,19 @@ def noted_commits(spark: SparkSession, user_metadata: str) -> Iterator[None]:
 
     For operations that take no write option for it, such as a MERGE. The
     setting is the session's: a commit on another thread meanwhile gets the
-    note too, unless its write sets its own.
+    note too, unless its write sets its own. Blocks on several threads take
+    turns, so each puts back the value it found.
     """
-    previous = spark.conf.get(USER_METADATA_CONF, None)
-    spark.conf.set(USER_METADATA_CONF, user_metadata)
-    try:
-        yield
-    finally:
-        if previous is None:
-            spark.conf.unset(USER_METADATA_CONF)
-        else:
-            spark.conf.set(USER_METADATA_CONF, previous)
+    with _NOTE_LOCK:
+        previous = spark.conf.get(USER_METADATA_CONF, None)
+        spark.conf.set(USER_METADATA_CONF, user_metadata)
+        try:
+            yield
+        finally:
+            if previous is None:
+                spark.conf.unset(USER_METADATA_CONF)
+            else:
+                spark.conf.set(USER_METADATA_CONF, previous)
 
 
 def _counted(df: DataFrame) -> tuple[DataFrame, Callable[[], int]]:
