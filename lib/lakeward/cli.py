@@ -500,9 +500,12 @@ def _binary_as_hex(column: Any, kind: Any) -> Any:
     if isinstance(kind, T.MapType):
         keyed = F.transform_keys(column, lambda key, _: _binary_as_hex(key, kind.keyType))
         return F.transform_values(keyed, lambda _, value: _binary_as_hex(value, kind.valueType))
-    if len(set(kind.names)) < len(kind.names):
-        return column  # fields of one name cannot be taken apart by name
-    parts = [_binary_as_hex(column.getField(f.name), f.dataType).alias(f.name) for f in kind.fields]
+    # Fields are taken by position: names may repeat, or differ only in case.
+    # The names are lost, which the cast to text that follows drops anyway.
+    positional = T.StructType([T.StructField(f"_{i}", f.dataType) for i, f in enumerate(kind.fields)])
+    renamed = column.cast(positional)
+    parts = [_binary_as_hex(renamed.getField(f"_{i}"), f.dataType).alias(f"_{i}")
+             for i, f in enumerate(kind.fields)]
     return F.when(column.isNotNull(), F.struct(*parts))
 
 

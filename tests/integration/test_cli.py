@@ -172,10 +172,11 @@ def test_sql_table_and_csv_print_values_as_spark_does(
     # Binary inside other types is hex too (a cast would decode it as UTF-8); a null stays null.
     nested = ("SELECT array(X'41', NULL) AS a, map(X'42', named_struct('b', X'43', 'n', 1)) AS m, "
               "named_struct('s', named_struct('b', X'0A')) AS s, "
-              "CAST(NULL AS STRUCT<b: BINARY>) AS z")
+              "CAST(NULL AS STRUCT<b: BINARY>) AS z, "
+              "named_struct('b', X'01', 'B', 2, 'b', X'03') AS names")
     assert cli._sql(spark, argparse.Namespace(query=nested, format="csv", limit=None)) == 0
     assert capsys.readouterr().out.splitlines() == [
-        "a,m,s,z", '"[41, null]","{42 -> {43, 1}}",{{0A}},']
+        "a,m,s,z,names", '"[41, null]","{42 -> {43, 1}}",{{0A}},,"{01, 2, 03}"']
 
 
 def test_sql_output_cut_short_by_its_reader_is_not_an_error(env: dict[str, str]) -> None:
