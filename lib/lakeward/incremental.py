@@ -22,9 +22,9 @@ What an increment recomputes:
 
 The feature rows run up to ``as_of``: the last arrival day of an event
 source that silver has processed, in ``ops.silver_batches``, also when silver
-kept no event of that day. Both tables equal a full recompute on the same silver versions, whatever
-order the arrival days came in. A run that finds no new silver version and no
-newly processed arrival day changes nothing.
+kept no event of that day. Both tables equal a full recompute on the same
+silver versions, whatever order the arrival days came in. A run that finds no
+new silver version and no newly processed arrival day changes nothing.
 It falls back to a full recompute when there is no previous run, when the
 feature definition changed, or when the change feed cannot be read or holds
 anything other than inserts. Silver is insert-only, so anything else comes
@@ -32,10 +32,11 @@ from outside the pipeline, an erasure for example.
 
 The ledger row is written last. A run that dies before it leaves gold rows
 that the next run computes again, from the same state, to the same values.
-Every commit of a gold run names the run in its ``userMetadata``
-(``lakeward gold run <run_id>``), so the next run can tell from the latest
-commit of ``user_features`` whether a run wrote after the last one recorded;
-only then does it look for rows of its new days before it appends.
+Every write of a gold run to its two tables names the run in the commit's
+``userMetadata`` (``lakeward gold run <run_id>``), so the next run can tell
+from the latest commit of ``user_features`` whether a run wrote after the
+last one recorded; only then does it look for rows of its new days before it
+appends.
 """
 
 from __future__ import annotations
