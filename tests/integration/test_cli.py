@@ -54,7 +54,7 @@ def test_demo_runs_and_summarizes(demo: subprocess.CompletedProcess[str], env: d
 
 
 def _hive_resource_dirs(env: dict[str, str]) -> list[str]:
-    """Hive's resource directories: one under the data root, shared by every process, none in /tmp."""
+    """Hive's resource directories under the data root: one, shared by every process."""
     return sorted(p.name for p in (Path(env["LAKEWARD_HOME"]) / "tmp").glob("*resources"))
 
 
