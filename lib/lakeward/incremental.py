@@ -201,9 +201,7 @@ def _processed_through(spark: SparkSession, settings: Settings) -> date | None:
     on. A day with only a users file does not count: its events may still
     be on their way.
     """
-    ledger = tables.read(spark, settings.table("ops_silver_batches"))
-    events = ledger.filter(F.col("source").isin(list(EVENT_SOURCES)))
-    return events.agg(F.max("arrival_date")).first()[0]  # type: ignore[index]
+    return silver.last_processed_day(spark, settings, EVENT_SOURCES)
 
 
 def _days_passed(as_of: date | None, processed: date | None) -> bool:

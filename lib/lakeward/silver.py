@@ -180,6 +180,13 @@ def ledger_spec(settings: Settings) -> tables.TableSpec:
     return tables.TableSpec(name=settings.table("ops_silver_batches"), schema=LEDGER_SCHEMA)
 
 
+def last_processed_day(spark: SparkSession, settings: Settings, sources: Sequence[str]) -> date | None:
+    """The last arrival date the ledger records for any of ``sources``; None if none."""
+    ledger = tables.read(spark, settings.table("ops_silver_batches"))
+    latest = ledger.filter(F.col("source").isin(list(sources))).agg(F.max("arrival_date")).first()
+    return latest[0] if latest is not None else None
+
+
 # --- pure transforms -------------------------------------------------------------------
 
 
