@@ -84,6 +84,12 @@ def _record_processed(spark: SparkSession, settings: Settings, days: list[date])
             [{"source": "order_placed", "arrival_date": day, "rows_in": 0} for day in days])
 
 
+def _last_run_note(spark: SparkSession, settings: Settings) -> str:
+    """The commit note of the last gold run in ``ops.gold_runs``."""
+    last_run = tables.read(spark, settings.table("ops_gold_runs")).orderBy(F.desc("finished_at")).first()
+    return f"lakeward gold run {last_run['run_id']}"
+
+
 def _snapshot(spark: SparkSession, settings: Settings) -> tuple[DataFrame, DataFrame]:
     """Both gold tables pinned at their current versions, so a later overwrite does not change them."""
     return tuple(  # type: ignore[return-value]
@@ -189,9 +195,8 @@ def test_one_new_day_in_order_only_appends_that_day(
     assert sorted(before) == sorted(after.filter(F.col("feature_date") == d1).collect())
     new = [(r["user_key"], r["orders_7d"]) for r in after.filter(F.col("feature_date") == d2).collect()]
     assert sorted(new) == [("a", 2), ("b", 1)], "the run that died left no second copy"
-    last_run = tables.read(spark, settings.table("ops_gold_runs")).orderBy(F.desc("finished_at")).first()
     note = tables.last_commit_metadata(spark, settings.table("gold_user_features"))
-    assert note == f"lakeward gold run {last_run['run_id']}", "the commit names the run the ledger records"
+    assert note == _last_run_note(spark, settings), "the commit names the run the ledger records"
 
 
 def _two_runs_then_full(
@@ -206,12 +211,11 @@ def _two_runs_then_full(
     _append(spark, settings, "silver_orders", rows[first:])
     result = incremental.refresh(spark, settings)
     assert (result.mode, result.as_of) == ("incremental", as_of[1])
-    last_run = tables.read(spark, settings.table("ops_gold_runs")).orderBy(F.desc("finished_at")).first()
     features_name = settings.table("gold_user_features")
     assert tables.history(spark, features_name, 1).first()["operation"] == "MERGE"
     for logical in ("gold_user_features", "gold_user_daily"):
         note = tables.last_commit_metadata(spark, settings.table(logical))
-        assert note == f"lakeward gold run {last_run['run_id']}", "a MERGE commit names its run too"
+        assert note == _last_run_note(spark, settings), "a MERGE commit names its run too"
     _, features_incremental = _snapshot(spark, settings)
     incremental.refresh(spark, settings, full=True)
     _, features_full = _snapshot(spark, settings)
