@@ -197,9 +197,9 @@ def _processed_through(spark: SparkSession, settings: Settings) -> date | None:
     """The last arrival day of an event source that silver has processed (``ops.silver_batches``).
 
     Features run up to it also when silver kept no event of that day (every
-    row quarantined): the day passed, and its rows show the windows moving
-    on. A day with only a users file does not count: its events may still
-    be on their way.
+    row quarantined, or no line of the day's files readable): the day
+    passed, and its rows show the windows moving on. A day with only a users
+    file does not count: its events may still be on their way.
     """
     return silver.last_processed_day(spark, settings, EVENT_SOURCES)
 

@@ -6,13 +6,12 @@ The CLI and the spark-submit entry points both call these functions.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date
-from functools import reduce
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from lakeward import bronze, incremental, quality, silver, tables
@@ -127,8 +126,8 @@ def run_silver(
 
 def _silver_dates(
     spark: SparkSession, settings: Settings, selection: DateSelection
-) -> dict[str, Sequence[date]]:
-    """Per source: the selected date, or the bronze arrival dates silver has not processed."""
+) -> Mapping[str, Sequence[date]]:
+    """Per source: the selected date, or the arrival dates of bronze batches silver has not processed."""
     if selection.day is not None:
         ingested = tables.read(spark, settings.table("ops_ingestion_batches")).filter(
             F.col("arrival_date") == F.lit(selection.day)
@@ -139,23 +138,7 @@ def _silver_dates(
                 f"{selection.day}` first"
             )
         return {source: [selection.day] for source in SOURCES}
-    # One query for every source: bronze dates without a silver ledger row.
-    in_bronze = reduce(
-        DataFrame.unionByName,
-        [
-            tables.read(spark, settings.table(f"bronze_{source}"))
-            .select(F.lit(source).alias("source"), F.col("_arrival_date").alias("arrival_date"))
-            .filter(F.col("arrival_date").isNotNull())
-            .distinct()
-            for source in SOURCES
-        ],
-    )
-    done = tables.read(spark, settings.table("ops_silver_batches")).select("source", "arrival_date")
-    rows = in_bronze.join(done, ["source", "arrival_date"], "left_anti").collect()
-    pending: dict[str, list[date]] = {source: [] for source in SOURCES}
-    for row in rows:
-        pending[row["source"]].append(row["arrival_date"])
-    return {source: sorted(days) for source, days in pending.items()}
+    return silver.pending_dates(spark, settings)
 
 
 def run_gold(

@@ -110,6 +110,7 @@ LEDGER_SCHEMA = T.StructType(
     [
         T.StructField("source", T.StringType()),
         T.StructField("arrival_date", T.DateType()),
+        T.StructField("batch_id", T.StringType()),
         T.StructField("rows_in", T.LongType()),
         T.StructField("rows_quarantined", T.LongType()),
         T.StructField("rows_duplicate", T.LongType()),
@@ -176,8 +177,45 @@ def quarantine_spec(settings: Settings) -> tables.TableSpec:
 
 
 def ledger_spec(settings: Settings) -> tables.TableSpec:
-    """``ops.silver_batches``: per source and arrival date, where every bronze row went."""
+    """``ops.silver_batches``: per bronze batch (one landing file), where every row went."""
     return tables.TableSpec(name=settings.table("ops_silver_batches"), schema=LEDGER_SCHEMA)
+
+
+def pending_dates(spark: SparkSession, settings: Settings) -> dict[str, list[date]]:
+    """Per source, the arrival dates of bronze batches silver has not processed.
+
+    The batches come from bronze's ledger, not its tables, so a file with no
+    readable line is processed too: its date then counts as passed. A file
+    sent again with new content is a new batch, so its date is processed
+    again. A ledger row written before rows named their batch (no
+    ``batch_id``) covers its date's batches ingested before it.
+    """
+    ingested = tables.read(spark, settings.table("ops_ingestion_batches")).select(
+        "source", "arrival_date", "batch_id", "ingested_at"
+    ).filter(F.col("source").isin(list(SOURCES)))
+    ledger = tables.read(spark, settings.table("ops_silver_batches"))
+    if "batch_id" not in ledger.columns:
+        ledger = ledger.withColumn("batch_id", F.lit(None).cast("string"))
+    done = ledger.filter(F.col("batch_id").isNotNull()).select("source", "batch_id")
+    legacy = ledger.filter(F.col("batch_id").isNull()).select(
+        F.col("source").alias("_source"), F.col("arrival_date").alias("_day"), "processed_at"
+    )
+    covered = (
+        (F.col("source") == F.col("_source"))
+        & (F.col("arrival_date") == F.col("_day"))
+        & (F.col("ingested_at") <= F.col("processed_at"))
+    )
+    rows = (
+        ingested.join(done, ["source", "batch_id"], "left_anti")
+        .join(legacy, covered, "left_anti")
+        .select("source", "arrival_date")
+        .distinct()
+        .collect()
+    )
+    pending: dict[str, list[date]] = {source: [] for source in SOURCES}
+    for row in rows:
+        pending[row["source"]].append(row["arrival_date"])
+    return {source: sorted(days) for source, days in pending.items()}
 
 
 def last_processed_day(spark: SparkSession, settings: Settings, sources: Sequence[str]) -> date | None:
@@ -298,14 +336,14 @@ def quarantine_records(invalid: DataFrame, source: str, at: datetime) -> DataFra
 
 
 def latest_user_state(users: DataFrame) -> DataFrame:
-    """The newest record per ``user_key`` (ties: the greater event_id)."""
+    """The newest record per ``user_key`` (ties: the greater event_id), with the batch it came in."""
     newest = Window.partitionBy("user_key").orderBy(F.desc("event_ts"), F.desc("event_id"))
     return (
         users.withColumn("_n", F.row_number().over(newest))
         .filter("_n = 1")
         .select(
             "user_key", "signup_date", "city", F.col("event_ts").alias("updated_ts"),
-            "event_id", "_arrival_date",
+            "event_id", "_arrival_date", "_batch_id",
         )
     )
 
@@ -354,9 +392,12 @@ def process_sources(
     at = datetime.now(UTC).replace(tzinfo=None)
     todo = [(source, dates) for source, dates in pending.items() if dates]
     gates: dict[str, list[quality.GateResult]] = {source: [] for source, _ in todo}
+    batches = _bronze_batches(spark, settings, todo)
     with ThreadPoolExecutor(max_workers=max(1, len(todo))) as pool:
         futures = [
-            pool.submit(_write_source, spark, settings, source, dates, key, at, gates[source])
+            pool.submit(
+                _write_source, spark, settings, source, dates, batches[source], key, at, gates[source]
+            )
             for source, dates in todo
         ]
     written = [f.result() for f in futures if f.exception() is None]
@@ -390,13 +431,34 @@ class _Written:
     source: str
     refused: DataFrame
     """A local checkpoint, held until the shared quarantine MERGE."""
-    stats: dict[date, tuple[int, int, int, int]]
+    stats: dict[str, _BatchStats]
 
     @property
     def result(self) -> SilverResult:
-        """The ledger counts summed over the source's dates."""
-        totals = [sum(counts[i] for counts in self.stats.values()) for i in range(4)]
+        """The ledger counts summed over the source's batches."""
+        totals = [sum(counts[i] for _, *counts in self.stats.values()) for i in range(4)]
         return SilverResult(self.source, *totals)
+
+
+_BatchStats = tuple[date, int, int, int, int]
+"""A batch's arrival date, then its rows in, quarantined, dropped as duplicates, written."""
+
+
+def _bronze_batches(
+    spark: SparkSession, settings: Settings, todo: Sequence[tuple[str, Sequence[date]]]
+) -> dict[str, dict[str, date]]:
+    """Per source, the batches bronze recorded on its dates, those without rows included."""
+    found: dict[str, dict[str, date]] = {source: {} for source, _ in todo}
+    if not todo:
+        return found
+    wanted = reduce(
+        Column.__or__,
+        [(F.col("source") == source) & F.col("arrival_date").isin(list(dates)) for source, dates in todo],
+    )
+    ledger = tables.read(spark, settings.table("ops_ingestion_batches"))
+    for row in ledger.filter(wanted).select("source", "batch_id", "arrival_date").collect():
+        found[row["source"]][row["batch_id"]] = row["arrival_date"]
+    return found
 
 
 def _write_source(
@@ -404,6 +466,7 @@ def _write_source(
     settings: Settings,
     source: str,
     dates: Sequence[date],
+    batches: Mapping[str, date],
     key: bytes,
     at: datetime,
     gates: list[quality.GateResult],
@@ -418,16 +481,17 @@ def _write_source(
     try:
         arrivals = _arrivals(checked)
         first = dedupe(checked.filter(F.col("_reason").isNull()))
-        fresh = _final_columns(_not_in_target(spark, first, spec.name, source), spec).persist()
+        candidates = _not_in_target(spark, first, spec.name, source).persist()
         try:
+            fresh = _final_columns(candidates, spec)
             gate = quality.check(settings, SOURCES[source].table, fresh, batch=_batch_label(source, dates))
             if gate is not None:
                 gates.append(gate)
                 gate.raise_if_failed()
-            stats = _stats(arrivals, fresh)
+            stats = _stats(batches, arrivals, candidates)
             _write(spark, spec.name, source, fresh, _event_dates(arrivals))
         finally:
-            fresh.unpersist()
+            candidates.unpersist()
         # The refused rows are few: held apart (a local checkpoint, computed now
         # from the cache), they let the cache of every checked row go at once.
         invalid = checked.filter(F.col("_reason").isNotNull())
@@ -445,23 +509,26 @@ def _batch_label(source: str, dates: Sequence[date]) -> str:
 
 @dataclass(frozen=True)
 class _Arrival:
-    """The checked rows of one arrival date: how many, how many refused, the usable rows' event dates."""
+    """The checked rows of one bronze batch: date, counts, the usable rows' event dates."""
 
+    arrival_date: date
     rows_in: int
     rows_refused: int
     event_dates: frozenset[date]
 
 
-def _arrivals(checked: DataFrame) -> dict[date, _Arrival]:
-    """Per arrival date of the checked rows, in one Spark job."""
+def _arrivals(checked: DataFrame) -> dict[str, _Arrival]:
+    """Per bronze batch of the checked rows, in one Spark job."""
     usable_date = F.when(F.col("_reason").isNull(), F.col("event_date"))
-    rows = checked.groupBy("_arrival_date").agg(
+    rows = checked.groupBy("_batch_id", "_arrival_date").agg(
         F.count(F.lit(1)).alias("rows_in"),
         F.count(F.col("_reason")).alias("rows_refused"),
         F.collect_set(usable_date).alias("event_dates"),
     ).collect()
     return {
-        r["_arrival_date"]: _Arrival(int(r["rows_in"]), int(r["rows_refused"]), frozenset(r["event_dates"]))
+        r["_batch_id"]: _Arrival(
+            r["_arrival_date"], int(r["rows_in"]), int(r["rows_refused"]), frozenset(r["event_dates"])
+        )
         for r in rows
     }
 
@@ -487,8 +554,8 @@ def _not_in_target(spark: SparkSession, rows: DataFrame, target: str, source: st
     return rows.join(existing.select("event_id"), "event_id", "left_anti")
 
 
-def _event_dates(arrivals: Mapping[date, _Arrival]) -> list[date]:
-    """The event dates of the usable rows of every arrival date."""
+def _event_dates(arrivals: Mapping[str, _Arrival]) -> list[date]:
+    """The event dates of the usable rows of every batch."""
     return sorted(frozenset().union(*(a.event_dates for a in arrivals.values())))
 
 
@@ -496,16 +563,16 @@ def _final_columns(rows: DataFrame, spec: tables.TableSpec) -> DataFrame:
     return rows.select(*spec.schema.fieldNames())
 
 
-def _stats(arrivals: Mapping[date, _Arrival], fresh: DataFrame) -> dict[date, tuple[int, int, int, int]]:
-    """Per arrival date: rows in, quarantined, dropped as duplicates, written."""
-    written = fresh.groupBy("_arrival_date").agg(F.count(F.lit(1)).alias("rows_written"))
-    written_by = {r["_arrival_date"]: int(r["rows_written"]) for r in written.collect()}
-    result: dict[date, tuple[int, int, int, int]] = {}
-    for day, arrival in arrivals.items():
-        wrote = written_by.get(day, 0)
-        result[day] = (
-            arrival.rows_in, arrival.rows_refused, arrival.rows_in - arrival.rows_refused - wrote, wrote
-        )
+def _stats(
+    batches: Mapping[str, date], arrivals: Mapping[str, _Arrival], candidates: DataFrame
+) -> dict[str, _BatchStats]:
+    """Per bronze batch: the ledger's counts; a batch without rows counts zeros."""
+    written = candidates.groupBy("_batch_id").agg(F.count(F.lit(1)).alias("rows_written"))
+    written_by = {r["_batch_id"]: int(r["rows_written"]) for r in written.collect()}
+    result: dict[str, _BatchStats] = {batch: (day, 0, 0, 0, 0) for batch, day in batches.items()}
+    for batch, a in arrivals.items():
+        wrote = written_by.get(batch, 0)
+        result[batch] = (a.arrival_date, a.rows_in, a.rows_refused, a.rows_in - a.rows_refused - wrote, wrote)
     return result
 
 
@@ -551,19 +618,26 @@ def _merge_quarantine(spark: SparkSession, settings: Settings, records: DataFram
 def _record(
     spark: SparkSession,
     settings: Settings,
-    stats: Sequence[tuple[str, dict[date, tuple[int, int, int, int]]]],
+    stats: Sequence[tuple[str, Mapping[str, _BatchStats]]],
     at: datetime,
 ) -> None:
     rows = [
-        (source, day, *counts, at) for source, per_day in stats for day, counts in sorted(per_day.items())
+        (source, day, batch, *counts, at)
+        for source, per_batch in stats
+        for batch, (day, *counts) in sorted(per_batch.items())
     ]
     if not rows:
         return
     updates = spark.createDataFrame(rows, LEDGER_SCHEMA)
+    name = settings.table("ops_silver_batches")
+    if "batch_id" not in tables.read(spark, name).columns:
+        # A ledger created before rows named their batch: an empty append that merges
+        # the schema adds the column, and the old rows keep a null batch_id.
+        tables.add_columns(spark, name, LEDGER_SCHEMA)
     (
-        DeltaTable.forName(spark, settings.table("ops_silver_batches"))
+        DeltaTable.forName(spark, name)
         .alias("t")
-        .merge(updates.alias("s"), "t.source = s.source AND t.arrival_date = s.arrival_date")
+        .merge(updates.alias("s"), "t.source = s.source AND t.batch_id = s.batch_id")
         .whenNotMatchedInsertAll()
         .execute()
     )

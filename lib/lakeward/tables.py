@@ -167,6 +167,16 @@ def append(
     writer.saveAsTable(name)
 
 
+def add_columns(spark: SparkSession, name: str, schema: StructType) -> None:
+    """Add the columns of ``schema`` the table lacks (nullable; existing rows get nulls).
+
+    An empty append with ``mergeSchema``: one commit that changes only the
+    schema, and no SQL text built from the table's name.
+    """
+    empty = spark.createDataFrame([], schema)
+    empty.write.format("delta").mode("append").option("mergeSchema", "true").saveAsTable(name)
+
+
 def append_side_by_side(writes: Sequence[tuple[DataFrame, str]]) -> None:
     """Append each frame to its table, all at once on one thread per table.
 

@@ -81,7 +81,8 @@ def _append(spark: SparkSession, settings: Settings, logical: str, rows: list[di
 def _record_processed(spark: SparkSession, settings: Settings, days: list[date]) -> None:
     """Write the silver ledger rows that say these arrival days were processed, as silver does last."""
     _append(spark, settings, "ops_silver_batches",
-            [{"source": "order_placed", "arrival_date": day, "rows_in": 0} for day in days])
+            [{"source": "order_placed", "arrival_date": day, "batch_id": f"order_placed-{day}", "rows_in": 0}
+             for day in days])
 
 
 def _last_run_note(spark: SparkSession, settings: Settings) -> str:
@@ -283,7 +284,8 @@ def test_an_arrival_day_without_events_still_moves_the_features_on(
 
     assert row_of(_snapshot(spark, settings)[1], d2) == (2, Decimal("14.00"), 2, 0)
     # A users file alone does not move the history on: the day's events may still come.
-    _append(spark, settings, "ops_silver_batches", [{"source": "users", "arrival_date": d3}])
+    _append(spark, settings, "ops_silver_batches",
+            [{"source": "users", "arrival_date": d3, "batch_id": f"users-{d3}"}])
     assert incremental.refresh(spark, settings).mode == "up_to_date"
     _record_processed(spark, settings, [d3])
     result = incremental.refresh(spark, settings)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -13,6 +13,7 @@ from chispa import assert_df_equality
 from delta.tables import DeltaTable
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from lakeward import bronze, pipeline, quality, silver, tables
 from lakeward.config import Settings
@@ -368,3 +369,91 @@ def test_a_carriage_return_inside_a_line_is_quarantined_with_its_line(
     quarantined = tables.read(spark, settings.table("bronze_quarantine")).collect()
     assert [r["_line_no"] for r in quarantined] == [len(lines) + 1]
     assert _count(spark, settings, "bronze_order_placed") == len(lines) + 1
+
+
+def _silver_ledger(spark: SparkSession, settings: Settings, source: str, day: date) -> list[tuple[int, ...]]:
+    """Rows in, quarantined, duplicates and written of each silver ledger row of a source and day."""
+    ledger = tables.read(spark, settings.table("ops_silver_batches")).filter(
+        (F.col("source") == source) & (F.col("arrival_date") == day)
+    )
+    counts = ("rows_in", "rows_quarantined", "rows_duplicate", "rows_written")
+    return [tuple(r) for r in ledger.orderBy("processed_at").select(*counts).collect()]
+
+
+def test_a_landing_file_sent_again_with_more_lines_reaches_silver(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path
+) -> None:
+    """A landing file replaced after its day was processed is a new bronze batch:
+    ``--all-dates`` takes it to silver, where its lines silver already has are duplicates."""
+    settings = isolated(base_settings, tmp_path)
+    days = [date(2026, 3, 1), date(2026, 3, 2)]
+    generate(settings.landing_dir, seed=5, users=30, days=2, start=days[0], faults=FaultRates.none())
+    pipeline.ensure_tables(spark, settings)
+    pipeline.run_bronze(spark, settings, DateSelection())
+    pipeline.run_silver(spark, settings, DateSelection())
+    nothing = {source: [] for source in SOURCES}
+    assert silver.pending_dates(spark, settings) == nothing
+    path = landing_file(settings.landing_dir, "order_placed", days[0])
+    lines = path.read_text().splitlines()
+    added = {**json.loads(lines[0]), "event_id": "sent-again-1", "order_id": "ord_sent_again"}
+    path.write_text("\n".join([*lines, json.dumps(added)]) + "\n")
+
+    pipeline.run_bronze(spark, settings, DateSelection())
+    assert silver.pending_dates(spark, settings) == {**nothing, "order_placed": [days[0]]}
+    pipeline.run_silver(spark, settings, DateSelection())
+
+    orders = tables.read(spark, settings.table("silver_orders"))
+    assert orders.filter(F.col("event_id") == "sent-again-1").count() == 1
+    assert orders.groupBy("event_id").count().filter("count > 1").count() == 0
+    n = len(lines)
+    assert _silver_ledger(spark, settings, "order_placed", days[0]) == [(n, 0, 0, n), (n + 1, 0, n, 1)]
+    assert silver.pending_dates(spark, settings) == nothing
+
+
+def test_a_day_whose_event_files_hold_no_readable_line_moves_the_features_on(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path
+) -> None:
+    """Bronze quarantines every line of the day's event files; silver still records the
+    day, so gold's history runs up to it, in an increment as in ``--full``."""
+    settings = isolated(base_settings, tmp_path)
+    days = [date(2026, 3, 1), date(2026, 3, 2)]
+    generate(settings.landing_dir, seed=7, users=30, days=2, start=days[0], faults=FaultRates.none())
+    for source in ("order_placed", "delivery_completed", "rating_submitted"):
+        landing_file(settings.landing_dir, source, days[1]).write_text('{"event_id": "cut\n')
+    pipeline.run(spark, settings, "all", DateSelection(days[0]))
+    pipeline.run(spark, settings, "all", DateSelection())
+
+    assert _silver_ledger(spark, settings, "order_placed", days[1]) == [(0, 0, 0, 0)]
+    name = settings.table("gold_user_features")
+    features = tables.read(spark, name, version=tables.current_version(spark, name))
+    assert features.agg(F.max("feature_date")).first()[0] == days[1]
+    assert features.filter(F.col("feature_date") == days[1]).count() == features.filter(
+        F.col("feature_date") == days[0]
+    ).count() > 0
+    pipeline.run(spark, settings, "gold", DateSelection(full=True))
+    assert_df_equality(features, tables.read(spark, name), ignore_row_order=True, ignore_nullable=True)
+
+
+def test_a_silver_ledger_from_before_batch_ids_still_marks_its_dates_done(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path
+) -> None:
+    """A data root whose ``ops.silver_batches`` has no ``batch_id`` column: its rows cover the
+    batches of their date ingested before them, and the next silver run adds the column."""
+    settings = isolated(base_settings, tmp_path)
+    days = [date(2026, 3, 1), date(2026, 3, 2)]
+    generate(settings.landing_dir, seed=5, users=20, days=2, start=days[0], faults=FaultRates.none())
+    old_schema = T.StructType([f for f in silver.LEDGER_SCHEMA.fields if f.name != "batch_id"])
+    name = settings.table("ops_silver_batches")
+    tables.ensure_tables(spark, [tables.TableSpec(name=name, schema=old_schema)])
+    pipeline.ensure_tables(spark, settings)
+    pipeline.run_bronze(spark, settings, DateSelection())
+    old_row = ("order_placed", days[0], 1, 0, 0, 1, datetime.now(UTC).replace(tzinfo=None))
+    tables.append(spark.createDataFrame([old_row], old_schema), name)
+
+    pending = silver.pending_dates(spark, settings)
+    assert pending == {**{source: days for source in SOURCES}, "order_placed": [days[1]]}
+    pipeline.run_silver(spark, settings, DateSelection())
+
+    assert "batch_id" in tables.read(spark, name).columns
+    assert silver.pending_dates(spark, settings) == {source: [] for source in SOURCES}
+    assert _silver_ledger(spark, settings, "order_placed", days[0]) == [(1, 0, 0, 1)]
