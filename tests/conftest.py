@@ -33,7 +33,11 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def base_settings(data_root: Path) -> Settings:
     settings = load_settings("local", data_root=data_root)
     conf = dict(settings.spark.conf)
-    conf.update({"spark.sql.shuffle.partitions": "2", "spark.default.parallelism": "2"})
+    # The suite builds a few hundred small Delta tables in one JVM, and Spark and Delta keep
+    # their plans and snapshots; at the default 1g heap its last tests spend their time in GC.
+    conf.update({
+        "spark.sql.shuffle.partitions": "2", "spark.default.parallelism": "2", "spark.driver.memory": "2g",
+    })
     spark_settings = settings.spark.model_copy(update={"master": "local[2]", "conf": conf})
     return settings.model_copy(update={"spark": spark_settings})
 
