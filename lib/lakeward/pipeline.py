@@ -116,7 +116,7 @@ def run_silver(
     """Move bronze rows of the selected (or every not yet processed) arrival date into silver."""
     key = pii_key(settings)
     pending = _silver_dates(spark, settings, selection)
-    log.info("silver: %d batch(es) pending, one per source and arrival date, over %d source(s)",
+    log.info("silver: %d arrival date(s) pending, counted per source, over %d source(s)",
              sum(len(days) for days in pending.values()), sum(1 for days in pending.values() if days))
     for source in SOURCES:
         if not pending[source]:

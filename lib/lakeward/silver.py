@@ -122,7 +122,7 @@ LEDGER_SCHEMA = T.StructType(
 
 @dataclass(frozen=True)
 class SilverResult:
-    """What one silver run did for one source."""
+    """What one silver run recorded for one source: the counts of the batches new to its ledger."""
 
     source: str
     rows_in: int
@@ -182,32 +182,16 @@ def ledger_spec(settings: Settings) -> tables.TableSpec:
 
 
 def pending_dates(spark: SparkSession, settings: Settings) -> dict[str, list[date]]:
-    """Per source, the arrival dates of bronze batches silver has not processed.
+    """Per source, the arrival dates of bronze batches silver has not recorded.
 
     The batches come from bronze's ledger, not its tables, so a file with no
     readable line is processed too: its date then counts as passed. A file
     sent again with new content is a new batch, so its date is processed
-    again. A ledger row written before rows named their batch (no
-    ``batch_id``) covers its date's batches ingested before it.
+    again.
     """
-    ingested = tables.read(spark, settings.table("ops_ingestion_batches")).select(
-        "source", "arrival_date", "batch_id", "ingested_at"
-    ).filter(F.col("source").isin(list(SOURCES)))
-    ledger = tables.read(spark, settings.table("ops_silver_batches"))
-    if "batch_id" not in ledger.columns:
-        ledger = ledger.withColumn("batch_id", F.lit(None).cast("string"))
-    done = ledger.filter(F.col("batch_id").isNotNull()).select("source", "batch_id")
-    legacy = ledger.filter(F.col("batch_id").isNull()).select(
-        F.col("source").alias("_source"), F.col("arrival_date").alias("_day"), "processed_at"
-    )
-    covered = (
-        (F.col("source") == F.col("_source"))
-        & (F.col("arrival_date") == F.col("_day"))
-        & (F.col("ingested_at") <= F.col("processed_at"))
-    )
     rows = (
-        ingested.join(done, ["source", "batch_id"], "left_anti")
-        .join(legacy, covered, "left_anti")
+        _batches(spark, settings)
+        .filter(~F.col("recorded"))
         .select("source", "arrival_date")
         .distinct()
         .collect()
@@ -216,6 +200,39 @@ def pending_dates(spark: SparkSession, settings: Settings) -> dict[str, list[dat
     for row in rows:
         pending[row["source"]].append(row["arrival_date"])
     return {source: sorted(days) for source, days in pending.items()}
+
+
+def _batches(spark: SparkSession, settings: Settings) -> DataFrame:
+    """Bronze's batches of the silver sources; ``recorded``: whether silver's ledger has them.
+
+    A ledger row written before rows named their batch (no ``batch_id``)
+    covers the batches of its source and date ingested until it was written.
+    """
+    ingested = tables.read(spark, settings.table("ops_ingestion_batches")).select(
+        "source", "arrival_date", "batch_id", "ingested_at"
+    ).filter(F.col("source").isin(list(SOURCES)))
+    ledger = tables.read(spark, settings.table("ops_silver_batches"))
+    if "batch_id" not in ledger.columns:
+        ledger = ledger.withColumn("batch_id", F.lit(None).cast("string"))
+    by_id = ledger.filter(F.col("batch_id").isNotNull()).select(
+        "source", "batch_id", F.lit(True).alias("_by_id")
+    )
+    legacy = ledger.filter(F.col("batch_id").isNull()).select(
+        F.col("source").alias("_source"), F.col("arrival_date").alias("_day"), "processed_at"
+    )
+    covered = (
+        (F.col("source") == F.col("_source"))
+        & (F.col("arrival_date") == F.col("_day"))
+        & (F.col("ingested_at") <= F.col("processed_at"))
+    )
+    return (
+        ingested.join(by_id, ["source", "batch_id"], "left")
+        .join(legacy, covered, "left")
+        .select(
+            "source", "batch_id", "arrival_date",
+            (F.col("_by_id").isNotNull() | F.col("_source").isNotNull()).alias("recorded"),
+        )
+    )
 
 
 def last_processed_day(spark: SparkSession, settings: Settings, sources: Sequence[str]) -> date | None:
@@ -405,10 +422,11 @@ def process_sources(
         results = pool.submit(
             quality.record, spark, settings, [gate for source, _ in todo for gate in gates[source]]
         )
+        refused = [w.refused for w in written if w.refused is not None]
+        if refused:
+            _merge_quarantine(spark, settings, reduce(DataFrame.unionByName, refused))
         if written:
-            refused = reduce(DataFrame.unionByName, [w.refused for w in written])
-            _merge_quarantine(spark, settings, refused)
-            # Last: a ledger row marks its date done, so it follows everything it accounts for.
+            # Last: a ledger row marks its batch done, so it follows everything it accounts for.
             _record(spark, settings, [(w.source, w.stats) for w in written], at)
         results.result()
     for w in written:
@@ -429,13 +447,13 @@ class _Written:
     """One source written to its silver table; its refused rows and ledger counts still to record."""
 
     source: str
-    refused: DataFrame
-    """A local checkpoint, held until the shared quarantine MERGE."""
+    refused: DataFrame | None
+    """A local checkpoint, held until the shared quarantine MERGE; None when no row was read."""
     stats: dict[str, _BatchStats]
 
     @property
     def result(self) -> SilverResult:
-        """The ledger counts summed over the source's batches."""
+        """The ledger counts summed over the batches this run records."""
         totals = [sum(counts[i] for _, *counts in self.stats.values()) for i in range(4)]
         return SilverResult(self.source, *totals)
 
@@ -444,20 +462,28 @@ _BatchStats = tuple[date, int, int, int, int]
 """A batch's arrival date, then its rows in, quarantined, dropped as duplicates, written."""
 
 
+@dataclass(frozen=True)
+class _Batch:
+    """A bronze batch on a date silver processes."""
+
+    arrival_date: date
+    recorded: bool
+    """Already in silver's ledger: its rows are read again, its counts not recorded again."""
+
+
 def _bronze_batches(
     spark: SparkSession, settings: Settings, todo: Sequence[tuple[str, Sequence[date]]]
-) -> dict[str, dict[str, date]]:
+) -> dict[str, dict[str, _Batch]]:
     """Per source, the batches bronze recorded on its dates, those without rows included."""
-    found: dict[str, dict[str, date]] = {source: {} for source, _ in todo}
+    found: dict[str, dict[str, _Batch]] = {source: {} for source, _ in todo}
     if not todo:
         return found
     wanted = reduce(
         Column.__or__,
         [(F.col("source") == source) & F.col("arrival_date").isin(list(dates)) for source, dates in todo],
     )
-    ledger = tables.read(spark, settings.table("ops_ingestion_batches"))
-    for row in ledger.filter(wanted).select("source", "batch_id", "arrival_date").collect():
-        found[row["source"]][row["batch_id"]] = row["arrival_date"]
+    for row in _batches(spark, settings).filter(wanted).collect():
+        found[row["source"]][row["batch_id"]] = _Batch(row["arrival_date"], row["recorded"])
     return found
 
 
@@ -466,20 +492,28 @@ def _write_source(
     settings: Settings,
     source: str,
     dates: Sequence[date],
-    batches: Mapping[str, date],
+    batches: Mapping[str, _Batch],
     key: bytes,
     at: datetime,
     gates: list[quality.GateResult],
 ) -> _Written:
-    """Gate and write one source; its gate result is added to ``gates`` before anything can raise."""
+    """Gate and write one source; its gate result is added to ``gates`` before anything can raise.
+
+    Only the rows of batches in bronze's ledger are read: bronze records a
+    batch after its rows, so rows of a batch it has not recorded are what a
+    run that died left, and bronze removes them when it ingests the file again.
+    """
     spec = silver_spec(settings, source)
     rows = tables.read(spark, settings.table(f"bronze_{source}")).filter(
-        F.col("_arrival_date").isin(list(dates))
+        F.col("_arrival_date").isin(list(dates)) & F.col("_batch_id").isin(list(batches))
     )
     checked = pseudonymize(validate(conform(rows, source), source, settings.pipeline), key)
     checked.persist()
     try:
         arrivals = _arrivals(checked)
+        if not arrivals:
+            # Files without a readable line: their batches are recorded, with nothing to gate.
+            return _Written(source, None, _stats(batches, {}, {}))
         first = dedupe(checked.filter(F.col("_reason").isNull()))
         candidates = _not_in_target(spark, first, spec.name, source).persist()
         try:
@@ -488,8 +522,10 @@ def _write_source(
             if gate is not None:
                 gates.append(gate)
                 gate.raise_if_failed()
-            stats = _stats(batches, arrivals, candidates)
-            _write(spark, spec.name, source, fresh, _event_dates(arrivals))
+            written = _written_by_batch(candidates)
+            stats = _stats(batches, arrivals, written)
+            if written:
+                _write(spark, spec.name, source, fresh, _event_dates(arrivals))
         finally:
             candidates.unpersist()
         # The refused rows are few: held apart (a local checkpoint, computed now
@@ -563,16 +599,24 @@ def _final_columns(rows: DataFrame, spec: tables.TableSpec) -> DataFrame:
     return rows.select(*spec.schema.fieldNames())
 
 
-def _stats(
-    batches: Mapping[str, date], arrivals: Mapping[str, _Arrival], candidates: DataFrame
-) -> dict[str, _BatchStats]:
-    """Per bronze batch: the ledger's counts; a batch without rows counts zeros."""
+def _written_by_batch(candidates: DataFrame) -> dict[str, int]:
+    """How many rows each batch adds to silver; batches adding none are left out."""
     written = candidates.groupBy("_batch_id").agg(F.count(F.lit(1)).alias("rows_written"))
-    written_by = {r["_batch_id"]: int(r["rows_written"]) for r in written.collect()}
-    result: dict[str, _BatchStats] = {batch: (day, 0, 0, 0, 0) for batch, day in batches.items()}
-    for batch, a in arrivals.items():
-        wrote = written_by.get(batch, 0)
-        result[batch] = (a.arrival_date, a.rows_in, a.rows_refused, a.rows_in - a.rows_refused - wrote, wrote)
+    return {r["_batch_id"]: int(r["rows_written"]) for r in written.collect()}
+
+
+def _stats(
+    batches: Mapping[str, _Batch], arrivals: Mapping[str, _Arrival], written: Mapping[str, int]
+) -> dict[str, _BatchStats]:
+    """The ledger counts of the batches not yet recorded; a batch without rows counts zeros."""
+    result: dict[str, _BatchStats] = {}
+    for batch_id, batch in batches.items():
+        if batch.recorded:
+            continue
+        a = arrivals.get(batch_id, _Arrival(batch.arrival_date, 0, 0, frozenset()))
+        wrote = written.get(batch_id, 0)
+        duplicates = a.rows_in - a.rows_refused - wrote
+        result[batch_id] = (a.arrival_date, a.rows_in, a.rows_refused, duplicates, wrote)
     return result
 
 
@@ -630,10 +674,7 @@ def _record(
         return
     updates = spark.createDataFrame(rows, LEDGER_SCHEMA)
     name = settings.table("ops_silver_batches")
-    if "batch_id" not in tables.read(spark, name).columns:
-        # A ledger created before rows named their batch: an empty append that merges
-        # the schema adds the column, and the old rows keep a null batch_id.
-        tables.add_columns(spark, name, LEDGER_SCHEMA)
+    _ensure_batch_column(spark, name)
     (
         DeltaTable.forName(spark, name)
         .alias("t")
@@ -641,3 +682,13 @@ def _record(
         .whenNotMatchedInsertAll()
         .execute()
     )
+
+
+def _ensure_batch_column(spark: SparkSession, name: str) -> None:
+    """Give a ledger created before rows named their batch the ``batch_id`` column.
+
+    Its old rows keep a null ``batch_id``; :func:`_batches` reads them as
+    covering their date.
+    """
+    if "batch_id" not in tables.read(spark, name).columns:
+        tables.add_columns(spark, name, LEDGER_SCHEMA)

@@ -408,6 +408,12 @@ def test_a_landing_file_sent_again_with_more_lines_reaches_silver(
     n = len(lines)
     assert _silver_ledger(spark, settings, "order_placed", days[0]) == [(n, 0, 0, n), (n + 1, 0, n, 1)]
     assert silver.pending_dates(spark, settings) == nothing
+    # The date again: every row is one silver has, so no commit, and the ledger keeps its counts.
+    version = tables.current_version(spark, settings.table("silver_orders"))
+    results = pipeline.run_silver(spark, settings, DateSelection(days[0]))
+    assert {(r.rows_in, r.rows_written) for r in results} == {(0, 0)}
+    assert tables.current_version(spark, settings.table("silver_orders")) == version
+    assert _silver_ledger(spark, settings, "order_placed", days[0]) == [(n, 0, 0, n), (n + 1, 0, n, 1)]
 
 
 def test_a_day_whose_event_files_hold_no_readable_line_moves_the_features_on(
@@ -457,3 +463,30 @@ def test_a_silver_ledger_from_before_batch_ids_still_marks_its_dates_done(
     assert "batch_id" in tables.read(spark, name).columns
     assert silver.pending_dates(spark, settings) == {source: [] for source in SOURCES}
     assert _silver_ledger(spark, settings, "order_placed", days[0]) == [(1, 0, 0, 1)]
+    # The old row still covers its date when the date is run again.
+    pipeline.run_silver(spark, settings, DateSelection(days[0]))
+    assert _silver_ledger(spark, settings, "order_placed", days[0]) == [(1, 0, 0, 1)]
+
+
+def test_silver_leaves_the_rows_of_a_batch_bronze_has_not_recorded(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path
+) -> None:
+    """Rows a bronze run left before it died (no ledger row) are not silver's to take:
+    bronze removes them when it ingests the file again."""
+    settings = isolated(base_settings, tmp_path)
+    day = date(2026, 3, 1)
+    generate(settings.landing_dir, seed=5, users=20, days=1, start=day, faults=FaultRates.none())
+    pipeline.ensure_tables(spark, settings)
+    pipeline.run_bronze(spark, settings, DateSelection(day))
+    name = settings.table("bronze_order_placed")
+    left = tables.read(spark, name).limit(3).withColumns({
+        "_batch_id": F.lit("order_placed-20260301-died"),
+        "event_id": F.concat(F.lit("left-"), F.col("event_id")),
+    })
+    tables.append(left, name)
+    pipeline.run_silver(spark, settings, DateSelection(day))
+    orders = tables.read(spark, settings.table("silver_orders"))
+    assert orders.count() > 0
+    assert orders.filter(F.col("event_id").startswith("left-")).count() == 0
+    batches = tables.read(spark, settings.table("ops_silver_batches")).select("batch_id").collect()
+    assert "order_placed-20260301-died" not in {r[0] for r in batches}
