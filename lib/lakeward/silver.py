@@ -217,20 +217,17 @@ def _batches(spark: SparkSession, settings: Settings) -> DataFrame:
     by_id = ledger.filter(F.col("batch_id").isNotNull()).select(
         "source", "batch_id", F.lit(True).alias("_by_id")
     )
+    # One such row per source and date (they were keyed so): an equi-join, no duplicates.
     legacy = ledger.filter(F.col("batch_id").isNull()).select(
-        F.col("source").alias("_source"), F.col("arrival_date").alias("_day"), "processed_at"
+        "source", "arrival_date", F.col("processed_at").alias("_legacy_at")
     )
-    covered = (
-        (F.col("source") == F.col("_source"))
-        & (F.col("arrival_date") == F.col("_day"))
-        & (F.col("ingested_at") <= F.col("processed_at"))
-    )
+    covered = F.coalesce(F.col("ingested_at") <= F.col("_legacy_at"), F.lit(False))
     return (
         ingested.join(by_id, ["source", "batch_id"], "left")
-        .join(legacy, covered, "left")
+        .join(legacy, ["source", "arrival_date"], "left")
         .select(
             "source", "batch_id", "arrival_date",
-            (F.col("_by_id").isNotNull() | F.col("_source").isNotNull()).alias("recorded"),
+            (F.col("_by_id").isNotNull() | covered).alias("recorded"),
         )
     )
 
@@ -521,7 +518,7 @@ def _write_source(
             # Files without a readable line: their batches are recorded, with nothing to gate.
             return _Written(source, None, _stats(batches, {}, {}))
         first = dedupe(checked.filter(F.col("_reason").isNull()))
-        candidates = _not_in_target(spark, first, spec.name, source).persist()
+        candidates = _table_columns_and_batch(_not_in_target(spark, first, spec.name, source), spec).persist()
         try:
             fresh = _final_columns(candidates, spec)
             gate = quality.check(settings, SOURCES[source].table, fresh, batch=_batch_label(source, dates))
@@ -603,6 +600,16 @@ def _event_dates(arrivals: Mapping[str, _Arrival]) -> list[date]:
 
 def _final_columns(rows: DataFrame, spec: tables.TableSpec) -> DataFrame:
     return rows.select(*spec.schema.fieldNames())
+
+
+def _table_columns_and_batch(rows: DataFrame, spec: tables.TableSpec) -> DataFrame:
+    """The table's columns and ``_batch_id``, for the per-batch counts.
+
+    Only these are cached: the raw text and lineage columns would double the
+    width of what the gate and the write read.
+    """
+    columns = spec.schema.fieldNames()
+    return rows.select(*columns, *([] if "_batch_id" in columns else ["_batch_id"]))
 
 
 def _written_by_batch(candidates: DataFrame) -> dict[str, int]:
