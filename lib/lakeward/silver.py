@@ -548,9 +548,8 @@ def _batch_label(source: str, dates: Sequence[date]) -> str:
 
 @dataclass(frozen=True)
 class _Arrival:
-    """The checked rows of one bronze batch: date, counts, the usable rows' event dates."""
+    """The checked rows of one bronze batch: how many, how many refused, the usable rows' event dates."""
 
-    arrival_date: date
     rows_in: int
     rows_refused: int
     event_dates: frozenset[date]
@@ -559,15 +558,13 @@ class _Arrival:
 def _arrivals(checked: DataFrame) -> dict[str, _Arrival]:
     """Per bronze batch of the checked rows, in one Spark job."""
     usable_date = F.when(F.col("_reason").isNull(), F.col("event_date"))
-    rows = checked.groupBy("_batch_id", "_arrival_date").agg(
+    rows = checked.groupBy("_batch_id").agg(
         F.count(F.lit(1)).alias("rows_in"),
         F.count(F.col("_reason")).alias("rows_refused"),
         F.collect_set(usable_date).alias("event_dates"),
     ).collect()
     return {
-        r["_batch_id"]: _Arrival(
-            r["_arrival_date"], int(r["rows_in"]), int(r["rows_refused"]), frozenset(r["event_dates"])
-        )
+        r["_batch_id"]: _Arrival(int(r["rows_in"]), int(r["rows_refused"]), frozenset(r["event_dates"]))
         for r in rows
     }
 
@@ -626,10 +623,10 @@ def _stats(
     for batch_id, batch in batches.items():
         if batch.recorded:
             continue
-        a = arrivals.get(batch_id, _Arrival(batch.arrival_date, 0, 0, frozenset()))
+        a = arrivals.get(batch_id, _Arrival(0, 0, frozenset()))
         wrote = written.get(batch_id, 0)
         duplicates = a.rows_in - a.rows_refused - wrote
-        result[batch_id] = (a.arrival_date, a.rows_in, a.rows_refused, duplicates, wrote)
+        result[batch_id] = (batch.arrival_date, a.rows_in, a.rows_refused, duplicates, wrote)
     return result
 
 
