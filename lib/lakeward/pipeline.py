@@ -6,13 +6,11 @@ The CLI and the spark-submit entry points both call these functions.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date
 
 from pyspark.sql import SparkSession
-from pyspark.sql import functions as F
 
 from lakeward import bronze, incremental, quality, silver, tables
 from lakeward.config import Settings
@@ -115,30 +113,26 @@ def run_silver(
 ) -> list[silver.SilverResult]:
     """Move bronze rows of the selected (or every not yet processed) arrival date into silver."""
     key = pii_key(settings)
-    pending = _silver_dates(spark, settings, selection)
+    work = _silver_work(spark, settings, selection)
     log.info("silver: %d arrival date(s) pending, counted per source, over %d source(s)",
-             sum(len(days) for days in pending.values()), sum(1 for days in pending.values() if days))
+             sum(len(days) for days in work.dates.values()), sum(1 for days in work.dates.values() if days))
     for source in SOURCES:
-        if not pending[source]:
+        if not work.dates.get(source):
             log.info("silver %s: nothing pending", source)
-    return silver.process_sources(spark, settings, pending, key)
+    return silver.process_work(spark, settings, work, key)
 
 
-def _silver_dates(
-    spark: SparkSession, settings: Settings, selection: DateSelection
-) -> Mapping[str, Sequence[date]]:
+def _silver_work(spark: SparkSession, settings: Settings, selection: DateSelection) -> silver.Work:
     """Per source: the selected date, or the arrival dates of bronze batches silver has not processed."""
-    if selection.day is not None:
-        ingested = tables.read(spark, settings.table("ops_ingestion_batches")).filter(
-            F.col("arrival_date") == F.lit(selection.day)
+    if selection.day is None:
+        return silver.pending_work(spark, settings)
+    work = silver.work_on(spark, settings, {source: [selection.day] for source in SOURCES})
+    if not any(work.batches.values()):
+        raise NoBronzeDataError(
+            f"bronze has no batch for {selection.day}; run `lakeward run bronze --date "
+            f"{selection.day}` first"
         )
-        if ingested.isEmpty():
-            raise NoBronzeDataError(
-                f"bronze has no batch for {selection.day}; run `lakeward run bronze --date "
-                f"{selection.day}` first"
-            )
-        return {source: [selection.day] for source in SOURCES}
-    return silver.pending_dates(spark, settings)
+    return work
 
 
 def run_gold(

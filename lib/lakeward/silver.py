@@ -181,25 +181,62 @@ def ledger_spec(settings: Settings) -> tables.TableSpec:
     return tables.TableSpec(name=settings.table("ops_silver_batches"), schema=LEDGER_SCHEMA)
 
 
-def pending_dates(spark: SparkSession, settings: Settings) -> dict[str, list[date]]:
-    """Per source, the arrival dates of bronze batches silver has not recorded.
+@dataclass(frozen=True)
+class _Batch:
+    """A bronze batch on a date silver processes."""
+
+    arrival_date: date
+    recorded: bool
+    """Already in silver's ledger: its rows are read again, its counts not recorded again."""
+
+
+@dataclass(frozen=True)
+class Work:
+    """What one silver run takes: per source, its arrival dates and bronze's batches on them."""
+
+    dates: dict[str, list[date]]
+    batches: dict[str, dict[str, _Batch]]
+    """Per source, by batch id: every batch bronze recorded on the source's dates."""
+
+
+def pending_work(spark: SparkSession, settings: Settings) -> Work:
+    """Per source, the arrival dates of bronze batches silver has not recorded; one query.
 
     The batches come from bronze's ledger, not its tables, so a file with no
     readable line is processed too: its date then counts as passed. A file
     sent again with new content is a new batch, so its date is processed
-    again.
+    again. A date is processed whole, so its recorded batches come too.
     """
-    rows = (
-        _batches(spark, settings)
-        .filter(~F.col("recorded"))
-        .select("source", "arrival_date")
-        .distinct()
-        .collect()
-    )
-    pending: dict[str, list[date]] = {source: [] for source in SOURCES}
+    # One row per landing file ever ingested: few enough to sort out here.
+    rows = _batches(spark, settings).collect()
+    pending = {(row["source"], row["arrival_date"]) for row in rows if not row["recorded"]}
+    dates: dict[str, list[date]] = {
+        source: sorted(day for s, day in pending if s == source) for source in SOURCES
+    }
+    batches: dict[str, dict[str, _Batch]] = {source: {} for source, days in dates.items() if days}
     for row in rows:
-        pending[row["source"]].append(row["arrival_date"])
-    return {source: sorted(days) for source, days in pending.items()}
+        if (row["source"], row["arrival_date"]) in pending:
+            batches[row["source"]][row["batch_id"]] = _Batch(row["arrival_date"], row["recorded"])
+    return Work(dates, batches)
+
+
+def pending_dates(spark: SparkSession, settings: Settings) -> dict[str, list[date]]:
+    """Per source, the arrival dates of bronze batches silver has not recorded."""
+    return pending_work(spark, settings).dates
+
+
+def work_on(spark: SparkSession, settings: Settings, dates: Mapping[str, Sequence[date]]) -> Work:
+    """The given dates of each source, with bronze's batches on them (those without rows included)."""
+    todo = {source: sorted(days) for source, days in dates.items() if days}
+    batches: dict[str, dict[str, _Batch]] = {source: {} for source in todo}
+    if todo:
+        wanted = reduce(
+            Column.__or__,
+            [(F.col("source") == source) & F.col("arrival_date").isin(days) for source, days in todo.items()],
+        )
+        for row in _batches(spark, settings).filter(wanted).collect():
+            batches[row["source"]][row["batch_id"]] = _Batch(row["arrival_date"], row["recorded"])
+    return Work({source: list(days) for source, days in dates.items()}, batches)
 
 
 def _batches(spark: SparkSession, settings: Settings) -> DataFrame:
@@ -392,7 +429,12 @@ def process(
 def process_sources(
     spark: SparkSession, settings: Settings, pending: Mapping[str, Sequence[date]], key: bytes
 ) -> list[SilverResult]:
-    """Move the bronze rows of each source's pending dates into silver; safe to repeat.
+    """Move the bronze rows of each source's pending dates into silver; see :func:`process_work`."""
+    return process_work(spark, settings, work_on(spark, settings, pending), key)
+
+
+def process_work(spark: SparkSession, settings: Settings, work: Work, key: bytes) -> list[SilverResult]:
+    """Move the bronze rows of each source's dates in ``work`` into silver; safe to repeat.
 
     The sources are gated and written side by side, on one thread each: a
     source is a chain of small Spark jobs with driver-side Delta and planning
@@ -404,13 +446,13 @@ def process_sources(
     is raised with the failing table unchanged.
     """
     at = datetime.now(UTC).replace(tzinfo=None)
-    todo = [(source, dates) for source, dates in pending.items() if dates]
+    todo = [(source, dates) for source, dates in work.dates.items() if dates]
     gates: dict[str, list[quality.GateResult]] = {source: [] for source, _ in todo}
-    batches = _bronze_batches(spark, settings, todo)
     with ThreadPoolExecutor(max_workers=max(1, len(todo))) as pool:
         futures = [
             pool.submit(
-                _write_source, spark, settings, source, dates, batches[source], key, at, gates[source]
+                _write_source,
+                spark, settings, source, dates, work.batches.get(source, {}), key, at, gates[source],
             )
             for source, dates in todo
         ]
@@ -457,31 +499,6 @@ class _Written:
 
 _BatchStats = tuple[date, int, int, int, int]
 """A batch's arrival date, then its rows in, quarantined, dropped as duplicates, written."""
-
-
-@dataclass(frozen=True)
-class _Batch:
-    """A bronze batch on a date silver processes."""
-
-    arrival_date: date
-    recorded: bool
-    """Already in silver's ledger: its rows are read again, its counts not recorded again."""
-
-
-def _bronze_batches(
-    spark: SparkSession, settings: Settings, todo: Sequence[tuple[str, Sequence[date]]]
-) -> dict[str, dict[str, _Batch]]:
-    """Per source, the batches bronze recorded on its dates, those without rows included."""
-    found: dict[str, dict[str, _Batch]] = {source: {} for source, _ in todo}
-    if not todo:
-        return found
-    wanted = reduce(
-        Column.__or__,
-        [(F.col("source") == source) & F.col("arrival_date").isin(list(dates)) for source, dates in todo],
-    )
-    for row in _batches(spark, settings).filter(wanted).collect():
-        found[row["source"]][row["batch_id"]] = _Batch(row["arrival_date"], row["recorded"])
-    return found
 
 
 def _write_source(
