@@ -439,9 +439,10 @@ def process_work(spark: SparkSession, settings: Settings, work: Work, key: bytes
     The sources are gated and written side by side, on one thread each: a
     source is a chain of small Spark jobs with driver-side Delta and planning
     work between them, and the chains of the others fill those gaps. The gate
-    results, the refused rows and the ledger rows of all sources are then
-    written with one commit each: the tables are shared, and a Delta write
-    costs about a second whatever it writes. When a gate fails, every other
+    results and the refused rows of all sources are then written with one
+    commit each, side by side, and the ledger rows after both, in one commit:
+    the tables are shared, and a Delta write costs about a second whatever it
+    writes. When a gate fails, every other
     source is still written and recorded, and :class:`lakeward.quality.GateFailed`
     is raised with the failing table unchanged.
     """
@@ -464,10 +465,11 @@ def process_work(spark: SparkSession, settings: Settings, work: Work, key: bytes
         refused = [w.refused for w in written if w.refused is not None]
         if refused:
             _merge_quarantine(spark, settings, reduce(DataFrame.unionByName, refused))
-        if written:
-            # Last: a ledger row marks its batch done, so it follows everything it accounts for.
-            _record(spark, settings, [(w.source, w.stats) for w in written], at)
         results.result()
+    if written:
+        # Last: a ledger row marks its batch done, so it follows everything it
+        # accounts for, the gate results included (a done batch is not gated again).
+        _record(spark, settings, [(w.source, w.stats) for w in written], at)
     for w in written:
         r = w.result
         log.info(

@@ -490,3 +490,33 @@ def test_silver_leaves_the_rows_of_a_batch_bronze_has_not_recorded(
     assert orders.filter(F.col("event_id").startswith("left-")).count() == 0
     batches = tables.read(spark, settings.table("ops_silver_batches")).select("batch_id").collect()
     assert "order_placed-20260301-died" not in {r[0] for r in batches}
+
+
+def test_a_batch_is_done_only_once_its_gate_results_are_recorded(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run that dies while writing the gate results leaves its batches pending:
+    the next run gates them again and records both, writing no row twice."""
+    settings = isolated(base_settings, tmp_path)
+    day = date(2026, 3, 1)
+    generate(settings.landing_dir, seed=5, users=15, days=1, start=day, faults=FaultRates.none())
+    pipeline.ensure_tables(spark, settings)
+    pipeline.run_bronze(spark, settings, DateSelection(day))
+
+    def crash(*args: object, **kwargs: object) -> None:
+        raise SystemExit("killed while writing the gate results")
+
+    monkeypatch.setattr(quality, "record", crash)
+    with pytest.raises(SystemExit):
+        pipeline.run_silver(spark, settings, DateSelection())
+    monkeypatch.undo()
+    orders = _count(spark, settings, "silver_orders")
+    assert orders > 0  # the data write happened
+    assert _count(spark, settings, "ops_silver_batches") == 0
+    assert silver.pending_dates(spark, settings)["order_placed"] == [day]
+
+    pipeline.run_silver(spark, settings, DateSelection())
+    assert _count(spark, settings, "silver_orders") == orders
+    suites = {r["suite"] for r in tables.read(spark, settings.table("ops_quality_results")).collect()}
+    assert suites == {"silver_orders", "silver_deliveries", "silver_ratings", "silver_users"}
+    assert silver.pending_dates(spark, settings) == {source: [] for source in SOURCES}
