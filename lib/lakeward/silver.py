@@ -90,6 +90,8 @@ SOURCES: dict[str, SilverSource] = {
 
 KEYS = ("event_id", "event_ts", "user_id")
 LINEAGE = ("_arrival_date", "_ingested_at", "_source_file", "_line_no", "_batch_id")
+NEW = "_new"
+"""Marks a row the silver table lacks; the others are rows it holds from the row's own batch."""
 
 QUARANTINE_SCHEMA = T.StructType(
     [
@@ -531,22 +533,28 @@ def _write_source(
         # few hundred batch ids cost about 4 s of a 1M-event load.
         unknown = [batch for batch in arrivals if batch not in batches]
         if unknown:
-            checked = cached.filter(~F.col("_batch_id").isin(unknown))
+            # A row without a batch id is no batch's either (isin would make the whole filter null).
+            named = [batch for batch in unknown if batch is not None]
+            keep = F.col("_batch_id").isNotNull()
+            checked = cached.filter(keep & ~F.col("_batch_id").isin(named) if named else keep)
             arrivals = {batch: a for batch, a in arrivals.items() if batch in batches}
         if not arrivals:
             # Files without a readable line: their batches are recorded, with nothing to gate.
             return _Written(source, None, _stats(batches, {}, {}))
         first = dedupe(checked.filter(F.col("_reason").isNull()))
-        candidates = _table_columns_and_batch(_not_in_target(spark, first, spec.name, source), spec).persist()
+        candidates = _table_columns_and_batch(_new_or_own(spark, first, spec.name, source), spec).persist()
         try:
-            fresh = _final_columns(candidates, spec)
-            gate = quality.check(settings, SOURCES[source].table, fresh, batch=_batch_label(source, dates))
+            # The gate covers every row the batches put in silver, those a run
+            # that died before its ledger write already wrote included.
+            gated = _final_columns(candidates, spec)
+            gate = quality.check(settings, SOURCES[source].table, gated, batch=_batch_label(source, dates))
             if gate is not None:
                 gates.append(gate)
                 gate.raise_if_failed()
-            written = _written_by_batch(candidates)
+            written, new = _written_by_batch(candidates)
             stats = _stats(batches, arrivals, written)
-            if written:
+            if new:
+                fresh = _final_columns(candidates.filter(F.col(NEW)), spec)
                 _write(spark, spec.name, source, fresh, _event_dates(arrivals))
         finally:
             candidates.unpersist()
@@ -588,8 +596,14 @@ def _arrivals(checked: DataFrame) -> dict[str, _Arrival]:
     }
 
 
-def _not_in_target(spark: SparkSession, rows: DataFrame, target: str, source: str) -> DataFrame:
-    """The rows the target lacks."""
+def _new_or_own(spark: SparkSession, rows: DataFrame, target: str, source: str) -> DataFrame:
+    """The rows the target lacks (``_new`` true), and those it holds from the same batch (false).
+
+    A row the target holds from the row's own batch was written by a run that
+    died before its ledger write: it is not written again, but it counts as
+    the batch's, not as a duplicate. ``silver.users`` keeps no batch id; there
+    a record the table already holds counts as a duplicate.
+    """
     existing = tables.read(spark, target)
     if source == "users":
         # The users table keeps the current state per user; older records change nothing.
@@ -603,10 +617,15 @@ def _not_in_target(spark: SparkSession, rows: DataFrame, target: str, source: st
             | (F.col("updated_ts") > F.col("_t_ts"))
             | ((F.col("updated_ts") == F.col("_t_ts")) & (F.col("event_id") > F.col("_t_id")))
         )
-        return newer.drop("_t_ts", "_t_id")
+        return newer.drop("_t_ts", "_t_id").withColumn(NEW, F.lit(True))
     # Every event date of the target is searched: event_id is the event's identity,
     # and a copy sent again with a corrected timestamp falls on another date.
-    return rows.join(existing.select("event_id"), "event_id", "left_anti")
+    held = existing.select("event_id", F.col("_batch_id").alias("_held_by"), F.lit(True).alias("_held"))
+    return (
+        rows.join(held, "event_id", "left")
+        .filter(F.col("_held").isNull() | (F.col("_held_by") == F.col("_batch_id")))
+        .select(*rows.columns, F.col("_held").isNull().alias(NEW))
+    )
 
 
 def _event_dates(arrivals: Mapping[str, _Arrival]) -> list[date]:
@@ -619,19 +638,21 @@ def _final_columns(rows: DataFrame, spec: tables.TableSpec) -> DataFrame:
 
 
 def _table_columns_and_batch(rows: DataFrame, spec: tables.TableSpec) -> DataFrame:
-    """The table's columns and ``_batch_id``, for the per-batch counts.
+    """The table's columns, ``_batch_id`` and ``_new``, for the per-batch counts.
 
     Only these are cached: the raw text and lineage columns would double the
     width of what the gate and the write read.
     """
     columns = spec.schema.fieldNames()
-    return rows.select(*columns, *([] if "_batch_id" in columns else ["_batch_id"]))
+    return rows.select(*columns, *([] if "_batch_id" in columns else ["_batch_id"]), NEW)
 
 
-def _written_by_batch(candidates: DataFrame) -> dict[str, int]:
-    """How many rows each batch adds to silver; batches adding none are left out."""
-    written = candidates.groupBy("_batch_id").agg(F.count(F.lit(1)).alias("rows_written"))
-    return {r["_batch_id"]: int(r["rows_written"]) for r in written.collect()}
+def _written_by_batch(candidates: DataFrame) -> tuple[dict[str, int], int]:
+    """How many rows each batch puts in silver (batches with none left out), and how many are new."""
+    counts = candidates.groupBy("_batch_id").agg(
+        F.count(F.lit(1)).alias("rows_written"), F.count(F.when(F.col(NEW), 1)).alias("rows_new")
+    ).collect()
+    return {r["_batch_id"]: int(r["rows_written"]) for r in counts}, sum(int(r["rows_new"]) for r in counts)
 
 
 def _stats(
@@ -664,7 +685,7 @@ def _write(
             .execute()
         )
         return
-    # ``fresh`` holds no event id the target had when _not_in_target read it. The
+    # ``fresh`` holds no event id the target had when _new_or_own read it. The
     # MERGE looks again on the batch's event dates at write time, so a run writing
     # the same events meanwhile does not get them in twice; the dates as literals
     # let Delta skip the files of every other date.

@@ -496,7 +496,8 @@ def test_a_batch_is_done_only_once_its_gate_results_are_recorded(
     spark: SparkSession, base_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A run that dies while writing the gate results leaves its batches pending:
-    the next run gates them again and records both, writing no row twice."""
+    the next run gates them again and records both, writing no row twice. The rows
+    the first run wrote count as their batch's, not as duplicates."""
     settings = isolated(base_settings, tmp_path)
     day = date(2026, 3, 1)
     generate(settings.landing_dir, seed=5, users=15, days=1, start=day, faults=FaultRates.none())
@@ -517,6 +518,15 @@ def test_a_batch_is_done_only_once_its_gate_results_are_recorded(
 
     pipeline.run_silver(spark, settings, DateSelection())
     assert _count(spark, settings, "silver_orders") == orders
-    suites = {r["suite"] for r in tables.read(spark, settings.table("ops_quality_results")).collect()}
-    assert suites == {"silver_orders", "silver_deliveries", "silver_ratings", "silver_users"}
+    results = tables.read(spark, settings.table("ops_quality_results")).collect()
+    suites = {"silver_orders", "silver_deliveries", "silver_ratings", "silver_users"}
+    assert {r["suite"] for r in results} == suites
+    gated = {r["element_count"] for r in results if r["suite"] == "silver_orders"}
+    assert gated == {orders}, "the retry gates the rows the first run wrote"
     assert silver.pending_dates(spark, settings) == {source: [] for source in SOURCES}
+    ledger = {r["source"]: r for r in tables.read(spark, settings.table("ops_silver_batches")).collect()}
+    for source in ("order_placed", "delivery_completed", "rating_submitted"):
+        row = ledger[source]
+        assert (row["rows_duplicate"], row["rows_written"]) == (
+            0, _count(spark, settings, silver.SOURCES[source].table)
+        ), source
