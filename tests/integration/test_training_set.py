@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from chispa import assert_df_equality
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -59,8 +59,14 @@ def _write_orders(spark: SparkSession, settings: Settings, first_day: int, last_
     tables.append(spark.createDataFrame(rows, spec.schema), spec.name)
 
 
-def _write_features(spark: SparkSession, settings: Settings, first_day: int, last_day: int) -> None:
-    """One feature row per user and day, known at midnight after the day."""
+def _write_features(
+    spark: SparkSession, settings: Settings, first_day: int, last_day: int,
+    gap: tuple[str, date, date] | None = None,
+) -> None:
+    """One feature row per user and day, known at midnight after the day.
+
+    ``gap`` (user, first day, last day): that user has no rows on those days.
+    """
     name = settings.table("gold_user_features")
     schema = T.StructType([
         T.StructField("user_key", T.StringType()),
@@ -83,8 +89,31 @@ def _write_features(spark: SparkSession, settings: Settings, first_day: int, las
         "user_key", "feature_date", F.to_timestamp(F.date_add("feature_date", 1)).alias("feature_ts"),
         *values, F.lit(settings.pipeline.feature_version).alias("feature_version"),
     )
+    if gap is not None:
+        user, first, last = gap
+        rows = rows.filter(~((F.col("user_key") == user) & F.col("feature_date").between(first, last)))
     # An empty day range (last_day < first_day) leaves the table without rows.
     tables.append(rows.filter(F.lit(first_day <= last_day)), name)
+
+
+def _oracle(orders: list[Row], features: list[Row], spec: BuildSpec) -> dict[str, tuple[object, ...]]:
+    """Brute force, per label id: churned, and the date and time of the feature row it gets."""
+    horizon, ttl = timedelta(days=spec.horizon_days), timedelta(days=spec.ttl_days or 0)
+    observed_until = spec.observed_until.replace(tzinfo=None)
+    order_times: dict[str, list[datetime]] = {}
+    for order in orders:
+        order_times.setdefault(order["user_key"], []).append(order["event_ts"])
+    expected: dict[str, tuple[object, ...]] = {}
+    for order in orders:
+        t = order["event_ts"]
+        if not t + horizon < observed_until:
+            continue
+        churned = int(not any(t < other <= t + horizon for other in order_times[order["user_key"]]))
+        known = [(f["feature_ts"], f["feature_date"]) for f in features
+                 if f["user_key"] == order["user_key"] and t - ttl <= f["feature_ts"] <= t]
+        feature_ts, feature_date = max(known) if known else (None, None)
+        expected[order["event_id"]] = (churned, feature_date, feature_ts)
+    return expected
 
 
 def _inputs_at(spark: SparkSession, settings: Settings, spec: BuildSpec) -> tuple[DataFrame, DataFrame]:
@@ -110,7 +139,12 @@ def _vacuum_everything_old(spark: SparkSession, name: str) -> None:
 def test_build_records_versions_and_rebuilds_exactly(spark: SparkSession, fresh_settings: Settings) -> None:
     settings = fresh_settings
     _write_orders(spark, settings, 0, 79)
-    _write_features(spark, settings, 0, 79)
+    # One user's features stop for a week before one of their orders, so the TTL leaves it none.
+    later = tables.read(spark, settings.table("silver_orders")).filter(
+        F.col("event_date") >= START + timedelta(days=20))
+    gap_user, gap_day, gap_label = later.orderBy("event_date", "user_key").select(
+        "user_key", "event_date", "event_id").first()
+    _write_features(spark, settings, 0, 79, gap=(gap_user, gap_day - timedelta(days=7), gap_day))
     orders_name, features_name = settings.table("silver_orders"), settings.table("gold_user_features")
 
     first = build(spark, settings)
@@ -132,13 +166,14 @@ def test_build_records_versions_and_rebuilds_exactly(spark: SparkSession, fresh_
     orders, features = _inputs_at(spark, settings, first.spec)
     expected = assemble(orders, features, first.spec)
     assert_df_equality(written, expected, ignore_row_order=True, ignore_nullable=True)
+    oracle = _oracle(orders.collect(), features.collect(), first.spec)
+    got = {r["label_id"]: (r["churned"], r["feature_date"], r["feature_ts"]) for r in written.collect()}
+    assert got == oracle
+    assert {churned for churned, _, _ in oracle.values()} == {0, 1}
+    assert oracle[gap_label][1:] == (None, None), "a week without features: the TTL leaves none"
     assert content_hash(written) == first.content_hash
-    assert first.rows == written.count() == sum(first.split_rows.values())
-    labelled = orders.filter(F.col("event_ts") + F.expr("INTERVAL 30 DAYS")
-                             < F.lit(first.spec.observed_until)).count()
-    assert first.rows == labelled > 0
-    assert set(first.split_rows) == set(PARTS)
-    assert written.filter("feature_ts > label_ts OR feature_ts < label_ts - INTERVAL 3 DAYS").count() == 0
+    assert first.rows == written.count() == len(oracle) > 0
+    assert all(first.split_rows[part] > 0 for part in PARTS)
     assert leakage(written, key="user_key") == []
 
     props = tables.properties(spark, table)

@@ -202,3 +202,7 @@ def test_computed_temporal_bounds_are_leak_free(spark: SparkSession, seed: int) 
     assert set(parts) == set(PARTS)
     last_train = split.filter("split = 'train'").agg(F.max("label_ts")).first()[0]
     assert last_train.replace(tzinfo=UTC) + horizon < t1
+    # The bounds themselves: the range minus two gaps, cut 60/20/20, each cut followed by a gap.
+    usable, second = span - 2 * horizon, timedelta(seconds=1)
+    assert abs(t1 - horizon - (start.replace(tzinfo=UTC) + usable * 0.6)) <= second
+    assert abs(t2 - horizon - t1 - usable * 0.2) <= second
