@@ -3,8 +3,8 @@
 Silver is written directly, in chunks of arrival days taken in a shuffled
 order or in order, with late events, events dated after their arrival day, repeated runs and one run that dies
 before its ledger write. After every chunk the incremental refresh runs. At the end,
-both gold tables must equal ``--full`` on the same silver versions and the
-oracle of ``tests/unit/test_gold.py``.
+both gold tables must equal ``--full`` on the same silver versions and a brute-force
+oracle: ``user_daily`` the one below, ``user_features`` the one of ``tests/unit/test_gold.py``.
 """
 
 from __future__ import annotations
@@ -85,6 +85,26 @@ def _record_processed(spark: SparkSession, settings: Settings, days: list[date])
              for day in days])
 
 
+def _daily_oracle(orders: list, deliveries: list, ratings: list) -> list[tuple]:
+    """``gold.user_daily`` by brute force: per user and event date, counts and sums."""
+    days: dict[tuple, list] = {}
+
+    def day(event: tuple) -> list:
+        return days.setdefault((event[0], event[1]), [0, Decimal("0.00"), 0, 0, 0, 0])
+
+    for user_order in orders:
+        day(user_order)[0] += 1
+        day(user_order)[1] += user_order[3]
+    for delivery in deliveries:
+        day(delivery)[2] += 1
+        day(delivery)[3] += int(delivery[4] > delivery[3])
+    for rating in ratings:
+        day(rating)[4] += 1
+        day(rating)[5] += rating[3]
+    return [(user, event_date, *v, v[5] / v[4] if v[4] else None)
+            for (user, event_date), v in days.items()]
+
+
 def _last_run_note(spark: SparkSession, settings: Settings) -> str:
     """The commit note of the last gold run in ``ops.gold_runs``."""
     last_run = tables.read(spark, settings.table("ops_gold_runs")).orderBy(F.desc("finished_at")).first()
@@ -155,6 +175,10 @@ def test_increments_equal_full_recompute_and_oracle(
         _oracle(orders, deliveries, ratings, as_of), schema=features_incremental.schema
     )
     assert_df_equality(features_incremental, oracle, ignore_row_order=True, ignore_nullable=True)
+    daily_oracle = spark.createDataFrame(
+        _daily_oracle(orders, deliveries, ratings), schema=daily_incremental.schema
+    )
+    assert_df_equality(daily_incremental, daily_oracle, ignore_row_order=True, ignore_nullable=True)
 
 
 def test_a_rerun_with_nothing_new_writes_nothing(
