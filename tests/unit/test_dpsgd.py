@@ -56,6 +56,6 @@ def test_unreachable_epsilon_is_a_value_error() -> None:
 
     x, y = separable(200)
     config = FitConfig("logreg", 8, epochs=50, batch_size=200, learning_rate=0.05, seed=1)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="privacy budget is too low"):
         fit_private(Preprocessor.fit(x).transform(x), y, config, epsilon=1e-4, delta=1e-5,
                     max_grad_norm=1.0, accountant="rdp")

@@ -48,11 +48,12 @@ def test_churn_labels_match_oracle(spark: SparkSession) -> None:
 
 def test_churn_window_is_open_at_t_and_closed_at_horizon(spark: SparkSession) -> None:
     rows = [("a", "u", T0), ("b", "u", T0), ("c", "u", T0 + HORIZON),
-            ("x", "v", T0), ("y", "v", T0 + HORIZON + timedelta(seconds=1))]
+            ("x", "v", T0), ("y", "v", T0 + HORIZON + timedelta(seconds=1)),
+            ("p", "w", T0), ("q", "w", T0)]  # two orders at one instant: neither is the other's next
     df = spark.createDataFrame(rows, "event_id string, user_key string, event_ts timestamp")
     got = {r["label_id"]: r["churned"]
            for r in churn_labels(df, horizon=HORIZON, observed_until=T0 + HORIZON * 3).collect()}
-    assert got == {"a": 0, "b": 0, "c": 1, "x": 1, "y": 1}
+    assert got == {"a": 0, "b": 0, "c": 1, "x": 1, "y": 1, "p": 1, "q": 1}
     with pytest.raises(ValueError):
         churn_labels(df, horizon=timedelta(0), observed_until=T0)
 

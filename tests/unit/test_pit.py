@@ -6,6 +6,7 @@ import random
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from functools import reduce
 from typing import Any
 
 import pytest
@@ -274,6 +275,19 @@ def test_bounds_ties_duplicates_and_nulls(spark: SparkSession) -> None:
     assert_df_equality(result, expected, ignore_row_order=True)
 
 
+def test_without_ttl_null_keys_and_null_times_still_never_match(spark: SparkSession) -> None:
+    """No TTL to hide them: a null key or time matches nothing, on either side."""
+    labels, features = _small(
+        spark,
+        [(None, at(10), 1), ("u", None, 2), ("u", at(10), 3)],
+        [(None, at(1), 98), ("u", None, 99)],
+    )
+    result = as_of_join(labels, features, keys=["user"], label_ts="ts", feature_ts="ts", prefix="f_")
+    assert _sorted(result.select("label", "f_ts", "f_v").collect()) == [
+        (1, None, None), (2, None, None), (3, None, None)
+    ]
+
+
 def test_without_ttl_any_older_feature_matches(spark: SparkSession) -> None:
     labels, features = _small(spark, [("u", at(1000), 1)], [("u", at(0), 5), ("u", at(1001), 6)])
     result = as_of_join(labels, features, keys=["user"], label_ts="ts", feature_ts="ts",
@@ -324,16 +338,18 @@ def test_output_schema_keeps_types_and_makes_columns_nullable(spark: SparkSessio
 def test_map_columns_break_ties_through_their_json(spark: SparkSession) -> None:
     labels = spark.createDataFrame([("u", at(5))], "user STRING, ts TIMESTAMP")
     features = spark.createDataFrame(
-        [("u", at(5), {"a": 1}), ("u", at(5), {"b": 0}), ("u", at(4), {"z": 9})],
+        [("u", at(5), {"b": 0}), ("u", at(5), {"a": 1}), ("u", at(4), {"z": 9})],
         "user STRING, fts TIMESTAMP, m MAP<STRING, INT>",
     )
-    plain, bucketed = (
-        as_of_join(labels, features, keys=["user"], label_ts="ts", feature_ts="fts",
-                   time_buckets=buckets)
+    # The winner comes first in one input order and last in the other: the order does not choose.
+    reversed_features = spark.createDataFrame(list(reversed(features.collect())), features.schema)
+    joined = [
+        as_of_join(labels, rows, keys=["user"], label_ts="ts", feature_ts="fts", time_buckets=buckets)
+        for rows in (features, reversed_features)
         for buckets in (None, 2)
-    )
-    # '{"v":{"b":0}}' is the greatest JSON text; one job for both variants.
-    assert [r["m"] for r in plain.unionByName(bucketed).collect()] == [{"b": 0}, {"b": 0}]
+    ]
+    # '{"v":{"b":0}}' is the greatest JSON text; one job for all variants.
+    assert [r["m"] for r in reduce(DataFrame.unionByName, joined).collect()] == [{"b": 0}] * 4
 
 
 def test_plan_has_no_join_and_one_shuffle(spark: SparkSession,
