@@ -542,7 +542,9 @@ def _write_source(
             # Files without a readable line: their batches are recorded, with nothing to gate.
             return _Written(source, None, _stats(batches, {}, {}))
         first = dedupe(checked.filter(F.col("_reason").isNull()))
-        candidates = _table_columns_and_batch(_new_or_own(spark, first, spec.name, source), spec).persist()
+        recorded = [batch_id for batch_id, batch in batches.items() if batch.recorded]
+        own = _new_or_own(spark, first, spec.name, source, recorded)
+        candidates = _table_columns_and_batch(own, spec).persist()
         try:
             # The gate covers every row the batches put in silver, those a run
             # that died before its ledger write already wrote included.
@@ -596,13 +598,17 @@ def _arrivals(checked: DataFrame) -> dict[str, _Arrival]:
     }
 
 
-def _new_or_own(spark: SparkSession, rows: DataFrame, target: str, source: str) -> DataFrame:
+def _new_or_own(
+    spark: SparkSession, rows: DataFrame, target: str, source: str, recorded: Sequence[str]
+) -> DataFrame:
     """The rows the target lacks (``_new`` true), and those it holds from the same batch (false).
 
-    A row the target holds from the row's own batch was written by a run that
-    died before its ledger write: it is not written again, but it counts as
-    the batch's, not as a duplicate. ``silver.users`` keeps no batch id; there
-    a record the table already holds counts as a duplicate.
+    A row the target holds from its own batch, a batch not ``recorded`` in the
+    ledger, was written by a run that died before its ledger write: it is not
+    written again, but it counts as the batch's, not as a duplicate, and it is
+    gated. Rows of recorded batches are done: they are dropped, as a copy of
+    an event silver has is. ``silver.users`` keeps no batch id; there a record
+    the table already holds counts as a duplicate.
     """
     existing = tables.read(spark, target)
     if source == "users":
@@ -621,9 +627,12 @@ def _new_or_own(spark: SparkSession, rows: DataFrame, target: str, source: str) 
     # Every event date of the target is searched: event_id is the event's identity,
     # and a copy sent again with a corrected timestamp falls on another date.
     held = existing.select("event_id", F.col("_batch_id").alias("_held_by"), F.lit(True).alias("_held"))
+    own = F.col("_held_by") == F.col("_batch_id")
+    if recorded:
+        own = own & ~F.col("_batch_id").isin(list(recorded))
     return (
         rows.join(held, "event_id", "left")
-        .filter(F.col("_held").isNull() | (F.col("_held_by") == F.col("_batch_id")))
+        .filter(F.col("_held").isNull() | own)
         .select(*rows.columns, F.col("_held").isNull().alias(NEW))
     )
 

@@ -436,6 +436,10 @@ def test_a_landing_file_sent_again_with_more_lines_reaches_silver(
     results = pipeline.run_silver(spark, settings, DateSelection(days[0]))
     assert {(r.rows_in, r.rows_written) for r in results} == {(0, 0)}
     assert tables.current_version(spark, settings.table("silver_orders")) == version
+    results_table = tables.read(spark, settings.table("ops_quality_results"))
+    gates = results_table.filter(F.col("suite") == "silver_orders")
+    last = gates.filter(F.col("checked_at") == gates.agg(F.max("checked_at")).first()[0])
+    assert {r["element_count"] for r in last.collect()} == {0}, "rows of recorded batches are not gated again"
     assert _silver_ledger(spark, settings, "order_placed", days[0]) == [(n, 0, 0, n), (n + 1, 0, n, 1)]
 
 
