@@ -22,7 +22,7 @@ from datetime import UTC, date, datetime
 from functools import reduce
 
 from delta.tables import DeltaTable
-from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import Column, DataFrame, Row, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -212,14 +212,8 @@ def pending_work(spark: SparkSession, settings: Settings) -> Work:
     # One row per landing file ever ingested: few enough to sort out here.
     rows = _batches(spark, settings).collect()
     pending = {(row["source"], row["arrival_date"]) for row in rows if not row["recorded"]}
-    dates: dict[str, list[date]] = {
-        source: sorted(day for s, day in pending if s == source) for source in SOURCES
-    }
-    batches: dict[str, dict[str, _Batch]] = {source: {} for source, days in dates.items() if days}
-    for row in rows:
-        if (row["source"], row["arrival_date"]) in pending:
-            batches[row["source"]][row["batch_id"]] = _Batch(row["arrival_date"], row["recorded"])
-    return Work(dates, batches)
+    dates = {source: sorted(day for s, day in pending if s == source) for source in SOURCES}
+    return Work(dates, _by_source([r for r in rows if (r["source"], r["arrival_date"]) in pending], dates))
 
 
 def pending_dates(spark: SparkSession, settings: Settings) -> dict[str, list[date]]:
@@ -229,16 +223,18 @@ def pending_dates(spark: SparkSession, settings: Settings) -> dict[str, list[dat
 
 def work_on(spark: SparkSession, settings: Settings, dates: Mapping[str, Sequence[date]]) -> Work:
     """The given dates of each source, with bronze's batches on them (those without rows included)."""
-    todo = {source: sorted(days) for source, days in dates.items() if days}
-    batches: dict[str, dict[str, _Batch]] = {source: {} for source in todo}
-    if todo:
-        wanted = reduce(
-            Column.__or__,
-            [(F.col("source") == source) & F.col("arrival_date").isin(days) for source, days in todo.items()],
-        )
-        for row in _batches(spark, settings).filter(wanted).collect():
-            batches[row["source"]][row["batch_id"]] = _Batch(row["arrival_date"], row["recorded"])
-    return Work({source: list(days) for source, days in dates.items()}, batches)
+    given = {source: sorted(days) for source, days in dates.items()}
+    wanted = [(F.col("source") == s) & F.col("arrival_date").isin(days) for s, days in given.items() if days]
+    rows = _batches(spark, settings).filter(reduce(Column.__or__, wanted)).collect() if wanted else []
+    return Work(given, _by_source(rows, given))
+
+
+def _by_source(rows: Sequence[Row], dates: Mapping[str, Sequence[date]]) -> dict[str, dict[str, _Batch]]:
+    """Per source that has dates, the batches among ``rows`` (rows of :func:`_batches`) by id."""
+    batches: dict[str, dict[str, _Batch]] = {source: {} for source, days in dates.items() if days}
+    for row in rows:
+        batches[row["source"]][row["batch_id"]] = _Batch(row["arrival_date"], row["recorded"])
+    return batches
 
 
 def _batches(spark: SparkSession, settings: Settings) -> DataFrame:
@@ -455,7 +451,7 @@ def process_work(spark: SparkSession, settings: Settings, work: Work, key: bytes
         futures = [
             pool.submit(
                 _write_source,
-                spark, settings, source, dates, work.batches.get(source, {}), key, at, gates[source],
+                spark, settings, source, dates, work.batches[source], key, at, gates[source],
             )
             for source, dates in todo
         ]
