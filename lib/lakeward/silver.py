@@ -144,6 +144,7 @@ def silver_spec(settings: Settings, source: str) -> tables.TableSpec:
             T.StructField("updated_ts", T.TimestampType()),
             T.StructField("event_id", T.StringType()),
             T.StructField("_arrival_date", T.DateType()),
+            T.StructField("_batch_id", T.StringType()),
         ]
     else:
         fields = [
@@ -539,8 +540,8 @@ def _write_source(
             return _Written(source, None, _stats(batches, {}, {}))
         first = dedupe(checked.filter(F.col("_reason").isNull()))
         recorded = [batch_id for batch_id, batch in batches.items() if batch.recorded]
-        own = _new_or_own(spark, first, spec.name, source, recorded)
-        candidates = _table_columns_and_batch(own, spec).persist()
+        own = _new_or_own(spark, first, spec, source, recorded)
+        candidates = _table_columns_and_new(own, spec).persist()
         try:
             # The gate covers every row the batches put in silver, those a run
             # that died before its ledger write already wrote included.
@@ -595,7 +596,7 @@ def _arrivals(checked: DataFrame) -> dict[str, _Arrival]:
 
 
 def _new_or_own(
-    spark: SparkSession, rows: DataFrame, target: str, source: str, recorded: Sequence[str]
+    spark: SparkSession, rows: DataFrame, spec: tables.TableSpec, source: str, recorded: Sequence[str]
 ) -> DataFrame:
     """The rows the target lacks (``_new`` true), and those it holds from the same batch (false).
 
@@ -603,34 +604,51 @@ def _new_or_own(
     ledger, was written by a run that died before its ledger write: it is not
     written again, but it counts as the batch's, not as a duplicate, and it is
     gated. Rows of recorded batches are done: they are dropped, as a copy of
-    an event silver has is. ``silver.users`` keeps no batch id; there a record
-    the table already holds counts as a duplicate.
+    an event silver has is.
     """
-    existing = tables.read(spark, target)
+    existing = _with_batch_column(spark, spec)
+    own_batch = F.col("_held_by") == F.col("_batch_id")
+    if recorded:
+        own_batch = own_batch & ~F.col("_batch_id").isin(list(recorded))
     if source == "users":
         # The users table keeps the current state per user; older records change nothing.
-        latest = latest_user_state(rows)
-        newer = latest.join(
-            existing.select("user_key", F.col("updated_ts").alias("_t_ts"), F.col("event_id").alias("_t_id")),
+        held = existing.select(
             "user_key",
-            "left",
-        ).filter(
+            F.col("updated_ts").alias("_t_ts"),
+            F.col("event_id").alias("_t_id"),
+            F.col("_batch_id").alias("_held_by"),
+        )
+        newer = (
             F.col("_t_ts").isNull()
             | (F.col("updated_ts") > F.col("_t_ts"))
             | ((F.col("updated_ts") == F.col("_t_ts")) & (F.col("event_id") > F.col("_t_id")))
         )
-        return newer.drop("_t_ts", "_t_id").withColumn(NEW, F.lit(True))
+        latest = latest_user_state(rows)
+        return (
+            latest.join(held, "user_key", "left")
+            .filter(newer | ((F.col("_t_id") == F.col("event_id")) & own_batch))
+            .select(*latest.columns, newer.alias(NEW))
+        )
     # Every event date of the target is searched: event_id is the event's identity,
     # and a copy sent again with a corrected timestamp falls on another date.
     held = existing.select("event_id", F.col("_batch_id").alias("_held_by"), F.lit(True).alias("_held"))
-    own = F.col("_held_by") == F.col("_batch_id")
-    if recorded:
-        own = own & ~F.col("_batch_id").isin(list(recorded))
     return (
         rows.join(held, "event_id", "left")
-        .filter(F.col("_held").isNull() | own)
+        .filter(F.col("_held").isNull() | own_batch)
         .select(*rows.columns, F.col("_held").isNull().alias(NEW))
     )
+
+
+def _with_batch_column(spark: SparkSession, spec: tables.TableSpec) -> DataFrame:
+    """The silver table, given the ``_batch_id`` column if it was created without one.
+
+    ``silver.users`` kept no batch id before; its old rows get nulls, which no batch holds.
+    """
+    existing = tables.read(spark, spec.name)
+    if "_batch_id" in existing.columns:
+        return existing
+    tables.add_columns(spark, spec.name, spec.schema)
+    return tables.read(spark, spec.name)
 
 
 def _event_dates(arrivals: Mapping[str, _Arrival]) -> list[date]:
@@ -642,14 +660,13 @@ def _final_columns(rows: DataFrame, spec: tables.TableSpec) -> DataFrame:
     return rows.select(*spec.schema.fieldNames())
 
 
-def _table_columns_and_batch(rows: DataFrame, spec: tables.TableSpec) -> DataFrame:
-    """The table's columns, ``_batch_id`` and ``_new``, for the per-batch counts.
+def _table_columns_and_new(rows: DataFrame, spec: tables.TableSpec) -> DataFrame:
+    """The table's columns (``_batch_id`` among them) and ``_new``, for the per-batch counts.
 
     Only these are cached: the raw text and lineage columns would double the
     width of what the gate and the write read.
     """
-    columns = spec.schema.fieldNames()
-    return rows.select(*columns, *([] if "_batch_id" in columns else ["_batch_id"]), NEW)
+    return rows.select(*spec.schema.fieldNames(), NEW)
 
 
 def _written_by_batch(candidates: DataFrame) -> tuple[dict[str, int], int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -495,6 +496,30 @@ def test_a_silver_ledger_from_before_batch_ids_still_marks_its_dates_done(
     assert _silver_ledger(spark, settings, "order_placed", days[0]) == [(1, 0, 0, 1)]
 
 
+def test_a_users_table_from_before_batch_ids_gets_the_column(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path
+) -> None:
+    """A data root whose ``silver.users`` has no ``_batch_id`` column: the next silver run
+    adds it. The rows it held keep a null batch id; the new rows name their batch."""
+    settings = isolated(base_settings, tmp_path)
+    day = date(2026, 3, 1)
+    generate(settings.landing_dir, seed=5, users=15, days=1, start=day, faults=FaultRates.none())
+    spec = silver.silver_spec(settings, "users")
+    old_schema = T.StructType([f for f in spec.schema.fields if f.name != "_batch_id"])
+    tables.ensure_tables(spark, [replace(spec, schema=old_schema)])
+    old_row = ("k-old", date(2026, 1, 5), "Porto", datetime(2026, 1, 5, 9), "e-old", date(2026, 1, 5))
+    tables.append(spark.createDataFrame([old_row], old_schema), spec.name)
+    pipeline.ensure_tables(spark, settings)
+    pipeline.run_bronze(spark, settings, DateSelection(day))
+    pipeline.run_silver(spark, settings, DateSelection(day))
+
+    users = tables.read(spark, spec.name)
+    assert users.columns == spec.schema.fieldNames()
+    [(_, _, duplicates, written)] = _silver_ledger(spark, settings, "users", day)
+    assert duplicates == 0 and written == users.count() - 1
+    assert users.filter(F.col("_batch_id").isNull()).select("user_key").collect() == [Row(user_key="k-old")]
+
+
 def test_silver_leaves_the_rows_of_a_batch_bronze_has_not_recorded(
     spark: SparkSession, base_settings: Settings, tmp_path: Path
 ) -> None:
@@ -551,6 +576,6 @@ def test_a_batch_is_done_only_once_its_gate_results_are_recorded(
     gated = {r["element_count"] for r in results if r["suite"] == "silver_orders"}
     assert gated == {orders}, "the retry gates the rows the first run wrote"
     assert silver.pending_dates(spark, settings) == {source: [] for source in SOURCES}
-    for source in ("order_placed", "delivery_completed", "rating_submitted"):
+    for source in SOURCES:
         [(_, _, duplicates, written)] = _silver_ledger(spark, settings, source, day)
         assert (duplicates, written) == (0, _count(spark, settings, silver.SOURCES[source].table)), source
