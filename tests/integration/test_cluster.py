@@ -1,6 +1,7 @@
 """lakeward on a Spark standalone cluster: a master and a worker in their own JVMs on this machine.
 
-DESIGN.md makes a standalone cluster the test of cluster runs. The jobs run
+DESIGN.md makes a standalone cluster the test of cluster runs; one job also
+runs on a ``local[2]`` master, as the foundation issue submits it. The jobs run
 as users run them (``spark-submit`` of ``jobs/*.py``, and ``lakeward`` with
 ``spark.mode: cluster``), so their executors are separate JVMs that get the
 Delta jars and the project's Python from the driver, not from the test.
@@ -172,6 +173,22 @@ def test_spark_submit_runs_a_day_on_the_cluster(
     assert _rows(spark, warehouse, base_settings, "silver_orders") > 0
     assert _rows(spark, warehouse, base_settings, "gold_user_features") > 0
     assert not (submitted.work / "derby.log").exists()
+
+
+def test_spark_submit_runs_bronze_on_a_local_master(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path
+) -> None:
+    """``jobs/bronze.py`` as the foundation issue runs it: ``--master local[2]``, Delta by ``--packages``."""
+    home = tmp_path / "home"
+    lines = _landing(home)
+    result = subprocess.run(
+        [str(SPARK_BIN / "spark-submit"), "--master", "local[2]", "--packages", delta_coordinates(),
+         str(REPO / "jobs" / "bronze.py"), "--date", DAY.isoformat()],
+        env=_environment(home), capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert _bronze_and_quarantine(spark, home / "warehouse", base_settings) == lines
+    assert not (tmp_path / "derby.log").exists()
 
 
 def test_cluster_mode_takes_the_master_from_config(
