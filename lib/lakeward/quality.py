@@ -148,22 +148,14 @@ def _gx() -> Any:
     return gx
 
 
-# Great Expectations keeps the current data context in a process-wide global,
-# which a validation reads back: two threads validating at once would each
-# find the other's context.
-_VALIDATING = threading.Lock()
-
-
 def validate(df: DataFrame, contract: Contract) -> list[dict[str, Any]]:
     """Run the contract on ``df``; one dict per expectation, counts only.
 
-    Safe to call from several threads; the validations run one at a time.
+    Safe to call from several threads at once: each call has a data context of
+    its own, and Great Expectations (1.24) builds a batch's validator through
+    the context that owns its data source, not through the process's current
+    one, so concurrent validations do not see each other's data.
     """
-    with _VALIDATING:
-        return _validate(df, contract)
-
-
-def _validate(df: DataFrame, contract: Contract) -> list[dict[str, Any]]:
     gx = _gx()
     context = gx.get_context(mode="ephemeral")
     # Progress bars would interleave with the job's log lines.

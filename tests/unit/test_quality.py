@@ -1,0 +1,85 @@
+"""Contracts as Great Expectations suites: counts per expectation, no values, concurrent runs."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from pyspark.sql import SparkSession
+
+from lakeward import quality
+from lakeward.config import ConfigError, Settings
+
+CONTRACT = quality.Contract(
+    suite="probe",
+    table="probe",
+    expectations=(
+        ("expect_column_values_to_not_be_null", {"column": "key"}),
+        ("expect_column_values_to_be_between", {"column": "amount", "min_value": 0, "max_value": 100}),
+    ),
+)
+
+
+def _rows(n: int, nulls: int, negative: int) -> list[tuple[str | None, float]]:
+    """``n`` rows: the first ``nulls`` without a key, the last ``negative`` with a negative amount."""
+    return [
+        (None if i < nulls else f"secret-{i}", -7.5 if i >= n - negative else float(i % 50))
+        for i in range(n)
+    ]
+
+
+def _counts(results: list[dict[str, object]]) -> list[tuple[object, ...]]:
+    return [(r["success"], r["element_count"], r["unexpected_count"]) for r in results]
+
+
+def test_validations_on_threads_each_count_their_own_rows(spark: SparkSession) -> None:
+    shapes = [(40, 0, 0), (55, 3, 0), (70, 0, 5), (85, 2, 9), (31, 31, 1), (64, 1, 1)]
+    frames = [spark.createDataFrame(_rows(*shape), "key string, amount double") for shape in shapes]
+    for frame in frames:
+        frame.cache().count()
+
+    with ThreadPoolExecutor(max_workers=len(frames)) as pool:
+        results = list(pool.map(lambda df: quality.validate(df, CONTRACT), frames))
+
+    expected = [
+        [(nulls == 0, n, nulls), (negative == 0, n, negative)] for n, nulls, negative in shapes
+    ]
+    assert [_counts(r) for r in results] == expected
+
+
+def test_a_failed_gate_records_counts_and_no_value(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path
+) -> None:
+    (tmp_path / "probe.yml").write_text(
+        "table: silver_orders\n"
+        "expectations:\n"
+        "  - expect_column_values_to_not_be_null: {column: key}\n"
+        "  - expect_column_values_to_be_in_set: {column: key, value_set: [secret-1]}\n"
+    )
+    settings = base_settings.model_copy(
+        update={"quality": base_settings.quality.model_copy(update={"contracts_dir": str(tmp_path)})}
+    )
+    df = spark.createDataFrame(_rows(6, 1, 0), "key string, amount double")
+
+    gate = quality.check(settings, "silver_orders", df, batch="b1")
+
+    assert gate is not None
+    assert gate.failed == ['expect_column_values_to_not_be_null({"column": "key"})',
+                           'expect_column_values_to_be_in_set({"column": "key", "value_set": ["secret-1"]})']
+    assert [(r[2], r[3], r[6], r[7], r[8]) for r in gate.records] == [
+        ("probe", settings.table("silver_orders"), False, 6, 1),
+        ("probe", settings.table("silver_orders"), False, 6, 4),
+    ]
+    # The contract's own arguments aside, no value of the data is kept.
+    values = " ".join(map(str, gate.records)).replace('"secret-1"', "")
+    assert "secret-" not in values
+    with pytest.raises(quality.GateFailed, match="expect_column_values_to_be_in_set"):
+        gate.raise_if_failed()
+
+
+def test_a_contract_naming_an_unknown_expectation_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "bad.yml").write_text("table: t\nexpectations:\n  - expect_the_moon: {column: a}\n")
+
+    with pytest.raises(ConfigError, match=r"bad\.yml: unknown expectation 'expect_the_moon'"):
+        quality.load_contracts(tmp_path)
