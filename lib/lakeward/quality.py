@@ -145,6 +145,8 @@ def _gx() -> Any:
     import great_expectations as gx
 
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    # This one sets its own level (INFO) and would log a temporary directory per validation.
+    logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
     return gx
 
 
