@@ -76,6 +76,9 @@ def test_sql_in_a_new_process_sees_the_demo_tables(demo: subprocess.CompletedPro
     csv_out = lakeward(env, "sql", "--format", "csv", query)
     assert csv_out.returncode == 0 and csv_out.stdout.splitlines()[0] == "source,n"
     assert _hive_resource_dirs(env) == ["hive_resources"], "a new process adds no directory"
+    # Only the demo's process resolved the Delta jars; the later ones read its note.
+    spark_log = Path(env["LAKEWARD_HOME"]) / "logs" / "spark.log"
+    assert spark_log.read_text(errors="replace").count(":: resolution report ::") == 1
 
     missing = lakeward(env, "sql", "SELECT * FROM silver.nothing_here")
     assert missing.returncode == 1

@@ -6,7 +6,7 @@ import pytest
 from pyspark.sql import SparkSession
 
 from lakeward.config import ConfigError, Settings, load_settings
-from lakeward.session import _check_catalog_home
+from lakeward.session import _check_catalog_home, _known_delta_jars, delta_jars_note
 
 
 def test_driver_jvm_runs_with_the_configured_options(spark: SparkSession, base_settings: Settings) -> None:
@@ -28,3 +28,28 @@ def test_the_catalog_must_keep_its_tables_under_this_data_root(
     elsewhere = load_settings("local", data_root=tmp_path / "copy")
     with pytest.raises(ConfigError, match="this data root was copied or moved"):
         _check_catalog_home(spark, elsewhere)
+
+
+def test_the_first_start_notes_the_delta_jars_it_resolved(
+    spark: SparkSession, base_settings: Settings
+) -> None:
+    """A later start on this data root puts these files on the classpath instead of resolving."""
+    noted = delta_jars_note(base_settings).read_text(encoding="utf-8").splitlines()
+    resolved = (spark.sparkContext.getConf().get("spark.jars") or "").split(",")
+    assert [Path(jar).name for jar in noted] == [uri.rsplit("/", 1)[-1] for uri in resolved]
+    assert any(Path(jar).name.startswith("io.delta_delta-spark_") for jar in noted)
+    assert all(Path(jar).is_file() for jar in noted)
+
+
+def test_a_note_is_used_only_while_every_jar_it_names_is_there(tmp_path: Path) -> None:
+    settings = load_settings("local", data_root=tmp_path / "root")
+    assert _known_delta_jars(settings) is None  # no note yet
+    jars = [tmp_path / "a.jar", tmp_path / "b.jar"]
+    for jar in jars:
+        jar.write_bytes(b"PK")
+    note = delta_jars_note(settings)
+    note.parent.mkdir(parents=True)
+    note.write_text("".join(f"{jar}\n" for jar in jars))
+    assert _known_delta_jars(settings) == [str(jar) for jar in jars]
+    jars[1].unlink()  # say, a cleaned Ivy cache
+    assert _known_delta_jars(settings) is None
