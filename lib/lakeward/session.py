@@ -22,6 +22,7 @@ from importlib import metadata, resources
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from pyspark import SparkContext
 from pyspark.sql import SparkSession
 
 from lakeward.config import ConfigError, Settings
@@ -202,16 +203,22 @@ def _start_jvm(builder: SparkSession.Builder, settings: Settings) -> SparkSessio
         "spark.driver.extraJavaOptions", driver_java_options(settings)
     )
     jvm_log = settings.data_root / "logs" / "spark.log"
-    known = _known_delta_jars(settings)
+    # Packages of the user's own are resolved on every start, the Delta jars with them.
+    own_packages = settings.spark.conf.get("spark.jars.packages", "")
+    known = None if own_packages else _known_delta_jars(settings)
     if known is not None:
-        jars = ",".join(filter(None, [settings.spark.conf.get("spark.jars", ""), *known]))
+        own_jars = settings.spark.conf.get("spark.jars", "")
         try:
+            jars = ",".join(filter(None, [own_jars, *known]))
             return _launch(builder.config("spark.jars", jars), jvm_log)
-        except Exception:  # noqa: BLE001 - retried below the way a first start goes
-            log.warning("Spark did not start with the Delta jars noted in %s; resolving them again",
-                        delta_jars_note(settings))
-            builder = builder.config("spark.jars", settings.spark.conf.get("spark.jars", ""))
-    builder = builder.config("spark.jars.packages", delta_coordinates())
+        except Exception as error:  # noqa: BLE001 - the JVM reports its failures opaquely
+            delta_jars_note(settings).unlink(missing_ok=True)
+            if SparkContext._gateway is not None:  # the JVM is up: a new start cannot change its classpath
+                raise SessionError(f"could not start Spark ({error}); see {jvm_log}") from error
+            log.warning("Spark did not start with the Delta jars noted before; resolving them again")
+            builder = builder.config("spark.jars", own_jars)
+    packages = ",".join(filter(None, [own_packages, delta_coordinates()]))
+    builder = builder.config("spark.jars.packages", packages)
     try:
         spark = _launch(builder, jvm_log)
     except Exception as first_error:  # noqa: BLE001 - the JVM reports resolution failures opaquely
@@ -222,7 +229,8 @@ def _start_jvm(builder: SparkSession.Builder, settings: Settings) -> SparkSessio
         log.warning("Spark could not resolve %s; fetching it with Maven", delta_coordinates())
         _fetch_with_maven(delta_coordinates())
         spark = _launch(builder, jvm_log)
-    _note_delta_jars(spark, settings)
+    if not own_packages:
+        _note_delta_jars(spark, settings)
     return spark
 
 
@@ -243,23 +251,23 @@ def _known_delta_jars(settings: Settings) -> list[str] | None:
     return jars
 
 
-def _jar_path(uri: str) -> str:
-    return unquote(urlparse(uri).path) if uri.startswith("file:") else uri
-
-
 def _note_delta_jars(spark: SparkSession, settings: Settings) -> None:
-    """Note the jar files Spark's resolver put on the classpath (``spark.jars``)."""
+    """Note the jar files Spark's resolver put on the classpath for the Delta coordinates.
+
+    They are the ``spark.jars`` in the directory the resolver copies to, where
+    the Delta artifact's own jar is; jars the configuration names are not noted.
+    """
     resolved = spark.sparkContext.getConf().get("spark.jars") or ""
-    own = {_jar_path(uri) for uri in settings.spark.conf.get("spark.jars", "").split(",")}
-    jars = [_jar_path(uri) for uri in resolved.split(",") if uri.startswith("file:")]
-    jars = [jar for jar in jars if jar not in own]
-    if not any(Path(jar).name.startswith("io.delta_delta-spark") for jar in jars):
+    jars = [Path(unquote(urlparse(uri).path)) for uri in resolved.split(",") if uri.startswith("file:")]
+    delta = [jar for jar in jars if jar.name.startswith("io.delta_delta-spark_")]
+    if len(delta) != 1:
         return  # not what a resolution of the Delta coordinates gives: resolve again next time
+    retrieved = [jar for jar in jars if jar.parent == delta[0].parent]
     note = delta_jars_note(settings)
     note.parent.mkdir(parents=True, exist_ok=True)
     # Written whole, then renamed: a process starting meanwhile reads the old note or the new one.
     partial = note.with_name(f"{note.name}.{os.getpid()}")
-    partial.write_text("".join(f"{jar}\n" for jar in jars), encoding="utf-8")
+    partial.write_text("".join(f"{jar}\n" for jar in retrieved), encoding="utf-8")
     os.replace(partial, note)
 
 

@@ -540,7 +540,7 @@ def _write_source(
             return _Written(source, None, _stats(batches, {}, {}))
         first = dedupe(checked.filter(F.col("_reason").isNull()))
         recorded = [batch_id for batch_id, batch in batches.items() if batch.recorded]
-        own = _new_or_own(spark, first, spec, source, recorded)
+        own = _new_or_own(spark, first, spec.name, source, recorded)
         candidates = _table_columns_and_new(own, spec).persist()
         try:
             # The gate covers every row the batches put in silver, those a run
@@ -596,7 +596,7 @@ def _arrivals(checked: DataFrame) -> dict[str, _Arrival]:
 
 
 def _new_or_own(
-    spark: SparkSession, rows: DataFrame, spec: tables.TableSpec, source: str, recorded: Sequence[str]
+    spark: SparkSession, rows: DataFrame, target: str, source: str, recorded: Sequence[str]
 ) -> DataFrame:
     """The rows the target lacks (``_new`` true), and those it holds from the same batch (false).
 
@@ -606,7 +606,7 @@ def _new_or_own(
     gated. Rows of recorded batches are done: they are dropped, as a copy of
     an event silver has is.
     """
-    existing = _with_batch_column(spark, spec)
+    existing = tables.read(spark, target)
     own_batch = F.col("_held_by") == F.col("_batch_id")
     if recorded:
         own_batch = own_batch & ~F.col("_batch_id").isin(list(recorded))
@@ -616,7 +616,7 @@ def _new_or_own(
             "user_key",
             F.col("updated_ts").alias("_t_ts"),
             F.col("event_id").alias("_t_id"),
-            F.col("_batch_id").alias("_held_by"),
+            _batch_column(existing).alias("_held_by"),
         )
         newer = (
             F.col("_t_ts").isNull()
@@ -639,16 +639,12 @@ def _new_or_own(
     )
 
 
-def _with_batch_column(spark: SparkSession, spec: tables.TableSpec) -> DataFrame:
-    """The silver table, given the ``_batch_id`` column if it was created without one.
+def _batch_column(table: DataFrame) -> Column:
+    """The table's ``_batch_id``; null for a ``silver.users`` created before it kept one.
 
-    ``silver.users`` kept no batch id before; its old rows get nulls, which no batch holds.
+    :func:`_write` adds the column to such a table, once the gate has passed.
     """
-    existing = tables.read(spark, spec.name)
-    if "_batch_id" in existing.columns:
-        return existing
-    tables.add_columns(spark, spec.name, spec.schema)
-    return tables.read(spark, spec.name)
+    return F.col("_batch_id") if "_batch_id" in table.columns else F.lit(None).cast("string")
 
 
 def _event_dates(arrivals: Mapping[str, _Arrival]) -> list[date]:
@@ -695,8 +691,11 @@ def _stats(
 def _write(
     spark: SparkSession, name: str, source: str, fresh: DataFrame, event_dates: list[date]
 ) -> None:
-    target = DeltaTable.forName(spark, name).alias("t")
     if source == "users":
+        if "_batch_id" not in tables.read(spark, name).columns:
+            # Created before it kept batch ids: its old rows get nulls, which no batch holds.
+            tables.add_columns(spark, name, fresh.schema)
+        target = DeltaTable.forName(spark, name).alias("t")
         (
             target.merge(fresh.alias("s"), "t.user_key = s.user_key")
             .whenMatchedUpdateAll(
@@ -707,6 +706,7 @@ def _write(
             .execute()
         )
         return
+    target = DeltaTable.forName(spark, name).alias("t")
     # ``fresh`` holds no event id the target had when _new_or_own read it. The
     # MERGE looks again on the batch's event dates at write time, so a run writing
     # the same events meanwhile does not get them in twice; the dates as literals

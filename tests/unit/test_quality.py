@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -33,14 +35,31 @@ def _counts(results: list[dict[str, object]]) -> list[tuple[object, ...]]:
     return [(r["success"], r["element_count"], r["unexpected_count"]) for r in results]
 
 
-def test_validations_on_threads_each_count_their_own_rows(spark: SparkSession) -> None:
+def test_validations_on_threads_each_count_their_own_rows(
+    spark: SparkSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each validation is built through its own data context, never the process's current one."""
+    from great_expectations.data_context.data_context.context_factory import project_manager
+
+    def through_the_current_context(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a validator was built through the process's current data context")
+
+    monkeypatch.setattr(project_manager, "get_validator", through_the_current_context)
     shapes = [(40, 0, 0), (55, 3, 0), (70, 0, 5), (85, 2, 9), (31, 31, 1), (64, 1, 1)]
     frames = [spark.createDataFrame(_rows(*shape), "key string, amount double") for shape in shapes]
     for frame in frames:
         frame.cache().count()
+    # A suite (and data asset) name per thread: a validator that found another
+    # thread's context would not find its asset there.
+    contracts = [replace(CONTRACT, suite=f"probe_{i}") for i in range(len(frames))]
+    together = threading.Barrier(len(frames))
+
+    def validate(i: int) -> list[dict[str, object]]:
+        together.wait(timeout=60)
+        return quality.validate(frames[i], contracts[i])
 
     with ThreadPoolExecutor(max_workers=len(frames)) as pool:
-        results = list(pool.map(lambda df: quality.validate(df, CONTRACT), frames))
+        results = list(pool.map(validate, range(len(frames))))
 
     expected = [
         [(nulls == 0, n, nulls), (negative == 0, n, negative)] for n, nulls, negative in shapes
