@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from dataclasses import replace
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -494,6 +495,34 @@ def test_a_silver_ledger_from_before_batch_ids_still_marks_its_dates_done(
     # The old row still covers its date when the date is run again.
     pipeline.run_silver(spark, settings, DateSelection(days[0]))
     assert _silver_ledger(spark, settings, "order_placed", days[0]) == [(1, 0, 0, 1)]
+
+
+def test_a_user_record_replaced_before_the_retry_counts_as_a_duplicate(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run dies after writing day 1's users; day 2 replaces some of those records; the
+    retry of day 1 counts the records still in silver as written, the replaced ones as duplicates."""
+    settings = isolated(base_settings, tmp_path)
+    days = [date(2026, 3, 1), date(2026, 3, 2)]
+    generate(settings.landing_dir, seed=5, users=60, days=2, start=days[0], faults=FaultRates.none(),
+             users_feed="changes")
+    pipeline.ensure_tables(spark, settings)
+    pipeline.run_bronze(spark, settings, DateSelection())
+    monkeypatch.setattr(quality, "record", lambda *args, **kwargs: sys.exit("killed"))
+    with pytest.raises(SystemExit):
+        pipeline.run_silver(spark, settings, DateSelection(days[0]))
+    monkeypatch.undo()
+    users = settings.table("silver_users")
+    [day_one] = [r["_batch_id"] for r in tables.read(spark, users).select("_batch_id").distinct().collect()]
+    written_first = tables.read(spark, users).count()
+
+    pipeline.run_silver(spark, settings, DateSelection(days[1]))
+    kept = tables.read(spark, users).filter(F.col("_batch_id") == day_one).count()
+    assert 0 < kept < written_first, "day 2 replaces some of day 1's records, not all"
+    pipeline.run_silver(spark, settings, DateSelection(days[0]))
+
+    [(rows_in, quarantined, duplicates, written)] = _silver_ledger(spark, settings, "users", days[0])
+    assert (quarantined, written, duplicates) == (0, kept, rows_in - kept)
 
 
 def test_a_users_table_from_before_batch_ids_gets_the_column(
