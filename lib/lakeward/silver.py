@@ -692,9 +692,8 @@ def _write(
     spark: SparkSession, name: str, source: str, fresh: DataFrame, event_dates: list[date]
 ) -> None:
     if source == "users":
-        if "_batch_id" not in tables.read(spark, name).columns:
-            # Created before it kept batch ids: its old rows get nulls, which no batch holds.
-            tables.add_columns(spark, name, fresh.schema)
+        # A table created before it kept batch ids: its old rows get nulls, which no batch holds.
+        tables.add_columns(spark, name, fresh.schema)
         target = DeltaTable.forName(spark, name).alias("t")
         (
             target.merge(fresh.alias("s"), "t.user_key = s.user_key")
@@ -746,7 +745,9 @@ def _record(
         return
     updates = spark.createDataFrame(rows, LEDGER_SCHEMA)
     name = settings.table("ops_silver_batches")
-    _ensure_batch_column(spark, name)
+    # A ledger created before rows named their batch: its old rows keep a null
+    # ``batch_id``, which :func:`_batches` reads as covering their date.
+    tables.add_columns(spark, name, LEDGER_SCHEMA)
     (
         DeltaTable.forName(spark, name)
         .alias("t")
@@ -755,12 +756,3 @@ def _record(
         .execute()
     )
 
-
-def _ensure_batch_column(spark: SparkSession, name: str) -> None:
-    """Give a ledger created before rows named their batch the ``batch_id`` column.
-
-    Its old rows keep a null ``batch_id``; :func:`_batches` reads them as
-    covering their date.
-    """
-    if "batch_id" not in tables.read(spark, name).columns:
-        tables.add_columns(spark, name, LEDGER_SCHEMA)

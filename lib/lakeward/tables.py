@@ -171,8 +171,11 @@ def add_columns(spark: SparkSession, name: str, schema: StructType) -> None:
     """Add the columns of ``schema`` the table lacks (nullable; existing rows get nulls).
 
     An empty append with ``mergeSchema``: one commit that changes only the
-    schema, and no SQL text built from the table's name.
+    schema, and no SQL text built from the table's name. A table that has every
+    column is left as it is, without a commit.
     """
+    if set(schema.fieldNames()) <= set(read(spark, name).columns):
+        return
     empty = spark.createDataFrame([], schema)
     empty.write.format("delta").mode("append").option("mergeSchema", "true").saveAsTable(name)
 
