@@ -33,10 +33,16 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def base_settings(data_root: Path) -> Settings:
     settings = load_settings("local", data_root=data_root)
     conf = dict(settings.spark.conf)
-    # The suite builds a few hundred small Delta tables in one JVM, and Spark and Delta keep
-    # their plans and snapshots; at the default 1g heap its last tests spend their time in GC.
+    # The suite builds about a thousand small Delta tables in one JVM. Delta keeps the log and
+    # snapshot of every table it touched (up to 10000, each holding plans and a cached state)
+    # and Spark the plans of the last 1000 queries; at 2g the heap filled halfway through and
+    # the last tests spent a third of their time in full GCs (docs/BENCHMARKS.md, "Test suite").
+    # Tests rarely go back to the tables of earlier tests, and nothing reads the query history.
     conf.update({
         "spark.sql.shuffle.partitions": "2", "spark.default.parallelism": "2", "spark.driver.memory": "2g",
+        "spark.databricks.delta.delta.log.cacheSize": "200",
+        "spark.sql.ui.retainedExecutions": "100", "spark.ui.retainedJobs": "100",
+        "spark.ui.retainedStages": "100", "spark.ui.retainedTasks": "2000",
     })
     spark_settings = settings.spark.model_copy(update={"master": "local[2]", "conf": conf})
     return settings.model_copy(update={"spark": spark_settings})

@@ -162,7 +162,12 @@ def validate(df: DataFrame, contract: Contract) -> list[dict[str, Any]]:
     context = gx.get_context(mode="ephemeral")
     # Progress bars would interleave with the job's log lines.
     context.variables.progress_bars = _progress_bars_off()
-    asset = context.data_sources.add_spark(name="lakeward").add_dataframe_asset(name=contract.suite)
+    # persist=False: Great Expectations would otherwise cache the frame and never
+    # release it, one cache entry per validation for the life of the process;
+    # callers hand in a frame that is cached already when that pays.
+    asset = context.data_sources.add_spark(name="lakeward", persist=False).add_dataframe_asset(
+        name=contract.suite
+    )
     batch = asset.add_batch_definition_whole_dataframe("batch").get_batch(
         batch_parameters={"dataframe": df}
     )

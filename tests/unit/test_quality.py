@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from pyspark import StorageLevel
 from pyspark.sql import SparkSession
 
 from lakeward import quality
@@ -61,10 +62,22 @@ def test_validations_on_threads_each_count_their_own_rows(
     with ThreadPoolExecutor(max_workers=len(frames)) as pool:
         results = list(pool.map(validate, range(len(frames))))
 
+    for frame in frames:
+        frame.unpersist()
     expected = [
         [(nulls == 0, n, nulls), (negative == 0, n, negative)] for n, nulls, negative in shapes
     ]
     assert [_counts(r) for r in results] == expected
+
+
+def test_a_validation_leaves_nothing_cached(spark: SparkSession) -> None:
+    """Great Expectations caches what it validates unless told not to, and never releases it."""
+    df = spark.createDataFrame(_rows(20, 1, 2), "key string, amount double")
+
+    results = quality.validate(df, CONTRACT)
+
+    assert _counts(results) == [(False, 20, 1), (False, 20, 2)]
+    assert df.storageLevel == StorageLevel.NONE
 
 
 def test_a_failed_gate_records_counts_and_no_value(
