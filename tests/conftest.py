@@ -35,8 +35,9 @@ def base_settings(data_root: Path) -> Settings:
     conf = dict(settings.spark.conf)
     # The suite builds about a thousand small Delta tables in one JVM. Delta keeps the log and
     # snapshot of every table it touched (up to 10000, each holding plans and a cached state)
-    # and Spark the plans of the last 1000 queries; at 2g the heap filled halfway through and
-    # the last tests spent a third of their time in full GCs (docs/BENCHMARKS.md, "Test suite").
+    # and Spark the plans of the last 1000 queries; at 2g the heap was full 13 minutes into a
+    # 20-minute run, and from then on over 40% of the time went to full GCs (docs/BENCHMARKS.md,
+    # "Test suite").
     # Tests rarely go back to the tables of earlier tests, and nothing reads the query history.
     conf.update({
         "spark.sql.shuffle.partitions": "2", "spark.default.parallelism": "2", "spark.driver.memory": "2g",
