@@ -57,6 +57,10 @@ class SparkSettings(_Strict):
     """Extra Spark conf applied when the session is built."""
     driver_java_options: list[str] = Field(default_factory=list)
     """JVM options for the driver lakeward starts itself (local mode, outside spark-submit)."""
+    class_data_sharing: bool = True
+    """Start that driver JVM with a class-data-sharing archive, made on first use."""
+    class_data_dir: Path | None = None
+    """Where the archive is kept; None: ``var/lakeward`` in the virtual environment."""
 
     @field_validator("driver_java_options")
     @classmethod

@@ -25,6 +25,7 @@ from urllib.parse import unquote, urlparse
 from pyspark import SparkContext
 from pyspark.sql import SparkSession
 
+from lakeward import class_data
 from lakeward.config import ConfigError, Settings
 
 log = logging.getLogger(__name__)
@@ -197,11 +198,12 @@ def _start_jvm(builder: SparkSession.Builder, settings: Settings) -> SparkSessio
     classpath directly, as long as every one of them is still there, which
     spares the resolution (about 1.5 s of every start). If a start that
     resolves fails and the Delta jars are not in the local Maven repository,
-    Maven fetches them there and the start is retried once.
+    Maven fetches them there and the start is retried once. The JVM maps the
+    installation's class archive (:mod:`lakeward.class_data`), made first if
+    there is none.
     """
-    builder = builder.master(settings.spark.master).config(
-        "spark.driver.extraJavaOptions", driver_java_options(settings)
-    )
+    java_options = " ".join([driver_java_options(settings), *class_data.java_options(settings)])
+    builder = builder.master(settings.spark.master).config("spark.driver.extraJavaOptions", java_options)
     jvm_log = settings.data_root / "logs" / "spark.log"
     # Packages of the user's own are resolved on every start, the Delta jars with them.
     own_packages = settings.spark.conf.get("spark.jars.packages", "")

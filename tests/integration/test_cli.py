@@ -112,6 +112,35 @@ def test_a_copied_data_root_is_refused(
     ]
 
 
+def test_the_first_start_writes_a_class_archive_that_later_starts_map(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    archives, class_log = tmp_path / "archives", tmp_path / "classes.log"
+    conf = tmp_path / "conf"
+    shutil.copytree(env["LAKEWARD_CONF_DIR"], conf)
+    base = (conf / "base.yml").read_text()
+    options = 'driver_java_options: ["-XX:+UseParallelGC"'
+    assert "class_data_dir: null" in base and options in base
+    (conf / "base.yml").write_text(
+        base.replace("class_data_dir: null", f"class_data_dir: {archives}")
+        .replace(options, f'{options}, "-Xlog:class+load:file={class_log}"')
+    )
+    own = {**env, "LAKEWARD_CONF_DIR": str(conf), "LAKEWARD_HOME": str(tmp_path / "home")}
+
+    first = lakeward(own, "sql", "SELECT 1 AS one")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "writing the JVM class archive" in first.stderr
+    archive = next(archives.glob("*.jsa"))
+    assert sorted(path.name for path in archives.iterdir()) == [archive.name, f"{archive.stem}.lock"]
+
+    second = lakeward(own, "sql", "--format", "json", "SELECT 1 AS one")
+    assert second.returncode == 0 and second.stdout == '{"one": 1}\n', second.stderr[-3000:]
+    assert "class archive" not in second.stderr
+    # "top": the archive lakeward wrote, not the JDK's own.
+    mapped = "io.delta.sql.DeltaSparkSessionExtension source: shared objects file (top)"
+    assert mapped in class_log.read_text()
+
+
 def test_missing_landing_date_is_one_line(
     demo: subprocess.CompletedProcess[str], env: dict[str, str]
 ) -> None:
