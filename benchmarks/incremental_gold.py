@@ -86,9 +86,7 @@ def _record_processed(spark: SparkSession, settings: Settings, days: list[date])
 
 
 def _one_run(spark: SparkSession, base: Settings, args: argparse.Namespace) -> tuple[float, float, int]:
-    suffix = uuid.uuid4().hex[:8]
-    renamed = {k: f"{v.split('.')[0]}_{suffix}.{v.split('.')[1]}" for k, v in base.tables.items()}
-    settings = base.model_copy(update={"tables": renamed})
+    settings = base.with_schema_suffix(uuid.uuid4().hex[:8])
     silver.ensure_tables(spark, settings)
     events = {
         logical: _events(spark, args.users, args.days, args.events_per_day, i)

@@ -24,16 +24,10 @@ import uuid
 from datetime import date
 
 from lakeward import pipeline
-from lakeward.config import Settings, load_settings
+from lakeward.config import load_settings
 from lakeward.pipeline import DateSelection
 from lakeward.session import get_spark
 from lakeward.sources.bitebridge import generate
-
-
-def _fresh_tables(settings: Settings) -> Settings:
-    suffix = uuid.uuid4().hex[:8]
-    renamed = {k: f"{v.split('.')[0]}_{suffix}.{v.split('.')[1]}" for k, v in settings.tables.items()}
-    return settings.model_copy(update={"tables": renamed})
 
 
 def main() -> None:
@@ -63,7 +57,7 @@ def main() -> None:
     print("| --- | --- | --- |")
     for run in range(1, args.runs + 1):
         before, began = compilations.getCount(), time.perf_counter()
-        pipeline.run(spark, _fresh_tables(settings), "all", DateSelection())
+        pipeline.run(spark, settings.with_schema_suffix(uuid.uuid4().hex[:8]), "all", DateSelection())
         wall, compiled = time.perf_counter() - began, compilations.getCount() - before
         print(f"| {run} | {wall:.1f} | {compiled} |", flush=True)
 

@@ -60,12 +60,7 @@ def spark(base_settings: Settings) -> Iterator[SparkSession]:
 
 def isolated(settings: Settings, root: Path) -> Settings:
     """Settings whose tables live in schemas of their own and whose data root is ``root``."""
-    suffix = uuid.uuid4().hex[:8]
-    renamed = {
-        logical: f"{name.split('.')[0]}_{suffix}.{name.split('.')[1]}"
-        for logical, name in settings.tables.items()
-    }
-    return settings.model_copy(update={"tables": renamed, "data_root": root})
+    return settings.with_schema_suffix(uuid.uuid4().hex[:8]).model_copy(update={"data_root": root})
 
 
 @pytest.fixture()

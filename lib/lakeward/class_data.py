@@ -10,7 +10,7 @@ verified, from an archive instead (``-XX:SharedArchiveFile``)::
 The first JVM started without an archive writes one as it exits
 (``-XX:ArchiveClassesAtExit``), holding the classes that run loaded; the
 Python process waits for it at exit and then puts it in place, so only a
-whole archive is ever used. That costs the first run about 10 s at its end.
+whole archive is ever used. That makes the first run 10 to 20 s longer.
 
 An archive belongs to one JVM build, one set of jars and one set of driver
 options; its file name is a hash of them, so changing any of them makes a new
@@ -18,8 +18,9 @@ one. A JVM that finds that an archive does not match its classpath runs
 without it (and says so in the JVM log). The archive is kept in the virtual
 environment, as Python keeps its bytecode caches, not in the home directory
 or the data root. One process at a time writes it; a process that starts
-meanwhile goes without. If writing fails, a ``.failed`` file beside it says
-why, and no later start tries again until that file is removed.
+meanwhile goes without. If a JVM that exits normally writes no archive, a
+``.failed`` file beside it says so, and no later start tries again until that
+file is removed.
 """
 
 from __future__ import annotations
@@ -157,12 +158,14 @@ def _put_in_place(partial: Path, archive: Path, lock: IO[str]) -> None:
             code = None
         if code == 0 and partial.is_file():
             os.replace(partial, archive)
-        else:
+        elif code == 0 or code is None:
+            # The JVM ended as it should, or hung, and wrote nothing: it would do so again.
             failure_note(archive).write_text(
-                f"the JVM exited with {code} and {'a' if partial.is_file() else 'no'} archive; "
+                f"the JVM {'exited without writing it' if code == 0 else 'did not exit'}; "
                 f"see the data root's logs/spark.log\n", encoding="utf-8",
             )
             log.warning("could not write the JVM class archive; see %s", failure_note(archive))
+        # A JVM that failed for some other reason (out of memory, killed) leaves it to the next start.
     finally:
         partial.unlink(missing_ok=True)
         lock.close()

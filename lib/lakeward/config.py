@@ -242,6 +242,19 @@ class Settings(_Strict):
                 f"no table configured for {logical!r}; configured: {sorted(self.tables)}"
             ) from None
 
+    def with_schema_suffix(self, suffix: str) -> Settings:
+        """These settings with every table in ``<schema>_<suffix>``: a table set of its own.
+
+        Tests and benchmarks use it to write fresh tables beside others in one catalog.
+        """
+        renamed = {}
+        for logical, name in self.tables.items():
+            schema, dot, table = name.partition(".")
+            if not dot or not is_identifier(f"{schema}_{suffix}"):
+                raise ConfigError(f"tables.{logical}: {name!r} cannot take the schema suffix {suffix!r}")
+            renamed[logical] = f"{schema}_{suffix}.{table}"
+        return self.model_copy(update={"tables": renamed})
+
     @property
     def landing_dir(self) -> Path:
         """Raw landing files, one folder per source."""

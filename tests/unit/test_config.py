@@ -143,3 +143,13 @@ def test_a_regular_install_finds_its_copy_of_conf(tmp_path: Path, monkeypatch: p
     settings = load_settings("local")
     assert settings.project_dir == installed.parent.resolve()
     assert settings.contracts_dir == installed / "contracts"
+
+
+def test_a_schema_suffix_gives_every_table_a_schema_of_its_own(tmp_path: Path) -> None:
+    settings = load_settings("local", conf_dir=_conf(tmp_path), data_root=tmp_path / "home")
+    isolated = settings.with_schema_suffix("0a1b")
+    assert isolated.table("silver_orders") == "silver_0a1b.orders"
+    assert isolated.table("ops_gold_runs") == "ops_0a1b.gold_runs"
+    assert set(isolated.tables) == set(settings.tables)
+    with pytest.raises(ConfigError, match="cannot take the schema suffix 'x; DROP'"):
+        settings.with_schema_suffix("x; DROP")
