@@ -53,7 +53,7 @@ CLASSPATH_CONF = (
 
 
 def java_options(settings: Settings) -> list[str]:
-    """The JVM option that maps the archive, or that writes it at exit when there is none yet."""
+    """The JVM options that map the archive, or that write it at exit when there is none yet; or ``[]``."""
     archive = archive_path(settings)
     if archive is None:
         return []

@@ -199,8 +199,8 @@ def _start_jvm(builder: SparkSession.Builder, settings: Settings) -> SparkSessio
     spares the resolution (about 1.5 s of every start). If a start that
     resolves fails and the Delta jars are not in the local Maven repository,
     Maven fetches them there and the start is retried once. The JVM maps the
-    installation's class archive (:mod:`lakeward.class_data`), made first if
-    there is none.
+    installation's class archive (:mod:`lakeward.class_data`); with none yet,
+    it writes one as it exits.
     """
     java_options = " ".join([driver_java_options(settings), *class_data.java_options(settings)])
     builder = builder.master(settings.spark.master).config("spark.driver.extraJavaOptions", java_options)
