@@ -14,13 +14,15 @@ whole archive is ever used. That makes the first run 10 to 20 s longer.
 
 An archive belongs to one JVM build, one set of jars and one set of driver
 options; its file name is a hash of them, so changing any of them makes a new
-one. A JVM that finds that an archive does not match its classpath runs
-without it (and says so in the JVM log). The archive is kept in the virtual
-environment, as Python keeps its bytecode caches, not in the home directory
-or the data root. One process at a time writes it; a process that starts
-meanwhile goes without. If a JVM that exits normally writes no archive, a
-``.failed`` file beside it says so, and no later start tries again until that
-file is removed.
+one. The name also carries the pyspark and delta-spark versions: a virtual
+environment holds one of each, so when a new archive is written there, those
+of other versions can never be mapped again and are removed. A JVM that finds
+that an archive does not match its classpath runs without it (and says so in
+the JVM log). The archive is kept in the virtual environment, as Python keeps
+its bytecode caches, not in the home directory or the data root. One process
+at a time writes it; a process that starts meanwhile goes without. If a JVM
+that exits normally writes no archive, a ``.failed`` file beside it says so,
+and no later start tries again until that file is removed.
 """
 
 from __future__ import annotations
@@ -73,11 +75,16 @@ def archive_path(settings: Settings) -> Path | None:
         return None
     if spark.class_data_dir is not None:
         directory = spark.class_data_dir.resolve()
-    elif sys.prefix != sys.base_prefix:
-        directory = Path(sys.prefix) / "var" / "lakeward"
+    elif (venv := _environment_directory()) is not None:
+        directory = venv
     else:
         return None  # no virtual environment: nowhere of the installation's own to write
-    return directory / f"driver-{archive_key(spark)}.jsa"
+    return directory / f"{_release_prefix()}{archive_key(spark)}.jsa"
+
+
+def _release_prefix() -> str:
+    """The start of the names of archives for the installed pyspark and delta-spark."""
+    return f"driver-spark{metadata.version('pyspark')}-delta{metadata.version('delta-spark')}-"
 
 
 def archive_key(spark: SparkSettings) -> str:
@@ -93,6 +100,24 @@ def archive_key(spark: SparkSettings) -> str:
         *[f"{key}={spark.conf.get(key, '')}" for key in CLASSPATH_CONF],
     ]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def _environment_directory() -> Path | None:
+    """The virtual environment's own directory for archives; None outside a virtual environment."""
+    return Path(sys.prefix) / "var" / "lakeward" if sys.prefix != sys.base_prefix else None
+
+
+def _remove_other_releases(directory: Path) -> None:
+    """Remove the archives, locks and notes of other pyspark or delta-spark versions from ``directory``.
+
+    Only for the virtual environment's own directory: a ``class_data_dir``
+    may be shared by environments of different versions.
+    """
+    current = _release_prefix()
+    for path in directory.glob("driver-*"):
+        if not path.name.startswith(current):
+            log.debug("removing the class archive file of another release: %s", path.name)
+            path.unlink(missing_ok=True)
 
 
 def failure_note(archive: Path) -> Path:
@@ -134,6 +159,8 @@ def _claim(archive: Path) -> Path | None:
     # Left by a process that was killed before it could put its archive in place.
     for stale in archive.parent.glob(f"{archive.name}.*"):
         stale.unlink(missing_ok=True)
+    if archive.parent == _environment_directory():
+        _remove_other_releases(archive.parent)
     partial = archive.with_name(f"{archive.name}.{os.getpid()}")
     atexit.register(_put_in_place, partial, archive, lock)
     return partial

@@ -3,6 +3,8 @@
 import fcntl
 from pathlib import Path
 
+import pytest
+
 from lakeward import class_data
 from lakeward.config import Settings, load_settings
 
@@ -49,3 +51,47 @@ def test_no_archive_is_written_while_another_process_writes_it_or_after_a_failur
     assert sorted(path.name for path in archive.parent.iterdir()) == [
         archive.with_suffix(".failed").name, archive.with_suffix(".lock").name,
     ]
+
+
+def test_writing_an_archive_in_the_environment_removes_those_of_other_releases(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = tmp_path / "venv-var"
+    monkeypatch.setattr(class_data, "_environment_directory", lambda: directory)
+    registered: list[tuple[object, ...]] = []
+    monkeypatch.setattr(class_data.atexit, "register", lambda *args: registered.append(args))
+    settings = _settings(tmp_path, class_data_dir=None)
+    archive = class_data.archive_path(settings)
+    assert archive is not None and archive.parent == directory
+    other_options = class_data.archive_path(_settings(tmp_path, class_data_dir=None, driver_java_options=[]))
+    assert other_options is not None
+    directory.mkdir()
+    old_release = [directory / name for name in (
+        "driver-0123456789abcdef.jsa",  # named before releases were in the name
+        "driver-spark4.0.0-delta4.0.0-0123456789abcdef.jsa",
+        "driver-spark4.0.0-delta4.0.0-0123456789abcdef.lock",
+        "driver-spark4.0.0-delta4.0.0-0123456789abcdef.failed",
+    )]
+    for path in [*old_release, other_options, directory / "notes.txt"]:
+        path.write_bytes(b"")
+
+    options = class_data.java_options(settings)
+
+    assert options[0].startswith("-XX:ArchiveClassesAtExit=") and len(registered) == 1
+    assert sorted(path.name for path in directory.iterdir()) == sorted(
+        [archive.with_suffix(".lock").name, other_options.name, "notes.txt"]
+    )
+
+
+def test_a_shared_archive_directory_keeps_other_releases(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(class_data.atexit, "register", lambda *args: None)
+    settings = _settings(tmp_path)
+    archive = class_data.archive_path(settings)
+    assert archive is not None
+    archive.parent.mkdir()
+    other_release = archive.parent / "driver-spark4.0.0-delta4.0.0-0123456789abcdef.jsa"
+    other_release.write_bytes(b"")
+    assert class_data.java_options(settings)[0].startswith("-XX:ArchiveClassesAtExit=")
+    assert other_release.exists()
