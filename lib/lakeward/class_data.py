@@ -42,7 +42,6 @@ from typing import IO
 import pyspark
 from pyspark import SparkContext
 
-from lakeward import session
 from lakeward.config import Settings, SparkSettings
 
 log = logging.getLogger(__name__)
@@ -88,14 +87,17 @@ def _release_prefix() -> str:
 
 
 def archive_key(spark: SparkSettings) -> str:
-    """A hash of what an archive must match: the JVM, Spark's jars, the Delta jars, the driver options."""
+    """A hash of what an archive must match beyond the release in its name.
+
+    That is the JVM, Spark's jars, the driver options and the classpath conf.
+    The pyspark and delta-spark versions, and with them the Delta artifact,
+    are in the name already.
+    """
     jars = Path(pyspark.__file__).parent / "jars"
     parts = [
         _java_identity(),
-        metadata.version("pyspark"),
         str(jars),
         *sorted(path.name for path in jars.glob("*.jar")),
-        session.delta_coordinates(),
         *spark.driver_java_options,
         *[f"{key}={spark.conf.get(key, '')}" for key in CLASSPATH_CONF],
     ]
