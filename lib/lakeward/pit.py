@@ -75,6 +75,10 @@ _FOUND = "__pit_found"
 _FEATURE, _LABEL_KIND = 0, 1
 
 WIDE_PAYLOAD_BYTES = 256
+# Spark's timestamps run from year 1 to 9999: no two are further apart than this, so a
+# longer ttl bounds nothing, and is not used (from about 292,000 years on, Spark's
+# interval type cannot even hold it).
+_LONGEST_SPAN = timedelta(days=366 * 10_000)
 """Estimated bytes per feature row above which the join prefilters the feature rows."""
 
 
@@ -114,7 +118,14 @@ def as_of_join(
       with a null key or a null ``label_ts`` come out with null features.
     - Feature rows with a null key or a null ``feature_ts`` never match.
     - Keys match with equi-join semantics (``=``, never null to null).
-    - ``ttl`` is an exact duration (``timedelta(days=1)`` is 86 400 s).
+    - ``ttl`` is an exact duration (``timedelta(days=1)`` is 86 400 s). One
+      longer than any two timestamps can be apart (``timedelta.max``) is the
+      same as None.
+    - A date column counts as midnight at the start of its day, in the
+      session time zone: a feature dated d is known from 00:00 on d, and a
+      label dated d sees only features known by 00:00 on d. A feature
+      table that is known only at the end of its day needs a timestamp (as
+      ``gold.user_features``' ``feature_ts`` is) or dates shifted by a day.
 
     **Tie-break.** When several feature rows of a key share the greatest
     ``feature_ts``, the chosen one is the greatest in this total order: compare
@@ -122,8 +133,9 @@ def as_of_join(
     column order of ``features``, each ascending with null smallest, as Spark
     sorts them (strings by their UTF-8 bytes, NaN above every other number;
     arrays and structs element by element). Columns of a type Spark cannot
-    sort (map, variant, interval) take part through their JSON text
-    (``to_json``). The result does not depend on partitioning or input order.
+    sort (map, variant, interval), or holding one, take part through their
+    JSON text (``to_json``, null fields written as ``null``), a null value
+    still smallest. The result does not depend on partitioning or input order.
     (The only rows this order cannot tell apart differ solely in ``-0.0``
     versus ``0.0``.)
 
@@ -198,7 +210,7 @@ def as_of_join(
 
     found_ts = F.col(_MATCH).getField(feature_ts)
     in_range = F.col(_TS).isNotNull() & F.col(_MATCH).isNotNull()
-    if ttl is not None:
+    if ttl is not None and ttl <= _LONGEST_SPAN:
         in_range = in_range & (found_ts >= F.col(_TS) - F.lit(ttl))
     # Null the struct once, then unpack it: the check is not repeated per column.
     checked = matched.select(_LABEL, F.when(in_range, F.col(_MATCH)).alias(_MATCH))
@@ -428,7 +440,10 @@ def _tie_break(payload: Column, payload_type: T.StructType) -> Column:
     for i, field in enumerate(payload_type.fields):
         value = payload.getField(field.name)
         if not _sortable(field.dataType):
-            value = F.to_json(F.struct(value.alias("v")))
+            # A null must stay null to sort smallest (its JSON text, '{}', sorts last), and
+            # null fields inside must be written, not left out.
+            text = F.to_json(F.struct(value.alias("v")), {"ignoreNullFields": "false"})
+            value = F.when(value.isNotNull(), text)
         fields.append(value.alias(f"f{i}"))
     return F.when(payload.isNotNull(), F.struct(*fields))
 

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 PARTS = ("train", "validation", "test")
 SPLIT = "split"
@@ -83,14 +84,17 @@ def leakage(
         if shared:
             problems.append(f"{shared} value(s) of {key} appear in more than one part")
     if ts is not None:
+        # A date plus an interval is a timestamp: compare dates as their midnight.
+        at = F.col(ts).cast("timestamp") if isinstance(split.schema[ts].dataType, T.DateType) else F.col(ts)
         reach = F.lit(horizon or timedelta(0))
         bounds = {
             row[SPLIT]: (row["first"], row["last_reach"])
             for row in split.groupBy(SPLIT)
-            .agg(F.min(ts).alias("first"), F.max(F.col(ts) + reach).alias("last_reach"))
+            .agg(F.min(at).alias("first"), F.max(at + reach).alias("last_reach"))
             .collect()
         }
-        present = [p for p in PARTS if p in bounds]
+        # A part whose labels all lack a time has no window and no first label.
+        present = [p for p in PARTS if p in bounds and bounds[p][0] is not None]
         for earlier, later in zip(present, present[1:], strict=False):
             if bounds[earlier][1] >= bounds[later][0]:
                 problems.append(

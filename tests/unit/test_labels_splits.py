@@ -1,7 +1,7 @@
 """Churn labels against a brute-force oracle; splits and their leakage checks."""
 
 import random
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
 import pytest
 from pyspark.sql import SparkSession
@@ -91,6 +91,29 @@ def test_temporal_split_boundaries_and_gap(spark: SparkSession) -> None:
     with pytest.raises(LeakageError):
         assert_no_leakage(naive, ts="label_ts", horizon=gap)
 
+
+
+def test_leakage_compares_dates_and_skips_parts_without_times(spark: SparkSession) -> None:
+    days = [("a", date(2024, 1, 1)), ("b", date(2024, 1, 20)), ("c", date(2024, 2, 10))]
+    df = spark.createDataFrame(days, "name string, label_ts date")
+    split = temporal_split(df, ts="label_ts", t1=datetime(2024, 1, 15), t2=datetime(2024, 2, 1),
+                           gap=timedelta(days=5))
+    assert leakage(split, ts="label_ts", horizon=timedelta(days=5)) == []
+    # With 30 days, 2024-01-01 reaches past 2024-01-20 and 2024-01-20 past 2024-02-10.
+    assert leakage(split, ts="label_ts", horizon=timedelta(days=30)) == [
+        "train label windows reach 2024-01-31 00:00:00, not before the first validation label at "
+        "2024-01-20 00:00:00",
+        "validation label windows reach 2024-02-19 00:00:00, not before the first test label at "
+        "2024-02-10 00:00:00",
+    ]
+    untimed = spark.createDataFrame(
+        [("train", T0), ("validation", None), ("test", T0 + timedelta(days=1))],
+        "split string, label_ts timestamp",
+    )
+    assert leakage(untimed, ts="label_ts", horizon=timedelta(days=1)) == [
+        f"train label windows reach {T0 + timedelta(days=1)}, not before the first test label at "
+        f"{T0 + timedelta(days=1)}"
+    ]
 
 def test_group_split_keeps_each_user_in_one_part(spark: SparkSession) -> None:
     df = spark.range(4000).select(

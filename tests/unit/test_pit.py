@@ -352,6 +352,33 @@ def test_map_columns_break_ties_through_their_json(spark: SparkSession) -> None:
     assert [r["m"] for r in reduce(DataFrame.unionByName, joined).collect()] == [{"b": 0}] * 4
 
 
+
+def test_a_null_map_or_variant_is_the_smallest_on_a_tie(spark: SparkSession) -> None:
+    labels = spark.createDataFrame([("u", at(5))], "user STRING, ts TIMESTAMP")
+    features = spark.createDataFrame(
+        [("u", at(5), None, None, (1, None)), ("u", at(5), {"a": 1}, None, (1, {"a": 1})),
+         ("u", at(5), None, '{"b": 0}', (1, None))],
+        "user STRING, fts TIMESTAMP, m MAP<STRING, INT>, j STRING, s STRUCT<x: INT, m: MAP<STRING, INT>>",
+    ).withColumn("j", F.parse_json("j"))
+    winners = [
+        as_of_join(labels, features.select("user", "fts", *columns), keys=["user"], label_ts="ts",
+                   feature_ts="fts").collect()[0]
+        for columns in (["m"], ["j"], ["s"])
+    ]
+    assert winners[0]["m"] == {"a": 1}
+    assert str(winners[1]["j"]) == '{"b":0}'
+    assert winners[2]["s"] == (1, {"a": 1})
+
+
+def test_a_ttl_beyond_any_timestamp_span_is_no_limit(spark: SparkSession) -> None:
+    labels, features = _small(spark, [("u", at(5), 1)], [("u", datetime(1000, 1, 1), 2)])
+    found = {
+        ttl: as_of_join(labels, features, keys=["user"], label_ts="ts", feature_ts="ts", prefix="f_", ttl=ttl)
+        .collect()[0]["f_v"]
+        for ttl in (timedelta.max, timedelta(days=300_000))  # the feature is about 374,000 days old
+    }
+    assert found == {timedelta.max: 2, timedelta(days=300_000): None}
+
 def test_plan_has_no_join_and_one_shuffle(spark: SparkSession,
                                           capsys: pytest.CaptureFixture[str]) -> None:
     labels, features = _small(spark, [("u", at(5), 1)], [("u", at(4), 2)])
