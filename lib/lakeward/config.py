@@ -16,10 +16,18 @@ from collections.abc import Callable
 from datetime import date
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 ENVIRONMENTS = ("local", "dev", "prod")
 ENV_VAR = "LAKEWARD_ENV"
@@ -41,8 +49,24 @@ class ConfigError(ValueError):
     """Configuration that cannot be loaded or does not validate."""
 
 
+def _iso_date(value: Any) -> Any:
+    """A date written as text (``"2026-01-01"``) as a date; anything else as it came."""
+    if isinstance(value, str):
+        try:
+            return date.fromisoformat(value)
+        except ValueError:
+            raise ValueError("expected a date, YYYY-MM-DD") from None
+    return value
+
+
+# YAML reads an unquoted date as a date and a quoted one as text; both mean the same.
+IsoDate = Annotated[date, BeforeValidator(_iso_date)]
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: YAML's true is not an integer, nor "7" a number. Paths and tuples are
+    # marked lax one by one, since YAML has only text and lists for them.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class SparkSettings(_Strict):
@@ -59,7 +83,7 @@ class SparkSettings(_Strict):
     """JVM options for the driver lakeward starts itself (local mode, outside spark-submit)."""
     class_data_sharing: bool = True
     """Start that driver JVM with a class-data-sharing archive, made on first use."""
-    class_data_dir: Path | None = None
+    class_data_dir: Path | None = Field(None, strict=False)
     """Where the archive is kept; None: ``var/lakeward`` in the virtual environment."""
 
     @field_validator("driver_java_options")
@@ -86,7 +110,7 @@ class PipelineSettings(_Strict):
     future_tolerance_hours: int = Field(1, ge=0)
     max_amount: float = Field(1000.0, gt=0)
     feature_version: str = "v1"
-    feature_windows_days: tuple[int, ...] = (7, 30, 90)
+    feature_windows_days: tuple[int, ...] = Field((7, 30, 90), strict=False)
     gold_rows_per_file: int = Field(250_000, gt=0)
 
     @field_validator("feature_windows_days")
@@ -129,7 +153,7 @@ class DemoSettings(_Strict):
     seed: int = 7
     users: int = Field(3000, gt=0)
     days: int = Field(60, gt=0)
-    start: date = date(2026, 1, 1)
+    start: IsoDate = date(2026, 1, 1)
 
 
 class TrainingSetSettings(_Strict):
@@ -141,14 +165,14 @@ class TrainingSetSettings(_Strict):
     """Oldest feature row (in days before the label) the as-of join takes; ``None``: no limit."""
     split: Literal["group", "temporal"] = "group"
     """``group``: users hashed into parts; ``temporal``: train < t1 <= validation < t2 <= test."""
-    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    fractions: tuple[float, float, float] = Field((0.7, 0.15, 0.15), strict=False)
     """Train, validation, test: shares of users (group), or of the label time range left after
     the two gaps when temporal bounds are computed."""
     seed: int = 7
     """Seed of the group split's hash."""
-    t1: date | None = None
+    t1: IsoDate | None = None
     """Temporal split: first day of validation (UTC midnight); ``None``: computed from the labels."""
-    t2: date | None = None
+    t2: IsoDate | None = None
     """Temporal split: first day of test; given together with ``t1`` or not at all."""
 
     @field_validator("fractions")
@@ -205,7 +229,7 @@ class TrainingSettings(_Strict):
     """Seeds torch, sampling and the baseline, so a run repeats exactly on CPU."""
     accountant: Literal["prv", "rdp"] = "prv"
     """Opacus privacy accountant: ``prv`` (tighter) or ``rdp`` (Renyi DP)."""
-    sweep_epsilons: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)
+    sweep_epsilons: tuple[float, ...] = Field((0.5, 1.0, 2.0, 4.0, 8.0), strict=False)
     """Epsilons ``lakeward dp-sweep`` trains when ``--epsilons`` is not given."""
 
     @field_validator("sweep_epsilons")
@@ -220,8 +244,8 @@ class Settings(_Strict):
     """All lakeward settings for one environment."""
 
     env: str = "local"
-    data_root: Path = Path(".lakeward")
-    project_dir: Path = Path(".")
+    data_root: Path = Field(Path(".lakeward"), strict=False)
+    project_dir: Path = Field(Path("."), strict=False)
     spark: SparkSettings = Field(default_factory=SparkSettings)
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)

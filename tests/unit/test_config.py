@@ -1,4 +1,5 @@
 import shlex
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -45,12 +46,31 @@ def test_unknown_key_names_file_and_key(tmp_path: Path) -> None:
         ("data_root: 5\n", r"local\.yml: data_root: expected a path \(found 5\)"),
         ("env: prod\n", r"local\.yml: env: unknown key; set by lakeward"),
         ("project_dir: /elsewhere\n", r"local\.yml: project_dir: unknown key"),
+        # YAML's true is not a number of days, a quoted number is text, 1 is not a boolean.
+        ("pipeline:\n  allowed_lateness_days: true\n",
+         r"local\.yml: pipeline\.allowed_lateness_days: Input should be a valid integer \(found True\)"),
+        ("pipeline:\n  max_amount: '7'\n", r"local\.yml: pipeline\.max_amount: .*number \(found '7'\)"),
+        ("spark:\n  ui: 1\n", r"local\.yml: spark\.ui: Input should be a valid boolean"),
+        ("demo:\n  start: soon\n",
+         r"local\.yml: demo\.start: .*expected a date, YYYY-MM-DD \(found 'soon'\)"),
     ],
 )
 def test_bad_keys_name_the_overlay_and_what_was_expected(tmp_path: Path, local: str, message: str) -> None:
     conf = _conf(tmp_path, local=local)
     with pytest.raises(ConfigError, match=message):
         load_settings("local", conf_dir=conf)
+
+
+def test_dates_numbers_paths_and_lists_take_their_yaml_forms(tmp_path: Path) -> None:
+    conf = _conf(tmp_path, local=(
+        "demo:\n  start: 2026-02-01\n"
+        "training_set:\n  t1: '2026-03-01'\n  t2: 2026-04-01\n  fractions: [0.5, 0.25, 0.25]\n"
+        "pipeline:\n  max_amount: 500\nspark:\n  class_data_dir: /tmp/archives\n"
+    ))
+    settings = load_settings("local", conf_dir=conf)
+    assert (settings.demo.start, settings.training_set.t1) == (date(2026, 2, 1), date(2026, 3, 1))
+    assert settings.training_set.fractions == (0.5, 0.25, 0.25) and settings.pipeline.max_amount == 500.0
+    assert settings.spark.class_data_dir == Path("/tmp/archives")
 
 
 def test_null_data_root_means_the_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
