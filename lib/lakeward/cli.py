@@ -9,20 +9,14 @@ quality gate); ``--debug`` shows the traceback.
 from __future__ import annotations
 
 import argparse
-import base64
-import csv
-import json
 import logging
-import math
 import os
 import re
 import sys
 import time
-from collections import Counter
 from collections.abc import Sequence
 from datetime import date
-from decimal import Decimal
-from typing import Any, NoReturn, TextIO
+from typing import Any, NoReturn
 
 from lakeward.config import ConfigError, Settings, is_identifier, load_settings
 from lakeward.sources.bitebridge import USERS_FEEDS
@@ -396,6 +390,8 @@ def _generate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _sql(spark: Any, args: argparse.Namespace) -> int:
+    from lakeward.sql_output import print_rows
+
     # PySpark hands timestamps over as naive times in this process's time
     # zone; they print as Spark shows them only when it is the session's.
     os.environ["TZ"] = spark.conf.get("spark.sql.session.timeZone")
@@ -404,155 +400,13 @@ def _sql(spark: Any, args: argparse.Namespace) -> int:
     if args.limit is not None:
         df = df.limit(args.limit)
     try:
-        _print_rows(df, args.format, sys.stdout)
+        print_rows(df, args.format, sys.stdout)
         sys.stdout.flush()
     except BrokenPipeError:
         # The reader stopped early (`| head`): not an error. Later writes,
         # including the interpreter's final flush, go nowhere.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
-
-
-def _print_rows(df: Any, output_format: str, out: TextIO) -> None:
-    from pyspark.sql import types as T
-
-    columns = df.columns
-    if output_format == "json":
-        _check_unique_names(df.schema)
-        # PySpark cannot collect a calendar interval (make_interval) at all.
-        df = _as_spark_text(df, (T.CalendarIntervalType,))
-    else:
-        df = _as_spark_text(df, (T.ArrayType, T.MapType, T.StructType, T.BooleanType,
-                                 T.CalendarIntervalType, T.DayTimeIntervalType,
-                                 T.YearMonthIntervalType, T.VariantType, T.BinaryType))
-    if output_format == "table":
-        # Column widths need every row first.
-        out.write(format_table(columns, [list(row) for row in df.collect()]))
-        return
-    # One partition at a time (the next one fetched while this one prints), so a
-    # large result streams instead of filling the driver.
-    rows = df.toLocalIterator(prefetchPartitions=True)
-    if output_format == "json":
-        for row in rows:
-            record = _json_ready(row.asDict(recursive=True))
-            out.write(json.dumps(record, default=str, ensure_ascii=False, allow_nan=False) + "\n")
-    else:
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(columns)
-        for row in rows:
-            writer.writerow(["" if v is None else v for v in row])
-
-
-def _check_unique_names(schema: Any, where: str = "the result has more than one column") -> None:
-    """A JSON object keeps one value per key, so a repeated name would lose data, nested ones too."""
-    from pyspark.sql import types as T
-
-    repeated = sorted(name for name, n in Counter(schema.names).items() if n > 1)
-    if repeated:
-        raise ValueError(
-            f"{where} named {', '.join(map(repr, repeated))}; "
-            "give them distinct names with AS for --format json"
-        )
-    for field in schema.fields:
-        kind = field.dataType
-        while isinstance(kind, T.ArrayType | T.MapType):
-            kind = kind.elementType if isinstance(kind, T.ArrayType) else kind.valueType
-        if isinstance(kind, T.StructType):
-            _check_unique_names(kind, f"column {field.name!r} has more than one field")
-
-
-def _as_spark_text(df: Any, kinds: tuple[type, ...]) -> Any:
-    """Columns of these types as Spark prints them (``CAST AS STRING``), not as Python reprs.
-
-    With ``BinaryType`` among the kinds, binary values print as hex, nested ones
-    too: a cast would decode the bytes as UTF-8. Selected by position, so a
-    result with repeated column names works too.
-    """
-    from pyspark.sql import functions as F
-    from pyspark.sql import types as T
-
-    fields = df.schema.fields
-    if not any(isinstance(f.dataType, kinds) for f in fields):
-        return df
-    positional = df.toDF(*[f"_{i}" for i in range(len(fields))])
-    columns = []
-    for i, field in enumerate(fields):
-        column = F.col(f"_{i}")
-        if T.BinaryType in kinds:
-            column = _binary_as_hex(column, field.dataType)
-        if isinstance(field.dataType, kinds):
-            column = column.cast("string")
-        columns.append(column.alias(field.name))
-    return positional.select(*columns)
-
-
-def _binary_as_hex(column: Any, kind: Any) -> Any:
-    """``column`` with every binary value in it, at any depth, as a hex string."""
-    from pyspark.sql import functions as F
-    from pyspark.sql import types as T
-
-    if isinstance(kind, T.BinaryType):
-        return F.hex(column)
-    if not _holds_binary(kind):
-        return column
-    if isinstance(kind, T.ArrayType):
-        return F.transform(column, lambda item: _binary_as_hex(item, kind.elementType))
-    if isinstance(kind, T.MapType):
-        keyed = F.transform_keys(column, lambda key, _: _binary_as_hex(key, kind.keyType))
-        return F.transform_values(keyed, lambda _, value: _binary_as_hex(value, kind.valueType))
-    # Fields are taken by position: names may repeat, or differ only in case.
-    # The names are lost, which the cast to text that follows drops anyway.
-    positional = T.StructType([T.StructField(f"_{i}", f.dataType) for i, f in enumerate(kind.fields)])
-    renamed = column.cast(positional)
-    parts = [_binary_as_hex(renamed.getField(f"_{i}"), f.dataType).alias(f"_{i}")
-             for i, f in enumerate(kind.fields)]
-    return F.when(column.isNotNull(), F.struct(*parts))
-
-
-def _holds_binary(kind: Any) -> bool:
-    from pyspark.sql import types as T
-
-    if isinstance(kind, T.BinaryType):
-        return True
-    if isinstance(kind, T.ArrayType):
-        return _holds_binary(kind.elementType)
-    if isinstance(kind, T.MapType):
-        return _holds_binary(kind.keyType) or _holds_binary(kind.valueType)
-    if isinstance(kind, T.StructType):
-        return any(_holds_binary(f.dataType) for f in kind.fields)
-    return False
-
-
-def _json_ready(value: Any) -> Any:
-    """Decimals as JSON numbers when a float holds them exactly, else as text (no silent rounding).
-
-    NaN and the infinities, which JSON has no numbers for, as text, and binary as base64, as
-    Spark's ``to_json`` writes them.
-    """
-    if isinstance(value, dict):
-        return {k: _json_ready(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, bytes | bytearray):
-        return base64.b64encode(value).decode("ascii")
-    if isinstance(value, float) and not math.isfinite(value):
-        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    if isinstance(value, Decimal) and value.is_finite() and Decimal(repr(float(value))) == value:
-        return float(value)
-    return value
-
-
-def format_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A plain text table, like ``DataFrame.show`` without truncation."""
-    cells = [["NULL" if v is None else str(v) for v in row] for row in rows]
-    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
-    rule = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
-
-    def line(values: Sequence[str]) -> str:
-        return "| " + " | ".join(v.ljust(w) for v, w in zip(values, widths, strict=True)) + " |"
-
-    body = [rule, line(columns), rule, *[line(r) for r in cells], rule]
-    return "\n".join(body) + f"\n({len(rows)} row{'s' if len(rows) != 1 else ''})\n"
 
 
 if __name__ == "__main__":

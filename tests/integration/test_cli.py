@@ -194,6 +194,14 @@ def test_sql_prints_every_row_unless_limited(
     interval = "SELECT make_interval(0, 1, 0, 2) AS i, X'0A0B' AS bin"
     assert cli._sql(spark, argparse.Namespace(query=interval, format="json", limit=None)) == 0
     assert json.loads(capsys.readouterr().out) == {"i": "1 months 2 days", "bin": "Cgs="}
+    # So do the other intervals, at any depth, and map keys that are not text (JSON keys are).
+    others = ("SELECT INTERVAL '1-2' YEAR TO MONTH AS y, array(INTERVAL '1' DAY) AS d, "
+              "map(named_struct('a', 1), 'v') AS m, map(array(1, 2), X'0A') AS n")
+    assert cli._sql(spark, argparse.Namespace(query=others, format="json", limit=None)) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "y": "INTERVAL '1-2' YEAR TO MONTH", "d": ["INTERVAL '1' DAY"],
+        "m": {"{1}": "v"}, "n": {"[1, 2]": "Cg=="},
+    }
 
 
 def test_sql_table_and_csv_print_values_as_spark_does(

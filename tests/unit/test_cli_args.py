@@ -6,7 +6,8 @@ from decimal import Decimal
 
 import pytest
 
-from lakeward.cli import EXIT_USAGE, _json_ready, build_parser
+from lakeward.cli import EXIT_USAGE, build_parser
+from lakeward.sql_output import json_ready
 
 
 @pytest.mark.parametrize(
@@ -70,5 +71,5 @@ def test_argument_errors_are_one_line_on_stderr(
 def test_json_keeps_exact_decimals_as_numbers_and_others_as_text() -> None:
     record = {"spend": Decimal("21.85"), "nested": [{"x": Decimal("0.10")}],
               "wide": Decimal("12345678901234567890.123456789"), "n": 3}
-    assert _json_ready(record) == {"spend": 21.85, "nested": [{"x": 0.1}],
+    assert json_ready(record) == {"spend": 21.85, "nested": [{"x": 0.1}],
                                    "wide": Decimal("12345678901234567890.123456789"), "n": 3}

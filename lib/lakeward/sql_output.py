@@ -1,0 +1,199 @@
+"""How ``lakeward sql`` prints a result: a text table, CSV, or one JSON object per line.
+
+``table`` and ``csv`` print arrays, maps, structs, booleans, intervals and
+variants as Spark's ``CAST(... AS STRING)`` does, and binary values as hex at
+any depth. ``json`` writes each row as one object; what JSON has no form for
+becomes text as Spark's ``to_json`` writes it: NaN and the infinities, binary
+(base64), intervals, and map keys that are not strings::
+
+    print_rows(spark.sql("SELECT * FROM gold.user_daily"), "json", sys.stdout)
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import math
+from collections import Counter
+from collections.abc import Callable, Sequence
+from decimal import Decimal
+from typing import Any, TextIO
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+Convert = Callable[[Column], Column]
+# Given a type, how to convert its values, or None to leave them as they are.
+Conversion = Callable[[T.DataType], Convert | None]
+
+_INTERVALS = (T.CalendarIntervalType, T.DayTimeIntervalType, T.YearMonthIntervalType)
+# What table and csv print as Spark's text.
+_TEXT_KINDS = (T.ArrayType, T.MapType, T.StructType, T.BooleanType, *_INTERVALS, T.VariantType, T.BinaryType)
+
+
+def print_rows(df: DataFrame, output_format: str, out: TextIO) -> None:
+    """Write every row of ``df`` to ``out`` as ``table``, ``csv`` or ``json``."""
+    columns = df.columns
+    if output_format == "json":
+        _check_unique_names(df.schema)
+        df = _converted(df, _json_value, _json_key)
+    else:
+        df = _converted(df, _hex)
+        df = _cast_to_text(df, _TEXT_KINDS)
+    if output_format == "table":
+        # Column widths need every row first.
+        out.write(format_table(columns, [list(row) for row in df.collect()]))
+        return
+    # One partition at a time (the next one fetched while this one prints), so a
+    # large result streams instead of filling the driver.
+    rows = df.toLocalIterator(prefetchPartitions=True)
+    if output_format == "json":
+        for row in rows:
+            record = json_ready(row.asDict(recursive=True))
+            out.write(json.dumps(record, default=str, ensure_ascii=False, allow_nan=False) + "\n")
+    else:
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow(["" if v is None else v for v in row])
+
+
+def format_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain text table, like ``DataFrame.show`` without truncation."""
+    cells = [["NULL" if v is None else str(v) for v in row] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    rule = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
+
+    def line(values: Sequence[str]) -> str:
+        return "| " + " | ".join(v.ljust(w) for v, w in zip(values, widths, strict=True)) + " |"
+
+    body = [rule, line(columns), rule, *[line(r) for r in cells], rule]
+    return "\n".join(body) + f"\n({len(rows)} row{'s' if len(rows) != 1 else ''})\n"
+
+
+def json_ready(value: Any) -> Any:
+    """Decimals as JSON numbers when a float holds them exactly, else as text (no silent rounding).
+
+    NaN and the infinities, which JSON has no numbers for, as text, and binary as base64, as
+    Spark's ``to_json`` writes them.
+    """
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_ready(v) for v in value]
+    if isinstance(value, bytes | bytearray):
+        return base64.b64encode(value).decode("ascii")
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, Decimal) and value.is_finite() and Decimal(repr(float(value))) == value:
+        return float(value)
+    return value
+
+
+def _check_unique_names(schema: T.StructType, where: str = "the result has more than one column") -> None:
+    """A JSON object keeps one value per key, so a repeated name would lose data, nested ones too."""
+    repeated = sorted(name for name, n in Counter(schema.names).items() if n > 1)
+    if repeated:
+        raise ValueError(
+            f"{where} named {', '.join(map(repr, repeated))}; "
+            "give them distinct names with AS for --format json"
+        )
+    for field in schema.fields:
+        kind = field.dataType
+        while isinstance(kind, T.ArrayType | T.MapType):
+            kind = kind.elementType if isinstance(kind, T.ArrayType) else kind.valueType
+        if isinstance(kind, T.StructType):
+            _check_unique_names(kind, f"column {field.name!r} has more than one field")
+
+
+def _json_value(kind: T.DataType) -> Convert | None:
+    # PySpark cannot collect a calendar or year-month interval at all, and gives a
+    # day-time one as Python's timedelta text.
+    return _as_text if isinstance(kind, _INTERVALS) else None
+
+
+def _json_key(kind: T.DataType) -> Convert | None:
+    """JSON keys are text: other keys as Spark's text, binary ones as base64."""
+    if isinstance(kind, T.StringType):
+        return None
+    return F.base64 if isinstance(kind, T.BinaryType) else _as_text
+
+
+def _hex(kind: T.DataType) -> Convert | None:
+    # A cast to text would decode the bytes as UTF-8.
+    return F.hex if isinstance(kind, T.BinaryType) else None
+
+
+def _as_text(column: Column) -> Column:
+    return column.cast("string")
+
+
+def _positional(df: DataFrame) -> DataFrame:
+    """``df`` with its columns named ``_0``, ``_1``, ...: names may repeat in a SQL result."""
+    return df.toDF(*[f"_{i}" for i in range(len(df.columns))])
+
+
+def _cast_to_text(df: DataFrame, kinds: tuple[type, ...]) -> DataFrame:
+    """Columns of these types as Spark prints them (``CAST AS STRING``), not as Python reprs."""
+    fields = df.schema.fields
+    if not any(isinstance(f.dataType, kinds) for f in fields):
+        return df
+    columns = [
+        (_as_text(F.col(f"_{i}")) if isinstance(f.dataType, kinds) else F.col(f"_{i}")).alias(f.name)
+        for i, f in enumerate(fields)
+    ]
+    return _positional(df).select(*columns)
+
+
+def _converted(df: DataFrame, value: Conversion, key: Conversion | None = None) -> DataFrame:
+    """``df`` with :func:`_rewritten` applied to every column."""
+    fields = df.schema.fields
+    if not any(_touches(f.dataType, value, key) for f in fields):
+        return df
+    columns = [_rewritten(F.col(f"_{i}"), f.dataType, value, key).alias(f.name) for i, f in enumerate(fields)]
+    return _positional(df).select(*columns)
+
+
+def _rewritten(column: Column, kind: T.DataType, value: Conversion, key: Conversion | None = None) -> Column:
+    """``column`` with each value ``value`` has a conversion for converted, at any depth.
+
+    With ``key``, map keys it has a conversion for are converted by it instead.
+    """
+    if not _touches(kind, value, key):
+        return column
+    convert = value(kind)
+    if convert is not None:
+        return convert(column)
+    if isinstance(kind, T.ArrayType):
+        return F.transform(column, lambda item: _rewritten(item, kind.elementType, value, key))
+    if isinstance(kind, T.MapType):
+        key_convert = key(kind.keyType) if key is not None else None
+
+        def new_key(k: Column) -> Column:
+            return key_convert(k) if key_convert is not None else _rewritten(k, kind.keyType, value, key)
+
+        keyed = F.transform_keys(column, lambda k, _: new_key(k))
+        return F.transform_values(keyed, lambda _, v: _rewritten(v, kind.valueType, value, key))
+    assert isinstance(kind, T.StructType)  # the only other type _touches looks into
+    # Fields are taken by position: names may repeat, or differ only in case.
+    positional = T.StructType([T.StructField(f"_{i}", f.dataType) for i, f in enumerate(kind.fields)])
+    renamed = column.cast(positional)
+    parts = [_rewritten(renamed.getField(f"_{i}"), f.dataType, value, key).alias(f.name)
+             for i, f in enumerate(kind.fields)]
+    return F.when(column.isNotNull(), F.struct(*parts))
+
+
+def _touches(kind: T.DataType, value: Conversion, key: Conversion | None) -> bool:
+    """Whether :func:`_rewritten` changes anything in a value of this type."""
+    if value(kind) is not None:
+        return True
+    if isinstance(kind, T.ArrayType):
+        return _touches(kind.elementType, value, key)
+    if isinstance(kind, T.MapType):
+        keys_converted = key is not None and key(kind.keyType) is not None
+        return keys_converted or _touches(kind.keyType, value, key) or _touches(kind.valueType, value, key)
+    if isinstance(kind, T.StructType):
+        return any(_touches(f.dataType, value, key) for f in kind.fields)
+    return False
