@@ -4,7 +4,8 @@
 variants as Spark's ``CAST(... AS STRING)`` does, and binary values as hex at
 any depth. ``json`` writes each row as one object; what JSON has no form for
 becomes text as Spark's ``to_json`` writes it: NaN and the infinities, binary
-(base64), intervals, and map keys that are not strings::
+(base64), intervals, and map keys that are not strings. In ``csv`` a null is an
+empty field and an empty string ``""``, as Spark's CSV writer has them::
 
     print_rows(spark.sql("SELECT * FROM gold.user_daily"), "json", sys.stdout)
 """
@@ -12,7 +13,6 @@ becomes text as Spark's ``to_json`` writes it: NaN and the infinities, binary
 from __future__ import annotations
 
 import base64
-import csv
 import json
 import math
 from collections import Counter
@@ -28,6 +28,7 @@ Convert = Callable[[Column], Column]
 # Given a type, how to convert its values, or None to leave them as they are.
 Conversion = Callable[[T.DataType], Convert | None]
 
+_CSV_SPECIAL = (",", '"', "\r", "\n")
 _INTERVALS = (T.CalendarIntervalType, T.DayTimeIntervalType, T.YearMonthIntervalType)
 # What table and csv print as Spark's text.
 _TEXT_KINDS = (T.ArrayType, T.MapType, T.StructType, T.BooleanType, *_INTERVALS, T.VariantType, T.BinaryType)
@@ -54,10 +55,9 @@ def print_rows(df: DataFrame, output_format: str, out: TextIO) -> None:
             record = json_ready(row.asDict(recursive=True))
             out.write(json.dumps(record, default=str, ensure_ascii=False, allow_nan=False) + "\n")
     else:
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(columns)
+        out.write(_csv_line(columns))
         for row in rows:
-            writer.writerow(["" if v is None else v for v in row])
+            out.write(_csv_line(row))
 
 
 def format_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -71,6 +71,17 @@ def format_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
     body = [rule, line(columns), rule, *[line(r) for r in cells], rule]
     return "\n".join(body) + f"\n({len(rows)} row{'s' if len(rows) != 1 else ''})\n"
+
+
+def _csv_line(values: Sequence[Any]) -> str:
+    """One CSV record as Spark's CSV writer writes it: a null is an empty field, an empty string ``""``."""
+    fields = []
+    for value in values:
+        text = "" if value is None else str(value)
+        if value is not None and (text == "" or any(c in text for c in _CSV_SPECIAL)):
+            text = '"' + text.replace('"', '""') + '"'
+        fields.append(text)
+    return ",".join(fields) + "\n"
 
 
 def json_ready(value: Any) -> Any:

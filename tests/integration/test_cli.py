@@ -226,6 +226,11 @@ def test_sql_table_and_csv_print_values_as_spark_does(
     assert capsys.readouterr().out.splitlines() == [
         "a,m,s,z,names", '"[41, null]","{42 -> {43, 1}}",{{0A}},,"{01, 2, 03}"']
 
+    # As Spark's CSV writer: a null is an empty field, an empty string is "".
+    empty = "SELECT '' AS e, CAST(NULL AS STRING) AS n, 'say \"hi\", twice' AS q"
+    assert cli._sql(spark, argparse.Namespace(query=empty, format="csv", limit=None)) == 0
+    assert capsys.readouterr().out.splitlines() == ["e,n,q", '"",,"say ""hi"", twice"']
+
 
 def test_sql_output_cut_short_by_its_reader_is_not_an_error(env: dict[str, str]) -> None:
     command = [*LAKEWARD, "sql", "--format", "csv", "SELECT id FROM range(200000)"]
