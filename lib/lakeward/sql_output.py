@@ -28,6 +28,7 @@ Convert = Callable[[Column], Column]
 # Given a type, how to convert its values, or None to leave them as they are.
 Conversion = Callable[[T.DataType], Convert | None]
 
+_ESCAPES = str.maketrans({"\n": "\\n", "\r": "\\r", "\t": "\\t"})
 _CSV_SPECIAL = (",", '"', "\r", "\n")
 _INTERVALS = (T.CalendarIntervalType, T.DayTimeIntervalType, T.YearMonthIntervalType)
 # What table and csv print as Spark's text.
@@ -62,7 +63,8 @@ def print_rows(df: DataFrame, output_format: str, out: TextIO) -> None:
 
 def format_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A plain text table, like ``DataFrame.show`` without truncation."""
-    cells = [["NULL" if v is None else str(v) for v in row] for row in rows]
+    # A line break inside a value would break the row; Spark's show() escapes them too.
+    cells = [["NULL" if v is None else str(v).translate(_ESCAPES) for v in row] for row in rows]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
     rule = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
 

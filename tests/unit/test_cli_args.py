@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 
 from lakeward.cli import EXIT_USAGE, build_parser
-from lakeward.sql_output import json_ready
+from lakeward.sql_output import format_table, json_ready
 
 
 @pytest.mark.parametrize(
@@ -73,3 +73,8 @@ def test_json_keeps_exact_decimals_as_numbers_and_others_as_text() -> None:
               "wide": Decimal("12345678901234567890.123456789"), "n": 3}
     assert json_ready(record) == {"spend": 21.85, "nested": [{"x": 0.1}],
                                    "wide": Decimal("12345678901234567890.123456789"), "n": 3}
+
+
+def test_a_table_cell_keeps_its_line_breaks_on_one_line() -> None:
+    table = format_table(["note", "n"], [["two\nlines\tand a tab", None]])
+    assert table.splitlines()[3] == "| two\\nlines\\tand a tab | NULL |"
