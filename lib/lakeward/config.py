@@ -34,7 +34,7 @@ ENV_VAR = "LAKEWARD_ENV"
 HOME_VAR = "LAKEWARD_HOME"
 CONF_DIR_VAR = "LAKEWARD_CONF_DIR"
 # Settings lakeward sets itself when it loads the files; a file may not set them.
-DERIVED_KEYS = ("env", "project_dir")
+DERIVED_KEYS = ("env", "project_dir", "conf_dir")
 
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -124,7 +124,7 @@ class PipelineSettings(_Strict):
 class QualitySettings(_Strict):
     """Where data contracts live (relative to the project, or absolute)."""
 
-    contracts_dir: str = "conf/contracts"
+    contracts_dir: str = "contracts"
 
 
 class FaultSettings(_Strict):
@@ -246,6 +246,7 @@ class Settings(_Strict):
     env: str = "local"
     data_root: Path = Field(Path(".lakeward"), strict=False)
     project_dir: Path = Field(Path("."), strict=False)
+    conf_dir: Path = Field(Path("conf"), strict=False)
     spark: SparkSettings = Field(default_factory=SparkSettings)
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
@@ -306,9 +307,9 @@ class Settings(_Strict):
 
     @property
     def contracts_dir(self) -> Path:
-        """Data contracts, resolved against the project directory."""
+        """Data contracts; a relative ``quality.contracts_dir`` is taken from the conf directory."""
         path = Path(self.quality.contracts_dir)
-        return path if path.is_absolute() else self.project_dir / path
+        return path if path.is_absolute() else self.conf_dir / path
 
 
 def default_conf_dir() -> Path:
@@ -378,6 +379,7 @@ def load_settings(
         raise ConfigError(f"{source(['data_root'])}: data_root: expected a path (found {configured_root!r})")
     merged["env"] = env
     merged["project_dir"] = conf_dir.parent
+    merged["conf_dir"] = conf_dir
     root = data_root or os.environ.get(HOME_VAR) or configured_root
     merged["data_root"] = Path(root).expanduser().resolve()
     try:

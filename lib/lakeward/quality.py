@@ -28,6 +28,7 @@ import logging
 import os
 import re
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -91,11 +92,22 @@ def result_spec(settings: Settings) -> tables.TableSpec:
 
 
 def load_contracts(directory: Path) -> dict[str, Contract]:
-    """Contracts by logical table name; a malformed file raises :class:`ConfigError`."""
+    """Contracts by logical table name.
+
+    A missing directory, a malformed file or two contracts for one table raise
+    :class:`ConfigError`.
+    """
+    if not directory.is_dir():
+        raise ConfigError(f"{directory}: no contracts directory (quality.contracts_dir)")
     contracts: dict[str, Contract] = {}
+    sources: dict[str, Path] = {}
     for path in sorted(directory.glob("*.yml")):
         contract = _parse_contract(path)
+        if contract.table in contracts:
+            first = sources[contract.table]
+            raise ConfigError(f"{path}: a second contract for {contract.table} (the first is {first})")
         contracts[contract.table] = contract
+        sources[contract.table] = path
     return contracts
 
 
@@ -219,16 +231,31 @@ class GateResult:
             raise GateFailed(self.suite, self.failed)
 
 
-def check(settings: Settings, table: str, df: DataFrame, *, batch: str) -> GateResult | None:
-    """Validate ``df`` against the contract of logical ``table``; None when it has none.
+def require_contracts(settings: Settings, tables: Sequence[str]) -> None:
+    """Raise :class:`ConfigError` naming each of these logical tables that has no contract.
+
+    Called before a job writes anything, so a missing contract stops it whole.
+    """
+    contracts = load_contracts(settings.contracts_dir)
+    missing = sorted(set(tables) - set(contracts))
+    if missing:
+        raise ConfigError(
+            f"{settings.contracts_dir}: no contract for {', '.join(missing)}, which silver writes only "
+            f"behind a gate (contracts found for: {', '.join(sorted(contracts)) or 'none'})"
+        )
+
+
+def check(settings: Settings, table: str, df: DataFrame, *, batch: str) -> GateResult:
+    """Validate ``df`` against the contract of logical ``table``.
+
+    Every gated table needs a contract: without one, :class:`ConfigError`, since
+    writing ungated rows would pass off unchecked data as checked.
 
     Records nothing: :func:`record` writes the results, so a job that gates
     several tables writes them in one commit.
     """
-    contract = load_contracts(settings.contracts_dir).get(table)
-    if contract is None:
-        log.info("quality: no contract for %s", table)
-        return None
+    require_contracts(settings, [table])
+    contract = load_contracts(settings.contracts_dir)[table]
     results = validate(df, contract)
     failed = [f"{r['expectation']}({r['kwargs']})" for r in results if not r["success"]]
     passed = not failed

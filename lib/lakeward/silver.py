@@ -447,6 +447,7 @@ def process_work(spark: SparkSession, settings: Settings, work: Work, key: bytes
     """
     at = datetime.now(UTC).replace(tzinfo=None)
     todo = [(source, dates) for source, dates in work.dates.items() if dates]
+    quality.require_contracts(settings, [SOURCES[source].table for source, _ in todo])
     gates: dict[str, list[quality.GateResult]] = {source: [] for source, _ in todo}
     with ThreadPoolExecutor(max_workers=max(1, len(todo))) as pool:
         futures = [
@@ -547,9 +548,8 @@ def _write_source(
             # that died before its ledger write already wrote included.
             gated = _final_columns(candidates, spec)
             gate = quality.check(settings, SOURCES[source].table, gated, batch=_batch_label(source, dates))
-            if gate is not None:
-                gates.append(gate)
-                gate.raise_if_failed()
+            gates.append(gate)
+            gate.raise_if_failed()
             written, new = _written_by_batch(candidates)
             stats = _stats(batches, arrivals, written)
             if new:

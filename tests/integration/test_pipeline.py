@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import sys
 from dataclasses import replace
 from datetime import UTC, date, datetime
@@ -248,11 +249,15 @@ def test_line_numbers_point_at_the_source_line(spark: SparkSession, run: Setting
 
 
 def _with_contracts(base_settings: Settings, tmp_path: Path, contracts: dict[str, str]) -> Settings:
-    """Isolated settings whose contracts directory holds only ``contracts`` (suite name -> YAML)."""
+    """Isolated settings with ``contracts`` (suite name -> YAML) and the default ones of other tables."""
     directory = tmp_path / "contracts"
     directory.mkdir()
     for suite, text in contracts.items():
         (directory / f"{suite}.yml").write_text(text)
+    given = quality.load_contracts(directory)
+    for table, contract in quality.load_contracts(base_settings.contracts_dir).items():
+        if table not in given:
+            shutil.copy(base_settings.contracts_dir / f"{contract.suite}.yml", directory)
     settings = isolated(base_settings, tmp_path)
     return settings.model_copy(
         update={"quality": settings.quality.model_copy(update={"contracts_dir": str(directory)})}
@@ -324,7 +329,10 @@ def test_a_failing_gate_keeps_what_the_other_sources_wrote(
     results = tables.read(spark, settings.table("ops_quality_results")).collect()
     assert {(r["suite"], r["success"]) for r in results} == {("orders", True), ("strict_ratings", False)}
     # The retry after the contract is mended writes the ratings and leaves the orders as they were.
-    (contracts / "strict_ratings.yml").unlink()
+    (contracts / "strict_ratings.yml").write_text(
+        "table: silver_ratings\nexpectations:\n"
+        "  - expect_column_values_to_be_between: {column: rating, min_value: 1, max_value: 5}\n"
+    )
     orders_version = tables.current_version(spark, settings.table("silver_orders"))
     results_by_source = {r.source: r for r in silver.process_sources(
         spark, settings, {"rating_submitted": [day]}, pii_key(settings)

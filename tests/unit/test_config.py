@@ -1,4 +1,5 @@
 import shlex
+import shutil
 from datetime import date
 from pathlib import Path
 
@@ -71,6 +72,13 @@ def test_dates_numbers_paths_and_lists_take_their_yaml_forms(tmp_path: Path) -> 
     assert (settings.demo.start, settings.training_set.t1) == (date(2026, 2, 1), date(2026, 3, 1))
     assert settings.training_set.fractions == (0.5, 0.25, 0.25) and settings.pipeline.max_amount == 500.0
     assert settings.spark.class_data_dir == Path("/tmp/archives")
+
+
+def test_contracts_come_from_the_conf_directory_in_use(tmp_path: Path) -> None:
+    copy = tmp_path / "strict"  # not named conf: the contracts still come with it
+    shutil.copytree(default_conf_dir(), copy)
+    assert load_settings("local", conf_dir=copy).contracts_dir == copy.resolve() / "contracts"
+    assert load_settings("local").contracts_dir == default_conf_dir().resolve() / "contracts"
 
 
 def test_null_data_root_means_the_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -115,3 +115,24 @@ def test_a_contract_naming_an_unknown_expectation_is_refused(tmp_path: Path) -> 
 
     with pytest.raises(ConfigError, match=r"bad\.yml: unknown expectation 'expect_the_moon'"):
         quality.load_contracts(tmp_path)
+
+
+def test_a_table_without_a_contract_is_not_written_ungated(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path
+) -> None:
+    contract = "table: silver_orders\nexpectations:\n  - expect_column_values_to_not_be_null: {column: key}\n"
+    (tmp_path / "orders.yml").write_text(contract)
+    settings = base_settings.model_copy(
+        update={"quality": base_settings.quality.model_copy(update={"contracts_dir": str(tmp_path)})}
+    )
+    df = spark.createDataFrame(_rows(2, 0, 0), "key string, amount double")
+    missing = r"no contract for silver_ratings, silver_users, which silver writes only behind a gate"
+    with pytest.raises(ConfigError, match=missing):
+        quality.require_contracts(settings, ["silver_orders", "silver_users", "silver_ratings"])
+    with pytest.raises(ConfigError, match=r"no contract for silver_ratings"):
+        quality.check(settings, "silver_ratings", df, batch="b1")
+    (tmp_path / "orders_again.yml").write_text(contract)
+    with pytest.raises(ConfigError, match=r"orders_again\.yml: a second contract for silver_orders"):
+        quality.load_contracts(tmp_path)
+    with pytest.raises(ConfigError, match=r"nowhere: no contracts directory"):
+        quality.load_contracts(tmp_path / "nowhere")
