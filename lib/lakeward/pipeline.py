@@ -15,7 +15,7 @@ from pyspark.sql import SparkSession
 from lakeward import bronze, incremental, quality, silver, tables
 from lakeward.config import Settings
 from lakeward.privacy.keys import pii_key
-from lakeward.sources.bitebridge import SOURCES, arrival_days
+from lakeward.sources.bitebridge import SOURCES, arrival_days, unrecognized_files
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,13 @@ def run_bronze(
 ) -> list[bronze.IngestResult]:
     """Ingest landing files of the selected arrival dates."""
     days = arrival_days(settings.landing_dir) if settings.landing_dir.exists() else []
+    ignored = unrecognized_files(settings.landing_dir)
+    if ignored:
+        names = ", ".join(str(path.relative_to(settings.landing_dir)) for path in ignored[:5])
+        log.warning(
+            "bronze: %d landing file(s) not named <source>/YYYY-MM-DD.jsonl, so not ingested: %s%s",
+            len(ignored), names, ", ..." if len(ignored) > 5 else "",
+        )
     if selection.day is not None:
         if selection.day not in days:
             raise bronze.NoLandingDataError(

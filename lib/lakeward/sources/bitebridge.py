@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import unicodedata
 from bisect import bisect
 from dataclasses import dataclass
@@ -468,13 +469,33 @@ def arrival_days(landing_dir: Path) -> list[date]:
     found: set[date] = set()
     for source in SOURCES:
         folder = Path(landing_dir) / source
-        if not folder.is_dir():
-            continue
-        for path in folder.glob("*.jsonl"):
-            if len(path.stem) != 10:  # only the YYYY-MM-DD names this module writes
-                continue
-            try:
-                found.add(date.fromisoformat(path.stem))
-            except ValueError:
-                continue
+        if folder.is_dir():
+            found.update(day for path in folder.iterdir() if (day := _arrival_day(path)) is not None)
     return sorted(found)
+
+
+def unrecognized_files(landing_dir: Path) -> list[Path]:
+    """Files in the sources' landing folders not named ``YYYY-MM-DD.jsonl``, which no run ingests.
+
+    Hidden files (a leading dot) are left out: tools leave those behind.
+    """
+    found: list[Path] = []
+    for source in SOURCES:
+        folder = Path(landing_dir) / source
+        if folder.is_dir():
+            found.extend(
+                path for path in folder.iterdir()
+                if not path.name.startswith(".") and _arrival_day(path) is None
+            )
+    return sorted(found)
+
+
+def _arrival_day(path: Path) -> date | None:
+    """The arrival day a landing file's name gives, if it is one this module writes."""
+    # fromisoformat alone would also take 20260101.jsonl and 2026-W01-1.jsonl.
+    if path.suffix != ".jsonl" or not re.fullmatch(r"\d{4}-\d{2}-\d{2}", path.stem) or not path.is_file():
+        return None
+    try:
+        return date.fromisoformat(path.stem)
+    except ValueError:
+        return None
