@@ -70,7 +70,10 @@ LEDGER_SCHEMA = T.StructType(
 )
 
 MALFORMED = "malformed_json"
+NOT_AN_OBJECT = "not_a_json_object"
 BLANK = "blank_line"
+# A line of a CRLF file keeps its "\r"; a line of only that is blank too.
+_WHITESPACE = " \t\r"
 
 
 class NoLandingDataError(FileNotFoundError):
@@ -178,9 +181,11 @@ def parse_lines(lines: DataFrame, fields: Sequence[str]) -> DataFrame:
     known = F.array(*[F.lit(name) for name in fields])
     unknown = F.map_filter(F.col("_parsed"), lambda k, _v: ~F.array_contains(known, k))
     reason = (
-        F.when(F.trim(F.col("value")) == "", F.lit(BLANK))
-        .when(F.col("_parsed").isNull(), F.lit(MALFORMED))
-        .otherwise(F.lit(None).cast("string"))
+        F.when(F.trim(F.col("value"), F.lit(_WHITESPACE)) == "", F.lit(BLANK))
+        .when(F.col("_parsed").isNotNull(), F.lit(None).cast("string"))
+        # Valid JSON, but an array, a number, a string or null: one event is an object.
+        .when(F.try_parse_json(F.col("value")).isNotNull(), F.lit(NOT_AN_OBJECT))
+        .otherwise(F.lit(MALFORMED))
     )
     return (
         lines.withColumn("_parsed", parsed)

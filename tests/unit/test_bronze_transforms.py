@@ -3,7 +3,7 @@ import json
 from chispa import assert_df_equality
 from pyspark.sql import SparkSession
 
-from lakeward.bronze import BLANK, MALFORMED, number_lines, parse_lines
+from lakeward.bronze import BLANK, MALFORMED, NOT_AN_OBJECT, number_lines, parse_lines
 
 
 def test_number_lines_across_files_and_splits(spark: SparkSession) -> None:
@@ -20,7 +20,8 @@ def test_number_lines_across_files_and_splits(spark: SparkSession) -> None:
 
 def test_parse_lines_keeps_text_and_rescues_unknown_fields(spark: SparkSession) -> None:
     good = json.dumps({"event_id": "e1", "amount": 12.50, "items": 3, "tip_amount": 1.5, "x": None})
-    lines = [good, '{"event_id": "e2", "amount": "twelve"', "", "[1, 2]", '{"event_id": null}']
+    lines = [good, '{"event_id": "e2", "amount": "twelve"', "", "[1, 2]", '{"event_id": null}',
+             "\r", "42", "null"]
     df = spark.createDataFrame([(v, i + 1) for i, v in enumerate(lines)], "value string, _line_no long")
     out = {r["_line_no"]: r for r in parse_lines(df, ["event_id", "amount", "items"]).collect()}
     assert out[1]["event_id"] == "e1" and out[1]["amount"] == "12.5" and out[1]["items"] == "3"
@@ -28,8 +29,9 @@ def test_parse_lines_keeps_text_and_rescues_unknown_fields(spark: SparkSession) 
     assert out[1]["_reason"] is None
     assert out[2]["_reason"] == MALFORMED
     assert out[3]["_reason"] == BLANK
-    assert out[4]["_reason"] == MALFORMED
+    assert out[4]["_reason"] == NOT_AN_OBJECT
     assert out[5]["_reason"] is None and out[5]["event_id"] is None and out[5]["_rescued_data"] is None
+    assert [out[n]["_reason"] for n in (6, 7, 8)] == [BLANK, NOT_AN_OBJECT, NOT_AN_OBJECT]
 
 
 def test_parse_lines_is_pure(spark: SparkSession) -> None:
