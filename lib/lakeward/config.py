@@ -122,7 +122,7 @@ class PipelineSettings(_Strict):
 
 
 class QualitySettings(_Strict):
-    """Where data contracts live (relative to the project, or absolute)."""
+    """Where data contracts live (relative to the conf directory, or absolute)."""
 
     contracts_dir: str = "contracts"
 

@@ -75,11 +75,12 @@ _FOUND = "__pit_found"
 _FEATURE, _LABEL_KIND = 0, 1
 
 WIDE_PAYLOAD_BYTES = 256
+"""Estimated bytes per feature row above which the join prefilters the feature rows."""
+
 # Spark's timestamps run from year 1 to 9999: no two are further apart than this, so a
 # longer ttl bounds nothing, and is not used (from about 292,000 years on, Spark's
 # interval type cannot even hold it).
 _LONGEST_SPAN = timedelta(days=366 * 10_000)
-"""Estimated bytes per feature row above which the join prefilters the feature rows."""
 
 
 class AsOfJoinError(ValueError):

@@ -231,10 +231,10 @@ class GateResult:
             raise GateFailed(self.suite, self.failed)
 
 
-def require_contracts(settings: Settings, tables: Sequence[str]) -> None:
-    """Raise :class:`ConfigError` naming each of these logical tables that has no contract.
+def require_contracts(settings: Settings, tables: Sequence[str]) -> dict[str, Contract]:
+    """The contracts of these logical tables; :class:`ConfigError` naming each that has none.
 
-    Called before a job writes anything, so a missing contract stops it whole.
+    Silver calls it before it writes anything, so a missing contract stops it whole.
     """
     contracts = load_contracts(settings.contracts_dir)
     missing = sorted(set(tables) - set(contracts))
@@ -243,6 +243,7 @@ def require_contracts(settings: Settings, tables: Sequence[str]) -> None:
             f"{settings.contracts_dir}: no contract for {', '.join(missing)}, which silver writes only "
             f"behind a gate (contracts found for: {', '.join(sorted(contracts)) or 'none'})"
         )
+    return {table: contracts[table] for table in tables}
 
 
 def check(settings: Settings, table: str, df: DataFrame, *, batch: str) -> GateResult:
@@ -254,8 +255,7 @@ def check(settings: Settings, table: str, df: DataFrame, *, batch: str) -> GateR
     Records nothing: :func:`record` writes the results, so a job that gates
     several tables writes them in one commit.
     """
-    require_contracts(settings, [table])
-    contract = load_contracts(settings.contracts_dir)[table]
+    contract = require_contracts(settings, [table])[table]
     results = validate(df, contract)
     failed = [f"{r['expectation']}({r['kwargs']})" for r in results if not r["success"]]
     passed = not failed
