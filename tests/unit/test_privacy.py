@@ -1,5 +1,8 @@
 import hashlib
 import hmac
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -36,6 +39,26 @@ def test_local_key_generated_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert first == second and len(first) >= 32
     assert (tmp_path / "pii.key").stat().st_mode & 0o077 == 0
     assert sum("generated a local pseudonymization key" in r.message for r in caplog.records) == 1
+
+
+def test_processes_starting_at_once_share_one_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LAKEWARD_PII_KEY", raising=False)
+    # Each process waits for the same moment, then asks for the key of a fresh data root.
+    code = (
+        "import sys, time\n"
+        "from lakeward.config import load_settings\n"
+        "from lakeward.privacy.keys import pii_key\n"
+        "settings = load_settings('local', data_root=sys.argv[1])\n"
+        "time.sleep(max(0.0, float(sys.argv[2]) - time.time()))\n"
+        "print(pii_key(settings).decode())\n"
+    )
+    start = time.time() + 3
+    runs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path), str(start)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(6)]
+    outputs = [run.communicate(timeout=120) for run in runs]
+    assert [run.returncode for run in runs] == [0] * 6, [err for _, err in outputs]
+    assert {out.strip() for out, _ in outputs} == {(tmp_path / "pii.key").read_text().strip()}
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["pii.key"]
 
 
 def test_prod_refuses_without_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -52,9 +52,18 @@ def _local_key(path: Path, variable: str) -> bytes:
         return path.read_bytes().strip()
     path.parent.mkdir(parents=True, exist_ok=True)
     key = secrets.token_hex(32).encode("ascii")
-    # Create with owner-only permissions before any secret is written.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(key)
+    # Written whole under a name of its own (owner-only before any secret is in it), then
+    # linked into place: a process starting at the same time either wins the link or
+    # reads the complete key of the one that did, never a half-written file.
+    draft = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(key)
+        os.link(draft, path)
+    except FileExistsError:
+        return path.read_bytes().strip()
+    finally:
+        draft.unlink(missing_ok=True)
     log.warning("%s is not set: generated a local pseudonymization key at %s", variable, path)
     return key
