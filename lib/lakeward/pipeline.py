@@ -15,7 +15,7 @@ from pyspark.sql import SparkSession
 from lakeward import bronze, incremental, quality, silver, tables
 from lakeward.config import Settings
 from lakeward.privacy.keys import pii_key
-from lakeward.sources.bitebridge import SOURCES, arrival_days, unrecognized_files
+from lakeward.sources.bitebridge import SOURCES, scan_landing
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +87,8 @@ def run_bronze(
     spark: SparkSession, settings: Settings, selection: DateSelection
 ) -> list[bronze.IngestResult]:
     """Ingest landing files of the selected arrival dates."""
-    days = arrival_days(settings.landing_dir) if settings.landing_dir.exists() else []
-    ignored = unrecognized_files(settings.landing_dir)
+    scan = scan_landing(settings.landing_dir)
+    days, ignored = scan.days, scan.unrecognized
     if ignored:
         names = ", ".join(str(path.relative_to(settings.landing_dir)) for path in ignored[:5])
         log.warning(

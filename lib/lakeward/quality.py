@@ -246,16 +246,21 @@ def require_contracts(settings: Settings, tables: Sequence[str]) -> dict[str, Co
     return {table: contracts[table] for table in tables}
 
 
-def check(settings: Settings, table: str, df: DataFrame, *, batch: str) -> GateResult:
+def check(
+    settings: Settings, table: str, df: DataFrame, *, batch: str, contract: Contract | None = None
+) -> GateResult:
     """Validate ``df`` against the contract of logical ``table``.
 
     Every gated table needs a contract: without one, :class:`ConfigError`, since
-    writing ungated rows would pass off unchecked data as checked.
+    writing ungated rows would pass off unchecked data as checked. A caller
+    holding the contract from :func:`require_contracts` passes it, so the
+    contracts directory is read once per run.
 
     Records nothing: :func:`record` writes the results, so a job that gates
     several tables writes them in one commit.
     """
-    contract = require_contracts(settings, [table])[table]
+    if contract is None:
+        contract = require_contracts(settings, [table])[table]
     results = validate(df, contract)
     failed = [f"{r['expectation']}({r['kwargs']})" for r in results if not r["success"]]
     passed = not failed

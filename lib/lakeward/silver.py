@@ -447,13 +447,14 @@ def process_work(spark: SparkSession, settings: Settings, work: Work, key: bytes
     """
     at = datetime.now(UTC).replace(tzinfo=None)
     todo = [(source, dates) for source, dates in work.dates.items() if dates]
-    quality.require_contracts(settings, [SOURCES[source].table for source, _ in todo])
+    contracts = quality.require_contracts(settings, [SOURCES[source].table for source, _ in todo])
     gates: dict[str, list[quality.GateResult]] = {source: [] for source, _ in todo}
     with ThreadPoolExecutor(max_workers=max(1, len(todo))) as pool:
         futures = [
             pool.submit(
                 _write_source,
-                spark, settings, source, dates, work.batches[source], key, at, gates[source],
+                spark, settings, source, dates, work.batches[source], key, at,
+                contracts[SOURCES[source].table], gates[source],
             )
             for source, dates in todo
         ]
@@ -511,6 +512,7 @@ def _write_source(
     batches: Mapping[str, _Batch],
     key: bytes,
     at: datetime,
+    contract: quality.Contract,
     gates: list[quality.GateResult],
 ) -> _Written:
     """Gate and write one source; its gate result is added to ``gates`` before anything can raise.
@@ -547,7 +549,9 @@ def _write_source(
             # The gate covers every row the batches put in silver, those a run
             # that died before its ledger write already wrote included.
             gated = _final_columns(candidates, spec)
-            gate = quality.check(settings, SOURCES[source].table, gated, batch=_batch_label(source, dates))
+            gate = quality.check(
+                settings, SOURCES[source].table, gated, batch=_batch_label(source, dates), contract=contract
+            )
             gates.append(gate)
             gate.raise_if_failed()
             written, new = _written_by_batch(candidates)

@@ -464,30 +464,36 @@ def landing_file(landing_dir: Path, source: str, arrival_day: date) -> Path:
     return Path(landing_dir) / source / f"{arrival_day:%Y-%m-%d}.jsonl"
 
 
+@dataclass(frozen=True)
+class LandingScan:
+    """What one listing of the sources' landing folders found."""
+
+    days: list[date]
+    """Sorted distinct arrival days with at least one landing file."""
+    unrecognized: list[Path]
+    """Files not named ``YYYY-MM-DD.jsonl``, which no run ingests; hidden files (left by tools) left out."""
+
+
+def scan_landing(landing_dir: Path) -> LandingScan:
+    """List the sources' landing folders once, for both the days to load and the misnamed files."""
+    days: set[date] = set()
+    unrecognized: list[Path] = []
+    for source in SOURCES:
+        folder = Path(landing_dir) / source
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            day = _arrival_day(path)
+            if day is not None:
+                days.add(day)
+            elif not path.name.startswith("."):
+                unrecognized.append(path)
+    return LandingScan(sorted(days), sorted(unrecognized))
+
+
 def arrival_days(landing_dir: Path) -> list[date]:
     """Sorted distinct arrival days with at least one landing file, for incremental loads."""
-    found: set[date] = set()
-    for source in SOURCES:
-        folder = Path(landing_dir) / source
-        if folder.is_dir():
-            found.update(day for path in folder.iterdir() if (day := _arrival_day(path)) is not None)
-    return sorted(found)
-
-
-def unrecognized_files(landing_dir: Path) -> list[Path]:
-    """Files in the sources' landing folders not named ``YYYY-MM-DD.jsonl``, which no run ingests.
-
-    Hidden files (a leading dot) are left out: tools leave those behind.
-    """
-    found: list[Path] = []
-    for source in SOURCES:
-        folder = Path(landing_dir) / source
-        if folder.is_dir():
-            found.extend(
-                path for path in folder.iterdir()
-                if not path.name.startswith(".") and _arrival_day(path) is None
-            )
-    return sorted(found)
+    return scan_landing(landing_dir).days
 
 
 def _arrival_day(path: Path) -> date | None:
