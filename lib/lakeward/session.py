@@ -25,7 +25,7 @@ from urllib.parse import unquote, urlparse
 from pyspark import SparkContext
 from pyspark.sql import SparkSession
 
-from lakeward import class_data
+from lakeward import class_data, root_lock
 from lakeward.config import ConfigError, Settings
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,7 @@ def get_spark(settings: Settings) -> SparkSession:
     _prepare_environment(settings)
     builder = _base_builder(settings)
     if mode == "local":
+        root_lock.hold(settings)
         builder = _local_catalog(builder, settings)
     if _submitted():
         # spark-submit already started the JVM with its master and packages.

@@ -5,15 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from pyspark.sql import SparkSession
 
-from lakeward import cli
-from lakeward.config import default_conf_dir
+from lakeward import cli, root_lock
+from lakeward.config import default_conf_dir, load_settings
 from tests.cli_process import LAKEWARD, lakeward
 
 pytestmark = pytest.mark.integration
@@ -110,6 +112,44 @@ def test_a_copied_data_root_is_refused(
         f"was copied or moved, and its tables would read and write the files under "
         f"{Path(env['LAKEWARD_HOME']) / 'warehouse'}. Use that data root, or an empty one"
     ]
+
+
+def test_a_second_process_on_a_data_root_stops_before_starting_spark(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    # Derby, the local catalog, opens in one process at a time; a second one failed
+    # only at its first table, with Hive's "Unable to instantiate ...MetaStoreClient".
+    home = tmp_path / "home"
+    holds = (
+        "import sys\n"
+        "from lakeward import root_lock\n"
+        "from lakeward.config import load_settings\n"
+        "root_lock.hold(load_settings('local', data_root=sys.argv[1]))\n"
+        "print('held', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", holds, str(home)], env=env, text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert holder.stdin is not None and holder.stdout is not None
+    try:
+        assert holder.stdout.readline() == "held\n"
+        result = lakeward({**env, "LAKEWARD_HOME": str(home)}, "sql", "SELECT 1")
+        busy = (
+            f"another process (pid {holder.pid}) is using the data root {home}: its local catalog "
+            f"(Derby) serves one process at a time. Wait for that process to finish, or set "
+            f"LAKEWARD_HOME to another data root"
+        )
+        assert (result.returncode, result.stderr.strip().splitlines()) == (1, [f"lakeward: error: {busy}"])
+        assert not (home / "logs").exists()  # no JVM was started
+        settings = load_settings("local", data_root=home)
+        with pytest.raises(root_lock.DataRootBusy, match=re.escape(busy)):
+            root_lock.hold(settings)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    # Released when its holder exits; held twice by one process, it is still one hold.
+    root_lock.hold(settings)
+    root_lock.hold(settings)
 
 
 def test_the_first_start_writes_a_class_archive_that_later_starts_map(

@@ -1,0 +1,57 @@
+"""One process at a time on a local data root.
+
+A local data root's catalog is an embedded Derby database, which one JVM at a
+time can open. Without this lock a second process would start Spark and then
+fail at its first table access with Hive's "Unable to instantiate
+SessionHiveMetaStoreClient"; with it, that process stops before opening the
+catalog (before starting Spark, unless spark-submit started it) and says which
+process holds the data root. The operating system releases the
+lock when its holder exits, however it exits, so a crash leaves nothing to
+clean up.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+from lakeward.config import Settings
+
+LOCK_NAME = "lakeward.lock"
+
+# Open for the life of the process: closing the descriptor releases the lock.
+_held: dict[Path, int] = {}
+
+
+class DataRootBusy(RuntimeError):
+    """Another process is using the data root's local catalog."""
+
+
+def hold(settings: Settings) -> None:
+    """Hold the lock of the settings' data root (beside its catalog) for the life of this process.
+
+    Raises :class:`DataRootBusy` at once, without waiting, when another process holds it.
+    """
+    path = (settings.metastore_dir / LOCK_NAME).resolve()
+    if path in _held:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 64).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise DataRootBusy(
+            f"another process (pid {holder}) is using the data root {settings.data_root}: its local "
+            f"catalog (Derby) serves one process at a time. Wait for that process to finish, or set "
+            f"LAKEWARD_HOME to another data root"
+        ) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    # The pid only: a command line can hold a query with personal data in it.
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    _held[path] = fd
