@@ -13,11 +13,12 @@ import logging
 import os
 import re
 import sys
-import time
+import traceback
 from collections.abc import Sequence
 from datetime import date
 from typing import Any, NoReturn
 
+from lakeward import root_lock
 from lakeward.config import ConfigError, Settings, is_identifier, load_settings
 from lakeward.sources.bitebridge import USERS_FEEDS
 
@@ -237,7 +238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _dispatch(args, settings)
     except Exception as err:  # noqa: BLE001 - one clear line instead of a traceback
         if args.debug:
-            raise
+            # The traceback too, but the exit code the error has without --debug.
+            traceback.print_exc()
         sys.stderr.write(f"lakeward: error: {_one_line(err)}\n")
         return EXIT_USAGE if isinstance(err, UsageError | ConfigError) else EXIT_ERROR
 
@@ -361,6 +363,9 @@ def _ml_command(spark: Any, args: argparse.Namespace, settings: Settings) -> int
 def _generate(args: argparse.Namespace, settings: Settings) -> int:
     from lakeward.sources.bitebridge import FaultRates, arrival_days, generate
 
+    if settings.spark.mode == "local":
+        # It overwrites landing files that a run on this data root may be reading.
+        root_lock.hold(settings)
     faults = FaultRates.none() if args.clean else FaultRates(**settings.generator.faults.model_dump())
     summary = generate(
         settings.landing_dir,
@@ -392,10 +397,6 @@ def _generate(args: argparse.Namespace, settings: Settings) -> int:
 def _sql(spark: Any, args: argparse.Namespace) -> int:
     from lakeward.sql_output import print_rows
 
-    # PySpark hands timestamps over as naive times in this process's time
-    # zone; they print as Spark shows them only when it is the session's.
-    os.environ["TZ"] = spark.conf.get("spark.sql.session.timeZone")
-    time.tzset()
     df = spark.sql(args.query)
     if args.limit is not None:
         df = df.limit(args.limit)

@@ -1,11 +1,14 @@
 """How ``lakeward sql`` prints a result: a text table, CSV, or one JSON object per line.
 
-``table`` and ``csv`` print arrays, maps, structs, booleans, intervals and
-variants as Spark's ``CAST(... AS STRING)`` does, and binary values as hex at
-any depth. ``json`` writes each row as one object; what JSON has no form for
-becomes text as Spark's ``to_json`` writes it: NaN and the infinities, binary
-(base64), intervals, and map keys that are not strings. In ``csv`` a null is an
-empty field and an empty string ``""``, as Spark's CSV writer has them::
+``table`` and ``csv`` print arrays, maps, structs, booleans, floating-point
+numbers, timestamps, intervals and variants as Spark's ``CAST(... AS STRING)``
+does (``1.0E10``, ``NaN``, ``2026-01-01 00:00:00.5`` in the session time zone),
+and binary values as hex at any depth. ``json`` writes each row as one object,
+timestamps as that same text and a float as the number its text shows (``0.1``,
+not the double nearest the float); what JSON has no form for becomes text as
+Spark's ``to_json`` writes it: NaN and the infinities, binary (base64),
+intervals, and map keys that are not strings. In ``csv`` a null is an empty
+field and an empty string ``""``, as Spark's CSV writer has them::
 
     print_rows(spark.sql("SELECT * FROM gold.user_daily"), "json", sys.stdout)
 """
@@ -31,8 +34,12 @@ Conversion = Callable[[T.DataType], Convert | None]
 _ESCAPES = str.maketrans({"\n": "\\n", "\r": "\\r", "\t": "\\t"})
 _CSV_SPECIAL = (",", '"', "\r", "\n")
 _INTERVALS = (T.CalendarIntervalType, T.DayTimeIntervalType, T.YearMonthIntervalType)
-# What table and csv print as Spark's text.
-_TEXT_KINDS = (T.ArrayType, T.MapType, T.StructType, T.BooleanType, *_INTERVALS, T.VariantType, T.BinaryType)
+_TIMESTAMPS = (T.TimestampType, T.TimestampNTZType)
+# What table and csv print as Spark's text; Python's text of a float or a timestamp is not Spark's.
+_TEXT_KINDS = (
+    T.ArrayType, T.MapType, T.StructType, T.BooleanType, T.FloatType, T.DoubleType, *_TIMESTAMPS,
+    *_INTERVALS, T.VariantType, T.BinaryType,
+)
 
 
 def print_rows(df: DataFrame, output_format: str, out: TextIO) -> None:
@@ -87,7 +94,10 @@ def _csv_line(values: Sequence[Any]) -> str:
 
 
 def json_ready(value: Any) -> Any:
-    """Decimals as JSON numbers when a float holds them exactly, else as text (no silent rounding).
+    """Decimals as JSON numbers when that loses nothing, else as text (no silent rounding).
+
+    A decimal is a number when the shortest text of the float nearest it reads back as the same
+    decimal (``0.1`` is, a 20-digit one is not).
 
     NaN and the infinities, which JSON has no numbers for, as text, and binary as base64, as
     Spark's ``to_json`` writes them.
@@ -123,8 +133,15 @@ def _check_unique_names(schema: T.StructType, where: str = "the result has more 
 
 def _json_value(kind: T.DataType) -> Convert | None:
     # PySpark cannot collect a calendar or year-month interval at all, and gives a
-    # day-time one as Python's timedelta text.
-    return _as_text if isinstance(kind, _INTERVALS) else None
+    # day-time one as Python's timedelta text; a timestamp as Python's text of a datetime.
+    if isinstance(kind, (*_INTERVALS, *_TIMESTAMPS)):
+        return _as_text
+    # Collected, a float becomes the double nearest it: 0.1 would print as 0.10000000149011612.
+    return _float_as_shown if isinstance(kind, T.FloatType) else None
+
+
+def _float_as_shown(column: Column) -> Column:
+    return column.cast("string").cast("double")
 
 
 def _json_key(kind: T.DataType) -> Convert | None:

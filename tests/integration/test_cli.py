@@ -141,6 +141,12 @@ def test_a_second_process_on_a_data_root_stops_before_starting_spark(
         )
         assert (result.returncode, result.stderr.strip().splitlines()) == (1, [f"lakeward: error: {busy}"])
         assert not (home / "logs").exists()  # no JVM was started
+        # generate starts no JVM, but it overwrites landing files a run may be reading.
+        generated = lakeward({**env, "LAKEWARD_HOME": str(home)}, "generate", "--seed", "1",
+                             "--users", "2", "--days", "1")
+        assert (generated.returncode, generated.stderr.strip().splitlines()) == (
+            1, [f"lakeward: error: {busy}"])
+        assert not (home / "landing").exists()
         settings = load_settings("local", data_root=home)
         with pytest.raises(root_lock.DataRootBusy, match=re.escape(busy)):
             root_lock.hold(settings)
@@ -203,6 +209,11 @@ def test_bad_arguments_and_config(env: dict[str, str], tmp_path: Path) -> None:
     assert bad_conf.returncode == 2
     assert "local.yml: pipeline.allowed_lateness_days" in bad_conf.stderr
     assert "Traceback" not in bad_conf.stderr
+    # --debug adds the traceback and keeps the exit code.
+    debug = lakeward({**env, "LAKEWARD_CONF_DIR": str(conf)}, "generate", "--seed", "1",
+                     "--users", "2", "--days", "1", "--debug")
+    assert debug.returncode == 2 and "Traceback" in debug.stderr
+    assert debug.stderr.strip().splitlines()[-1].startswith("lakeward: error: ")
 
     prod = lakeward({**env, "LAKEWARD_ENV": "prod"}, "run", "silver", "--all-dates")
     assert prod.returncode == 2 and "LAKEWARD_PII_KEY is not set" in prod.stderr
@@ -265,6 +276,18 @@ def test_sql_table_and_csv_print_values_as_spark_does(
     assert cli._sql(spark, argparse.Namespace(query=nested, format="csv", limit=None)) == 0
     assert capsys.readouterr().out.splitlines() == [
         "a,m,s,z,names", '"[41, null]","{42 -> {43, 1}}",{{0A}},,"{01, 2, 03}"']
+
+    # Floating-point numbers and timestamps too; Python's text of them is not Spark's.
+    numbers = ("SELECT 1e10D AS d, double('NaN') AS n, -double('inf') AS i, CAST(0.1 AS FLOAT) AS f, "
+               "TIMESTAMP'2026-01-01 00:00:00.5' AS t, TIMESTAMP_NTZ'2026-01-02 03:04:05' AS z, "
+               "array(0.25D) AS a")
+    assert cli._sql(spark, argparse.Namespace(query=numbers, format="csv", limit=None)) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "d,n,i,f,t,z,a", "1.0E10,NaN,-Infinity,0.1,2026-01-01 00:00:00.5,2026-01-02 03:04:05,[0.25]"]
+    assert cli._sql(spark, argparse.Namespace(query=numbers, format="json", limit=None)) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "d": 1e10, "n": "NaN", "i": "-Infinity", "f": 0.1, "t": "2026-01-01 00:00:00.5",
+        "z": "2026-01-02 03:04:05", "a": [0.25]}
 
     # As Spark's CSV writer: a null is an empty field, an empty string is "".
     empty = "SELECT '' AS e, CAST(NULL AS STRING) AS n, 'say \"hi\", twice' AS q"
