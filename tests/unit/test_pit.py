@@ -191,14 +191,19 @@ def test_matches_oracle_on_random_data(random_data: Any, ttl: timedelta | None) 
     _check_against_oracle(cases, result, ttl)
 
 
-def test_time_buckets_and_input_order_do_not_change_the_result(random_data: Any) -> None:
+# Without a ttl, a label's match can lie several buckets back: the carry over
+# buckets is then what finds it (with the ttl, a feature that old is out anyway).
+@pytest.mark.parametrize(("ttl", "buckets"), [(TTL, 4), (None, 4), (None, 8)])
+def test_time_buckets_and_input_order_do_not_change_the_result(
+    random_data: Any, ttl: timedelta | None, buckets: int
+) -> None:
     cases, labels, features = random_data
     result = as_of_join(labels.repartition(3), features.repartition(3), keys=KEYS,
-                        label_ts="label_ts", feature_ts="feature_ts", ttl=TTL, time_buckets=4)
-    _check_against_oracle(cases, result, TTL)
+                        label_ts="label_ts", feature_ts="feature_ts", ttl=ttl, time_buckets=buckets)
+    _check_against_oracle(cases, result, ttl)
 
 
-@pytest.mark.parametrize(("ttl", "buckets"), [(None, None), (TTL, None), (TTL, 3)])
+@pytest.mark.parametrize(("ttl", "buckets"), [(None, None), (TTL, None), (TTL, 3), (None, 8)])
 def test_prefiltered_features_match_oracle(random_data: Any, ttl: timedelta | None,
                                            buckets: int | None) -> None:
     cases, labels, features = random_data
@@ -270,6 +275,27 @@ def test_bounds_ties_duplicates_and_nulls(spark: SparkSession) -> None:
             (None, at(10), 6, None, None),
             ("u", None, 7, None, None),
         ],
+        SMALL_OUT,
+    )
+    assert_df_equality(result, expected, ignore_row_order=True)
+
+
+@pytest.mark.parametrize("prefilter", [False, True])
+def test_a_match_buckets_back_is_carried_over_buckets_with_labels_only(
+    spark: SparkSession, prefilter: bool
+) -> None:
+    # Three buckets over 0..29 s: [0, 10), [10, 20), [20, 30). u's only feature is in
+    # the first; the second holds labels only, which must not break the carry.
+    labels, features = _small(
+        spark,
+        [("u", at(12), 1), ("u", at(25), 2), ("w", at(29), 3), ("w", at(0), 4)],
+        [("u", at(0), 7), ("w", at(15), 8)],
+    )
+    result = as_of_join(labels, features, keys=["user"], label_ts="ts", feature_ts="ts", prefix="f_",
+                        time_buckets=3, prefilter=prefilter)
+    expected = spark.createDataFrame(
+        [("u", at(12), 1, at(0), 7), ("u", at(25), 2, at(0), 7), ("w", at(29), 3, at(15), 8),
+         ("w", at(0), 4, None, None)],
         SMALL_OUT,
     )
     assert_df_equality(result, expected, ignore_row_order=True)
