@@ -34,6 +34,8 @@ def test_parse_lines_keeps_text_and_rescues_unknown_fields(spark: SparkSession) 
     assert [out[n]["_reason"] for n in (6, 7, 8)] == [BLANK, NOT_AN_OBJECT, NOT_AN_OBJECT]
 
 
-def test_parse_lines_is_pure(spark: SparkSession) -> None:
-    df = spark.createDataFrame([('{"a": "1"}', 1)], "value string, _line_no long")
-    assert_df_equality(parse_lines(df, ["a"]), parse_lines(df, ["a"]))
+def test_parse_lines_keeps_its_input_and_adds_the_documented_columns(spark: SparkSession) -> None:
+    df = spark.createDataFrame([('{"a": "1", "b": 2}', 1), ("{", 2)], "value string, _line_no long")
+    out = parse_lines(df, ["a"])
+    assert out.columns == ["value", "_line_no", "a", "_rescued_data", "_reason"]
+    assert_df_equality(out.select("value", "_line_no"), df, ignore_row_order=True)
