@@ -203,13 +203,14 @@ def test_one_new_day_in_order_only_appends_that_day(
 ) -> None:
     settings = _settings(base_settings, tmp_path)
     silver.ensure_tables(spark, settings)
-    d1, d2 = date(2026, 3, 1), date(2026, 3, 2)
-    orders = [("a", d1, d1, Decimal("10.00")), ("b", d1, d1, Decimal("5.00")), ("a", d2, d2, Decimal("1.00"))]
+    d1, d2, d3 = date(2026, 3, 1), date(2026, 3, 2), date(2026, 3, 3)
+    orders = [("a", d1, d1, Decimal("10.00")), ("b", d1, d1, Decimal("5.00")), ("a", d2, d2, Decimal("1.00")),
+              ("b", d3, d3, Decimal("2.00"))]
     rows = _silver_rows(orders, [], [])["silver_orders"]
     _append(spark, settings, "silver_orders", rows[:2])
     incremental.refresh(spark, settings)
     before = tables.read(spark, settings.table("gold_user_features")).collect()
-    _append(spark, settings, "silver_orders", rows[2:])
+    _append(spark, settings, "silver_orders", rows[2:3])
     with monkeypatch.context() as patched:
         patched.setattr(incremental, "_record", lambda *_: (_ for _ in ()).throw(RuntimeError("crash")))
         with pytest.raises(RuntimeError, match="crash"):
@@ -222,6 +223,15 @@ def test_one_new_day_in_order_only_appends_that_day(
     assert sorted(new) == [("a", 2), ("b", 1)], "the run that died left no second copy"
     note = tables.last_commit_metadata(spark, settings.table("gold_user_features"))
     assert note == _last_run_note(spark, settings), "the commit names the run the ledger records"
+    # The retry replaced what the run that died had written; the next day, after a
+    # run that finished, is a plain append that removes no file.
+    _append(spark, settings, "silver_orders", rows[3:])
+    assert incremental.refresh(spark, settings).feature_rows_written == 2
+    commit = tables.history(spark, settings.table("gold_user_features"), 1).first()
+    assert (commit["operation"], commit["operationParameters"]["mode"]) == ("WRITE", "Append")
+    assert commit["operationMetrics"].get("numRemovedFiles", "0") == "0"
+    latest = tables.read(spark, settings.table("gold_user_features")).filter(F.col("feature_date") == d3)
+    assert sorted((r["user_key"], r["orders_7d"]) for r in latest.collect()) == [("a", 2), ("b", 2)]
 
 
 def _two_runs_then_full(
