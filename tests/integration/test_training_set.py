@@ -98,7 +98,8 @@ def _write_features(
 
 def _oracle(orders: list[Row], features: list[Row], spec: BuildSpec) -> dict[str, tuple[object, ...]]:
     """Brute force, per label id: churned, and the date and time of the feature row it gets."""
-    horizon, ttl = timedelta(days=spec.horizon_days), timedelta(days=spec.ttl_days or 0)
+    horizon = timedelta(days=spec.horizon_days)
+    ttl = None if spec.ttl_days is None else timedelta(days=spec.ttl_days)
     observed_until = spec.observed_until.replace(tzinfo=None)
     order_times: dict[str, list[datetime]] = {}
     for order in orders:
@@ -110,10 +111,31 @@ def _oracle(orders: list[Row], features: list[Row], spec: BuildSpec) -> dict[str
             continue
         churned = int(not any(t < other <= t + horizon for other in order_times[order["user_key"]]))
         known = [(f["feature_ts"], f["feature_date"]) for f in features
-                 if f["user_key"] == order["user_key"] and t - ttl <= f["feature_ts"] <= t]
+                 if f["user_key"] == order["user_key"] and f["feature_ts"] <= t
+                 and (ttl is None or t - ttl <= f["feature_ts"])]
         feature_ts, feature_date = max(known) if known else (None, None)
         expected[order["event_id"]] = (churned, feature_date, feature_ts)
     return expected
+
+
+def _write_edge_user(spark: SparkSession, settings: Settings, ttl: timedelta) -> tuple[str, str, datetime]:
+    """A user with one feature row and two orders: exactly ``ttl`` after it, and a microsecond later.
+
+    Returns the two label ids and the feature row's time.
+    """
+    user, known = "zz-edge", datetime(2026, 1, 22)
+    at_bound, past_bound = known + ttl, known + ttl + timedelta(microseconds=1)
+    orders = silver.silver_spec(settings, "order_placed").schema
+    rows = [{"event_id": f"{user}-{n}", "event_ts": t, "event_date": t.date(), "user_key": user,
+             "_arrival_date": t.date()} for n, t in enumerate((at_bound, past_bound))]
+    tables.append(spark.createDataFrame([tuple(r.get(f) for f in orders.fieldNames()) for r in rows], orders),
+                  settings.table("silver_orders"))
+    name = settings.table("gold_user_features")
+    features = tables.read(spark, name).schema
+    row = {"user_key": user, "feature_date": known.date() - timedelta(days=1), "feature_ts": known,
+           "feature_version": settings.pipeline.feature_version}
+    tables.append(spark.createDataFrame([tuple(row.get(f) for f in features.fieldNames())], features), name)
+    return f"{user}-0", f"{user}-1", known
 
 
 def _inputs_at(spark: SparkSession, settings: Settings, spec: BuildSpec) -> tuple[DataFrame, DataFrame]:
@@ -139,12 +161,16 @@ def _vacuum_everything_old(spark: SparkSession, name: str) -> None:
 def test_build_records_versions_and_rebuilds_exactly(spark: SparkSession, fresh_settings: Settings) -> None:
     settings = fresh_settings
     _write_orders(spark, settings, 0, 79)
-    # One user's features stop for a week before one of their orders, so the TTL leaves it none.
+    # One user's features stop a day longer than the TTL before one of their orders,
+    # so the TTL leaves it none (a longer TTL would not).
+    ttl_days = settings.training_set.ttl_days
+    assert ttl_days is not None
     later = tables.read(spark, settings.table("silver_orders")).filter(
         F.col("event_date") >= START + timedelta(days=20))
     gap_user, gap_day, gap_label = later.orderBy("event_date", "user_key").select(
         "user_key", "event_date", "event_id").first()
-    _write_features(spark, settings, 0, 79, gap=(gap_user, gap_day - timedelta(days=7), gap_day))
+    _write_features(spark, settings, 0, 79, gap=(gap_user, gap_day - timedelta(days=ttl_days + 1), gap_day))
+    at_bound, past_bound, edge_known = _write_edge_user(spark, settings, timedelta(days=ttl_days))
     orders_name, features_name = settings.table("silver_orders"), settings.table("gold_user_features")
 
     first = build(spark, settings)
@@ -159,6 +185,8 @@ def test_build_records_versions_and_rebuilds_exactly(spark: SparkSession, fresh_
     assert first.spec.observed_until == datetime.combine(
         last_arrival + timedelta(days=1) - lateness, datetime.min.time(), UTC)
     assert first.spec.split == "group" and first.spec.t1 is None
+    assert (first.spec.horizon_days, first.spec.ttl_days) == (
+        settings.training_set.horizon_days, settings.training_set.ttl_days)
 
     written = tables.read(spark, table)
     assert written.columns == ["label_id", "user_key", "label_ts", "churned", "feature_date",
@@ -170,7 +198,9 @@ def test_build_records_versions_and_rebuilds_exactly(spark: SparkSession, fresh_
     got = {r["label_id"]: (r["churned"], r["feature_date"], r["feature_ts"]) for r in written.collect()}
     assert got == oracle
     assert {churned for churned, _, _ in oracle.values()} == {0, 1}
-    assert oracle[gap_label][1:] == (None, None), "a week without features: the TTL leaves none"
+    assert oracle[gap_label][1:] == (None, None), "longer without features than the TTL: none"
+    assert oracle[at_bound][1:] == (edge_known.date() - timedelta(days=1), edge_known), "exactly ttl old: in"
+    assert oracle[past_bound][1:] == (None, None), "a microsecond older than the TTL: out"
     assert content_hash(written) == first.content_hash
     assert first.rows == written.count() == len(oracle) > 0
     assert all(first.split_rows[part] > 0 for part in PARTS)
