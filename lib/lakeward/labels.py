@@ -22,6 +22,8 @@ def churn_labels(orders: DataFrame, *, horizon: timedelta, observed_until: datet
     open at ``t`` and closed at ``t + horizon``: an order at the same instant
     does not count as a next order, one exactly ``horizon`` later does. So
     the window's last instant must be observed too: see :func:`fully_observed`.
+    An order with a null ``user_key`` or ``event_ts`` gets no label and is
+    no one's next order.
     """
     if horizon <= timedelta(0):
         raise ValueError(f"horizon must be positive, got {horizon}")

@@ -14,23 +14,31 @@ T0 = datetime(2026, 1, 1)
 HORIZON = timedelta(seconds=50)
 
 
-def _orders(seeds: range) -> list[tuple[str, str, datetime]]:
-    rows = []
+def _orders(seeds: range) -> list[tuple[str, str | None, datetime | None]]:
+    rows: list[tuple[str, str | None, datetime | None]] = []
     for seed in seeds:
         rng = random.Random(seed)
         users = [f"s{seed}u{i}" for i in range(5)]
         for n in range(60):
             # Few distinct seconds, so ties and exact horizon boundaries are common.
-            rows.append((f"s{seed}e{n}", rng.choice(users), T0 + timedelta(seconds=rng.randrange(0, 300, 5))))
+            user: str | None = rng.choice(users)
+            ts: datetime | None = T0 + timedelta(seconds=rng.randrange(0, 300, 5))
+            # Now and then a null user or time: no label, and no one's next order.
+            if rng.random() < 0.04:
+                user = None
+            elif rng.random() < 0.04:
+                ts = None
+            rows.append((f"s{seed}e{n}", user, ts))
     return rows
 
 
 def _oracle(orders, observed_until):
     labels = {}
-    for event_id, user, ts in orders:
+    known = [o for o in orders if o[1] is not None and o[2] is not None]
+    for event_id, user, ts in known:
         if ts + HORIZON >= observed_until:
             continue
-        later = [o for o in orders if o[1] == user and ts < o[2] <= ts + HORIZON]
+        later = [o for o in known if o[1] == user and ts < o[2] <= ts + HORIZON]
         labels[event_id] = (user, ts, 0 if later else 1)
     return labels
 
@@ -44,6 +52,7 @@ def test_churn_labels_match_oracle(spark: SparkSession) -> None:
     expected = _oracle(orders, observed_until)
     assert got == expected
     assert {v[2] for v in expected.values()} == {0, 1}
+    assert any(user is None for _, user, _ in orders) and any(ts is None for _, _, ts in orders)
 
 
 def test_churn_window_is_open_at_t_and_closed_at_horizon(spark: SparkSession) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections import defaultdict
 from collections.abc import Sequence
@@ -396,6 +397,25 @@ def test_a_null_map_or_variant_is_the_smallest_on_a_tie(spark: SparkSession) -> 
     assert winners[2]["s"] == (1, {"a": 1})
 
 
+@pytest.mark.parametrize("buckets", [None, 2])
+def test_ties_put_nan_above_numbers_and_compare_text_by_utf8_bytes(
+    spark: SparkSession, buckets: int | None
+) -> None:
+    labels = spark.createDataFrame([("u", at(5))], "user STRING, ts TIMESTAMP")
+
+    def winner(values: list[Any], kind: str) -> Any:
+        # One older row, so that two buckets have something to carry.
+        rows = [("u", at(0), values[0]), *[("u", at(5), v) for v in values]]
+        features = spark.createDataFrame(rows, f"user STRING, fts TIMESTAMP, v {kind}")
+        return as_of_join(labels, features, keys=["user"], label_ts="ts", feature_ts="fts",
+                          time_buckets=buckets).collect()[0]["v"]
+
+    assert math.isnan(winner([1.0, float("nan"), float("inf"), None], "DOUBLE"))
+    assert winner(["z", "\u00e9", "Z"], "STRING") == "\u00e9"
+    # UTF-16 order (Java's String.compareTo) would put U+FFFF above U+10000; UTF-8 bytes do not.
+    assert winner(["\uffff", "\U00010000"], "STRING") == "\U00010000"
+
+
 def test_a_ttl_beyond_any_timestamp_span_is_no_limit(spark: SparkSession) -> None:
     labels, features = _small(spark, [("u", at(5), 1)], [("u", datetime(1000, 1, 1), 2)])
     found = {
@@ -480,12 +500,23 @@ def test_missing_columns_list_expected_and_present(spark: SparkSession) -> None:
         ({"keys": ["user"], "ttl": timedelta(seconds=-1)}, "negative"),
         ({"keys": ["user", "user"], "ttl": None}, "repeat"),
         ({"keys": ["user"], "ttl": None, "prefilter": "yes"}, "prefilter"),
+        ({"keys": ["user"], "ttl": None, "time_buckets": 0}, "time_buckets must be a positive int"),
+        ({"keys": ["user"], "ttl": None, "time_buckets": True}, "time_buckets must be a positive int"),
+        ({"keys": ["user"], "ttl": None, "time_buckets": 2.5}, "time_buckets must be a positive int"),
+        ({"keys": ["user", "ts"], "ttl": None}, r"label_ts='ts' is also one of the keys"),
     ],
 )
 def test_invalid_arguments(spark: SparkSession, kwargs: dict[str, Any], message: str) -> None:
     labels, features = _small(spark, [], [])
     with pytest.raises(ValueError, match=message):
         as_of_join(labels, features, label_ts="ts", feature_ts="ts", prefix="f_", **kwargs)
+
+
+def test_a_ttl_that_is_not_a_timedelta_is_refused(spark: SparkSession) -> None:
+    labels, features = _small(spark, [], [])
+    with pytest.raises(TypeError, match="ttl must be a datetime.timedelta or None; got int"):
+        as_of_join(labels, features, keys=["user"], label_ts="ts", feature_ts="ts", prefix="f_",
+                   ttl=5)  # type: ignore[arg-type]
 
 
 def test_times_must_be_times_and_keys_of_one_kind(spark: SparkSession) -> None:
