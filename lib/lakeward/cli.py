@@ -363,9 +363,8 @@ def _ml_command(spark: Any, args: argparse.Namespace, settings: Settings) -> int
 def _generate(args: argparse.Namespace, settings: Settings) -> int:
     from lakeward.sources.bitebridge import FaultRates, arrival_days, generate
 
-    if settings.spark.mode == "local":
-        # It overwrites landing files that a run on this data root may be reading.
-        root_lock.hold(settings)
+    # It overwrites landing files that a run on this data root may be reading.
+    root_lock.hold(settings)
     faults = FaultRates.none() if args.clean else FaultRates(**settings.generator.faults.model_dump())
     summary = generate(
         settings.landing_dir,

@@ -32,7 +32,10 @@ def hold(settings: Settings) -> None:
     """Hold the lock of the settings' data root (beside its catalog) for the life of this process.
 
     Raises :class:`DataRootBusy` at once, without waiting, when another process holds it.
+    Outside ``local`` mode there is no local catalog, and nothing to hold.
     """
+    if settings.spark.mode != "local":
+        return
     path = (settings.metastore_dir / LOCK_NAME).resolve()
     if path in _held:
         return

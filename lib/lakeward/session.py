@@ -58,9 +58,9 @@ def get_spark(settings: Settings) -> SparkSession:
     if mode == "databricks":
         return SparkSession.builder.getOrCreate()
     _prepare_environment(settings)
+    root_lock.hold(settings)
     builder = _base_builder(settings)
     if mode == "local":
-        root_lock.hold(settings)
         builder = _local_catalog(builder, settings)
     if _submitted():
         # spark-submit already started the JVM with its master and packages.
