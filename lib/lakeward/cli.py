@@ -298,6 +298,13 @@ def _check_training_set_args(args: argparse.Namespace, settings: Settings) -> No
         raise UsageError("give both --t1 and --t2, or neither to compute them from the labels")
     if args.t1 is not None and not args.t1 < args.t2:
         raise UsageError(f"expected --t1 before --t2, got {args.t1} and {args.t2}")
+    if args.name is not None:
+        from lakeward.training_set import TrainingSetError, table_name
+
+        try:
+            table_name(settings, args.name)
+        except TrainingSetError as err:
+            raise UsageError(f"--name: {err}") from None
 
 
 def _training_set(spark: Any, args: argparse.Namespace, settings: Settings) -> int:

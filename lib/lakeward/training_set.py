@@ -209,7 +209,12 @@ def feature_columns(settings: Settings) -> list[str]:
 
 
 def table_name(settings: Settings, name: str | None = None) -> str:
-    """``ml.training_set``, or ``ml.<name>`` (the schema of ``ml_training_set``) for a plain identifier."""
+    """``ml.training_set``, or ``ml.<name>`` (the schema of ``ml_training_set``) for a plain identifier.
+
+    The name is lower-cased, as the catalog keeps it, so that one table has one name in
+    the ledger. It may not be longer than :data:`MAX_NAME_LENGTH`, nor name another
+    table of lakeward's own (``predictions``, say), which ``--name`` would replace.
+    """
     default = settings.table("ml_training_set")
     if name is None:
         return default
@@ -217,8 +222,20 @@ def table_name(settings: Settings, name: str | None = None) -> str:
         raise TrainingSetError(
             f"a training set name is a plain identifier (letters, digits, _), got {name!r}"
         )
+    if len(name) > MAX_NAME_LENGTH:
+        raise TrainingSetError(
+            f"a training set name has at most {MAX_NAME_LENGTH} characters, got {len(name)}"
+        )
     schema = default.rsplit(".", 1)[0] if "." in default else None
-    return f"{schema}.{name}" if schema else name
+    table = f"{schema}.{name.lower()}" if schema else name.lower()
+    own = {settings.table(logical) for logical in settings.tables if logical != "ml_training_set"}
+    if table in own:
+        raise TrainingSetError(f"{table} is one of lakeward's own tables; choose another training set name")
+    return table
+
+
+# Catalogs and file systems limit names (Hive's metastore and most file systems to 128 to 255).
+MAX_NAME_LENGTH = 128
 
 
 def training_set_spec(settings: Settings, name: str | None = None) -> tables.TableSpec:
@@ -292,7 +309,8 @@ def temporal_bounds(
         raise TrainingSetError(
             f"labels run from {first} to {last} ({(last - first).days} days); a temporal split "
             f"needs more than {2 * horizon.days} days for three parts separated by gaps of "
-            f"{horizon.days} days. Use the group split, give t1 and t2, or add data"
+            f"{horizon.days} days, whether t1 and t2 are computed or given. Use the group split, "
+            f"or add data"
         )
     t1 = first + usable * fractions[0] + horizon
     t2 = t1 + usable * fractions[1] + horizon

@@ -209,6 +209,11 @@ def test_bad_arguments_and_config(env: dict[str, str], tmp_path: Path) -> None:
     assert bad_conf.returncode == 2
     assert "local.yml: pipeline.allowed_lateness_days" in bad_conf.stderr
     assert "Traceback" not in bad_conf.stderr
+    # A training set may not take the name of a table lakeward writes itself.
+    taken = lakeward(env, "training-set", "--name", "Predictions")
+    assert (taken.returncode, taken.stderr.strip().splitlines()) == (2, [
+        "lakeward: error: --name: ml.predictions is one of lakeward's own tables; "
+        "choose another training set name"])
     # --debug adds the traceback and keeps the exit code.
     debug = lakeward({**env, "LAKEWARD_CONF_DIR": str(conf)}, "generate", "--seed", "1",
                      "--users", "2", "--days", "1", "--debug")

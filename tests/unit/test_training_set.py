@@ -9,13 +9,16 @@ from chispa import assert_df_equality
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
+from lakeward.config import load_settings
 from lakeward.splits import PARTS, group_split, leakage, temporal_split
 from lakeward.training_set import (
+    MAX_NAME_LENGTH,
     BuildSpec,
     TrainingSetError,
     assemble,
     assert_point_in_time,
     content_hash,
+    table_name,
     temporal_bounds,
 )
 
@@ -184,6 +187,20 @@ def test_temporal_bounds_exact() -> None:
     with pytest.raises(TrainingSetError, match="needs more than 60 days"):
         temporal_bounds(first, first + timedelta(days=60), horizon=timedelta(days=30),
                         fractions=(0.7, 0.15, 0.15))
+
+
+def test_training_set_names_are_lower_case_bounded_and_not_lakeward_tables() -> None:
+    settings = load_settings("local")
+    assert table_name(settings) == "ml.training_set"
+    # The catalog keeps names lower-cased: one table, one name in the ledger.
+    assert table_name(settings, "Churn_V2") == "ml.churn_v2"
+    assert table_name(settings, "c" * MAX_NAME_LENGTH) == "ml." + "c" * MAX_NAME_LENGTH
+    with pytest.raises(TrainingSetError, match=f"at most {MAX_NAME_LENGTH} characters, got 256"):
+        table_name(settings, "c" * 256)
+    with pytest.raises(TrainingSetError, match="ml.predictions is one of lakeward's own tables"):
+        table_name(settings, "Predictions")
+    with pytest.raises(TrainingSetError, match="plain identifier"):
+        table_name(settings, "a.b")
 
 
 @pytest.mark.parametrize("seed", range(4))
