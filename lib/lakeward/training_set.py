@@ -208,6 +208,10 @@ def feature_columns(settings: Settings) -> list[str]:
     return [f.name for f in gold.feature_columns(settings.pipeline.feature_windows_days)]
 
 
+# Catalogs and file systems limit names (Hive's metastore and most file systems to 128 to 255).
+MAX_NAME_LENGTH = 128
+
+
 def table_name(settings: Settings, name: str | None = None) -> str:
     """``ml.training_set``, or ``ml.<name>`` (the schema of ``ml_training_set``) for a plain identifier.
 
@@ -232,10 +236,6 @@ def table_name(settings: Settings, name: str | None = None) -> str:
     if table in own:
         raise TrainingSetError(f"{table} is one of lakeward's own tables; choose another training set name")
     return table
-
-
-# Catalogs and file systems limit names (Hive's metastore and most file systems to 128 to 255).
-MAX_NAME_LENGTH = 128
 
 
 def training_set_spec(settings: Settings, name: str | None = None) -> tables.TableSpec:
