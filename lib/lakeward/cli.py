@@ -260,6 +260,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         raise UsageError(f"--full applies to gold and all, not to {args.stage}")
     if args.command == "training-set":
         _check_training_set_args(args, settings)
+    _check_training_set_name(args, settings)
     if args.command in ("train", "dp-sweep"):
         settings = _training_settings(args, settings)
     if args.command in ("run", "demo"):
@@ -298,13 +299,29 @@ def _check_training_set_args(args: argparse.Namespace, settings: Settings) -> No
         raise UsageError("give both --t1 and --t2, or neither to compute them from the labels")
     if args.t1 is not None and not args.t1 < args.t2:
         raise UsageError(f"expected --t1 before --t2, got {args.t1} and {args.t2}")
-    if args.name is not None:
-        from lakeward.training_set import TrainingSetError, table_name
 
-        try:
-            table_name(settings, args.name)
-        except TrainingSetError as err:
-            raise UsageError(f"--name: {err}") from None
+
+# The flag that names a training set table, per command that takes one.
+_TRAINING_SET_FLAGS = {
+    "training-set": "--name",
+    "train": "--training-set",
+    "dp-sweep": "--training-set",
+    "rebuild-training-set": "--output",
+}
+
+
+def _check_training_set_name(args: argparse.Namespace, settings: Settings) -> None:
+    """Refuse a training set name the command cannot use, before the session starts."""
+    flag = _TRAINING_SET_FLAGS.get(args.command)
+    name = getattr(args, flag.lstrip("-").replace("-", "_"), None) if flag else None
+    if name is None:
+        return
+    from lakeward.training_set import TrainingSetError, table_name
+
+    try:
+        table_name(settings, name)
+    except TrainingSetError as err:
+        raise UsageError(f"{flag}: {err}") from None
 
 
 def _training_set(spark: Any, args: argparse.Namespace, settings: Settings) -> int:

@@ -214,6 +214,12 @@ def test_bad_arguments_and_config(env: dict[str, str], tmp_path: Path) -> None:
     assert (taken.returncode, taken.stderr.strip().splitlines()) == (2, [
         "lakeward: error: --name: ml.predictions is one of lakeward's own tables; "
         "choose another training set name"])
+    # So may the commands that read or write a named training set, before Spark starts.
+    for command, flag in (("train", "--training-set"), ("rebuild-training-set", "--output")):
+        extra = ("--run-id", "0" * 32) if command == "rebuild-training-set" else ()
+        refused = lakeward(env, command, *extra, flag, "ops_" + "x" * 200)
+        assert (refused.returncode, refused.stderr.strip().splitlines()) == (2, [
+            f"lakeward: error: {flag}: a training set name has at most 128 characters, got 204"])
     # --debug adds the traceback and keeps the exit code.
     debug = lakeward({**env, "LAKEWARD_CONF_DIR": str(conf)}, "generate", "--seed", "1",
                      "--users", "2", "--days", "1", "--debug")
