@@ -358,10 +358,14 @@ def pseudonymize(df: DataFrame, key: bytes) -> DataFrame:
     return df.withColumn("user_key", hmac_sha256(F.col("user_id"), key)).drop("user_id")
 
 
-def dedupe(rows: DataFrame) -> DataFrame:
-    """One row per ``event_id``: the first to arrive (then file, then line)."""
+def dedupe(rows: DataFrame, prefer: Column | None = None) -> DataFrame:
+    """One row per ``event_id``: the first to arrive (then file, then line).
+
+    With ``prefer``, a copy for which it is true comes before every other.
+    """
+    order = ["_arrival_date", "_ingested_at", "_source_file", "_line_no"]
     first = Window.partitionBy("event_id").orderBy(
-        "_arrival_date", "_ingested_at", "_source_file", "_line_no"
+        *([F.coalesce(prefer, F.lit(False)).desc()] if prefer is not None else []), *order
     )
     return rows.withColumn("_n", F.row_number().over(first)).filter("_n = 1").drop("_n")
 
@@ -541,9 +545,8 @@ def _write_source(
         if not arrivals:
             # Files without a readable line: their batches are recorded, with nothing to gate.
             return _Written(source, None, _stats(batches, {}, {}))
-        first = dedupe(checked.filter(F.col("_reason").isNull()))
         recorded = [batch_id for batch_id, batch in batches.items() if batch.recorded]
-        own = _new_or_own(spark, first, spec.name, source, recorded)
+        own = _new_or_own(spark, checked.filter(F.col("_reason").isNull()), spec.name, source, recorded)
         candidates = _table_columns_and_new(own, spec).persist()
         try:
             # The gate covers every row the batches put in silver, those a run
@@ -602,13 +605,16 @@ def _arrivals(checked: DataFrame) -> dict[str, _Arrival]:
 def _new_or_own(
     spark: SparkSession, rows: DataFrame, target: str, source: str, recorded: Sequence[str]
 ) -> DataFrame:
-    """The rows the target lacks (``_new`` true), and those it holds from the same batch (false).
+    """One row per event: those the target lacks (``_new`` true), and those it holds from their batch (false).
 
     A row the target holds from its own batch, a batch not ``recorded`` in the
     ledger, was written by a run that died before its ledger write: it is not
     written again, but it counts as the batch's, not as a duplicate, and it is
     gated. Rows of recorded batches are done: they are dropped, as a copy of
-    an event silver has is.
+    an event silver has is. Copies of one event are deduplicated after the
+    target is looked up, so that the copy the target holds is the one kept:
+    kept first by arrival, a copy from an earlier day than the batch that
+    wrote it would count for neither.
     """
     existing = tables.read(spark, target)
     own_batch = F.col("_held_by") == F.col("_batch_id")
@@ -616,6 +622,8 @@ def _new_or_own(
         own_batch = own_batch & ~F.col("_batch_id").isin(list(recorded))
     if source == "users":
         # The users table keeps the current state per user; older records change nothing.
+        by_event = existing.select("event_id", _batch_column(existing).alias("_held_by"))
+        first = dedupe(rows.join(by_event, "event_id", "left"), prefer=own_batch).select(*rows.columns)
         held = existing.select(
             "user_key",
             F.col("updated_ts").alias("_t_ts"),
@@ -627,7 +635,7 @@ def _new_or_own(
             | (F.col("updated_ts") > F.col("_t_ts"))
             | ((F.col("updated_ts") == F.col("_t_ts")) & (F.col("event_id") > F.col("_t_id")))
         )
-        latest = latest_user_state(rows)
+        latest = latest_user_state(first)
         return (
             latest.join(held, "user_key", "left")
             .filter(newer | ((F.col("_t_id") == F.col("event_id")) & own_batch))
@@ -636,7 +644,7 @@ def _new_or_own(
     # Every event date of the target is searched: event_id is the event's identity,
     # and a copy sent again with a corrected timestamp falls on another date.
     held = existing.select("event_id", F.col("_batch_id").alias("_held_by"), F.lit(True).alias("_held"))
-    return (
+    return dedupe(
         rows.join(held, "event_id", "left")
         .filter(F.col("_held").isNull() | own_batch)
         .select(*rows.columns, F.col("_held").isNull().alias(NEW))

@@ -7,7 +7,7 @@ import re
 import shutil
 import sys
 from dataclasses import replace
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -538,6 +538,38 @@ def test_a_user_record_replaced_before_the_retry_counts_as_a_duplicate(
 
     [(rows_in, quarantined, duplicates, written)] = _silver_ledger(spark, settings, "users", days[0])
     assert (quarantined, written, duplicates) == (0, kept, rows_in - kept)
+
+
+def test_a_retry_over_more_days_credits_each_row_to_the_batch_that_wrote_it(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run on day 2 dies after its silver writes; the retry takes days 1 to 3. An event
+    whose line is in the day 1 and day 2 files is held from day 2's batch: day 2's ledger
+    row counts it as written (day 1's as a duplicate), so the ledger adds up to the table."""
+    settings = isolated(base_settings, tmp_path)
+    days = [date(2026, 3, 1) + timedelta(days=n) for n in range(3)]
+    faults = replace(FaultRates.none(), duplicate=0.3)
+    generate(settings.landing_dir, seed=3, users=60, days=3, start=days[0], faults=faults)
+    pipeline.ensure_tables(spark, settings)
+    pipeline.run_bronze(spark, settings, DateSelection())
+    orders = tables.read(spark, settings.table("bronze_order_placed"))
+    in_both = (orders.filter(F.col("_arrival_date").isin(days[0], days[1]))
+               .groupBy("event_id").agg(F.countDistinct("_arrival_date").alias("files"))
+               .filter("files = 2").count())
+    assert in_both > 0, "the data must hold events sent on day 1 and again on day 2"
+    monkeypatch.setattr(silver, "_record", lambda *args, **kwargs: sys.exit("killed"))
+    with pytest.raises(SystemExit):
+        pipeline.run_silver(spark, settings, DateSelection(days[1]))
+    monkeypatch.undo()
+
+    pipeline.run_silver(spark, settings, DateSelection())
+    ledger = tables.read(spark, settings.table("ops_silver_batches"))
+    for source, spec in silver.SOURCES.items():
+        held = tables.read(spark, settings.table(spec.table)).count()
+        [written] = ledger.filter(F.col("source") == source).agg(F.sum("rows_written")).first()
+        assert written == held, source
+    [(rows_in, quarantined, duplicates, written)] = _silver_ledger(spark, settings, "order_placed", days[0])
+    assert duplicates >= in_both and rows_in == quarantined + duplicates + written
 
 
 def test_a_users_table_from_before_batch_ids_gets_the_column(
