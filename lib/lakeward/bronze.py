@@ -273,14 +273,16 @@ def ingest_sources(
     """Ingest the landing files of ``sources`` for ``dates`` that are not yet in the ledger.
 
     One Delta commit per table for all files of the run. A file is done when
-    its ledger row exists; rows of files that a crashed run wrote without a
-    ledger row are removed before the files are written again, so re-running
-    after any failure adds nothing twice. The sources share every step that
+    its ledger row exists; rows of these days that a crashed run wrote without
+    a ledger row are removed first, so re-running after any failure adds
+    nothing twice and keeps nothing the ledger does not account for. The sources share every step that
     does not depend on their fields: one ledger lookup, one cleanup query,
     one counting job, one quarantine write and one ledger write.
     """
     files = {source: landing_files(settings, source, dates) for source in sources}
-    done = _recorded_batches(spark, settings, [f.batch_id for fs in files.values() for f in fs])
+    done = _recorded_batches(spark, settings, sources, dates)
+    names = [*(bronze_spec(settings, source).name for source in sources), quarantine_spec(settings).name]
+    _remove_unrecorded_rows(spark, names, sources, dates, done)
     pending = {s: [f for f in fs if f.batch_id not in done] for s, fs in files.items()}
     for source in sources:
         if not pending[source]:
@@ -307,9 +309,6 @@ def _ingest_pending(
     specs = {source: bronze_spec(settings, source) for source in pending}
     quarantine = quarantine_spec(settings)
     every_file = [f for fs in pending.values() for f in fs]
-    _remove_partial_batches(
-        spark, [*(spec.name for spec in specs.values()), quarantine.name], [f.batch_id for f in every_file]
-    )
     ingested_at = datetime.now(UTC).replace(tzinfo=None)
     parsed = {source: _read_files(spark, fs, ingested_at).persist() for source, fs in pending.items()}
     try:
@@ -363,11 +362,16 @@ def _same_file(spark_path: Column, uri: Column) -> Column:
     return F.regexp_replace(spark_path, "^file:/+", "/") == F.regexp_replace(uri, "^file:/+", "/")
 
 
-def _recorded_batches(spark: SparkSession, settings: Settings, ids: Sequence[str]) -> set[str]:
-    if not ids:
+def _recorded_batches(
+    spark: SparkSession, settings: Settings, sources: Sequence[str], dates: Sequence[date]
+) -> set[str]:
+    """The ids of every batch the ledger records for ``sources`` on the arrival ``dates``."""
+    if not sources or not dates:
         return set()
     ledger = tables.read(spark, settings.table("ops_ingestion_batches"))
-    rows = ledger.filter(F.col("batch_id").isin(list(ids))).select("batch_id").collect()
+    rows = ledger.filter(
+        F.col("source").isin(list(sources)) & F.col("arrival_date").isin(list(dates))
+    ).select("batch_id").collect()
     return {row["batch_id"] for row in rows}
 
 
@@ -381,11 +385,38 @@ def _rows_of_batches(spark: SparkSession, names: Sequence[str], ids: Sequence[st
     )
 
 
-def _remove_partial_batches(spark: SparkSession, names: Sequence[str], ids: Sequence[str]) -> None:
-    # After a clean run (the usual case) the query finds nothing.
-    for row in _rows_of_batches(spark, names, ids).select("table").distinct().collect():
+def _remove_unrecorded_rows(
+    spark: SparkSession,
+    names: Sequence[str],
+    sources: Sequence[str],
+    dates: Sequence[date],
+    recorded: set[str],
+) -> None:
+    """Delete the rows of ``sources`` on ``dates`` whose batch the ledger does not record.
+
+    Only a run that died between its data write and its ledger write leaves
+    such rows. They are found by day, not by the batches about to be written:
+    the landing file may have changed since (a new checksum, so a new batch
+    id) or been removed, and its old batch would otherwise stay for good.
+    After a clean run (the usual case) the query finds nothing.
+    """
+    if not sources or not dates:
+        return
+    # A batch id begins with its source (LandingFile.batch_id), which the quarantine table shares.
+    condition = (
+        F.col("_arrival_date").isin(list(dates))
+        & F.substring_index(F.col("_batch_id"), "-", 1).isin(list(sources))
+    )
+    if recorded:
+        condition = condition & ~F.col("_batch_id").isin(sorted(recorded))
+    found = reduce(
+        DataFrame.unionByName,
+        [tables.read(spark, name).filter(condition).select(F.lit(name).alias("table")).limit(1)
+         for name in names],
+    )
+    for row in found.collect():
         log.warning("%s: removing rows of unrecorded batches left by an interrupted run", row["table"])
-        DeltaTable.forName(spark, row["table"]).delete(F.col("_batch_id").isin(list(ids)))
+        DeltaTable.forName(spark, row["table"]).delete(condition)
 
 
 def _reconcile(files: Sequence[LandingFile], written: dict[str, int], quarantined: dict[str, int]) -> None:

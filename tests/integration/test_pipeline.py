@@ -512,6 +512,34 @@ def test_a_silver_ledger_from_before_batch_ids_still_marks_its_dates_done(
     assert _silver_ledger(spark, settings, "order_placed", days[0]) == [(1, 0, 0, 1)]
 
 
+def test_a_retry_removes_what_a_crash_left_of_a_file_changed_or_removed_since(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = isolated(base_settings, tmp_path)
+    days = [date(2026, 3, 1), date(2026, 3, 2)]
+    generate(settings.landing_dir, seed=5, users=20, days=2, start=days[0], faults=FAULTS)
+    bronze.ensure_tables(spark, settings)
+    monkeypatch.setattr(bronze, "record_batches", lambda *args, **kwargs: sys.exit("killed"))
+    with pytest.raises(SystemExit):
+        bronze.ingest(spark, settings, "order_placed", days)
+    monkeypatch.undo()
+    changed, removed = (landing_file(settings.landing_dir, "order_placed", d) for d in days)
+    first_line = changed.read_bytes().splitlines(keepends=True)[0]
+    with changed.open("ab") as fh:
+        fh.write(first_line)  # sent again with one more line: a new checksum, a new batch
+    removed.unlink()
+
+    result = bronze.ingest(spark, settings, "order_placed", days)
+    assert (result.files, result.skipped) == (1, 0)
+    recorded = {r["batch_id"] for r in tables.read(spark, settings.table("ops_ingestion_batches")).collect()}
+    for logical in ("bronze_order_placed", "bronze_quarantine"):
+        batches = {r["_batch_id"] for r in tables.read(spark, settings.table(logical)).collect()}
+        assert batches <= recorded, logical
+    rows = _count(spark, settings, "bronze_order_placed")
+    quarantined = _count(spark, settings, "bronze_quarantine", source="order_placed")
+    assert rows + quarantined == len(changed.read_bytes().splitlines())
+
+
 def test_a_user_record_replaced_before_the_retry_counts_as_a_duplicate(
     spark: SparkSession, base_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
