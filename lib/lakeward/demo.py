@@ -9,7 +9,7 @@ from pyspark.sql import functions as F
 
 from lakeward import pipeline, tables
 from lakeward.config import Settings
-from lakeward.sources.bitebridge import FaultRates, arrival_days, generate
+from lakeward.sources.bitebridge import FaultRates, arrival_days, generate, generation_interrupted
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,10 @@ def example_queries(settings: Settings) -> tuple[str, ...]:
 def run_demo(spark: SparkSession, settings: Settings) -> str:
     """Run the demo and return the summary text."""
     landing = settings.landing_dir
-    if not landing.exists() or not arrival_days(landing):
+    interrupted = generation_interrupted(landing)
+    if interrupted:
+        log.warning("demo: the last generation into %s did not finish; generating again", landing)
+    if interrupted or not landing.exists() or not arrival_days(landing):
         demo = settings.demo
         log.info("demo: generating %d users x %d days from %s", demo.users, demo.days, demo.start)
         generate(

@@ -15,7 +15,7 @@ from pyspark.sql import SparkSession
 from lakeward import bronze, incremental, quality, silver, tables
 from lakeward.config import Settings
 from lakeward.privacy.keys import pii_key
-from lakeward.sources.bitebridge import SOURCES, scan_landing
+from lakeward.sources.bitebridge import GENERATING_MARKER, SOURCES, generation_interrupted, scan_landing
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,12 @@ def run_bronze(
     spark: SparkSession, settings: Settings, selection: DateSelection
 ) -> list[bronze.IngestResult]:
     """Ingest landing files of the selected arrival dates."""
+    if generation_interrupted(settings.landing_dir):
+        raise bronze.NoLandingDataError(
+            f"the landing files under {settings.landing_dir} are incomplete: a `lakeward generate` "
+            f"into it did not finish; run it again, or remove {GENERATING_MARKER} there "
+            "to ingest them as they are"
+        )
     scan = scan_landing(settings.landing_dir)
     days, ignored = scan.days, scan.unrecognized
     if ignored:

@@ -11,6 +11,9 @@ from typing import Any
 
 import pytest
 
+from lakeward import bronze, pipeline
+from lakeward.config import Settings
+from lakeward.sources import bitebridge
 from lakeward.sources.bitebridge import (
     DRIFT_NEW_FIELD,
     DRIFT_RENAMED_FIELD,
@@ -21,9 +24,11 @@ from lakeward.sources.bitebridge import (
     GenerationSummary,
     arrival_days,
     generate,
+    generation_interrupted,
     landing_file,
     scan_landing,
 )
+from tests.conftest import isolated
 
 START = date(2024, 3, 1)
 USER_ID = re.compile(r"^usr_[0-9a-f]{12}$")
@@ -83,6 +88,37 @@ def test_rerun_overwrites_files(tmp_path: Path) -> None:
     _gen(tmp_path, seed=6)
     _gen(tmp_path, seed=5)
     assert _files(tmp_path) == before
+
+
+def test_a_stopped_generation_leaves_whole_files_and_says_so(
+    tmp_path: Path, base_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _gen(tmp_path / "whole")
+    whole = _files(tmp_path / "whole")
+    settings = isolated(base_settings, tmp_path / "root")
+    renamed, rename = 0, bitebridge.os.replace
+
+    def stop_after_six(source: Path, target: Path) -> None:
+        nonlocal renamed
+        if renamed == 6:
+            raise KeyboardInterrupt
+        renamed += 1
+        rename(source, target)
+
+    monkeypatch.setattr(bitebridge.os, "replace", stop_after_six)
+    with pytest.raises(KeyboardInterrupt):
+        _gen(settings.landing_dir)
+    monkeypatch.undo()
+    part = _files(settings.landing_dir)
+    assert len(part) == 6 and all(whole[name] == content for name, content in part.items())
+    assert generation_interrupted(settings.landing_dir)
+    # No stage ingests a part; the Spark session is never reached.
+    with pytest.raises(bronze.NoLandingDataError, match="did not finish; run it again"):
+        pipeline.run_bronze(None, settings, pipeline.DateSelection())  # type: ignore[arg-type]
+
+    _gen(settings.landing_dir)
+    assert not generation_interrupted(settings.landing_dir)
+    assert _files(settings.landing_dir) == whole
 
 
 def test_layout_and_arrival_days(tmp_path: Path) -> None:

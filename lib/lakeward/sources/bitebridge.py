@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import re
 import unicodedata
@@ -207,7 +208,20 @@ class _Generator:
         return list(seen)
 
     def run(self) -> GenerationSummary:
-        """Generate every day, flushing each arrival day as soon as it can no longer grow."""
+        """Generate every day, flushing each arrival day as soon as it can no longer grow.
+
+        The marker :data:`GENERATING_MARKER` stands in the landing directory
+        until the last file is written, so a generation that was stopped part
+        way is known as one (:func:`generation_interrupted`).
+        """
+        marker = self.dir / GENERATING_MARKER
+        self.dir.mkdir(parents=True, exist_ok=True)
+        marker.write_text("a lakeward generate that has not finished writes here\n", encoding="utf-8")
+        summary = self._all_days()
+        marker.unlink()
+        return summary
+
+    def _all_days(self) -> GenerationSummary:
         n_existing = next((i for i, u in enumerate(self.users) if u.signup >= 0), len(self.users))
         for idx in range(n_existing):
             self._schedule(idx, 0)
@@ -436,8 +450,12 @@ class _Generator:
             entries.sort(key=lambda e: e[0])
             path = landing_file(self.dir, source, day)
             path.parent.mkdir(parents=True, exist_ok=True)
-            with path.open("w", encoding="utf-8", newline="\n", buffering=1 << 20) as fh:
+            # Written under a hidden name, which landing scans skip, then
+            # renamed: a file under its real name is always whole.
+            partial = path.with_name(f".{path.name}.partial")
+            with partial.open("w", encoding="utf-8", newline="\n", buffering=1 << 20) as fh:
                 fh.writelines(f"{line}\n" for _, line in entries)
+            os.replace(partial, path)
             self.files += 1
 
 
@@ -455,6 +473,15 @@ def generate(landing_dir: Path, *, seed: int, users: int, days: int, start: date
     if users_feed not in USERS_FEEDS:
         raise ValueError(f"users_feed must be one of {USERS_FEEDS}, got {users_feed!r}")
     return _Generator(Path(landing_dir), seed, users, days, start, faults, users_feed).run()
+
+
+# In the landing directory while a generation is writing it; see generation_interrupted.
+GENERATING_MARKER = ".generating"
+
+
+def generation_interrupted(landing_dir: Path) -> bool:
+    """Whether a generation into ``landing_dir`` began and did not finish (its files are a part)."""
+    return (Path(landing_dir) / GENERATING_MARKER).exists()
 
 
 def landing_file(landing_dir: Path, source: str, arrival_day: date) -> Path:
