@@ -177,12 +177,14 @@ def parse_lines(lines: DataFrame, fields: Sequence[str]) -> DataFrame:
     JSON null), ``_rescued_data`` (unknown fields as JSON, or null) and
     ``_reason`` (null for a good line, else why it cannot be used).
     """
-    parsed = F.from_json(F.col("value"), T.MapType(T.StringType(), T.StringType()))  # type: ignore[arg-type]
+    parsed = F.from_json(F.col("value"), _TEXT_MAP, _STRICT)  # type: ignore[arg-type]
     known = F.array(*[F.lit(name) for name in fields])
     unknown = F.map_filter(F.col("_parsed"), lambda k, _v: ~F.array_contains(known, k))
     reason = (
         F.when(F.trim(F.col("value"), F.lit(_WHITESPACE)) == "", F.lit(BLANK))
-        .when(F.col("_parsed").isNotNull(), F.lit(None).cast("string"))
+        .when(F.col("_parsed").isNotNull() & _one_value(F.col("value")), F.lit(None).cast("string"))
+        # An object followed by more: Spark's parser stops after the first value.
+        .when(F.col("_parsed").isNotNull(), F.lit(MALFORMED))
         # Valid JSON, but an array, a number, a string or null: one event is an object.
         .when(F.try_parse_json(F.col("value")).isNotNull(), F.lit(NOT_AN_OBJECT))
         .otherwise(F.lit(MALFORMED))
@@ -197,6 +199,27 @@ def parse_lines(lines: DataFrame, fields: Sequence[str]) -> DataFrame:
         )
         .drop("_parsed")
     )
+
+
+_TEXT_MAP = T.MapType(T.StringType(), T.StringType())
+# JSON as written: no single-quoted strings (Spark's parser takes them by default).
+_STRICT = {"allowSingleQuotes": "false"}
+
+
+def _one_value(line: Column) -> Column:
+    """Whether nothing but whitespace follows the line's first JSON value.
+
+    Spark's JSON parser reads the first value and ignores what follows it, so
+    ``{..}{..}`` or ``{..} x`` would parse as one object. Wrapped in an array,
+    a second value or stray text no longer parses, and ``{..},{..}`` gives two
+    elements; wrapped as the value of a field, text that begins with ``]`` no
+    longer parses either. Only lines where something may follow an object's
+    closing brace take these two extra parses.
+    """
+    maybe_more = line.rlike(r"(?s)\}.*\S|[^\s}]\s*$")
+    as_array = F.from_json(F.concat(F.lit("["), line, F.lit("]")), T.ArrayType(T.StringType()), _STRICT)
+    as_field = F.from_json(F.concat(F.lit('{"v":'), line, F.lit("}")), _TEXT_MAP, _STRICT)  # type: ignore[arg-type]
+    return ~maybe_more | F.coalesce((F.size(as_array) == 1) & as_field.isNotNull(), F.lit(False))
 
 
 def bronze_rows(parsed: DataFrame, fields: Sequence[str]) -> DataFrame:

@@ -34,6 +34,20 @@ def test_parse_lines_keeps_text_and_rescues_unknown_fields(spark: SparkSession) 
     assert [out[n]["_reason"] for n in (6, 7, 8)] == [BLANK, NOT_AN_OBJECT, NOT_AN_OBJECT]
 
 
+def test_a_line_is_one_json_object_and_nothing_after_it(spark: SparkSession) -> None:
+    # Spark's parser stops after the first value; these must not pass as that value.
+    more = ['{"event_id": "e1"}{"event_id": "e2"}', '{"event_id": "e1"} trailing', '{"event_id": "e1"}[1]',
+            '{"event_id": "e1"},{"event_id": "e2"}', '{"event_id": "e1"}]}', '{"event_id": "e1"}}x',
+            '{"event_id": "e1"}\r{"event_id": "e2"}', "{'event_id': 'e1'}"]
+    whole = ['{"event_id": "e1"}  ', '{"event_id": "x}{y"}', '{"event_id": "e1", "n": {"a": [1, {"b": 2}]}}',
+             '{"event_id": "}"}\t', '{"event_id": "e1"}\r']
+    df = spark.createDataFrame([(v, i) for i, v in enumerate(more + whole)], "value string, _line_no long")
+    out = {r["_line_no"]: r for r in parse_lines(df, ["event_id"]).collect()}
+    assert [out[i]["_reason"] for i in range(len(more))] == [MALFORMED] * len(more)
+    assert [out[len(more) + i]["_reason"] for i in range(len(whole))] == [None] * len(whole)
+    assert [out[len(more) + i]["event_id"] for i in range(len(whole))] == ["e1", "x}{y", "e1", "}", "e1"]
+
+
 def test_parse_lines_keeps_its_input_and_adds_the_documented_columns(spark: SparkSession) -> None:
     df = spark.createDataFrame([('{"a": "1", "b": 2}', 1), ("{", 2)], "value string, _line_no long")
     out = parse_lines(df, ["a"])
