@@ -47,6 +47,8 @@ class SilverSource:
     """Typed business columns (besides event_id, event_ts, user_key)."""
     ranges: dict[str, tuple[float | None, float | None]]
     """Inclusive bounds per column; None is unbounded."""
+    required: tuple[str, ...] = ()
+    """Typed columns a row cannot go without (a row lacking one is refused as ``missing:<name>``)."""
 
 
 SOURCES: dict[str, SilverSource] = {
@@ -85,6 +87,8 @@ SOURCES: dict[str, SilverSource] = {
         "silver_users",
         {"signup_date": T.DateType(), "city": T.StringType()},
         {},
+        # The users contract requires it; a row without it would fail every gate of its day.
+        required=("signup_date",),
     ),
 }
 
@@ -330,6 +334,7 @@ def validate(conformed: DataFrame, source: str, rules: PipelineSettings) -> Data
         checks.append(
             F.when(F.col(f"_raw_{name}").isNotNull() & F.col(name).isNull(), F.lit(f"invalid_type:{name}"))
         )
+    checks.extend(F.when(F.col(f"_raw_{name}").isNull(), F.lit(f"missing:{name}")) for name in spec.required)
     bounds = dict(spec.ranges)
     if "amount" in spec.typed:
         bounds["amount"] = (0, rules.max_amount)

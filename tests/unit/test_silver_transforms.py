@@ -77,3 +77,21 @@ def test_pseudonymize_and_quarantine_record_hold_no_raw_id(spark: SparkSession) 
     assert "usr_aaaaaaaaaaaa" not in json.dumps(record.asDict(), default=str)
     assert json.loads(record["record"])["amount"] == "twelve"
     assert len(record["user_key"]) == 64
+
+
+def test_a_user_without_signup_date_is_refused_not_left_for_the_gate(spark: SparkSession) -> None:
+    # The users contract requires signup_date: a row without it would fail its day's gate on every run.
+    schema = (
+        "event_id string, event_type string, event_ts string, user_id string, email string, name string, "
+        "address string, signup_date string, city string, _rescued_data string, _arrival_date date, "
+        "_ingested_at timestamp, _source_file string, _line_no long, _batch_id string"
+    )
+
+    def user(line: int, signup: str | None) -> tuple:
+        return (f"u{line}", "user_snapshot", "2026-01-02T10:00:00Z", "usr_aaaaaaaaaaaa", "a@b.c", "A", "x",
+                signup, "Paris", None, date(2026, 1, 2), AT, "landing/users/x.jsonl", line, "b1")
+
+    df = spark.createDataFrame([user(1, "2025-12-01"), user(2, None), user(3, "soon")], schema)
+    checked = validate(conform(df, "users"), "users", PipelineSettings())
+    reasons = {r["_line_no"]: r["_reason"] for r in checked.collect()}
+    assert reasons == {1: None, 2: "missing:signup_date", 3: "invalid_type:signup_date"}
