@@ -357,32 +357,32 @@ def _ingest_pending(
 
 
 def _read_files(spark: SparkSession, files: Sequence[LandingFile], ingested_at: datetime) -> DataFrame:
-    by_path = {f.path.resolve().as_uri(): f for f in files}
+    # The files are one source's, one per arrival day, so their names
+    # (YYYY-MM-DD.jsonl) tell them apart. Matched by name rather than by path:
+    # Spark reports a path as a URI, which spells characters such as "+" or
+    # "é" in the data root otherwise than Python does.
+    by_name = {f.path.name: f for f in files}
+    if len(by_name) != len(files):
+        raise ValueError(f"files read together must have distinct names: {sorted(f.path for f in files)}")
     file_info = spark.createDataFrame(
-        [(uri, f.relative_path, f.batch_id, f.arrival_date) for uri, f in by_path.items()],
-        "_uri string, _source_file string, _batch_id string, _arrival_date date",
+        [(name, f.relative_path, f.batch_id, f.arrival_date) for name, f in by_name.items()],
+        "_name string, _source_file string, _batch_id string, _arrival_date date",
     )
-    # Read by resolved path: Spark reports the path it opened, and a landing
-    # directory reached through a symbolic link must still match.
     # Lines end at "\n" only, as the ledger counts them; by default Spark also
     # ends one at a bare "\r", and the line counts would no longer reconcile.
     raw = spark.read.text([str(f.path.resolve()) for f in files], lineSep="\n").select(
         "value",
         F.col("_metadata.file_path").alias("_file"),
+        F.col("_metadata.file_name").alias("_name"),
         F.col("_metadata.file_block_start").alias("_block"),
         F.monotonically_increasing_id().alias("_mid"),
     )
     numbered = number_lines(raw)
-    located = numbered.join(F.broadcast(file_info), _same_file(F.col("_file"), F.col("_uri")))
+    located = numbered.join(F.broadcast(file_info), "_name")
     return parse_lines(
-        located.withColumn("_ingested_at", F.lit(ingested_at).cast("timestamp")).drop("_file", "_uri"),
+        located.withColumn("_ingested_at", F.lit(ingested_at).cast("timestamp")).drop("_file", "_name"),
         SOURCE_FIELDS[files[0].source],
     )
-
-
-def _same_file(spark_path: Column, uri: Column) -> Column:
-    # Spark reports local files as file:/x while Python's as_uri() gives file:///x.
-    return F.regexp_replace(spark_path, "^file:/+", "/") == F.regexp_replace(uri, "^file:/+", "/")
 
 
 def _recorded_batches(

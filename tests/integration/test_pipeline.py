@@ -540,6 +540,19 @@ def test_a_retry_removes_what_a_crash_left_of_a_file_changed_or_removed_since(
     assert rows + quarantined == len(changed.read_bytes().splitlines())
 
 
+def test_a_data_root_whose_path_has_a_plus_a_space_or_an_accent(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path
+) -> None:
+    # Spark reports the path of a file it read as a URI, which spells these otherwise than Python.
+    settings = isolated(base_settings, tmp_path / "odd+root é 1")
+    day = date(2026, 3, 1)
+    generate(settings.landing_dir, seed=5, users=20, days=1, start=day, faults=FAULTS)
+    bronze.ensure_tables(spark, settings)
+    result = bronze.ingest(spark, settings, "order_placed", [day])
+    lines = len(landing_file(settings.landing_dir, "order_placed", day).read_bytes().splitlines())
+    assert result.rows_written + result.rows_quarantined == lines and result.rows_written > 0
+
+
 def test_a_user_record_replaced_before_the_retry_counts_as_a_duplicate(
     spark: SparkSession, base_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
