@@ -230,6 +230,15 @@ def test_bad_arguments_and_config(env: dict[str, str], tmp_path: Path) -> None:
     assert prod.returncode == 2 and "LAKEWARD_PII_KEY is not set" in prod.stderr
 
 
+def test_an_error_while_rows_are_printed_is_spark_s_own_line(spark: SparkSession) -> None:
+    # json and csv stream rows from the JVM; an error there reaches Python unconverted.
+    query = "SELECT cast(concat('x', id) AS int) AS n FROM range(3)"
+    for output in ("json", "csv", "table"):
+        with pytest.raises(Exception) as raised:
+            cli._sql(spark, argparse.Namespace(query=query, format=output, limit=None))
+        assert "[CAST_INVALID_INPUT]" in cli._one_line(raised.value), output
+
+
 def test_sql_prints_every_row_unless_limited(
     spark: SparkSession, capsys: pytest.CaptureFixture[str]
 ) -> None:
