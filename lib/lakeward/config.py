@@ -393,10 +393,15 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise ConfigError(f"{path}: cannot read config file ({err.strerror})") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    except ValueError as err:
+        # YAML reads an unquoted 2026-02-30 as a date, and fails on it.
+        raise ConfigError(f"{path}: a value YAML cannot read: {err}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

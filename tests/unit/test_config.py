@@ -28,6 +28,13 @@ def test_base_and_overlay_merge(tmp_path: Path) -> None:
     assert settings.landing_dir == settings.data_root / "landing"
 
 
+def test_a_file_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    conf = _conf(tmp_path)
+    (conf / "local.yml").write_bytes(b"pipeline:\n  max_amount: 10\xff\n")
+    with pytest.raises(ConfigError, match=r"local\.yml: not UTF-8 text \(byte 26\)"):
+        load_settings("local", conf_dir=conf)
+
+
 def test_unknown_key_names_file_and_key(tmp_path: Path) -> None:
     conf = _conf(tmp_path, local="pipeline:\n  allowed_latenes_days: 3\n")
     with pytest.raises(ConfigError) as err:
@@ -54,6 +61,8 @@ def test_unknown_key_names_file_and_key(tmp_path: Path) -> None:
         ("spark:\n  ui: 1\n", r"local\.yml: spark\.ui: Input should be a valid boolean"),
         ("demo:\n  start: soon\n",
          r"local\.yml: demo\.start: .*expected a date, YYYY-MM-DD \(found 'soon'\)"),
+        # YAML itself turns an unquoted date into a date, and fails on one that does not exist.
+        ("demo:\n  start: 2026-02-30\n", r"local\.yml: a value YAML cannot read: day is out of range"),
     ],
 )
 def test_bad_keys_name_the_overlay_and_what_was_expected(tmp_path: Path, local: str, message: str) -> None:
