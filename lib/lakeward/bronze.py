@@ -298,9 +298,10 @@ def ingest_sources(
     One Delta commit per table for all files of the run. A file is done when
     its ledger row exists; rows of these days that a crashed run wrote without
     a ledger row are removed first, so re-running after any failure adds
-    nothing twice and keeps nothing the ledger does not account for. The sources share every step that
-    does not depend on their fields: one ledger lookup, one cleanup query,
-    one counting job, one quarantine write and one ledger write.
+    nothing twice and keeps nothing the ledger does not account for. The
+    sources share every step that does not depend on their fields: one
+    ledger lookup, one cleanup query, one counting job, one quarantine write
+    and one ledger write.
     """
     files = {source: landing_files(settings, source, dates) for source in sources}
     done = _recorded_batches(spark, settings, sources, dates)
@@ -398,9 +399,8 @@ def _recorded_batches(
     return {row["batch_id"] for row in rows}
 
 
-def _rows_of_batches(spark: SparkSession, names: Sequence[str], ids: Sequence[str]) -> DataFrame:
-    """(``table``, ``_batch_id``) of every row of batches ``ids`` in tables ``names``: one query."""
-    condition = F.col("_batch_id").isin(list(ids))
+def _rows_where(spark: SparkSession, names: Sequence[str], condition: Column) -> DataFrame:
+    """(``table``, ``_batch_id``) of every row of tables ``names`` that meets ``condition``: one query."""
     return reduce(
         DataFrame.unionByName,
         [tables.read(spark, name).filter(condition).select(F.lit(name).alias("table"), "_batch_id")
@@ -432,12 +432,7 @@ def _remove_unrecorded_rows(
     )
     if recorded:
         condition = condition & ~F.col("_batch_id").isin(sorted(recorded))
-    found = reduce(
-        DataFrame.unionByName,
-        [tables.read(spark, name).filter(condition).select(F.lit(name).alias("table")).limit(1)
-         for name in names],
-    )
-    for row in found.collect():
+    for row in _rows_where(spark, names, condition).select("table").distinct().collect():
         log.warning("%s: removing rows of unrecorded batches left by an interrupted run", row["table"])
         DeltaTable.forName(spark, row["table"]).delete(condition)
 
@@ -462,7 +457,7 @@ def _check_written(spark: SparkSession, names: Sequence[str], written: dict[str,
     ids = [batch for batch, rows in written.items() if rows]
     if not ids:
         return
-    counts = _rows_of_batches(spark, names, ids).groupBy("_batch_id").count().collect()
+    counts = _rows_where(spark, names, F.col("_batch_id").isin(ids)).groupBy("_batch_id").count().collect()
     found = {row["_batch_id"]: int(row["count"]) for row in counts}
     wrong = {b: (found.get(b, 0), n) for b, n in written.items() if found.get(b, 0) != n}
     if wrong:

@@ -627,14 +627,14 @@ def _new_or_own(
         own_batch = own_batch & ~F.col("_batch_id").isin(list(recorded))
     if source == "users":
         # The users table keeps the current state per user; older records change nothing.
-        by_event = existing.select("event_id", _batch_column(existing).alias("_held_by"))
-        first = dedupe(rows.join(by_event, "event_id", "left"), prefer=own_batch).select(*rows.columns)
         held = existing.select(
             "user_key",
             F.col("updated_ts").alias("_t_ts"),
             F.col("event_id").alias("_t_id"),
             _batch_column(existing).alias("_held_by"),
         )
+        by_event = held.select(F.col("_t_id").alias("event_id"), "_held_by")
+        first = dedupe(rows.join(by_event, "event_id", "left"), prefer=own_batch).select(*rows.columns)
         newer = (
             F.col("_t_ts").isNull()
             | (F.col("updated_ts") > F.col("_t_ts"))
