@@ -39,6 +39,10 @@ class SessionError(RuntimeError):
     """A SparkSession could not be built."""
 
 
+class SparkRefused(SessionError):
+    """spark-submit stopped before the JVM came up and said why: another try would fail the same way."""
+
+
 def delta_coordinates() -> str:
     """Maven coordinates of the Delta artifact matching the installed pyspark and delta-spark.
 
@@ -75,6 +79,7 @@ def get_spark(settings: Settings) -> SparkSession:
         )
     else:
         spark = _start_jvm(builder, settings)
+    _check_sql_conf(spark, settings)
     if mode == "local":
         _check_catalog_home(spark, settings)
     return spark
@@ -131,6 +136,44 @@ def _local_catalog(builder: SparkSession.Builder, settings: Settings) -> SparkSe
         .config("spark.sql.streaming.checkpointLocation", str(root / "checkpoints"))
         .enableHiveSupport()
     )
+
+
+def _check_sql_conf(spark: SparkSession, settings: Settings) -> None:
+    """Build the session's SQL state now, so that a SQL conf value Spark refuses is a config error.
+
+    Spark checks ``spark.sql`` values when it first builds the state. Built later,
+    by a query, the session is active, and pyspark formats the error by reading
+    that session's conf, which fails the same way: the formatting recurses without
+    end and the command hangs. Without an active session it reads Spark's
+    defaults. Delta's values are checked only where Delta reads them, which may be
+    part-way through a job, so they are checked here too.
+    """
+    jvm = spark._jvm
+    session_class = getattr(jvm, "org.apache.spark.sql.SparkSession")
+    session_class.clearActiveSession()
+    try:
+        spark._jsparkSession.sessionState()
+        # Loading Delta's conf object registers its entries, which a new SQLConf then checks.
+        getattr(jvm, "org.apache.spark.sql.delta.sources.DeltaSQLConf").DELTA_SNAPSHOT_PARTITIONS()
+        checker = getattr(jvm, "org.apache.spark.sql.internal.SQLConf")()
+        for key, value in settings.spark.conf.items():
+            checker.setConfString(key, value)
+    except Exception as error:  # noqa: BLE001 - pyspark converts JVM errors to several classes
+        raise ConfigError(
+            f"Spark refused a value of spark.conf (conf/base.yml, conf/{settings.env}.yml or the "
+            f"spark-submit command): {_innermost_message(error)}"
+        ) from None
+    session_class.setActiveSession(spark._jsparkSession)
+
+
+def _innermost_message(error: BaseException) -> str:
+    """The message of the innermost cause of a converted JVM error: the outer ones only wrap it."""
+    message = str(error).split("\n")[0]
+    cause = getattr(error, "_cause", None)  # pyspark's converted cause
+    while cause is not None:
+        message = str(getattr(cause, "_desc", "") or message).split("\n")[0]
+        cause = getattr(cause, "_cause", None)
+    return message
 
 
 def _check_catalog_home(spark: SparkSession, settings: Settings) -> None:
@@ -214,6 +257,8 @@ def _start_jvm(builder: SparkSession.Builder, settings: Settings) -> SparkSessio
         try:
             jars = ",".join(filter(None, [own_jars, *known]))
             return _launch(builder.config("spark.jars", jars), jvm_log)
+        except SparkRefused:
+            raise
         except Exception as error:  # noqa: BLE001 - the JVM reports its failures opaquely
             delta_jars_note(settings).unlink(missing_ok=True)
             if SparkContext._gateway is not None:  # the JVM is up: a new start cannot change its classpath
@@ -224,6 +269,8 @@ def _start_jvm(builder: SparkSession.Builder, settings: Settings) -> SparkSessio
     builder = builder.config("spark.jars.packages", packages)
     try:
         spark = _launch(builder, jvm_log)
+    except SparkRefused:
+        raise
     except Exception as first_error:  # noqa: BLE001 - the JVM reports resolution failures opaquely
         if _delta_in_maven_repository():
             raise SessionError(
@@ -305,15 +352,48 @@ def _launch(builder: SparkSession.Builder, jvm_log: Path) -> SparkSession:
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
     with open(jvm_log, "ab") as sink:
+        start = sink.tell()
         os.dup2(sink.fileno(), 1)
         os.dup2(sink.fileno(), 2)
         try:
             return builder.getOrCreate()
+        except Exception as error:
+            refusal = _refusal(jvm_log, start)
+            if refusal is not None:
+                raise SparkRefused(f"Spark did not start: {refusal} (its output: {jvm_log})") from error
+            raise
         finally:
             os.dup2(saved[0], 1)
             os.dup2(saved[1], 2)
             os.close(saved[0])
             os.close(saved[1])
+
+
+def _refusal(jvm_log: Path, start: int) -> str | None:
+    """Why spark-submit stopped before the JVM came up, from what it wrote since ``start``.
+
+    None when it wrote no such reason, or when the reason is a dependency that did
+    not resolve, which fetching it otherwise can cure.
+    """
+    with open(jvm_log, "rb") as log_file:
+        log_file.seek(start)
+        output = log_file.read().decode("utf-8", errors="replace")
+    if "unresolved dependency" in output:
+        return None
+    reason, previous = None, ""
+    for line in output.splitlines():
+        if line == _JAVA_REFUSED:  # the java launcher's reason (a bad -Xmx, say) is the line before
+            reason = previous.strip()
+        elif line.startswith('Exception in thread "main" '):
+            reason = line.split(": ", 1)[-1].strip()
+        elif line.startswith("Error: ") and line != _JAVA_EXITS:
+            reason = line.removeprefix("Error: ").strip()
+        previous = line
+    return reason or None
+
+
+_JAVA_REFUSED = "Error: Could not create the Java Virtual Machine."
+_JAVA_EXITS = "Error: A fatal exception has occurred. Program will exit."
 
 
 def _maven_repository() -> Path:

@@ -230,6 +230,30 @@ def test_bad_arguments_and_config(env: dict[str, str], tmp_path: Path) -> None:
     assert prod.returncode == 2 and "LAKEWARD_PII_KEY is not set" in prod.stderr
 
 
+@pytest.mark.parametrize(("key", "value", "code", "reason"), [
+    # Refused when the session is first used, this one made pyspark's error formatting recurse.
+    ("spark.sql.shuffle.partitions", "abc", 2,
+     "The value 'abc' in the config \"spark.sql.shuffle.partitions\" is invalid"),
+    ("spark.databricks.delta.snapshotPartitions", "x", 2,
+     "The value 'x' in the config \"spark.databricks.delta.snapshotPartitions\" is invalid"),
+    # Refused by the java launcher: no second start, no Maven.
+    ("spark.driver.memory", "lots", 1, "Spark did not start: Invalid maximum heap size: -Xmxlots"),
+])
+def test_a_spark_conf_value_spark_refuses_is_one_line(
+    env: dict[str, str], tmp_path: Path, key: str, value: str, code: int, reason: str
+) -> None:
+    conf = tmp_path / "conf"
+    shutil.copytree(env["LAKEWARD_CONF_DIR"], conf)
+    (conf / "local.yml").write_text(
+        f"privacy:\n  generate_key_if_missing: true\nspark:\n  conf:\n    {key}: {value}\n"
+    )
+    own = {**env, "LAKEWARD_CONF_DIR": str(conf), "LAKEWARD_HOME": str(tmp_path / "home")}
+    result = lakeward(own, "sql", "SELECT 1", timeout=120)
+    assert result.returncode == code, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lakeward: error: ") and reason in lines[0], lines
+
+
 def test_an_error_while_rows_are_printed_is_spark_s_own_line(spark: SparkSession) -> None:
     # json and csv stream rows from the JVM; an error there reaches Python unconverted.
     query = "SELECT cast(concat('x', id) AS int) AS n FROM range(3)"
