@@ -34,7 +34,10 @@ from lakeward.sources.bitebridge import DRIFT_NEW_FIELD, DRIFT_RENAMED_FIELD
 log = logging.getLogger(__name__)
 
 MONEY = T.DecimalType(12, 2)
-EVENT_TS_FORMAT = "yyyy-MM-dd'T'HH:mm:ssX"
+# ISO 8601 instants with an offset: Z, +02, +0200 or +02:00, with up to six
+# fractional digits (Spark keeps microseconds). A time without an offset is
+# refused: the instant it names depends on where it was written.
+EVENT_TS_FORMATS = ("yyyy-MM-dd'T'HH:mm:ss[.SSSSSS]X", "yyyy-MM-dd'T'HH:mm:ss[.SSSSSS]XXX")
 
 
 @dataclass(frozen=True)
@@ -299,7 +302,7 @@ def conform(bronze_rows: DataFrame, source: str) -> DataFrame:
         if (source, name) == DRIFT_NEW_FIELD:
             column = rescued.getItem(name)
         text[name] = column
-    typed_ts = F.try_to_timestamp(F.col("event_ts"), F.lit(EVENT_TS_FORMAT))
+    typed_ts = F.coalesce(*[F.try_to_timestamp(F.col("event_ts"), F.lit(form)) for form in EVENT_TS_FORMATS])
     return df.select(
         "event_id",
         F.col("event_ts").alias("_raw_event_ts"),
@@ -322,7 +325,9 @@ def validate(conformed: DataFrame, source: str, rules: PipelineSettings) -> Data
     """Add ``_reason``: null for a usable row, else every rule it breaks, ``;``-separated."""
     spec = SOURCES[source]
     checks: list[Column] = [
-        F.when(F.col(key).isNull(), F.lit(f"null_key:{key}"))
+        F.when(F.col(key).isNull(), F.lit(f"null_key:{key}")).when(
+            F.trim(F.col(key)) == "", F.lit(f"empty_key:{key}")
+        )
         for key in ("event_id", "user_id")
     ]
     checks.append(
@@ -339,11 +344,12 @@ def validate(conformed: DataFrame, source: str, rules: PipelineSettings) -> Data
     if "amount" in spec.typed:
         bounds["amount"] = (0, rules.max_amount)
     for name, (low, high) in bounds.items():
+        value = _as_sent(name, spec.typed[name])
         outside = F.lit(False)
         if low is not None:
-            outside = outside | (F.col(name) < F.lit(low))
+            outside = outside | (value < F.lit(low))
         if high is not None:
-            outside = outside | (F.col(name) > F.lit(high))
+            outside = outside | (value > F.lit(high))
         checks.append(F.when(outside, F.lit(f"out_of_range:{name}")))
     end_of_arrival = F.to_timestamp(F.date_add(F.col("_arrival_date"), 1)) + F.make_interval(
         hours=F.lit(rules.future_tolerance_hours)
@@ -356,6 +362,16 @@ def validate(conformed: DataFrame, source: str, rules: PipelineSettings) -> Data
     return conformed.withColumn(
         "_reason", F.when(F.size(reasons) > 0, F.array_join(reasons, ";"))
     )
+
+
+def _as_sent(name: str, dtype: T.DataType) -> Column:
+    """The value a range is checked on: a decimal before it is rounded to its scale.
+
+    ``1000.004`` is stored as 1000.00, but is above a limit of 1000.
+    """
+    if not isinstance(dtype, T.DecimalType):
+        return F.col(name)
+    return F.coalesce(F.col(f"_raw_{name}").try_cast(T.DecimalType(38, 18)), F.col(name))
 
 
 def pseudonymize(df: DataFrame, key: bytes) -> DataFrame:

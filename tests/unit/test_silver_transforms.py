@@ -44,6 +44,14 @@ def test_validate_names_every_broken_rule(spark: SparkSession) -> None:
         _order("e6", ts="2027-06-01T00:00:00Z", line=6),
         _order("e7", ts="yesterday", line=7),
         _order("e8", ts="2025-12-01T00:00:00Z", line=8),
+        _order(" ", line=9),
+        _order("e10", user="", line=10),
+        # Checked as sent, stored rounded to cents: neither is 1000.00 or 0.00.
+        _order("e11", amount="1000.004", line=11),
+        _order("e12", amount="-0.001", line=12),
+        _order("e13", amount="999.996", line=13),
+        _order("e14", ts="2026-01-02T10:00:00", line=14),  # no offset: which instant?
+        _order("e15", ts="2026-01-02T10:00:00.1234567Z", line=15),  # finer than Spark keeps
     ]
     reasons = {r["_line_no"]: r["_reason"] for r in _checked(spark, rows).collect()}
     assert reasons == {
@@ -55,6 +63,28 @@ def test_validate_names_every_broken_rule(spark: SparkSession) -> None:
         6: "future_event_ts",
         7: "invalid_type:event_ts",
         8: "beyond_allowed_lateness",
+        9: "empty_key:event_id",
+        10: "empty_key:user_id",
+        11: "out_of_range:amount",
+        12: "out_of_range:amount",
+        13: None,
+        14: "invalid_type:event_ts",
+        15: "invalid_type:event_ts",
+    }
+
+
+def test_event_ts_is_any_iso_8601_instant_with_an_offset(spark: SparkSession) -> None:
+    sent = ["2026-01-02T10:00:00Z", "2026-01-02T10:00:00.5Z", "2026-01-02T12:00:00.123456+02:00",
+            "2026-01-02T12:00:00+02", "2026-01-02T05:30:00-0430", "2026-01-02T10:00:00z"]
+    rows = _checked(spark, [_order(f"e{i}", ts=ts, line=i) for i, ts in enumerate(sent)]).collect()
+    got = {r["_line_no"]: (r["event_ts"], r["_reason"]) for r in rows}
+    assert got == {
+        0: (datetime(2026, 1, 2, 10, 0, 0), None),
+        1: (datetime(2026, 1, 2, 10, 0, 0, 500000), None),
+        2: (datetime(2026, 1, 2, 10, 0, 0, 123456), None),
+        3: (datetime(2026, 1, 2, 10, 0, 0), None),
+        4: (datetime(2026, 1, 2, 10, 0, 0), None),
+        5: (datetime(2026, 1, 2, 10, 0, 0), None),
     }
 
 
