@@ -278,6 +278,12 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     _check_training_set_name(args, settings)
     if args.command in ("train", "dp-sweep"):
         settings = _training_settings(args, settings)
+    if args.command == "run":
+        from lakeward.pipeline import DateSelection, bronze_days
+
+        selection = DateSelection(None if args.all_dates or args.full else args.date, full=args.full)
+        if args.stage in ("bronze", "all"):
+            bronze_days(settings, selection)  # no landing files: say so before a key or a session
     if args.command in ("run", "demo"):
         from lakeward.privacy.keys import pii_key
 
@@ -286,10 +292,9 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
     spark = get_spark(settings)
     if args.command == "run":
-        from lakeward.pipeline import DateSelection, run
+        from lakeward.pipeline import run
 
-        day = None if args.all_dates or args.full else args.date
-        run(spark, settings, args.stage, DateSelection(day, full=args.full))
+        run(spark, settings, args.stage, selection)
         return 0
     if args.command == "demo":
         from lakeward.demo import run_demo

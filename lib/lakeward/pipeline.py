@@ -83,33 +83,42 @@ def run(spark: SparkSession, settings: Settings, stage: str, selection: DateSele
         run_gold(spark, settings, selection)
 
 
-def run_bronze(
-    spark: SparkSession, settings: Settings, selection: DateSelection
-) -> list[bronze.IngestResult]:
-    """Ingest landing files of the selected arrival dates."""
+def bronze_days(settings: Settings, selection: DateSelection) -> list[date]:
+    """The arrival dates a bronze run takes, or ``NoLandingDataError`` when there are none.
+
+    It reads only the landing directory, so the CLI asks it before starting Spark.
+    """
     if generation_interrupted(settings.landing_dir):
         raise bronze.NoLandingDataError(
             f"the landing files under {settings.landing_dir} are incomplete: a `lakeward generate` "
             f"into it did not finish; run it again, or remove {GENERATING_MARKER} there "
             "to ingest them as they are"
         )
-    scan = scan_landing(settings.landing_dir)
-    days, ignored = scan.days, scan.unrecognized
-    if ignored:
-        names = ", ".join(str(path.relative_to(settings.landing_dir)) for path in ignored[:5])
-        log.warning(
-            "bronze: %d landing file(s) not named <source>/YYYY-MM-DD.jsonl, so not ingested: %s%s",
-            len(ignored), names, ", ..." if len(ignored) > 5 else "",
-        )
+    days = scan_landing(settings.landing_dir).days
     if selection.day is not None:
         if selection.day not in days:
             raise bronze.NoLandingDataError(
                 f"no landing files for {selection.day} under {settings.landing_dir}"
             )
-        days = [selection.day]
-    elif not days:
+        return [selection.day]
+    if not days:
         raise bronze.NoLandingDataError(
             f"no landing files under {settings.landing_dir}; run `lakeward generate` first"
+        )
+    return days
+
+
+def run_bronze(
+    spark: SparkSession, settings: Settings, selection: DateSelection
+) -> list[bronze.IngestResult]:
+    """Ingest landing files of the selected arrival dates."""
+    days = bronze_days(settings, selection)
+    ignored = scan_landing(settings.landing_dir).unrecognized
+    if ignored:
+        names = ", ".join(str(path.relative_to(settings.landing_dir)) for path in ignored[:5])
+        log.warning(
+            "bronze: %d landing file(s) not named <source>/YYYY-MM-DD.jsonl, so not ingested: %s%s",
+            len(ignored), names, ", ..." if len(ignored) > 5 else "",
         )
     log.info("bronze: %d arrival date(s) %s..%s", len(days), days[0], days[-1])
     results = bronze.ingest_sources(spark, settings, list(SOURCES), days)

@@ -197,6 +197,19 @@ def test_missing_landing_date_is_one_line(
     assert "Traceback" not in result.stderr
 
 
+def test_a_data_root_without_landing_files_is_refused_before_anything_is_written(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    home = tmp_path / "typo"
+    for stage in ("bronze", "all"):
+        result = lakeward({**env, "LAKEWARD_HOME": str(home)}, "run", stage, "--all-dates")
+        assert result.returncode == 1
+        assert result.stderr.strip().splitlines() == [
+            f"lakeward: error: no landing files under {home / 'landing'}; run `lakeward generate` first"
+        ]
+    assert not home.exists()  # no key, no catalog, no lock: Spark never started
+
+
 def test_bad_arguments_and_config(env: dict[str, str], tmp_path: Path) -> None:
     bad_date = lakeward(env, "run", "bronze", "--date", "yesterday")
     assert bad_date.returncode == 2 and "expected a date as YYYY-MM-DD" in bad_date.stderr
