@@ -117,7 +117,7 @@ def run_bronze(
     if ignored:
         names = ", ".join(str(path.relative_to(settings.landing_dir)) for path in ignored[:5])
         log.warning(
-            "bronze: %d landing file(s) not named <source>/YYYY-MM-DD.jsonl, so not ingested: %s%s",
+            "bronze: %d landing path(s) not named <source>/YYYY-MM-DD.jsonl, so not ingested: %s%s",
             len(ignored), names, ", ..." if len(ignored) > 5 else "",
         )
     log.info("bronze: %d arrival date(s) %s..%s", len(days), days[0], days[-1])

@@ -152,11 +152,16 @@ def test_arrival_days_edge_cases(tmp_path: Path) -> None:
     odd = ("20240103.jsonl", "2024-1-3.jsonl", "2024-01-03.json", "2024-01-03.JSONL", ".2024-01-03.jsonl.swp")
     for name in odd:
         (tmp_path / "order_placed" / name).write_text("{}\n")
+    # So are folders and files beside the sources' folders.
+    (tmp_path / "orders").mkdir()
+    (tmp_path / "orders" / "2024-01-03.jsonl").write_text("{}\n")
+    (tmp_path / "2024-01-03.jsonl").write_text("{}\n")
+    (tmp_path / ".generating").write_text("")
     scan = scan_landing(tmp_path)
     assert scan.days == arrival_days(tmp_path) == [date(2024, 1, 1), date(2024, 1, 2)]
     assert [p.relative_to(tmp_path).as_posix() for p in scan.unrecognized] == [
-        "order_placed/2024-01-03.JSONL", "order_placed/2024-01-03.json", "order_placed/2024-1-3.jsonl",
-        "order_placed/20240103.jsonl", "users/notes.jsonl",
+        "2024-01-03.jsonl", "order_placed/2024-01-03.JSONL", "order_placed/2024-01-03.json",
+        "order_placed/2024-1-3.jsonl", "order_placed/20240103.jsonl", "orders", "users/notes.jsonl",
     ]
 
 

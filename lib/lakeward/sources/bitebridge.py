@@ -502,9 +502,18 @@ class LandingScan:
 
 
 def scan_landing(landing_dir: Path) -> LandingScan:
-    """List the sources' landing folders once, for both the days to load and the misnamed files."""
+    """List the sources' landing folders once, for both the days to load and the misnamed files.
+
+    A folder or file beside the sources' folders (a source misspelt, a file one
+    level too high) is misnamed too.
+    """
     days: set[date] = set()
     unrecognized: list[Path] = []
+    if Path(landing_dir).is_dir():
+        unrecognized.extend(
+            path for path in Path(landing_dir).iterdir()
+            if path.name not in SOURCES and not path.name.startswith(".")
+        )
     for source in SOURCES:
         folder = Path(landing_dir) / source
         if not folder.is_dir():
