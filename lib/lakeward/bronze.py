@@ -72,6 +72,7 @@ LEDGER_SCHEMA = T.StructType(
 MALFORMED = "malformed_json"
 NOT_AN_OBJECT = "not_a_json_object"
 BLANK = "blank_line"
+DUPLICATE_KEY = "duplicate_key"
 # A line of a CRLF file keeps its "\r"; a line of only that is blank too.
 _WHITESPACE = " \t\r"
 
@@ -182,9 +183,11 @@ def parse_lines(lines: DataFrame, fields: Sequence[str]) -> DataFrame:
     unknown = F.map_filter(F.col("_parsed"), lambda k, _v: ~F.array_contains(known, k))
     reason = (
         F.when(F.trim(F.col("value"), F.lit(_WHITESPACE)) == "", F.lit(BLANK))
-        .when(F.col("_parsed").isNotNull() & _one_value(F.col("value")), F.lit(None).cast("string"))
         # An object followed by more: Spark's parser stops after the first value.
-        .when(F.col("_parsed").isNotNull(), F.lit(MALFORMED))
+        .when(F.col("_parsed").isNotNull() & ~_one_value(F.col("value")), F.lit(MALFORMED))
+        # Spark's parser keeps a key's first value and drops the others.
+        .when(F.col("_parsed").isNotNull() & _repeats_a_key(F.col("_parsed")), F.lit(DUPLICATE_KEY))
+        .when(F.col("_parsed").isNotNull(), F.lit(None).cast("string"))
         # Valid JSON, but an array, a number, a string or null: one event is an object.
         .when(F.try_parse_json(F.col("value")).isNotNull(), F.lit(NOT_AN_OBJECT))
         .otherwise(F.lit(MALFORMED))
@@ -220,6 +223,11 @@ def _one_value(line: Column) -> Column:
     as_array = F.from_json(F.concat(F.lit("["), line, F.lit("]")), T.ArrayType(T.StringType()), _STRICT)
     as_field = F.from_json(F.concat(F.lit('{"v":'), line, F.lit("}")), _TEXT_MAP, _STRICT)  # type: ignore[arg-type]
     return ~maybe_more | F.coalesce((F.size(as_array) == 1) & as_field.isNotNull(), F.lit(False))
+
+
+def _repeats_a_key(parsed: Column) -> Column:
+    """Whether the parsed object names one of its keys twice: the parser keeps both entries."""
+    return F.size(F.array_distinct(F.map_keys(parsed))) < F.size(parsed)
 
 
 def bronze_rows(parsed: DataFrame, fields: Sequence[str]) -> DataFrame:

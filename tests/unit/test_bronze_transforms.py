@@ -3,7 +3,7 @@ import json
 from chispa import assert_df_equality
 from pyspark.sql import SparkSession
 
-from lakeward.bronze import BLANK, MALFORMED, NOT_AN_OBJECT, number_lines, parse_lines
+from lakeward.bronze import BLANK, DUPLICATE_KEY, MALFORMED, NOT_AN_OBJECT, number_lines, parse_lines
 
 
 def test_number_lines_across_files_and_splits(spark: SparkSession) -> None:
@@ -46,6 +46,17 @@ def test_a_line_is_one_json_object_and_nothing_after_it(spark: SparkSession) -> 
     assert [out[i]["_reason"] for i in range(len(more))] == [MALFORMED] * len(more)
     assert [out[len(more) + i]["_reason"] for i in range(len(whole))] == [None] * len(whole)
     assert [out[len(more) + i]["event_id"] for i in range(len(whole))] == ["e1", "x}{y", "e1", "}", "e1"]
+
+
+def test_a_line_that_names_a_key_twice_is_refused(spark: SparkSession) -> None:
+    twice = ['{"event_id": "e1", "event_id": "e2"}', '{"a": 1, "event_id": "e1", "a": 2}',
+             '{"a": {"b": 1}, "a": {"b": 1}}', '{"event_id" : "e1","event_id":null}']
+    once = ['{"event_id": "e1", "n": {"event_id": "e2"}}', '{"event_id": "e1", "t": "\\":\\":"}',
+            '{"event_id": "e1", "l": [{"a": 1}, {"a": 2}]}', '{"event_id": "e1"}']
+    df = spark.createDataFrame([(v, i) for i, v in enumerate(twice + once)], "value string, _line_no long")
+    out = {r["_line_no"]: r["_reason"] for r in parse_lines(df, ["event_id"]).collect()}
+    assert [out[i] for i in range(len(twice))] == [DUPLICATE_KEY] * len(twice)
+    assert [out[len(twice) + i] for i in range(len(once))] == [None] * len(once)
 
 
 def test_parse_lines_keeps_its_input_and_adds_the_documented_columns(spark: SparkSession) -> None:
