@@ -250,22 +250,13 @@ def _one_line(err: BaseException) -> str:
     if name == "Py4JJavaError":
         # A JVM error pyspark did not convert (e.g. from a collect to Arrow or a
         # row iterator): its text is "An error occurred while calling oN.x".
-        text = _root_message(err) or text
+        from lakeward.session import jvm_error_message
+
+        text = jvm_error_message(err) or text
     if name == "AnalysisException" or "Exception" in name and hasattr(err, "getErrorClass"):
         text = text.split("\n")[0]
     first = text.splitlines()[0] if text else name
     return first if len(first) < 500 else first[:497] + "..."
-
-
-def _root_message(err: BaseException) -> str | None:
-    """The message of the innermost cause of a JVM error that has one."""
-    cause, message = getattr(err, "java_exception", None), None
-    for _ in range(20):  # a cause chain is short; this only guards against a cycle
-        if cause is None:
-            break
-        message = str(cause.getMessage() or "").strip() or message
-        cause = cause.getCause()
-    return message
 
 
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:

@@ -6,9 +6,11 @@ The CLI and the spark-submit entry points both call these functions.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date
+from pathlib import Path
 
 from pyspark.sql import SparkSession
 
@@ -94,18 +96,20 @@ def bronze_days(settings: Settings, selection: DateSelection) -> list[date]:
             f"into it did not finish; run it again, or remove {GENERATING_MARKER} there "
             "to ingest them as they are"
         )
-    days = scan_landing(settings.landing_dir).days
+    scan = scan_landing(settings.landing_dir)
     if selection.day is not None:
-        if selection.day not in days:
+        if selection.day not in scan.days:
             raise bronze.NoLandingDataError(
                 f"no landing files for {selection.day} under {settings.landing_dir}"
+                + _misnamed(settings, scan.unrecognized, "; ")
             )
         return [selection.day]
-    if not days:
+    if not scan.days:
         raise bronze.NoLandingDataError(
             f"no landing files under {settings.landing_dir}; run `lakeward generate` first"
+            + _misnamed(settings, scan.unrecognized, "; ")
         )
-    return days
+    return scan.days
 
 
 def run_bronze(
@@ -115,11 +119,7 @@ def run_bronze(
     days = bronze_days(settings, selection)
     ignored = scan_landing(settings.landing_dir).unrecognized
     if ignored:
-        names = ", ".join(str(path.relative_to(settings.landing_dir)) for path in ignored[:5])
-        log.warning(
-            "bronze: %d landing path(s) not named <source>/YYYY-MM-DD.jsonl, so not ingested: %s%s",
-            len(ignored), names, ", ..." if len(ignored) > 5 else "",
-        )
+        log.warning("bronze: %s", _misnamed(settings, ignored, ""))
     log.info("bronze: %d arrival date(s) %s..%s", len(days), days[0], days[-1])
     results = bronze.ingest_sources(spark, settings, list(SOURCES), days)
     log.info(
@@ -128,6 +128,16 @@ def run_bronze(
         sum(r.rows_written for r in results), sum(r.rows_quarantined for r in results),
     )
     return results
+
+
+def _misnamed(settings: Settings, paths: Sequence[Path], lead: str) -> str:
+    """``lead`` and the first landing paths no run takes, or nothing when there are none."""
+    if not paths:
+        return ""
+    names = ", ".join(str(path.relative_to(settings.landing_dir)) for path in paths[:5])
+    more = ", ..." if len(paths) > 5 else ""
+    return (f"{lead}{len(paths)} landing path(s) not named <source>/YYYY-MM-DD.jsonl, "
+            f"so not ingested: {names}{more}")
 
 
 def run_silver(

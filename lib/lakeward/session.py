@@ -22,6 +22,7 @@ from importlib import metadata, resources
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from py4j.java_gateway import JavaClass
 from pyspark import SparkContext
 from pyspark.sql import SparkSession
 
@@ -40,7 +41,11 @@ class SessionError(RuntimeError):
 
 
 class SparkRefused(SessionError):
-    """spark-submit stopped before the JVM came up and said why: another try would fail the same way."""
+    """Spark did not start, and another start would fail the same way.
+
+    The JVM came up and failed (a bad master URL), or spark-submit or the java
+    launcher stopped before it did and said why (a bad driver memory).
+    """
 
 
 def delta_coordinates() -> str:
@@ -141,39 +146,56 @@ def _local_catalog(builder: SparkSession.Builder, settings: Settings) -> SparkSe
 def _check_sql_conf(spark: SparkSession, settings: Settings) -> None:
     """Build the session's SQL state now, so that a SQL conf value Spark refuses is a config error.
 
-    Spark checks ``spark.sql`` values when it first builds the state. Built later,
-    by a query, the session is active, and pyspark formats the error by reading
-    that session's conf, which fails the same way: the formatting recurses without
-    end and the command hangs. Without an active session it reads Spark's
-    defaults. Delta's values are checked only where Delta reads them, which may be
-    part-way through a job, so they are checked here too.
+    Building the state checks every value of the Spark conf (the settings' and
+    spark-submit's) against the entries Spark knows then; Delta's are known once
+    its conf object is loaded, so it is loaded first. Otherwise a query builds
+    the state, with the session active, and pyspark formats the error by reading
+    that session's conf, which fails the same way: the formatting recurses
+    without end and the command hangs. Without an active session it reads
+    Spark's defaults. Delta alone would check its values only where it reads
+    them, which may be part-way through a job.
     """
     jvm = spark._jvm
+    delta_conf = getattr(jvm, "org.apache.spark.sql.delta.sources.DeltaSQLConf")
+    if not isinstance(delta_conf, JavaClass):
+        raise SessionError(
+            f"the Delta classes are not on the driver's classpath: run the job with "
+            f"--packages {delta_coordinates()}"
+        )
+    delta_conf.DELTA_SNAPSHOT_PARTITIONS()  # loads the object, which registers Delta's entries
     session_class = getattr(jvm, "org.apache.spark.sql.SparkSession")
     session_class.clearActiveSession()
     try:
         spark._jsparkSession.sessionState()
-        # Loading Delta's conf object registers its entries, which a new SQLConf then checks.
-        getattr(jvm, "org.apache.spark.sql.delta.sources.DeltaSQLConf").DELTA_SNAPSHOT_PARTITIONS()
-        checker = getattr(jvm, "org.apache.spark.sql.internal.SQLConf")()
-        for key, value in settings.spark.conf.items():
-            checker.setConfString(key, value)
     except Exception as error:  # noqa: BLE001 - pyspark converts JVM errors to several classes
         raise ConfigError(
             f"Spark refused a value of spark.conf (conf/base.yml, conf/{settings.env}.yml or the "
-            f"spark-submit command): {_innermost_message(error)}"
+            f"spark-submit command): {jvm_error_message(error) or error}"
         ) from None
     session_class.setActiveSession(spark._jsparkSession)
 
 
-def _innermost_message(error: BaseException) -> str:
-    """The message of the innermost cause of a converted JVM error: the outer ones only wrap it."""
-    message = str(error).split("\n")[0]
-    cause = getattr(error, "_cause", None)  # pyspark's converted cause
-    while cause is not None:
-        message = str(getattr(cause, "_desc", "") or message).split("\n")[0]
-        cause = getattr(cause, "_cause", None)
-    return message
+def jvm_error_message(error: BaseException) -> str | None:
+    """The first line of the innermost cause's message of a JVM error; None for other errors.
+
+    The outer errors only wrap it ("An error occurred while calling o74.getResult",
+    "Error while instantiating ..."). Takes an error pyspark converted (its causes
+    are converted too) or one it left as py4j raised it.
+    """
+    message = None
+    java = getattr(error, "java_exception", None)
+    if java is not None:
+        for _ in range(20):  # a cause chain is short; this only guards against a cycle
+            if java is None:
+                break
+            message = str(java.getMessage() or "").strip() or message
+            java = java.getCause()
+    else:
+        cause: object = error if hasattr(error, "_desc") else None  # pyspark's CapturedException
+        while cause is not None:
+            message = str(getattr(cause, "_desc", "") or "").strip() or message
+            cause = getattr(cause, "_cause", None)
+    return message.split("\n")[0] if message else None
 
 
 def _check_catalog_home(spark: SparkSession, settings: Settings) -> None:
@@ -257,12 +279,10 @@ def _start_jvm(builder: SparkSession.Builder, settings: Settings) -> SparkSessio
         try:
             jars = ",".join(filter(None, [own_jars, *known]))
             return _launch(builder.config("spark.jars", jars), jvm_log)
-        except SparkRefused:
-            raise
         except Exception as error:  # noqa: BLE001 - the JVM reports its failures opaquely
-            delta_jars_note(settings).unlink(missing_ok=True)
-            if SparkContext._gateway is not None:  # the JVM is up: a new start cannot change its classpath
-                raise SessionError(f"could not start Spark ({error}); see {jvm_log}") from error
+            delta_jars_note(settings).unlink(missing_ok=True)  # the noted jars may be what failed
+            if isinstance(error, SparkRefused):
+                raise
             log.warning("Spark did not start with the Delta jars noted before; resolving them again")
             builder = builder.config("spark.jars", own_jars)
     packages = ",".join(filter(None, [own_packages, delta_coordinates()]))
@@ -346,7 +366,7 @@ def _launch(builder: SparkSession.Builder, jvm_log: Path) -> SparkSession:
     clean while the Python side keeps the terminal.
     """
     if os.environ.get("LAKEWARD_SPARK_CONSOLE") == "1":
-        return builder.getOrCreate()
+        return _start(builder, jvm_log, None)
     jvm_log.parent.mkdir(parents=True, exist_ok=True)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -356,17 +376,30 @@ def _launch(builder: SparkSession.Builder, jvm_log: Path) -> SparkSession:
         os.dup2(sink.fileno(), 1)
         os.dup2(sink.fileno(), 2)
         try:
-            return builder.getOrCreate()
-        except Exception as error:
-            refusal = _refusal(jvm_log, start)
-            if refusal is not None:
-                raise SparkRefused(f"Spark did not start: {refusal} (its output: {jvm_log})") from error
-            raise
+            return _start(builder, jvm_log, start)
         finally:
             os.dup2(saved[0], 1)
             os.dup2(saved[1], 2)
             os.close(saved[0])
             os.close(saved[1])
+
+
+def _start(builder: SparkSession.Builder, jvm_log: Path, start: int | None) -> SparkSession:
+    """``builder.getOrCreate()``, raising ``SparkRefused`` when a new start would fail the same way.
+
+    That is when the JVM came up (its classpath can no longer change), or when
+    its output since ``start`` gives a reason other than resolving the jars.
+    """
+    try:
+        return builder.getOrCreate()
+    except Exception as error:
+        if SparkContext._gateway is not None:
+            reason = jvm_error_message(error) or str(error).split("\n")[0]
+            raise SparkRefused(f"could not start Spark: {reason} (its output: {jvm_log})") from error
+        refusal = None if start is None else _refusal(jvm_log, start)
+        if refusal is not None:
+            raise SparkRefused(f"Spark did not start: {refusal} (its output: {jvm_log})") from error
+        raise
 
 
 def _refusal(jvm_log: Path, start: int) -> str | None:
@@ -378,22 +411,26 @@ def _refusal(jvm_log: Path, start: int) -> str | None:
     with open(jvm_log, "rb") as log_file:
         log_file.seek(start)
         output = log_file.read().decode("utf-8", errors="replace")
-    if "unresolved dependency" in output:
+    if any(mark in output for mark in _RESOLVING):
         return None
-    reason, previous = None, ""
-    for line in output.splitlines():
-        if line == _JAVA_REFUSED:  # the java launcher's reason (a bad -Xmx, say) is the line before
-            reason = previous.strip()
+    reason, lines = None, output.splitlines()
+    for number, line in enumerate(lines):
+        if line == _JAVA_REFUSED and number > 0:  # the java launcher's reason (a bad -Xmx) comes before
+            reason = lines[number - 1].strip()
+        elif line == _VM_FAILED and number + 1 < len(lines):  # the JVM's own (a heap too small) after
+            reason = lines[number + 1].strip()
         elif line.startswith('Exception in thread "main" '):
             reason = line.split(": ", 1)[-1].strip()
         elif line.startswith("Error: ") and line != _JAVA_EXITS:
             reason = line.removeprefix("Error: ").strip()
-        previous = line
     return reason or None
 
 
 _JAVA_REFUSED = "Error: Could not create the Java Virtual Machine."
 _JAVA_EXITS = "Error: A fatal exception has occurred. Program will exit."
+_VM_FAILED = "Error occurred during initialization of VM"
+# What a failure of Spark's dependency resolution prints: fetching the jars otherwise may cure it.
+_RESOLVING = ("unresolved dependency", "download failed", "MavenUtils", "DependencyUtils")
 
 
 def _maven_repository() -> Path:

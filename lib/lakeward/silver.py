@@ -326,7 +326,7 @@ def validate(conformed: DataFrame, source: str, rules: PipelineSettings) -> Data
     spec = SOURCES[source]
     checks: list[Column] = [
         F.when(F.col(key).isNull(), F.lit(f"null_key:{key}")).when(
-            F.trim(F.col(key)) == "", F.lit(f"empty_key:{key}")
+            F.col(key).rlike(r"^[\s\p{Z}]*$"), F.lit(f"empty_key:{key}")  # also tabs, no-break spaces
         )
         for key in ("event_id", "user_id")
     ]
@@ -344,12 +344,12 @@ def validate(conformed: DataFrame, source: str, rules: PipelineSettings) -> Data
     if "amount" in spec.typed:
         bounds["amount"] = (0, rules.max_amount)
     for name, (low, high) in bounds.items():
-        value = _as_sent(name, spec.typed[name])
+        value, bound_type = _as_sent(name, spec.typed[name])
         outside = F.lit(False)
         if low is not None:
-            outside = outside | (value < F.lit(low))
+            outside = outside | (value < F.lit(low).cast(bound_type))
         if high is not None:
-            outside = outside | (value > F.lit(high))
+            outside = outside | (value > F.lit(high).cast(bound_type))
         checks.append(F.when(outside, F.lit(f"out_of_range:{name}")))
     end_of_arrival = F.to_timestamp(F.date_add(F.col("_arrival_date"), 1)) + F.make_interval(
         hours=F.lit(rules.future_tolerance_hours)
@@ -364,14 +364,20 @@ def validate(conformed: DataFrame, source: str, rules: PipelineSettings) -> Data
     )
 
 
-def _as_sent(name: str, dtype: T.DataType) -> Column:
-    """The value a range is checked on: a decimal before it is rounded to its scale.
+def _as_sent(name: str, dtype: T.DataType) -> tuple[Column, T.DataType]:
+    """The value a range is checked on, and the type its bounds take to compare exactly.
 
-    ``1000.004`` is stored as 1000.00, but is above a limit of 1000.
+    A decimal is checked before it is rounded to its scale: ``1000.004`` is
+    stored as 1000.00, but is above a limit of 1000. A value the column cannot
+    hold is ``invalid_type`` alone.
     """
     if not isinstance(dtype, T.DecimalType):
-        return F.col(name)
-    return F.coalesce(F.col(f"_raw_{name}").try_cast(T.DecimalType(38, 18)), F.col(name))
+        return F.col(name), dtype
+    exact = F.coalesce(F.col(f"_raw_{name}").try_cast(_SENT_DECIMAL), F.col(name))
+    return F.when(F.col(name).isNotNull(), exact), _SENT_DECIMAL
+
+
+_SENT_DECIMAL = T.DecimalType(38, 18)
 
 
 def pseudonymize(df: DataFrame, key: bytes) -> DataFrame:

@@ -208,6 +208,15 @@ def test_a_data_root_without_landing_files_is_refused_before_anything_is_written
             f"lakeward: error: no landing files under {home / 'landing'}; run `lakeward generate` first"
         ]
     assert not home.exists()  # no key, no catalog, no lock: Spark never started
+    # Files that are there under names no run takes are named.
+    (home / "landing" / "orders").mkdir(parents=True)
+    (home / "landing" / "orders" / "2026-01-01.jsonl").write_text("{}\n")
+    result = lakeward({**env, "LAKEWARD_HOME": str(home)}, "run", "bronze", "--date", "2026-01-01")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"lakeward: error: no landing files for 2026-01-01 under {home / 'landing'}; 1 landing path(s) "
+        "not named <source>/YYYY-MM-DD.jsonl, so not ingested: orders"
+    ]
 
 
 def test_bad_arguments_and_config(env: dict[str, str], tmp_path: Path) -> None:
@@ -243,22 +252,24 @@ def test_bad_arguments_and_config(env: dict[str, str], tmp_path: Path) -> None:
     assert prod.returncode == 2 and "LAKEWARD_PII_KEY is not set" in prod.stderr
 
 
-@pytest.mark.parametrize(("key", "value", "code", "reason"), [
+@pytest.mark.parametrize(("spark_settings", "code", "reason"), [
     # Refused when the session is first used, this one made pyspark's error formatting recurse.
-    ("spark.sql.shuffle.partitions", "abc", 2,
+    ("conf: {spark.sql.shuffle.partitions: abc}", 2,
      "The value 'abc' in the config \"spark.sql.shuffle.partitions\" is invalid"),
-    ("spark.databricks.delta.snapshotPartitions", "x", 2,
+    # Delta checks its own only where it reads them, part-way through a job.
+    ("conf: {spark.databricks.delta.snapshotPartitions: x}", 2,
      "The value 'x' in the config \"spark.databricks.delta.snapshotPartitions\" is invalid"),
-    # Refused by the java launcher: no second start, no Maven.
-    ("spark.driver.memory", "lots", 1, "Spark did not start: Invalid maximum heap size: -Xmxlots"),
+    # Refused by the java launcher, and by the JVM once up: no second start, no Maven.
+    ("conf: {spark.driver.memory: lots}", 1, "Spark did not start: Invalid maximum heap size: -Xmxlots"),
+    ("master: local[x]", 1, "could not start Spark: Could not parse Master URL: 'local[x]'"),
 ])
-def test_a_spark_conf_value_spark_refuses_is_one_line(
-    env: dict[str, str], tmp_path: Path, key: str, value: str, code: int, reason: str
+def test_a_spark_setting_spark_refuses_is_one_line(
+    env: dict[str, str], tmp_path: Path, spark_settings: str, code: int, reason: str
 ) -> None:
     conf = tmp_path / "conf"
     shutil.copytree(env["LAKEWARD_CONF_DIR"], conf)
     (conf / "local.yml").write_text(
-        f"privacy:\n  generate_key_if_missing: true\nspark:\n  conf:\n    {key}: {value}\n"
+        f"privacy:\n  generate_key_if_missing: true\nspark:\n  {spark_settings}\n"
     )
     own = {**env, "LAKEWARD_CONF_DIR": str(conf), "LAKEWARD_HOME": str(tmp_path / "home")}
     result = lakeward(own, "sql", "SELECT 1", timeout=120)

@@ -52,6 +52,10 @@ def test_validate_names_every_broken_rule(spark: SparkSession) -> None:
         _order("e13", amount="999.996", line=13),
         _order("e14", ts="2026-01-02T10:00:00", line=14),  # no offset: which instant?
         _order("e15", ts="2026-01-02T10:00:00.1234567Z", line=15),  # finer than Spark keeps
+        _order("\t", user="\u00a0", line=16),
+        _order("e17", amount="1000.000000000000000001", line=17),  # above 1000, were it a double
+        _order("e18", amount="1e40", line=18),
+        _order("e19", amount="12345678901.5", line=19),
     ]
     reasons = {r["_line_no"]: r["_reason"] for r in _checked(spark, rows).collect()}
     assert reasons == {
@@ -70,6 +74,10 @@ def test_validate_names_every_broken_rule(spark: SparkSession) -> None:
         13: None,
         14: "invalid_type:event_ts",
         15: "invalid_type:event_ts",
+        16: "empty_key:event_id;empty_key:user_id",
+        17: "out_of_range:amount",
+        18: "invalid_type:amount",
+        19: "invalid_type:amount",
     }
 
 
