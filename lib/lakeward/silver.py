@@ -325,9 +325,11 @@ def validate(conformed: DataFrame, source: str, rules: PipelineSettings) -> Data
     """Add ``_reason``: null for a usable row, else every rule it breaks, ``;``-separated."""
     spec = SOURCES[source]
     checks: list[Column] = [
-        F.when(F.col(key).isNull(), F.lit(f"null_key:{key}")).when(
-            F.col(key).rlike(r"^[\s\p{Z}]*$"), F.lit(f"empty_key:{key}")  # also tabs, no-break spaces
-        )
+        F.when(F.col(key).isNull(), F.lit(f"null_key:{key}"))
+        .when(F.col(key).rlike(r"^[\s\p{Z}]*$"), F.lit(f"empty_key:{key}"))  # also tabs, no-break spaces
+        # Bronze keeps an object or array sent as a key as its JSON text.
+        .when(F.col(key).rlike(r"^\s*[\[{]") & F.try_parse_json(F.col(key)).isNotNull(),
+              F.lit(f"invalid_type:{key}"))
         for key in ("event_id", "user_id")
     ]
     checks.append(

@@ -56,6 +56,8 @@ def test_validate_names_every_broken_rule(spark: SparkSession) -> None:
         _order("e17", amount="1000.000000000000000001", line=17),  # above 1000, were it a double
         _order("e18", amount="1e40", line=18),
         _order("e19", amount="12345678901.5", line=19),
+        _order('{"id": 1}', user="[1, 2]", line=20),
+        _order("{e21", user="[usr", line=21),  # text, not JSON
     ]
     reasons = {r["_line_no"]: r["_reason"] for r in _checked(spark, rows).collect()}
     assert reasons == {
@@ -78,6 +80,8 @@ def test_validate_names_every_broken_rule(spark: SparkSession) -> None:
         17: "out_of_range:amount",
         18: "invalid_type:amount",
         19: "invalid_type:amount",
+        20: "invalid_type:event_id;invalid_type:user_id",
+        21: None,
     }
 
 
