@@ -500,6 +500,11 @@ def rebuild_training_set(
     # A new process has no tracking URI yet; MLflow's default is a store in the cwd.
     configure(settings)
     target = None if output is None else training_set.table_name(settings, output)
+    if target is not None:
+        try:
+            training_set.refuse_foreign_table(spark, target)
+        except training_set.TrainingSetError as err:
+            raise LineageError(f"--output: {err}") from None
     recorded = lineage(run_id)
     spec = training_set.BuildSpec.from_json(recorded.spec_json)
     logged = {item.table: item.version for item in recorded.inputs if item.context == SOURCE_CONTEXT}

@@ -395,7 +395,7 @@ def build(
     if (t1 is None) != (t2 is None):
         raise TrainingSetError("give both t1 and t2, or neither to compute them from the labels")
 
-    _refuse_foreign_table(spark, table)
+    refuse_foreign_table(spark, table)
     orders_name = settings.table("silver_orders")
     features_name = settings.table("gold_user_features")
     versions = {orders_name: _pinned_version(spark, orders_name),
@@ -622,8 +622,8 @@ def _verify(training: DataFrame, spec: BuildSpec, orders_name: str) -> dict[str,
     return split_rows
 
 
-def _refuse_foreign_table(spark: SparkSession, table: str) -> None:
-    # --name must not replace a table that is not a training set (predictions, say).
+def refuse_foreign_table(spark: SparkSession, table: str) -> None:
+    """Refuse to replace ``table`` when it exists and is not a training set (predictions, say)."""
     if tables.exists(spark, table) and SPEC_PROPERTY not in _properties_or_empty(spark, table):
         raise TrainingSetError(f"{table} exists and is not a training set; choose another name")
 

@@ -135,6 +135,14 @@ def test_rebuild_from_run_matches_even_after_inputs_change(trained, spark: Spark
     properties = tables.properties(spark, result.output)
     assert properties[tracking.HASH_TAG] == summary.training_set.content_hash
     assert properties["lakeward.rebuilt_from_run"] == summary.parent_run_id
+    # A training set written before may be replaced; a table that is not one may not.
+    again = tracking.rebuild_training_set(spark, settings, summary.parent_run_id, output="rebuilt")
+    assert again.version == result.version + 1
+    foreign = result.output.rsplit(".", 1)[0] + ".kept"
+    tables.overwrite(spark.range(2), foreign)
+    with pytest.raises(tracking.LineageError, match=f"{foreign} exists and is not a training set"):
+        tracking.rebuild_training_set(spark, settings, summary.parent_run_id, output="kept")
+    assert tables.current_version(spark, foreign) == 0 and spark.table(foreign).count() == 2
 
 
 def test_tampered_hash_and_missing_versions_are_clear_errors(trained, spark: SparkSession) -> None:
