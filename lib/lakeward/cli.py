@@ -269,6 +269,9 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     _check_training_set_name(args, settings)
     if args.command in ("train", "dp-sweep"):
         settings = _training_settings(args, settings)
+    from lakeward.session import check_master, get_spark
+
+    check_master(settings)
     if args.command == "run":
         from lakeward.pipeline import DateSelection, bronze_days
 
@@ -279,8 +282,6 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         from lakeward.privacy.keys import pii_key
 
         pii_key(settings)  # refuse to start without a key where one is required
-    from lakeward.session import get_spark
-
     spark = get_spark(settings)
     if args.command == "run":
         from lakeward.pipeline import run

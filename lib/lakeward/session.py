@@ -66,6 +66,7 @@ def get_spark(settings: Settings) -> SparkSession:
     mode = settings.spark.mode
     if mode == "databricks":
         return SparkSession.builder.getOrCreate()
+    check_master(settings)
     _prepare_environment(settings)
     root_lock.hold(settings)
     builder = _base_builder(settings)
@@ -76,18 +77,25 @@ def get_spark(settings: Settings) -> SparkSession:
         spark = builder.getOrCreate()
         if mode == "local":
             _quiet_derby(spark, settings)
-    elif mode == "cluster" and settings.spark.master.startswith("local"):
-        # It would quietly run the job on this machine without the cluster's catalog.
-        raise ConfigError(
-            f"spark.mode is cluster but spark.master is {settings.spark.master!r}: set spark.master "
-            f"to the cluster's master URL in conf/{settings.env}.yml, or run the job with spark-submit"
-        )
     else:
         spark = _start_jvm(builder, settings)
     _check_sql_conf(spark, settings)
     if mode == "local":
         _check_catalog_home(spark, settings)
     return spark
+
+
+def check_master(settings: Settings) -> None:
+    """Refuse a ``cluster`` mode whose driver lakeward would start on a local master.
+
+    It would quietly run the job on this machine without the cluster's catalog.
+    Under spark-submit the submit command's master counts, not the settings'.
+    """
+    if settings.spark.mode == "cluster" and settings.spark.master.startswith("local") and not _submitted():
+        raise ConfigError(
+            f"spark.mode is cluster but spark.master is {settings.spark.master!r}: set spark.master "
+            f"to the cluster's master URL in conf/{settings.env}.yml, or run the job with spark-submit"
+        )
 
 
 def shuffle_partitions(spark: SparkSession) -> int:
