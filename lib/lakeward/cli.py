@@ -273,11 +273,11 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
     check_master(settings)
     if args.command == "run":
-        from lakeward.pipeline import DateSelection, bronze_days
+        from lakeward.pipeline import DateSelection, bronze_landing
 
         selection = DateSelection(None if args.all_dates or args.full else args.date, full=args.full)
         if args.stage in ("bronze", "all"):
-            bronze_days(settings, selection)  # no landing files: say so before a key or a session
+            bronze_landing(settings, selection)  # no landing files: say so before a key or a session
     if args.command in ("run", "demo"):
         from lakeward.privacy.keys import pii_key
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
 
@@ -17,7 +17,13 @@ from pyspark.sql import SparkSession
 from lakeward import bronze, incremental, quality, silver, tables
 from lakeward.config import Settings
 from lakeward.privacy.keys import pii_key
-from lakeward.sources.bitebridge import GENERATING_MARKER, SOURCES, generation_interrupted, scan_landing
+from lakeward.sources.bitebridge import (
+    GENERATING_MARKER,
+    SOURCES,
+    LandingScan,
+    generation_interrupted,
+    scan_landing,
+)
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +91,11 @@ def run(spark: SparkSession, settings: Settings, stage: str, selection: DateSele
         run_gold(spark, settings, selection)
 
 
-def bronze_days(settings: Settings, selection: DateSelection) -> list[date]:
-    """The arrival dates a bronze run takes, or ``NoLandingDataError`` when there are none.
+def bronze_landing(settings: Settings, selection: DateSelection) -> LandingScan:
+    """The arrival days a bronze run takes, and the landing paths it leaves, from one listing.
 
-    It reads only the landing directory, so the CLI asks it before starting Spark.
+    ``NoLandingDataError`` when there are no days to take. It reads only the
+    landing directory, so the CLI asks it before starting Spark.
     """
     if generation_interrupted(settings.landing_dir):
         raise bronze.NoLandingDataError(
@@ -103,23 +110,23 @@ def bronze_days(settings: Settings, selection: DateSelection) -> list[date]:
                 f"no landing files for {selection.day} under {settings.landing_dir}"
                 + _misnamed(settings, scan.unrecognized, "; ")
             )
-        return [selection.day]
+        return replace(scan, days=[selection.day])
     if not scan.days:
         raise bronze.NoLandingDataError(
             f"no landing files under {settings.landing_dir}; run `lakeward generate` first"
             + _misnamed(settings, scan.unrecognized, "; ")
         )
-    return scan.days
+    return scan
 
 
 def run_bronze(
     spark: SparkSession, settings: Settings, selection: DateSelection
 ) -> list[bronze.IngestResult]:
     """Ingest landing files of the selected arrival dates."""
-    days = bronze_days(settings, selection)
-    ignored = scan_landing(settings.landing_dir).unrecognized
-    if ignored:
-        log.warning("bronze: %s", _misnamed(settings, ignored, ""))
+    landing = bronze_landing(settings, selection)
+    days = landing.days
+    if landing.unrecognized:
+        log.warning("bronze: %s", _misnamed(settings, landing.unrecognized, ""))
     log.info("bronze: %d arrival date(s) %s..%s", len(days), days[0], days[-1])
     results = bronze.ingest_sources(spark, settings, list(SOURCES), days)
     log.info(
