@@ -269,19 +269,22 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     _check_training_set_name(args, settings)
     if args.command in ("train", "dp-sweep"):
         settings = _training_settings(args, settings)
+    from lakeward.privacy.keys import check_key, pii_key
     from lakeward.session import check_master, get_spark
 
+    # Configuration errors first (exit 2), then missing input (exit 1), and only then
+    # anything written under the data root: a local key, the lock, the catalog.
+    if args.command in ("run", "demo"):
+        check_key(settings)  # refuse to start without a key where one is required
     check_master(settings)
     if args.command == "run":
         from lakeward.pipeline import DateSelection, bronze_landing
 
         selection = DateSelection(None if args.all_dates or args.full else args.date, full=args.full)
         if args.stage in ("bronze", "all"):
-            bronze_landing(settings, selection)  # no landing files: say so before a key or a session
+            bronze_landing(settings, selection)
     if args.command in ("run", "demo"):
-        from lakeward.privacy.keys import pii_key
-
-        pii_key(settings)  # refuse to start without a key where one is required
+        pii_key(settings)
     spark = get_spark(settings)
     if args.command == "run":
         from lakeward.pipeline import run

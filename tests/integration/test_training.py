@@ -137,7 +137,7 @@ def test_rebuild_from_run_matches_even_after_inputs_change(trained, spark: Spark
     assert properties["lakeward.rebuilt_from_run"] == summary.parent_run_id
     # A training set written before may be replaced; a table that is not one may not.
     again = tracking.rebuild_training_set(spark, settings, summary.parent_run_id, output="rebuilt")
-    assert again.version == result.version + 1
+    assert again.output_version == result.output_version + 1
     foreign = result.output.rsplit(".", 1)[0] + ".kept"
     tables.overwrite(spark.range(2), foreign)
     with pytest.raises(tracking.LineageError, match=f"{foreign} exists and is not a training set"):

@@ -30,6 +30,19 @@ def pii_key(settings: Settings) -> bytes:
     >>> pii_key(load_settings("local"))  # doctest: +SKIP
     b'...'
     """
+    key = _key_from_environment(settings)
+    if key is not None:
+        return key
+    return _local_key(settings.data_root / KEY_FILE, settings.privacy.pii_key_env)
+
+
+def check_key(settings: Settings) -> None:
+    """Raise ``MissingKeyError`` now where :func:`pii_key` would; nothing is generated or written."""
+    _key_from_environment(settings)
+
+
+def _key_from_environment(settings: Settings) -> bytes | None:
+    """The key the environment gives; None where a local key may stand in for a missing one."""
     variable = settings.privacy.pii_key_env
     value = os.environ.get(variable)
     if value:
@@ -44,7 +57,7 @@ def pii_key(settings: Settings) -> bytes:
             f"{variable} is not set; the {settings.env} environment requires the "
             "pseudonymization key from the environment"
         )
-    return _local_key(settings.data_root / KEY_FILE, variable)
+    return None
 
 
 def _local_key(path: Path, variable: str) -> bytes:
