@@ -183,14 +183,16 @@ def parse_lines(lines: DataFrame, fields: Sequence[str]) -> DataFrame:
     unknown = F.map_filter(F.col("_parsed"), lambda k, _v: ~F.array_contains(known, k))
     reason = (
         F.when(F.trim(F.col("value"), F.lit(_WHITESPACE)) == "", F.lit(BLANK))
+        .when(
+            F.col("_parsed").isNull(),
+            # Valid JSON, but an array, a number, a string or null: one event is an object.
+            F.when(F.try_parse_json(F.col("value")).isNotNull(), F.lit(NOT_AN_OBJECT))
+            .otherwise(F.lit(MALFORMED)),
+        )
         # An object followed by more: Spark's parser stops after the first value.
-        .when(F.col("_parsed").isNotNull() & ~_one_value(F.col("value")), F.lit(MALFORMED))
+        .when(~_one_value(F.col("value")), F.lit(MALFORMED))
         # Spark's parser keeps a key's first value and drops the others.
-        .when(F.col("_parsed").isNotNull() & _repeats_a_key(F.col("_parsed")), F.lit(DUPLICATE_KEY))
-        .when(F.col("_parsed").isNotNull(), F.lit(None).cast("string"))
-        # Valid JSON, but an array, a number, a string or null: one event is an object.
-        .when(F.try_parse_json(F.col("value")).isNotNull(), F.lit(NOT_AN_OBJECT))
-        .otherwise(F.lit(MALFORMED))
+        .when(_repeats_a_key(F.col("_parsed")), F.lit(DUPLICATE_KEY))
     )
     return (
         lines.withColumn("_parsed", parsed)

@@ -32,7 +32,7 @@ def run_demo(spark: SparkSession, settings: Settings) -> str:
     interrupted = generation_interrupted(landing)
     if interrupted:
         log.warning("demo: the last generation into %s did not finish; generating again", landing)
-    if interrupted or not landing.exists() or not arrival_days(landing):
+    if interrupted or not arrival_days(landing):  # no days also when there is no directory
         demo = settings.demo
         log.info("demo: generating %d users x %d days from %s", demo.users, demo.days, demo.start)
         generate(
