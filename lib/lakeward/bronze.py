@@ -1,8 +1,8 @@
 """Bronze: landing files as received, plus ingestion metadata.
 
-Every field of a source is kept as the text it arrived as (JSON numbers keep
-their literal text); fields the source schema does not know go to
-``_rescued_data`` as JSON, so schema drift loses nothing. Lines that are not a
+Every field of a source is kept as the text it arrived as (a number as written,
+an object or array as compact JSON); fields the source schema does not know go
+to ``_rescued_data`` as JSON, so schema drift loses nothing. Lines that are not a
 JSON object go to the quarantine table with the reason, file and line number.
 
 Transforms here are pure (:func:`number_lines`, :func:`parse_lines`,
@@ -178,9 +178,8 @@ def parse_lines(lines: DataFrame, fields: Sequence[str]) -> DataFrame:
     JSON null), ``_rescued_data`` (unknown fields as JSON, or null) and
     ``_reason`` (null for a good line, else why it cannot be used).
     """
-    parsed = F.from_json(F.col("value"), _TEXT_MAP, _STRICT)  # type: ignore[arg-type]
     known = F.array(*[F.lit(name) for name in fields])
-    unknown = F.map_filter(F.col("_parsed"), lambda k, _v: ~F.array_contains(known, k))
+    unknown = F.map_filter(F.col("_values"), lambda k, _v: ~F.array_contains(known, k))
     reason = (
         F.when(F.trim(F.col("value"), F.lit(_WHITESPACE)) == "", F.lit(BLANK))
         .when(
@@ -195,20 +194,65 @@ def parse_lines(lines: DataFrame, fields: Sequence[str]) -> DataFrame:
         .when(_repeats_a_key(F.col("_parsed")), F.lit(DUPLICATE_KEY))
     )
     return (
-        lines.withColumn("_parsed", parsed)
+        lines.withColumn("_parsed", F.from_json(F.col("value"), _TEXT_MAP, _STRICT))  # type: ignore[arg-type]
+        .withColumn("_values", _as_written(F.col("value"), F.col("_parsed")))
         .select(
             "*",
-            *[F.col("_parsed").getItem(name).alias(name) for name in fields],
+            *[F.col("_values").getItem(name).alias(name) for name in fields],
             F.when(F.size(unknown) > 0, F.to_json(unknown)).alias("_rescued_data"),
             reason.alias("_reason"),
         )
-        .drop("_parsed")
+        .drop("_parsed", "_values")
     )
 
 
 _TEXT_MAP = T.MapType(T.StringType(), T.StringType())
 # JSON as written: no single-quoted strings (Spark's parser takes them by default).
 _STRICT = {"allowSingleQuotes": "false"}
+
+
+# A number value: after a colon, a comma or a bracket, before a comma or a
+# closing brace or bracket; as JSON writes it, or a NaN or an infinity as
+# Spark's parser also takes them.
+_NUMBER_VALUE = (
+    r"([:,\[]\s*+)(-?(?:0|[1-9][0-9]*+)(?:\.[0-9]++)?+(?:[eE][+-]?[0-9]++)?+|NaN|[+-]?Infinity|[+-]INF)"
+    r"(?=\s*+[,}\]])"
+)
+# How Spark's parser writes a number it gives a string field: an integer as is,
+# anything else as the double nearest it, NaN and infinities in quotes.
+_SPARK_NUMBER_TEXT = r'^-?[0-9]++(?:\.[0-9]++)?+(?:E-?[0-9]++)?+$|^"-?(?:NaN|Infinity)"$'
+
+
+def _as_written(line: Column, parsed: Column) -> Column:
+    """``parsed``, the line's map of text values, with each number value as the line writes it.
+
+    Spark's parser turns a number into a double and back before it gives a
+    string field its text (``12.50`` becomes ``12.5``, ``1e400`` becomes
+    ``"Infinity"``); only a JSON string reaches a field as written. So a
+    line that parsed with a value in the form Spark gives a number is parsed
+    again with its number values in quotes (most lines of a snapshot of people
+    have none, and are spared the second parse). A string in a number's place
+    keeps the line's structure. Quotes put around text inside a string
+    literal split it into a string, a bare value and a string, which does not
+    parse: such a line keeps Spark's text.
+    """
+    quoted = F.from_json(F.regexp_replace(line, F.lit(_NUMBER_VALUE), F.lit('$1"$2"')), _TEXT_MAP, _STRICT)  # type: ignore[arg-type]
+    maybe_number = F.exists(F.map_values(parsed), lambda text: text.rlike(_SPARK_NUMBER_TEXT))
+    return F.when(maybe_number, F.coalesce(_with_containers(line, quoted, parsed), parsed)).otherwise(parsed)
+
+
+def _with_containers(line: Column, quoted: Column, parsed: Column) -> Column:
+    """``quoted`` with each object or array value as ``parsed`` has it, its numbers not in quotes."""
+    unquoted = F.transform_values(
+        quoted, lambda key, text: F.when(_is_container(text), parsed[key]).otherwise(text)
+    )
+    # A line without a second brace or a bracket holds no object or array value.
+    maybe_container = (F.locate("{", line, 2) > 0) | (F.instr(line, "[") > 0)
+    return F.when(maybe_container & F.exists(F.map_values(quoted), _is_container), unquoted).otherwise(quoted)
+
+
+def _is_container(text: Column) -> Column:
+    return text.startswith("{") | text.startswith("[")
 
 
 def _one_value(line: Column) -> Column:

@@ -1,5 +1,7 @@
 import json
+import random
 
+import pytest
 from chispa import assert_df_equality
 from pyspark.sql import SparkSession
 
@@ -64,3 +66,79 @@ def test_parse_lines_keeps_its_input_and_adds_the_documented_columns(spark: Spar
     out = parse_lines(df, ["a"])
     assert out.columns == ["value", "_line_no", "a", "_rescued_data", "_reason"]
     assert_df_equality(out.select("value", "_line_no"), df, ignore_row_order=True)
+
+
+def test_a_number_keeps_the_text_it_was_written_in(spark: SparkSession) -> None:
+    line = ('{"event_id": 7, "amount": 12.50, "big": 1e400, "fine": 0.1000000000000000055511151231257827, '
+            '"zero": -0, "e": 1E+2, "nan": NaN, "inf": -Infinity, "note": "a, 1", "n": {"h": 1.50}, '
+            '"l": [1.0, 2], "s": "{1.50}", "t": true, "u": null}')
+    spaced = '{ "event_id" : "e2" ,"amount":1.50 }'
+    # Text that reads like a number value inside a string: the line keeps Spark's text, unchanged.
+    inside = '{"event_id": "e3", "amount": 1.50, "note": "x: 1, y\\"2 [3]"}'
+    nested = '{"event_id": "e4", "n": {"h": 1.50}, "ts": "2026-01-01T10:20:30Z"}'
+    rows = [(line, 1), (spaced, 2), (inside, 3), (nested, 4)]
+    df = spark.createDataFrame(rows, "value string, _line_no long")
+    out = {r["_line_no"]: r for r in parse_lines(df, ["event_id", "amount", "note", "n"]).collect()}
+    assert (out[1]["event_id"], out[1]["amount"], out[1]["note"]) == ("7", "12.50", "a, 1")
+    # An object keeps Spark's compact text; its numbers are not quoted.
+    assert out[1]["n"] == '{"h":1.5}'
+    assert json.loads(out[1]["_rescued_data"]) == {
+        "big": "1e400", "fine": "0.1000000000000000055511151231257827", "zero": "-0", "e": "1E+2",
+        "nan": "NaN", "inf": "-Infinity", "l": "[1.0,2]", "s": "{1.50}", "t": "true", "u": None,
+    }
+    assert (out[2]["event_id"], out[2]["amount"], out[2]["_reason"]) == ("e2", "1.50", None)
+    assert (out[3]["amount"], out[3]["note"], out[3]["_reason"]) == ("1.5", 'x: 1, y"2 [3]', None)
+    assert (out[4]["n"], json.loads(out[4]["_rescued_data"])) == ('{"h":1.5}', {"ts": "2026-01-01T10:20:30Z"})
+
+
+def _number_text(rng: random.Random) -> str:
+    sign = rng.choice(["", "", "-"])
+    whole = rng.choice(["0", str(rng.randrange(1, 10**rng.randrange(1, 25)))])
+    fraction = rng.choice(["", "", "." + "".join(rng.choices("0123456789", k=rng.randrange(1, 22)))])
+    exponent = rng.choice(["", "", "", rng.choice("eE") + rng.choice("+-") + str(rng.randrange(0, 400))])
+    return sign + whole + fraction + exponent
+
+
+def _random_line(rng: random.Random, plain_strings: bool) -> tuple[str, dict[str, object]]:
+    """A JSON object line, and per top-level key what bronze must keep: the text, or a parsed container."""
+    texts = ["usr_1", "12.50", "2026-01-01T10:20:30Z", 'quote " and \\ slash', "é ü", "{1.5}"]
+    if not plain_strings:
+        texts += ["a: 1, b", "x [2]", ",3}", '": 4, "k": 5']
+    parts, expected = [], {}
+    for i in range(rng.randrange(1, 8)):
+        key, space = f"k{i}", rng.choice(["", " ", "  "])
+        kind = rng.randrange(6)
+        if kind < 3:
+            text = _number_text(rng)
+            raw, expected[key] = text, text
+        elif kind == 3:
+            value = rng.choice(texts)
+            raw, expected[key] = json.dumps(value), value
+        elif kind == 4:
+            nested = {"a": [rng.choice([1.5, 2, -0.25, 10.0]), "b"]}
+            raw, expected[key] = json.dumps(nested), nested
+        else:
+            raw = rng.choice(["true", "false", "null"])
+            expected[key] = None if raw == "null" else raw
+        parts.append(f'"{key}"{space}:{space}{raw}')
+    return "{" + rng.choice([",", ", "]).join(parts) + "}", expected
+
+
+@pytest.mark.parametrize("plain_strings", [True, False])
+def test_each_number_is_kept_as_written_on_random_lines(spark: SparkSession, plain_strings: bool) -> None:
+    rng = random.Random(20261202 + plain_strings)
+    cases = [_random_line(rng, plain_strings) for _ in range(400)]
+    df = spark.createDataFrame([(line, n) for n, (line, _) in enumerate(cases)], "value string, _line_no int")
+    out = {r["_line_no"]: r for r in parse_lines(df, []).collect()}
+    for n, (line, expected) in enumerate(cases):
+        assert out[n]["_reason"] is None, line
+        got = json.loads(out[n]["_rescued_data"])
+        assert got.keys() == expected.keys(), line
+        for key, want in expected.items():
+            if isinstance(want, dict):
+                assert json.loads(got[key]) == want, line  # Spark's compact text of the same value
+            elif plain_strings or want is None or got[key] == want:
+                assert got[key] == want, line
+            else:
+                # A string holding text like a number value: the line keeps Spark's text.
+                assert float(got[key].strip('"')) == float(want), line
