@@ -242,13 +242,18 @@ def _as_written(line: Column, parsed: Column) -> Column:
 
 
 def _with_containers(line: Column, quoted: Column, parsed: Column) -> Column:
-    """``quoted`` with each object or array value as ``parsed`` has it, its numbers not in quotes."""
+    """``quoted`` with each object or array value as ``parsed`` has it, its numbers not in quotes.
+
+    Null for a line that names a key twice (it is quarantined): a lookup by key
+    finds the key's first value only.
+    """
     unquoted = F.transform_values(
         quoted, lambda key, text: F.when(_is_container(text), parsed[key]).otherwise(text)
     )
     # A line without a second brace or a bracket holds no object or array value.
     maybe_container = (F.locate("{", line, 2) > 0) | (F.instr(line, "[") > 0)
-    return F.when(maybe_container & F.exists(F.map_values(quoted), _is_container), unquoted).otherwise(quoted)
+    holds_container = maybe_container & F.exists(F.map_values(quoted), _is_container)
+    return F.when(~holds_container, quoted).when(~_repeats_a_key(quoted), unquoted)
 
 
 def _is_container(text: Column) -> Column:

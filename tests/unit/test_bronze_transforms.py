@@ -61,6 +61,13 @@ def test_a_line_that_names_a_key_twice_is_refused(spark: SparkSession) -> None:
     assert [out[len(twice) + i] for i in range(len(once))] == [None] * len(once)
 
 
+def test_a_line_that_names_a_key_twice_keeps_sparks_text_of_each(spark: SparkSession) -> None:
+    # Its objects and arrays are found by key when numbers are kept as written: each would be the first.
+    line = '{"a": [1], "a": [2.50], "b": 1.50}'
+    out = parse_lines(spark.createDataFrame([(line, 1)], "value string, _line_no long"), []).collect()[0]
+    assert (out["_reason"], out["_rescued_data"]) == (DUPLICATE_KEY, '{"a":"[1]","a":"[2.5]","b":"1.5"}')
+
+
 def test_parse_lines_keeps_its_input_and_adds_the_documented_columns(spark: SparkSession) -> None:
     df = spark.createDataFrame([('{"a": "1", "b": 2}', 1), ("{", 2)], "value string, _line_no long")
     out = parse_lines(df, ["a"])
