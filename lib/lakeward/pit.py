@@ -133,10 +133,12 @@ def as_of_join(
     the feature columns (every column of ``features`` except ``keys``) in the
     column order of ``features``, each ascending with null smallest, as Spark
     sorts them (strings by their UTF-8 bytes, NaN above every other number;
-    arrays and structs element by element). Columns of a type Spark cannot
-    sort (map, variant, interval), or holding one, take part through their
-    JSON text (``to_json``, null fields written as ``null``), a null value
-    still smallest. The result does not depend on partitioning or input order.
+    arrays and structs element by element). A string column with a collation
+    other than ``UTF8_BINARY`` is compared by its UTF-8 bytes too (a collation
+    may call different strings equal). Columns of a type Spark cannot
+    sort (map, variant, interval), or holding one or a collated string, take
+    part through their JSON text (``to_json``, null fields written as
+    ``null``), a null value still smallest. The result does not depend on partitioning or input order.
     (The only rows this order cannot tell apart differ solely in ``-0.0``
     versus ``0.0``.)
 
@@ -425,12 +427,20 @@ def _newest_so_far(value: Column, partition: list[str], *tie_break: Column) -> C
 
 
 def _sortable(data_type: T.DataType) -> bool:
+    """Whether Spark sorts values of this type, and tells every two different values apart."""
+    if isinstance(data_type, T.StringType):
+        return _by_bytes(data_type)
     if isinstance(data_type, T.StructType):
         return all(_sortable(f.dataType) for f in data_type.fields)
     if isinstance(data_type, T.ArrayType):
         return _sortable(data_type.elementType)
     unsortable = (T.MapType, T.VariantType, T.CalendarIntervalType, T.UserDefinedType)
     return not isinstance(data_type, unsortable)
+
+
+def _by_bytes(string_type: T.StringType) -> bool:
+    # Under UTF8_LCASE or a locale's collation, "a" and "A" may sort as equal.
+    return string_type.collation == "UTF8_BINARY"
 
 
 def _tie_break(payload: Column, payload_type: T.StructType) -> Column:
@@ -440,7 +450,9 @@ def _tie_break(payload: Column, payload_type: T.StructType) -> Column:
     fields = []
     for i, field in enumerate(payload_type.fields):
         value = payload.getField(field.name)
-        if not _sortable(field.dataType):
+        if isinstance(field.dataType, T.StringType) and not _by_bytes(field.dataType):
+            value = value.cast(T.BinaryType())
+        elif not _sortable(field.dataType):
             # A null must stay null to sort smallest (its JSON text, '{}', sorts last), and
             # null fields inside must be written, not left out.
             text = F.to_json(F.struct(value.alias("v")), {"ignoreNullFields": "false"})

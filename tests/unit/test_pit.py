@@ -416,6 +416,27 @@ def test_ties_put_nan_above_numbers_and_compare_text_by_utf8_bytes(
     assert winner(["\uffff", "\U00010000"], "STRING") == "\U00010000"
 
 
+@pytest.mark.parametrize("buckets", [None, 2])
+def test_ties_compare_collated_text_by_utf8_bytes_in_any_input_order(
+    spark: SparkSession, buckets: int | None
+) -> None:
+    # Under UTF8_LCASE "a" equals "A": sorted by the collation, the input order would choose.
+    labels = spark.createDataFrame([("u", at(5))], "user STRING, ts TIMESTAMP")
+    cases: list[tuple[str, list[Any], Any]] = [
+        ("STRING COLLATE UTF8_LCASE", ["a", "A"], "a"),
+        ("STRING COLLATE UTF8_LCASE", ["a", "B"], "a"),
+        ("STRUCT<s: STRING COLLATE UTF8_LCASE>", [("a",), ("A",)], ("a",)),
+        ("ARRAY<STRING COLLATE UTF8_LCASE>", [["A"], ["a"]], ["a"]),
+    ]
+    for kind, values, expected in cases:
+        for order in (values, values[::-1]):
+            rows = [("u", at(0), order[0]), *[("u", at(5), v) for v in order]]
+            features = spark.createDataFrame(rows, f"user STRING, fts TIMESTAMP, v {kind}")
+            got = as_of_join(labels, features, keys=["user"], label_ts="ts", feature_ts="fts",
+                             time_buckets=buckets).collect()[0]["v"]
+            assert got == expected, (kind, order)
+
+
 def test_a_ttl_beyond_any_timestamp_span_is_no_limit(spark: SparkSession) -> None:
     labels, features = _small(spark, [("u", at(5), 1)], [("u", datetime(1000, 1, 1), 2)])
     found = {
