@@ -124,11 +124,41 @@ def _parse_contract(path: Path) -> Contract:
         if not isinstance(item, dict) or len(item) != 1:
             raise ConfigError(f"{path}: expectations[{index}]: expected one 'name: {{kwargs}}' entry")
         ((name, kwargs),) = item.items()
-        _expectation_class(name, path)
         if not isinstance(kwargs, dict):
             raise ConfigError(f"{path}: expectations[{index}] {name}: kwargs must be a mapping")
         expectations.append((name, kwargs))
+    _expectations(expectations, path)
     return Contract(suite=path.stem, table=table, expectations=tuple(expectations))
+
+
+def _expectations(entries: Sequence[tuple[str, dict[str, Any]]], where: Path | str) -> list[Any]:
+    """The contract's expectations, each carrying its position in the contract.
+
+    Arguments Great Expectations refuses, or an entry a suite would keep only
+    once (same kind and arguments as an earlier one), are a
+    :class:`ConfigError` naming ``where``.
+    """
+    built: list[Any] = []
+    for index, (kind, kwargs) in enumerate(entries):
+        entry = f"{where}: expectations[{index}] {kind}"
+        try:
+            expectation = _expectation_class(kind, where)(**kwargs)
+        except ValueError as error:  # pydantic's ValidationError
+            raise ConfigError(f"{entry}: {' '.join(str(error).split())}") from None
+        # Great Expectations returns results in an order of its own (by column,
+        # then kind), not the suite's: each carries its position in the contract.
+        expectation.meta = {**(expectation.meta or {}), _POSITION: index}
+        if any(_same_rule(expectation, earlier) for earlier in built):
+            raise ConfigError(f"{entry}: repeats an earlier entry, and a suite would run it once")
+        built.append(expectation)
+    return built
+
+
+def _same_rule(a: Any, b: Any) -> bool:
+    # What ExpectationSuite.add_expectation compares before it drops a new entry.
+    ignored = {"id", "rendered_content", "notes", "meta"}
+    same_kind = a.expectation_type == b.expectation_type
+    return bool(same_kind and a.dict(exclude=ignored) == b.dict(exclude=ignored))
 
 
 def _expectation_class(name: str, where: Path | str) -> Any:
@@ -184,11 +214,18 @@ def validate(df: DataFrame, contract: Contract) -> list[dict[str, Any]]:
         batch_parameters={"dataframe": df}
     )
     suite = gx.ExpectationSuite(name=contract.suite)
-    for name, kwargs in contract.expectations:
-        suite.add_expectation(_expectation_class(name, contract.suite)(**kwargs))
+    for expectation in _expectations(contract.expectations, contract.suite):
+        suite.add_expectation(expectation)
     outcome = batch.validate(suite, result_format=_RESULT_FORMAT)
+    by_position = {(r.expectation_config.meta or {}).get(_POSITION): r for r in outcome.results}
+    if sorted(by_position, key=str) != list(range(len(contract.expectations))):
+        raise RuntimeError(
+            f"quality: suite {contract.suite}: {len(outcome.results)} result(s) for "
+            f"{len(contract.expectations)} expectation(s) could not be matched to the contract"
+        )
     rows = []
-    for result, (name, kwargs) in zip(outcome.results, contract.expectations, strict=True):
+    for index, (name, kwargs) in enumerate(contract.expectations):
+        result = by_position[index]
         details = result.result or {}
         rows.append(
             {
@@ -201,6 +238,9 @@ def validate(df: DataFrame, contract: Contract) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+_POSITION = "lakeward_position"
 
 
 def _progress_bars_off() -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -108,6 +109,43 @@ def test_a_failed_gate_records_counts_and_no_value(
     assert "secret-" not in values
     with pytest.raises(quality.GateFailed, match="expect_column_values_to_be_in_set"):
         gate.raise_if_failed()
+
+
+def test_each_result_is_the_expectation_it_names(spark: SparkSession) -> None:
+    """Great Expectations orders its results by column and kind, not as the suite lists them."""
+    frame = spark.createDataFrame(
+        [(f"k{i}", float(i * 10), i % 6 + 1) for i in range(10)], "user_key string, amount double, items int"
+    )
+    expectations = (
+        ("expect_column_values_to_be_between", {"column": "amount", "min_value": 0, "max_value": 50}),
+        ("expect_column_values_to_be_between", {"column": "items", "min_value": 1, "max_value": 100}),
+        ("expect_column_values_to_match_regex", {"column": "user_key", "regex": "^zzz"}),
+        ("expect_column_values_to_not_be_null", {"column": "amount", "meta": {"note": "kept"}}),
+        ("expect_column_values_to_be_between", {"column": "amount", "min_value": 0, "max_value": 40}),
+    )
+    contract = replace(CONTRACT, expectations=expectations)
+    results = quality.validate(frame, contract)
+    assert [(r["expectation"], r["kwargs"]) for r in results] == [
+        (name, json.dumps(kwargs, sort_keys=True)) for name, kwargs in expectations
+    ]
+    assert [(r["success"], r["unexpected_count"]) for r in results] == [
+        (False, 4), (True, 0), (False, 10), (True, 0), (False, 5)
+    ]
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"column": "amount", "maxx": 5}, r"expectations\[1\] expect_column_values_to_be_between: .*maxx"),
+    ({"column": "amount", "max_value": 100.0}, r"expectations\[1\] .*repeats an earlier entry"),
+])
+def test_a_contract_great_expectations_cannot_run_as_written_is_refused(
+    tmp_path: Path, kwargs: dict[str, object], message: str
+) -> None:
+    (tmp_path / "bad.yml").write_text(json.dumps({"table": "probe", "expectations": [
+        {"expect_column_values_to_be_between": {"column": "amount", "max_value": 100}},
+        {"expect_column_values_to_be_between": kwargs},
+    ]}))
+    with pytest.raises(ConfigError, match=r"bad\.yml: " + message):
+        quality.load_contracts(tmp_path)
 
 
 def test_a_contract_naming_an_unknown_expectation_is_refused(tmp_path: Path) -> None:
