@@ -244,8 +244,9 @@ def _as_written(line: Column, parsed: Column) -> Column:
 def _with_containers(line: Column, quoted: Column, parsed: Column) -> Column:
     """``quoted`` with each object or array value as ``parsed`` has it, its numbers not in quotes.
 
-    Null for a line that names a key twice (it is quarantined): a lookup by key
-    finds the key's first value only.
+    Null when the line with its numbers in quotes does not parse, and for a
+    line that names a key twice (it is quarantined): a lookup by key finds the
+    key's first value only.
     """
     unquoted = F.transform_values(
         quoted, lambda key, text: F.when(_is_container(text), parsed[key]).otherwise(text)
@@ -253,7 +254,7 @@ def _with_containers(line: Column, quoted: Column, parsed: Column) -> Column:
     # A line without a second brace or a bracket holds no object or array value.
     maybe_container = (F.locate("{", line, 2) > 0) | (F.instr(line, "[") > 0)
     holds_container = maybe_container & F.exists(F.map_values(quoted), _is_container)
-    return F.when(~holds_container, quoted).when(~_repeats_a_key(quoted), unquoted)
+    return F.when(quoted.isNull() | ~holds_container, quoted).when(~_repeats_a_key(quoted), unquoted)
 
 
 def _is_container(text: Column) -> Column:
