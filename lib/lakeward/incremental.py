@@ -27,8 +27,9 @@ silver versions, whatever order the arrival days came in. A run that finds no
 new silver version and no newly processed arrival day changes nothing.
 It falls back to a full recompute when there is no previous run, when the
 feature definition changed, or when the change feed cannot be read or holds
-anything other than inserts. Silver is insert-only, so anything else comes
-from outside the pipeline, an erasure for example.
+anything other than inserts. Silver inserts, and updates a row only when an
+arrival day runs after a later one and moves an event's arrival back; anything
+else comes from outside the pipeline, an erasure for example.
 
 The ledger row is written last. A run that dies before it leaves gold rows
 that the next run computes again, from the same state, to the same values.

@@ -99,6 +99,8 @@ KEYS = ("event_id", "event_ts", "user_id")
 LINEAGE = ("_arrival_date", "_ingested_at", "_source_file", "_line_no", "_batch_id")
 NEW = "_new"
 """Marks a row the silver table lacks; the others are rows it holds from the row's own batch."""
+HELD_ON = "_held_on"
+"""Set on a copy that arrived before the row silver holds for its event: the held row's event date."""
 
 QUARANTINE_SCHEMA = T.StructType(
     [
@@ -387,13 +389,14 @@ def pseudonymize(df: DataFrame, key: bytes) -> DataFrame:
     return df.withColumn("user_key", hmac_sha256(F.col("user_id"), key)).drop("user_id")
 
 
-def dedupe(rows: DataFrame, prefer: Column | None = None) -> DataFrame:
+def dedupe(rows: DataFrame, prefer: Column | None = None, within: Sequence[str] = ()) -> DataFrame:
     """One row per ``event_id``: the first to arrive (then file, then line).
 
     With ``prefer``, a copy for which it is true comes before every other.
+    With ``within``, one row per ``event_id`` and value of those columns.
     """
     order = ["_arrival_date", "_ingested_at", "_source_file", "_line_no"]
-    first = Window.partitionBy("event_id").orderBy(
+    first = Window.partitionBy("event_id", *within).orderBy(
         *([F.coalesce(prefer, F.lit(False)).desc()] if prefer is not None else []), *order
     )
     return rows.withColumn("_n", F.row_number().over(first)).filter("_n = 1").drop("_n")
@@ -580,17 +583,20 @@ def _write_source(
         try:
             # The gate covers every row the batches put in silver, those a run
             # that died before its ledger write already wrote included.
-            gated = _final_columns(candidates, spec)
+            put = candidates.filter(F.col(HELD_ON).isNull())
             gate = quality.check(
-                settings, SOURCES[source].table, gated, batch=_batch_label(source, dates), contract=contract
+                settings, SOURCES[source].table, _final_columns(put, spec),
+                batch=_batch_label(source, dates), contract=contract,
             )
             gates.append(gate)
             gate.raise_if_failed()
-            written, new = _written_by_batch(candidates)
+            written, new, held_on = _written_by_batch(candidates)
             stats = _stats(batches, arrivals, written)
             if new:
-                fresh = _final_columns(candidates.filter(F.col(NEW)), spec)
+                fresh = _final_columns(put.filter(F.col(NEW)), spec)
                 _write(spark, spec.name, source, fresh, _event_dates(arrivals))
+            if held_on:
+                _move_arrivals_back(spark, spec.name, candidates.filter(F.col(HELD_ON).isNotNull()), held_on)
         finally:
             candidates.unpersist()
         # The refused rows are few: held apart (a local checkpoint, computed now
@@ -644,6 +650,11 @@ def _new_or_own(
     target is looked up, so that the copy the target holds is the one kept:
     kept first by arrival, a copy from an earlier day than the batch that
     wrote it would count for neither.
+
+    Besides, for each event held from a later arrival day than a copy here,
+    the earliest such copy, with ``_held_on`` set to the held row's event date
+    (null on every other row): it is counted as a duplicate, and the held row
+    takes its arrival date.
     """
     existing = tables.read(spark, target)
     own_batch = F.col("_held_by") == F.col("_batch_id")
@@ -668,15 +679,32 @@ def _new_or_own(
         return (
             latest.join(held, "user_key", "left")
             .filter(newer | ((F.col("_t_id") == F.col("event_id")) & own_batch))
-            .select(*latest.columns, newer.alias(NEW))
+            .select(*latest.columns, newer.alias(NEW), F.lit(None).cast(T.DateType()).alias(HELD_ON))
         )
     # Every event date of the target is searched: event_id is the event's identity,
     # and a copy sent again with a corrected timestamp falls on another date.
-    held = existing.select("event_id", F.col("_batch_id").alias("_held_by"), F.lit(True).alias("_held"))
+    held = existing.select(
+        "event_id",
+        F.col("_batch_id").alias("_held_by"),
+        F.col("event_date").alias("_held_date"),
+        F.col("_arrival_date").alias("_held_arrival"),
+        F.lit(True).alias("_held"),
+    )
+    is_held = F.col("_held").isNotNull()
+    # A run of an arrival day out of order finds events silver holds from a
+    # later day: the held row keeps its values and takes the earliest arrival,
+    # as when the days run in order (gold counts an event from its arrival).
+    # Such copies are deduplicated apart from the rows put in silver.
+    earlier = is_held & ~own_batch & (F.col("_arrival_date") < F.col("_held_arrival"))
     return dedupe(
         rows.join(held, "event_id", "left")
-        .filter(F.col("_held").isNull() | own_batch)
-        .select(*rows.columns, F.col("_held").isNull().alias(NEW))
+        .filter(~is_held | own_batch | earlier)
+        .select(
+            *rows.columns,
+            (~is_held).alias(NEW),
+            F.when(earlier, F.col("_held_date")).alias(HELD_ON),
+        ),
+        within=[HELD_ON],
     )
 
 
@@ -698,20 +726,31 @@ def _final_columns(rows: DataFrame, spec: tables.TableSpec) -> DataFrame:
 
 
 def _table_columns_and_new(rows: DataFrame, spec: tables.TableSpec) -> DataFrame:
-    """The table's columns (``_batch_id`` among them) and ``_new``, for the per-batch counts.
+    """The table's columns (``_batch_id`` among them), ``_new`` and ``_held_on``, for the per-batch counts.
 
     Only these are cached: the raw text and lineage columns would double the
     width of what the gate and the write read.
     """
-    return rows.select(*spec.schema.fieldNames(), NEW)
+    return rows.select(*spec.schema.fieldNames(), NEW, HELD_ON)
 
 
-def _written_by_batch(candidates: DataFrame) -> tuple[dict[str, int], int]:
-    """How many rows each batch puts in silver (batches with none left out), and how many are new."""
+def _written_by_batch(candidates: DataFrame) -> tuple[dict[str, int], int, list[date]]:
+    """Rows each batch puts in silver (batches with none left out), how many are new, and when.
+
+    The dates are the event dates of held rows whose arrival an earlier copy
+    moves back (``HELD_ON``).
+    """
+    put = F.col(HELD_ON).isNull()
     counts = candidates.groupBy("_batch_id").agg(
-        F.count(F.lit(1)).alias("rows_written"), F.count(F.when(F.col(NEW), 1)).alias("rows_new")
+        F.count(F.when(put, 1)).alias("rows_written"),
+        F.count(F.when(put & F.col(NEW), 1)).alias("rows_new"),
+        F.collect_set(HELD_ON).alias("held_on"),
     ).collect()
-    return {r["_batch_id"]: int(r["rows_written"]) for r in counts}, sum(int(r["rows_new"]) for r in counts)
+    return (
+        {r["_batch_id"]: int(r["rows_written"]) for r in counts if r["rows_written"]},
+        sum(int(r["rows_new"]) for r in counts),
+        sorted({day for r in counts for day in r["held_on"]}),
+    )
 
 
 def _stats(
@@ -756,6 +795,27 @@ def _write(
     )
     on_dates = F.col("t.event_date").isin(event_dates)
     target.merge(fresh.alias("s"), same_event & on_dates).whenNotMatchedInsertAll().execute()
+
+
+def _move_arrivals_back(spark: SparkSession, name: str, earlier: DataFrame, held_on: list[date]) -> None:
+    """Give each held row the arrival date of its earlier copy; its values stay.
+
+    Run again, it changes nothing: the held row then has that date.
+    """
+    target = DeltaTable.forName(spark, name).alias("t")
+    same_row = (
+        (F.col("t.event_date") == F.col("s._held_on"))
+        & (F.col("t.event_id") == F.col("s.event_id"))
+        & F.col("t.event_date").isin(held_on)
+    )
+    (
+        target.merge(earlier.select("event_id", HELD_ON, "_arrival_date").alias("s"), same_row)
+        .whenMatchedUpdate(
+            condition=F.col("s._arrival_date") < F.col("t._arrival_date"),
+            set={"_arrival_date": F.col("s._arrival_date")},
+        )
+        .execute()
+    )
 
 
 def _merge_quarantine(spark: SparkSession, settings: Settings, records: DataFrame) -> None:
