@@ -581,18 +581,26 @@ def test_a_user_record_replaced_before_the_retry_counts_as_a_duplicate(
     assert (quarantined, written, duplicates) == (0, kept, rows_in - kept)
 
 
-def test_a_retry_over_more_days_credits_each_row_to_the_batch_that_wrote_it(
-    spark: SparkSession, base_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A run on day 2 dies after its silver writes; the retry takes days 1 to 3. An event
-    whose line is in the day 1 and day 2 files is held from day 2's batch: day 2's ledger
-    row counts it as written (day 1's as a duplicate), so the ledger adds up to the table."""
+def _three_days_in_bronze(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path
+) -> tuple[Settings, list[date]]:
+    """Three days of data in bronze, with many events sent again the next day."""
     settings = isolated(base_settings, tmp_path)
     days = [date(2026, 3, 1) + timedelta(days=n) for n in range(3)]
     faults = replace(FaultRates.none(), duplicate=0.3)
     generate(settings.landing_dir, seed=3, users=60, days=3, start=days[0], faults=faults)
     pipeline.ensure_tables(spark, settings)
     pipeline.run_bronze(spark, settings, DateSelection())
+    return settings, days
+
+
+def test_a_retry_over_more_days_credits_each_row_to_the_batch_that_wrote_it(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run on day 2 dies after its silver writes; the retry takes days 1 to 3. An event
+    whose line is in the day 1 and day 2 files is held from day 2's batch: day 2's ledger
+    row counts it as written (day 1's as a duplicate), so the ledger adds up to the table."""
+    settings, days = _three_days_in_bronze(spark, base_settings, tmp_path)
     orders = tables.read(spark, settings.table("bronze_order_placed"))
     in_both = (orders.filter(F.col("_arrival_date").isin(days[0], days[1]))
                .groupBy("event_id").agg(F.countDistinct("_arrival_date").alias("files"))
@@ -619,12 +627,7 @@ def test_an_event_sent_on_two_days_arrives_on_the_first_whatever_day_runs_first(
     """Day 2 runs before day 1. An event whose line is in both files is held from day 2's
     batch; day 1's run moves its arrival back to day 1, as a run in order would have it
     (gold counts an event from its arrival), and counts its own copy as a duplicate."""
-    settings = isolated(base_settings, tmp_path)
-    days = [date(2026, 3, 1) + timedelta(days=n) for n in range(3)]
-    faults = replace(FaultRates.none(), duplicate=0.3)
-    generate(settings.landing_dir, seed=3, users=60, days=3, start=days[0], faults=faults)
-    pipeline.ensure_tables(spark, settings)
-    pipeline.run_bronze(spark, settings, DateSelection())
+    settings, days = _three_days_in_bronze(spark, base_settings, tmp_path)
     pipeline.run_silver(spark, settings, DateSelection(days[1]))
     assert pipeline.run_gold(spark, settings, DateSelection()).mode == "full"
     for day in (days[0], days[2], days[0]):
