@@ -135,10 +135,11 @@ def as_of_join(
     sorts them (strings by their UTF-8 bytes, NaN above every other number;
     arrays and structs element by element). A string column with a collation
     other than ``UTF8_BINARY`` is compared by its UTF-8 bytes too (a collation
-    may call different strings equal). Columns of a type Spark cannot
-    sort (map, variant, interval), or holding one or a collated string, take
-    part through their JSON text (``to_json``, null fields written as
-    ``null``), a null value still smallest. The result does not depend on partitioning or input order.
+    may call different strings equal). Columns of a type Spark cannot sort
+    (map, variant, interval), or holding one or a collated string, take part
+    through their JSON text (``to_json``, null fields written as ``null``), a
+    null value still smallest. The result does not depend on partitioning or
+    input order.
     (The only rows this order cannot tell apart differ solely in ``-0.0``
     versus ``0.0``.)
 

@@ -218,7 +218,9 @@ def validate(df: DataFrame, contract: Contract) -> list[dict[str, Any]]:
         suite.add_expectation(expectation)
     outcome = batch.validate(suite, result_format=_RESULT_FORMAT)
     by_position = {(r.expectation_config.meta or {}).get(_POSITION): r for r in outcome.results}
-    if sorted(by_position, key=str) != list(range(len(contract.expectations))):
+    if len(outcome.results) != len(contract.expectations) or set(by_position) != set(
+        range(len(contract.expectations))
+    ):
         raise RuntimeError(
             f"quality: suite {contract.suite}: {len(outcome.results)} result(s) for "
             f"{len(contract.expectations)} expectation(s) could not be matched to the contract"

@@ -735,7 +735,7 @@ def _table_columns_and_new(rows: DataFrame, spec: tables.TableSpec) -> DataFrame
 
 
 def _written_by_batch(candidates: DataFrame) -> tuple[dict[str, int], int, list[date]]:
-    """Rows each batch puts in silver (batches with none left out), how many are new, and when.
+    """Rows each batch puts in silver (batches with none left out), how many are new, and dates.
 
     The dates are the event dates of held rows whose arrival an earlier copy
     moves back (``HELD_ON``).

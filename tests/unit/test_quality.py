@@ -122,6 +122,9 @@ def test_each_result_is_the_expectation_it_names(spark: SparkSession) -> None:
         ("expect_column_values_to_match_regex", {"column": "user_key", "regex": "^zzz"}),
         ("expect_column_values_to_not_be_null", {"column": "amount", "meta": {"note": "kept"}}),
         ("expect_column_values_to_be_between", {"column": "amount", "min_value": 0, "max_value": 40}),
+        # More than ten: positions compared as numbers, not as text.
+        *[("expect_column_values_to_be_between", {"column": "items", "min_value": low, "max_value": 6})
+          for low in range(1, 7)],
     )
     contract = replace(CONTRACT, expectations=expectations)
     results = quality.validate(frame, contract)
@@ -129,7 +132,8 @@ def test_each_result_is_the_expectation_it_names(spark: SparkSession) -> None:
         (name, json.dumps(kwargs, sort_keys=True)) for name, kwargs in expectations
     ]
     assert [(r["success"], r["unexpected_count"]) for r in results] == [
-        (False, 4), (True, 0), (False, 10), (True, 0), (False, 5)
+        (False, 4), (True, 0), (False, 10), (True, 0), (False, 5),
+        *[(low == 1, sum(i % 6 + 1 < low for i in range(10))) for low in range(1, 7)],
     ]
 
 
