@@ -596,7 +596,7 @@ def _write_source(
                 fresh = _final_columns(put.filter(F.col(NEW)), spec)
                 _write(spark, spec.name, source, fresh, _event_dates(arrivals))
             if held_on:
-                _move_arrivals_back(spark, spec.name, candidates.filter(F.col(HELD_ON).isNotNull()), held_on)
+                _move_arrivals_back(spark, spec, candidates.filter(F.col(HELD_ON).isNotNull()), held_on)
         finally:
             candidates.unpersist()
         # The refused rows are few: held apart (a local checkpoint, computed now
@@ -654,7 +654,7 @@ def _new_or_own(
     Besides, for each event held from a later arrival day than a copy here,
     the earliest such copy, with ``_held_on`` set to the held row's event date
     (null on every other row): it is counted as a duplicate, and the held row
-    takes its arrival date.
+    takes its arrival date if it has the same values.
     """
     existing = tables.read(spark, target)
     own_batch = F.col("_held_by") == F.col("_batch_id")
@@ -692,7 +692,7 @@ def _new_or_own(
     )
     is_held = F.col("_held").isNotNull()
     # A run of an arrival day out of order finds events silver holds from a
-    # later day: the held row keeps its values and takes the earliest arrival,
+    # later day: the held row takes the earlier arrival of an identical copy,
     # as when the days run in order (gold counts an event from its arrival).
     # Such copies are deduplicated apart from the rows put in silver.
     earlier = is_held & ~own_batch & (F.col("_arrival_date") < F.col("_held_arrival"))
@@ -797,21 +797,28 @@ def _write(
     target.merge(fresh.alias("s"), same_event & on_dates).whenNotMatchedInsertAll().execute()
 
 
-def _move_arrivals_back(spark: SparkSession, name: str, earlier: DataFrame, held_on: list[date]) -> None:
-    """Give each held row the arrival date of its earlier copy; its values stay.
+def _move_arrivals_back(
+    spark: SparkSession, spec: tables.TableSpec, earlier: DataFrame, held_on: list[date]
+) -> None:
+    """Give each held row the arrival date of its earlier copy, if the copy has the same values.
 
-    Run again, it changes nothing: the held row then has that date.
+    A copy with other values (another timestamp, say) changes nothing: the
+    held values with the copy's arrival would be a row neither order of the
+    days gives, possibly one silver's checks refuse. Run again, it changes
+    nothing either: the held row then has that date.
     """
-    target = DeltaTable.forName(spark, name).alias("t")
+    target = DeltaTable.forName(spark, spec.name).alias("t")
     same_row = (
         (F.col("t.event_date") == F.col("s._held_on"))
         & (F.col("t.event_id") == F.col("s.event_id"))
         & F.col("t.event_date").isin(held_on)
     )
+    values = [name for name in spec.schema.fieldNames() if name not in LINEAGE]
+    same_values = reduce(Column.__and__, [F.col(f"t.{c}").eqNullSafe(F.col(f"s.{c}")) for c in values])
     (
-        target.merge(earlier.select("event_id", HELD_ON, "_arrival_date").alias("s"), same_row)
+        target.merge(earlier.select(*values, HELD_ON, "_arrival_date").alias("s"), same_row)
         .whenMatchedUpdate(
-            condition=F.col("s._arrival_date") < F.col("t._arrival_date"),
+            condition=same_values & (F.col("s._arrival_date") < F.col("t._arrival_date")),
             set={"_arrival_date": F.col("s._arrival_date")},
         )
         .execute()

@@ -582,13 +582,23 @@ def test_a_user_record_replaced_before_the_retry_counts_as_a_duplicate(
 
 
 def _three_days_in_bronze(
-    spark: SparkSession, base_settings: Settings, tmp_path: Path
+    spark: SparkSession, base_settings: Settings, tmp_path: Path, altered: str | None = None
 ) -> tuple[Settings, list[date]]:
-    """Three days of data in bronze, with many events sent again the next day."""
+    """Three days of data in bronze, with many events sent again the next day.
+
+    With ``altered``, one day 1 order is also sent on day 2 with that ``event_ts``.
+    """
     settings = isolated(base_settings, tmp_path)
     days = [date(2026, 3, 1) + timedelta(days=n) for n in range(3)]
     faults = replace(FaultRates.none(), duplicate=0.3)
     generate(settings.landing_dir, seed=3, users=60, days=3, start=days[0], faults=faults)
+    if altered is not None:
+        day_two = landing_file(settings.landing_dir, "order_placed", days[1])
+        sent = {json.loads(line)["event_id"] for line in day_two.read_text().splitlines()}
+        lines = landing_file(settings.landing_dir, "order_placed", days[0]).read_text().splitlines()
+        order = next(o for o in map(json.loads, lines) if o["event_id"] not in sent)
+        with day_two.open("a") as out:
+            out.write(json.dumps({**order, "event_ts": altered}) + "\n")
     pipeline.ensure_tables(spark, settings)
     pipeline.run_bronze(spark, settings, DateSelection())
     return settings, days
@@ -626,8 +636,14 @@ def test_an_event_sent_on_two_days_arrives_on_the_first_whatever_day_runs_first(
 ) -> None:
     """Day 2 runs before day 1. An event whose line is in both files is held from day 2's
     batch; day 1's run moves its arrival back to day 1, as a run in order would have it
-    (gold counts an event from its arrival), and counts its own copy as a duplicate."""
-    settings, days = _three_days_in_bronze(spark, base_settings, tmp_path)
+    (gold counts an event from its arrival), and counts its own copy as a duplicate. A day 1
+    copy with another timestamp changes nothing: the held values with day 1's arrival would
+    be a row neither order gives, one that arrived before it happened."""
+    settings, days = _three_days_in_bronze(spark, base_settings, tmp_path, altered="2026-03-02T20:00:00Z")
+    [altered] = [
+        r["event_id"] for r in tables.read(spark, settings.table("bronze_order_placed"))
+        .groupBy("event_id").agg(F.countDistinct("event_ts").alias("forms")).filter("forms > 1").collect()
+    ]
     pipeline.run_silver(spark, settings, DateSelection(days[1]))
     assert pipeline.run_gold(spark, settings, DateSelection()).mode == "full"
     for day in (days[0], days[2], days[0]):
@@ -640,6 +656,7 @@ def test_an_event_sent_on_two_days_arrives_on_the_first_whatever_day_runs_first(
             .groupBy("event_id").agg(F.min("_arrival_date").alias("first")).collect()
         }
         held = tables.read(spark, settings.table(logical)).select("event_id", "_arrival_date", "_batch_id")
+        first[altered] = days[1]
         assert {r["event_id"]: r["_arrival_date"] for r in held.collect()} == {
             r["event_id"]: first[r["event_id"]] for r in held.collect()
         }, source
