@@ -592,11 +592,14 @@ def _write_source(
             gate.raise_if_failed()
             written, new, held_on = _written_by_batch(candidates)
             stats = _stats(batches, arrivals, written)
+            # Held apart before the insert: a write to the table drops the cache of
+            # what was read from it, and these few rows would be computed again.
+            earlier = candidates.filter(F.col(HELD_ON).isNotNull()).localCheckpoint() if held_on else None
             if new:
                 fresh = _final_columns(put.filter(F.col(NEW)), spec)
                 _write(spark, spec.name, source, fresh, _event_dates(arrivals))
-            if held_on:
-                _move_arrivals_back(spark, spec, candidates.filter(F.col(HELD_ON).isNotNull()), held_on)
+            if earlier is not None:
+                _move_arrivals_back(spark, spec, earlier, held_on)
         finally:
             candidates.unpersist()
         # The refused rows are few: held apart (a local checkpoint, computed now
