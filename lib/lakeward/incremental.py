@@ -27,9 +27,10 @@ silver versions, whatever order the arrival days came in. A run that finds no
 new silver version and no newly processed arrival day changes nothing.
 It falls back to a full recompute when there is no previous run, when the
 feature definition changed, or when the change feed cannot be read or holds
-anything other than inserts. Silver inserts, and updates a row only when an
-arrival day runs after a later one and moves an event's arrival back; anything
-else comes from outside the pipeline, an erasure for example.
+anything other than inserts and updates that move an event's arrival back.
+Silver inserts, and updates a row only when an arrival day runs after a later
+one and moves an event's arrival back (see :func:`_moves_arrivals_back_only`);
+anything else comes from outside the pipeline, an erasure for example.
 
 The ledger row is written last. A run that dies before it leaves gold rows
 that the next run computes again, from the same state, to the same values.
@@ -85,13 +86,17 @@ LEDGER_SCHEMA = T.StructType(
 
 CHANGE_SCHEMA = T.StructType(
     [
+        T.StructField("table", T.StringType()),
+        T.StructField("event_id", T.StringType()),
         T.StructField("user_key", T.StringType()),
         T.StructField("event_date", T.DateType()),
         T.StructField("_arrival_date", T.DateType()),
         T.StructField("_change_type", T.StringType()),
+        T.StructField("_commit_version", T.LongType()),
         T.StructField("known_day", T.DateType()),
     ]
 )
+INSERT, UPDATE_BEFORE, UPDATE_AFTER = "insert", "update_preimage", "update_postimage"
 
 
 @dataclass(frozen=True)
@@ -153,7 +158,7 @@ def refresh(spark: SparkSession, settings: Settings, *, full: bool = False) -> G
         if result is not None:
             _record(spark, settings, result, run_id, started)
             return result
-        reason = "the change feed since the last run holds more than inserts or cannot be read"
+        reason = "silver's change feed holds more than inserts and moved arrivals, or is unreadable"
     log.info("gold: full recompute (%s)", reason)
     result = _full(spark, settings, names, versions, processed, run_id)
     _record(spark, settings, result, run_id, started)
@@ -265,8 +270,8 @@ def _change_feed(
             .option("startingVersion", start)
             .option("endingVersion", end)
             .table(name)
-            .select("user_key", "event_date", "_arrival_date", "_change_type",
-                    gold.known_day().alias("known_day"))
+            .select(F.lit(name).alias("table"), "event_id", "user_key", "event_date", "_arrival_date",
+                    "_change_type", "_commit_version", gold.known_day().alias("known_day"))
         )
     if not feeds:
         # No silver table changed: only arrival days passed.
@@ -366,14 +371,20 @@ def _incremental(
     processed: date | None,
     run_id: str,
 ) -> GoldResult | None:
-    """Apply the silver rows inserted since ``last``, up to the day silver ``processed``.
+    """Apply the silver rows changed since ``last``, up to the day silver ``processed``.
 
-    None when the feed holds anything but inserts.
+    None when the feed holds anything but inserts and arrivals moved back.
+    Such a move changes the day an event became known to an earlier one and
+    nothing else, so the user's rows restart on the earlier day, as for a
+    late event; both images of the row are in ``changed``, and the restart
+    is the earlier of them.
     """
     try:
         feed = _change_feed(spark, names, last.inputs, versions).cache()
+        kind = F.col("_change_type")
         bounds = feed.agg(
-            F.max((F.col("_change_type") != F.lit("insert")).cast("int")).alias("other_changes"),
+            F.max((~kind.isin(INSERT, UPDATE_BEFORE, UPDATE_AFTER)).cast("int")).alias("other_changes"),
+            F.max((kind != F.lit(INSERT)).cast("int")).alias("updates"),
             F.min("known_day").alias("first_known"),
             F.max("_arrival_date").alias("last_arrival"),
             F.collect_set(F.when(F.col("user_key").isNotNull(), F.col("event_date"))).alias("event_dates"),
@@ -384,6 +395,8 @@ def _incremental(
     changed = feed.filter(F.col("user_key").isNotNull() & F.col("event_date").isNotNull())
     try:
         if bounds is None or bounds["other_changes"]:
+            return None
+        if bounds["updates"] and not _moves_arrivals_back_only(feed):
             return None
         first_known: date | None = bounds["first_known"]
         as_of = _latest(last.as_of, bounds["last_arrival"], processed)
@@ -416,6 +429,40 @@ def _incremental(
     log.info("gold: increment up to %s: %d user_daily rows, %d user_features rows written",
              as_of, daily_rows, feature_rows)
     return GoldResult("incremental", as_of, daily_rows, feature_rows, dict(versions))
+
+
+def _moves_arrivals_back_only(feed: DataFrame) -> bool:
+    """Whether every update in the change feed keeps its event's user and date, known no later than before.
+
+    Silver's only updates, arrivals moved back, are such. After one, the
+    user's history starts no later than it did, so the rows an increment
+    recomputes from the earlier known day replace every row that changes,
+    and no stored row has to go. An update of another kind, like a delete,
+    can shorten or end a history.
+    """
+    before = F.col("_change_type") == F.lit(UPDATE_BEFORE)
+
+    def image(column: str, is_before: Column) -> Column:
+        return F.max(F.when(is_before, F.col(column)))
+
+    pairs = (
+        feed.filter(F.col("_change_type").isin(UPDATE_BEFORE, UPDATE_AFTER))
+        .groupBy("table", "_commit_version", "event_id")
+        .agg(
+            F.count_if(before).alias("befores"),
+            F.count_if(~before).alias("afters"),
+            *[image(c, before).alias(f"{c}_before") for c in ("user_key", "event_date", "known_day")],
+            *[image(c, ~before).alias(f"{c}_after") for c in ("user_key", "event_date", "known_day")],
+        )
+    )
+    other = (
+        (F.col("befores") != 1)
+        | (F.col("afters") != 1)
+        | ~F.col("user_key_before").eqNullSafe(F.col("user_key_after"))
+        | ~F.col("event_date_before").eqNullSafe(F.col("event_date_after"))
+        | ~F.coalesce(F.col("known_day_after") <= F.col("known_day_before"), F.lit(False))
+    )
+    return pairs.filter(other).isEmpty()
 
 
 def _needed_rows(

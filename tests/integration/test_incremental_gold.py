@@ -1,8 +1,10 @@
 """Incremental gold equals a full recompute and the brute-force oracle, whatever the arrival order.
 
 Silver is written directly, in chunks of arrival days taken in a shuffled
-order or in order, with late events, events dated after their arrival day, repeated runs and one run that dies
-before its ledger write. After every chunk the incremental refresh runs. At the end,
+order or in order, with late events, events dated after their arrival day,
+events sent again on an earlier day (whose arrival moves back when that day
+comes later), repeated runs and one run that dies before its ledger write.
+After every chunk the incremental refresh runs. At the end,
 both gold tables must equal ``--full`` on the same silver versions and a brute-force
 oracle: ``user_daily`` the one below, ``user_features`` the one of ``tests/unit/test_gold.py``.
 """
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from chispa import assert_df_equality
+from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -69,6 +72,60 @@ def _silver_rows(orders: list, deliveries: list, ratings: list) -> dict[str, lis
         ],
         "silver_ratings": [_silver_row(2000 + i, e, {"rating": e[3]}) for i, e in enumerate(ratings)],
     }
+
+
+def _with_earlier_copies(rows: dict[str, list[dict]], rng: random.Random, quiet: set[date]) -> None:
+    """Give some late events a copy sent on an earlier arrival day (``_copy``), never a quiet one.
+
+    Silver keeps the event with the earlier day, also when that day runs
+    after the later one: it then moves the stored row's arrival back.
+    """
+    for table_rows in rows.values():
+        for row in table_rows:
+            late_by = (row["_arrival_date"] - row["event_date"]).days
+            if late_by >= 1 and rng.random() < 0.4:
+                copy = row["_arrival_date"] - timedelta(days=rng.randint(1, late_by + 1))
+                if copy not in quiet:
+                    row["_copy"] = copy
+
+
+def _first_arrivals(events: list, rows: list[dict]) -> list:
+    """The events with the arrival day silver keeps once every day ran: the earliest copy's."""
+    return [(*e[:2], min(e[2], row.get("_copy", e[2])), *e[3:]) for e, row in zip(events, rows, strict=True)]
+
+
+def _write_arrivals(
+    spark: SparkSession, settings: Settings, rows: dict[str, list[dict]], processed: set[date],
+    stored: dict[str, date],
+) -> int:
+    """Silver's writes once the ``processed`` days ran: new events inserted with their
+    earliest processed copy's day, stored ones moved back to an earlier copy's day
+    (a MERGE that updates ``_arrival_date`` only, as silver's). The moves made."""
+    moves = 0
+    for logical, table_rows in rows.items():
+        new, moved = [], []
+        for row in table_rows:
+            seen = [d for d in (row["_arrival_date"], row.get("_copy")) if d in processed]
+            if not seen:
+                continue
+            first, event_id = min(seen), row["event_id"]
+            if event_id not in stored:
+                new.append({**row, "_arrival_date": first})
+            elif first < stored[event_id]:
+                moved.append((event_id, first))
+            stored[event_id] = min(first, stored.get(event_id, first))
+        if new:
+            _append(spark, settings, logical, new)
+        if moved:
+            moves += len(moved)
+            earlier = spark.createDataFrame(moved, "event_id string, arrival date")
+            (
+                DeltaTable.forName(spark, settings.table(logical)).alias("t")
+                .merge(earlier.alias("s"), "t.event_id = s.event_id")
+                .whenMatchedUpdate(set={"_arrival_date": F.col("s.arrival")})
+                .execute()
+            )
+    return moves
 
 
 def _append(spark: SparkSession, settings: Settings, logical: str, rows: list[dict]) -> None:
@@ -130,7 +187,15 @@ def test_increments_equal_full_recompute_and_oracle(
     quiet = {START + timedelta(days=20), START + timedelta(days=DAYS + 10)}
     orders, deliveries, ratings = ([e for e in events if e[2] not in quiet] for events in _events(seed))
     rows = _silver_rows(orders, deliveries, ratings)
-    arrival_days = sorted({r["_arrival_date"] for table in rows.values() for r in table} | quiet)
+    _with_earlier_copies(rows, random.Random(200 + seed), quiet)
+    orders, deliveries, ratings = (
+        _first_arrivals(events, rows[logical])
+        for events, logical in zip((orders, deliveries, ratings), rows, strict=True)
+    )
+    arrival_days = sorted(
+        {d for table in rows.values() for r in table for d in (r["_arrival_date"], r.get("_copy"))} - {None}
+        | quiet
+    )
     if order == "shuffled":
         # Nearly every chunk then reaches back before the last run's as-of.
         rng = random.Random(100 + seed)
@@ -142,12 +207,10 @@ def test_increments_equal_full_recompute_and_oracle(
         cuts = [0, 9, 10, 11, 20, 21, 33, len(arrival_days)]
         chunks = [arrival_days[a:b] for a, b in zip(cuts, cuts[1:], strict=False)]
 
-    modes = []
+    modes, processed, stored, moves = [], set(), {}, 0
     for step, chunk in enumerate(chunks):
-        for logical, table_rows in rows.items():
-            part = [r for r in table_rows if r["_arrival_date"] in chunk]
-            if part:
-                _append(spark, settings, logical, part)
+        processed |= set(chunk)
+        moves += _write_arrivals(spark, settings, rows, processed, stored)
         _record_processed(spark, settings, chunk)
         if step == 2:
             # Dies after the gold MERGEs, before the ledger: the next run redoes the work.
@@ -162,7 +225,9 @@ def test_increments_equal_full_recompute_and_oracle(
         if step % 2 == 1:
             assert incremental.refresh(spark, settings).mode == "up_to_date"
 
+    # Moved arrivals (updates in silver's change feed) are applied as increments too.
     assert modes[0] == "full" and set(modes[1:]) == {"incremental"}
+    assert moves > 0 if order == "shuffled" else moves == 0
     daily_incremental, features_incremental = _snapshot(spark, settings)
     assert incremental.refresh(spark, settings, full=True).mode == "full"
     daily_full, features_full = _snapshot(spark, settings)
@@ -346,3 +411,29 @@ def test_a_commit_note_is_set_only_inside_its_block(spark: SparkSession) -> None
         assert spark.conf.get(conf) == "set by the caller", "the value found is put back"
     finally:
         spark.conf.unset(conf)
+
+
+@pytest.mark.parametrize("change", ["event deleted", "arrival moved later", "user changed"])
+def test_a_change_in_silver_other_than_an_arrival_moved_back_recomputes_in_full(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path, change: str
+) -> None:
+    """Such a change can shorten a user's history or end it, which an increment never removes."""
+    settings = _settings(base_settings, tmp_path)
+    silver.ensure_tables(spark, settings)
+    d1, d2, d3 = date(2026, 3, 1), date(2026, 3, 2), date(2026, 3, 3)
+    orders = [("a", d1, d1, Decimal("10.00")), ("b", d2, d2, Decimal("5.00")), ("a", d3, d3, Decimal("1.00"))]
+    _append(spark, settings, "silver_orders", _silver_rows(orders, [], [])["silver_orders"])
+    assert incremental.refresh(spark, settings).mode == "full"
+    target = DeltaTable.forName(spark, settings.table("silver_orders"))
+    first = F.col("event_id") == F.lit("e0")
+    if change == "event deleted":
+        target.delete(first)
+    elif change == "arrival moved later":
+        target.update(first, {"_arrival_date": F.lit(d2)})
+    else:
+        target.update(first, {"user_key": F.lit("c")})
+    assert incremental.refresh(spark, settings).mode == "full"
+    first_days = _snapshot(spark, settings)[1].groupBy("user_key").agg(F.min("feature_date"))
+    expected = {"event deleted": {"a": d3, "b": d2}, "arrival moved later": {"a": d2, "b": d2},
+                "user changed": {"a": d3, "b": d2, "c": d1}}[change]
+    assert dict(tuple(r) for r in first_days.collect()) == expected
