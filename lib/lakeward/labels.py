@@ -14,6 +14,8 @@ from datetime import datetime, timedelta
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
+from lakeward import columns
+
 
 def churn_labels(orders: DataFrame, *, horizon: timedelta, observed_until: datetime) -> DataFrame:
     """One row per order: ``label_id``, ``user_key``, ``label_ts``, ``churned`` (1 or 0).
@@ -27,6 +29,7 @@ def churn_labels(orders: DataFrame, *, horizon: timedelta, observed_until: datet
     """
     if horizon <= timedelta(0):
         raise ValueError(f"horizon must be positive, got {horizon}")
+    columns.require(orders, ("event_id", "user_key", "event_ts"), what="orders")
     span = int(horizon / timedelta(microseconds=1))
     micros = F.unix_micros(F.col("event_ts"))
     following = Window.partitionBy("user_key").orderBy(micros).rangeBetween(1, span)

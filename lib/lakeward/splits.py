@@ -15,6 +15,8 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from lakeward import columns
+
 PARTS = ("train", "validation", "test")
 SPLIT = "split"
 
@@ -36,6 +38,7 @@ def temporal_split(
         raise ValueError(f"expected t1 < t2, got {t1} and {t2}")
     if gap < timedelta(0):
         raise ValueError(f"gap must not be negative, got {gap}")
+    columns.require(labels, (ts,), what="labels")
     at = F.col(ts)
     part = (
         F.when(at + F.lit(gap) < F.lit(t1), F.lit("train"))
@@ -51,6 +54,7 @@ def group_split(
     """Add ``split`` by a seeded hash of ``key``: every group lands in exactly one part."""
     if len(fractions) != len(PARTS) or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-9:
         raise ValueError(f"expected three non-negative fractions summing to 1, got {fractions}")
+    columns.require(labels, (key,), what="labels")
     buckets = 1_000_000
     position = F.pmod(F.xxhash64(F.lit(seed), F.col(key)), F.lit(buckets)) / buckets
     train_end, validation_end = fractions[0], fractions[0] + fractions[1]
@@ -76,6 +80,7 @@ def leakage(
     label of a later part. Neighbouring non-empty parts are compared; that
     covers every pair, because each part's first label is before its windows end.
     """
+    columns.require(split, [SPLIT, *(name for name in (key, ts) if name is not None)], what="split")
     problems: list[str] = []
     if key is not None:
         shared = (

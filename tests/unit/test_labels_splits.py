@@ -7,6 +7,7 @@ import pytest
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
+from lakeward.columns import MissingColumnsError
 from lakeward.labels import churn_labels
 from lakeward.splits import LeakageError, assert_no_leakage, group_split, leakage, temporal_split
 
@@ -139,3 +140,20 @@ def test_group_split_keeps_each_user_in_one_part(spark: SparkSession) -> None:
     assert "appear in more than one part" in leakage(shared, key="user_key")[0]
     with pytest.raises(ValueError):
         group_split(df, key="user_key", fractions=(0.5, 0.2, 0.2))
+
+
+def test_a_missing_column_is_named_with_the_columns_there_are(spark: SparkSession) -> None:
+    df = spark.createDataFrame([("e1", "u1", T0)], "label_id string, user_id string, ts timestamp")
+    calls = {
+        "churn_labels": lambda: churn_labels(df, horizon=HORIZON, observed_until=T0),
+        "group_split": lambda: group_split(df, key="user_key"),
+        "temporal_split": lambda: temporal_split(df, ts="label_ts", t1=T0, t2=T0 + HORIZON, gap=HORIZON),
+        "leakage": lambda: leakage(df, key="user_id"),
+    }
+    missing = {"churn_labels": "['event_id', 'user_key', 'event_ts']", "group_split": "['user_key']",
+               "temporal_split": "['label_ts']", "leakage": "['split']"}
+    for name, call in calls.items():
+        with pytest.raises(MissingColumnsError, match=r"missing column\(s\)") as caught:
+            call()
+        message = str(caught.value)
+        assert missing[name] in message and "['label_id', 'user_id', 'ts']" in message, (name, message)
