@@ -153,8 +153,9 @@ def run_silver(
     """Move bronze rows of the selected (or every not yet processed) arrival date into silver."""
     key = pii_key(settings)
     work = _silver_work(spark, settings, selection)
-    log.info("silver: %d arrival date(s) pending, counted per source, over %d source(s)",
-             sum(len(days) for days in work.dates.values()), sum(1 for days in work.dates.values() if days))
+    pending = [days for days in work.dates.values() if days]
+    log.info("silver: %d arrival date(s) pending, %d (source, date) pair(s) over %d source(s)",
+             len({day for days in pending for day in days}), sum(len(days) for days in pending), len(pending))
     for source in SOURCES:
         if not work.dates.get(source):
             log.info("silver %s: nothing pending", source)
