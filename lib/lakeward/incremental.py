@@ -27,10 +27,11 @@ silver versions, whatever order the arrival days came in. A run that finds no
 new silver version and no newly processed arrival day changes nothing.
 It falls back to a full recompute when there is no previous run, when the
 feature definition changed, or when the change feed cannot be read or holds
-anything other than inserts and updates that move an event's arrival back.
-Silver inserts, and updates a row only when an arrival day runs after a later
-one and moves an event's arrival back (see :func:`_moves_arrivals_back_only`);
-anything else comes from outside the pipeline, an erasure for example.
+anything other than inserts and updates that keep an event's user and date
+and make it known no later (see :func:`_moves_arrivals_back_only`). Silver
+inserts, and updates a row only when an arrival day runs after a later one
+and moves an event's arrival back; anything else comes from outside the
+pipeline, an erasure for example.
 
 The ledger row is written last. A run that dies before it leaves gold rows
 that the next run computes again, from the same state, to the same values.
@@ -386,7 +387,8 @@ def _incremental(
             F.max((~kind.isin(INSERT, UPDATE_BEFORE, UPDATE_AFTER)).cast("int")).alias("other_changes"),
             F.max((kind != F.lit(INSERT)).cast("int")).alias("updates"),
             F.min("known_day").alias("first_known"),
-            F.max("_arrival_date").alias("last_arrival"),
+            # A pre-image's arrival may no longer be in silver.
+            F.max(F.when(kind != F.lit(UPDATE_BEFORE), F.col("_arrival_date"))).alias("last_arrival"),
             F.collect_set(F.when(F.col("user_key").isNotNull(), F.col("event_date"))).alias("event_dates"),
         ).first()
     except AnalysisException as err:
@@ -400,6 +402,12 @@ def _incremental(
             return None
         first_known: date | None = bounds["first_known"]
         as_of = _latest(last.as_of, bounds["last_arrival"], processed)
+        if bounds["updates"] and _latest(_as_of(_read_pinned(spark, names, versions)), processed) != as_of:
+            # Moves took silver's last arrival back before the last run's as_of
+            # (rows of a day silver wrote but did not record, all sent again
+            # earlier): the feature rows after it have to go.
+            log.info("gold: moved arrivals took the last arrival day back before %s", last.as_of)
+            return None
         if first_known is None and (last.as_of is None or as_of == last.as_of):
             # No new rows, and no day passed, or none with anything known to continue.
             log.info("gold: no new silver rows since the last run")
@@ -434,11 +442,12 @@ def _incremental(
 def _moves_arrivals_back_only(feed: DataFrame) -> bool:
     """Whether every update in the change feed keeps its event's user and date, known no later than before.
 
-    Silver's only updates, arrivals moved back, are such. After one, the
-    user's history starts no later than it did, so the rows an increment
-    recomputes from the earlier known day replace every row that changes,
-    and no stored row has to go. An update of another kind, like a delete,
-    can shorten or end a history.
+    Silver's only updates, arrivals moved back, are such; so is an update of
+    a value (an amount, say), which changes the rows from the day the event
+    is known. After one, the user's history starts no later than it did, so
+    the rows an increment recomputes from the earlier known day replace
+    every row that changes, and no stored row has to go. Another update, or
+    a delete, can shorten or end a history.
     """
     before = F.col("_change_type") == F.lit(UPDATE_BEFORE)
 

@@ -437,3 +437,68 @@ def test_a_change_in_silver_other_than_an_arrival_moved_back_recomputes_in_full(
     expected = {"event deleted": {"a": d3, "b": d2}, "arrival moved later": {"a": d2, "b": d2},
                 "user changed": {"a": d3, "b": d2, "c": d1}}[change]
     assert dict(tuple(r) for r in first_days.collect()) == expected
+
+
+def _move_arrival(spark: SparkSession, settings: Settings, event_id: str, day: date) -> None:
+    """Silver's update when an earlier copy of a stored event comes: its arrival moves back."""
+    DeltaTable.forName(spark, settings.table("silver_orders")).update(
+        (F.col("event_id") == F.lit(event_id)) & (F.col("_arrival_date") > F.lit(day)),
+        {"_arrival_date": F.lit(day)},
+    )
+
+
+@pytest.mark.parametrize("branch", ["before the last as_of", "after the last as_of"])
+def test_a_moved_arrival_restarts_its_user_on_the_earlier_day(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path, branch: str
+) -> None:
+    """The only change in the interval besides an insert of another user: a's order,
+    stored with a late arrival, moves back to its own date. a's rows then start there,
+    in an increment (a MERGE before the last as_of, an append after it) as in --full."""
+    settings = _settings(base_settings, tmp_path)
+    silver.ensure_tables(spark, settings)
+    d = [date(2026, 3, 1) + timedelta(days=i) for i in range(5)]
+    if branch == "before the last as_of":
+        orders = [("a", d[0], d[2], Decimal("10.00")), ("b", d[3], d[3], Decimal("5.00"))]
+        rows = _silver_rows(orders, [], [])["silver_orders"]
+        _append(spark, settings, "silver_orders", rows)
+        _record_processed(spark, settings, d[:4])
+        assert incremental.refresh(spark, settings).as_of == d[3]
+        moved, moved_to = "e0", d[0]
+    else:
+        orders = [("b", d[1], d[1], Decimal("5.00")), ("a", d[2], d[4], Decimal("10.00"))]
+        rows = _silver_rows(orders, [], [])["silver_orders"]
+        _append(spark, settings, "silver_orders", rows[:1])
+        _record_processed(spark, settings, d[:2])
+        assert incremental.refresh(spark, settings).as_of == d[1]
+        _append(spark, settings, "silver_orders", rows[1:])
+        _record_processed(spark, settings, d[2:])
+        moved, moved_to = "e1", d[2]
+    _move_arrival(spark, settings, moved, moved_to)
+    result = incremental.refresh(spark, settings)
+    assert result.mode == "incremental"
+    features_incremental = _snapshot(spark, settings)[1]
+    a_rows = features_incremental.filter(F.col("user_key") == "a").orderBy("feature_date")
+    assert a_rows.select("feature_date", "orders_7d").first() == (moved_to, 1)
+    incremental.refresh(spark, settings, full=True)
+    assert_df_equality(features_incremental, _snapshot(spark, settings)[1],
+                       ignore_row_order=True, ignore_nullable=True)
+
+
+def test_moves_that_take_the_last_arrival_back_recompute_in_full(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path
+) -> None:
+    """Silver wrote day 5's rows and died before recording the day; gold ran on them.
+    Then day 3 ran, and every day 5 row was a copy sent again on day 3. Silver's last
+    day is now day 3, and the feature rows of days 4 and 5 have to go."""
+    settings = _settings(base_settings, tmp_path)
+    silver.ensure_tables(spark, settings)
+    d1, d3, d5 = date(2026, 3, 1), date(2026, 3, 3), date(2026, 3, 5)
+    orders = [("b", d1, d1, Decimal("5.00")), ("a", d3, d5, Decimal("10.00"))]
+    _append(spark, settings, "silver_orders", _silver_rows(orders, [], [])["silver_orders"])
+    _record_processed(spark, settings, [d1])
+    assert incremental.refresh(spark, settings).as_of == d5
+    _move_arrival(spark, settings, "e1", d3)
+    _record_processed(spark, settings, [d3])
+    result = incremental.refresh(spark, settings)
+    assert (result.mode, result.as_of) == ("full", d3)
+    assert _snapshot(spark, settings)[1].agg(F.max("feature_date")).first()[0] == d3
