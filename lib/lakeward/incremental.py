@@ -28,7 +28,7 @@ new silver version and no newly processed arrival day changes nothing.
 It falls back to a full recompute when there is no previous run, when the
 feature definition changed, or when the change feed cannot be read or holds
 anything other than inserts and updates that keep an event's user and date
-and make it known no later (see :func:`_moves_arrivals_back_only`). Silver
+and make it known no later (see :func:`_updates_fit_an_increment`). Silver
 inserts, and updates a row only when an arrival day runs after a later one
 and moves an event's arrival back; anything else comes from outside the
 pipeline, an erasure for example.
@@ -156,10 +156,10 @@ def refresh(spark: SparkSession, settings: Settings, *, full: bool = False) -> G
             log.info("gold: up to date with silver versions %s", _describe(versions))
             return GoldResult("up_to_date", last.as_of, inputs=versions)
         result = _incremental(spark, settings, names, versions, last, processed, run_id)
-        if result is not None:
+        if isinstance(result, GoldResult):
             _record(spark, settings, result, run_id, started)
             return result
-        reason = "silver's change feed holds more than inserts and moved arrivals, or is unreadable"
+        reason = result
     log.info("gold: full recompute (%s)", reason)
     result = _full(spark, settings, names, versions, processed, run_id)
     _record(spark, settings, result, run_id, started)
@@ -371,14 +371,15 @@ def _incremental(
     last: _LastRun,
     processed: date | None,
     run_id: str,
-) -> GoldResult | None:
+) -> GoldResult | str:
     """Apply the silver rows changed since ``last``, up to the day silver ``processed``.
 
-    None when the feed holds anything but inserts and arrivals moved back.
-    Such a move changes the day an event became known to an earlier one and
-    nothing else, so the user's rows restart on the earlier day, as for a
-    late event; both images of the row are in ``changed``, and the restart
-    is the earlier of them.
+    Or say why gold must be recomputed in full instead: the change feed
+    cannot be read, or holds changes an increment cannot apply (see
+    :func:`_updates_fit_an_increment`). A moved arrival changes the day an
+    event became known to an earlier one, so the user's rows restart on the
+    earlier day, as for a late event; both images of the row are in
+    ``changed``, and the restart is the earlier of them.
     """
     try:
         feed = _change_feed(spark, names, last.inputs, versions).cache()
@@ -393,21 +394,20 @@ def _incremental(
         ).first()
     except AnalysisException as err:
         log.warning("gold: cannot read the silver change feed: %s", str(err).splitlines()[0])
-        return None
+        return "silver's change feed cannot be read"
     changed = feed.filter(F.col("user_key").isNotNull() & F.col("event_date").isNotNull())
     try:
         if bounds is None or bounds["other_changes"]:
-            return None
-        if bounds["updates"] and not _moves_arrivals_back_only(feed):
-            return None
+            return "silver's change feed holds deletes"
+        if bounds["updates"] and not _updates_fit_an_increment(feed):
+            return ("an update in silver's change feed changes an event's user or date, "
+                    "or makes it known later")
         first_known: date | None = bounds["first_known"]
         as_of = _latest(last.as_of, bounds["last_arrival"], processed)
         if bounds["updates"] and _latest(_as_of(_read_pinned(spark, names, versions)), processed) != as_of:
-            # Moves took silver's last arrival back before the last run's as_of
-            # (rows of a day silver wrote but did not record, all sent again
-            # earlier): the feature rows after it have to go.
-            log.info("gold: moved arrivals took the last arrival day back before %s", last.as_of)
-            return None
+            # Rows of a day silver wrote but did not record, all sent again
+            # earlier: the feature rows after the new last day have to go.
+            return "moved arrivals took silver's last arrival day back before the last run's as_of"
         if first_known is None and (last.as_of is None or as_of == last.as_of):
             # No new rows, and no day passed, or none with anything known to continue.
             log.info("gold: no new silver rows since the last run")
@@ -439,7 +439,7 @@ def _incremental(
     return GoldResult("incremental", as_of, daily_rows, feature_rows, dict(versions))
 
 
-def _moves_arrivals_back_only(feed: DataFrame) -> bool:
+def _updates_fit_an_increment(feed: DataFrame) -> bool:
     """Whether every update in the change feed keeps its event's user and date, known no later than before.
 
     Silver's only updates, arrivals moved back, are such; so is an update of

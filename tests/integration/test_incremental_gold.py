@@ -12,6 +12,7 @@ they must equal ``--full`` on the same silver versions.
 
 from __future__ import annotations
 
+import logging
 import random
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -420,7 +421,8 @@ def test_a_commit_note_is_set_only_inside_its_block(spark: SparkSession) -> None
 
 @pytest.mark.parametrize("change", ["event deleted", "arrival moved later", "user changed"])
 def test_a_change_in_silver_other_than_an_arrival_moved_back_recomputes_in_full(
-    spark: SparkSession, base_settings: Settings, tmp_path: Path, change: str
+    spark: SparkSession, base_settings: Settings, tmp_path: Path, change: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Such a change can shorten a user's history or end it, which an increment never removes."""
     settings = _settings(base_settings, tmp_path)
@@ -437,7 +439,10 @@ def test_a_change_in_silver_other_than_an_arrival_moved_back_recomputes_in_full(
         target.update(first, {"_arrival_date": F.lit(d2)})
     else:
         target.update(first, {"user_key": F.lit("c")})
-    assert incremental.refresh(spark, settings).mode == "full"
+    with caplog.at_level(logging.INFO, logger=incremental.__name__):
+        assert incremental.refresh(spark, settings).mode == "full"
+    reason = "holds deletes" if change == "event deleted" else "changes an event's user or date"
+    assert reason in caplog.text
     first_days = _snapshot(spark, settings)[1].groupBy("user_key").agg(F.min("feature_date"))
     expected = {"event deleted": {"a": d3, "b": d2}, "arrival moved later": {"a": d2, "b": d2},
                 "user changed": {"a": d3, "b": d2, "c": d1}}[change]
@@ -490,7 +495,7 @@ def test_a_moved_arrival_restarts_its_user_on_the_earlier_day(
 
 
 def test_moves_that_take_the_last_arrival_back_recompute_in_full(
-    spark: SparkSession, base_settings: Settings, tmp_path: Path
+    spark: SparkSession, base_settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Silver wrote day 5's rows and died before recording the day; gold ran on them.
     Then day 3 ran, and every day 5 row was a copy sent again on day 3. Silver's last
@@ -504,6 +509,8 @@ def test_moves_that_take_the_last_arrival_back_recompute_in_full(
     assert incremental.refresh(spark, settings).as_of == d5
     _move_arrival(spark, settings, "e1", d3)
     _record_processed(spark, settings, [d3])
-    result = incremental.refresh(spark, settings)
+    with caplog.at_level(logging.INFO, logger=incremental.__name__):
+        result = incremental.refresh(spark, settings)
     assert (result.mode, result.as_of) == ("full", d3)
+    assert "took silver's last arrival day back" in caplog.text
     assert _snapshot(spark, settings)[1].agg(F.max("feature_date")).first()[0] == d3
