@@ -514,3 +514,28 @@ def test_moves_that_take_the_last_arrival_back_recompute_in_full(
     assert (result.mode, result.as_of) == ("full", d3)
     assert "took silver's last arrival day back" in caplog.text
     assert _snapshot(spark, settings)[1].agg(F.max("feature_date")).first()[0] == d3
+
+
+def test_a_value_corrected_in_silver_is_applied_as_an_increment(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path
+) -> None:
+    """An update that keeps the event's user, date and known day (an amount corrected,
+    from outside the pipeline) changes the rows from the day the event was known."""
+    settings = _settings(base_settings, tmp_path)
+    silver.ensure_tables(spark, settings)
+    d1, d3 = date(2026, 3, 1), date(2026, 3, 3)
+    orders = [("a", d1, d1, Decimal("10.00")), ("b", d3, d3, Decimal("5.00"))]
+    _append(spark, settings, "silver_orders", _silver_rows(orders, [], [])["silver_orders"])
+    assert incremental.refresh(spark, settings).as_of == d3
+    DeltaTable.forName(spark, settings.table("silver_orders")).update(
+        F.col("event_id") == F.lit("e0"), {"amount": F.lit(Decimal("12.50"))}
+    )
+    assert incremental.refresh(spark, settings).mode == "incremental"
+    daily, features = _snapshot(spark, settings)
+    spend = features.filter(F.col("user_key") == "a").orderBy("feature_date").select("spend_7d")
+    assert [r[0] for r in spend.collect()] == [Decimal("12.50")] * 3
+    assert daily.filter(F.col("user_key") == "a").first()["spend"] == Decimal("12.50")
+    incremental.refresh(spark, settings, full=True)
+    daily_full, features_full = _snapshot(spark, settings)
+    assert_df_equality(features, features_full, ignore_row_order=True, ignore_nullable=True)
+    assert_df_equality(daily, daily_full, ignore_row_order=True, ignore_nullable=True)
