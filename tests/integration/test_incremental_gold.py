@@ -136,14 +136,34 @@ def _write_arrivals(
             _append(spark, settings, logical, new)
         if moved:
             moves += len(moved)
-            earlier = spark.createDataFrame(moved, "event_id string, arrival date")
-            (
-                DeltaTable.forName(spark, settings.table(logical)).alias("t")
-                .merge(earlier.alias("s"), "t.event_id = s.event_id")
-                .whenMatchedUpdate(set={"_arrival_date": F.col("s.arrival")})
-                .execute()
-            )
+            _move_arrivals(spark, settings, logical, moved)
     return moves
+
+
+def _move_arrivals(
+    spark: SparkSession, settings: Settings, logical: str, moves: list[tuple[str, date]]
+) -> None:
+    """Silver's update when earlier copies of stored events come: each (event_id, day)
+    moves that event's arrival back to the day, and only back (a MERGE, as silver's)."""
+    earlier = spark.createDataFrame(moves, "event_id string, arrival date")
+    (
+        DeltaTable.forName(spark, settings.table(logical)).alias("t")
+        .merge(earlier.alias("s"), "t.event_id = s.event_id")
+        .whenMatchedUpdate(
+            F.col("s.arrival") < F.col("t._arrival_date"), {"_arrival_date": F.col("s.arrival")}
+        )
+        .execute()
+    )
+
+
+def _equal_to_full(spark: SparkSession, settings: Settings) -> tuple[DataFrame, DataFrame]:
+    """Both gold tables as the increments left them, after checking them against ``--full``."""
+    daily_incremental, features_incremental = _snapshot(spark, settings)
+    assert incremental.refresh(spark, settings, full=True).mode == "full"
+    daily_full, features_full = _snapshot(spark, settings)
+    assert_df_equality(daily_incremental, daily_full, ignore_row_order=True, ignore_nullable=True)
+    assert_df_equality(features_incremental, features_full, ignore_row_order=True, ignore_nullable=True)
+    return daily_incremental, features_incremental
 
 
 def _append(spark: SparkSession, settings: Settings, logical: str, rows: list[dict]) -> None:
@@ -244,11 +264,7 @@ def test_increments_equal_full_recompute_and_oracle(
     # Moved arrivals (updates in silver's change feed) are applied as increments too.
     assert modes[0] == "full" and set(modes[1:]) == {"incremental"}
     assert moves > 0 if order == "shuffled" else moves == 0
-    daily_incremental, features_incremental = _snapshot(spark, settings)
-    assert incremental.refresh(spark, settings, full=True).mode == "full"
-    daily_full, features_full = _snapshot(spark, settings)
-    assert_df_equality(daily_incremental, daily_full, ignore_row_order=True, ignore_nullable=True)
-    assert_df_equality(features_incremental, features_full, ignore_row_order=True, ignore_nullable=True)
+    _equal_to_full(spark, settings)
     assert incremental.refresh(spark, settings).as_of == max(arrival_days)
 
 
@@ -449,14 +465,6 @@ def test_a_change_in_silver_other_than_an_arrival_moved_back_recomputes_in_full(
     assert dict(tuple(r) for r in first_days.collect()) == expected
 
 
-def _move_arrival(spark: SparkSession, settings: Settings, event_id: str, day: date) -> None:
-    """Silver's update when an earlier copy of a stored event comes: its arrival moves back."""
-    DeltaTable.forName(spark, settings.table("silver_orders")).update(
-        (F.col("event_id") == F.lit(event_id)) & (F.col("_arrival_date") > F.lit(day)),
-        {"_arrival_date": F.lit(day)},
-    )
-
-
 @pytest.mark.parametrize("branch", ["before the last as_of", "after the last as_of"])
 def test_a_moved_arrival_restarts_its_user_on_the_earlier_day(
     spark: SparkSession, base_settings: Settings, tmp_path: Path, branch: str
@@ -483,15 +491,12 @@ def test_a_moved_arrival_restarts_its_user_on_the_earlier_day(
         _append(spark, settings, "silver_orders", rows[1:])
         _record_processed(spark, settings, d[2:])
         moved, moved_to = "e1", d[2]
-    _move_arrival(spark, settings, moved, moved_to)
+    _move_arrivals(spark, settings, "silver_orders", [(moved, moved_to)])
     result = incremental.refresh(spark, settings)
     assert result.mode == "incremental"
-    features_incremental = _snapshot(spark, settings)[1]
+    features_incremental = _equal_to_full(spark, settings)[1]
     a_rows = features_incremental.filter(F.col("user_key") == "a").orderBy("feature_date")
     assert a_rows.select("feature_date", "orders_7d").first() == (moved_to, 1)
-    incremental.refresh(spark, settings, full=True)
-    assert_df_equality(features_incremental, _snapshot(spark, settings)[1],
-                       ignore_row_order=True, ignore_nullable=True)
 
 
 def test_moves_that_take_the_last_arrival_back_recompute_in_full(
@@ -507,7 +512,7 @@ def test_moves_that_take_the_last_arrival_back_recompute_in_full(
     _append(spark, settings, "silver_orders", _silver_rows(orders, [], [])["silver_orders"])
     _record_processed(spark, settings, [d1])
     assert incremental.refresh(spark, settings).as_of == d5
-    _move_arrival(spark, settings, "e1", d3)
+    _move_arrivals(spark, settings, "silver_orders", [("e1", d3)])
     _record_processed(spark, settings, [d3])
     with caplog.at_level(logging.INFO, logger=incremental.__name__):
         result = incremental.refresh(spark, settings)
@@ -531,11 +536,7 @@ def test_a_value_corrected_in_silver_is_applied_as_an_increment(
         F.col("event_id") == F.lit("e0"), {"amount": F.lit(Decimal("12.50"))}
     )
     assert incremental.refresh(spark, settings).mode == "incremental"
-    daily, features = _snapshot(spark, settings)
+    daily, features = _equal_to_full(spark, settings)
     spend = features.filter(F.col("user_key") == "a").orderBy("feature_date").select("spend_7d")
     assert [r[0] for r in spend.collect()] == [Decimal("12.50")] * 3
     assert daily.filter(F.col("user_key") == "a").first()["spend"] == Decimal("12.50")
-    incremental.refresh(spark, settings, full=True)
-    daily_full, features_full = _snapshot(spark, settings)
-    assert_df_equality(features, features_full, ignore_row_order=True, ignore_nullable=True)
-    assert_df_equality(daily, daily_full, ignore_row_order=True, ignore_nullable=True)

@@ -99,6 +99,16 @@ def test_gold_tables_are_built(spark: SparkSession, run: Settings) -> None:
     assert {r[0] for r in features.select("feature_version").distinct().collect()} == {"v1"}
 
 
+def _gold_equals_full(spark: SparkSession, settings: Settings) -> None:
+    """Both gold tables, as the runs so far left them, equal ``lakeward run gold --full``."""
+    gold_names = [settings.table(t) for t in ("gold_user_daily", "gold_user_features")]
+    increment = {n: tables.read(spark, n, version=tables.current_version(spark, n)) for n in gold_names}
+    assert pipeline.run_gold(spark, settings, DateSelection(full=True)).mode == "full"
+    for name in gold_names:
+        assert_df_equality(increment[name], tables.read(spark, name),
+                           ignore_row_order=True, ignore_nullable=True)
+
+
 def test_day_by_day_in_shuffled_order_equals_full_gold(
     spark: SparkSession, base_settings: Settings, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -108,12 +118,7 @@ def test_day_by_day_in_shuffled_order_equals_full_gold(
     order = [days[i] for i in (2, 0, 4, 4, 1, 3)] + days[5:]
     for day in order:
         pipeline.run(spark, settings, "all", DateSelection(day))
-    gold_names = [settings.table(t) for t in ("gold_user_daily", "gold_user_features")]
-    incremental = {n: tables.read(spark, n, version=tables.current_version(spark, n)) for n in gold_names}
-    pipeline.run(spark, settings, "gold", DateSelection(full=True))
-    for name in gold_names:
-        assert_df_equality(incremental[name], tables.read(spark, name),
-                           ignore_row_order=True, ignore_nullable=True)
+    _gold_equals_full(spark, settings)
     modes = [m[0] for m in tables.read(spark, settings.table("ops_gold_runs")).orderBy("finished_at")
              .select("mode").collect()]
     # Full: the first run and --full. A day that moved arrivals back (updates
@@ -676,12 +681,7 @@ def test_an_event_sent_on_two_days_arrives_on_the_first_whatever_day_runs_first(
     # The moved arrivals are updates in silver's change feed: gold applies them as an
     # increment, which equals a full recompute.
     assert pipeline.run_gold(spark, settings, DateSelection()).mode == "incremental"
-    gold_names = [settings.table(t) for t in ("gold_user_daily", "gold_user_features")]
-    increment = {n: tables.read(spark, n, version=tables.current_version(spark, n)) for n in gold_names}
-    assert pipeline.run_gold(spark, settings, DateSelection(full=True)).mode == "full"
-    for name in gold_names:
-        assert_df_equality(increment[name], tables.read(spark, name),
-                           ignore_row_order=True, ignore_nullable=True)
+    _gold_equals_full(spark, settings)
 
 
 def test_a_users_table_from_before_batch_ids_gets_the_column(
