@@ -277,6 +277,15 @@ def _batches(spark: SparkSession, settings: Settings) -> DataFrame:
     )
 
 
+def processed_days(spark: SparkSession, settings: Settings, source: str) -> list[date]:
+    """The arrival dates the ledger records for ``source``, in order; none when there is no ledger."""
+    name = settings.table("ops_silver_batches")
+    if not tables.exists(spark, name):
+        return []
+    days = tables.read(spark, name).filter(F.col("source") == source).select("arrival_date").distinct()
+    return sorted(row["arrival_date"] for row in days.collect())
+
+
 def last_processed_day(spark: SparkSession, settings: Settings, sources: Sequence[str]) -> date | None:
     """The last arrival date the ledger records for any of ``sources``; None if none."""
     ledger = tables.read(spark, settings.table("ops_silver_batches"))

@@ -32,7 +32,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from lakeward import gold, tables
+from lakeward import gold, silver, tables
 from lakeward.config import Settings, is_identifier
 from lakeward.labels import churn_labels, fully_observed
 from lakeward.pit import as_of_join
@@ -49,6 +49,7 @@ __all__ = [
     "build",
     "content_hash",
     "feature_columns",
+    "last_unbroken_day",
     "ledger_spec",
     "rebuild",
     "stored_spec",
@@ -58,6 +59,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+ORDERS_SOURCE = next(name for name, spec in silver.SOURCES.items() if spec.table == "silver_orders")
+"""The bronze source of ``silver.orders``, as silver's ledger names it."""
 
 SPEC_PROPERTY = "lakeward.training_set.spec"
 CONTENT_HASH_PROPERTY = "lakeward.training_set.content_hash"
@@ -405,7 +409,8 @@ def build(
         tables.read(spark, features_name, version=versions[features_name]), settings, features_name
     )
     observed_until = _observed_until(
-        orders, orders_name, versions[orders_name], settings.pipeline.allowed_lateness_days
+        orders, orders_name, versions[orders_name], settings.pipeline.allowed_lateness_days,
+        silver.processed_days(spark, settings, ORDERS_SOURCE),
     )
     _require_feature_rows(features, features_name, versions[features_name], settings)
     horizon = timedelta(days=config.horizon_days)
@@ -541,12 +546,18 @@ def _feature_history(features: DataFrame, settings: Settings, name: str) -> Data
     return features.select(*wanted)
 
 
-def _observed_until(orders: DataFrame, name: str, version: int, lateness_days: int) -> datetime:
+def _observed_until(
+    orders: DataFrame, name: str, version: int, lateness_days: int, processed: Sequence[date]
+) -> datetime:
     """The end of the last arrival day, less the allowed lateness.
 
     An order may still arrive up to ``lateness_days`` after it happened, so
     only a window that ends that long before the last arrival is complete:
     a later one could call a user churned whose next order is still in transit.
+    When silver's ledger records the orders' arrival days (``processed``), the
+    last arrival day is the last before the first day missing among them: the
+    orders of a day whose file has not been processed yet are not observed,
+    whatever came after it. A day processed without any order counts.
     """
     row = orders.agg(F.max("_arrival_date").alias("last")).first()
     last = None if row is None else row["last"]
@@ -555,7 +566,27 @@ def _observed_until(orders: DataFrame, name: str, version: int, lateness_days: i
             f"{name} (version {version}) has no orders; run the pipeline first "
             "(lakeward run all --all-dates)"
         )
+    if processed:
+        last, missing = last_unbroken_day(processed)
+        if missing is not None:
+            log.warning(
+                "training-set: silver has not processed the %s arrival day %s (its ledger goes on "
+                "to %s); labels end before it. Run lakeward run all --date %s once its file has landed",
+                ORDERS_SOURCE, missing, processed[-1], missing,
+            )
     return _utc(last + timedelta(days=1) - timedelta(days=lateness_days))
+
+
+def last_unbroken_day(days: Sequence[date]) -> tuple[date, date | None]:
+    """The last of ``days`` before the first day missing after the earliest, and that day (or None).
+
+    ``last_unbroken_day([d1, d2, d4])`` is ``(d2, d3)``; order and repeats do not matter.
+    """
+    ordered = sorted(set(days))
+    for before, after in zip(ordered, ordered[1:], strict=False):
+        if after - before > timedelta(days=1):
+            return before, before + timedelta(days=1)
+    return ordered[-1], None
 
 
 def _require_feature_rows(features: DataFrame, name: str, version: int, settings: Settings) -> None:

@@ -247,6 +247,42 @@ def test_build_records_versions_and_rebuilds_exactly(spark: SparkSession, fresh_
         rebuild(spark, settings, first.spec)
 
 
+def _record_order_days(spark: SparkSession, settings: Settings, days: list[int]) -> None:
+    """Silver's ledger rows saying the orders files of these arrival days were processed."""
+    spec = silver.ledger_spec(settings)
+    tables.ensure_table(spark, spec)
+    rows = [("order_placed", START + timedelta(days=d), f"b{d}", 0, 0, 0, 0, None) for d in days]
+    tables.append(spark.createDataFrame(rows, spec.schema), spec.name)
+
+
+def test_labels_end_before_an_orders_day_silver_has_not_processed(
+    spark: SparkSession, fresh_settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = fresh_settings
+    _write_orders(spark, settings, 0, 79)
+    _write_features(spark, settings, 0, 79)
+    # Day 40's file has not been processed, though later days have: its orders are unseen.
+    _record_order_days(spark, settings, [d for d in range(80) if d != 40])
+    lateness = timedelta(days=settings.pipeline.allowed_lateness_days)
+
+    def end_of(day: int) -> datetime:
+        return datetime.combine(START + timedelta(days=day + 1), datetime.min.time(), UTC) - lateness
+
+    with caplog.at_level("WARNING", logger="lakeward.training_set"):
+        gapped = build(spark, settings)
+    assert gapped.spec.observed_until == end_of(39)
+    assert f"arrival day {START + timedelta(days=40)}" in caplog.text
+    horizon = timedelta(days=settings.training_set.horizon_days)
+    label_times = [r["label_ts"] for r in tables.read(spark, gapped.table).collect()]
+    assert label_times and max(label_times).replace(tzinfo=UTC) + horizon < end_of(39)
+
+    # Day 40 comes with an empty file, and day 80 too (no orders on it): both count.
+    _record_order_days(spark, settings, [40, 80])
+    complete = build(spark, settings)
+    assert complete.spec.observed_until == end_of(80)
+    assert complete.rows > gapped.rows
+
+
 def test_temporal_build_named_table(spark: SparkSession, fresh_settings: Settings) -> None:
     settings = fresh_settings
     _write_orders(spark, settings, 0, 149)

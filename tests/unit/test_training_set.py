@@ -18,6 +18,7 @@ from lakeward.training_set import (
     assemble,
     assert_point_in_time,
     content_hash,
+    last_unbroken_day,
     table_name,
     temporal_bounds,
 )
@@ -187,6 +188,14 @@ def test_temporal_bounds_exact() -> None:
     with pytest.raises(TrainingSetError, match="needs more than 60 days"):
         temporal_bounds(first, first + timedelta(days=60), horizon=timedelta(days=30),
                         fractions=(0.7, 0.15, 0.15))
+
+
+def test_last_unbroken_day() -> None:
+    d = [date(2026, 3, 1) + timedelta(days=i) for i in range(6)]
+    assert last_unbroken_day([d[0]]) == (d[0], None)
+    assert last_unbroken_day([d[2], d[0], d[1], d[1]]) == (d[2], None)
+    assert last_unbroken_day([d[0], d[1], d[3], d[5]]) == (d[1], d[2])
+    assert last_unbroken_day([d[5], d[0]]) == (d[0], d[1])
 
 
 def test_training_set_names_are_lower_case_bounded_and_not_lakeward_tables() -> None:
