@@ -37,7 +37,8 @@ _INTERVALS = (T.CalendarIntervalType, T.DayTimeIntervalType, T.YearMonthInterval
 _TIMESTAMPS = (T.TimestampType, T.TimestampNTZType)
 # What table and csv print as Spark's text; Python's text of a float or a timestamp is not Spark's.
 _TEXT_KINDS = (
-    T.ArrayType, T.MapType, T.StructType, T.BooleanType, T.FloatType, T.DoubleType, *_TIMESTAMPS,
+    T.ArrayType, T.MapType, T.StructType, T.BooleanType, T.FloatType, T.DoubleType, T.DecimalType,
+    *_TIMESTAMPS,
     *_INTERVALS, T.VariantType, T.BinaryType,
 )
 

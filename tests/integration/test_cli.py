@@ -348,14 +348,16 @@ def test_sql_table_and_csv_print_values_as_spark_does(
     # Floating-point numbers and timestamps too; Python's text of them is not Spark's.
     numbers = ("SELECT 1e10D AS d, double('NaN') AS n, -double('inf') AS i, CAST(0.1 AS FLOAT) AS f, "
                "TIMESTAMP'2026-01-01 00:00:00.5' AS t, TIMESTAMP_NTZ'2026-01-02 03:04:05' AS z, "
-               "array(0.25D) AS a")
+               "array(0.25D) AS a, CAST(0 AS DECIMAL(20, 10)) AS z0, 0.00000001BD AS tiny")
     assert cli._sql(spark, argparse.Namespace(query=numbers, format="csv", limit=None)) == 0
     assert capsys.readouterr().out.splitlines() == [
-        "d,n,i,f,t,z,a", "1.0E10,NaN,-Infinity,0.1,2026-01-01 00:00:00.5,2026-01-02 03:04:05,[0.25]"]
+        "d,n,i,f,t,z,a,z0,tiny",
+        "1.0E10,NaN,-Infinity,0.1,2026-01-01 00:00:00.5,2026-01-02 03:04:05,[0.25],0.0000000000,0.00000001",
+    ]
     assert cli._sql(spark, argparse.Namespace(query=numbers, format="json", limit=None)) == 0
     assert json.loads(capsys.readouterr().out) == {
         "d": 1e10, "n": "NaN", "i": "-Infinity", "f": 0.1, "t": "2026-01-01 00:00:00.5",
-        "z": "2026-01-02 03:04:05", "a": [0.25]}
+        "z": "2026-01-02 03:04:05", "a": [0.25], "z0": 0.0, "tiny": 1e-08}
 
     # As Spark's CSV writer: a null is an empty field, an empty string is "".
     empty = "SELECT '' AS e, CAST(NULL AS STRING) AS n, 'say \"hi\", twice' AS q"
