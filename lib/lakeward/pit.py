@@ -462,6 +462,24 @@ def _tie_break(payload: Column, payload_type: T.StructType) -> Column:
     return F.when(payload.isNotNull(), F.struct(*fields))
 
 
+def _monotone_micros(ts: Column, kind: T.DataType) -> Column:
+    """Microseconds that order as ``ts`` orders, whatever the session time zone.
+
+    A TIMESTAMP_NTZ is a wall-clock time: cast to an instant in the session
+    time zone, 02:30 on a spring-forward day would come after 03:00. Its
+    date and time of day are counted as they read instead.
+    """
+    if not isinstance(kind, T.TimestampNTZType):
+        return F.unix_micros(ts.cast(T.TimestampType()))
+    seconds = F.date_part(F.lit("SECOND"), ts)  # with the fraction, to the microsecond
+    return (
+        F.unix_date(ts.cast(T.DateType())).cast("long") * F.lit(86_400_000_000)
+        + F.hour(ts).cast("long") * F.lit(3_600_000_000)
+        + F.minute(ts).cast("long") * F.lit(60_000_000)
+        + (seconds * F.lit(1_000_000)).cast("long")
+    )
+
+
 def _bucketed(union: DataFrame, key_cols: list[str], buckets: int, tie_break: Column) -> DataFrame:
     """Add a time bucket to every row, plus one carried-forward feature row per bucket.
 
@@ -470,7 +488,7 @@ def _bucketed(union: DataFrame, key_cols: list[str], buckets: int, tie_break: Co
     is the newest feature row of all buckets before b (same tie-break), so a
     window per ``(keys, bucket)`` finds what a window per ``keys`` would.
     """
-    micros = F.unix_micros(F.col(_TS).cast(T.TimestampType()))
+    micros = _monotone_micros(F.col(_TS), union.schema[_TS].dataType)
     bounds = union.agg(F.min(micros).alias(_LO), F.max(micros).alias(_HI))
     span = (F.col(_HI) - F.col(_LO) + F.lit(1)).cast("double")
     position = (micros - F.col(_LO)).cast("double") / span * F.lit(float(buckets))

@@ -302,6 +302,29 @@ def test_a_match_buckets_back_is_carried_over_buckets_with_labels_only(
     assert_df_equality(result, expected, ignore_row_order=True)
 
 
+def test_wall_clock_times_keep_their_order_in_buckets_across_a_clock_change(spark: SparkSession) -> None:
+    # In New York, 02:30 on 8 March 2026 does not exist: as an instant it would come
+    # after 03:00 and land in a later bucket than the label it precedes.
+    day = datetime(2026, 3, 8)
+    ntz = "k string, ts timestamp_ntz, v string"
+    features = spark.createDataFrame(
+        [("a", day, "f0"), ("a", day.replace(hour=2, minute=30), "gap"), ("a", day.replace(hour=10), "late")],
+        ntz,
+    )
+    labels = spark.createDataFrame([("a", day.replace(hour=3), "label")], ntz).withColumnRenamed("v", "l")
+    zone = spark.conf.get("spark.sql.session.timeZone")
+    spark.conf.set("spark.sql.session.timeZone", "America/New_York")
+    try:
+        found = {
+            buckets: as_of_join(labels, features, keys=["k"], label_ts="ts", feature_ts="ts", prefix="f_",
+                                time_buckets=buckets).collect()[0]["f_v"]
+            for buckets in (None, 2, 20, 40, 100)
+        }
+    finally:
+        spark.conf.set("spark.sql.session.timeZone", zone)
+    assert found == dict.fromkeys(found, "gap")
+
+
 def test_without_ttl_null_keys_and_null_times_still_never_match(spark: SparkSession) -> None:
     """No TTL to hide them: a null key or time matches nothing, on either side."""
     labels, features = _small(
