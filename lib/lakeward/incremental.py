@@ -82,6 +82,9 @@ LEDGER_SCHEMA = T.StructType(
         T.StructField("feature_rows_written", T.LongType()),
         T.StructField("started_at", T.TimestampType()),
         T.StructField("finished_at", T.TimestampType()),
+        # Delta's table id of each silver table read: a table dropped and made
+        # again can reach the version recorded in ``inputs`` with other rows.
+        T.StructField("input_ids", T.MapType(T.StringType(), T.StringType())),
     ]
 )
 
@@ -114,6 +117,8 @@ class GoldResult:
     daily_rows_written: int = 0
     feature_rows_written: int = 0
     inputs: dict[str, int] = field(default_factory=dict)
+    input_ids: dict[str, str] = field(default_factory=dict)
+    """Delta's table id of each silver table in ``inputs``."""
 
 
 @dataclass(frozen=True)
@@ -123,10 +128,15 @@ class _LastRun:
     feature_version: str
     windows: str
     inputs: dict[str, int]
+    input_ids: dict[str, str] | None
+    """None for a run recorded before the ledger kept them."""
     # Whether user_features' latest commit is this run's: then it holds no
     # rows after ``as_of`` (only a run that died before its ledger row leaves
     # such rows).
     wrote_features_last: bool = False
+    # The gold tables at Delta version 0: created empty since this run wrote
+    # to them (a table dropped and made again), so they lack its rows.
+    recreated: tuple[str, ...] = ()
 
 
 def ledger_spec(settings: Settings) -> tables.TableSpec:
@@ -149,19 +159,20 @@ def refresh(spark: SparkSession, settings: Settings, *, full: bool = False) -> G
     started = datetime.now(UTC).replace(tzinfo=None)
     run_id = uuid.uuid4().hex
     names = {logical: settings.table(logical) for logical in SILVER_EVENTS}
-    versions, last, processed = _probe(spark, settings, names)
-    reason = "requested" if full else _full_reason(settings, last, versions)
+    versions, ids, last, processed = _probe(spark, settings, names)
+    reason = "requested" if full else _full_reason(settings, last, versions, ids)
     if reason is None and last is not None:
         if last.inputs == versions and not _days_passed(last.as_of, processed):
             log.info("gold: up to date with silver versions %s", _describe(versions))
-            return GoldResult("up_to_date", last.as_of, inputs=versions)
+            return GoldResult("up_to_date", last.as_of, inputs=versions, input_ids=ids)
         result = _incremental(spark, settings, names, versions, last, processed, run_id)
         if isinstance(result, GoldResult):
+            result = replace(result, input_ids=ids)
             _record(spark, settings, result, run_id, started)
             return result
         reason = result
     log.info("gold: full recompute (%s)", reason)
-    result = _full(spark, settings, names, versions, processed, run_id)
+    result = replace(_full(spark, settings, names, versions, processed, run_id), input_ids=ids)
     _record(spark, settings, result, run_id, started)
     return result
 
@@ -173,8 +184,8 @@ def _commit_note(run_id: str) -> str:
 
 def _probe(
     spark: SparkSession, settings: Settings, names: Mapping[str, str]
-) -> tuple[dict[str, int], _LastRun | None, date | None]:
-    """The silver versions, the last run and the last arrival day silver processed, read side by side.
+) -> tuple[dict[str, int], dict[str, str], _LastRun | None, date | None]:
+    """Silver's versions and table ids, the last run and the last arrival day processed, side by side.
 
     Each is a small Spark job or a catalog call that spends most of its time
     on the driver; in sequence they took about a tenth of an increment. The
@@ -184,20 +195,30 @@ def _probe(
     hold the rows of every day read. (Measured on the demo, reading them
     side by side saved nothing: the reads share the driver.)
     """
-    features = settings.table("gold_user_features")
-    with ThreadPoolExecutor(max_workers=len(names) + 3) as pool:
+    features, daily = settings.table("gold_user_features"), settings.table("gold_user_daily")
+    with ThreadPoolExecutor(max_workers=2 * len(names) + 4) as pool:
         ensured = pool.submit(ensure_tables, spark, settings)
         last = pool.submit(_last_run, spark, settings)
-        note = pool.submit(tables.last_commit_metadata, spark, features)
+        commits = {name: pool.submit(tables.last_commit, spark, name) for name in (features, daily)}
         processed = _processed_through(spark, settings)
         versions = {name: pool.submit(tables.current_version, spark, name) for name in names.values()}
+        ids = {name: pool.submit(tables.table_id, spark, name) for name in names.values()}
         ensured.result()
         previous = _settled(last, partial(_last_run, spark, settings))
-        features_note = _settled(note, partial(tables.last_commit_metadata, spark, features))
+        gold_commits = {
+            name: _settled(commit, partial(tables.last_commit, spark, name))
+            for name, commit in commits.items()
+        }
         if previous is not None:
-            wrote_last = features_note == _commit_note(previous.run_id)
-            previous = replace(previous, wrote_features_last=wrote_last)
-        return {name: version.result() for name, version in versions.items()}, previous, processed
+            wrote_last = gold_commits[features][1] == _commit_note(previous.run_id)
+            recreated = tuple(sorted(name for name, (version, _) in gold_commits.items() if version == 0))
+            previous = replace(previous, wrote_features_last=wrote_last, recreated=recreated)
+        return (
+            {name: version.result() for name, version in versions.items()},
+            {name: id_.result() for name, id_ in ids.items()},
+            previous,
+            processed,
+        )
 
 
 def _processed_through(spark: SparkSession, settings: Settings) -> date | None:
@@ -237,19 +258,30 @@ def _last_run(spark: SparkSession, settings: Settings) -> _LastRun | None:
     row = ledger.orderBy(F.col("finished_at").desc()).first()
     if row is None:
         return None
-    return _LastRun(row["run_id"], row["as_of"], row["feature_version"], row["windows"], dict(row["inputs"]))
+    ids = row["input_ids"] if "input_ids" in ledger.columns else None
+    return _LastRun(
+        row["run_id"], row["as_of"], row["feature_version"], row["windows"], dict(row["inputs"]),
+        None if ids is None else dict(ids),
+    )
 
 
-def _full_reason(settings: Settings, last: _LastRun | None, versions: Mapping[str, int]) -> str | None:
+def _full_reason(
+    settings: Settings, last: _LastRun | None, versions: Mapping[str, int], ids: Mapping[str, str]
+) -> str | None:
     if last is None:
         return "no previous gold run"
+    if last.recreated:
+        # A recorded run follows a first run that wrote both tables: one at version 0 was made again.
+        return f"{', '.join(last.recreated)} created again since the last run (dropped?)"
     if last.feature_version != settings.pipeline.feature_version or last.windows != _windows_text(settings):
         return "the feature definition changed"
     if set(last.inputs) != set(versions):
         return "the silver tables changed names"
     regressed = [name for name, version in versions.items() if version < last.inputs[name]]
+    if last.input_ids is not None:
+        regressed += [name for name, id_ in ids.items() if last.input_ids.get(name) not in (None, id_)]
     if regressed:
-        return f"silver tables were replaced: {', '.join(sorted(regressed))}"
+        return f"silver tables were replaced: {', '.join(sorted(set(regressed)))}"
     return None
 
 
@@ -640,5 +672,9 @@ def _record(
         result.feature_rows_written,
         started,
         datetime.now(UTC).replace(tzinfo=None),
+        result.input_ids,
     )
-    tables.append(spark.createDataFrame([row], LEDGER_SCHEMA), settings.table("ops_gold_runs"))
+    ledger = settings.table("ops_gold_runs")
+    # A ledger created before it kept table ids gains the column; its old rows get nulls.
+    tables.add_columns(spark, ledger, LEDGER_SCHEMA)
+    tables.append(spark.createDataFrame([row], LEDGER_SCHEMA), ledger)

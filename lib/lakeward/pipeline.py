@@ -152,7 +152,16 @@ def run_silver(
 ) -> list[silver.SilverResult]:
     """Move bronze rows of the selected (or every not yet processed) arrival date into silver."""
     key = pii_key(settings)
+    lost = silver.forget_dropped(spark, settings)
     work = _silver_work(spark, settings, selection)
+    if lost and selection.day is not None:
+        # A dated run restores a dropped table whole: all its batches are pending again.
+        everything = silver.pending_work(spark, settings)
+        work = silver.Work(
+            {source: everything.dates[source] if source in lost else days
+             for source, days in work.dates.items()},
+            {**work.batches, **{source: everything.batches.get(source, {}) for source in lost}},
+        )
     pending = [days for days in work.dates.values() if days]
     log.info("silver: %d arrival date(s) pending, %d (source, date) pair(s) over %d source(s)",
              len({day for days in pending for day in days}), sum(len(days) for days in pending), len(pending))

@@ -277,6 +277,40 @@ def _batches(spark: SparkSession, settings: Settings) -> DataFrame:
     )
 
 
+def forget_dropped(spark: SparkSession, settings: Settings) -> list[str]:
+    """Sources whose silver table lost every row outside lakeward; their ledger rows are removed.
+
+    A silver table is created empty at Delta version 0 and its first write
+    makes version 1, so a table at version 0 whose source the ledger says
+    rows were written for was dropped and created again. Bronze still holds
+    those rows: with the ledger rows gone, every batch of the source is
+    pending again and the next silver run takes it from bronze. Ledger rows
+    are removed, not marked, so the counts of a batch are never recorded twice.
+    """
+    names = {source: settings.table(spec.table) for source, spec in SOURCES.items()}
+    with ThreadPoolExecutor(max_workers=len(names)) as pool:
+        versions = {
+            source: pool.submit(tables.current_version, spark, name) for source, name in names.items()
+        }
+        empty = [source for source, version in versions.items() if version.result() == 0]
+    if not empty:
+        return []
+    ledger = settings.table("ops_silver_batches")
+    written = (
+        tables.read(spark, ledger).filter(F.col("source").isin(empty))
+        .groupBy("source").agg(F.sum("rows_written").alias("written")).collect()
+    )
+    lost = sorted(row["source"] for row in written if row["written"])
+    if lost:
+        log.warning(
+            "silver: no rows in %s though %s records rows written (dropped and created "
+            "again?); their bronze batches are taken again",
+            ", ".join(names[source] for source in lost), ledger,
+        )
+        DeltaTable.forName(spark, ledger).delete(F.col("source").isin(lost))
+    return lost
+
+
 def processed_days(spark: SparkSession, settings: Settings, source: str) -> list[date]:
     """The arrival dates the ledger records for ``source``, in order; none when there is no ledger."""
     name = settings.table("ops_silver_batches")

@@ -313,10 +313,27 @@ def current_version(spark: SparkSession, name: str) -> int:
     return int(version)
 
 
+def table_id(spark: SparkSession, name: str) -> str:
+    """Delta's id of the table: it changes when the table is dropped and created again."""
+    row = DeltaTable.forName(spark, name).detail().select("id").first()
+    if row is None:
+        raise LookupError(f"table {name} has no details")
+    return str(row["id"])
+
+
 def last_commit_metadata(spark: SparkSession, name: str) -> str | None:
     """The ``user_metadata`` of the table's latest commit; None if that commit has none."""
     note = _last_commit(spark, name, "userMetadata")
     return str(note) if note is not None else None
+
+
+def last_commit(spark: SparkSession, name: str) -> tuple[int, str | None]:
+    """The table's latest Delta version and that commit's ``user_metadata``, from one history read."""
+    row = history(spark, name, 1).select("version", "userMetadata").first()
+    if row is None:
+        raise LookupError(f"table {name} has no history")
+    note = row["userMetadata"]
+    return int(row["version"]), (str(note) if note is not None else None)
 
 
 def _last_commit(spark: SparkSession, name: str, column: str) -> Any:
