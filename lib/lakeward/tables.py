@@ -22,10 +22,9 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
 
 from delta.tables import DeltaTable
-from pyspark.sql import Column, DataFrame, Observation, SparkSession
+from pyspark.sql import Column, DataFrame, Observation, Row, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
@@ -268,7 +267,7 @@ def _counted(df: DataFrame) -> tuple[DataFrame, Callable[[], int]]:
 
 def rows_last_written(spark: SparkSession, name: str) -> int:
     """Rows the table's last commit wrote, from Delta's own operation metrics."""
-    metrics = _last_commit(spark, name, "operationMetrics")
+    metrics = _last_commit(spark, name)["operationMetrics"]
     return int((metrics or {}).get("numOutputRows", 0))
 
 
@@ -307,10 +306,7 @@ def read(spark: SparkSession, name: str, *, version: int | None = None) -> DataF
 
 def current_version(spark: SparkSession, name: str) -> int:
     """The table's latest Delta version."""
-    version = _last_commit(spark, name, "version")
-    if version is None:
-        raise LookupError(f"table {name} has no history")
-    return int(version)
+    return int(_last_commit(spark, name)["version"])
 
 
 def table_id(spark: SparkSession, name: str) -> str:
@@ -323,23 +319,22 @@ def table_id(spark: SparkSession, name: str) -> str:
 
 def last_commit_metadata(spark: SparkSession, name: str) -> str | None:
     """The ``user_metadata`` of the table's latest commit; None if that commit has none."""
-    note = _last_commit(spark, name, "userMetadata")
-    return str(note) if note is not None else None
+    return last_commit(spark, name)[1]
 
 
 def last_commit(spark: SparkSession, name: str) -> tuple[int, str | None]:
     """The table's latest Delta version and that commit's ``user_metadata``, from one history read."""
-    row = history(spark, name, 1).select("version", "userMetadata").first()
-    if row is None:
-        raise LookupError(f"table {name} has no history")
+    row = _last_commit(spark, name)
     note = row["userMetadata"]
     return int(row["version"]), (str(note) if note is not None else None)
 
 
-def _last_commit(spark: SparkSession, name: str, column: str) -> Any:
-    """One column of the table's latest history entry; None if there is none."""
-    row = history(spark, name, 1).select(column).first()
-    return row[column] if row is not None else None
+def _last_commit(spark: SparkSession, name: str) -> Row:
+    """The table's latest history entry."""
+    row = history(spark, name, 1).first()
+    if row is None:
+        raise LookupError(f"table {name} has no history")
+    return row
 
 
 def history(spark: SparkSession, name: str, limit: int | None = None) -> DataFrame:
