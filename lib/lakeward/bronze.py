@@ -370,7 +370,10 @@ def ingest_sources(
     pending = {s: [f for f in fs if f.batch_id not in done] for s, fs in files.items()}
     for source in sources:
         if not pending[source]:
-            log.info("bronze %s: %d file(s) already ingested, nothing to do", source, len(files[source]))
+            if files[source]:
+                log.info("bronze %s: %d file(s) already ingested, nothing to do", source, len(files[source]))
+            else:
+                log.info("bronze %s: no landing file on these dates, nothing to do", source)
     todo = {s: pending[s] for s in sources if pending[s]}
     written, quarantined = _ingest_pending(spark, settings, todo) if todo else ({}, {})
     return [

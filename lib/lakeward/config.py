@@ -382,6 +382,11 @@ def load_settings(
     merged["conf_dir"] = conf_dir
     root = data_root or os.environ.get(HOME_VAR) or configured_root
     merged["data_root"] = Path(root).expanduser().resolve()
+    if merged["data_root"].exists() and not merged["data_root"].is_dir():
+        raise ConfigError(
+            f"data root {merged['data_root']} is not a directory; "
+            f"set {HOME_VAR} (or data_root) to a directory"
+        )
     try:
         return Settings.model_validate(merged)
     except ValidationError as err:

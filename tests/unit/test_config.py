@@ -121,6 +121,14 @@ def test_home_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert load_settings("local").data_root == (tmp_path / "elsewhere").resolve()
 
 
+def test_a_data_root_that_is_a_file_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    monkeypatch.setenv("LAKEWARD_HOME", str(afile))
+    with pytest.raises(ConfigError, match=rf"data root {afile} is not a directory; set LAKEWARD_HOME"):
+        load_settings("local")
+
+
 def test_environment_from_variable_and_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LAKEWARD_ENV", "prod")
     assert load_settings().env == "prod"
