@@ -79,6 +79,7 @@ def leakage(
     ``horizon``): a label window of an earlier part that reaches the first
     label of a later part. Neighbouring non-empty parts are compared; that
     covers every pair, because each part's first label is before its windows end.
+    Always: a row whose split is none of the parts (or null), which no check clears.
     """
     columns.require(split, [SPLIT, *(name for name in (key, ts) if name is not None)], what="split")
     problems: list[str] = []
@@ -88,16 +89,21 @@ def leakage(
         )
         if shared:
             problems.append(f"{shared} value(s) of {key} appear in more than one part")
+    # One row per split value: its first label and how far its windows reach, with ``ts``.
+    at = None
     if ts is not None:
         # A date plus an interval is a timestamp: compare dates as their midnight.
         at = F.col(ts).cast("timestamp") if isinstance(split.schema[ts].dataType, T.DateType) else F.col(ts)
-        reach = F.lit(horizon or timedelta(0))
-        bounds = {
-            row[SPLIT]: (row["first"], row["last_reach"])
-            for row in split.groupBy(SPLIT)
-            .agg(F.min(at).alias("first"), F.max(at + reach).alias("last_reach"))
-            .collect()
-        }
+    reach = F.lit(horizon or timedelta(0))
+    per_part = [F.min(at).alias("first"), F.max(at + reach).alias("last_reach")] if at is not None else [
+        F.count(F.lit(1)).alias("rows")
+    ]
+    rows = split.groupBy(SPLIT).agg(*per_part).collect()
+    unknown = sorted(repr(row[SPLIT]) for row in rows if row[SPLIT] not in PARTS)
+    if unknown:
+        problems.append(f"{SPLIT} value(s) {', '.join(unknown)} are not one of {', '.join(PARTS)}")
+    if at is not None:
+        bounds = {row[SPLIT]: (row["first"], row["last_reach"]) for row in rows}
         # A part whose labels all lack a time has no window and no first label.
         present = [p for p in PARTS if p in bounds and bounds[p][0] is not None]
         for earlier, later in zip(present, present[1:], strict=False):

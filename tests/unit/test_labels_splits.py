@@ -103,6 +103,16 @@ def test_temporal_split_boundaries_and_gap(spark: SparkSession) -> None:
 
 
 
+def test_a_row_in_no_part_is_reported(spark: SparkSession) -> None:
+    rows = [("u1", "train", T0), ("u2", "bogus", T0), ("u3", None, T0),
+            ("u4", "test", T0 + timedelta(days=9))]
+    df = spark.createDataFrame(rows, "user string, split string, label_ts timestamp")
+    expected = "split value(s) 'bogus', None are not one of train, validation, test"
+    assert leakage(df, key="user") == [expected]
+    assert leakage(df, ts="label_ts", horizon=timedelta(days=1)) == [expected]
+    assert leakage(df.filter(F.col("split").isin("train", "test")), key="user", ts="label_ts") == []
+
+
 def test_leakage_compares_dates_and_skips_parts_without_times(spark: SparkSession) -> None:
     days = [("a", date(2024, 1, 1)), ("b", date(2024, 1, 20)), ("c", date(2024, 2, 10))]
     df = spark.createDataFrame(days, "name string, label_ts date")
