@@ -302,13 +302,24 @@ def _check_clashes(labels: DataFrame, feature_names: list[str], prefix: str | No
     def norm(name: str) -> str:
         return name if case_sensitive else name.lower()
 
-    seen: dict[str, str] = {}
-    clashes: list[str] = []
-    for name in [*labels.columns, *feature_names]:
-        if norm(name) in seen:
-            clashes.append(name if seen[norm(name)] == name else f"{seen[norm(name)]}/{name}")
-        else:
-            seen[norm(name)] = name
+    def repeats(names: list[str]) -> list[str]:
+        seen: dict[str, str] = {}
+        found: list[str] = []
+        for name in names:
+            if norm(name) in seen:
+                found.append(name if seen[norm(name)] == name else f"{seen[norm(name)]}/{name}")
+            else:
+                seen[norm(name)] = name
+        return found
+
+    # No prefix can fix a name labels already repeats (a join's output, say).
+    own = repeats(labels.columns)
+    if own:
+        raise ColumnClashError(
+            f"labels has column(s) {own} more than once (labels columns {labels.columns}); "
+            "rename or drop them before the join"
+        )
+    clashes = repeats([*labels.columns, *feature_names])
     if clashes:
         hint = "choose another prefix" if prefix else "pass prefix= to rename the feature columns"
         raise ColumnClashError(

@@ -525,6 +525,13 @@ def test_prefix_that_still_clashes_is_rejected(spark: SparkSession) -> None:
         as_of_join(labels, features, keys=["user"], label_ts="ts", feature_ts="fts", prefix="f_")
 
 
+def test_a_name_labels_repeats_is_named_as_its_own(spark: SparkSession) -> None:
+    labels = spark.createDataFrame([], "user STRING, ts TIMESTAMP, x INT").select("user", "ts", "x", "x")
+    features = spark.createDataFrame([], "user STRING, fts TIMESTAMP, v INT")
+    with pytest.raises(ColumnClashError, match=r"labels has column\(s\) \['x'\] more than once"):
+        as_of_join(labels, features, keys=["user"], label_ts="ts", feature_ts="fts", prefix="f_")
+
+
 def test_missing_columns_list_expected_and_present(spark: SparkSession) -> None:
     labels, features = _small(spark, [], [])
     with pytest.raises(MissingColumnsError) as err:
