@@ -117,8 +117,6 @@ class GoldResult:
     daily_rows_written: int = 0
     feature_rows_written: int = 0
     inputs: dict[str, int] = field(default_factory=dict)
-    input_ids: dict[str, str] = field(default_factory=dict)
-    """Delta's table id of each silver table in ``inputs``."""
 
 
 @dataclass(frozen=True)
@@ -164,16 +162,15 @@ def refresh(spark: SparkSession, settings: Settings, *, full: bool = False) -> G
     if reason is None and last is not None:
         if last.inputs == versions and not _days_passed(last.as_of, processed):
             log.info("gold: up to date with silver versions %s", _describe(versions))
-            return GoldResult("up_to_date", last.as_of, inputs=versions, input_ids=ids)
+            return GoldResult("up_to_date", last.as_of, inputs=versions)
         result = _incremental(spark, settings, names, versions, last, processed, run_id)
         if isinstance(result, GoldResult):
-            result = replace(result, input_ids=ids)
-            _record(spark, settings, result, run_id, started)
+            _record(spark, settings, result, ids, run_id, started)
             return result
         reason = result
     log.info("gold: full recompute (%s)", reason)
-    result = replace(_full(spark, settings, names, versions, processed, run_id), input_ids=ids)
-    _record(spark, settings, result, run_id, started)
+    result = _full(spark, settings, names, versions, processed, run_id)
+    _record(spark, settings, result, ids, run_id, started)
     return result
 
 
@@ -659,8 +656,14 @@ def _upsert(spark: SparkSession, name: str, source: DataFrame, condition: Column
 
 
 def _record(
-    spark: SparkSession, settings: Settings, result: GoldResult, run_id: str, started: datetime
+    spark: SparkSession,
+    settings: Settings,
+    result: GoldResult,
+    input_ids: Mapping[str, str],
+    run_id: str,
+    started: datetime,
 ) -> None:
+    """One ledger row; ``input_ids`` is Delta's table id of each silver table in ``result.inputs``."""
     row = (
         run_id,
         result.mode,
@@ -672,7 +675,7 @@ def _record(
         result.feature_rows_written,
         started,
         datetime.now(UTC).replace(tzinfo=None),
-        result.input_ids,
+        dict(input_ids),
     )
     ledger = settings.table("ops_gold_runs")
     # A ledger created before it kept table ids gains the column; its old rows get nulls.

@@ -89,20 +89,18 @@ def leakage(
         )
         if shared:
             problems.append(f"{shared} value(s) of {key} appear in more than one part")
-    # One row per split value: its first label and how far its windows reach, with ``ts``.
-    at = None
+    # One row per split value; with ``ts``, its first label and how far its windows reach.
+    per_part = [F.count(F.lit(1)).alias("rows")]
     if ts is not None:
         # A date plus an interval is a timestamp: compare dates as their midnight.
         at = F.col(ts).cast("timestamp") if isinstance(split.schema[ts].dataType, T.DateType) else F.col(ts)
-    reach = F.lit(horizon or timedelta(0))
-    per_part = [F.min(at).alias("first"), F.max(at + reach).alias("last_reach")] if at is not None else [
-        F.count(F.lit(1)).alias("rows")
-    ]
+        reach = F.lit(horizon or timedelta(0))
+        per_part += [F.min(at).alias("first"), F.max(at + reach).alias("last_reach")]
     rows = split.groupBy(SPLIT).agg(*per_part).collect()
     unknown = sorted(repr(row[SPLIT]) for row in rows if row[SPLIT] not in PARTS)
     if unknown:
         problems.append(f"{SPLIT} value(s) {', '.join(unknown)} are not one of {', '.join(PARTS)}")
-    if at is not None:
+    if ts is not None:
         bounds = {row[SPLIT]: (row["first"], row["last_reach"]) for row in rows}
         # A part whose labels all lack a time has no window and no first label.
         present = [p for p in PARTS if p in bounds and bounds[p][0] is not None]
