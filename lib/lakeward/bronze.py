@@ -345,6 +345,60 @@ def ensure_tables(spark: SparkSession, settings: Settings) -> None:
     tables.ensure_tables(spark, table_specs(settings))
 
 
+def forget_dropped(spark: SparkSession, settings: Settings) -> list[date]:
+    """Arrival dates to ingest again because a bronze table lost its rows outside lakeward.
+
+    A bronze table is created empty at Delta version 0 and its first write
+    makes version 1, so a table at version 0 for which the ledger records rows
+    was dropped and created again. The ledger rows of the sources it held are
+    removed, for the files still in landing, so those files are pending again.
+    A batch id depends only on the file, so ingesting them again brings back
+    the same rows under the same batch ids, and silver, which records the
+    batches it has taken by id, takes none of them twice. Rows a rebuilt file
+    still has in another table (a source's rows when only the quarantine was
+    dropped) are unrecorded from then on, and the run removes them before it
+    writes the file again.
+    """
+    names = {source: bronze_spec(settings, source).name for source in SOURCES}
+    quarantine = quarantine_spec(settings).name
+    versions = tables.current_versions(spark, [*names.values(), quarantine])
+    lost = {name for name, version in versions.items() if version == 0}
+    if not lost:
+        return []
+    ledger = settings.table("ops_ingestion_batches")
+    recorded = (
+        tables.read(spark, ledger).groupBy("source")
+        .agg(F.sum("rows_written").alias("written"), F.sum("rows_quarantined").alias("quarantined"))
+        .collect()
+    )
+    held = {names[row["source"]] for row in recorded if row["written"]}
+    if any(row["quarantined"] for row in recorded):
+        held.add(quarantine)
+    emptied = held & lost
+    affected = sorted(
+        row["source"] for row in recorded
+        if (row["written"] and names[row["source"]] in emptied)
+        or (row["quarantined"] and quarantine in emptied)
+    )
+    if not affected:
+        return []
+    files = (
+        tables.read(spark, ledger).filter(F.col("source").isin(affected))
+        .select("path", "arrival_date").collect()
+    )
+    present = [row for row in files if (settings.data_root / row["path"]).is_file()]
+    log.warning(
+        "bronze: %s lost the rows %s records (dropped and created again?); %d of %d landing file(s) "
+        "of %s are still there and are ingested again, the rows of the others cannot be restored",
+        ", ".join(sorted(emptied)), ledger, len(present), len(files), ", ".join(affected),
+    )
+    if present:
+        DeltaTable.forName(spark, ledger).delete(
+            F.col("source").isin(affected) & F.col("path").isin(sorted({row["path"] for row in present}))
+        )
+    return sorted({row["arrival_date"] for row in present})
+
+
 def ingest(spark: SparkSession, settings: Settings, source: str, dates: Sequence[date]) -> IngestResult:
     """Ingest the landing files of one source; see :func:`ingest_sources`."""
     return ingest_sources(spark, settings, [source], dates)[0]

@@ -124,7 +124,8 @@ def run_bronze(
 ) -> list[bronze.IngestResult]:
     """Ingest landing files of the selected arrival dates."""
     landing = bronze_landing(settings, selection)
-    days = landing.days
+    # A dropped bronze table is restored whole, also by a dated run.
+    days = sorted({*landing.days, *bronze.forget_dropped(spark, settings)})
     if landing.unrecognized:
         log.warning("bronze: %s", _misnamed(settings, landing.unrecognized, ""))
     log.info("bronze: %d arrival date(s) %s..%s", len(days), days[0], days[-1])

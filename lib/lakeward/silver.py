@@ -288,11 +288,8 @@ def forget_dropped(spark: SparkSession, settings: Settings) -> list[str]:
     are removed, not marked, so the counts of a batch are never recorded twice.
     """
     names = {source: settings.table(spec.table) for source, spec in SOURCES.items()}
-    with ThreadPoolExecutor(max_workers=len(names)) as pool:
-        versions = {
-            source: pool.submit(tables.current_version, spark, name) for source, name in names.items()
-        }
-        empty = [source for source, version in versions.items() if version.result() == 0]
+    versions = tables.current_versions(spark, list(names.values()))
+    empty = [source for source, name in names.items() if versions[name] == 0]
     if not empty:
         return []
     ledger = settings.table("ops_silver_batches")

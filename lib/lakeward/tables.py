@@ -309,6 +309,13 @@ def current_version(spark: SparkSession, name: str) -> int:
     return int(_last_commit(spark, name)["version"])
 
 
+def current_versions(spark: SparkSession, names: Sequence[str]) -> dict[str, int]:
+    """The latest Delta version of each table, read side by side."""
+    with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
+        versions = {name: pool.submit(current_version, spark, name) for name in names}
+        return {name: version.result() for name, version in versions.items()}
+
+
 def table_id(spark: SparkSession, name: str) -> str:
     """Delta's id of the table: it changes when the table is dropped and created again."""
     row = DeltaTable.forName(spark, name).detail().select("id").first()

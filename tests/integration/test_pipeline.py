@@ -737,6 +737,52 @@ def test_tables_dropped_outside_lakeward_are_made_again_whole(
     _gold_equals_full(spark, settings)
 
 
+def test_a_dropped_bronze_table_is_ingested_again_from_its_landing_files(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Bronze's orders and quarantine tables dropped after two days: a run of the third day
+    ingests the earlier files again, with the batch ids they had, so bronze holds what it
+    held and silver takes nothing twice. A landing file removed meanwhile cannot be
+    restored: its ledger row stays, and the run says so."""
+    settings = isolated(base_settings, tmp_path)
+    generate(settings.landing_dir, seed=5, users=30, days=3, start=date(2026, 3, 1), faults=FAULTS)
+    days = sorted({date.fromisoformat(f.stem) for f in settings.landing_dir.glob("*/*.jsonl")})
+    for day in days[:2]:
+        pipeline.run(spark, settings, "all", DateSelection(day))
+    names = [settings.table(t) for t in ("bronze_order_placed", "bronze_quarantine", "bronze_users")]
+
+    def snapshot(name: str) -> list[Row]:
+        rows = tables.read(spark, name).drop("_ingested_at").filter(F.col("_arrival_date") < days[2])
+        return sorted(rows.collect(), key=repr)  # values may be None
+
+    before = {name: snapshot(name) for name in names}
+    silver_before = tables.read(spark, settings.table("silver_orders")).count()
+    assert all(before.values())
+    gone = landing_file(settings.landing_dir, "order_placed", days[0])
+    gone_batch = bronze.landing_files(settings, "order_placed", [days[0]])[0].batch_id
+    gone.unlink()
+    _drop(spark, settings, "bronze_order_placed", "bronze_quarantine")
+
+    with caplog.at_level("INFO", logger="lakeward"):
+        pipeline.run(spark, settings, "all", DateSelection(days[2]))
+    assert "lost the rows" in caplog.text and "cannot be restored" in caplog.text
+    kept = [r for r in before[names[0]] if r["_batch_id"] != gone_batch]
+    assert snapshot(names[0]) == kept
+    assert snapshot(names[1]) == [r for r in before[names[1]] if r["_batch_id"] != gone_batch]
+    assert snapshot(names[2]) == before[names[2]]
+    ledger = tables.read(spark, settings.table("ops_ingestion_batches"))
+    assert ledger.groupBy("batch_id").count().filter("count > 1").count() == 0, "a file recorded twice"
+    assert ledger.filter(F.col("batch_id") == gone_batch).count() == 1
+    quarantined = tables.read(spark, names[1]).groupBy("_batch_id").count()
+    for row in ledger.join(quarantined, ledger.batch_id == quarantined._batch_id, "left").collect():
+        if row["batch_id"] != gone_batch:
+            assert (row["count"] or 0) == row["rows_quarantined"], row["batch_id"]
+    silver_ledger = tables.read(spark, settings.table("ops_silver_batches"))
+    assert silver_ledger.groupBy("batch_id").count().filter("count > 1").count() == 0, "a batch taken twice"
+    assert tables.read(spark, settings.table("silver_orders")).count() > silver_before
+    _gold_equals_full(spark, settings)
+
+
 def test_a_users_table_from_before_batch_ids_gets_the_column(
     spark: SparkSession, base_settings: Settings, tmp_path: Path
 ) -> None:
