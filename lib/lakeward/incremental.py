@@ -357,9 +357,12 @@ def _full(
     by_date = daily.repartitionByRange(session.shuffle_partitions(spark), "event_date")
     daily_rows, feature_rows = _both_tables(
         partial(_rebuild, spark, by_date, daily_spec.name, user_metadata=_commit_note(run_id)),
+        # The feature columns follow the configured windows, which may have
+        # changed since the table was written.
         partial(
             _rebuild, spark, features.sortWithinPartitions("feature_date"), features_spec.name,
             rows_per_file=settings.pipeline.gold_rows_per_file, user_metadata=_commit_note(run_id),
+            replace_schema=True,
         ),
     )
     log.info("gold: %s rebuilt, %d rows; %s rebuilt as of %s, %d rows",
@@ -386,9 +389,12 @@ def _rebuild(
     *,
     rows_per_file: int | None = None,
     user_metadata: str | None = None,
+    replace_schema: bool = False,
 ) -> int:
     """Replace the table's rows with ``df`` (see :func:`tables.overwrite`); returns rows written."""
-    tables.overwrite(df, name, rows_per_file=rows_per_file, user_metadata=user_metadata)
+    tables.overwrite(
+        df, name, rows_per_file=rows_per_file, user_metadata=user_metadata, replace_schema=replace_schema
+    )
     return tables.rows_last_written(spark, name)
 
 

@@ -194,10 +194,20 @@ def append_side_by_side(writes: Sequence[tuple[DataFrame, str]]) -> None:
 
 
 def overwrite(
-    df: DataFrame, name: str, *, rows_per_file: int | None = None, user_metadata: str | None = None
+    df: DataFrame,
+    name: str,
+    *,
+    rows_per_file: int | None = None,
+    user_metadata: str | None = None,
+    replace_schema: bool = False,
 ) -> None:
-    """Replace the table's contents (schema kept) in one commit."""
+    """Replace the table's contents in one commit; its schema too with ``replace_schema``.
+
+    The table's properties are kept either way.
+    """
     writer = df.write.format("delta").mode("overwrite").options(**_noted(user_metadata))
+    if replace_schema:
+        writer = writer.option("overwriteSchema", "true")
     if rows_per_file is not None:
         writer = writer.option("maxRecordsPerFile", rows_per_file)
     writer.saveAsTable(name)

@@ -27,6 +27,7 @@ from pyspark.sql import functions as F
 from lakeward import incremental, silver, tables
 from lakeward.config import Settings
 from tests.conftest import isolated
+from tests.unit import test_gold
 from tests.unit.test_gold import WINDOWS, _oracle
 
 pytestmark = pytest.mark.integration
@@ -283,6 +284,30 @@ def test_a_rerun_with_nothing_new_writes_nothing(
     assert (first.mode, again.mode) == ("full", "up_to_date")
     assert again.inputs == first.inputs
     assert versions == {name: tables.current_version(spark, settings.table(name)) for name in versions}
+
+
+def test_changed_feature_windows_recompute_the_history_with_the_new_columns(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Other windows in the configuration: the next run recomputes in full, and
+    ``gold.user_features`` then has the new windows' columns, not the old ones."""
+    settings = _settings(base_settings, tmp_path)
+    silver.ensure_tables(spark, settings)
+    rows = _silver_rows(*_events(7))
+    for logical, table_rows in rows.items():
+        _append(spark, settings, logical, table_rows)
+    assert incremental.refresh(spark, settings).mode == "full"
+    windows = (3, 10)
+    wider = settings.model_copy(
+        update={"pipeline": settings.pipeline.model_copy(update={"feature_windows_days": windows})}
+    )
+    assert incremental.refresh(spark, wider).mode == "full"
+    assert incremental.refresh(spark, wider).mode == "up_to_date"
+    features = _snapshot(spark, wider)[1]
+    assert "orders_10d" in features.columns and "orders_7d" not in features.columns
+    monkeypatch.setattr(test_gold, "WINDOWS", windows)
+    stored = {r["event_id"]: r["_arrival_date"] for table_rows in rows.values() for r in table_rows}
+    _assert_gold_is_the_oracles(spark, wider, _stored_events(rows, stored), max(stored.values()))
 
 
 def test_one_new_day_in_order_only_appends_that_day(
