@@ -28,7 +28,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -69,12 +69,18 @@ _RESULT_FORMAT = {
 
 
 class GateFailed(RuntimeError):
-    """A contract failed; nothing was written."""
+    """One or more contracts failed; nothing was written to their tables."""
 
-    def __init__(self, suite: str, failed: list[str]) -> None:
-        super().__init__(f"quality gate {suite} failed: {', '.join(failed)}")
-        self.suite = suite
-        self.failed = failed
+    def __init__(self, failures: Mapping[str, Sequence[str]]) -> None:
+        super().__init__("; ".join(
+            f"quality gate {suite} failed: {', '.join(failed)}" for suite, failed in failures.items()
+        ))
+        self.failures = {suite: list(failed) for suite, failed in failures.items()}
+
+    @classmethod
+    def joined(cls, errors: Sequence[GateFailed]) -> GateFailed:
+        """One error naming every failure of ``errors``, so no failed gate goes unreported."""
+        return cls({suite: failed for error in errors for suite, failed in error.failures.items()})
 
 
 @dataclass(frozen=True)
@@ -270,7 +276,7 @@ class GateResult:
     def raise_if_failed(self) -> None:
         """Raise :class:`GateFailed` naming the failed expectations, if any."""
         if self.failed:
-            raise GateFailed(self.suite, self.failed)
+            raise GateFailed({self.suite: self.failed})
 
 
 def require_contracts(settings: Settings, tables: Sequence[str]) -> dict[str, Contract]:
@@ -316,6 +322,9 @@ def check(
     ]
     if passed:
         log.info("quality: %s passed %d expectation(s) for %s", contract.suite, len(results), batch)
+    else:
+        log.error("quality: %s failed %d of %d expectation(s) for %s: %s",
+                  contract.suite, len(failed), len(results), batch, ", ".join(failed))
     return GateResult(contract.suite, records, failed)
 
 

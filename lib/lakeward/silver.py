@@ -553,10 +553,14 @@ def process_work(spark: SparkSession, settings: Settings, work: Work, key: bytes
             "silver %s: in=%d quarantined=%d duplicates=%d written=%d",
             r.source, r.rows_in, r.rows_quarantined, r.rows_duplicate, r.rows_written,
         )
-    for future in futures:
-        error = future.exception()
-        if error is not None:
+    errors = [error for error in (f.exception() for f in futures) if error is not None]
+    failed_gates = [error for error in errors if isinstance(error, quality.GateFailed)]
+    # Any other error first: it stopped a source before its gate could say anything.
+    for error in errors:
+        if not isinstance(error, quality.GateFailed):
             raise error
+    if failed_gates:
+        raise quality.GateFailed.joined(failed_gates)
     return [w.result for w in written]
 
 

@@ -319,31 +319,39 @@ def test_failing_gate_leaves_silver_unchanged(
 
 
 def test_a_failing_gate_keeps_what_the_other_sources_wrote(
-    spark: SparkSession, base_settings: Settings, tmp_path: Path
+    spark: SparkSession, base_settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = _with_contracts(base_settings, tmp_path, {
         "orders": "table: silver_orders\nexpectations:\n"
         "  - expect_column_values_to_not_be_null: {column: event_id}\n",
         "strict_ratings": "table: silver_ratings\nexpectations:\n"
         "  - expect_column_values_to_be_between: {column: rating, min_value: 6, max_value: 7}\n",
+        "strict_deliveries": "table: silver_deliveries\nexpectations:\n"
+        "  - expect_column_values_to_be_between: {column: promised_minutes, min_value: -2, max_value: -1}\n",
     })
     contracts = Path(settings.quality.contracts_dir)
     day = date(2026, 3, 1)
     generate(settings.landing_dir, seed=5, users=15, days=1, start=day, faults=FaultRates.none())
     pipeline.ensure_tables(spark, settings)
-    bronze.ingest(spark, settings, "order_placed", [day])
-    bronze.ingest(spark, settings, "rating_submitted", [day])
+    bronze.ingest_sources(spark, settings, ["order_placed", "rating_submitted", "delivery_completed"], [day])
     ratings_version = tables.current_version(spark, settings.table("silver_ratings"))
-    # The failing source comes first: the sources are written side by side, so the others still are.
-    pending = {"rating_submitted": [day], "order_placed": [day]}
-    with pytest.raises(quality.GateFailed, match="expect_column_values_to_be_between"):
+    # The failing sources come first: the sources are written side by side, so the others still are.
+    pending = {"rating_submitted": [day], "delivery_completed": [day], "order_placed": [day]}
+    with caplog.at_level("ERROR", logger="lakeward"), pytest.raises(quality.GateFailed) as failed:
         silver.process_sources(spark, settings, pending, pii_key(settings))
+    # Every failed gate is named, in the error and in the log.
+    assert set(failed.value.failures) == {"strict_ratings", "strict_deliveries"}
+    assert "quality gate strict_ratings failed: expect_column_values_to_be_between" in str(failed.value)
+    assert "quality gate strict_deliveries failed: expect_column_values_to_be_between" in str(failed.value)
+    assert {r.getMessage().split()[1] for r in caplog.records} == {"strict_ratings", "strict_deliveries"}
     assert _count(spark, settings, "silver_orders") == _count(spark, settings, "bronze_order_placed") > 0
     assert tables.current_version(spark, settings.table("silver_ratings")) == ratings_version
     ledger = tables.read(spark, settings.table("ops_silver_batches")).collect()
     assert {(r["source"], r["arrival_date"]) for r in ledger} == {("order_placed", day)}
     results = tables.read(spark, settings.table("ops_quality_results")).collect()
-    assert {(r["suite"], r["success"]) for r in results} == {("orders", True), ("strict_ratings", False)}
+    assert {(r["suite"], r["success"]) for r in results} == {
+        ("orders", True), ("strict_ratings", False), ("strict_deliveries", False)
+    }
     # The retry after the contract is mended writes the ratings and leaves the orders as they were.
     (contracts / "strict_ratings.yml").write_text(
         "table: silver_ratings\nexpectations:\n"
