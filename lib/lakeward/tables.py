@@ -16,14 +16,19 @@ part of the CPU a Delta write costs::
 
 from __future__ import annotations
 
+import logging
+import shutil
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
+from urllib.parse import unquote, urlparse
 
-from delta.tables import DeltaTable
+from delta.tables import DeltaTable, DeltaTableBuilder
+from pyspark.errors import AnalysisException
 from pyspark.sql import Column, DataFrame, Observation, Row, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
@@ -34,11 +39,15 @@ PERSONAL_DATA_PROPERTY = "lakeward.personal_data"
 PERSONAL_COLUMNS_PROPERTY = "lakeward.personal_columns"
 SUBJECT_COLUMN_PROPERTY = "lakeward.subject_column"
 CREATE_THREADS = 4
+# The name of version 0's files in ``_delta_log``, before their suffixes.
+_FIRST_COMMIT = "00000000000000000000."
 # Delta's write option for a free-text note kept in the commit's history entry.
 USER_METADATA_OPTION = "userMetadata"
 # The same note for commits that take no write options, such as a MERGE.
 USER_METADATA_CONF = "spark.databricks.delta.commitInfo.userMetadata"
 _NOTE_LOCK = threading.Lock()
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -122,12 +131,61 @@ def ensure_tables(spark: SparkSession, specs: Sequence[TableSpec]) -> None:
 
 
 def _create(spark: SparkSession, spec: TableSpec) -> None:
+    """Create the table; also over the first commit of a creation that never reached the catalog.
+
+    Delta writes a new table's first commit and then registers it in the
+    catalog. A process killed between the two leaves a location the next
+    creation refuses. That commit holds a schema and no rows, so it is
+    removed and the table created again; any other files there are not
+    lakeward's to remove.
+    """
+    try:
+        _builder(spark, spec).execute()
+    except AnalysisException as err:
+        if err.getCondition() != "DELTA_CREATE_TABLE_WITH_NON_EMPTY_LOCATION":
+            raise
+        location = _local_managed_location(spark, spec.name)
+        if location is None or not _holds_only_a_first_commit(location):
+            raise UnknownTableFilesError(
+                f"cannot create {spec.name}: its location {location or '(not a local path)'} already "
+                "holds files the catalog does not know (a table dropped from the catalog but not from "
+                "disk?); move them away and run again"
+            ) from None
+        log.warning("%s: a creation that stopped before it reached the catalog left %s; creating it again",
+                    spec.name, location)
+        shutil.rmtree(location)
+        _builder(spark, spec).execute()
+
+
+def _builder(spark: SparkSession, spec: TableSpec) -> DeltaTableBuilder:
     builder = DeltaTable.createIfNotExists(spark).tableName(spec.name).addColumns(spec.schema)
     if spec.partition_columns:
         builder = builder.partitionedBy(*spec.partition_columns)
     for key, value in spec.delta_properties().items():
         builder = builder.property(key, value)
-    builder.execute()
+    return builder
+
+
+def _local_managed_location(spark: SparkSession, name: str) -> Path | None:
+    """Where the catalog puts the managed table ``name``, if that is a local directory."""
+    *schema, table = name.split(".")
+    uri = spark.catalog.getDatabase(".".join(schema) or spark.catalog.currentDatabase()).locationUri
+    parsed = urlparse(uri)
+    return Path(unquote(parsed.path)) / table.lower() if parsed.scheme in ("", "file") else None
+
+
+def _holds_only_a_first_commit(location: Path) -> bool:
+    """Whether ``location`` holds nothing but Delta's first commit (and its checksums): no rows."""
+    if {entry.name for entry in location.iterdir()} != {"_delta_log"}:
+        return False
+    return all(
+        entry.name.lstrip(".").startswith(_FIRST_COMMIT) or (entry.is_dir() and not any(entry.iterdir()))
+        for entry in (location / "_delta_log").iterdir()
+    )
+
+
+class UnknownTableFilesError(RuntimeError):
+    """A table's location holds files the catalog does not know, so lakeward cannot create it."""
 
 
 def ensure_schema(spark: SparkSession, name: str) -> None:

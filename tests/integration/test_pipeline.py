@@ -10,6 +10,7 @@ from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import pyarrow.parquet as pq
 import pytest
@@ -789,6 +790,32 @@ def test_a_dropped_bronze_table_is_ingested_again_from_its_landing_files(
     assert silver_ledger.groupBy("batch_id").count().filter("count > 1").count() == 0, "a batch taken twice"
     assert tables.read(spark, settings.table("silver_orders")).count() > silver_before
     _gold_equals_full(spark, settings)
+
+
+def test_a_table_whose_creation_stopped_before_the_catalog_is_created_again(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A run killed while creating silver.orders left its first commit but no catalog entry:
+    the next run creates the table. Files with rows where a table would go are left alone."""
+    settings = isolated(base_settings, tmp_path)
+    spec = silver.silver_spec(settings, "order_placed")
+    schema, table = spec.name.rsplit(".", 1)
+    tables.ensure_schema(spark, schema)
+    directory = Path(urlparse(spark.catalog.getDatabase(schema).locationUri).path)
+    # What Delta writes before it registers a new table in the catalog.
+    DeltaTable.createIfNotExists(spark).location(str(directory / table)).addColumns(spec.schema).execute()
+    with caplog.at_level("WARNING", logger="lakeward"):
+        pipeline.ensure_tables(spark, settings)
+    assert "creating it again" in caplog.text
+    assert tables.exists(spark, spec.name) and tables.current_version(spark, spec.name) == 0
+    properties = DeltaTable.forName(spark, spec.name).detail().first()["properties"]
+    assert spec.delta_properties().items() <= properties.items()
+
+    spark.range(3).write.format("delta").save(str(directory / "stray"))
+    stray = tables.TableSpec(f"{schema}.stray", T.StructType([T.StructField("id", T.LongType())]))
+    with pytest.raises(tables.UnknownTableFilesError, match=r"cannot create \S+\.stray: .*move them away"):
+        tables.ensure_tables(spark, [stray])
+    assert spark.read.format("delta").load(str(directory / "stray")).count() == 3
 
 
 def test_a_users_table_from_before_batch_ids_gets_the_column(
