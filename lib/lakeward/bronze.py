@@ -73,6 +73,7 @@ MALFORMED = "malformed_json"
 NOT_AN_OBJECT = "not_a_json_object"
 BLANK = "blank_line"
 DUPLICATE_KEY = "duplicate_key"
+INVALID_UTF8 = "invalid_utf8"
 # A line of a CRLF file keeps its "\r"; a line of only that is blank too.
 _WHITESPACE = " \t\r"
 
@@ -182,6 +183,10 @@ def parse_lines(lines: DataFrame, fields: Sequence[str]) -> DataFrame:
     unknown = F.map_filter(F.col("_values"), lambda k, _v: ~F.array_contains(known, k))
     reason = (
         F.when(F.trim(F.col("value"), F.lit(_WHITESPACE)) == "", F.lit(BLANK))
+        # The text reader keeps the bytes, but the JSON parser turns each one
+        # that is not UTF-8 into U+FFFD, so values that differed there would
+        # be equal (two user ids, say).
+        .when(~F.is_valid_utf8(F.col("value")), F.lit(INVALID_UTF8))
         .when(
             F.col("_parsed").isNull(),
             # Valid JSON, but an array, a number, a string or null: one event is an object.

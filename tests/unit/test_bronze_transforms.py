@@ -1,11 +1,21 @@
 import json
 import random
+from pathlib import Path
 
 import pytest
 from chispa import assert_df_equality
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
-from lakeward.bronze import BLANK, DUPLICATE_KEY, MALFORMED, NOT_AN_OBJECT, number_lines, parse_lines
+from lakeward.bronze import (
+    BLANK,
+    DUPLICATE_KEY,
+    INVALID_UTF8,
+    MALFORMED,
+    NOT_AN_OBJECT,
+    number_lines,
+    parse_lines,
+)
 
 
 def test_number_lines_across_files_and_splits(spark: SparkSession) -> None:
@@ -48,6 +58,18 @@ def test_a_line_is_one_json_object_and_nothing_after_it(spark: SparkSession) -> 
     assert [out[i]["_reason"] for i in range(len(more))] == [MALFORMED] * len(more)
     assert [out[len(more) + i]["_reason"] for i in range(len(whole))] == [None] * len(whole)
     assert [out[len(more) + i]["event_id"] for i in range(len(whole))] == ["e1", "x}{y", "e1", "}", "e1"]
+
+
+def test_a_line_that_was_not_utf8_is_refused(spark: SparkSession, tmp_path: Path) -> None:
+    # Two user ids that differ only in a byte that is not UTF-8 would become one user.
+    path = tmp_path / "lines.jsonl"
+    values = [b"u\xff1", b"u\xfe1", b"\xc3\xa9", b"\xef\xbf\xbd"]
+    path.write_bytes(b"".join(b'{"user_id": "' + value + b'"}\n' for value in values))
+    df = spark.read.text(str(path)).withColumn("_line_no", F.monotonically_increasing_id())
+    out = [(r["_reason"], r["user_id"]) for r in parse_lines(df, ["user_id"]).orderBy("_line_no").collect()]
+    # U+FFFD written as UTF-8 is a character like any other.
+    assert [reason for reason, _ in out] == [INVALID_UTF8, INVALID_UTF8, None, None]
+    assert [user for _, user in out[2:]] == ["\u00e9", "\ufffd"]
 
 
 def test_a_line_that_names_a_key_twice_is_refused(spark: SparkSession) -> None:
