@@ -382,6 +382,12 @@ def load_settings(
     merged["conf_dir"] = conf_dir
     root = data_root or os.environ.get(HOME_VAR) or configured_root
     merged["data_root"] = Path(root).expanduser().resolve()
+    if ":" in str(merged["data_root"]):
+        # Hadoop reads a path with a colon as a URI with a scheme, and fails late.
+        raise ConfigError(
+            f"data root {merged['data_root']} has a ':' in it, which Spark and Hadoop cannot take "
+            f"in a path; set {HOME_VAR} (or data_root) to a directory without one"
+        )
     if merged["data_root"].exists() and not merged["data_root"].is_dir():
         raise ConfigError(
             f"data root {merged['data_root']} is not a directory; "

@@ -127,6 +127,10 @@ def test_a_data_root_that_is_a_file_is_refused(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setenv("LAKEWARD_HOME", str(afile))
     with pytest.raises(ConfigError, match=rf"data root {afile} is not a directory; set LAKEWARD_HOME"):
         load_settings("local")
+    monkeypatch.setenv("LAKEWARD_HOME", str(tmp_path / "a:b"))
+    with pytest.raises(ConfigError, match=r"data root \S+/a:b has a ':' in it, .*; set LAKEWARD_HOME"):
+        load_settings("local")
+    assert not (tmp_path / "a:b").exists()
 
 
 def test_environment_from_variable_and_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
