@@ -412,8 +412,9 @@ def build(
         orders, orders_name, versions[orders_name], settings.pipeline.allowed_lateness_days,
         silver.processed_days(spark, settings, ORDERS_SOURCE),
     )
-    _require_feature_rows(features, features_name, versions[features_name], settings)
     horizon = timedelta(days=config.horizon_days)
+    features_until = _last_feature_day(features, features_name, versions[features_name], settings)
+    observed_until = _labelled_by_features(observed_until, features_until, horizon, features_name)
     if split == "temporal" and t1 is None:
         first, last = _label_range(orders, horizon, observed_until, orders_name)
         t1, t2 = temporal_bounds(first, last, horizon=horizon, fractions=config.fractions)
@@ -589,10 +590,13 @@ def last_unbroken_day(days: Sequence[date]) -> tuple[date, date | None]:
     return ordered[-1], None
 
 
-def _require_feature_rows(features: DataFrame, name: str, version: int, settings: Settings) -> None:
+def _last_feature_day(features: DataFrame, name: str, version: int, settings: Settings) -> date:
+    """The last ``feature_date`` of the configured feature version: gold's as-of day."""
     wanted = settings.pipeline.feature_version
-    if features.filter(F.col("feature_version") == F.lit(wanted)).limit(1).count():
-        return
+    row = features.filter(F.col("feature_version") == F.lit(wanted)).agg(F.max("feature_date")).first()
+    last: date | None = None if row is None else row[0]
+    if last is not None:
+        return last
     found = [r[0] for r in features.select("feature_version").distinct().limit(5).collect()]
     if not found:
         raise TrainingSetError(
@@ -602,6 +606,28 @@ def _require_feature_rows(features: DataFrame, name: str, version: int, settings
         f"{name} (version {version}) has no rows of feature_version {wanted!r} (found {found}); "
         "run the gold stage again with the current configuration"
     )
+
+
+def _labelled_by_features(
+    observed_until: datetime, last_feature_day: date, horizon: timedelta, name: str
+) -> datetime:
+    """``observed_until``, moved back so that no label comes after what the features know.
+
+    A label at time t takes the feature row of the day before t's day (a
+    day's row is known at its end), so features that run to day D serve the
+    labels up to the end of D + 1; a later label would take D's row, or no
+    row past the TTL, as if nothing had happened since. The labels end there
+    when silver's orders run further than gold (gold not run since).
+    """
+    features_end = _utc(last_feature_day + timedelta(days=2)) + horizon
+    if features_end >= observed_until:
+        return observed_until
+    log.warning(
+        "training-set: %s runs to %s, while silver's orders run further; labels end with %s. "
+        "Run lakeward run gold to bring the features up to date",
+        name, last_feature_day, last_feature_day + timedelta(days=1),
+    )
+    return features_end
 
 
 def _label_range(

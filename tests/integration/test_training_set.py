@@ -283,6 +283,26 @@ def test_labels_end_before_an_orders_day_silver_has_not_processed(
     assert complete.rows > gapped.rows
 
 
+def test_labels_end_where_the_features_end_when_gold_lags_behind_silver(
+    spark: SparkSession, fresh_settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Gold last ran on day 20, silver's orders run to day 79: a label after day 21 would get
+    day 20's features (or none, past the TTL) as if nothing had happened since."""
+    settings = fresh_settings
+    _write_orders(spark, settings, 0, 79)
+    _write_features(spark, settings, 0, 20)
+    horizon = timedelta(days=settings.training_set.horizon_days)
+    with caplog.at_level("WARNING", logger="lakeward.training_set"):
+        result = build(spark, settings, split="group")
+    assert f"runs to {START + timedelta(days=20)}" in caplog.text and "lakeward run gold" in caplog.text
+    day_22 = datetime.combine(START + timedelta(days=22), datetime.min.time(), UTC)
+    assert result.spec.observed_until == day_22 + horizon
+    label_times = [r["label_ts"].replace(tzinfo=UTC) for r in tables.read(spark, result.table).collect()]
+    # Day 21's labels are still served: they take day 20's row, as they would with gold up to date.
+    assert label_times and max(label_times) < day_22
+    assert any(t >= day_22 - timedelta(days=1) for t in label_times)
+
+
 def test_temporal_build_named_table(spark: SparkSession, fresh_settings: Settings) -> None:
     settings = fresh_settings
     _write_orders(spark, settings, 0, 149)
