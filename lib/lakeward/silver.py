@@ -67,6 +67,8 @@ SOURCES: dict[str, SilverSource] = {
             "tip_amount": MONEY,
         },
         {"amount": (0, None), "items": (1, 100), "tip_amount": (0, None)},
+        # An order's amount under an unknown name would pass as null and count no spend.
+        required=("amount",),
     ),
     "delivery_completed": SilverSource(
         "delivery_completed",
@@ -78,12 +80,14 @@ SOURCES: dict[str, SilverSource] = {
             "actual_minutes": T.IntegerType(),
         },
         {"promised_minutes": (0, 1440), "actual_minutes": (0, 1440)},
+        required=("promised_minutes", "actual_minutes"),
     ),
     "rating_submitted": SilverSource(
         "rating_submitted",
         "silver_ratings",
         {"order_id": T.StringType(), "rating": T.IntegerType()},
         {"rating": (1, 5)},
+        required=("rating",),
     ),
     "users": SilverSource(
         "users",
@@ -347,6 +351,7 @@ def conform(bronze_rows: DataFrame, source: str) -> DataFrame:
     typed_ts = F.coalesce(*[F.try_to_timestamp(F.col("event_ts"), F.lit(form)) for form in EVENT_TS_FORMATS])
     return df.select(
         "event_id",
+        F.col("event_type").alias("_raw_event_type"),
         F.col("event_ts").alias("_raw_event_ts"),
         typed_ts.alias("event_ts"),
         F.to_date(typed_ts).alias("event_date"),
@@ -369,20 +374,25 @@ def validate(conformed: DataFrame, source: str, rules: PipelineSettings) -> Data
     checks: list[Column] = [
         F.when(F.col(key).isNull(), F.lit(f"null_key:{key}"))
         .when(F.col(key).rlike(r"^[\s\p{Z}]*$"), F.lit(f"empty_key:{key}"))  # also tabs, no-break spaces
-        # Bronze keeps an object or array sent as a key as its JSON text.
-        .when(F.col(key).rlike(r"^\s*[\[{]") & F.try_parse_json(F.col(key)).isNotNull(),
-              F.lit(f"invalid_type:{key}"))
+        .when(_sent_as_json_container(F.col(key)), F.lit(f"invalid_type:{key}"))
+        # "e1 " or "e1" with a zero-width space would be another event, or another user, than "e1".
+        .when(F.col(key).rlike(r"^[\s\p{Z}]|[\s\p{Z}]$|[\p{Cc}\p{Cf}]"), F.lit(f"invalid_key:{key}"))
         for key in ("event_id", "user_id")
     ]
+    # A line in another source's file: its fields would be read as this source's.
+    checks.append(
+        F.when(F.col("_raw_event_type") != F.lit(spec.source), F.lit("wrong_event_type"))
+    )
     checks.append(
         F.when(F.col("_raw_event_ts").isNull(), F.lit("null_key:event_ts")).when(
             F.col("event_ts").isNull(), F.lit("invalid_type:event_ts")
         )
     )
-    for name in spec.typed:
-        checks.append(
-            F.when(F.col(f"_raw_{name}").isNotNull() & F.col(name).isNull(), F.lit(f"invalid_type:{name}"))
-        )
+    for name, dtype in spec.typed.items():
+        wrong = F.col(f"_raw_{name}").isNotNull() & F.col(name).isNull()
+        if isinstance(dtype, T.StringType):
+            wrong = _sent_as_json_container(F.col(name))
+        checks.append(F.when(wrong, F.lit(f"invalid_type:{name}")))
     checks.extend(F.when(F.col(f"_raw_{name}").isNull(), F.lit(f"missing:{name}")) for name in spec.required)
     bounds = dict(spec.ranges)
     if "amount" in spec.typed:
@@ -406,6 +416,11 @@ def validate(conformed: DataFrame, source: str, rules: PipelineSettings) -> Data
     return conformed.withColumn(
         "_reason", F.when(F.size(reasons) > 0, F.array_join(reasons, ";"))
     )
+
+
+def _sent_as_json_container(text: Column) -> Column:
+    """Whether a text field was sent as a JSON object or array (bronze keeps its JSON text)."""
+    return text.rlike(r"^\s*[\[{]") & F.try_parse_json(text).isNotNull()
 
 
 def _as_sent(name: str, dtype: T.DataType) -> tuple[Column, T.DataType]:

@@ -15,8 +15,9 @@ AT = datetime(2026, 1, 3, 1, 0, 0)
 
 
 def _order(event_id, ts="2026-01-02T10:00:00Z", user="usr_aaaaaaaaaaaa", amount="10.5",
-           items="2", rescued=None, arrival=date(2026, 1, 2), line=1):
-    return (event_id, "order_placed", ts, user, "ord_1", "rst_1", "Paris", amount, items, rescued,
+           items="2", rescued=None, arrival=date(2026, 1, 2), line=1, event_type="order_placed",
+           city="Paris"):
+    return (event_id, event_type, ts, user, "ord_1", "rst_1", city, amount, items, rescued,
             arrival, AT, "landing/order_placed/x.jsonl", line, "b1")
 
 
@@ -58,6 +59,12 @@ def test_validate_names_every_broken_rule(spark: SparkSession) -> None:
         _order("e19", amount="12345678901.5", line=19),
         _order('{"id": 1}', user="[1, 2]", line=20),
         _order("{e21", user="[usr", line=21),  # text, not JSON
+        _order("e22", amount=None, line=22),  # under a name silver does not know
+        _order("e23", event_type="delivery_completed", line=23),
+        _order("e24", event_type=None, line=24),  # the file says what it is
+        _order("e25", city='{"name": "Paris"}', line=25),
+        _order("e26 ", user="usr_a\u200b", line=26),
+        _order("e 27", user="usr\tb", line=27),
     ]
     reasons = {r["_line_no"]: r["_reason"] for r in _checked(spark, rows).collect()}
     assert reasons == {
@@ -82,6 +89,12 @@ def test_validate_names_every_broken_rule(spark: SparkSession) -> None:
         19: "invalid_type:amount",
         20: "invalid_type:event_id;invalid_type:user_id",
         21: None,
+        22: "missing:amount",
+        23: "wrong_event_type",
+        24: None,
+        25: "invalid_type:city",
+        26: "invalid_key:event_id;invalid_key:user_id",
+        27: "invalid_key:user_id",
     }
 
 
@@ -130,7 +143,7 @@ def test_a_user_without_signup_date_is_refused_not_left_for_the_gate(spark: Spar
     )
 
     def user(line: int, signup: str | None) -> tuple:
-        return (f"u{line}", "user_snapshot", "2026-01-02T10:00:00Z", "usr_aaaaaaaaaaaa", "a@b.c", "A", "x",
+        return (f"u{line}", "users", "2026-01-02T10:00:00Z", "usr_aaaaaaaaaaaa", "a@b.c", "A", "x",
                 signup, "Paris", None, date(2026, 1, 2), AT, "landing/users/x.jsonl", line, "b1")
 
     df = spark.createDataFrame([user(1, "2025-12-01"), user(2, None), user(3, "soon")], schema)
