@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from functools import reduce
 from pathlib import Path
 
 from delta.tables import DeltaTable
-from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import Column, DataFrame, Row, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -350,58 +350,97 @@ def ensure_tables(spark: SparkSession, settings: Settings) -> None:
     tables.ensure_tables(spark, table_specs(settings))
 
 
-def forget_dropped(spark: SparkSession, settings: Settings) -> list[date]:
-    """Arrival dates to ingest again because a bronze table lost its rows outside lakeward.
+@dataclass(frozen=True)
+class Restore:
+    """Recorded batches whose rows a bronze table lost, to write again from their landing files."""
 
-    A bronze table is created empty at Delta version 0 and its first write
-    makes version 1, so a table at version 0 for which the ledger records rows
-    was dropped and created again. The ledger rows of the sources it held are
-    removed, for the files still in landing, so those files are pending again.
-    A batch id depends only on the file, so ingesting them again brings back
-    the same rows under the same batch ids, and silver, which records the
-    batches it has taken by id, takes none of them twice. Rows a rebuilt file
-    still has in another table (a source's rows when only the quarantine was
-    dropped) are unrecorded from then on, and the run removes them before it
-    writes the file again.
+    batches: frozenset[str] = frozenset()
+    dates: tuple[date, ...] = ()
+
+
+def find_lost(spark: SparkSession, settings: Settings) -> Restore:
+    """The recorded batches whose rows are no longer all in bronze, with their files still there.
+
+    Every bronze table should hold the rows ``ops.ingestion_batches`` records
+    for it. One that holds fewer was dropped and created again, or had rows
+    deleted, outside lakeward. The tables' row counts (from Delta's log)
+    against the ledger's totals show it; only then are the rows counted per
+    batch. A batch short of rows is written again from its landing file if
+    the file is still there unchanged (its batch id depends only on the
+    file), so silver, which records the batches it took by id, takes none of
+    it twice. The ledger keeps its rows until then, so a run that dies part
+    way leaves the same shortfall for the next run to find. A batch whose
+    file is gone or changed cannot come back: its ledger row is set to the
+    rows the tables still hold, with a warning, so it is not looked for again.
     """
     names = {source: bronze_spec(settings, source).name for source in SOURCES}
     quarantine = quarantine_spec(settings).name
-    versions = tables.current_versions(spark, [*names.values(), quarantine])
-    lost = {name for name, version in versions.items() if version == 0}
-    if not lost:
-        return []
     ledger = settings.table("ops_ingestion_batches")
-    recorded = (
-        tables.read(spark, ledger).groupBy("source")
-        .agg(F.sum("rows_written").alias("written"), F.sum("rows_quarantined").alias("quarantined"))
-        .collect()
-    )
-    held = {names[row["source"]] for row in recorded if row["written"]}
-    if any(row["quarantined"] for row in recorded):
-        held.add(quarantine)
-    emptied = held & lost
-    affected = sorted(
-        row["source"] for row in recorded
-        if (row["written"] and names[row["source"]] in emptied)
-        or (row["quarantined"] and quarantine in emptied)
-    )
-    if not affected:
-        return []
-    files = (
-        tables.read(spark, ledger).filter(F.col("source").isin(affected))
-        .select("path", "arrival_date").collect()
-    )
-    present = [row for row in files if (settings.data_root / row["path"]).is_file()]
-    log.warning(
-        "bronze: %s lost the rows %s records (dropped and created again?); %d of %d landing file(s) "
-        "of %s are still there and are ingested again, the rows of the others cannot be restored",
-        ", ".join(sorted(emptied)), ledger, len(present), len(files), ", ".join(affected),
-    )
-    if present:
-        DeltaTable.forName(spark, ledger).delete(
-            F.col("source").isin(affected) & F.col("path").isin(sorted({row["path"] for row in present}))
+    totals = tables.read(spark, ledger).groupBy("source").agg(
+        F.sum("rows_written").alias("written"), F.sum("rows_quarantined").alias("quarantined")
+    ).collect()
+    counts = tables.row_counts(spark, [*names.values(), quarantine])
+    short = [names[r["source"]] for r in totals if counts[names[r["source"]]] < (r["written"] or 0)]
+    if counts[quarantine] < sum(r["quarantined"] or 0 for r in totals):
+        short.append(quarantine)
+    if not short:
+        return Restore()
+    held = {
+        (row["table"], row["_batch_id"]): int(row["count"])
+        for row in _rows_where(spark, short, F.lit(True)).groupBy("table", "_batch_id").count().collect()
+    }
+
+    def is_short(row: Row) -> bool:
+        table, batch = names[row["source"]], row["batch_id"]
+        return (
+            table in short and held.get((table, batch), 0) < (row["rows_written"] or 0)
+            or quarantine in short and held.get((quarantine, batch), 0) < (row["rows_quarantined"] or 0)
         )
-    return sorted({row["arrival_date"] for row in present})
+
+    recorded = tables.read(spark, ledger).filter(F.col("source").isin(list(SOURCES))).collect()
+    lost = [row for row in recorded if is_short(row)]
+    days: dict[str, set[date]] = {}
+    for row in lost:
+        days.setdefault(row["source"], set()).add(row["arrival_date"])
+    present = {f.batch_id for source, on in days.items() for f in landing_files(settings, source, sorted(on))}
+    again = [row for row in lost if row["batch_id"] in present]
+    gone = [row for row in lost if row["batch_id"] not in present]
+    log.warning(
+        "bronze: %s hold(s) fewer rows than %s records (dropped or emptied outside lakeward?): "
+        "%d batch(es) short, %d written again from their landing files",
+        ", ".join(sorted(short)), ledger, len(lost), len(again),
+    )
+    if gone:
+        _record_what_is_left(spark, ledger, gone, names, quarantine, held)
+    return Restore(frozenset(row["batch_id"] for row in again),
+                   tuple(sorted({row["arrival_date"] for row in again})))
+
+
+def _record_what_is_left(
+    spark: SparkSession, ledger: str, gone: Sequence[Row], names: Mapping[str, str], quarantine: str,
+    held: Mapping[tuple[str, str], int],
+) -> None:
+    """Set the ledger rows of batches whose landing file is gone to the rows the tables still hold."""
+    left = spark.createDataFrame(
+        [(row["batch_id"], held.get((names[row["source"]], row["batch_id"]), 0),
+          held.get((quarantine, row["batch_id"]), 0)) for row in gone],
+        "batch_id string, rows_written long, rows_quarantined long",
+    )
+    lost_rows = sum((row["rows_written"] or 0) + (row["rows_quarantined"] or 0) for row in gone) - sum(
+        held.get((names[row["source"]], row["batch_id"]), 0) + held.get((quarantine, row["batch_id"]), 0)
+        for row in gone
+    )
+    log.warning(
+        "bronze: the landing files of %d short batch(es) are gone or changed, so %d row(s) cannot be "
+        "restored; %s now records the rows bronze still holds for them",
+        len(gone), lost_rows, ledger,
+    )
+    (
+        DeltaTable.forName(spark, ledger).alias("t")
+        .merge(left.alias("s"), "t.batch_id = s.batch_id")
+        .whenMatchedUpdate(set={"rows_written": "s.rows_written", "rows_quarantined": "s.rows_quarantined"})
+        .execute()
+    )
 
 
 def ingest(spark: SparkSession, settings: Settings, source: str, dates: Sequence[date]) -> IngestResult:
@@ -410,9 +449,18 @@ def ingest(spark: SparkSession, settings: Settings, source: str, dates: Sequence
 
 
 def ingest_sources(
-    spark: SparkSession, settings: Settings, sources: Sequence[str], dates: Sequence[date]
+    spark: SparkSession,
+    settings: Settings,
+    sources: Sequence[str],
+    dates: Sequence[date],
+    *,
+    again: Collection[str] = frozenset(),
 ) -> list[IngestResult]:
     """Ingest the landing files of ``sources`` for ``dates`` that are not yet in the ledger.
+
+    ``again``: batch ids the ledger records whose files are written again
+    (see :func:`find_lost`): the rows they still have are removed first, and
+    their ledger rows, which the same file gives again, are kept.
 
     One Delta commit per table for all files of the run. A file is done when
     its ledger row exists; rows of these days that a crashed run wrote without
@@ -423,7 +471,7 @@ def ingest_sources(
     and one ledger write.
     """
     files = {source: landing_files(settings, source, dates) for source in sources}
-    done = _recorded_batches(spark, settings, sources, dates)
+    done = _recorded_batches(spark, settings, sources, dates) - set(again)
     names = [*(bronze_spec(settings, source).name for source in sources), quarantine_spec(settings).name]
     _remove_unrecorded_rows(spark, names, sources, dates, done)
     pending = {s: [f for f in fs if f.batch_id not in done] for s, fs in files.items()}
@@ -434,7 +482,7 @@ def ingest_sources(
             else:
                 log.info("bronze %s: no landing file on these dates, nothing to do", source)
     todo = {s: pending[s] for s in sources if pending[s]}
-    written, quarantined = _ingest_pending(spark, settings, todo) if todo else ({}, {})
+    written, quarantined = _ingest_pending(spark, settings, todo, set(again)) if todo else ({}, {})
     return [
         IngestResult(
             source=source,
@@ -449,9 +497,12 @@ def ingest_sources(
 
 
 def _ingest_pending(
-    spark: SparkSession, settings: Settings, pending: dict[str, list[LandingFile]]
+    spark: SparkSession, settings: Settings, pending: dict[str, list[LandingFile]], recorded: set[str]
 ) -> tuple[dict[str, int], dict[str, int]]:
-    """Write the pending files; rows written and quarantined per batch id."""
+    """Write the pending files; rows written and quarantined per batch id.
+
+    Files whose batch is already ``recorded`` get no second ledger row.
+    """
     specs = {source: bronze_spec(settings, source) for source in pending}
     quarantine = quarantine_spec(settings)
     every_file = [f for fs in pending.values() for f in fs]
@@ -475,7 +526,9 @@ def _ingest_pending(
         for df in parsed.values():
             df.unpersist()
     _check_written(spark, [spec.name for spec in specs.values()], written)
-    record_batches(spark, settings, every_file, written, quarantined, ingested_at)
+    new_files = [f for f in every_file if f.batch_id not in recorded]
+    if new_files:
+        record_batches(spark, settings, new_files, written, quarantined, ingested_at)
     return written, quarantined
 
 

@@ -124,12 +124,13 @@ def run_bronze(
 ) -> list[bronze.IngestResult]:
     """Ingest landing files of the selected arrival dates."""
     landing = bronze_landing(settings, selection)
-    # A dropped bronze table is restored whole, also by a dated run.
-    days = sorted({*landing.days, *bronze.forget_dropped(spark, settings)})
+    # Rows a bronze table lost are restored, also by a dated run.
+    restore = bronze.find_lost(spark, settings)
+    days = sorted({*landing.days, *restore.dates})
     if landing.unrecognized:
         log.warning("bronze: %s", _misnamed(settings, landing.unrecognized, ""))
     log.info("bronze: %d arrival date(s) %s..%s", len(days), days[0], days[-1])
-    results = bronze.ingest_sources(spark, settings, list(SOURCES), days)
+    results = bronze.ingest_sources(spark, settings, list(SOURCES), days, again=restore.batches)
     log.info(
         "bronze: done, %d file(s) ingested (%d already were), %d rows written, %d quarantined",
         sum(r.files - r.skipped for r in results), sum(r.skipped for r in results),

@@ -204,6 +204,8 @@ class _Batch:
     arrival_date: date
     recorded: bool
     """Already in silver's ledger: its rows are read again, its counts not recorded again."""
+    rows: int | None = None
+    """The rows bronze's ledger records it wrote to the bronze table."""
 
 
 @dataclass(frozen=True)
@@ -247,7 +249,8 @@ def _by_source(rows: Sequence[Row], dates: Mapping[str, Sequence[date]]) -> dict
     """Per source that has dates, the batches among ``rows`` (rows of :func:`_batches`) by id."""
     batches: dict[str, dict[str, _Batch]] = {source: {} for source, days in dates.items() if days}
     for row in rows:
-        batches[row["source"]][row["batch_id"]] = _Batch(row["arrival_date"], row["recorded"])
+        batch = _Batch(row["arrival_date"], row["recorded"], row["rows_written"])
+        batches[row["source"]][row["batch_id"]] = batch
     return batches
 
 
@@ -258,7 +261,7 @@ def _batches(spark: SparkSession, settings: Settings) -> DataFrame:
     covers the batches of its source and date ingested until it was written.
     """
     ingested = tables.read(spark, settings.table("ops_ingestion_batches")).select(
-        "source", "arrival_date", "batch_id", "ingested_at"
+        "source", "arrival_date", "batch_id", "ingested_at", "rows_written"
     ).filter(F.col("source").isin(list(SOURCES)))
     ledger = tables.read(spark, settings.table("ops_silver_batches"))
     if "batch_id" not in ledger.columns:
@@ -276,7 +279,7 @@ def _batches(spark: SparkSession, settings: Settings) -> DataFrame:
         .join(legacy, ["source", "arrival_date"], "left")
         .select(
             "source", "batch_id", "arrival_date",
-            (F.col("_by_id").isNotNull() | covered).alias("recorded"),
+            (F.col("_by_id").isNotNull() | covered).alias("recorded"), "rows_written",
         )
     )
 
@@ -633,6 +636,7 @@ def _write_source(
             keep = F.col("_batch_id").isNotNull()
             checked = cached.filter(keep & ~F.col("_batch_id").isin(named) if named else keep)
             arrivals = {batch: a for batch, a in arrivals.items() if batch in batches}
+        _require_bronze_rows(settings, source, batches, arrivals)
         if not arrivals:
             # Files without a readable line: their batches are recorded, with nothing to gate.
             return _Written(source, None, _stats(batches, {}, {}))
@@ -683,6 +687,33 @@ class _Arrival:
     rows_in: int
     rows_refused: int
     event_dates: frozenset[date]
+
+
+class BronzeRowsMissingError(RuntimeError):
+    """Bronze holds fewer rows of a batch than its ledger records: silver must not mark it done."""
+
+
+def _require_bronze_rows(
+    settings: Settings, source: str, batches: Mapping[str, _Batch], arrivals: Mapping[str, _Arrival]
+) -> None:
+    """Refuse a batch not yet taken whose rows bronze lost (a table dropped since bronze wrote it).
+
+    Silver would record it with the rows it found, and never take the rest
+    once bronze writes them again.
+    """
+    found = {batch_id: arrival.rows_in for batch_id, arrival in arrivals.items()}
+    short = {
+        batch_id: (found.get(batch_id, 0), batch.rows)
+        for batch_id, batch in batches.items()
+        if not batch.recorded and batch.rows and found.get(batch_id, 0) < batch.rows
+    }
+    if short:
+        first = ", ".join(f"{b} ({held} of {rows})" for b, (held, rows) in sorted(short.items())[:3])
+        raise BronzeRowsMissingError(
+            f"silver {source}: {settings.table(f'bronze_{source}')} holds fewer rows than "
+            f"{settings.table('ops_ingestion_batches')} records for {len(short)} batch(es), such as {first}; "
+            "run lakeward run bronze first, which writes them again from their landing files"
+        )
 
 
 def _arrivals(checked: DataFrame) -> dict[str, _Arrival]:

@@ -747,17 +747,19 @@ def test_tables_dropped_outside_lakeward_are_made_again_whole(
 
 
 def test_a_dropped_bronze_table_is_ingested_again_from_its_landing_files(
-    spark: SparkSession, base_settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    spark: SparkSession, base_settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Bronze's orders and quarantine tables dropped after two days: a run of the third day
-    ingests the earlier files again, with the batch ids they had, so bronze holds what it
-    held and silver takes nothing twice. A landing file removed meanwhile cannot be
-    restored: its ledger row stays, and the run says so."""
+    """Bronze's orders and quarantine tables dropped after day 1 ran whole and day 2 only
+    through bronze. Silver refuses day 2 (bronze lost its rows), a bronze run dies part way,
+    and the next run still writes the earlier files again, with the batch ids they had: bronze
+    holds what it held and silver takes every batch once. A landing file removed meanwhile
+    cannot be restored: its ledger row then records what bronze still holds, and the run says so."""
     settings = isolated(base_settings, tmp_path)
     generate(settings.landing_dir, seed=5, users=30, days=3, start=date(2026, 3, 1), faults=FAULTS)
     days = sorted({date.fromisoformat(f.stem) for f in settings.landing_dir.glob("*/*.jsonl")})
-    for day in days[:2]:
-        pipeline.run(spark, settings, "all", DateSelection(day))
+    pipeline.run(spark, settings, "all", DateSelection(days[0]))
+    pipeline.run(spark, settings, "bronze", DateSelection(days[1]))
     names = [settings.table(t) for t in ("bronze_order_placed", "bronze_quarantine", "bronze_users")]
 
     def snapshot(name: str) -> list[Row]:
@@ -765,30 +767,48 @@ def test_a_dropped_bronze_table_is_ingested_again_from_its_landing_files(
         return sorted(rows.collect(), key=repr)  # values may be None
 
     before = {name: snapshot(name) for name in names}
-    silver_before = tables.read(spark, settings.table("silver_orders")).count()
     assert all(before.values())
     gone = landing_file(settings.landing_dir, "order_placed", days[0])
     gone_batch = bronze.landing_files(settings, "order_placed", [days[0]])[0].batch_id
+    day_2_batch = bronze.landing_files(settings, "order_placed", [days[1]])[0].batch_id
     gone.unlink()
     _drop(spark, settings, "bronze_order_placed", "bronze_quarantine")
 
+    # Silver would mark day 2's orders done with none of their rows.
+    with pytest.raises(silver.BronzeRowsMissingError, match=rf"{day_2_batch} \(0 of \d+\).*run bronze"):
+        pipeline.run(spark, settings, "silver", DateSelection(days[1]))
+    # A bronze run that dies before it writes leaves the shortfall for the next run to find.
+    def crash(*_: object) -> None:
+        raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(tables, "append_side_by_side", crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        pipeline.run(spark, settings, "bronze", DateSelection(days[2]))
+    monkeypatch.undo()
+
     with caplog.at_level("INFO", logger="lakeward"):
         pipeline.run(spark, settings, "all", DateSelection(days[2]))
-    assert "lost the rows" in caplog.text and "cannot be restored" in caplog.text
-    kept = [r for r in before[names[0]] if r["_batch_id"] != gone_batch]
-    assert snapshot(names[0]) == kept
+    assert "fewer rows than" in caplog.text and "cannot be restored" in caplog.text
+    assert snapshot(names[0]) == [r for r in before[names[0]] if r["_batch_id"] != gone_batch]
     assert snapshot(names[1]) == [r for r in before[names[1]] if r["_batch_id"] != gone_batch]
     assert snapshot(names[2]) == before[names[2]]
     ledger = tables.read(spark, settings.table("ops_ingestion_batches"))
     assert ledger.groupBy("batch_id").count().filter("count > 1").count() == 0, "a file recorded twice"
-    assert ledger.filter(F.col("batch_id") == gone_batch).count() == 1
-    quarantined = tables.read(spark, names[1]).groupBy("_batch_id").count()
-    for row in ledger.join(quarantined, ledger.batch_id == quarantined._batch_id, "left").collect():
-        if row["batch_id"] != gone_batch:
-            assert (row["count"] or 0) == row["rows_quarantined"], row["batch_id"]
+    gone_row = ledger.filter(F.col("batch_id") == gone_batch).first()
+    assert (gone_row["rows_written"], gone_row["rows_quarantined"]) == (0, 0) and gone_row["lines"] > 0
+    for name, column in ((names[0], "rows_written"), (names[1], "rows_quarantined")):
+        held = tables.read(spark, name).groupBy("_batch_id").count()
+        for row in ledger.join(held, ledger.batch_id == held._batch_id, "left").collect():
+            if row["source"] == "order_placed" or name == names[1]:
+                assert (row["count"] or 0) == row[column], (name, row["batch_id"])
+    # Day 2, refused before, now goes through silver whole.
+    pipeline.run(spark, settings, "all", DateSelection(days[1]))
     silver_ledger = tables.read(spark, settings.table("ops_silver_batches"))
     assert silver_ledger.groupBy("batch_id").count().filter("count > 1").count() == 0, "a batch taken twice"
-    assert tables.read(spark, settings.table("silver_orders")).count() > silver_before
+    day_2 = silver_ledger.filter(F.col("batch_id") == day_2_batch).first()
+    assert day_2["rows_in"] == ledger.filter(F.col("batch_id") == day_2_batch).first()["rows_written"] > 0
+    # Nothing more to restore: the next run finds no shortfall.
+    assert bronze.find_lost(spark, settings) == bronze.Restore()
     _gold_equals_full(spark, settings)
 
 
