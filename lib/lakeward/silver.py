@@ -462,7 +462,7 @@ def dedupe(rows: DataFrame, prefer: Column | None = None, within: Sequence[str] 
 
 def quarantine_records(invalid: DataFrame, source: str, at: datetime) -> DataFrame:
     """Refused rows in the quarantine schema; the record holds no personal data."""
-    business = ["event_id", "_raw_event_ts", *[f"_raw_{n}" for n in SOURCES[source].typed]]
+    business = ["event_id", "_raw_event_type", "_raw_event_ts", *[f"_raw_{n}" for n in SOURCES[source].typed]]
     return invalid.select(
         F.lit(source).alias("source"),
         "event_id",
