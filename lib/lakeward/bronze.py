@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from functools import reduce
@@ -376,13 +376,14 @@ def find_lost(spark: SparkSession, settings: Settings) -> Restore:
     names = {source: bronze_spec(settings, source).name for source in SOURCES}
     quarantine = quarantine_spec(settings).name
     ledger = settings.table("ops_ingestion_batches")
-    totals = tables.read(spark, ledger).groupBy("source").agg(
-        F.sum("rows_written").alias("written"), F.sum("rows_quarantined").alias("quarantined")
-    ).collect()
+    # One row per landing file ever ingested: few enough to sum up here.
+    recorded = tables.read(spark, ledger).filter(F.col("source").isin(list(SOURCES))).collect()
     counts = tables.row_counts(spark, [*names.values(), quarantine])
-    short = [names[r["source"]] for r in totals if counts[names[r["source"]]] < (r["written"] or 0)]
-    if counts[quarantine] < sum(r["quarantined"] or 0 for r in totals):
-        short.append(quarantine)
+    expected = {name: 0 for name in counts}
+    for row in recorded:
+        expected[names[row["source"]]] += row["rows_written"] or 0
+        expected[quarantine] += row["rows_quarantined"] or 0
+    short = sorted(name for name, rows in expected.items() if counts[name] < rows)
     if not short:
         return Restore()
     held = {
@@ -390,14 +391,17 @@ def find_lost(spark: SparkSession, settings: Settings) -> Restore:
         for row in _rows_where(spark, short, F.lit(True)).groupBy("table", "_batch_id").count().collect()
     }
 
-    def is_short(row: Row) -> bool:
+    def left(row: Row) -> tuple[int, int]:
+        """The rows and quarantined rows of the batch that bronze still holds (as recorded if not short)."""
+        written, quarantined = row["rows_written"] or 0, row["rows_quarantined"] or 0
         table, batch = names[row["source"]], row["batch_id"]
-        return (
-            table in short and held.get((table, batch), 0) < (row["rows_written"] or 0)
-            or quarantine in short and held.get((quarantine, batch), 0) < (row["rows_quarantined"] or 0)
-        )
+        return (held.get((table, batch), 0) if table in short else written,
+                held.get((quarantine, batch), 0) if quarantine in short else quarantined)
 
-    recorded = tables.read(spark, ledger).filter(F.col("source").isin(list(SOURCES))).collect()
+    def is_short(row: Row) -> bool:
+        written, quarantined = left(row)
+        return written < (row["rows_written"] or 0) or quarantined < (row["rows_quarantined"] or 0)
+
     lost = [row for row in recorded if is_short(row)]
     days: dict[str, set[date]] = {}
     for row in lost:
@@ -408,32 +412,33 @@ def find_lost(spark: SparkSession, settings: Settings) -> Restore:
     log.warning(
         "bronze: %s hold(s) fewer rows than %s records (dropped or emptied outside lakeward?): "
         "%d batch(es) short, %d written again from their landing files",
-        ", ".join(sorted(short)), ledger, len(lost), len(again),
+        ", ".join(short), ledger, len(lost), len(again),
     )
     if gone:
-        _record_what_is_left(spark, ledger, gone, names, quarantine, held)
+        _record_what_is_left(spark, ledger, [(row, left(row)) for row in gone])
     return Restore(frozenset(row["batch_id"] for row in again),
                    tuple(sorted({row["arrival_date"] for row in again})))
 
 
 def _record_what_is_left(
-    spark: SparkSession, ledger: str, gone: Sequence[Row], names: Mapping[str, str], quarantine: str,
-    held: Mapping[tuple[str, str], int],
+    spark: SparkSession, ledger: str, gone: Sequence[tuple[Row, tuple[int, int]]]
 ) -> None:
-    """Set the ledger rows of batches whose landing file is gone to the rows the tables still hold."""
-    left = spark.createDataFrame(
-        [(row["batch_id"], held.get((names[row["source"]], row["batch_id"]), 0),
-          held.get((quarantine, row["batch_id"]), 0)) for row in gone],
-        "batch_id string, rows_written long, rows_quarantined long",
-    )
-    lost_rows = sum((row["rows_written"] or 0) + (row["rows_quarantined"] or 0) for row in gone) - sum(
-        held.get((names[row["source"]], row["batch_id"]), 0) + held.get((quarantine, row["batch_id"]), 0)
-        for row in gone
+    """Set the ledger rows of batches whose landing file is gone to the rows bronze still holds.
+
+    ``gone``: each batch's ledger row with the rows and quarantined rows bronze still holds.
+    """
+    lost_rows = sum(
+        (row["rows_written"] or 0) + (row["rows_quarantined"] or 0) - written - quarantined
+        for row, (written, quarantined) in gone
     )
     log.warning(
         "bronze: the landing files of %d short batch(es) are gone or changed, so %d row(s) cannot be "
         "restored; %s now records the rows bronze still holds for them",
         len(gone), lost_rows, ledger,
+    )
+    left = spark.createDataFrame(
+        [(row["batch_id"], written, quarantined) for row, (written, quarantined) in gone],
+        "batch_id string, rows_written long, rows_quarantined long",
     )
     (
         DeltaTable.forName(spark, ledger).alias("t")
