@@ -204,7 +204,7 @@ class _Batch:
     arrival_date: date
     recorded: bool
     """Already in silver's ledger: its rows are read again, its counts not recorded again."""
-    rows: int | None = None
+    rows: int | None
     """The rows bronze's ledger records it wrote to the bronze table."""
 
 
@@ -249,8 +249,9 @@ def _by_source(rows: Sequence[Row], dates: Mapping[str, Sequence[date]]) -> dict
     """Per source that has dates, the batches among ``rows`` (rows of :func:`_batches`) by id."""
     batches: dict[str, dict[str, _Batch]] = {source: {} for source, days in dates.items() if days}
     for row in rows:
-        batch = _Batch(row["arrival_date"], row["recorded"], row["rows_written"])
-        batches[row["source"]][row["batch_id"]] = batch
+        batches[row["source"]][row["batch_id"]] = _Batch(
+            row["arrival_date"], row["recorded"], row["rows_written"]
+        )
     return batches
 
 
