@@ -288,16 +288,18 @@ def _batches(spark: SparkSession, settings: Settings) -> DataFrame:
 def forget_dropped(spark: SparkSession, settings: Settings) -> list[str]:
     """Sources whose silver table lost every row outside lakeward; their ledger rows are removed.
 
-    A silver table is created empty at Delta version 0 and its first write
-    makes version 1, so a table at version 0 whose source the ledger says
-    rows were written for was dropped and created again. Bronze still holds
-    those rows: with the ledger rows gone, every batch of the source is
-    pending again and the next silver run takes it from bronze. Ledger rows
-    are removed, not marked, so the counts of a batch are never recorded twice.
+    An empty silver table whose source the ledger says rows were written for
+    was dropped and created again, truncated, or emptied by a ``DELETE``.
+    The test is the row count (Delta answers it from its log), not the
+    version: a table restored by a deep clone starts again at version 0
+    with every row. Bronze still holds those rows: with the ledger rows
+    gone, every batch of the source is pending again and the next silver
+    run takes it from bronze. Ledger rows are removed, not marked, so the
+    counts of a batch are never recorded twice.
     """
     names = {source: settings.table(spec.table) for source, spec in SOURCES.items()}
-    versions = tables.current_versions(spark, list(names.values()))
-    empty = [source for source, name in names.items() if versions[name] == 0]
+    counts = tables.row_counts(spark, list(names.values()))
+    empty = [source for source, name in names.items() if counts[name] == 0]
     if not empty:
         return []
     ledger = settings.table("ops_silver_batches")

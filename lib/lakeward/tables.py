@@ -377,11 +377,6 @@ def current_version(spark: SparkSession, name: str) -> int:
     return int(_last_commit(spark, name)["version"])
 
 
-def current_versions(spark: SparkSession, names: Sequence[str]) -> dict[str, int]:
-    """The latest Delta version of each table, read side by side."""
-    return _side_by_side(partial(current_version, spark), names)
-
-
 def row_counts(spark: SparkSession, names: Sequence[str]) -> dict[str, int]:
     """The rows each table holds, counted side by side (Delta answers from its log's statistics)."""
     return _side_by_side(lambda name: read(spark, name).count(), names)

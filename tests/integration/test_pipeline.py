@@ -746,6 +746,50 @@ def test_tables_dropped_outside_lakeward_are_made_again_whole(
     _gold_equals_full(spark, settings)
 
 
+def test_a_silver_table_restored_with_its_rows_is_kept_and_one_emptied_is_filled_again(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The test for a lost silver table is its row count, not its version: a table put back
+    from a copy (a new table at version 0 holding every row) keeps its ledger, and one
+    emptied by ``DELETE`` gets every batch of its source again from bronze."""
+    settings = isolated(base_settings, tmp_path)
+    generate(settings.landing_dir, seed=6, users=30, days=3, start=date(2026, 3, 1), faults=FAULTS)
+    days = sorted({date.fromisoformat(f.stem) for f in settings.landing_dir.glob("*/*.jsonl")})
+    pipeline.run(spark, settings, "all", DateSelection(days[0]))
+    name, ledger_name = settings.table("silver_orders"), settings.table("ops_silver_batches")
+    held = tables.read(spark, name).collect()
+    ledger = tables.read(spark, ledger_name).filter(F.col("source") == "order_placed")
+    recorded = sorted(ledger.collect())
+    assert held and recorded
+
+    backup = str(tmp_path / "orders-backup")
+    tables.read(spark, name).write.format("delta").save(backup)
+    properties = tables.properties(spark, name)
+    _drop(spark, settings, "silver_orders")
+    restored = spark.read.format("delta").load(backup).write.format("delta")
+    for key, value in properties.items():
+        restored = restored.option(key, value)
+    restored.saveAsTable(name)
+    assert tables.current_version(spark, name) == 0
+    with caplog.at_level("INFO", logger="lakeward"):
+        pipeline.run_silver(spark, settings, DateSelection(days[0]))
+    assert "no rows in" not in caplog.text
+    assert sorted(ledger.collect()) == recorded
+    assert_df_equality(tables.read(spark, name), spark.createDataFrame(held, tables.read(spark, name).schema),
+                       ignore_row_order=True)
+
+    DeltaTable.forName(spark, name).delete()
+    pipeline.run(spark, settings, "bronze", DateSelection(days[1]))
+    with caplog.at_level("INFO", logger="lakeward"):
+        pipeline.run_silver(spark, settings, DateSelection(days[1]))
+    assert "no rows in" in caplog.text
+    batches = tables.read(spark, ledger_name)
+    assert batches.groupBy("batch_id").count().filter("count > 1").count() == 0, "a batch recorded twice"
+    assert {r["event_id"] for r in held} <= {r["event_id"] for r in tables.read(spark, name).collect()}
+    [written] = batches.filter(F.col("source") == "order_placed").agg(F.sum("rows_written")).first()
+    assert written == tables.read(spark, name).count()
+
+
 def test_a_dropped_bronze_table_is_ingested_again_from_its_landing_files(
     spark: SparkSession, base_settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
