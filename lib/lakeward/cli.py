@@ -285,6 +285,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             bronze_landing(settings, selection)
     if args.command in ("run", "demo"):
         pii_key(settings)
+    if args.command == "sql":
+        return _sql(settings, args)
     spark = get_spark(settings)
     if args.command == "run":
         from lakeward.pipeline import run
@@ -296,8 +298,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
         sys.stdout.write(run_demo(spark, settings))
         return 0
-    if args.command == "sql":
-        return _sql(spark, args)
+
     if args.command == "training-set":
         return _training_set(spark, args, settings)
     if args.command in ("train", "dp-sweep", "predict", "rebuild-training-set"):
@@ -432,10 +433,19 @@ def _generate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _sql(spark: Any, args: argparse.Namespace) -> int:
+def _sql(settings: Settings, args: argparse.Namespace) -> int:
+    from lakeward.root_lock import DataRootBusy
+    from lakeward.session import get_reader_spark, get_spark
     from lakeward.sql_output import print_rows
 
-    df = spark.sql(args.query)
+    try:
+        df = get_spark(settings).sql(args.query)
+    except DataRootBusy as busy:
+        from lakeward.read_beside import sql
+
+        log.warning("another process (pid %s) is using the data root; its tables are read by path "
+                    "(queries only)", busy.holder)
+        df = sql(get_reader_spark(settings), settings.warehouse_dir, args.query)
     if args.limit is not None:
         df = df.limit(args.limit)
     try:

@@ -25,7 +25,11 @@ _held: dict[Path, int] = {}
 
 
 class DataRootBusy(RuntimeError):
-    """Another process is using the data root's local catalog."""
+    """Another process is using the data root's local catalog; ``holder`` is its pid as recorded."""
+
+    def __init__(self, message: str, holder: str) -> None:
+        super().__init__(message)
+        self.holder = holder
 
 
 def hold(settings: Settings) -> None:
@@ -49,7 +53,8 @@ def hold(settings: Settings) -> None:
         raise DataRootBusy(
             f"another process (pid {holder}) is using the data root {settings.data_root}: its local "
             f"catalog (Derby) serves one process at a time. Wait for that process to finish, or set "
-            f"LAKEWARD_HOME to another data root"
+            f"LAKEWARD_HOME to another data root",
+            holder,
         ) from None
     except BaseException:
         os.close(fd)

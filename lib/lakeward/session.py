@@ -85,6 +85,29 @@ def get_spark(settings: Settings) -> SparkSession:
     return spark
 
 
+def get_reader_spark(settings: Settings) -> SparkSession:
+    """A local session that reads a data root another process holds, without its catalog.
+
+    The data root's Derby catalog serves one JVM at a time, so this session
+    keeps its catalog in memory and takes no lock; :mod:`lakeward.read_beside`
+    registers the warehouse's Delta tables in it by path. Delta gives every
+    reader a consistent snapshot of a table while another process commits.
+    """
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    _prepare_environment(settings)
+    builder = (
+        _base_builder(settings)
+        .config("spark.sql.catalogImplementation", "in-memory")
+        .config("spark.sql.warehouse.dir", str(settings.warehouse_dir))
+        .config("spark.local.dir", str(settings.data_root / "tmp"))
+    )
+    spark = _start_jvm(builder, settings, log_name="spark-reader.log")
+    _check_sql_conf(spark, settings)
+    return spark
+
+
 def check_master(settings: Settings) -> None:
     """Refuse a ``cluster`` mode whose driver lakeward would start on a local master.
 
@@ -263,7 +286,9 @@ def _java_property(name: str, value: str) -> str:
     return f'"{escaped}"'
 
 
-def _start_jvm(builder: SparkSession.Builder, settings: Settings) -> SparkSession:
+def _start_jvm(
+    builder: SparkSession.Builder, settings: Settings, log_name: str = "spark.log"
+) -> SparkSession:
     """Start the driver JVM with ``spark.master`` and the Delta artifact.
 
     The first start in a data root has Spark's resolver find the Delta jars
@@ -278,7 +303,8 @@ def _start_jvm(builder: SparkSession.Builder, settings: Settings) -> SparkSessio
     """
     java_options = " ".join([driver_java_options(settings), *class_data.java_options(settings)])
     builder = builder.master(settings.spark.master).config("spark.driver.extraJavaOptions", java_options)
-    jvm_log = settings.data_root / "logs" / "spark.log"
+    # A reader beside a running job has a log of its own: a failed start reads its log back.
+    jvm_log = settings.data_root / "logs" / log_name
     # Packages of the user's own are resolved on every start, the Delta jars with them.
     own_packages = settings.spark.conf.get("spark.jars.packages", "")
     known = None if own_packages else _known_delta_jars(settings)

@@ -9,6 +9,8 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -114,12 +116,9 @@ def test_a_copied_data_root_is_refused(
     ]
 
 
-def test_a_second_process_on_a_data_root_stops_before_starting_spark(
-    env: dict[str, str], tmp_path: Path
-) -> None:
-    # Derby, the local catalog, opens in one process at a time; a second one failed
-    # only at its first table, with Hive's "Unable to instantiate ...MetaStoreClient".
-    home = tmp_path / "home"
+@contextmanager
+def _held(env: dict[str, str], home: Path) -> Iterator[int]:
+    """Another process holds the data root ``home`` (as a running job does) until the block ends."""
     holds = (
         "import sys\n"
         "from lakeward import root_lock\n"
@@ -133,9 +132,22 @@ def test_a_second_process_on_a_data_root_stops_before_starting_spark(
     assert holder.stdin is not None and holder.stdout is not None
     try:
         assert holder.stdout.readline() == "held\n"
-        result = lakeward({**env, "LAKEWARD_HOME": str(home)}, "sql", "SELECT 1")
+        yield holder.pid
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+
+
+def test_a_second_process_on_a_data_root_stops_before_starting_spark(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    # Derby, the local catalog, opens in one process at a time; a second one failed
+    # only at its first table, with Hive's "Unable to instantiate ...MetaStoreClient".
+    home = tmp_path / "home"
+    with _held(env, home) as pid:
+        result = lakeward({**env, "LAKEWARD_HOME": str(home)}, "training-set")
         busy = (
-            f"another process (pid {holder.pid}) is using the data root {home}: its local catalog "
+            f"another process (pid {pid}) is using the data root {home}: its local catalog "
             f"(Derby) serves one process at a time. Wait for that process to finish, or set "
             f"LAKEWARD_HOME to another data root"
         )
@@ -150,12 +162,49 @@ def test_a_second_process_on_a_data_root_stops_before_starting_spark(
         settings = load_settings("local", data_root=home)
         with pytest.raises(root_lock.DataRootBusy, match=re.escape(busy)):
             root_lock.hold(settings)
-    finally:
-        holder.stdin.close()
-        holder.wait(timeout=60)
     # Released when its holder exits; held twice by one process, it is still one hold.
     root_lock.hold(settings)
     root_lock.hold(settings)
+
+
+def test_sql_reads_the_tables_while_another_process_holds_the_data_root(
+    demo: subprocess.CompletedProcess[str], env: dict[str, str]
+) -> None:
+    """A query started while a job runs reads the tables by path; anything else is refused."""
+    assert demo.returncode == 0
+    home = Path(env["LAKEWARD_HOME"])
+    query = (
+        "SELECT count(*) AS n, count(DISTINCT g.user_key) AS users FROM silver.orders o "
+        "JOIN gold.user_daily g ON g.user_key = o.user_key AND g.event_date = o.event_date "
+        "WHERE o.user_key IN (SELECT user_key FROM silver.users)"
+    )
+    alone = lakeward(env, "sql", "--format", "json", query)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    catalog = home / "metastore" / "metastore_db"
+    catalog_files = {p: p.stat().st_mtime_ns for p in catalog.rglob("*") if p.is_file()}
+    with _held(env, home) as pid:
+        beside = lakeward(env, "sql", "--format", "json", query)
+        assert beside.returncode == 0, beside.stderr[-3000:]
+        assert beside.stdout == alone.stdout and json.loads(beside.stdout)["n"] > 0
+        assert f"another process (pid {pid}) is using the data root" in beside.stderr
+        old = lakeward(env, "sql", "--format", "csv",
+                       "SELECT count(*) AS n FROM bronze.users VERSION AS OF 0")
+        assert old.stdout.splitlines() == ["n", "0"], old.stderr[-3000:]
+
+        dropped = lakeward(env, "sql", "DROP TABLE silver.orders")
+        assert dropped.returncode == 1
+        assert dropped.stderr.strip().splitlines()[-1] == (
+            "lakeward: error: only queries can run while another process holds the data root, "
+            "not DropTable; run the statement once that process has finished"
+        )
+        inserted = lakeward(env, "sql", "WITH x AS (SELECT * FROM silver.orders) INSERT INTO silver.orders "
+                            "SELECT * FROM x")
+        assert inserted.returncode == 1 and "not InsertIntoStatement" in inserted.stderr
+        missing = lakeward(env, "sql", "SELECT * FROM silver.nothing_here")
+        assert missing.returncode == 1 and "TABLE_OR_VIEW_NOT_FOUND" in missing.stderr
+    # The reader left the catalog alone, and the tables as they were.
+    assert {p: p.stat().st_mtime_ns for p in catalog.rglob("*") if p.is_file()} == catalog_files
+    assert lakeward(env, "sql", "--format", "json", query).stdout == alone.stdout
 
 
 def test_the_first_start_writes_a_class_archive_that_later_starts_map(
