@@ -34,10 +34,12 @@ from lakeward.sources.bitebridge import DRIFT_NEW_FIELD, DRIFT_RENAMED_FIELD
 log = logging.getLogger(__name__)
 
 MONEY = T.DecimalType(12, 2)
-# ISO 8601 instants with an offset: Z, +02, +0200 or +02:00, with up to six
-# fractional digits (Spark keeps microseconds). A time without an offset is
-# refused: the instant it names depends on where it was written.
+# ISO 8601 instants with an offset: Z, +02, +0200 or +02:00, with up to nine
+# fractional digits; Spark keeps microseconds, so digits past the sixth are cut,
+# as Spark's CAST AS TIMESTAMP does. A time without an offset is refused: the
+# instant it names depends on where it was written.
 EVENT_TS_FORMATS = ("yyyy-MM-dd'T'HH:mm:ss[.SSSSSS]X", "yyyy-MM-dd'T'HH:mm:ss[.SSSSSS]XXX")
+_BEYOND_MICROSECONDS = r"(:\d{2}\.\d{6})\d{1,3}(?=[zZ+-])"
 
 
 @dataclass(frozen=True)
@@ -354,7 +356,8 @@ def conform(bronze_rows: DataFrame, source: str) -> DataFrame:
         if (source, name) == DRIFT_NEW_FIELD:
             column = rescued.getItem(name)
         text[name] = column
-    typed_ts = F.coalesce(*[F.try_to_timestamp(F.col("event_ts"), F.lit(form)) for form in EVENT_TS_FORMATS])
+    to_microseconds = F.regexp_replace(F.col("event_ts"), _BEYOND_MICROSECONDS, "$1")
+    typed_ts = F.coalesce(*[F.try_to_timestamp(to_microseconds, F.lit(form)) for form in EVENT_TS_FORMATS])
     return df.select(
         "event_id",
         F.col("event_type").alias("_raw_event_type"),

@@ -2,6 +2,7 @@ import json
 from datetime import date, datetime
 
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
 from lakeward.config import PipelineSettings
 from lakeward.silver import conform, dedupe, pseudonymize, quarantine_records, validate
@@ -52,7 +53,7 @@ def test_validate_names_every_broken_rule(spark: SparkSession) -> None:
         _order("e12", amount="-0.001", line=12),
         _order("e13", amount="999.996", line=13),
         _order("e14", ts="2026-01-02T10:00:00", line=14),  # no offset: which instant?
-        _order("e15", ts="2026-01-02T10:00:00.1234567Z", line=15),  # finer than Spark keeps
+        _order("e15", ts="2026-01-02T10:00:00.1234567890Z", line=15),  # past nanoseconds
         _order("\t", user="\u00a0", line=16),
         _order("e17", amount="1000.000000000000000001", line=17),  # above 1000, were it a double
         _order("e18", amount="1e40", line=18),
@@ -100,7 +101,9 @@ def test_validate_names_every_broken_rule(spark: SparkSession) -> None:
 
 def test_event_ts_is_any_iso_8601_instant_with_an_offset(spark: SparkSession) -> None:
     sent = ["2026-01-02T10:00:00Z", "2026-01-02T10:00:00.5Z", "2026-01-02T12:00:00.123456+02:00",
-            "2026-01-02T12:00:00+02", "2026-01-02T05:30:00-0430", "2026-01-02T10:00:00z"]
+            "2026-01-02T12:00:00+02", "2026-01-02T05:30:00-0430", "2026-01-02T10:00:00z",
+            # Finer than Spark keeps (.NET writes seven digits): cut to microseconds, as a CAST does.
+            "2026-01-02T10:00:00.1234567Z", "2026-01-02T12:00:00.999999999+02:00"]
     rows = _checked(spark, [_order(f"e{i}", ts=ts, line=i) for i, ts in enumerate(sent)]).collect()
     got = {r["_line_no"]: (r["event_ts"], r["_reason"]) for r in rows}
     assert got == {
@@ -110,7 +113,11 @@ def test_event_ts_is_any_iso_8601_instant_with_an_offset(spark: SparkSession) ->
         3: (datetime(2026, 1, 2, 10, 0, 0), None),
         4: (datetime(2026, 1, 2, 10, 0, 0), None),
         5: (datetime(2026, 1, 2, 10, 0, 0), None),
+        6: (datetime(2026, 1, 2, 10, 0, 0, 123456), None),
+        7: (datetime(2026, 1, 2, 10, 0, 0, 999999), None),
     }
+    cast = spark.createDataFrame([(sent[6],)], "ts string").select(F.col("ts").cast("timestamp")).first()
+    assert cast is not None and cast[0] == got[6][0]
 
 
 def test_dedupe_keeps_first_arrival(spark: SparkSession) -> None:
