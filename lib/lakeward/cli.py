@@ -15,7 +15,7 @@ import re
 import sys
 import traceback
 from collections.abc import Sequence
-from datetime import date
+from datetime import date, timedelta
 from typing import Any, NoReturn
 
 from lakeward import root_lock
@@ -315,6 +315,13 @@ def _check_training_set_args(args: argparse.Namespace, settings: Settings) -> No
         raise UsageError("give both --t1 and --t2, or neither to compute them from the labels")
     if args.t1 is not None and not args.t1 < args.t2:
         raise UsageError(f"expected --t1 before --t2, got {args.t1} and {args.t2}")
+    if args.t1 is not None:
+        from lakeward.splits import check_bounds
+
+        try:
+            check_bounds(args.t1, args.t2, timedelta(days=settings.training_set.horizon_days))
+        except ValueError as err:
+            raise UsageError(f"--t1 {args.t1} --t2 {args.t2}: {err} (training_set.horizon_days)") from None
 
 
 # The flag that names a training set table, per command that takes one.

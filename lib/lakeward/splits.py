@@ -9,7 +9,7 @@ problems = leakage(split, key="user_key", ts="label_ts", horizon=timedelta(days=
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
@@ -30,14 +30,15 @@ def temporal_split(
 ) -> DataFrame:
     """Add ``split``: train before ``t1``, validation in ``[t1, t2)``, test from ``t2``.
 
-    A train or validation label whose window ``(ts, ts + gap]`` would reach
-    the next part's start is dropped, so no label window crosses a boundary.
-    Labels with a null ``ts`` belong to no part and are dropped too.
+    ``gap`` is the label horizon: the length of each label's window ``(ts, ts + gap]``.
+    A train or validation label whose window would reach the next part's
+    start is dropped, so no label window crosses a boundary. A gap shorter
+    than the labels' real horizon lets windows cross unseen; check the result
+    with :func:`leakage` and the real horizon. Labels with a null ``ts``
+    belong to no part and are dropped too. Bounds that leave validation empty
+    (``t2 - t1`` not longer than ``gap``) are refused.
     """
-    if not t1 < t2:
-        raise ValueError(f"expected t1 < t2, got {t1} and {t2}")
-    if gap < timedelta(0):
-        raise ValueError(f"gap must not be negative, got {gap}")
+    check_bounds(t1, t2, gap)
     columns.require(labels, (ts,), what="labels")
     at = F.col(ts)
     part = (
@@ -46,6 +47,35 @@ def temporal_split(
         .when(at >= F.lit(t2), F.lit("test"))
     )
     return labels.withColumn(SPLIT, part).filter(F.col(SPLIT).isNotNull())
+
+
+def check_bounds(t1: date, t2: date, gap: timedelta) -> None:
+    """Refuse bounds :func:`temporal_split` cannot split by leak-free, with validation non-empty."""
+    if not isinstance(gap, timedelta):
+        raise TypeError(f"gap must be a datetime.timedelta, got {type(gap).__name__} {gap!r}")
+    for name, bound in (("t1", t1), ("t2", t2)):
+        if not isinstance(bound, date):
+            raise TypeError(f"{name} must be a datetime or a date, got {type(bound).__name__} {bound!r}")
+    if _aware(t1) != _aware(t2):
+        raise ValueError(f"t1 and t2 must both have a time zone or both have none, got {t1} and {t2}")
+    start, end = _as_datetime(t1), _as_datetime(t2)
+    if not start < end:
+        raise ValueError(f"expected t1 < t2, got {t1} and {t2}")
+    if gap < timedelta(0):
+        raise ValueError(f"gap must not be negative, got {gap}")
+    if end - start <= gap:
+        raise ValueError(
+            f"t2 - t1 ({end - start}) must be longer than the gap ({gap}): "
+            "no validation label's window would end before t2"
+        )
+
+
+def _aware(bound: date) -> bool:
+    return isinstance(bound, datetime) and bound.tzinfo is not None
+
+
+def _as_datetime(bound: date) -> datetime:
+    return bound if isinstance(bound, datetime) else datetime.combine(bound, datetime.min.time())
 
 
 def group_split(
@@ -75,12 +105,18 @@ def leakage(
 ) -> list[str]:
     """Describe every leak between parts; an empty list means none was found.
 
-    With ``key``: a group that appears in more than one part. With ``ts`` (and
-    ``horizon``): a label window of an earlier part that reaches the first
+    With ``key``: a group that appears in more than one part. With ``ts`` and
+    ``horizon`` (both or neither; ``timedelta(0)`` checks only the order of the
+    label times): a label window of an earlier part that reaches the first
     label of a later part. Neighbouring non-empty parts are compared; that
     covers every pair, because each part's first label is before its windows end.
     Always: a row whose split is none of the parts (or null), which no check clears.
     """
+    if (ts is None) != (horizon is None):
+        raise ValueError(
+            "give ts and horizon together: without the horizon a label window that crosses into "
+            "the next part goes unseen"
+        )
     columns.require(split, [SPLIT, *(name for name in (key, ts) if name is not None)], what="split")
     problems: list[str] = []
     if key is not None:
@@ -94,7 +130,7 @@ def leakage(
     if ts is not None:
         # A date plus an interval is a timestamp: compare dates as their midnight.
         at = F.col(ts).cast("timestamp") if isinstance(split.schema[ts].dataType, T.DateType) else F.col(ts)
-        reach = F.lit(horizon or timedelta(0))
+        reach = F.lit(horizon)
         per_part += [F.min(at).alias("first"), F.max(at + reach).alias("last_reach")]
     rows = split.groupBy(SPLIT).agg(*per_part).collect()
     unknown = sorted(repr(row[SPLIT]) for row in rows if row[SPLIT] not in PARTS)

@@ -36,7 +36,7 @@ from lakeward import gold, silver, tables
 from lakeward.config import Settings, is_identifier
 from lakeward.labels import churn_labels, fully_observed
 from lakeward.pit import as_of_join
-from lakeward.splits import PARTS, SPLIT, group_split, leakage, temporal_split
+from lakeward.splits import PARTS, SPLIT, check_bounds, group_split, leakage, temporal_split
 
 __all__ = [
     "CONTENT_HASH_PROPERTY",
@@ -398,6 +398,11 @@ def build(
         t1, t2 = config.t1, config.t2
     if (t1 is None) != (t2 is None):
         raise TrainingSetError("give both t1 and t2, or neither to compute them from the labels")
+    if t1 is not None and t2 is not None:
+        try:
+            check_bounds(t1, t2, timedelta(days=config.horizon_days))
+        except (TypeError, ValueError) as err:
+            raise TrainingSetError(f"the temporal split cannot use t1={t1}, t2={t2}: {err}") from None
 
     refuse_foreign_table(spark, table)
     orders_name = settings.table("silver_orders")

@@ -329,6 +329,9 @@ def test_temporal_build_named_table(spark: SparkSession, fresh_settings: Setting
                        ignore_row_order=True, ignore_nullable=True)
 
     with pytest.raises(TrainingSetError, match="leaves validation empty"):
+        build(spark, settings, split="temporal", t1=date(2026, 3, 1), t2=date(2026, 4, 1))
+    # Bounds closer than the horizon cannot hold a validation label: refused before any read.
+    with pytest.raises(TrainingSetError, match=r"t2 - t1 \(19 days, 0:00:00\) must be longer than the gap"):
         build(spark, settings, split="temporal", t1=date(2026, 3, 1), t2=date(2026, 3, 20))
     with pytest.raises(TrainingSetError, match="t1 and t2 apply to the temporal split only"):
         build(spark, settings, split="group", t1=date(2026, 3, 1), t2=date(2026, 4, 10))
@@ -362,6 +365,13 @@ def test_cli_on_an_empty_data_root_fails_in_one_line(tmp_path: Path) -> None:
                      timeout=120)
     assert usage.returncode == 2
     assert usage.stderr.strip() == "lakeward: error: --t1 and --t2 apply to --split temporal only"
+    close = lakeward(env, "training-set", "--split", "temporal", "--t1", "2026-03-01", "--t2", "2026-03-20",
+                     timeout=120)
+    assert (close.returncode, close.stderr.strip()) == (2, (
+        "lakeward: error: --t1 2026-03-01 --t2 2026-03-20: t2 - t1 (19 days, 0:00:00) must be longer "
+        "than the gap (30 days, 0:00:00): no validation label's window would end before t2 "
+        "(training_set.horizon_days)"
+    ))
     bad_name = lakeward(env, "training-set", "--name", "ml.x", timeout=120)
     assert bad_name.returncode == 2 and "expected a plain identifier" in bad_name.stderr
 

@@ -1,7 +1,7 @@
 """Churn labels against a brute-force oracle; splits and their leakage checks."""
 
 import random
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from pyspark.sql import SparkSession
@@ -110,7 +110,25 @@ def test_a_row_in_no_part_is_reported(spark: SparkSession) -> None:
     expected = "split value(s) 'bogus', None are not one of train, validation, test"
     assert leakage(df, key="user") == [expected]
     assert leakage(df, ts="label_ts", horizon=timedelta(days=1)) == [expected]
-    assert leakage(df.filter(F.col("split").isin("train", "test")), key="user", ts="label_ts") == []
+    assert leakage(df.filter(F.col("split").isin("train", "test")), key="user", ts="label_ts",
+                   horizon=timedelta(0)) == []
+
+
+def test_split_arguments_that_cannot_give_a_leakage_safe_split_are_refused(spark: SparkSession) -> None:
+    df = spark.createDataFrame([(T0,)], "label_ts timestamp")
+    t1, t2, gap = T0, T0 + timedelta(days=30), timedelta(days=30)
+    with pytest.raises(ValueError, match=r"t2 - t1 \(30 days, 0:00:00\) must be longer than the gap"):
+        temporal_split(df, ts="label_ts", t1=t1, t2=t2, gap=gap)
+    with pytest.raises(ValueError, match="both have a time zone or both have none"):
+        temporal_split(df, ts="label_ts", t1=t1.replace(tzinfo=UTC), t2=T0 + timedelta(days=90), gap=gap)
+    with pytest.raises(TypeError, match="gap must be a datetime.timedelta, got int 30"):
+        temporal_split(df, ts="label_ts", t1=t1, t2=T0 + timedelta(days=90), gap=30)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="t1 must be a datetime or a date, got str"):
+        temporal_split(df, ts="label_ts", t1="2026-01-01", t2=t2, gap=gap)  # type: ignore[arg-type]
+    split = temporal_split(df, ts="label_ts", t1=t1, t2=T0 + timedelta(days=61), gap=gap)
+    for only_one in ({"ts": "label_ts"}, {"horizon": gap}):
+        with pytest.raises(ValueError, match="give ts and horizon together"):
+            leakage(split, **only_one)  # type: ignore[arg-type]
 
 
 def test_leakage_compares_dates_and_skips_parts_without_times(spark: SparkSession) -> None:
@@ -157,7 +175,7 @@ def test_a_missing_column_is_named_with_the_columns_there_are(spark: SparkSessio
     calls = {
         "churn_labels": lambda: churn_labels(df, horizon=HORIZON, observed_until=T0),
         "group_split": lambda: group_split(df, key="user_key"),
-        "temporal_split": lambda: temporal_split(df, ts="label_ts", t1=T0, t2=T0 + HORIZON, gap=HORIZON),
+        "temporal_split": lambda: temporal_split(df, ts="label_ts", t1=T0, t2=T0 + 3 * HORIZON, gap=HORIZON),
         "leakage": lambda: leakage(df, key="user_id"),
     }
     missing = {"churn_labels": "['event_id', 'user_key', 'event_ts']", "group_split": "['user_key']",
