@@ -408,7 +408,7 @@ def _ml_command(spark: Any, args: argparse.Namespace, settings: Settings) -> int
 
 
 def _generate(args: argparse.Namespace, settings: Settings) -> int:
-    from lakeward.sources.bitebridge import FaultRates, arrival_days, generate
+    from lakeward.sources.bitebridge import FaultRates, arrival_days, generate, today_utc
 
     # It overwrites landing files that a run on this data root may be reading.
     root_lock.hold(settings)
@@ -427,6 +427,12 @@ def _generate(args: argparse.Namespace, settings: Settings) -> int:
         summary.files, sum(summary.lines.values()), settings.landing_dir,
         summary.first_day, summary.last_day, summary.faults,
     )
+    today = today_utc()
+    if summary.last_day > today:
+        log.warning(
+            "generate: arrival days after today (%s, UTC) up to %s were written; runs take each of "
+            "them only once it has come", today, summary.last_day,
+        )
     others = [d for d in arrival_days(settings.landing_dir)
               if not summary.first_day <= d <= summary.last_day]
     if others:

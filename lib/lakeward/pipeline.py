@@ -23,6 +23,7 @@ from lakeward.sources.bitebridge import (
     LandingScan,
     generation_interrupted,
     scan_landing,
+    today_utc,
 )
 
 log = logging.getLogger(__name__)
@@ -104,19 +105,38 @@ def bronze_landing(settings: Settings, selection: DateSelection) -> LandingScan:
             "to ingest them as they are"
         )
     scan = scan_landing(settings.landing_dir)
+    # A file cannot have arrived on a day still to come (arrival days are UTC days).
+    # Taken now, its events would pass silver's future check, which is relative to
+    # the arrival day, and gold would write every user's features up to that day.
+    today = today_utc()
     if selection.day is not None:
+        if selection.day > today:
+            raise bronze.NoLandingDataError(
+                f"{selection.day} is after today ({today}, UTC): its landing files are taken on that "
+                "day or later, since nothing can have arrived on it yet"
+            )
         if selection.day not in scan.days:
             raise bronze.NoLandingDataError(
                 f"no landing files for {selection.day} under {settings.landing_dir}"
                 + _misnamed(settings, scan.unrecognized, "; ")
             )
         return replace(scan, days=[selection.day])
+    scan = replace(scan, days=[day for day in scan.days if day <= today],
+                   ahead=[day for day in scan.days if day > today])
     if not scan.days:
+        hint = _ahead(scan, today) if scan.ahead else "; run `lakeward generate` first"
         raise bronze.NoLandingDataError(
-            f"no landing files under {settings.landing_dir}; run `lakeward generate` first"
+            f"no landing files under {settings.landing_dir}{hint}"
             + _misnamed(settings, scan.unrecognized, "; ")
         )
     return scan
+
+
+def _ahead(scan: LandingScan, today: date) -> str:
+    if not scan.ahead:
+        return ""
+    return (f" up to today ({today}, UTC): {len(scan.ahead)} arrival day(s) after it "
+            f"({scan.ahead[0]}..{scan.ahead[-1]}) are held back until they come")
 
 
 def run_bronze(
@@ -129,6 +149,8 @@ def run_bronze(
     days = sorted({*landing.days, *restore.dates})
     if landing.unrecognized:
         log.warning("bronze: %s", _misnamed(settings, landing.unrecognized, ""))
+    if landing.ahead:
+        log.warning("bronze: landing files%s", _ahead(landing, today_utc()))
     log.info("bronze: %d arrival date(s) %s..%s", len(days), days[0], days[-1])
     results = bronze.ingest_sources(spark, settings, list(SOURCES), days, again=restore.batches)
     log.info(

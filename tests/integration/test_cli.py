@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -239,11 +240,18 @@ def test_the_first_start_writes_a_class_archive_that_later_starts_map(
 def test_missing_landing_date_is_one_line(
     demo: subprocess.CompletedProcess[str], env: dict[str, str]
 ) -> None:
-    result = lakeward(env, "run", "bronze", "--date", "2031-01-01")
+    result = lakeward(env, "run", "bronze", "--date", "2025-01-01")
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("lakeward: error: no landing files for 2031-01-01")
+    assert last.startswith("lakeward: error: no landing files for 2025-01-01")
     assert "Traceback" not in result.stderr
+    ahead = lakeward(env, "run", "all", "--date", "2999-01-01")
+    assert ahead.returncode == 1
+    assert ahead.stderr.strip().splitlines() == [
+        "lakeward: error: 2999-01-01 is after today "
+        f"({datetime.now(UTC).date()}, UTC): its landing files are taken on that day or later, "
+        "since nothing can have arrived on it yet"
+    ]
 
 
 def test_a_data_root_without_landing_files_is_refused_before_anything_is_written(

@@ -367,8 +367,8 @@ def test_a_failing_gate_keeps_what_the_other_sources_wrote(
 
 
 def test_missing_landing_date_is_a_clear_error(spark: SparkSession, run: Settings) -> None:
-    with pytest.raises(bronze.NoLandingDataError, match="no landing files for 2031-01-01"):
-        pipeline.run_bronze(spark, run, DateSelection(date(2031, 1, 1)))
+    with pytest.raises(bronze.NoLandingDataError, match="no landing files for 2025-01-01"):
+        pipeline.run_bronze(spark, run, DateSelection(date(2025, 1, 1)))
     assert landing_file(run.landing_dir, "users", date(2026, 3, 1)).exists()
 
 

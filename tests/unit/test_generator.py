@@ -421,3 +421,26 @@ def test_validation() -> None:
     none = FaultRates.none()
     assert (none.duplicate, none.late, none.malformed, none.null_key, none.out_of_range,
             none.schema_drift) == (0, 0, 0, 0, 0, False)
+
+
+def test_landing_files_of_days_still_to_come_are_held_back(
+    base_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A file named for a day after today would reach silver (whose future check is
+    # relative to the arrival day) and carry gold's feature history up to that day.
+    settings = isolated(base_settings, tmp_path)
+    _gen(settings.landing_dir, users=5, days=3)
+    days = [START + timedelta(days=i) for i in range(3)]
+    monkeypatch.setattr(pipeline, "today_utc", lambda: days[1])
+    scan = pipeline.bronze_landing(settings, pipeline.DateSelection())
+    assert (scan.days, scan.ahead) == (days[:2], [days[2]])
+    assert pipeline.bronze_landing(settings, pipeline.DateSelection(days[1])).days == [days[1]]
+    with pytest.raises(bronze.NoLandingDataError, match=f"^{days[2]} is after today \\({days[1]}, UTC\\)"):
+        pipeline.bronze_landing(settings, pipeline.DateSelection(days[2]))
+
+    monkeypatch.setattr(pipeline, "today_utc", lambda: START - timedelta(days=1))
+    with pytest.raises(bronze.NoLandingDataError, match=re.escape(
+        f"up to today ({START - timedelta(days=1)}, UTC): 3 arrival day(s) after it "
+        f"({days[0]}..{days[2]}) are held back until they come"
+    )):
+        pipeline.bronze_landing(settings, pipeline.DateSelection())

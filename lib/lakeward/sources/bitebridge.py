@@ -16,8 +16,8 @@ import random
 import re
 import unicodedata
 from bisect import bisect
-from dataclasses import dataclass
-from datetime import date, timedelta
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from itertools import accumulate
 from pathlib import Path
 from typing import Any
@@ -499,6 +499,8 @@ class LandingScan:
     """Sorted distinct arrival days with at least one landing file."""
     unrecognized: list[Path]
     """Files not named ``YYYY-MM-DD.jsonl``, which no run ingests; hidden files (left by tools) left out."""
+    ahead: list[date] = field(default_factory=list)
+    """Arrival days after today, held back from ``days`` until they come (set by the pipeline)."""
 
 
 def scan_landing(landing_dir: Path) -> LandingScan:
@@ -525,6 +527,11 @@ def scan_landing(landing_dir: Path) -> LandingScan:
             elif not path.name.startswith("."):
                 unrecognized.append(path)
     return LandingScan(sorted(days), sorted(unrecognized))
+
+
+def today_utc() -> date:
+    """Today's date in UTC, the time zone of arrival days."""
+    return datetime.now(UTC).date()
 
 
 def arrival_days(landing_dir: Path) -> list[date]:
