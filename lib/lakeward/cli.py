@@ -298,7 +298,6 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
         sys.stdout.write(run_demo(spark, settings))
         return 0
-
     if args.command == "training-set":
         return _training_set(spark, args, settings)
     if args.command in ("train", "dp-sweep", "predict", "rebuild-training-set"):

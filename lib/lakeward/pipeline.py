@@ -133,8 +133,6 @@ def bronze_landing(settings: Settings, selection: DateSelection) -> LandingScan:
 
 
 def _ahead(scan: LandingScan, today: date) -> str:
-    if not scan.ahead:
-        return ""
     return (f" up to today ({today}, UTC): {len(scan.ahead)} arrival day(s) after it "
             f"({scan.ahead[0]}..{scan.ahead[-1]}) are held back until they come")
 

@@ -293,8 +293,8 @@ def forget_dropped(spark: SparkSession, settings: Settings) -> list[str]:
     An empty silver table whose source the ledger says rows were written for
     was dropped and created again, truncated, or emptied by a ``DELETE``.
     The test is the row count (Delta answers it from its log), not the
-    version: a table restored by a deep clone starts again at version 0
-    with every row. Bronze still holds those rows: with the ledger rows
+    version: a table put back from a copy starts again at version 0 with
+    every row. Bronze still holds those rows: with the ledger rows
     gone, every batch of the source is pending again and the next silver
     run takes it from bronze. Ledger rows are removed, not marked, so the
     counts of a batch are never recorded twice.

@@ -50,7 +50,7 @@ def temporal_split(
 
 
 def check_bounds(t1: date, t2: date, gap: timedelta) -> None:
-    """Refuse bounds :func:`temporal_split` cannot split by leak-free, with validation non-empty."""
+    """Refuse bounds that give no leak-free :func:`temporal_split` with a validation part."""
     if not isinstance(gap, timedelta):
         raise TypeError(f"gap must be a datetime.timedelta, got {type(gap).__name__} {gap!r}")
     for name, bound in (("t1", t1), ("t2", t2)):
