@@ -365,8 +365,9 @@ def _full(
             replace_schema=True,
         ),
     )
-    log.info("gold: %s rebuilt, %d rows; %s rebuilt as of %s, %d rows",
-             daily_spec.name, daily_rows, features_spec.name, as_of, feature_rows)
+    known = f"as of {as_of}" if as_of is not None else "(silver has no processed arrival day yet)"
+    log.info("gold: %s rebuilt, %d rows; %s rebuilt %s, %d rows",
+             daily_spec.name, daily_rows, features_spec.name, known, feature_rows)
     return GoldResult("full", as_of, daily_rows, feature_rows, dict(versions))
 
 

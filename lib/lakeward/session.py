@@ -77,6 +77,8 @@ def get_spark(settings: Settings) -> SparkSession:
         spark = builder.getOrCreate()
         if mode == "local":
             _quiet_derby(spark, settings)
+        else:
+            _warn_local_master(spark, settings)
     else:
         spark = _start_jvm(builder, settings)
     _check_sql_conf(spark, settings)
@@ -118,6 +120,17 @@ def check_master(settings: Settings) -> None:
         raise ConfigError(
             f"spark.mode is cluster but spark.master is {settings.spark.master!r}: set spark.master "
             f"to the cluster's master URL in conf/{settings.env}.yml, or run the job with spark-submit"
+        )
+
+
+def _warn_local_master(spark: SparkSession, settings: Settings) -> None:
+    """Say so when a ``cluster`` job was submitted to a local master: it has no cluster catalog there."""
+    master = spark.conf.get("spark.master") or ""
+    if master.startswith("local"):
+        log.warning(
+            "spark.mode is cluster (env %s) but spark-submit's master is %s: the tables go to Spark's "
+            "own catalog and warehouse (%s unless configured); use --env local to run on this machine",
+            settings.env, master, spark.conf.get("spark.sql.warehouse.dir"),
         )
 
 

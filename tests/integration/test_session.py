@@ -6,7 +6,7 @@ import pytest
 from pyspark.sql import SparkSession
 
 from lakeward.config import ConfigError, Settings, load_settings
-from lakeward.session import _check_catalog_home, _known_delta_jars, delta_jars_note
+from lakeward.session import _check_catalog_home, _known_delta_jars, _warn_local_master, delta_jars_note
 
 
 def test_driver_jvm_runs_with_the_configured_options(spark: SparkSession, base_settings: Settings) -> None:
@@ -28,6 +28,17 @@ def test_the_catalog_must_keep_its_tables_under_this_data_root(
     elsewhere = load_settings("local", data_root=tmp_path / "copy")
     with pytest.raises(ConfigError, match="this data root was copied or moved"):
         _check_catalog_home(spark, elsewhere)
+
+
+def test_a_cluster_job_submitted_to_a_local_master_is_told_where_its_tables_go(
+    spark: SparkSession, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cluster = load_settings("dev", data_root=tmp_path)
+    assert cluster.spark.mode == "cluster"
+    with caplog.at_level("WARNING", logger="lakeward"):
+        _warn_local_master(spark, cluster)
+    assert "spark.mode is cluster (env dev) but spark-submit's master is local" in caplog.text
+    assert "use --env local to run on this machine" in caplog.text
 
 
 def test_the_first_start_notes_the_delta_jars_it_resolved(
