@@ -181,8 +181,11 @@ def parse_lines(lines: DataFrame, fields: Sequence[str]) -> DataFrame:
     """
     known = F.array(*[F.lit(name) for name in fields])
     unknown = F.map_filter(F.col("_values"), lambda k, _v: ~F.array_contains(known, k))
+    # A byte-order mark starts the line of a file that was joined to another
+    # (`cat a.jsonl b.jsonl`); the reader drops only the one a file starts with.
+    text = F.ltrim(F.col("value"), F.lit(_BOM))
     reason = (
-        F.when(F.trim(F.col("value"), F.lit(_WHITESPACE)) == "", F.lit(BLANK))
+        F.when(F.trim(text, F.lit(_WHITESPACE)) == "", F.lit(BLANK))
         # The text reader keeps the bytes, but the JSON parser turns each one
         # that is not UTF-8 into U+FFFD, so values that differed there would
         # be equal (two user ids, say).
@@ -190,17 +193,17 @@ def parse_lines(lines: DataFrame, fields: Sequence[str]) -> DataFrame:
         .when(
             F.col("_parsed").isNull(),
             # Valid JSON, but an array, a number, a string or null: one event is an object.
-            F.when(F.try_parse_json(F.col("value")).isNotNull(), F.lit(NOT_AN_OBJECT))
+            F.when(F.try_parse_json(text).isNotNull(), F.lit(NOT_AN_OBJECT))
             .otherwise(F.lit(MALFORMED)),
         )
         # An object followed by more: Spark's parser stops after the first value.
-        .when(~_one_value(F.col("value")), F.lit(MALFORMED))
+        .when(~_one_value(text), F.lit(MALFORMED))
         # Spark's parser keeps a key's first value and drops the others.
         .when(_repeats_a_key(F.col("_parsed")), F.lit(DUPLICATE_KEY))
     )
     return (
-        lines.withColumn("_parsed", F.from_json(F.col("value"), _TEXT_MAP, _STRICT))  # type: ignore[arg-type]
-        .withColumn("_values", _as_written(F.col("value"), F.col("_parsed")))
+        lines.withColumn("_parsed", F.from_json(text, _TEXT_MAP, _STRICT))  # type: ignore[arg-type]
+        .withColumn("_values", _as_written(text, F.col("_parsed")))
         .select(
             "*",
             *[F.col("_values").getItem(name).alias(name) for name in fields],
@@ -212,6 +215,7 @@ def parse_lines(lines: DataFrame, fields: Sequence[str]) -> DataFrame:
 
 
 _TEXT_MAP = T.MapType(T.StringType(), T.StringType())
+_BOM = "\ufeff"
 # JSON as written: no single-quoted strings (Spark's parser takes them by default).
 _STRICT = {"allowSingleQuotes": "false"}
 

@@ -72,6 +72,19 @@ def test_a_line_that_was_not_utf8_is_refused(spark: SparkSession, tmp_path: Path
     assert [user for _, user in out[2:]] == ["\u00e9", "\ufffd"]
 
 
+def test_a_byte_order_mark_at_the_start_of_any_line_is_not_part_of_the_json(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    # What `cat a.jsonl b.jsonl` gives when b.jsonl starts with a byte-order mark.
+    path = tmp_path / "joined.jsonl"
+    bom = b"\xef\xbb\xbf"
+    path.write_bytes(bom + b'{"event_id": "e1"}\n{"event_id": "e2"}\n' + bom + b'{"event_id": "e3"}\n'
+                     + bom + b"\n" + b'{"event_id": "e5\xef\xbb\xbf"}\n')
+    df = spark.read.text(str(path), lineSep="\n").withColumn("_line_no", F.monotonically_increasing_id())
+    out = [(r["_reason"], r["event_id"]) for r in parse_lines(df, ["event_id"]).orderBy("_line_no").collect()]
+    assert out == [(None, "e1"), (None, "e2"), (None, "e3"), (BLANK, None), (None, "e5\ufeff")]
+
+
 def test_a_line_that_names_a_key_twice_is_refused(spark: SparkSession) -> None:
     twice = ['{"event_id": "e1", "event_id": "e2"}', '{"a": 1, "event_id": "e1", "a": 2}',
              '{"a": {"b": 1}, "a": {"b": 1}}', '{"event_id" : "e1","event_id":null}']
