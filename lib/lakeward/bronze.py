@@ -181,9 +181,7 @@ def parse_lines(lines: DataFrame, fields: Sequence[str]) -> DataFrame:
     """
     known = F.array(*[F.lit(name) for name in fields])
     unknown = F.map_filter(F.col("_values"), lambda k, _v: ~F.array_contains(known, k))
-    # A byte-order mark starts the line of a file that was joined to another
-    # (`cat a.jsonl b.jsonl`); the reader drops only the one a file starts with.
-    text = F.ltrim(F.col("value"), F.lit(_BOM))
+    text = F.col("_text")
     reason = (
         F.when(F.trim(text, F.lit(_WHITESPACE)) == "", F.lit(BLANK))
         # The text reader keeps the bytes, but the JSON parser turns each one
@@ -202,7 +200,11 @@ def parse_lines(lines: DataFrame, fields: Sequence[str]) -> DataFrame:
         .when(_repeats_a_key(F.col("_parsed")), F.lit(DUPLICATE_KEY))
     )
     return (
-        lines.withColumn("_parsed", F.from_json(text, _TEXT_MAP, _STRICT))  # type: ignore[arg-type]
+        # A byte-order mark starts the line of a file that was joined to another
+        # (`cat a.jsonl b.jsonl`); the reader drops only the one a file starts with.
+        # Trimmed once here: every check below reads the trimmed text.
+        lines.withColumn("_text", F.ltrim(F.col("value"), F.lit(_BOM)))
+        .withColumn("_parsed", F.from_json(text, _TEXT_MAP, _STRICT))  # type: ignore[arg-type]
         .withColumn("_values", _as_written(text, F.col("_parsed")))
         .select(
             "*",
@@ -210,7 +212,7 @@ def parse_lines(lines: DataFrame, fields: Sequence[str]) -> DataFrame:
             F.when(F.size(unknown) > 0, F.to_json(unknown)).alias("_rescued_data"),
             reason.alias("_reason"),
         )
-        .drop("_parsed", "_values")
+        .drop("_text", "_parsed", "_values")
     )
 
 

@@ -104,11 +104,11 @@ def bronze_landing(settings: Settings, selection: DateSelection) -> LandingScan:
             f"into it did not finish; run it again, or remove {GENERATING_MARKER} there "
             "to ingest them as they are"
         )
-    scan = scan_landing(settings.landing_dir)
     # A file cannot have arrived on a day still to come (arrival days are UTC days).
     # Taken now, its events would pass silver's future check, which is relative to
     # the arrival day, and gold would write every user's features up to that day.
     today = today_utc()
+    scan = scan_landing(settings.landing_dir, until=today)
     if selection.day is not None:
         if selection.day > today:
             raise bronze.NoLandingDataError(
@@ -120,9 +120,7 @@ def bronze_landing(settings: Settings, selection: DateSelection) -> LandingScan:
                 f"no landing files for {selection.day} under {settings.landing_dir}"
                 + _misnamed(settings, scan.unrecognized, "; ")
             )
-        return replace(scan, days=[selection.day])
-    scan = replace(scan, days=[day for day in scan.days if day <= today],
-                   ahead=[day for day in scan.days if day > today])
+        return replace(scan, days=[selection.day], ahead=[])
     if not scan.days:
         hint = _ahead(scan, today) if scan.ahead else "; run `lakeward generate` first"
         raise bronze.NoLandingDataError(

@@ -16,7 +16,7 @@ import random
 import re
 import unicodedata
 from bisect import bisect
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from itertools import accumulate
 from pathlib import Path
@@ -499,15 +499,15 @@ class LandingScan:
     """Sorted distinct arrival days with at least one landing file."""
     unrecognized: list[Path]
     """Files not named ``YYYY-MM-DD.jsonl``, which no run ingests; hidden files (left by tools) left out."""
-    ahead: list[date] = field(default_factory=list)
-    """Arrival days after today, held back from ``days`` until they come (set by the pipeline)."""
+    ahead: list[date]
+    """Arrival days after the scan's ``until``, left out of ``days``."""
 
 
-def scan_landing(landing_dir: Path) -> LandingScan:
+def scan_landing(landing_dir: Path, until: date | None = None) -> LandingScan:
     """List the sources' landing folders once, for both the days to load and the misnamed files.
 
     A folder or file beside the sources' folders (a source misspelt, a file one
-    level too high) is misnamed too.
+    level too high) is misnamed too. Days after ``until`` go to ``ahead``.
     """
     days: set[date] = set()
     unrecognized: list[Path] = []
@@ -526,7 +526,8 @@ def scan_landing(landing_dir: Path) -> LandingScan:
                 days.add(day)
             elif not path.name.startswith("."):
                 unrecognized.append(path)
-    return LandingScan(sorted(days), sorted(unrecognized))
+    taken = sorted(day for day in days if until is None or day <= until)
+    return LandingScan(taken, sorted(unrecognized), sorted(days.difference(taken)))
 
 
 def today_utc() -> date:
