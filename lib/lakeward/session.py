@@ -13,13 +13,17 @@ cache, and when that resolver cannot reach Maven Central, Maven fetches it into
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import metadata, resources
 from pathlib import Path
+from typing import IO
 from urllib.parse import unquote, urlparse
 
 from py4j.java_gateway import JavaClass
@@ -334,21 +338,56 @@ def _start_jvm(
             builder = builder.config("spark.jars", own_jars)
     packages = ",".join(filter(None, [own_packages, delta_coordinates()]))
     builder = builder.config("spark.jars.packages", packages)
-    try:
-        spark = _launch(builder, jvm_log)
-    except SparkRefused:
-        raise
-    except Exception as first_error:  # noqa: BLE001 - the JVM reports resolution failures opaquely
-        if _delta_in_maven_repository():
-            raise SessionError(
-                f"could not start Spark ({first_error}); see {jvm_log}"
-            ) from first_error
-        log.warning("Spark could not resolve %s; fetching it with Maven", delta_coordinates())
-        _fetch_with_maven(delta_coordinates())
-        spark = _launch(builder, jvm_log)
+    with _resolving_alone(_ivy_home(settings)):
+        try:
+            spark = _launch(builder, jvm_log)
+        except SparkRefused:
+            raise
+        except Exception as first_error:  # noqa: BLE001 - the JVM reports resolution failures opaquely
+            if _delta_in_maven_repository():
+                raise SessionError(
+                    f"could not start Spark ({first_error}); see {jvm_log}"
+                ) from first_error
+            log.warning("Spark could not resolve %s; fetching it with Maven", delta_coordinates())
+            _fetch_with_maven(delta_coordinates())
+            spark = _launch(builder, jvm_log)
     if not own_packages:
         _note_delta_jars(spark, settings)
     return spark
+
+
+@contextmanager
+def _resolving_alone(ivy: Path) -> Iterator[None]:
+    """Hold the lock of Ivy directory ``ivy`` while this process resolves packages.
+
+    Ivy does not guard its cache against two processes: two first starts at once
+    (two jobs, or ``lakeward sql`` beside a job, on a new machine or data root)
+    can each download into the same cache file and copy over the jars the other
+    is loading. Starts that resolve therefore wait for each other; starts from
+    a data root's noted jars do not.
+    """
+    ivy.mkdir(parents=True, exist_ok=True)
+    with open(ivy / "lakeward-resolve.lock", "w", encoding="utf-8") as lock:
+        if _locked_elsewhere(lock):
+            log.info("waiting for another process that is resolving the Spark packages")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _locked_elsewhere(lock: IO[str]) -> bool:
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    return False
+
+
+def _ivy_home(settings: Settings) -> Path:
+    """The Ivy directory Spark's resolver uses: ``spark.jars.ivy``, else its default since Spark 4.0."""
+    return Path(settings.spark.conf.get("spark.jars.ivy") or Path.home() / ".ivy2.5.2").expanduser()
 
 
 def delta_jars_note(settings: Settings) -> Path:

@@ -1,12 +1,22 @@
 """The session lakeward builds runs with the JVM options its settings name."""
 
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 from pyspark.sql import SparkSession
 
 from lakeward.config import ConfigError, Settings, load_settings
-from lakeward.session import _check_catalog_home, _known_delta_jars, _warn_local_master, delta_jars_note
+from lakeward.session import (
+    _check_catalog_home,
+    _ivy_home,
+    _known_delta_jars,
+    _resolving_alone,
+    _warn_local_master,
+    delta_jars_note,
+)
 
 
 def test_driver_jvm_runs_with_the_configured_options(spark: SparkSession, base_settings: Settings) -> None:
@@ -64,3 +74,33 @@ def test_a_note_is_used_only_while_every_jar_it_names_is_there(tmp_path: Path) -
     assert _known_delta_jars(settings) == [str(jar) for jar in jars]
     jars[1].unlink()  # say, a cleaned Ivy cache
     assert _known_delta_jars(settings) is None
+
+
+def test_starts_that_resolve_packages_wait_for_each_other(tmp_path: Path) -> None:
+    """Ivy's cache is not safe for two processes resolving at once (two first starts on a new machine)."""
+    ivy, entered = tmp_path / "ivy", tmp_path / "entered"
+    other = textwrap.dedent(f"""
+        import logging, sys
+        from pathlib import Path
+        from lakeward.session import _resolving_alone
+        logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(message)s")
+        with _resolving_alone(Path({str(ivy)!r})):
+            Path({str(entered)!r}).touch()
+    """)
+    with _resolving_alone(ivy):
+        waiting = subprocess.Popen([sys.executable, "-c", other], stderr=subprocess.PIPE, text=True)
+        assert waiting.stderr is not None
+        assert "waiting for another process that is resolving" in waiting.stderr.readline()
+        assert not entered.exists()
+    assert waiting.wait(timeout=60) == 0
+    assert entered.exists()
+
+
+def test_the_lock_is_in_the_ivy_directory_spark_resolves_into(
+    spark: SparkSession, base_settings: Settings
+) -> None:
+    noted = delta_jars_note(base_settings).read_text(encoding="utf-8").splitlines()
+    assert {Path(jar).parent for jar in noted} == {_ivy_home(base_settings) / "jars"}
+    conf = {**base_settings.spark.conf, "spark.jars.ivy": "~/elsewhere"}
+    moved = base_settings.model_copy(update={"spark": base_settings.spark.model_copy(update={"conf": conf})})
+    assert _ivy_home(moved) == Path.home() / "elsewhere"
