@@ -19,8 +19,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/lakeward demo
 
+# Two worker processes, a test module each at a time (module fixtures build their data once):
+# most of a test's time is driver-side Spark and Delta work on one thread, so two
+# sessions share the cores better than one. Each worker is one SparkSession.
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check lib tests jobs benchmarks
