@@ -23,7 +23,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import metadata, resources
 from pathlib import Path
-from typing import IO
 from urllib.parse import unquote, urlparse
 
 from py4j.java_gateway import JavaClass
@@ -367,22 +366,14 @@ def _resolving_alone(ivy: Path) -> Iterator[None]:
     a data root's noted jars do not.
     """
     ivy.mkdir(parents=True, exist_ok=True)
+    # Closing the file releases the lock.
     with open(ivy / "lakeward-resolve.lock", "w", encoding="utf-8") as lock:
-        if _locked_elsewhere(lock):
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
             log.info("waiting for another process that is resolving the Spark packages")
             fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def _locked_elsewhere(lock: IO[str]) -> bool:
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    return False
+        yield
 
 
 def _ivy_home(settings: Settings) -> Path:
