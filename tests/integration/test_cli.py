@@ -182,13 +182,13 @@ def test_sql_reads_the_tables_while_another_process_holds_the_data_root(
     alone = lakeward(env, "sql", "--format", "json", query)
     assert alone.returncode == 0, alone.stderr[-3000:]
     # The other statements the reader refuses are unit tests (tests/unit/test_read_beside.py).
-    files = {p: p.stat().st_mtime_ns for d in ("metastore", "warehouse") for p in (home / d).rglob("*")
-             if p.is_file() and not p.name.endswith(".lock")}
+    files = _catalog_and_table_files(home)
     with _held(env, home) as pid:
         beside = lakeward(env, "sql", "--format", "json", query)
         assert beside.returncode == 0, beside.stderr[-3000:]
         assert beside.stdout == alone.stdout
-        assert json.loads(beside.stdout)["n"] > 0 and json.loads(beside.stdout)["users_at_0"] == 0
+        row = json.loads(beside.stdout)
+        assert row["n"] > 0 and row["users_at_0"] == 0
         assert f"another process (pid {pid}) is using the data root" in beside.stderr
 
         dropped = lakeward(env, "sql", "DROP TABLE silver.orders")
@@ -200,8 +200,13 @@ def test_sql_reads_the_tables_while_another_process_holds_the_data_root(
         missing = lakeward(env, "sql", "SELECT * FROM silver.nothing_here")
         assert missing.returncode == 1 and "TABLE_OR_VIEW_NOT_FOUND" in missing.stderr
     # The reader left the catalog and the tables alone: no file written, changed or removed.
-    assert {p: p.stat().st_mtime_ns for d in ("metastore", "warehouse") for p in (home / d).rglob("*")
-            if p.is_file() and not p.name.endswith(".lock")} == files
+    assert _catalog_and_table_files(home) == files
+
+
+def _catalog_and_table_files(home: Path) -> dict[Path, int]:
+    """Every file of the catalog and the warehouse with its modification time (not the root's lock)."""
+    return {path: path.stat().st_mtime_ns for part in ("metastore", "warehouse")
+            for path in (home / part).rglob("*") if path.is_file() and not path.name.endswith(".lock")}
 
 
 def test_the_first_start_writes_a_class_archive_that_later_starts_map(
