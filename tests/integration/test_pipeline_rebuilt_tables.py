@@ -1,0 +1,237 @@
+"""Tables dropped, emptied or left half made outside a run: the next run makes them whole again."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import date, datetime
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+from chispa import assert_df_equality
+from delta.tables import DeltaTable
+from pyspark.sql import Row, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from lakeward import bronze, pipeline, silver, tables
+from lakeward.config import Settings
+from lakeward.pipeline import DateSelection
+from lakeward.sources.bitebridge import FaultRates, generate, landing_file
+from tests.conftest import isolated
+from tests.pipeline_checks import FAULTS, gold_equals_full, silver_ledger
+
+pytestmark = pytest.mark.integration
+
+
+def _drop(spark: SparkSession, settings: Settings, *logical: str) -> None:
+    """``DROP TABLE`` each table, data files included, through the session catalog.
+
+    Not by SQL text: with Delta's extension, Spark 4.1 refuses a parameter in
+    ``DROP TABLE IDENTIFIER(:name)`` (NOT_A_CONSTANT_STRING).
+    """
+    jvm = spark._jvm
+    catalog = spark._jsparkSession.sessionState().catalog()
+    for name in logical:
+        schema, table = settings.table(name).split(".")
+        catalog.dropTable(jvm.org.apache.spark.sql.catalyst.TableIdentifier(table, jvm.scala.Some(schema)),
+                          False, False)
+
+
+def test_tables_dropped_outside_lakeward_are_made_again_whole(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A silver table dropped (say with ``lakeward sql``) is created again empty by the next
+    run: its batches are taken again from bronze, also by a run of one date. Gold then sees
+    a silver table at a version it read before, with other rows (its Delta id tells), and
+    recomputes in full; a dropped gold table is recomputed too, not left empty."""
+    settings = isolated(base_settings, tmp_path)
+    generate(settings.landing_dir, seed=5, users=30, days=3, start=date(2026, 3, 1), faults=FAULTS)
+    days = sorted({date.fromisoformat(f.stem) for f in settings.landing_dir.glob("*/*.jsonl")})
+    pipeline.run(spark, settings, "all", DateSelection(days[0]))
+    before = {r["event_id"] for r in tables.read(spark, settings.table("silver_orders")).collect()}
+    users = tables.read(spark, settings.table("silver_users")).count()
+    assert before and users
+    _drop(spark, settings, "silver_orders", "silver_users")
+
+    with caplog.at_level("INFO", logger="lakeward"):
+        pipeline.run(spark, settings, "all", DateSelection(days[1]))
+    assert "no rows in" in caplog.text
+    orders = tables.read(spark, settings.table("silver_orders"))
+    assert before < {r["event_id"] for r in orders.collect()}
+    assert tables.read(spark, settings.table("silver_users")).count() >= users
+    ledger = tables.read(spark, settings.table("ops_silver_batches"))
+    assert ledger.groupBy("batch_id").count().filter("count > 1").count() == 0, "a batch recorded twice"
+    for source, spec in silver.SOURCES.items():
+        if source != "users":
+            [written] = ledger.filter(F.col("source") == source).agg(F.sum("rows_written")).first()
+            assert written == tables.read(spark, settings.table(spec.table)).count(), source
+    assert f"silver tables were replaced: {settings.table('silver_orders')}" in caplog.text
+    gold_equals_full(spark, settings)
+
+    _drop(spark, settings, "gold_user_features")
+    caplog.clear()
+    with caplog.at_level("INFO", logger="lakeward"):
+        assert pipeline.run_gold(spark, settings, DateSelection()).mode == "full"
+    assert "created again since the last run" in caplog.text
+    gold_equals_full(spark, settings)
+
+
+def test_a_silver_table_restored_with_its_rows_is_kept_and_one_emptied_is_filled_again(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The test for a lost silver table is its row count, not its version: a table put back
+    from a copy (a new table at version 0 holding every row) keeps its ledger, and one
+    emptied by ``DELETE`` gets every batch of its source again from bronze."""
+    settings = isolated(base_settings, tmp_path)
+    generate(settings.landing_dir, seed=6, users=30, days=3, start=date(2026, 3, 1), faults=FAULTS)
+    days = sorted({date.fromisoformat(f.stem) for f in settings.landing_dir.glob("*/*.jsonl")})
+    pipeline.run(spark, settings, "all", DateSelection(days[0]))
+    name, ledger_name = settings.table("silver_orders"), settings.table("ops_silver_batches")
+    held = tables.read(spark, name).collect()
+    ledger = tables.read(spark, ledger_name).filter(F.col("source") == "order_placed")
+    recorded = sorted(ledger.collect())
+    assert held and recorded
+
+    backup = str(tmp_path / "orders-backup")
+    tables.read(spark, name).write.format("delta").save(backup)
+    properties = tables.properties(spark, name)
+    _drop(spark, settings, "silver_orders")
+    restored = spark.read.format("delta").load(backup).write.format("delta")
+    for key, value in properties.items():
+        restored = restored.option(key, value)
+    restored.saveAsTable(name)
+    assert tables.current_version(spark, name) == 0
+    with caplog.at_level("INFO", logger="lakeward"):
+        pipeline.run_silver(spark, settings, DateSelection(days[0]))
+    assert "no rows in" not in caplog.text
+    assert sorted(ledger.collect()) == recorded
+    assert_df_equality(tables.read(spark, name), spark.createDataFrame(held, tables.read(spark, name).schema),
+                       ignore_row_order=True)
+
+    DeltaTable.forName(spark, name).delete()
+    pipeline.run(spark, settings, "bronze", DateSelection(days[1]))
+    with caplog.at_level("INFO", logger="lakeward"):
+        pipeline.run_silver(spark, settings, DateSelection(days[1]))
+    assert "no rows in" in caplog.text
+    batches = tables.read(spark, ledger_name)
+    assert batches.groupBy("batch_id").count().filter("count > 1").count() == 0, "a batch recorded twice"
+    assert {r["event_id"] for r in held} <= {r["event_id"] for r in tables.read(spark, name).collect()}
+    [written] = batches.filter(F.col("source") == "order_placed").agg(F.sum("rows_written")).first()
+    assert written == tables.read(spark, name).count()
+
+
+def test_a_dropped_bronze_table_is_ingested_again_from_its_landing_files(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Bronze's orders and quarantine tables dropped after day 1 ran whole and day 2 only
+    through bronze. Silver refuses day 2 (bronze lost its rows), a bronze run dies part way,
+    and the next run still writes the earlier files again, with the batch ids they had: bronze
+    holds what it held and silver takes every batch once. A landing file removed meanwhile
+    cannot be restored: its ledger row then records what bronze still holds, and the run says so."""
+    settings = isolated(base_settings, tmp_path)
+    generate(settings.landing_dir, seed=5, users=30, days=3, start=date(2026, 3, 1), faults=FAULTS)
+    days = sorted({date.fromisoformat(f.stem) for f in settings.landing_dir.glob("*/*.jsonl")})
+    pipeline.run(spark, settings, "all", DateSelection(days[0]))
+    pipeline.run(spark, settings, "bronze", DateSelection(days[1]))
+    names = [settings.table(t) for t in ("bronze_order_placed", "bronze_quarantine", "bronze_users")]
+
+    def snapshot(name: str) -> list[Row]:
+        rows = tables.read(spark, name).drop("_ingested_at").filter(F.col("_arrival_date") < days[2])
+        return sorted(rows.collect(), key=repr)  # values may be None
+
+    before = {name: snapshot(name) for name in names}
+    assert all(before.values())
+    gone = landing_file(settings.landing_dir, "order_placed", days[0])
+    gone_batch = bronze.landing_files(settings, "order_placed", [days[0]])[0].batch_id
+    day_2_batch = bronze.landing_files(settings, "order_placed", [days[1]])[0].batch_id
+    gone.unlink()
+    _drop(spark, settings, "bronze_order_placed", "bronze_quarantine")
+
+    # Silver would mark day 2's orders done with none of their rows.
+    with pytest.raises(silver.BronzeRowsMissingError, match=rf"{day_2_batch} \(0 of \d+\).*run bronze"):
+        pipeline.run(spark, settings, "silver", DateSelection(days[1]))
+    # A bronze run that dies before it writes leaves the shortfall for the next run to find.
+    def crash(*_: object) -> None:
+        raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(tables, "append_side_by_side", crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        pipeline.run(spark, settings, "bronze", DateSelection(days[2]))
+    monkeypatch.undo()
+
+    with caplog.at_level("INFO", logger="lakeward"):
+        pipeline.run(spark, settings, "all", DateSelection(days[2]))
+    assert "fewer rows than" in caplog.text and "cannot be restored" in caplog.text
+    assert snapshot(names[0]) == [r for r in before[names[0]] if r["_batch_id"] != gone_batch]
+    assert snapshot(names[1]) == [r for r in before[names[1]] if r["_batch_id"] != gone_batch]
+    assert snapshot(names[2]) == before[names[2]]
+    ledger = tables.read(spark, settings.table("ops_ingestion_batches"))
+    assert ledger.groupBy("batch_id").count().filter("count > 1").count() == 0, "a file recorded twice"
+    gone_row = ledger.filter(F.col("batch_id") == gone_batch).first()
+    assert (gone_row["rows_written"], gone_row["rows_quarantined"]) == (0, 0) and gone_row["lines"] > 0
+    for name, column in ((names[0], "rows_written"), (names[1], "rows_quarantined")):
+        held = tables.read(spark, name).groupBy("_batch_id").count()
+        for row in ledger.join(held, ledger.batch_id == held._batch_id, "left").collect():
+            if row["source"] == "order_placed" or name == names[1]:
+                assert (row["count"] or 0) == row[column], (name, row["batch_id"])
+    # Day 2, refused before, now goes through silver whole.
+    pipeline.run(spark, settings, "all", DateSelection(days[1]))
+    silver_ledger = tables.read(spark, settings.table("ops_silver_batches"))
+    assert silver_ledger.groupBy("batch_id").count().filter("count > 1").count() == 0, "a batch taken twice"
+    day_2 = silver_ledger.filter(F.col("batch_id") == day_2_batch).first()
+    assert day_2["rows_in"] == ledger.filter(F.col("batch_id") == day_2_batch).first()["rows_written"] > 0
+    # Nothing more to restore: the next run finds no shortfall.
+    assert bronze.find_lost(spark, settings) == bronze.Restore()
+    gold_equals_full(spark, settings)
+
+
+def test_a_table_whose_creation_stopped_before_the_catalog_is_created_again(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A run killed while creating silver.orders left its first commit but no catalog entry:
+    the next run creates the table. Files with rows where a table would go are left alone."""
+    settings = isolated(base_settings, tmp_path)
+    spec = silver.silver_spec(settings, "order_placed")
+    schema, table = spec.name.rsplit(".", 1)
+    tables.ensure_schema(spark, schema)
+    directory = Path(urlparse(spark.catalog.getDatabase(schema).locationUri).path)
+    # What Delta writes before it registers a new table in the catalog.
+    DeltaTable.createIfNotExists(spark).location(str(directory / table)).addColumns(spec.schema).execute()
+    with caplog.at_level("WARNING", logger="lakeward"):
+        pipeline.ensure_tables(spark, settings)
+    assert "creating it again" in caplog.text
+    assert tables.exists(spark, spec.name) and tables.current_version(spark, spec.name) == 0
+    properties = DeltaTable.forName(spark, spec.name).detail().first()["properties"]
+    assert spec.delta_properties().items() <= properties.items()
+
+    spark.range(3).write.format("delta").save(str(directory / "stray"))
+    stray = tables.TableSpec(f"{schema}.stray", T.StructType([T.StructField("id", T.LongType())]))
+    with pytest.raises(tables.UnknownTableFilesError, match=r"cannot create \S+\.stray: .*move them away"):
+        tables.ensure_tables(spark, [stray])
+    assert spark.read.format("delta").load(str(directory / "stray")).count() == 3
+
+
+def test_a_users_table_from_before_batch_ids_gets_the_column(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path
+) -> None:
+    """A data root whose ``silver.users`` has no ``_batch_id`` column: the next silver run
+    adds it. The rows it held keep a null batch id; the new rows name their batch."""
+    settings = isolated(base_settings, tmp_path)
+    day = date(2026, 3, 1)
+    generate(settings.landing_dir, seed=5, users=15, days=1, start=day, faults=FaultRates.none())
+    spec = silver.silver_spec(settings, "users")
+    old_schema = T.StructType([f for f in spec.schema.fields if f.name != "_batch_id"])
+    tables.ensure_tables(spark, [replace(spec, schema=old_schema)])
+    old_row = ("k-old", date(2026, 1, 5), "Porto", datetime(2026, 1, 5, 9), "e-old", date(2026, 1, 5))
+    tables.append(spark.createDataFrame([old_row], old_schema), spec.name)
+    pipeline.ensure_tables(spark, settings)
+    pipeline.run_bronze(spark, settings, DateSelection(day))
+    pipeline.run_silver(spark, settings, DateSelection(day))
+
+    users = tables.read(spark, spec.name)
+    assert users.columns == spec.schema.fieldNames()
+    [(_, _, duplicates, written)] = silver_ledger(spark, settings, "users", day)
+    assert duplicates == 0 and written == users.count() - 1
+    assert users.filter(F.col("_batch_id").isNull()).select("user_key").collect() == [Row(user_key="k-old")]

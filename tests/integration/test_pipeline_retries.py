@@ -1,0 +1,422 @@
+"""The pipeline after a crash, a retry or a landing file sent again: nothing lost, nothing counted twice."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from chispa import assert_df_equality
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from lakeward import bronze, pipeline, quality, silver, tables
+from lakeward.config import Settings
+from lakeward.pipeline import DateSelection
+from lakeward.privacy.keys import pii_key
+from lakeward.sources.bitebridge import SOURCES, FaultRates, generate, landing_file
+from tests.conftest import isolated
+from tests.pipeline_checks import FAULTS, count_rows, gold_equals_full, silver_ledger
+
+pytestmark = pytest.mark.integration
+
+
+def test_crash_between_write_and_ledger_adds_nothing_twice(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = isolated(base_settings, tmp_path)
+    generate(settings.landing_dir, seed=5, users=20, days=2, start=date(2026, 3, 1), faults=FAULTS)
+    bronze.ensure_tables(spark, settings)
+    days = [date(2026, 3, 1), date(2026, 3, 2)]
+
+    def crash(*args: object, **kwargs: object) -> None:
+        raise SystemExit("killed between the data write and the ledger write")
+
+    monkeypatch.setattr(bronze, "record_batches", crash)
+    with pytest.raises(SystemExit):
+        bronze.ingest(spark, settings, "order_placed", days)
+    name = settings.table("bronze_order_placed")
+    assert tables.read(spark, name).count() > 0  # the data write happened
+    assert count_rows(spark, settings, "ops_ingestion_batches") == 0
+    monkeypatch.undo()
+
+    # The retry covers a different set of files than the crashed run: one, then both.
+    bronze.ingest(spark, settings, "order_placed", days[:1])
+    result = bronze.ingest(spark, settings, "order_placed", days)
+    # Only these days' files: late lines may also have made a third arrival day.
+    lines = sum(len(landing_file(settings.landing_dir, "order_placed", d).read_bytes().splitlines())
+                for d in days)
+    assert result.skipped == 1
+    rows = tables.read(spark, name).count()
+    quarantined = count_rows(spark, settings, "bronze_quarantine", source="order_placed")
+    assert rows + quarantined == lines
+    assert tables.read(spark, name).groupBy("_batch_id", "_line_no").count().filter("count > 1").count() == 0
+    again = bronze.ingest(spark, settings, "order_placed", days)
+    assert again.skipped == 2 and tables.read(spark, name).count() == rows
+
+
+def test_an_event_sent_again_with_another_time_is_a_duplicate_on_a_later_day(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path
+) -> None:
+    """``event_id`` is the event's identity: a copy sent again a day later with a
+    corrected timestamp, so on another event date, is dropped as a duplicate."""
+    settings = isolated(base_settings, tmp_path)
+    days = [date(2026, 3, 1), date(2026, 3, 2)]
+    generate(settings.landing_dir, seed=5, users=30, days=2, start=days[0], faults=FaultRates.none())
+    first_file = landing_file(settings.landing_dir, "order_placed", days[0])
+    original = json.loads(first_file.read_text().splitlines()[0])
+    with landing_file(settings.landing_dir, "order_placed", days[1]).open("a") as f:
+        f.write(json.dumps({**original, "event_ts": "2026-03-02T12:00:00Z", "amount": 1.0}) + "\n")
+    bronze.ensure_tables(spark, settings)
+    silver.ensure_tables(spark, settings)
+    for day in days:
+        bronze.ingest(spark, settings, "order_placed", [day])
+        silver.process(spark, settings, "order_placed", [day], pii_key(settings))
+
+    orders = tables.read(spark, settings.table("silver_orders"))
+    kept = orders.filter(F.col("event_id") == original["event_id"]).collect()
+    assert [(r["event_ts"].isoformat(), float(r["amount"])) for r in kept] == [
+        (original["event_ts"].removesuffix("Z"), original["amount"])
+    ]
+    assert orders.groupBy("event_id").count().filter("count > 1").count() == 0
+    ledger = tables.read(spark, settings.table("ops_silver_batches")).collect()
+    assert {(r["arrival_date"], r["rows_duplicate"]) for r in ledger} == {(days[0], 0), (days[1], 1)}
+
+
+def test_a_carriage_return_inside_a_line_is_quarantined_with_its_line(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path
+) -> None:
+    """Lines end at a newline only, so a stray ``\\r`` leaves the count reconciled."""
+    settings = isolated(base_settings, tmp_path)
+    day = date(2026, 3, 1)
+    generate(settings.landing_dir, seed=5, users=10, days=1, start=day, faults=FaultRates.none())
+    path = landing_file(settings.landing_dir, "order_placed", day)
+    lines = path.read_text().splitlines()
+    with path.open("a", newline="") as f:
+        f.write('{"event_id": "broken\r", "amount": 1}\n')
+        f.write(lines[0].replace("{", "{ ", 1) + "\r\n")  # a Windows line ending: still a good line
+    bronze.ensure_tables(spark, settings)
+    bronze.ingest(spark, settings, "order_placed", [day])
+    quarantined = tables.read(spark, settings.table("bronze_quarantine")).collect()
+    assert [r["_line_no"] for r in quarantined] == [len(lines) + 1]
+    assert count_rows(spark, settings, "bronze_order_placed") == len(lines) + 1
+
+
+def test_a_landing_file_sent_again_with_more_lines_reaches_silver(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path
+) -> None:
+    """A landing file replaced after its day was processed is a new bronze batch:
+    ``--all-dates`` takes it to silver, where its lines silver already has are duplicates."""
+    settings = isolated(base_settings, tmp_path)
+    days = [date(2026, 3, 1), date(2026, 3, 2)]
+    generate(settings.landing_dir, seed=5, users=30, days=2, start=days[0], faults=FaultRates.none())
+    pipeline.ensure_tables(spark, settings)
+    pipeline.run_bronze(spark, settings, DateSelection())
+    pipeline.run_silver(spark, settings, DateSelection())
+    nothing = {source: [] for source in SOURCES}
+    assert silver.pending_dates(spark, settings) == nothing
+    path = landing_file(settings.landing_dir, "order_placed", days[0])
+    lines = path.read_text().splitlines()
+    added = {**json.loads(lines[0]), "event_id": "sent-again-1", "order_id": "ord_sent_again"}
+    path.write_text("\n".join([*lines, json.dumps(added)]) + "\n")
+
+    pipeline.run_bronze(spark, settings, DateSelection())
+    assert silver.pending_dates(spark, settings) == {**nothing, "order_placed": [days[0]]}
+    pipeline.run_silver(spark, settings, DateSelection())
+
+    orders = tables.read(spark, settings.table("silver_orders"))
+    assert orders.filter(F.col("event_id") == "sent-again-1").count() == 1
+    assert orders.groupBy("event_id").count().filter("count > 1").count() == 0
+    n = len(lines)
+    assert silver_ledger(spark, settings, "order_placed", days[0]) == [(n, 0, 0, n), (n + 1, 0, n, 1)]
+    assert silver.pending_dates(spark, settings) == nothing
+    # The date again: every row is one silver has, so no commit, and the ledger keeps its counts.
+    version = tables.current_version(spark, settings.table("silver_orders"))
+    results = pipeline.run_silver(spark, settings, DateSelection(days[0]))
+    assert {(r.rows_in, r.rows_written) for r in results} == {(0, 0)}
+    assert tables.current_version(spark, settings.table("silver_orders")) == version
+    results_table = tables.read(spark, settings.table("ops_quality_results"))
+    gates = results_table.filter(F.col("suite") == "silver_orders")
+    last = gates.filter(F.col("checked_at") == gates.agg(F.max("checked_at")).first()[0])
+    assert {r["element_count"] for r in last.collect()} == {0}, "rows of recorded batches are not gated again"
+    assert silver_ledger(spark, settings, "order_placed", days[0]) == [(n, 0, 0, n), (n + 1, 0, n, 1)]
+
+
+def test_a_day_whose_event_files_hold_no_readable_line_moves_the_features_on(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path
+) -> None:
+    """Bronze quarantines every line of the day's event files; silver still records the
+    day, so gold's history runs up to it, in an increment as in ``--full``."""
+    settings = isolated(base_settings, tmp_path)
+    days = [date(2026, 3, 1), date(2026, 3, 2)]
+    generate(settings.landing_dir, seed=7, users=30, days=2, start=days[0], faults=FaultRates.none())
+    for source in ("order_placed", "delivery_completed", "rating_submitted"):
+        landing_file(settings.landing_dir, source, days[1]).write_text('{"event_id": "cut\n')
+    pipeline.run(spark, settings, "all", DateSelection(days[0]))
+    pipeline.run(spark, settings, "all", DateSelection())
+
+    assert silver_ledger(spark, settings, "order_placed", days[1]) == [(0, 0, 0, 0)]
+    name = settings.table("gold_user_features")
+    features = tables.read(spark, name, version=tables.current_version(spark, name))
+    assert features.agg(F.max("feature_date")).first()[0] == days[1]
+    assert features.filter(F.col("feature_date") == days[1]).count() == features.filter(
+        F.col("feature_date") == days[0]
+    ).count() > 0
+    pipeline.run(spark, settings, "gold", DateSelection(full=True))
+    assert_df_equality(features, tables.read(spark, name), ignore_row_order=True, ignore_nullable=True)
+
+
+def test_a_silver_ledger_from_before_batch_ids_still_marks_its_dates_done(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path
+) -> None:
+    """A data root whose ``ops.silver_batches`` has no ``batch_id`` column: its rows cover the
+    batches of their date ingested before them, and the next silver run adds the column."""
+    settings = isolated(base_settings, tmp_path)
+    days = [date(2026, 3, 1), date(2026, 3, 2)]
+    generate(settings.landing_dir, seed=5, users=20, days=2, start=days[0], faults=FaultRates.none())
+    old_schema = T.StructType([f for f in silver.LEDGER_SCHEMA.fields if f.name != "batch_id"])
+    name = settings.table("ops_silver_batches")
+    tables.ensure_tables(spark, [tables.TableSpec(name=name, schema=old_schema)])
+    pipeline.ensure_tables(spark, settings)
+    pipeline.run_bronze(spark, settings, DateSelection())
+    old_row = ("order_placed", days[0], 1, 0, 0, 1, datetime.now(UTC).replace(tzinfo=None))
+    tables.append(spark.createDataFrame([old_row], old_schema), name)
+
+    pending = silver.pending_dates(spark, settings)
+    assert pending == {**{source: days for source in SOURCES}, "order_placed": [days[1]]}
+    pipeline.run_silver(spark, settings, DateSelection())
+
+    assert "batch_id" in tables.read(spark, name).columns
+    assert silver.pending_dates(spark, settings) == {source: [] for source in SOURCES}
+    assert silver_ledger(spark, settings, "order_placed", days[0]) == [(1, 0, 0, 1)]
+    # The old row still covers its date when the date is run again.
+    pipeline.run_silver(spark, settings, DateSelection(days[0]))
+    assert silver_ledger(spark, settings, "order_placed", days[0]) == [(1, 0, 0, 1)]
+
+
+def test_a_retry_removes_what_a_crash_left_of_a_file_changed_or_removed_since(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = isolated(base_settings, tmp_path)
+    days = [date(2026, 3, 1), date(2026, 3, 2)]
+    generate(settings.landing_dir, seed=5, users=20, days=2, start=days[0], faults=FAULTS)
+    bronze.ensure_tables(spark, settings)
+    monkeypatch.setattr(bronze, "record_batches", lambda *args, **kwargs: sys.exit("killed"))
+    with pytest.raises(SystemExit):
+        bronze.ingest(spark, settings, "order_placed", days)
+    monkeypatch.undo()
+    changed, removed = (landing_file(settings.landing_dir, "order_placed", d) for d in days)
+    first_line = changed.read_bytes().splitlines(keepends=True)[0]
+    with changed.open("ab") as fh:
+        fh.write(first_line)  # sent again with one more line: a new checksum, a new batch
+    removed.unlink()
+
+    result = bronze.ingest(spark, settings, "order_placed", days)
+    assert (result.files, result.skipped) == (1, 0)
+    recorded = {r["batch_id"] for r in tables.read(spark, settings.table("ops_ingestion_batches")).collect()}
+    for logical in ("bronze_order_placed", "bronze_quarantine"):
+        batches = {r["_batch_id"] for r in tables.read(spark, settings.table(logical)).collect()}
+        assert batches <= recorded, logical
+    rows = count_rows(spark, settings, "bronze_order_placed")
+    quarantined = count_rows(spark, settings, "bronze_quarantine", source="order_placed")
+    assert rows + quarantined == len(changed.read_bytes().splitlines())
+
+
+def test_a_data_root_whose_path_has_a_plus_a_space_or_an_accent(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path
+) -> None:
+    # Spark reports the path of a file it read as a URI, which spells these otherwise than Python.
+    settings = isolated(base_settings, tmp_path / "odd+root é 1")
+    day = date(2026, 3, 1)
+    generate(settings.landing_dir, seed=5, users=20, days=1, start=day, faults=FAULTS)
+    bronze.ensure_tables(spark, settings)
+    result = bronze.ingest(spark, settings, "order_placed", [day])
+    lines = len(landing_file(settings.landing_dir, "order_placed", day).read_bytes().splitlines())
+    assert result.rows_written + result.rows_quarantined == lines and result.rows_written > 0
+
+
+def test_a_user_record_replaced_before_the_retry_counts_as_a_duplicate(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run dies after writing day 1's users; day 2 replaces some of those records; the
+    retry of day 1 counts the records still in silver as written, the replaced ones as duplicates."""
+    settings = isolated(base_settings, tmp_path)
+    days = [date(2026, 3, 1), date(2026, 3, 2)]
+    generate(settings.landing_dir, seed=5, users=60, days=2, start=days[0], faults=FaultRates.none(),
+             users_feed="changes")
+    pipeline.ensure_tables(spark, settings)
+    pipeline.run_bronze(spark, settings, DateSelection())
+    monkeypatch.setattr(quality, "record", lambda *args, **kwargs: sys.exit("killed"))
+    with pytest.raises(SystemExit):
+        pipeline.run_silver(spark, settings, DateSelection(days[0]))
+    monkeypatch.undo()
+    users = settings.table("silver_users")
+    [day_one] = [r["_batch_id"] for r in tables.read(spark, users).select("_batch_id").distinct().collect()]
+    written_first = tables.read(spark, users).count()
+
+    pipeline.run_silver(spark, settings, DateSelection(days[1]))
+    kept = tables.read(spark, users).filter(F.col("_batch_id") == day_one).count()
+    assert 0 < kept < written_first, "day 2 replaces some of day 1's records, not all"
+    pipeline.run_silver(spark, settings, DateSelection(days[0]))
+
+    [(rows_in, quarantined, duplicates, written)] = silver_ledger(spark, settings, "users", days[0])
+    assert (quarantined, written, duplicates) == (0, kept, rows_in - kept)
+
+
+def _three_days_in_bronze(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path, altered: str | None = None
+) -> tuple[Settings, list[date]]:
+    """Three days of data in bronze, with many events sent again the next day.
+
+    With ``altered``, one day 1 order is also sent on day 2 with that ``event_ts``.
+    """
+    settings = isolated(base_settings, tmp_path)
+    days = [date(2026, 3, 1) + timedelta(days=n) for n in range(3)]
+    faults = replace(FaultRates.none(), duplicate=0.3)
+    generate(settings.landing_dir, seed=3, users=60, days=3, start=days[0], faults=faults)
+    if altered is not None:
+        day_two = landing_file(settings.landing_dir, "order_placed", days[1])
+        sent = {json.loads(line)["event_id"] for line in day_two.read_text().splitlines()}
+        lines = landing_file(settings.landing_dir, "order_placed", days[0]).read_text().splitlines()
+        order = next(o for o in map(json.loads, lines) if o["event_id"] not in sent)
+        with day_two.open("a") as out:
+            out.write(json.dumps({**order, "event_ts": altered}) + "\n")
+    pipeline.ensure_tables(spark, settings)
+    pipeline.run_bronze(spark, settings, DateSelection())
+    return settings, days
+
+
+def test_a_retry_over_more_days_credits_each_row_to_the_batch_that_wrote_it(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run on day 2 dies after its silver writes; the retry takes days 1 to 3. An event
+    whose line is in the day 1 and day 2 files is held from day 2's batch: day 2's ledger
+    row counts it as written (day 1's as a duplicate), so the ledger adds up to the table."""
+    settings, days = _three_days_in_bronze(spark, base_settings, tmp_path)
+    orders = tables.read(spark, settings.table("bronze_order_placed"))
+    in_both = (orders.filter(F.col("_arrival_date").isin(days[0], days[1]))
+               .groupBy("event_id").agg(F.countDistinct("_arrival_date").alias("files"))
+               .filter("files = 2").count())
+    assert in_both > 0, "the data must hold events sent on day 1 and again on day 2"
+    monkeypatch.setattr(silver, "_record", lambda *args, **kwargs: sys.exit("killed"))
+    with pytest.raises(SystemExit):
+        pipeline.run_silver(spark, settings, DateSelection(days[1]))
+    monkeypatch.undo()
+
+    pipeline.run_silver(spark, settings, DateSelection())
+    ledger = tables.read(spark, settings.table("ops_silver_batches"))
+    for source, spec in silver.SOURCES.items():
+        held = tables.read(spark, settings.table(spec.table)).count()
+        [written] = ledger.filter(F.col("source") == source).agg(F.sum("rows_written")).first()
+        assert written == held, source
+    [(rows_in, quarantined, duplicates, written)] = silver_ledger(spark, settings, "order_placed", days[0])
+    assert duplicates >= in_both and rows_in == quarantined + duplicates + written
+
+
+def test_an_event_sent_on_two_days_arrives_on_the_first_whatever_day_runs_first(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path
+) -> None:
+    """Day 2 runs before day 1. An event whose line is in both files is held from day 2's
+    batch; day 1's run moves its arrival back to day 1, as a run in order would have it
+    (gold counts an event from its arrival), and counts its own copy as a duplicate. A day 1
+    copy with another timestamp changes nothing: the held values with day 1's arrival would
+    be a row neither order gives, one that arrived before it happened."""
+    settings, days = _three_days_in_bronze(spark, base_settings, tmp_path, altered="2026-03-02T20:00:00Z")
+    [altered] = [
+        r["event_id"] for r in tables.read(spark, settings.table("bronze_order_placed"))
+        .groupBy("event_id").agg(F.countDistinct("event_ts").alias("forms")).filter("forms > 1").collect()
+    ]
+    pipeline.run_silver(spark, settings, DateSelection(days[1]))
+    assert pipeline.run_gold(spark, settings, DateSelection()).mode == "full"
+    for day in (days[0], days[2], days[0]):
+        pipeline.run_silver(spark, settings, DateSelection(day))
+
+    for source, logical in (("order_placed", "silver_orders"), ("delivery_completed", "silver_deliveries")):
+        first = {
+            r["event_id"]: r["first"]
+            for r in tables.read(spark, settings.table(f"bronze_{source}"))
+            .groupBy("event_id").agg(F.min("_arrival_date").alias("first")).collect()
+        }
+        held = tables.read(spark, settings.table(logical)).select("event_id", "_arrival_date", "_batch_id")
+        first[altered] = days[1]
+        assert {r["event_id"]: r["_arrival_date"] for r in held.collect()} == {
+            r["event_id"]: first[r["event_id"]] for r in held.collect()
+        }, source
+        from_day_two = F.col("_batch_id").contains(f"{days[1]:%Y%m%d}")
+        moved = held.filter((F.col("_arrival_date") == days[0]) & from_day_two)
+        assert moved.count() > 0, f"{source}: the data must hold events sent on day 1 and again on day 2"
+        [written] = tables.read(spark, settings.table("ops_silver_batches")).filter(
+            F.col("source") == source
+        ).agg(F.sum("rows_written")).first()
+        assert written == held.count(), source
+        [(rows_in, quarantined, duplicates, wrote)] = silver_ledger(spark, settings, source, days[0])
+        assert rows_in == quarantined + duplicates + wrote and duplicates >= moved.count()
+    # The moved arrivals are updates in silver's change feed: gold applies them as an
+    # increment, which equals a full recompute.
+    assert pipeline.run_gold(spark, settings, DateSelection()).mode == "incremental"
+    gold_equals_full(spark, settings)
+
+
+def test_silver_leaves_the_rows_of_a_batch_bronze_has_not_recorded(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path
+) -> None:
+    """Rows a bronze run left before it died (no ledger row) are not silver's to take:
+    bronze removes them when it ingests the file again."""
+    settings = isolated(base_settings, tmp_path)
+    day = date(2026, 3, 1)
+    generate(settings.landing_dir, seed=5, users=20, days=1, start=day, faults=FaultRates.none())
+    pipeline.ensure_tables(spark, settings)
+    pipeline.run_bronze(spark, settings, DateSelection(day))
+    name = settings.table("bronze_order_placed")
+    left = tables.read(spark, name).limit(3).withColumns({
+        "_batch_id": F.lit("order_placed-20260301-died"),
+        "event_id": F.concat(F.lit("left-"), F.col("event_id")),
+    })
+    tables.append(left, name)
+    pipeline.run_silver(spark, settings, DateSelection(day))
+    orders = tables.read(spark, settings.table("silver_orders"))
+    assert orders.count() > 0
+    assert orders.filter(F.col("event_id").startswith("left-")).count() == 0
+    batches = tables.read(spark, settings.table("ops_silver_batches")).select("batch_id").collect()
+    assert "order_placed-20260301-died" not in {r[0] for r in batches}
+
+
+def test_a_batch_is_done_only_once_its_gate_results_are_recorded(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run that dies while writing the gate results leaves its batches pending:
+    the next run gates them again and records both, writing no row twice. The rows
+    the first run wrote count as their batch's, not as duplicates."""
+    settings = isolated(base_settings, tmp_path)
+    day = date(2026, 3, 1)
+    generate(settings.landing_dir, seed=5, users=15, days=1, start=day, faults=FaultRates.none())
+    pipeline.ensure_tables(spark, settings)
+    pipeline.run_bronze(spark, settings, DateSelection(day))
+
+    def crash(*args: object, **kwargs: object) -> None:
+        raise SystemExit("killed while writing the gate results")
+
+    monkeypatch.setattr(quality, "record", crash)
+    with pytest.raises(SystemExit):
+        pipeline.run_silver(spark, settings, DateSelection())
+    monkeypatch.undo()
+    orders = count_rows(spark, settings, "silver_orders")
+    assert orders > 0  # the data write happened
+    assert count_rows(spark, settings, "ops_silver_batches") == 0
+    assert silver.pending_dates(spark, settings)["order_placed"] == [day]
+
+    pipeline.run_silver(spark, settings, DateSelection())
+    assert count_rows(spark, settings, "silver_orders") == orders
+    results = tables.read(spark, settings.table("ops_quality_results")).collect()
+    suites = {"silver_orders", "silver_deliveries", "silver_ratings", "silver_users"}
+    assert {r["suite"] for r in results} == suites
+    gated = {r["element_count"] for r in results if r["suite"] == "silver_orders"}
+    assert gated == {orders}, "the retry gates the rows the first run wrote"
+    assert silver.pending_dates(spark, settings) == {source: [] for source in SOURCES}
+    for source in SOURCES:
+        [(_, _, duplicates, written)] = silver_ledger(spark, settings, source, day)
+        assert (duplicates, written) == (0, count_rows(spark, settings, silver.SOURCES[source].table)), source
