@@ -1,10 +1,10 @@
 """What one arrival day costs per pipeline stage: wall time and Spark jobs, by call site.
 
-Generates a small BiteBridge landing set, then runs each arrival day in order, stage
-by stage (bronze, silver, gold), in one driver. For each stage of each day it prints
-the wall time and how many Spark jobs the stage started; with ``--sites`` also the
-jobs of the last day grouped by where they were started (Delta's job description, if
-any, and the call site Spark records), with the summed time of each group.
+Generates a small BiteBridge landing set (the generator's default faults), then runs
+each arrival day in order, stage by stage (bronze, silver, gold), in one driver. For
+each stage of each day it prints the wall time and how many Spark jobs it started;
+with ``--sites`` also the last day's jobs grouped by where they were started (Delta's
+job description, if any, and the call site Spark records), with their summed time.
 
     LAKEWARD_HOME=$(mktemp -d) .venv/bin/python benchmarks/stage_jobs.py --days 3 --sites
 
@@ -28,7 +28,7 @@ from lakeward import pipeline
 from lakeward.config import load_settings
 from lakeward.pipeline import DateSelection
 from lakeward.session import get_spark
-from lakeward.sources.bitebridge import FaultRates, generate
+from lakeward.sources.bitebridge import generate
 
 START = date(2026, 3, 1)
 
@@ -72,8 +72,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     settings = load_settings("local")
-    generate(settings.landing_dir, seed=11, users=args.users, days=args.days, start=START,
-             faults=FaultRates(duplicate=0.08, late=0.08, malformed=0.1, null_key=0.04, out_of_range=0.04))
+    generate(settings.landing_dir, seed=11, users=args.users, days=args.days, start=START)
     spark = get_spark(settings)
     print("| day | stage | wall (s) | Spark jobs |")
     print("| --- | --- | --- | --- |")
