@@ -33,6 +33,7 @@ from pyspark.sql import Column, DataFrame, Observation, Row, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
+from lakeward import delta_log
 from lakeward.config import is_identifier
 
 PERSONAL_DATA_PROPERTY = "lakeward.personal_data"
@@ -335,6 +336,9 @@ def _counted(df: DataFrame) -> tuple[DataFrame, Callable[[], int]]:
 
 def rows_last_written(spark: SparkSession, name: str) -> int:
     """Rows the table's last commit wrote, from Delta's own operation metrics."""
+    commit = delta_log.last_commit(spark, name)
+    if commit is not None:
+        return int(commit.operation_metrics.get("numOutputRows", 0))
     metrics = _last_commit(spark, name)["operationMetrics"]
     return int((metrics or {}).get("numOutputRows", 0))
 
@@ -360,7 +364,10 @@ def replace(df: DataFrame, spec: TableSpec, properties: dict[str, str] | None = 
 
 
 def properties(spark: SparkSession, name: str) -> dict[str, str]:
-    """The table's current properties (``DESCRIBE DETAIL``)."""
+    """The table's current properties, as ``DESCRIBE DETAIL`` has them."""
+    latest = delta_log.snapshot(spark, name)
+    if latest is not None:
+        return latest.properties
     row = DeltaTable.forName(spark, name).detail().select("properties").first()
     return dict(row["properties"] or {}) if row is not None else {}
 
@@ -374,7 +381,8 @@ def read(spark: SparkSession, name: str, *, version: int | None = None) -> DataF
 
 def current_version(spark: SparkSession, name: str) -> int:
     """The table's latest Delta version."""
-    return int(_last_commit(spark, name)["version"])
+    latest = delta_log.snapshot(spark, name)
+    return latest.version if latest is not None else int(_last_commit(spark, name)["version"])
 
 
 def row_counts(spark: SparkSession, names: Sequence[str]) -> dict[str, int]:
@@ -390,6 +398,9 @@ def _side_by_side(get: Callable[[str], int], names: Sequence[str]) -> dict[str, 
 
 def table_id(spark: SparkSession, name: str) -> str:
     """Delta's id of the table: it changes when the table is dropped and created again."""
+    latest = delta_log.snapshot(spark, name)
+    if latest is not None:
+        return latest.table_id
     row = DeltaTable.forName(spark, name).detail().select("id").first()
     if row is None:
         raise LookupError(f"table {name} has no details")
@@ -402,7 +413,10 @@ def last_commit_metadata(spark: SparkSession, name: str) -> str | None:
 
 
 def last_commit(spark: SparkSession, name: str) -> tuple[int, str | None]:
-    """The table's latest Delta version and that commit's ``user_metadata``, from one history read."""
+    """The latest Delta version and its commit's ``user_metadata``: from the log, else one history read."""
+    commit = delta_log.last_commit(spark, name)
+    if commit is not None:
+        return commit.version, commit.user_metadata
     row = _last_commit(spark, name)
     note = row["userMetadata"]
     return int(row["version"]), (str(note) if note is not None else None)

@@ -1,0 +1,102 @@
+"""A Delta table's latest version, id, properties and last commit, read from its log on the driver.
+
+``DESCRIBE HISTORY`` and ``DESCRIBE DETAIL`` each start a Spark job, about
+0.25 s on a warm local driver, and a gold run asks for eight such facts. The
+open-source Delta classes the session runs answer the same from the snapshot
+they keep in memory, in a few milliseconds and without a job
+(docs/BENCHMARKS.md, "Test suite"). Where those classes are not at hand
+(Spark Connect; Databricks, whose Delta lives under other class names) or the
+name is not a Delta table, these functions return None and the caller asks
+Delta's SQL API instead, which also raises the errors a user should see::
+
+    facts = delta_log.snapshot(spark, "silver.orders")
+    version = facts.version if facts else <DESCRIBE HISTORY>
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from py4j.protocol import Py4JError
+from pyspark.errors import PySparkException
+from pyspark.sql import SparkSession
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The table's latest version, Delta's id of the table and its properties."""
+
+    version: int
+    table_id: str
+    properties: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Commit:
+    """A commit's version, its ``userMetadata`` and its operation metrics, as its history entry has them."""
+
+    version: int
+    user_metadata: str | None
+    operation_metrics: dict[str, str]
+
+
+def snapshot(spark: SparkSession, name: str) -> Snapshot | None:
+    """The table's latest snapshot; None where the log cannot be read this way."""
+    found = _latest(spark, name)
+    if found is None:
+        return None
+    jvm, _, latest = found
+    metadata = latest.metadata()
+    return Snapshot(int(latest.version()), str(metadata.id()), _as_dict(jvm, metadata.configuration()))
+
+
+def last_commit(spark: SparkSession, name: str) -> Commit | None:
+    """The table's latest commit; None where the log cannot be read this way."""
+    found = _latest(spark, name)
+    if found is None:
+        return None
+    jvm, log, latest = found
+    version = int(latest.version())
+    try:
+        changes = log.getChanges(version, jvm.scala.Option.empty(), False)
+        if not changes.hasNext():
+            return None
+        first = changes.next()
+        if int(first._1()) != version:
+            return None
+        actions = first._2()
+        for i in range(actions.size()):
+            action = actions.apply(i)
+            if action.getClass().getSimpleName() == "CommitInfo":
+                note, metrics = action.userMetadata(), action.operationMetrics()
+                return Commit(
+                    version,
+                    str(note.get()) if note.isDefined() else None,
+                    _as_dict(jvm, metrics.get()) if metrics.isDefined() else {},
+                )
+    except (Py4JError, PySparkException):
+        return None
+    return None
+
+
+def _latest(spark: SparkSession, name: str) -> tuple[Any, Any, Any] | None:
+    """(the JVM view, the table's ``DeltaLog``, its latest ``Snapshot``), or None."""
+    try:
+        jvm = spark._jvm  # type: ignore[attr-defined]
+        if jvm is None:
+            return None
+        session = spark._jsparkSession  # type: ignore[attr-defined]
+        identifier = session.sessionState().sqlParser().parseTableIdentifier(name)
+        log = jvm.org.apache.spark.sql.delta.DeltaLog.forTable(session, identifier)
+        latest = log.update(False, jvm.scala.Option.empty(), jvm.scala.Option.empty())
+    except (AttributeError, Py4JError, PySparkException):
+        # PySpark turns most JVM errors into its own, such as a missing table's.
+        return None
+    # A version below 0 is a location without a Delta log.
+    return (jvm, log, latest) if int(latest.version()) >= 0 else None
+
+
+def _as_dict(jvm: Any, scala_map: Any) -> dict[str, str]:
+    converted = jvm.scala.jdk.javaapi.CollectionConverters.asJava(scala_map)
+    return {str(key): str(value) for key, value in dict(converted).items()}

@@ -1,0 +1,84 @@
+"""The driver-side reads of a Delta log answer as DESCRIBE HISTORY and DESCRIBE DETAIL do."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from delta.tables import DeltaTable
+from pyspark.errors import AnalysisException
+from pyspark.sql import SparkSession
+
+from lakeward import delta_log, tables
+
+
+def _name(spark: SparkSession) -> str:
+    tables.ensure_schema(spark, "delta_log_test")
+    return f"delta_log_test.t_{uuid.uuid4().hex[:12]}"
+
+
+def _as_sql_sees_it(spark: SparkSession, name: str) -> None:
+    entry = DeltaTable.forName(spark, name).history(1).first()
+    detail = DeltaTable.forName(spark, name).detail().first()
+    assert entry is not None and detail is not None
+    latest, commit = delta_log.snapshot(spark, name), delta_log.last_commit(spark, name)
+    assert latest == delta_log.Snapshot(entry["version"], detail["id"], dict(detail["properties"]))
+    assert commit == delta_log.Commit(
+        entry["version"], entry["userMetadata"], dict(entry["operationMetrics"] or {})
+    )
+    assert tables.current_version(spark, name) == entry["version"]
+    assert tables.table_id(spark, name) == detail["id"]
+    assert tables.last_commit(spark, name) == (entry["version"], entry["userMetadata"])
+    metrics = entry["operationMetrics"] or {}
+    assert tables.rows_last_written(spark, name) == int(metrics.get("numOutputRows", 0))
+
+
+def test_each_commit_reads_as_history_and_detail_show_it(spark: SparkSession) -> None:
+    name = _name(spark)
+    rows = spark.createDataFrame([(1, "a"), (2, "b")], "id int, v string")
+    (
+        rows.write.format("delta").option(tables.USER_METADATA_OPTION, "first write")
+        .option("delta.appendOnly", "false").saveAsTable(name)
+    )
+    _as_sql_sees_it(spark, name)
+    rows.write.format("delta").mode("append").saveAsTable(name)
+    _as_sql_sees_it(spark, name)
+    more = spark.createDataFrame([(2, "c"), (3, "d")], "id int, v string")
+    with tables.noted_commits(spark, "a merge"):
+        (
+            DeltaTable.forName(spark, name).alias("t").merge(more.alias("s"), "t.id = s.id")
+            .whenMatchedUpdateAll().whenNotMatchedInsertAll().execute()
+        )
+    _as_sql_sees_it(spark, name)
+    DeltaTable.forName(spark, name).delete("id = 1")
+    _as_sql_sees_it(spark, name)
+    assert delta_log.snapshot(spark, name).properties == {"delta.appendOnly": "false"}  # type: ignore[union-attr]
+
+
+def test_a_table_dropped_and_made_again_reads_as_the_new_table(spark: SparkSession) -> None:
+    name = _name(spark)
+    rows = spark.createDataFrame([(1,)], "id int")
+    rows.write.format("delta").saveAsTable(name)
+    rows.write.format("delta").mode("append").saveAsTable(name)
+    before = delta_log.snapshot(spark, name)
+    # Through the session catalog: Spark 4.1 with Delta's extension refuses
+    # ``DROP TABLE IDENTIFIER(:name)`` (NOT_A_CONSTANT_STRING).
+    jvm, schema, table = spark._jvm, *name.split(".")
+    spark._jsparkSession.sessionState().catalog().dropTable(
+        jvm.org.apache.spark.sql.catalyst.TableIdentifier(table, jvm.scala.Some(schema)), False, False
+    )
+    rows.write.format("delta").saveAsTable(name)
+    after = delta_log.snapshot(spark, name)
+    assert before is not None and after is not None
+    assert (after.version, before.version) == (0, 1) and after.table_id != before.table_id
+    _as_sql_sees_it(spark, name)
+
+
+def test_what_is_not_a_delta_table_is_left_to_sql(spark: SparkSession) -> None:
+    missing = _name(spark)
+    assert delta_log.snapshot(spark, missing) is None and delta_log.last_commit(spark, missing) is None
+    with pytest.raises(AnalysisException):
+        tables.current_version(spark, missing)
+    parquet = _name(spark)
+    spark.createDataFrame([(1,)], "id int").write.format("parquet").saveAsTable(parquet)
+    assert delta_log.snapshot(spark, parquet) is None and delta_log.last_commit(spark, parquet) is None
