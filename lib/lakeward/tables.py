@@ -386,8 +386,13 @@ def current_version(spark: SparkSession, name: str) -> int:
 
 
 def row_counts(spark: SparkSession, names: Sequence[str]) -> dict[str, int]:
-    """The rows each table holds, counted side by side (Delta answers from its log's statistics)."""
-    return _side_by_side(lambda name: read(spark, name).count(), names)
+    """The rows each table holds, from its log's statistics (:func:`delta_log.row_count`) or counted."""
+
+    def count(name: str) -> int:
+        rows = delta_log.row_count(spark, name)
+        return rows if rows is not None else read(spark, name).count()
+
+    return _side_by_side(count, names)
 
 
 def _side_by_side(get: Callable[[str], int], names: Sequence[str]) -> dict[str, int]:

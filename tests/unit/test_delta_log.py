@@ -26,6 +26,8 @@ def _as_sql_sees_it(spark: SparkSession, name: str) -> None:
     assert commit == delta_log.Commit(
         entry["version"], entry["userMetadata"], dict(entry["operationMetrics"] or {})
     )
+    rows = spark.read.table(name).count()
+    assert delta_log.row_count(spark, name) == rows and tables.row_counts(spark, [name]) == {name: rows}
     assert tables.current_version(spark, name) == entry["version"]
     assert tables.table_id(spark, name) == detail["id"]
     assert tables.last_commit(spark, name) == (entry["version"], entry["userMetadata"])
@@ -53,6 +55,31 @@ def test_each_commit_reads_as_history_and_detail_show_it(spark: SparkSession) ->
     DeltaTable.forName(spark, name).delete("id = 1")
     _as_sql_sees_it(spark, name)
     assert delta_log.snapshot(spark, name).properties == {"delta.appendOnly": "false"}  # type: ignore[union-attr]
+
+
+def test_rows_deleted_by_deletion_vectors_are_not_counted(spark: SparkSession) -> None:
+    name = _name(spark)
+    rows = spark.range(10).selectExpr("id", "id % 2 AS odd").coalesce(1)
+    rows.write.format("delta").option("delta.enableDeletionVectors", "true").saveAsTable(name)
+    DeltaTable.forName(spark, name).delete("odd = 1")
+    metrics = DeltaTable.forName(spark, name).history(1).first()["operationMetrics"]
+    assert int(metrics["numDeletionVectorsAdded"]) == 1 and int(metrics["numAddedFiles"]) == 0
+    _as_sql_sees_it(spark, name)
+    assert delta_log.row_count(spark, name) == 5
+
+
+def test_a_table_of_more_files_than_the_checksum_lists_is_counted_by_spark(spark: SparkSession) -> None:
+    name = _name(spark)
+    spark.range(6).repartition(3).write.format("delta").saveAsTable(name)
+    key = "spark.databricks.delta.allFilesInCrc.thresholdNumFiles"
+    before = spark.conf.get(key)
+    spark.conf.set(key, "2")
+    try:
+        spark.range(6, 9).repartition(3).write.format("delta").mode("append").saveAsTable(name)
+    finally:
+        spark.conf.set(key, before)
+    assert delta_log.row_count(spark, name) is None
+    assert tables.row_counts(spark, [name]) == {name: 9}
 
 
 def test_a_table_dropped_and_made_again_reads_as_the_new_table(spark: SparkSession) -> None:
