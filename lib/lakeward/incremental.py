@@ -184,8 +184,10 @@ def _probe(
 ) -> tuple[dict[str, int], dict[str, str], _LastRun | None, date | None]:
     """Silver's versions and table ids, the last run and the last arrival day processed, side by side.
 
-    Each is a small Spark job or a catalog call that spends most of its time
-    on the driver; in sequence they took about a tenth of an increment. The
+    Each is a small Spark job, a catalog call or a read of a Delta log
+    (:mod:`lakeward.delta_log`; a Spark job each where that cannot answer) that
+    spends most of its time on the driver; in sequence, as Spark jobs, they
+    took about a tenth of an increment. The
     gold tables are checked at the same time: a read that came before its
     table existed is done again. The versions are read after the arrival
     day: silver records a day after writing its rows, so the versions read
