@@ -16,6 +16,19 @@ from lakeward.sources.bitebridge import FaultRates
 FAULTS = FaultRates(duplicate=0.08, late=0.08, malformed=0.1, null_key=0.04, out_of_range=0.04)
 
 
+def drop_table(spark: SparkSession, name: str) -> None:
+    """``DROP TABLE`` ``schema.table``, data files included, through the session catalog.
+
+    Not by SQL text: with Delta's extension, Spark 4.1 refuses a parameter in
+    ``DROP TABLE IDENTIFIER(:name)`` (NOT_A_CONSTANT_STRING).
+    """
+    jvm = spark._jvm
+    schema, table = name.split(".")
+    spark._jsparkSession.sessionState().catalog().dropTable(
+        jvm.org.apache.spark.sql.catalyst.TableIdentifier(table, jvm.scala.Some(schema)), False, False
+    )
+
+
 def count_rows(spark: SparkSession, settings: Settings, logical: str, **where: str) -> int:
     df = tables.read(spark, settings.table(logical))
     for column, value in where.items():

@@ -19,23 +19,14 @@ from lakeward.config import Settings
 from lakeward.pipeline import DateSelection
 from lakeward.sources.bitebridge import FaultRates, generate, landing_file
 from tests.conftest import isolated
-from tests.pipeline_checks import FAULTS, gold_equals_full, silver_ledger
+from tests.pipeline_checks import FAULTS, drop_table, gold_equals_full, silver_ledger
 
 pytestmark = pytest.mark.integration
 
 
 def _drop(spark: SparkSession, settings: Settings, *logical: str) -> None:
-    """``DROP TABLE`` each table, data files included, through the session catalog.
-
-    Not by SQL text: with Delta's extension, Spark 4.1 refuses a parameter in
-    ``DROP TABLE IDENTIFIER(:name)`` (NOT_A_CONSTANT_STRING).
-    """
-    jvm = spark._jvm
-    catalog = spark._jsparkSession.sessionState().catalog()
     for name in logical:
-        schema, table = settings.table(name).split(".")
-        catalog.dropTable(jvm.org.apache.spark.sql.catalyst.TableIdentifier(table, jvm.scala.Some(schema)),
-                          False, False)
+        drop_table(spark, settings.table(name))
 
 
 def test_tables_dropped_outside_lakeward_are_made_again_whole(

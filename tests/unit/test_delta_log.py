@@ -10,6 +10,7 @@ from pyspark.errors import AnalysisException
 from pyspark.sql import SparkSession
 
 from lakeward import delta_log, tables
+from tests.pipeline_checks import drop_table
 
 
 def _name(spark: SparkSession) -> str:
@@ -88,12 +89,7 @@ def test_a_table_dropped_and_made_again_reads_as_the_new_table(spark: SparkSessi
     rows.write.format("delta").saveAsTable(name)
     rows.write.format("delta").mode("append").saveAsTable(name)
     before = delta_log.snapshot(spark, name)
-    # Through the session catalog: Spark 4.1 with Delta's extension refuses
-    # ``DROP TABLE IDENTIFIER(:name)`` (NOT_A_CONSTANT_STRING).
-    jvm, schema, table = spark._jvm, *name.split(".")
-    spark._jsparkSession.sessionState().catalog().dropTable(
-        jvm.org.apache.spark.sql.catalyst.TableIdentifier(table, jvm.scala.Some(schema)), False, False
-    )
+    drop_table(spark, name)
     rows.write.format("delta").saveAsTable(name)
     after = delta_log.snapshot(spark, name)
     assert before is not None and after is not None
