@@ -238,18 +238,18 @@ def add_columns(spark: SparkSession, name: str, schema: StructType) -> None:
     empty.write.format("delta").mode("append").option("mergeSchema", "true").saveAsTable(name)
 
 
-def append_side_by_side(writes: Sequence[tuple[DataFrame, str]]) -> None:
-    """Append each frame to its table, all at once on one thread per table.
+def append_side_by_side(writes: Sequence[tuple[DataFrame, str]]) -> list[int]:
+    """Append each frame to its table, all at once on one thread per table; the rows each appended.
 
     A Delta append is a Spark job framed by driver-side work (planning,
     reading the snapshot, committing); side by side, the jobs of some writes
     fill the driver-side gaps of the others. Each table gets its own commit,
     so a failure can leave some appended and not others, as sequential writes
-    would.
+    would. The rows are counted as they are written (:func:`append_counted`).
     """
     with ThreadPoolExecutor(max_workers=max(1, len(writes))) as pool:
         # list() so that an error in any thread is raised here.
-        list(pool.map(lambda write: append(*write), writes))
+        return list(pool.map(lambda write: append_counted(*write), writes))
 
 
 def overwrite(
