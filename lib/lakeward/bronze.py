@@ -533,7 +533,7 @@ def _ingest_pending(
              quarantine.name),
             *[(bronze_rows(df, SOURCE_FIELDS[s]), specs[s].name) for s, df in parsed.items()],
         ]
-        appended = tables.append_side_by_side(writes)
+        appended = dict(zip([name for _, name in writes], tables.append_side_by_side(writes), strict=True))
     finally:
         for df in parsed.values():
             df.unpersist()
@@ -541,7 +541,7 @@ def _ingest_pending(
         quarantine.name: sum(quarantined.get(f.batch_id, 0) for f in every_file),
         **{specs[s].name: sum(written.get(f.batch_id, 0) for f in fs) for s, fs in pending.items()},
     }
-    _check_written(dict(zip([name for _, name in writes], appended, strict=True)), expected)
+    _check_written(appended, expected)
     new_files = [f for f in every_file if f.batch_id not in recorded]
     if new_files:
         record_batches(spark, settings, new_files, written, quarantined, ingested_at)
