@@ -106,7 +106,8 @@ LINEAGE = ("_arrival_date", "_ingested_at", "_source_file", "_line_no", "_batch_
 NEW = "_new"
 """Marks a row the silver table lacks; the others are rows it holds from the row's own batch."""
 HELD_ON = "_held_on"
-"""Set on a copy that arrived before the row silver holds for its event: the held row's event date."""
+"""Set on a copy that arrived before the row silver holds for its event: the held row's event
+date (``silver.users``, which has none: the held row's arrival date)."""
 
 QUARANTINE_SCHEMA = T.StructType(
     [
@@ -752,8 +753,9 @@ def _new_or_own(
 
     Besides, for each event held from a later arrival day than a copy here,
     the earliest such copy, with ``_held_on`` set to the held row's event date
-    (null on every other row): it is counted as a duplicate, and the held row
-    takes its arrival date if it has the same values.
+    (``silver.users``: the held record's arrival date; null on every other row):
+    it is counted as a duplicate, and the held row takes its arrival date if it
+    has the same values.
     """
     existing = tables.read(spark, target)
     own_batch = F.col("_held_by") == F.col("_batch_id")
@@ -766,6 +768,7 @@ def _new_or_own(
             F.col("updated_ts").alias("_t_ts"),
             F.col("event_id").alias("_t_id"),
             _batch_column(existing).alias("_held_by"),
+            F.col("_arrival_date").alias("_t_arrival"),
         )
         by_event = held.select(F.col("_t_id").alias("event_id"), "_held_by")
         first = dedupe(rows.join(by_event, "event_id", "left"), prefer=own_batch).select(*rows.columns)
@@ -774,11 +777,17 @@ def _new_or_own(
             | (F.col("updated_ts") > F.col("_t_ts"))
             | ((F.col("updated_ts") == F.col("_t_ts")) & (F.col("event_id") > F.col("_t_id")))
         )
+        same_record = F.col("_t_id") == F.col("event_id")
+        # The held record came on a later day than this copy of it (a snapshot day run
+        # after a later one): it takes this copy's arrival, as when the days run in order.
+        earlier_user = same_record & ~own_batch & (F.col("_arrival_date") < F.col("_t_arrival"))
         latest = latest_user_state(first)
         return (
             latest.join(held, "user_key", "left")
-            .filter(newer | ((F.col("_t_id") == F.col("event_id")) & own_batch))
-            .select(*latest.columns, newer.alias(NEW), F.lit(None).cast(T.DateType()).alias(HELD_ON))
+            .filter(newer | (same_record & own_batch) | earlier_user)
+            .select(
+                *latest.columns, newer.alias(NEW), F.when(earlier_user, F.col("_t_arrival")).alias(HELD_ON)
+            )
         )
     # Every event date of the target is searched: event_id is the event's identity,
     # and a copy sent again with a corrected timestamp falls on another date.
@@ -907,11 +916,13 @@ def _move_arrivals_back(
     nothing either: the held row then has that date.
     """
     target = DeltaTable.forName(spark, spec.name).alias("t")
-    same_row = (
-        (F.col("t.event_date") == F.col("s._held_on"))
-        & (F.col("t.event_id") == F.col("s.event_id"))
-        & F.col("t.event_date").isin(held_on)
-    )
+    same_row = F.col("t.event_id") == F.col("s.event_id")
+    if "event_date" in spec.schema.fieldNames():
+        # The held rows' event dates as literals let Delta skip the files of every other date.
+        on_date = F.col("t.event_date") == F.col("s._held_on")
+        same_row = same_row & on_date & F.col("t.event_date").isin(held_on)
+    else:
+        same_row = same_row & (F.col("t.user_key") == F.col("s.user_key"))
     values = [name for name in spec.schema.fieldNames() if name not in LINEAGE]
     same_values = reduce(Column.__and__, [F.col(f"t.{c}").eqNullSafe(F.col(f"s.{c}")) for c in values])
     (

@@ -333,7 +333,8 @@ def test_an_event_sent_on_two_days_arrives_on_the_first_whatever_day_runs_first(
     batch; day 1's run moves its arrival back to day 1, as a run in order would have it
     (gold counts an event from its arrival), and counts its own copy as a duplicate. A day 1
     copy with another timestamp changes nothing: the held values with day 1's arrival would
-    be a row neither order gives, one that arrived before it happened."""
+    be a row neither order gives, one that arrived before it happened. So with the users
+    snapshots: a record in both files arrives on day 1."""
     settings, days = _three_days_in_bronze(spark, base_settings, tmp_path, altered="2026-03-02T20:00:00Z")
     [altered] = [
         r["event_id"] for r in tables.read(spark, settings.table("bronze_order_placed"))
@@ -364,6 +365,18 @@ def test_an_event_sent_on_two_days_arrives_on_the_first_whatever_day_runs_first(
         assert written == held.count(), source
         [(rows_in, quarantined, duplicates, wrote)] = silver_ledger(spark, settings, source, days[0])
         assert rows_in == quarantined + duplicates + wrote and duplicates >= moved.count()
+    # Each day's users file is a snapshot: a record unchanged since day 1 is in both
+    # files, and takes day 1's arrival too; a record changed on day 2 keeps day 2's.
+    first_sent = {
+        r["event_id"]: r["first"] for r in tables.read(spark, settings.table("bronze_users"))
+        .groupBy("event_id").agg(F.min("_arrival_date").alias("first")).collect()
+    }
+    users = tables.read(spark, settings.table("silver_users")).collect()
+    assert {r["event_id"]: r["_arrival_date"] for r in users} == {r["event_id"]: first_sent[r["event_id"]]
+                                                                  for r in users}
+    assert any(r["_arrival_date"] == days[0] and f"{days[1]:%Y%m%d}" in r["_batch_id"] for r in users)
+    [(rows_in, quarantined, duplicates, wrote)] = silver_ledger(spark, settings, "users", days[0])
+    assert rows_in == quarantined + duplicates + wrote and wrote == 0, "day 2 had every record of day 1"
     # The moved arrivals are updates in silver's change feed: gold applies them as an
     # increment, which equals a full recompute.
     assert pipeline.run_gold(spark, settings, DateSelection()).mode == "incremental"
