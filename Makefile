@@ -20,8 +20,8 @@ demo: $(STAMP)
 	$(BIN)/lakeward demo
 
 # Two worker processes, a test module each at a time (module fixtures build their data once),
-# each one SparkSession. A single test already keeps both cores 85-95% busy, so the gain is
-# small and still to be measured side by side (docs/BENCHMARKS.md, "Test suite").
+# each one SparkSession. A single test keeps both cores 85-95% busy, yet on one machine two
+# workers ran the suite in 42 minutes, and one had run a quarter of it after 34 (docs/BENCHMARKS.md).
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 
