@@ -60,9 +60,11 @@ RESULT_SCHEMA = T.StructType(
     ]
 )
 
-# Nothing that could carry a row's value leaves Great Expectations.
+# Nothing that could carry a row's value leaves Great Expectations. BASIC has every count
+# kept here; SUMMARY would also plan an index list and an index query per expectation,
+# about 13% of a small validation's time, for lists that are empty anyway.
 _RESULT_FORMAT = {
-    "result_format": "SUMMARY",
+    "result_format": "BASIC",
     "partial_unexpected_count": 0,
     "include_unexpected_rows": False,
 }
