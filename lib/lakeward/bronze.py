@@ -5,7 +5,7 @@ an object or array as compact JSON); fields the source schema does not know go
 to ``_rescued_data`` as JSON, so schema drift loses nothing. Lines that are not a
 JSON object go to the quarantine table with the reason, file and line number.
 
-Transforms here are pure (:func:`number_lines`, :func:`parse_lines`,
+Transforms here are pure (:func:`split_sizes`, :func:`line_bases`, :func:`number_lines`, :func:`parse_lines`,
 :func:`bronze_rows`, :func:`quarantine_rows`); the writer is :func:`ingest`.
 """
 
@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from functools import reduce
 from pathlib import Path
 
 from delta.tables import DeltaTable
-from pyspark.sql import Column, DataFrame, Row, SparkSession, Window
+from pyspark.sql import Column, DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -148,27 +148,48 @@ def ledger_spec(settings: Settings) -> tables.TableSpec:
 # --- pure transforms -------------------------------------------------------------------
 
 
-def number_lines(lines: DataFrame) -> DataFrame:
-    """Add ``_line_no`` (1-based, per file) to ``spark.read.text`` output.
+def split_sizes(lines: DataFrame) -> DataFrame:
+    """Per split of each file (``_name``, ``_block``): the id of its first line and its number of lines.
 
-    ``lines`` must carry ``_file`` (the file path), ``_block`` (the split's
-    byte offset) and ``_mid`` (``monotonically_increasing_id()`` taken in the
-    scan). A split's lines are read in order into one partition, so ids are
-    consecutive within a split; the number of lines in earlier splits of the
-    same file gives the offset. Works for any number of files and splits
-    without moving the lines through Python.
+    ``lines`` is ``spark.read.text`` output with ``_name`` (the file's name),
+    ``_block`` (the split's byte offset) and ``_mid``
+    (``monotonically_increasing_id()`` taken in the scan).
     """
-    per_split = lines.groupBy("_file", "_block").agg(
+    return lines.groupBy("_name", "_block").agg(
         F.min("_mid").alias("_first_mid"), F.count(F.lit(1)).alias("_n")
     )
-    earlier = Window.partitionBy("_file").orderBy("_block").rowsBetween(
-        Window.unboundedPreceding, -1
-    )
-    offsets = per_split.withColumn("_before", F.coalesce(F.sum("_n").over(earlier), F.lit(0)))
+
+
+def line_bases(splits: Iterable[tuple[str, int, int, int]]) -> dict[tuple[str, int], int]:
+    """For each split, the base that numbers its lines: ``_line_no = _mid - base + 1``.
+
+    ``splits``: (name, block, first id, lines), as :func:`split_sizes` gives
+    them. A split's lines are read in order into one partition, so their ids
+    are consecutive; the lines of the file's earlier splits come before them.
+    """
+    by_file: dict[str, list[tuple[int, int, int]]] = {}
+    for name, block, first, lines in splits:
+        by_file.setdefault(name, []).append((block, first, lines))
+    bases = {}
+    for name, parts in by_file.items():
+        before = 0
+        for block, first, lines in sorted(parts):
+            bases[(name, block)] = first - before
+            before += lines
+    return bases
+
+
+def number_lines(lines: DataFrame, splits: DataFrame) -> DataFrame:
+    """Add ``_line_no`` (1-based, per file) to ``spark.read.text`` output.
+
+    ``splits`` holds one row per (``_name``, ``_block``) with the split's
+    ``_base`` (:func:`line_bases`) and any columns to add to its lines. Works
+    for any number of files and splits without moving the lines through Python.
+    """
     return (
-        lines.join(F.broadcast(offsets.drop("_n")), ["_file", "_block"])
-        .withColumn("_line_no", F.col("_mid") - F.col("_first_mid") + F.col("_before") + 1)
-        .drop("_first_mid", "_before", "_mid", "_block")
+        lines.join(F.broadcast(splits), ["_name", "_block"])
+        .withColumn("_line_no", F.col("_mid") - F.col("_base") + 1)
+        .drop("_base", "_mid", "_block", "_name")
     )
 
 
@@ -358,10 +379,14 @@ def ensure_tables(spark: SparkSession, settings: Settings) -> None:
 
 @dataclass(frozen=True)
 class Restore:
-    """Recorded batches whose rows a bronze table lost, to write again from their landing files."""
+    """Recorded batches whose rows a bronze table lost, to write again from their landing files.
+
+    ``balanced``: every bronze table holds exactly the rows the ledger records.
+    """
 
     batches: frozenset[str] = frozenset()
     dates: tuple[date, ...] = ()
+    balanced: bool = False
 
 
 def find_lost(spark: SparkSession, settings: Settings) -> Restore:
@@ -391,7 +416,7 @@ def find_lost(spark: SparkSession, settings: Settings) -> Restore:
         expected[quarantine] += row["rows_quarantined"] or 0
     short = sorted(name for name, rows in expected.items() if counts[name] < rows)
     if not short:
-        return Restore()
+        return Restore(balanced=counts == expected)
     held = {
         (row["table"], row["_batch_id"]): int(row["count"])
         for row in _rows_where(spark, short, F.lit(True)).groupBy("table", "_batch_id").count().collect()
@@ -466,12 +491,15 @@ def ingest_sources(
     dates: Sequence[date],
     *,
     again: Collection[str] = frozenset(),
+    balanced: bool = False,
 ) -> list[IngestResult]:
     """Ingest the landing files of ``sources`` for ``dates`` that are not yet in the ledger.
 
     ``again``: batch ids the ledger records whose files are written again
     (see :func:`find_lost`): the rows they still have are removed first, and
     their ledger rows, which the same file gives again, are kept.
+    ``balanced``: :func:`find_lost` has just found every table holding the
+    rows the ledger records, so no crashed run left rows to remove.
 
     One Delta commit per table for all files of the run. A file is done when
     its ledger row exists; rows of these days that a crashed run wrote without
@@ -484,7 +512,8 @@ def ingest_sources(
     files = {source: landing_files(settings, source, dates) for source in sources}
     done = _recorded_batches(spark, settings, sources, dates) - set(again)
     names = [*(bronze_spec(settings, source).name for source in sources), quarantine_spec(settings).name]
-    _remove_unrecorded_rows(spark, names, sources, dates, done)
+    if not balanced:
+        _remove_unrecorded_rows(spark, names, sources, dates, done)
     pending = {s: [f for f in fs if f.batch_id not in done] for s, fs in files.items()}
     for source in sources:
         if not pending[source]:
@@ -518,7 +547,16 @@ def _ingest_pending(
     quarantine = quarantine_spec(settings)
     every_file = [f for fs in pending.values() for f in fs]
     ingested_at = datetime.now(UTC).replace(tzinfo=None)
-    parsed = {source: _read_files(spark, fs, ingested_at).persist() for source, fs in pending.items()}
+    scans = {source: _scan(spark, fs) for source, fs in pending.items()}
+    # The splits of every file in one small job; the same scans then give the same ids.
+    sized = [split_sizes(scan).withColumn("_source", F.lit(source)) for source, scan in scans.items()]
+    splits: dict[str, list[tuple[str, int, int, int]]] = {source: [] for source in pending}
+    for r in reduce(DataFrame.unionByName, sized).collect():
+        splits[r["_source"]].append((r["_name"], r["_block"], r["_first_mid"], r["_n"]))
+    parsed = {
+        source: _parse(spark, scans[source], fs, splits[source], ingested_at).persist()
+        for source, fs in pending.items()
+    }
     try:
         # One job fills every source's cache and counts the lines of each file.
         lines = reduce(DataFrame.unionByName, [df.select("_batch_id", "_reason") for df in parsed.values()])
@@ -548,31 +586,40 @@ def _ingest_pending(
     return written, quarantined
 
 
-def _read_files(spark: SparkSession, files: Sequence[LandingFile], ingested_at: datetime) -> DataFrame:
+def _scan(spark: SparkSession, files: Sequence[LandingFile]) -> DataFrame:
+    """The lines of one source's ``files``, each with its file's name, its split and its id."""
     # The files are one source's, one per arrival day, so their names
     # (YYYY-MM-DD.jsonl) tell them apart. Matched by name rather than by path:
     # Spark reports a path as a URI, which spells characters such as "+" or
     # "é" in the data root otherwise than Python does.
-    by_name = {f.path.name: f for f in files}
-    if len(by_name) != len(files):
+    if len({f.path.name for f in files}) != len(files):
         raise ValueError(f"files read together must have distinct names: {sorted(f.path for f in files)}")
-    file_info = spark.createDataFrame(
-        [(name, f.relative_path, f.batch_id, f.arrival_date) for name, f in by_name.items()],
-        "_name string, _source_file string, _batch_id string, _arrival_date date",
-    )
     # Lines end at "\n" only, as the ledger counts them; by default Spark also
     # ends one at a bare "\r", and the line counts would no longer reconcile.
-    raw = spark.read.text([str(f.path.resolve()) for f in files], lineSep="\n").select(
+    return spark.read.text([str(f.path.resolve()) for f in files], lineSep="\n").select(
         "value",
-        F.col("_metadata.file_path").alias("_file"),
         F.col("_metadata.file_name").alias("_name"),
         F.col("_metadata.file_block_start").alias("_block"),
         F.monotonically_increasing_id().alias("_mid"),
     )
-    numbered = number_lines(raw)
-    located = numbered.join(F.broadcast(file_info), "_name")
+
+
+def _parse(
+    spark: SparkSession,
+    scan: DataFrame,
+    files: Sequence[LandingFile],
+    splits: Iterable[tuple[str, int, int, int]],
+    ingested_at: datetime,
+) -> DataFrame:
+    """``scan``'s lines numbered, with their file's batch, and parsed; ``splits`` from :func:`split_sizes`."""
+    by_name = {f.path.name: f for f in files}
+    split_info = spark.createDataFrame(
+        [(name, block, base, by_name[name].relative_path, by_name[name].batch_id, by_name[name].arrival_date)
+         for (name, block), base in line_bases(splits).items()],
+        "_name string, _block long, _base long, _source_file string, _batch_id string, _arrival_date date",
+    )
     return parse_lines(
-        located.withColumn("_ingested_at", F.lit(ingested_at).cast("timestamp")).drop("_file", "_name"),
+        number_lines(scan, split_info).withColumn("_ingested_at", F.lit(ingested_at).cast("timestamp")),
         SOURCE_FIELDS[files[0].source],
     )
 
@@ -609,7 +656,11 @@ def _remove_unrecorded_rows(
     """Delete the rows of ``sources`` on ``dates`` whose batch the ledger does not record.
 
     Only a run that died between its data write and its ledger write leaves
-    such rows. They are found by day, not by the batches about to be written:
+    such rows, and then a table holds more rows than the ledger records
+    (``balanced`` in :func:`ingest_sources` skips this query when none does;
+    unrecorded rows would go unseen only if as many recorded rows of the
+    same table had also been deleted outside lakeward since the crash).
+    They are found by day, not by the batches about to be written:
     the landing file may have changed since (a new checksum, so a new batch
     id) or been removed, and its old batch would otherwise stay for good.
     After a clean run (the usual case) the query finds nothing.

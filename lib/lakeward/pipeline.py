@@ -148,7 +148,9 @@ def run_bronze(
     if landing.ahead:
         log.warning("bronze: landing files%s", _ahead(landing, today_utc()))
     log.info("bronze: %d arrival date(s) %s..%s", len(days), days[0], days[-1])
-    results = bronze.ingest_sources(spark, settings, list(SOURCES), days, again=restore.batches)
+    results = bronze.ingest_sources(
+        spark, settings, list(SOURCES), days, again=restore.batches, balanced=restore.balanced
+    )
     log.info(
         "bronze: done, %d file(s) ingested (%d already were), %d rows written, %d quarantined",
         sum(r.files - r.skipped for r in results), sum(r.skipped for r in results),

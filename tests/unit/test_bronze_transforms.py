@@ -13,8 +13,10 @@ from lakeward.bronze import (
     INVALID_UTF8,
     MALFORMED,
     NOT_AN_OBJECT,
+    line_bases,
     number_lines,
     parse_lines,
+    split_sizes,
 )
 
 
@@ -25,9 +27,16 @@ def test_number_lines_across_files_and_splits(spark: SparkSession) -> None:
         ("a2", "a", 64, 8589934592), ("a3", "a", 64, 8589934593), ("a4", "a", 64, 8589934594),
         ("b0", "b", 0, 17179869184),
     ]
-    lines = spark.createDataFrame(rows, "value string, _file string, _block long, _mid long")
-    got = {r["value"]: r["_line_no"] for r in number_lines(lines).collect()}
-    assert got == {"a0": 1, "a1": 2, "a2": 3, "a3": 4, "a4": 5, "b0": 1}
+    lines = spark.createDataFrame(rows, "value string, _name string, _block long, _mid long")
+    # Listed out of order: the splits of a file are numbered by their offsets.
+    splits = sorted((tuple(r) for r in split_sizes(lines).collect()), reverse=True)
+    assert splits == [("b", 0, 17179869184, 1), ("a", 64, 8589934592, 3), ("a", 0, 100, 2)]
+    bases = line_bases(splits)
+    info = spark.createDataFrame([(*key, base, key[0].upper()) for key, base in bases.items()],
+                                 "_name string, _block long, _base long, _file string")
+    got = {r["value"]: (r["_file"], r["_line_no"]) for r in number_lines(lines, info).collect()}
+    assert got == {"a0": ("A", 1), "a1": ("A", 2), "a2": ("A", 3), "a3": ("A", 4), "a4": ("A", 5),
+                   "b0": ("B", 1)}
 
 
 def test_parse_lines_keeps_text_and_rescues_unknown_fields(spark: SparkSession) -> None:
