@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from functools import reduce
 from pathlib import Path
+from typing import Any
 
 from delta.tables import DeltaTable
 from pyspark.sql import Column, DataFrame, Row, SparkSession
@@ -148,15 +149,15 @@ def ledger_spec(settings: Settings) -> tables.TableSpec:
 # --- pure transforms -------------------------------------------------------------------
 
 
-def split_sizes(lines: DataFrame) -> DataFrame:
-    """Per split of each file (``_name``, ``_block``): the id of its first line and its number of lines.
+def split_sizes(parsed: DataFrame) -> DataFrame:
+    """Per split of each file (``_name``, ``_block``) and batch: its first id, its lines, how many refused.
 
-    ``lines`` is ``spark.read.text`` output with ``_name`` (the file's name),
-    ``_block`` (the split's byte offset) and ``_mid``
-    (``monotonically_increasing_id()`` taken in the scan).
+    ``parsed`` is :func:`parse_lines` output that kept ``_name`` (the file's
+    name), ``_block`` (the split's byte offset) and ``_mid``
+    (``monotonically_increasing_id()`` taken in the scan), with ``_batch_id``.
     """
-    return lines.groupBy("_name", "_block").agg(
-        F.min("_mid").alias("_first_mid"), F.count(F.lit(1)).alias("_n")
+    return parsed.groupBy("_name", "_block", "_batch_id").agg(
+        F.min("_mid").alias("_first_mid"), F.count(F.lit(1)).alias("_n"), F.count("_reason").alias("_refused")
     )
 
 
@@ -179,18 +180,50 @@ def line_bases(splits: Iterable[tuple[str, int, int, int]]) -> dict[tuple[str, i
     return bases
 
 
-def number_lines(lines: DataFrame, splits: DataFrame) -> DataFrame:
-    """Add ``_line_no`` (1-based, per file) to ``spark.read.text`` output.
+def number_lines(lines: DataFrame, bases: Mapping[tuple[str, int], int]) -> DataFrame:
+    """Add ``_line_no`` (1-based, per file) to lines that carry ``_name``, ``_block`` and ``_mid``.
 
-    ``splits`` holds one row per (``_name``, ``_block``) with the split's
-    ``_base`` (:func:`line_bases`) and any columns to add to its lines. Works
-    for any number of files and splits without moving the lines through Python.
+    ``bases``: the base of each split (:func:`line_bases`). The ids must be
+    those the bases were computed from: a scan planned again may cut the files
+    into other partitions, and so give other ids. Works for any number of
+    files and splits without moving the lines through Python.
     """
+    with_base = _attach(lines, ["_name", "_block"], {key: (base,) for key, base in bases.items()},
+                        "_name string, _block long, _base long")
     return (
-        lines.join(F.broadcast(splits), ["_name", "_block"])
-        .withColumn("_line_no", F.col("_mid") - F.col("_base") + 1)
+        with_base.withColumn("_line_no", F.col("_mid") - F.col("_base") + 1)
         .drop("_base", "_mid", "_block", "_name")
     )
+
+
+def _attach(
+    df: DataFrame, keys: Sequence[str], rows: Mapping[tuple[Any, ...], tuple[Any, ...]], schema: str
+) -> DataFrame:
+    """``df`` with the values ``rows`` gives its ``keys``; ``schema`` types the keys, then the values.
+
+    Only the rows of keys in ``rows`` remain. A run of a day or two has a
+    few keys: looked up in an expression, they cost no broadcast job. Many
+    would make the expression long, and slow for every row: they are joined.
+    """
+    if len(rows) > _INLINE_KEYS:
+        table = df.sparkSession.createDataFrame([(*key, *row) for key, row in rows.items()], schema)
+        return df.join(F.broadcast(table), list(keys))
+    struct = T.StructType.fromDDL(schema)
+    assert isinstance(struct, T.StructType)
+    fields = struct.fields[len(keys):]
+    matches = {
+        key: reduce(Column.__and__, [F.col(k) == F.lit(part) for k, part in zip(keys, key, strict=True)])
+        for key in rows
+    }
+    values: list[Column] = [F.lit(None).cast(field.dataType) for field in fields]
+    for key, row in rows.items():
+        values = [F.when(matches[key], F.lit(value).cast(field.dataType)).otherwise(before)
+                  for value, field, before in zip(row, fields, values, strict=True)]
+    found = reduce(Column.__or__, matches.values(), F.lit(False))
+    return df.filter(found).withColumns({f.name: value for f, value in zip(fields, values, strict=True)})
+
+
+_INLINE_KEYS = 16
 
 
 def parse_lines(lines: DataFrame, fields: Sequence[str]) -> DataFrame:
@@ -547,29 +580,25 @@ def _ingest_pending(
     quarantine = quarantine_spec(settings)
     every_file = [f for fs in pending.values() for f in fs]
     ingested_at = datetime.now(UTC).replace(tzinfo=None)
-    scans = {source: _scan(spark, fs) for source, fs in pending.items()}
-    # The splits of every file in one small job; the same scans then give the same ids.
-    sized = [split_sizes(scan).withColumn("_source", F.lit(source)) for source, scan in scans.items()]
-    splits: dict[str, list[tuple[str, int, int, int]]] = {source: [] for source in pending}
-    for r in reduce(DataFrame.unionByName, sized).collect():
-        splits[r["_source"]].append((r["_name"], r["_block"], r["_first_mid"], r["_n"]))
-    parsed = {
-        source: _parse(spark, scans[source], fs, splits[source], ingested_at).persist()
-        for source, fs in pending.items()
-    }
+    parsed = {source: _read_files(spark, fs, ingested_at).persist() for source, fs in pending.items()}
     try:
-        # One job fills every source's cache and counts the lines of each file.
-        lines = reduce(DataFrame.unionByName, [df.select("_batch_id", "_reason") for df in parsed.values()])
-        counts = lines.groupBy("_batch_id").agg(
-            F.count(F.lit(1)).alias("lines"), F.count("_reason").alias("bad")
-        ).collect()
-        quarantined = {r["_batch_id"]: int(r["bad"]) for r in counts}
-        written = {r["_batch_id"]: int(r["lines"]) - int(r["bad"]) for r in counts}
+        # One job fills every source's cache, counts the lines of each file and sizes its
+        # splits. The lines are numbered from the cached ids, which the writes read.
+        sized = [split_sizes(df).withColumn("_source", F.lit(source)) for source, df in parsed.items()]
+        splits: dict[str, list[tuple[str, int, int, int]]] = {source: [] for source in pending}
+        written: dict[str, int] = {}
+        quarantined: dict[str, int] = {}
+        for r in reduce(DataFrame.unionByName, sized).collect():
+            splits[r["_source"]].append((r["_name"], r["_block"], r["_first_mid"], r["_n"]))
+            batch, refused = r["_batch_id"], int(r["_refused"])
+            quarantined[batch] = quarantined.get(batch, 0) + refused
+            written[batch] = written.get(batch, 0) + int(r["_n"]) - refused
         _reconcile(every_file, written, quarantined)
+        numbered = {source: number_lines(df, line_bases(splits[source])) for source, df in parsed.items()}
         writes = [
-            (reduce(DataFrame.unionByName, [quarantine_rows(df, s) for s, df in parsed.items()]),
+            (reduce(DataFrame.unionByName, [quarantine_rows(df, s) for s, df in numbered.items()]),
              quarantine.name),
-            *[(bronze_rows(df, SOURCE_FIELDS[s]), specs[s].name) for s, df in parsed.items()],
+            *[(bronze_rows(df, SOURCE_FIELDS[s]), specs[s].name) for s, df in numbered.items()],
         ]
         appended = dict(zip([name for _, name in writes], tables.append_side_by_side(writes), strict=True))
     finally:
@@ -586,40 +615,29 @@ def _ingest_pending(
     return written, quarantined
 
 
-def _scan(spark: SparkSession, files: Sequence[LandingFile]) -> DataFrame:
-    """The lines of one source's ``files``, each with its file's name, its split and its id."""
+def _read_files(spark: SparkSession, files: Sequence[LandingFile], ingested_at: datetime) -> DataFrame:
+    """The parsed lines of one source's ``files``, their batch, file name, split and id; not numbered."""
     # The files are one source's, one per arrival day, so their names
     # (YYYY-MM-DD.jsonl) tell them apart. Matched by name rather than by path:
     # Spark reports a path as a URI, which spells characters such as "+" or
     # "é" in the data root otherwise than Python does.
-    if len({f.path.name for f in files}) != len(files):
+    by_name = {f.path.name: f for f in files}
+    if len(by_name) != len(files):
         raise ValueError(f"files read together must have distinct names: {sorted(f.path for f in files)}")
     # Lines end at "\n" only, as the ledger counts them; by default Spark also
     # ends one at a bare "\r", and the line counts would no longer reconcile.
-    return spark.read.text([str(f.path.resolve()) for f in files], lineSep="\n").select(
+    raw = spark.read.text([str(f.path.resolve()) for f in files], lineSep="\n").select(
         "value",
         F.col("_metadata.file_name").alias("_name"),
         F.col("_metadata.file_block_start").alias("_block"),
         F.monotonically_increasing_id().alias("_mid"),
     )
-
-
-def _parse(
-    spark: SparkSession,
-    scan: DataFrame,
-    files: Sequence[LandingFile],
-    splits: Iterable[tuple[str, int, int, int]],
-    ingested_at: datetime,
-) -> DataFrame:
-    """``scan``'s lines numbered, with their file's batch, and parsed; ``splits`` from :func:`split_sizes`."""
-    by_name = {f.path.name: f for f in files}
-    split_info = spark.createDataFrame(
-        [(name, block, base, by_name[name].relative_path, by_name[name].batch_id, by_name[name].arrival_date)
-         for (name, block), base in line_bases(splits).items()],
-        "_name string, _block long, _base long, _source_file string, _batch_id string, _arrival_date date",
-    )
     return parse_lines(
-        number_lines(scan, split_info).withColumn("_ingested_at", F.lit(ingested_at).cast("timestamp")),
+        _attach(
+            raw, ["_name"], {(n,): (f.relative_path, f.batch_id, f.arrival_date) for n, f in by_name.items()},
+            "_name string, _source_file string, _batch_id string, _arrival_date date",
+        )
+        .withColumn("_ingested_at", F.lit(ingested_at).cast("timestamp")),
         SOURCE_FIELDS[files[0].source],
     )
 

@@ -118,31 +118,40 @@ def test_a_carriage_return_inside_a_line_is_quarantined_with_its_line(
 def test_line_numbers_hold_when_files_are_read_in_many_splits(
     spark: SparkSession, base_settings: Settings, tmp_path: Path
 ) -> None:
-    """Splits of 256 bytes (a line or two; some hold no line's start), several to a partition."""
+    """Splits of 256 bytes, a line or two each (some hold no line's start), for every source at once."""
     settings = isolated(base_settings, tmp_path)
     days = [date(2026, 3, 1), date(2026, 3, 2)]
     generate(settings.landing_dir, seed=5, users=40, days=2, start=days[0], faults=FAULTS)
-    paths = [landing_file(settings.landing_dir, "order_placed", day) for day in days]
-    assert min(path.stat().st_size for path in paths) > 3 * 256
+    paths = {source: [landing_file(settings.landing_dir, source, day) for day in days] for source in SOURCES}
+    assert all(path.stat().st_size > 3 * 256 for path in paths["order_placed"] + paths["users"])
     bronze.ensure_tables(spark, settings)
     confs = {"spark.sql.files.maxPartitionBytes": "256", "spark.sql.files.openCostInBytes": "0"}
     before = {key: spark.conf.get(key) for key in confs}
     try:
         for key, value in confs.items():
             spark.conf.set(key, value)
-        result = bronze.ingest(spark, settings, "order_placed", days)
+        results = bronze.ingest_sources(spark, settings, list(SOURCES), days)
     finally:
         for key, value in before.items():
             spark.conf.set(key, value)
-    assert result.rows_quarantined > 0
-    text = {str(p.relative_to(settings.data_root)): p.read_bytes().decode().split("\n") for p in paths}
+    assert sum(r.rows_quarantined for r in results) > 0
+    text = {str(p.relative_to(settings.data_root)): p.read_bytes().decode().split("\n")
+            for source_paths in paths.values() for p in source_paths}
     quarantined = tables.read(spark, settings.table("bronze_quarantine")).collect()
     assert [text[r["_source_file"]][r["_line_no"] - 1] for r in quarantined] == [r["raw_line"]
                                                                                  for r in quarantined]
-    rows = tables.read(spark, settings.table("bronze_order_placed")).collect()
-    assert len(rows) + len(quarantined) == sum(len(lines) - 1 for lines in text.values())
-    assert all(json.loads(text[r["_source_file"]][r["_line_no"] - 1]).get("event_id") == r["event_id"]
-               for r in rows if r["event_id"] is not None)
+    for source in SOURCES:
+        rows = tables.read(spark, settings.table(f"bronze_{source}")).collect()
+        # The line itself, parsed: a duplicated line would match its copy's number as well.
+        for r in rows:
+            line = json.loads(text[r["_source_file"]][r["_line_no"] - 1])
+            for key in ("event_id", "user_id"):
+                # Bronze keeps a string as is and any other value as its JSON text.
+                value = line.get(key)
+                assert r[key] == (value if value is None or isinstance(value, str) else json.dumps(value))
+        expected = sum(len(text[str(p.relative_to(settings.data_root))]) - 1 for p in paths[source])
+        assert len(rows) + sum(1 for r in quarantined if r["source"] == source) == expected, source
+        assert len({(r["_source_file"], r["_line_no"]) for r in rows}) == len(rows), source
 
 
 def test_a_landing_file_sent_again_with_more_lines_reaches_silver(

@@ -1,5 +1,6 @@
 import json
 import random
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,7 @@ from chispa import assert_df_equality
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
+from lakeward import bronze
 from lakeward.bronze import (
     BLANK,
     DUPLICATE_KEY,
@@ -23,20 +25,38 @@ from lakeward.bronze import (
 def test_number_lines_across_files_and_splits(spark: SparkSession) -> None:
     # Two files; file a was read as two splits whose ids are not contiguous.
     rows = [
-        ("a0", "a", 0, 100), ("a1", "a", 0, 101),
-        ("a2", "a", 64, 8589934592), ("a3", "a", 64, 8589934593), ("a4", "a", 64, 8589934594),
-        ("b0", "b", 0, 17179869184),
+        ("a0", "a", 0, 100, None), ("a1", "a", 0, 101, "blank_line"),
+        ("a2", "a", 64, 8589934592, None), ("a3", "a", 64, 8589934593, None),
+        ("a4", "a", 64, 8589934594, None),
+        ("b0", "b", 0, 17179869184, None),
     ]
-    lines = spark.createDataFrame(rows, "value string, _name string, _block long, _mid long")
+    lines = spark.createDataFrame(rows, "value string, _name string, _block long, _mid long, _reason string")
+    lines = lines.withColumn("_batch_id", F.upper("_name"))
+    sizes = sorted((tuple(r) for r in split_sizes(lines).collect()), reverse=True)
+    assert sizes == [("b", 0, "B", 17179869184, 1, 0), ("a", 64, "A", 8589934592, 3, 0),
+                     ("a", 0, "A", 100, 2, 1)]
     # Listed out of order: the splits of a file are numbered by their offsets.
-    splits = sorted((tuple(r) for r in split_sizes(lines).collect()), reverse=True)
-    assert splits == [("b", 0, 17179869184, 1), ("a", 64, 8589934592, 3), ("a", 0, 100, 2)]
-    bases = line_bases(splits)
-    info = spark.createDataFrame([(*key, base, key[0].upper()) for key, base in bases.items()],
-                                 "_name string, _block long, _base long, _file string")
-    got = {r["value"]: (r["_file"], r["_line_no"]) for r in number_lines(lines, info).collect()}
-    assert got == {"a0": ("A", 1), "a1": ("A", 2), "a2": ("A", 3), "a3": ("A", 4), "a4": ("A", 5),
-                   "b0": ("B", 1)}
+    bases = line_bases([(name, block, first, n) for name, block, _, first, n, _ in sizes])
+    expected = {"a0": ("A", 1), "a1": ("A", 2), "a2": ("A", 3), "a3": ("A", 4), "a4": ("A", 5),
+                "b0": ("B", 1)}
+    # Few splits are looked up in an expression, many through a join: both give the same numbers.
+    many = {**bases, **{(f"x{i}", 0): i for i in range(bronze._INLINE_KEYS)}}
+    for given in (bases, many):
+        got = {r["value"]: (r["_batch_id"], r["_line_no"]) for r in number_lines(lines, given).collect()}
+        assert got == expected
+
+
+def test_attached_values_are_the_same_looked_up_inline_or_joined(spark: SparkSession) -> None:
+    df = spark.createDataFrame([("a", 1), ("b", 2), ("c", 3)], "_name string, n long")
+    rows = {("a",): ("x", date(2026, 3, 1)), ("b",): (None, date(2026, 3, 2))}
+    schema = "_name string, path string, day date"
+    inline = bronze._attach(df, ["_name"], rows, schema)
+    joined = bronze._attach(df, ["_name"], {**rows, **{(f"z{i}",): ("z", None) for i in range(16)}}, schema)
+    expected = spark.createDataFrame([("a", 1, "x", date(2026, 3, 1)), ("b", 2, None, date(2026, 3, 2))],
+                                     "_name string, n long, path string, day date")
+    for got in (inline, joined):
+        assert_df_equality(got.select(*expected.columns), expected, ignore_row_order=True,
+                           ignore_nullable=True)
 
 
 def test_parse_lines_keeps_text_and_rescues_unknown_fields(spark: SparkSession) -> None:
