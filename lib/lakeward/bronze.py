@@ -164,9 +164,10 @@ def split_sizes(parsed: DataFrame) -> DataFrame:
 def line_bases(splits: Iterable[tuple[str, int, int, int]]) -> dict[tuple[str, int], int]:
     """For each split, the base that numbers its lines: ``_line_no = _mid - base + 1``.
 
-    ``splits``: (name, block, first id, lines), as :func:`split_sizes` gives
-    them. A split's lines are read in order into one partition, so their ids
-    are consecutive; the lines of the file's earlier splits come before them.
+    ``splits``: (name, block, first id, lines) of each split, from
+    :func:`split_sizes`. A split's lines are read in order into one partition,
+    so their ids are consecutive; the lines of the file's earlier splits come
+    before them.
     """
     by_file: dict[str, list[tuple[int, int, int]]] = {}
     for name, block, first, lines in splits:

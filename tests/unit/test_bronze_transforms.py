@@ -51,7 +51,8 @@ def test_attached_values_are_the_same_looked_up_inline_or_joined(spark: SparkSes
     rows = {("a",): ("x", date(2026, 3, 1)), ("b",): (None, date(2026, 3, 2))}
     schema = "_name string, path string, day date"
     inline = bronze._attach(df, ["_name"], rows, schema)
-    joined = bronze._attach(df, ["_name"], {**rows, **{(f"z{i}",): ("z", None) for i in range(16)}}, schema)
+    many = {**rows, **{(f"z{i}",): ("z", None) for i in range(bronze._INLINE_KEYS)}}
+    joined = bronze._attach(df, ["_name"], many, schema)
     expected = spark.createDataFrame([("a", 1, "x", date(2026, 3, 1)), ("b", 2, None, date(2026, 3, 2))],
                                      "_name string, n long, path string, day date")
     for got in (inline, joined):
