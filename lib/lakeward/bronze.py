@@ -161,23 +161,22 @@ def split_sizes(parsed: DataFrame) -> DataFrame:
     )
 
 
-def line_bases(splits: Iterable[tuple[str, int, int, int]]) -> dict[tuple[str, int], int]:
+def line_bases(splits: Iterable[Row]) -> dict[tuple[str, int], int]:
     """For each split, the base that numbers its lines: ``_line_no = _mid - base + 1``.
 
-    ``splits``: (name, block, first id, lines) of each split, from
-    :func:`split_sizes`. A split's lines are read in order into one partition,
-    so their ids are consecutive; the lines of the file's earlier splits come
-    before them.
+    ``splits``: rows of :func:`split_sizes`. A split's lines are read in order
+    into one partition, so their ids are consecutive; the lines of the file's
+    earlier splits come before them.
     """
-    by_file: dict[str, list[tuple[int, int, int]]] = {}
-    for name, block, first, lines in splits:
-        by_file.setdefault(name, []).append((block, first, lines))
+    by_file: dict[str, list[Row]] = {}
+    for split in splits:
+        by_file.setdefault(split["_name"], []).append(split)
     bases = {}
     for name, parts in by_file.items():
         before = 0
-        for block, first, lines in sorted(parts):
-            bases[(name, block)] = first - before
-            before += lines
+        for split in sorted(parts, key=lambda part: part["_block"]):
+            bases[(name, split["_block"])] = split["_first_mid"] - before
+            before += split["_n"]
     return bases
 
 
@@ -586,11 +585,11 @@ def _ingest_pending(
         # One job fills every source's cache, counts the lines of each file and sizes its
         # splits. The lines are numbered from the cached ids, which the writes read.
         sized = [split_sizes(df).withColumn("_source", F.lit(source)) for source, df in parsed.items()]
-        splits: dict[str, list[tuple[str, int, int, int]]] = {source: [] for source in pending}
+        splits: dict[str, list[Row]] = {source: [] for source in pending}
         written: dict[str, int] = {}
         quarantined: dict[str, int] = {}
         for r in reduce(DataFrame.unionByName, sized).collect():
-            splits[r["_source"]].append((r["_name"], r["_block"], r["_first_mid"], r["_n"]))
+            splits[r["_source"]].append(r)
             batch, refused = r["_batch_id"], int(r["_refused"])
             quarantined[batch] = quarantined.get(batch, 0) + refused
             written[batch] = written.get(batch, 0) + int(r["_n"]) - refused
