@@ -81,6 +81,12 @@ WIDE_PAYLOAD_BYTES = 256
 # longer ttl bounds nothing, and is not used (from about 292,000 years on, Spark's
 # interval type cannot even hold it).
 _LONGEST_SPAN = timedelta(days=366 * 10_000)
+_MICROSECOND = timedelta(microseconds=1)
+# Spark's JSON text of a time keeps milliseconds only by default: ties are told apart to the microsecond.
+_JSON_TIMES = {
+    "timestampFormat": "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX",
+    "timestampNTZFormat": "yyyy-MM-dd'T'HH:mm:ss.SSSSSS",
+}
 
 
 class AsOfJoinError(ValueError):
@@ -119,9 +125,10 @@ def as_of_join(
       with a null key or a null ``label_ts`` come out with null features.
     - Feature rows with a null key or a null ``feature_ts`` never match.
     - Keys match with equi-join semantics (``=``, never null to null).
-    - ``ttl`` is an exact duration (``timedelta(days=1)`` is 86 400 s). One
-      longer than any two timestamps can be apart (``timedelta.max``) is the
-      same as None.
+    - ``ttl`` is an exact duration (``timedelta(days=1)`` is 86 400 s, also
+      across a daylight-saving change of the session time zone; two dates
+      are whole days of 86 400 s apart). One longer than any two timestamps
+      can be apart (``timedelta.max``) is the same as None.
     - A date column counts as midnight at the start of its day, in the
       session time zone: a feature dated d is known from 00:00 on d, and a
       label dated d sees only features known by 00:00 on d. A feature
@@ -137,9 +144,9 @@ def as_of_join(
     other than ``UTF8_BINARY`` is compared by its UTF-8 bytes too (a collation
     may call different strings equal). Columns of a type Spark cannot sort
     (map, variant, interval), or holding one or a collated string, take part
-    through their JSON text (``to_json``, null fields written as ``null``), a
-    null value still smallest. The result does not depend on partitioning or
-    input order.
+    through their JSON text (``to_json``, null fields written as ``null``,
+    times to the microsecond), a null value still smallest. The result does
+    not depend on partitioning or input order.
     (The only rows this order cannot tell apart differ solely in ``-0.0``
     versus ``0.0``.)
 
@@ -177,10 +184,12 @@ def as_of_join(
 
     Raises:
         MissingColumnsError: A key or timestamp column is missing.
-        AsOfJoinError: A timestamp column is not a timestamp or date, or a key
+        AsOfJoinError: A timestamp column is not a timestamp or date, a key
             has types of different kinds on the two sides (numbers of any
-            width go together).
-        ColumnClashError: An output column name occurs twice (set ``prefix``).
+            width go together; nullability does not count), or a key is of
+            a map or variant type.
+        ColumnClashError: An output column name occurs twice (set ``prefix``),
+            or an input repeats a column name.
         ValueError: ``keys`` empty or repeated, ``ttl`` negative,
             ``time_buckets`` below 1, ``prefilter`` not a bool or None.
     """
@@ -190,7 +199,7 @@ def as_of_join(
     _check_types(labels, features, keys, label_ts, feature_ts)
     feature_columns = [c for c in features.columns if c not in keys]
     out_names = [f"{prefix or ''}{c}" for c in feature_columns]
-    _check_clashes(labels, out_names, prefix)
+    _check_clashes(labels, features, out_names, prefix)
 
     if prefilter is None:
         payload = T.StructType([f for f in features.schema.fields if f.name not in keys])
@@ -215,7 +224,12 @@ def as_of_join(
     found_ts = F.col(_MATCH).getField(feature_ts)
     in_range = F.col(_TS).isNotNull() & F.col(_MATCH).isNotNull()
     if ttl is not None and ttl <= _LONGEST_SPAN:
-        in_range = in_range & (found_ts >= F.col(_TS) - F.lit(ttl))
+        # Counted in microseconds: ``ts - interval`` would add whole days on the
+        # session time zone's calendar, 23 or 25 hours across a clock change.
+        ts_type = union.schema[_TS].dataType
+        label_micros = _monotone_micros(F.col(_TS), ts_type)
+        found_micros = _monotone_micros(found_ts.cast(ts_type), ts_type)
+        in_range = in_range & (found_micros >= label_micros - F.lit(ttl // _MICROSECOND))
     # Null the struct once, then unpack it: the check is not repeated per column.
     checked = matched.select(_LABEL, F.when(in_range, F.col(_MATCH)).alias(_MATCH))
     return checked.select(
@@ -288,15 +302,47 @@ def _check_types(
             )
     for key in keys:
         left, right = labels.schema[key].dataType, features.schema[key].dataType
+        for side, found in (("labels", left), ("features", right)):
+            if not _equatable(found):
+                raise AsOfJoinError(
+                    f"key {key!r} is {found.simpleString()} in {side}; Spark cannot match keys "
+                    "of a map or variant type: use other key columns"
+                )
         numeric = isinstance(left, T.NumericType) and isinstance(right, T.NumericType)
-        if left != right and not numeric:
+        # Nullability is not part of a key's kind: array(1, 2) matches array(1, 2) whether
+        # or not a side could hold null elements.
+        if _all_nullable(left) != _all_nullable(right) and not numeric:
             raise AsOfJoinError(
                 f"key {key!r} is {left.simpleString()} in labels but {right.simpleString()} "
                 "in features; cast one side so that both have the same type"
             )
 
 
-def _check_clashes(labels: DataFrame, feature_names: list[str], prefix: str | None) -> None:
+def _equatable(data_type: T.DataType) -> bool:
+    """Whether Spark compares values of this type for equality (no map or variant inside)."""
+    if isinstance(data_type, T.StructType):
+        return all(_equatable(f.dataType) for f in data_type.fields)
+    if isinstance(data_type, T.ArrayType):
+        return _equatable(data_type.elementType)
+    return not isinstance(data_type, T.MapType | T.VariantType)
+
+
+def _all_nullable(data_type: T.DataType) -> T.DataType:
+    """The type with every field, element and value nullable."""
+    if isinstance(data_type, T.StructType):
+        return T.StructType([
+            T.StructField(f.name, _all_nullable(f.dataType), True) for f in data_type.fields
+        ])
+    if isinstance(data_type, T.ArrayType):
+        return T.ArrayType(_all_nullable(data_type.elementType), True)
+    if isinstance(data_type, T.MapType):
+        return T.MapType(_all_nullable(data_type.keyType), _all_nullable(data_type.valueType), True)
+    return data_type
+
+
+def _check_clashes(
+    labels: DataFrame, features: DataFrame, feature_names: list[str], prefix: str | None
+) -> None:
     case_sensitive = labels.sparkSession.conf.get("spark.sql.caseSensitive", "false") == "true"
 
     def norm(name: str) -> str:
@@ -312,13 +358,14 @@ def _check_clashes(labels: DataFrame, feature_names: list[str], prefix: str | No
                 seen[norm(name)] = name
         return found
 
-    # No prefix can fix a name labels already repeats (a join's output, say).
-    own = repeats(labels.columns)
-    if own:
-        raise ColumnClashError(
-            f"labels has column(s) {own} more than once (labels columns {labels.columns}); "
-            "rename or drop them before the join"
-        )
+    # No prefix can fix a name an input already repeats (a join's output, say).
+    for side, df in (("labels", labels), ("features", features)):
+        own = repeats(df.columns)
+        if own:
+            raise ColumnClashError(
+                f"{side} has column(s) {own} more than once ({side} columns {df.columns}); "
+                "rename or drop them before the join"
+            )
     clashes = repeats([*labels.columns, *feature_names])
     if clashes:
         hint = "choose another prefix" if prefix else "pass prefix= to rename the feature columns"
@@ -467,7 +514,7 @@ def _tie_break(payload: Column, payload_type: T.StructType) -> Column:
         elif not _sortable(field.dataType):
             # A null must stay null to sort smallest (its JSON text, '{}', sorts last), and
             # null fields inside must be written, not left out.
-            text = F.to_json(F.struct(value.alias("v")), {"ignoreNullFields": "false"})
+            text = F.to_json(F.struct(value.alias("v")), {"ignoreNullFields": "false", **_JSON_TIMES})
             value = F.when(value.isNotNull(), text)
         fields.append(value.alias(f"f{i}"))
     return F.when(payload.isNotNull(), F.struct(*fields))
@@ -478,8 +525,11 @@ def _monotone_micros(ts: Column, kind: T.DataType) -> Column:
 
     A TIMESTAMP_NTZ is a wall-clock time: cast to an instant in the session
     time zone, 02:30 on a spring-forward day would come after 03:00. Its
-    date and time of day are counted as they read instead.
+    date and time of day are counted as they read instead, and so are a
+    date's (days of 86 400 s each).
     """
+    if isinstance(kind, T.DateType):
+        return _monotone_micros(ts.cast(T.TimestampNTZType()), T.TimestampNTZType())
     if not isinstance(kind, T.TimestampNTZType):
         return F.unix_micros(ts.cast(T.TimestampType()))
     seconds = F.date_part(F.lit("SECOND"), ts)  # with the fraction, to the microsecond

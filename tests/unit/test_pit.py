@@ -403,6 +403,21 @@ def test_map_columns_break_ties_through_their_json(spark: SparkSession) -> None:
 
 
 
+def test_times_inside_a_map_break_ties_to_the_microsecond(spark: SparkSession) -> None:
+    # Spark's JSON text of a time stops at the millisecond by default.
+    labels = spark.createDataFrame([("u", at(5))], "user STRING, ts TIMESTAMP")
+    rows = [("u", at(5), {"a": at(0).replace(microsecond=m)}, {"a": at(0).replace(microsecond=m)})
+            for m in (1, 2)]
+    schema = "user STRING, fts TIMESTAMP, m MAP<STRING, TIMESTAMP>, n MAP<STRING, TIMESTAMP_NTZ>"
+    joined = [
+        as_of_join(labels, spark.createDataFrame(order, schema).coalesce(1),
+                   keys=["user"], label_ts="ts", feature_ts="fts")
+        for order in (rows, rows[::-1])
+    ]
+    found = reduce(DataFrame.unionByName, joined).collect()
+    assert [(r["m"]["a"].microsecond, r["n"]["a"].microsecond) for r in found] == [(2, 2)] * 2
+
+
 def test_a_null_map_or_variant_is_the_smallest_on_a_tie(spark: SparkSession) -> None:
     labels = spark.createDataFrame([("u", at(5))], "user STRING, ts TIMESTAMP")
     features = spark.createDataFrame(
@@ -458,6 +473,38 @@ def test_ties_compare_collated_text_by_utf8_bytes_in_any_input_order(
             got = as_of_join(labels, features, keys=["user"], label_ts="ts", feature_ts="fts",
                              time_buckets=buckets).collect()[0]["v"]
             assert got == expected, (kind, order)
+
+
+@pytest.mark.parametrize("kind", ["TIMESTAMP", "TIMESTAMP_NTZ"])
+def test_a_ttl_is_an_exact_duration_across_a_clock_change(spark: SparkSession, kind: str) -> None:
+    """In New York, 10 March 2024 has 23 hours and 3 November 2024 has 25: a ttl of one
+    day reaches 24 hours back, not to the same time on the day before."""
+    zone = spark.conf.get("spark.sql.session.timeZone")
+    spark.conf.set("spark.sql.session.timeZone", "America/New_York")
+    try:
+        labels = spark.sql(f"""SELECT * FROM VALUES
+            ('spring', CAST('2024-03-10 12:00:00' AS {kind})), ('fall', CAST('2024-11-03 12:00:00' AS {kind}))
+            AS t(k, ts)""")
+        # Same wall-clock time the day before: 23 hours back in spring, 25 in the fall.
+        features = labels.select("k", F.expr("ts - INTERVAL 1 DAY").alias("fts"))
+        dates = labels.select("k", F.to_date("ts").alias("d"))
+        date_features = dates.select("k", F.date_sub("d", 1).alias("fd"))
+
+        def matched(left: DataFrame, right: DataFrame, ts: str, fts: str, ttl: timedelta) -> dict[str, bool]:
+            joined = as_of_join(left, right, keys=["k"], label_ts=ts, feature_ts=fts, ttl=ttl)
+            return {r["k"]: r[fts] is not None for r in joined.collect()}
+
+        day, hours_23 = timedelta(days=1), timedelta(hours=23)
+        if kind == "TIMESTAMP":
+            assert matched(labels, features, "ts", "fts", day) == {"spring": True, "fall": False}
+            assert matched(labels, features, "ts", "fts", hours_23) == {"spring": True, "fall": False}
+        else:
+            # Wall-clock times are a day apart whatever the zone does.
+            assert matched(labels, features, "ts", "fts", day) == {"spring": True, "fall": True}
+            assert matched(labels, features, "ts", "fts", hours_23) == {"spring": False, "fall": False}
+        assert matched(dates, date_features, "d", "fd", day) == {"spring": True, "fall": True}
+    finally:
+        spark.conf.set("spark.sql.session.timeZone", zone)
 
 
 def test_a_ttl_beyond_any_timestamp_span_is_no_limit(spark: SparkSession) -> None:
@@ -532,6 +579,14 @@ def test_a_name_labels_repeats_is_named_as_its_own(spark: SparkSession) -> None:
         as_of_join(labels, features, keys=["user"], label_ts="ts", feature_ts="fts", prefix="f_")
 
 
+def test_a_name_features_repeats_is_named_as_its_own(spark: SparkSession) -> None:
+    labels = spark.createDataFrame([], "user STRING, ts TIMESTAMP")
+    features = spark.createDataFrame([], "user STRING, fts TIMESTAMP, v INT")
+    features = features.select("user", "user", "fts", "v")
+    with pytest.raises(ColumnClashError, match=r"features has column\(s\) \['user'\] more than once"):
+        as_of_join(labels, features, keys=["user"], label_ts="ts", feature_ts="fts")
+
+
 def test_missing_columns_list_expected_and_present(spark: SparkSession) -> None:
     labels, features = _small(spark, [], [])
     with pytest.raises(MissingColumnsError) as err:
@@ -582,3 +637,20 @@ def test_times_must_be_times_and_keys_of_one_kind(spark: SparkSession) -> None:
     dated = features.withColumn("fts", F.to_date("fts"))
     joined = as_of_join(labels, dated, keys=["shop"], label_ts="lts", feature_ts="fts", prefix="f_")
     assert [r["f_fts"] for r in joined.collect()] == [at(0).date()]
+
+
+def test_keys_match_whatever_their_nullability_and_maps_are_refused(spark: SparkSession) -> None:
+    labels = spark.sql(
+        "SELECT array(1, 2) AS k, named_struct('a', 1) AS s, TIMESTAMP'2024-01-01 12:00' AS ts"
+    )
+    features = spark.sql(
+        "SELECT * FROM VALUES (array(1, 2), named_struct('a', 1), TIMESTAMP'2024-01-01 11:00', 5), "
+        "(array(3, CAST(NULL AS INT)), named_struct('a', CAST(NULL AS INT)), TIMESTAMP'2024-01-01 11:00', 6) "
+        "AS t(k, s, fts, v)"
+    )
+    assert labels.schema["k"].dataType != features.schema["k"].dataType  # element nullability only
+    joined = as_of_join(labels, features, keys=["k", "s"], label_ts="ts", feature_ts="fts")
+    assert [r["v"] for r in joined.collect()] == [5]
+    mapped = spark.sql("SELECT map('a', 1) AS k, TIMESTAMP'2024-01-01 12:00' AS ts")
+    with pytest.raises(AsOfJoinError, match=r"key 'k' is map<string,int> in labels.*map or variant"):
+        as_of_join(mapped, mapped.withColumnRenamed("ts", "fts"), keys=["k"], label_ts="ts", feature_ts="fts")
