@@ -186,8 +186,16 @@ class TrainingSetSettings(_Strict):
     def _bounds_together(self) -> TrainingSetSettings:
         if (self.t1 is None) != (self.t2 is None):
             raise ValueError("t1 and t2 are given together or not at all")
-        if self.t1 is not None and self.t2 is not None and not self.t1 < self.t2:
-            raise ValueError(f"expected t1 < t2, got {self.t1} and {self.t2}")
+        if self.t1 is not None and self.t2 is not None:
+            if not self.t1 < self.t2:
+                raise ValueError(f"expected t1 < t2, got {self.t1} and {self.t2}")
+            # The gap between parts is the horizon: validation labels need time to end before t2.
+            if (self.t2 - self.t1).days <= self.horizon_days:
+                raise ValueError(
+                    f"t2 - t1 ({(self.t2 - self.t1).days} days) must be longer than horizon_days "
+                    f"({self.horizon_days}), the gap between the parts: no validation label's "
+                    "window would end before t2"
+                )
         return self
 
 

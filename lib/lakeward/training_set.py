@@ -319,7 +319,14 @@ def temporal_bounds(
     t1 = first + usable * fractions[0] + horizon
     t2 = t1 + usable * fractions[1] + horizon
     # Whole seconds read better in the spec; the build checks every part is non-empty.
-    return t1.replace(microsecond=0), t2.replace(microsecond=0)
+    t1, t2 = t1.replace(microsecond=0), t2.replace(microsecond=0)
+    if t2 - t1 <= horizon:
+        raise TrainingSetError(
+            f"the validation share {fractions[1]} (training_set.fractions) leaves validation no "
+            f"time between t1 and t2 once the {horizon.days}-day gap is taken: give it a share "
+            "above 0, or give t1 and t2"
+        )
+    return t1, t2
 
 
 def content_hash(df: DataFrame) -> str:
@@ -507,9 +514,12 @@ def stored_spec(
     ledger = settings.table("ops_training_sets")
     row = None
     if tables.exists(spark, ledger):
+        # A table dropped and built again starts its versions over: the latest
+        # build of a version is the current table's.
         row = (
             tables.read(spark, ledger)
             .filter((F.col("name") == F.lit(table)) & (F.col("table_version") == F.lit(version)))
+            .orderBy(F.col("built_at").desc())
             .select("spec_json")
             .first()
         )

@@ -63,6 +63,9 @@ def test_unknown_key_names_file_and_key(tmp_path: Path) -> None:
          r"local\.yml: demo\.start: .*expected a date, YYYY-MM-DD \(found 'soon'\)"),
         # YAML itself turns an unquoted date into a date, and fails on one that does not exist.
         ("demo:\n  start: 2026-02-30\n", r"local\.yml: a value YAML cannot read: day is out of range"),
+        # The gap between temporal parts is the label horizon (30 days by default).
+        ("training_set:\n  t1: 2026-01-05\n  t2: 2026-01-20\n",
+         r"local\.yml: training_set: .*t2 - t1 \(15 days\) must be longer than horizon_days \(30\)"),
     ],
 )
 def test_bad_keys_name_the_overlay_and_what_was_expected(tmp_path: Path, local: str, message: str) -> None:

@@ -188,6 +188,9 @@ def test_temporal_bounds_exact() -> None:
     with pytest.raises(TrainingSetError, match="needs more than 60 days"):
         temporal_bounds(first, first + timedelta(days=60), horizon=timedelta(days=30),
                         fractions=(0.7, 0.15, 0.15))
+    with pytest.raises(TrainingSetError, match=r"validation share 0\.0 .* leaves validation no time"):
+        temporal_bounds(first, first + timedelta(days=160), horizon=timedelta(days=30),
+                        fractions=(0.8, 0.0, 0.2))
 
 
 def test_last_unbroken_day() -> None:
