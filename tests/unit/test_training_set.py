@@ -9,7 +9,8 @@ from chispa import assert_df_equality
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from lakeward.config import load_settings
+from lakeward import tables
+from lakeward.config import Settings, load_settings
 from lakeward.splits import PARTS, group_split, leakage, temporal_split
 from lakeward.training_set import (
     MAX_NAME_LENGTH,
@@ -19,6 +20,8 @@ from lakeward.training_set import (
     assert_point_in_time,
     content_hash,
     last_unbroken_day,
+    ledger_spec,
+    stored_spec,
     table_name,
     temporal_bounds,
 )
@@ -144,6 +147,21 @@ def test_build_spec_json_round_trip() -> None:
         spec(t2=None)
     with pytest.raises(TrainingSetError, match="t1 < t2"):
         spec(t1=ts(3, 20), t2=ts(2, 10))
+
+
+def test_the_latest_build_of_a_version_is_the_stored_spec(
+    spark: SparkSession, fresh_settings: Settings
+) -> None:
+    """A training set table dropped and built again starts its versions over."""
+    ledger = ledger_spec(fresh_settings)
+    tables.ensure_table(spark, ledger)
+    name = table_name(fresh_settings, None)
+    # The earlier build is written first: a read in file order would find it.
+    builds = [(spec(seed=7), datetime(2026, 6, 1)), (spec(seed=8), datetime(2026, 6, 2))]
+    rows = [(f"b{built.seed}", name, 0, table, version, 10, "h", built.to_json(), at)
+            for built, at in builds for table, version in built.inputs.items()]
+    tables.append(spark.createDataFrame(rows, ledger.schema), ledger.name)
+    assert stored_spec(spark, fresh_settings, version=0).seed == 8
 
 
 def test_content_hash_ignores_row_order_and_sees_every_value(spark: SparkSession) -> None:
