@@ -123,6 +123,13 @@ class BuildSpec:
     observed_until: datetime
     """End of the last arrival day of the orders read; label windows end at or before it."""
     feature_version: str
+    feature_columns: tuple[str, ...] | None = None
+    """The feature columns read, in order; None in a spec written before lakeward recorded
+    them, which reads the configured ones."""
+    input_ids: dict[str, str] | None = None
+    """Input table name -> Delta's table id when it was read; None in a spec written before
+    lakeward recorded them. A table dropped and created again has another id, and its
+    versions are not the ones read."""
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
@@ -145,6 +152,10 @@ class BuildSpec:
         object.__setattr__(self, "t1", t1)
         object.__setattr__(self, "t2", t2)
         object.__setattr__(self, "observed_until", _utc(self.observed_until))
+        if self.feature_columns is not None:
+            object.__setattr__(self, "feature_columns", tuple(str(c) for c in self.feature_columns))
+        if self.input_ids is not None:
+            object.__setattr__(self, "input_ids", {str(k): str(v) for k, v in self.input_ids.items()})
 
     @property
     def horizon(self) -> timedelta:
@@ -162,6 +173,8 @@ class BuildSpec:
         for key in ("t1", "t2", "observed_until"):
             data[key] = None if data[key] is None else data[key].isoformat()
         data["fractions"] = list(self.fractions)
+        if self.feature_columns is not None:
+            data["feature_columns"] = list(self.feature_columns)
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     @classmethod
@@ -172,7 +185,9 @@ class BuildSpec:
         except (TypeError, ValueError) as err:
             raise TrainingSetError(f"a training set spec must be JSON: {err}") from None
         expected = {f.name for f in fields(cls)}
-        if not isinstance(data, dict) or set(data) != expected:
+        # Specs written before a key was added lack it; the key's default stands for it.
+        required = expected - _ADDED_SPEC_KEYS
+        if not isinstance(data, dict) or not required <= set(data) <= expected:
             found = sorted(data) if isinstance(data, dict) else type(data).__name__
             # Unknown keys are refused too: a spec from a newer lakeward may mean
             # rows this version cannot reproduce.
@@ -185,6 +200,9 @@ class BuildSpec:
             return cls(**data)
         except (TypeError, ValueError, AttributeError) as err:
             raise TrainingSetError(f"not a valid training set spec: {err}") from None
+
+
+_ADDED_SPEC_KEYS = frozenset({"feature_columns", "input_ids"})
 
 
 @dataclass(frozen=True)
@@ -260,10 +278,6 @@ def training_set_spec(settings: Settings, name: str | None = None) -> tables.Tab
 def ledger_spec(settings: Settings) -> tables.TableSpec:
     """``ops.training_sets``: one row per build and input table, with the version read."""
     return tables.TableSpec(settings.table("ops_training_sets"), LEDGER_SCHEMA)
-
-
-def _history_columns(settings: Settings) -> list[str]:
-    return [KEY, "feature_date", "feature_ts", *feature_columns(settings), "feature_version"]
 
 
 # --- pure transforms -------------------------------------------------------------------
@@ -416,9 +430,11 @@ def build(
     features_name = settings.table("gold_user_features")
     versions = {orders_name: _pinned_version(spark, orders_name),
                 features_name: _pinned_version(spark, features_name)}
+    input_ids = {name: tables.table_id(spark, name) for name in versions}
     orders = tables.read(spark, orders_name, version=versions[orders_name])
+    wanted = feature_columns(settings)
     features = _feature_history(
-        tables.read(spark, features_name, version=versions[features_name]), settings, features_name
+        tables.read(spark, features_name, version=versions[features_name]), wanted, features_name
     )
     observed_until = _observed_until(
         orders, orders_name, versions[orders_name], settings.pipeline.allowed_lateness_days,
@@ -441,6 +457,8 @@ def build(
         t2=None if t2 is None else _utc(t2),
         observed_until=observed_until,
         feature_version=settings.pipeline.feature_version,
+        feature_columns=tuple(wanted),
+        input_ids=input_ids,
     )
 
     table_spec = training_set_spec(settings, name)
@@ -486,11 +504,10 @@ def rebuild(spark: SparkSession, settings: Settings, spec: BuildSpec) -> DataFra
         raise TrainingSetError(
             f"the spec records inputs {sorted(spec.inputs)}, not the configured table(s) {missing}"
         )
-    orders = _read_version(spark, orders_name, spec.inputs[orders_name])
-    features = _read_version(spark, features_name, spec.inputs[features_name])
-    return assemble(
-        orders.select(*_ORDER_COLUMNS), _feature_history(features, settings, features_name), spec
-    )
+    orders = _read_version(spark, orders_name, spec.inputs[orders_name], spec.input_ids)
+    features = _read_version(spark, features_name, spec.inputs[features_name], spec.input_ids)
+    wanted = feature_columns(settings) if spec.feature_columns is None else list(spec.feature_columns)
+    return assemble(orders.select(*_ORDER_COLUMNS), _feature_history(features, wanted, features_name), spec)
 
 
 def stored_spec(
@@ -551,8 +568,9 @@ def _pinned_version(spark: SparkSession, name: str) -> int:
     return tables.current_version(spark, name)
 
 
-def _feature_history(features: DataFrame, settings: Settings, name: str) -> DataFrame:
-    wanted = _history_columns(settings)
+def _feature_history(features: DataFrame, columns: Sequence[str], name: str) -> DataFrame:
+    """The feature table's key, dates, version and the feature ``columns``."""
+    wanted = [KEY, "feature_date", "feature_ts", *columns, "feature_version"]
     missing = [c for c in wanted if c not in features.columns]
     if missing:
         raise TrainingSetError(
@@ -707,9 +725,17 @@ def _properties_or_empty(spark: SparkSession, table: str) -> dict[str, str]:
         return {}
 
 
-def _read_version(spark: SparkSession, name: str, version: int) -> DataFrame:
+def _read_version(spark: SparkSession, name: str, version: int, ids: dict[str, str] | None) -> DataFrame:
+    """``name`` at ``version``, if it is still the table the build read (same Delta id in ``ids``)."""
     if not tables.exists(spark, name):
         raise TrainingSetError(f"cannot read {name} at Delta version {version}: the table does not exist")
+    recorded = (ids or {}).get(name)
+    if recorded is not None and (current := tables.table_id(spark, name)) != recorded:
+        raise TrainingSetError(
+            f"cannot read {name} at Delta version {version}: the table was dropped and created "
+            f"again since the build (Delta table id {recorded}, now {current}), so the version "
+            "read is gone"
+        )
     try:
         df = tables.read(spark, name, version=version)
     except Exception as err:  # noqa: BLE001 - Delta's errors vary by cause; report one line

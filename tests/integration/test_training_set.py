@@ -33,6 +33,7 @@ from lakeward.training_set import (
     table_name,
 )
 from tests.cli_process import lakeward
+from tests.pipeline_checks import drop_table
 
 pytestmark = pytest.mark.integration
 
@@ -185,6 +186,8 @@ def test_build_records_versions_and_rebuilds_exactly(spark: SparkSession, fresh_
     assert first.spec.observed_until == datetime.combine(
         last_arrival + timedelta(days=1) - lateness, datetime.min.time(), UTC)
     assert first.spec.split == "group" and first.spec.t1 is None
+    assert first.spec.input_ids == {n: tables.table_id(spark, n) for n in (orders_name, features_name)}
+    assert first.spec.feature_columns == tuple(feature_columns(settings))
     assert (first.spec.horizon_days, first.spec.ttl_days) == (
         settings.training_set.horizon_days, settings.training_set.ttl_days)
 
@@ -235,6 +238,11 @@ def test_build_records_versions_and_rebuilds_exactly(spark: SparkSession, fresh_
     assert tables.read(spark, settings.table("ops_training_sets")).count() == 4
     assert content_hash(tables.read(spark, table, version=first.version)) == first.content_hash
 
+    # The recorded feature columns are read, whatever the configuration says now.
+    narrower = settings.pipeline.model_copy(update={"feature_windows_days": [7]})
+    elsewhere = settings.model_copy(update={"pipeline": narrower})
+    assert content_hash(rebuild(spark, elsewhere, first.spec)) == first.content_hash
+
     beyond = dataclasses.replace(first.spec, inputs={**first.spec.inputs, features_name: 999})
     with pytest.raises(TrainingSetError, match=rf"cannot read {features_name} at Delta version 999"):
         rebuild(spark, settings, beyond)
@@ -244,6 +252,15 @@ def test_build_records_versions_and_rebuilds_exactly(spark: SparkSession, fresh_
     _vacuum_everything_old(spark, features_name)
     version = first.spec.inputs[features_name]
     with pytest.raises(TrainingSetError, match=rf"{features_name} at Delta version {version}: .*gone"):
+        rebuild(spark, settings, first.spec)
+
+    # Orders dropped and written again: their versions start over, and are not the ones read.
+    drop_table(spark, orders_name)
+    _write_orders(spark, settings, 0, 79)
+    _write_orders(spark, settings, 80, 99)
+    # Without the id, time travel would read the new table's version of that number.
+    assert tables.current_version(spark, orders_name) >= first.spec.inputs[orders_name]
+    with pytest.raises(TrainingSetError, match=rf"{orders_name} .*dropped and created again"):
         rebuild(spark, settings, first.spec)
 
 

@@ -1,6 +1,7 @@
 """Training set assembly on hand-built data: labels, chosen feature rows, splits, spec and hash."""
 
 import dataclasses
+import json
 import random
 from datetime import UTC, date, datetime, timedelta, timezone
 
@@ -139,6 +140,13 @@ def test_build_spec_json_round_trip() -> None:
     # Naive values and dates are UTC; other zones are converted.
     assert spec(observed_until=date(2026, 5, 1)) == original
     assert spec(observed_until=datetime(2026, 5, 1, 2, tzinfo=timezone(timedelta(hours=2)))) == original
+    recorded = spec(feature_columns=["orders_7d", "mean_rating"], input_ids={"silver.orders": "id-1"})
+    assert BuildSpec.from_json(recorded.to_json()) == recorded
+    assert recorded.feature_columns == ("orders_7d", "mean_rating")
+    # A spec written before the feature columns and table ids were recorded still reads.
+    older = json.loads(text)
+    del older["feature_columns"], older["input_ids"]
+    assert BuildSpec.from_json(json.dumps(older)) == original
     with pytest.raises(TrainingSetError, match="keys"):
         BuildSpec.from_json(text[:-1] + ',"surprise":1}')
     with pytest.raises(TrainingSetError, match="must be JSON"):
