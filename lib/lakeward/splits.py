@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import date, datetime, timedelta
 
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -40,13 +40,20 @@ def temporal_split(
     """
     check_bounds(t1, t2, gap)
     columns.require(labels, (ts,), what="labels")
-    at = F.col(ts)
-    part = (
-        F.when(at + F.lit(gap) < F.lit(t1), F.lit("train"))
-        .when((at >= F.lit(t1)) & (at + F.lit(gap) < F.lit(t2)), F.lit("validation"))
-        .when(at >= F.lit(t2), F.lit("test"))
-    )
+    fits = _fits(F.col(ts), t1, t2, gap)
+    part = F.when(fits["train"], F.lit("train"))
+    for name in PARTS[1:]:
+        part = part.when(fits[name], F.lit(name))
     return labels.withColumn(SPLIT, part).filter(F.col(SPLIT).isNotNull())
+
+
+def _fits(at: Column, t1: date, t2: date, gap: timedelta) -> dict[str, Column]:
+    """Per part, whether a label at ``at`` belongs to it: its window ends before the next part."""
+    return {
+        "train": at + F.lit(gap) < F.lit(t1),
+        "validation": (at >= F.lit(t1)) & (at + F.lit(gap) < F.lit(t2)),
+        "test": at >= F.lit(t2),
+    }
 
 
 def check_bounds(t1: date, t2: date, gap: timedelta) -> None:
@@ -102,6 +109,8 @@ def leakage(
     key: str | None = None,
     ts: str | None = None,
     horizon: timedelta | None = None,
+    t1: date | None = None,
+    t2: date | None = None,
 ) -> list[str]:
     """Describe every leak between parts; an empty list means none was found.
 
@@ -110,6 +119,10 @@ def leakage(
     label times): a label window of an earlier part that reaches the first
     label of a later part. Neighbouring non-empty parts are compared; that
     covers every pair, because each part's first label is before its windows end.
+    With the bounds of a temporal split as well (``t1`` and ``t2``): a label
+    outside its part's time range, or whose window reaches the next part's
+    start, as :func:`temporal_split` would not have put it (a label without a
+    time included), even where no label of the next part is that early.
     Always: a row whose split is none of the parts (or null), which no check clears.
     """
     if (ts is None) != (horizon is None):
@@ -117,6 +130,8 @@ def leakage(
             "give ts and horizon together: without the horizon a label window that crosses into "
             "the next part goes unseen"
         )
+    if (t1 is None) != (t2 is None) or (t1 is not None and ts is None):
+        raise ValueError("give t1 and t2 together, and with ts and horizon")
     columns.require(split, [SPLIT, *(name for name in (key, ts) if name is not None)], what="split")
     problems: list[str] = []
     if key is not None:
@@ -132,10 +147,28 @@ def leakage(
         at = F.col(ts).cast("timestamp") if isinstance(split.schema[ts].dataType, T.DateType) else F.col(ts)
         reach = F.lit(horizon)
         per_part += [F.min(at).alias("first"), F.max(at + reach).alias("last_reach")]
+        if t1 is not None and t2 is not None:
+            assert horizon is not None  # checked above
+            check_bounds(t1, t2, horizon)
+            fits = _fits(at, t1, t2, horizon)
+            fitting = F.lit(False)
+            for name, rule in fits.items():
+                in_part = F.col(SPLIT) == F.lit(name)
+                fitting = F.when(in_part, F.coalesce(rule, F.lit(False))).otherwise(fitting)
+            per_part.append(F.count_if(~fitting).alias("outside"))
     rows = split.groupBy(SPLIT).agg(*per_part).collect()
     unknown = sorted(repr(row[SPLIT]) for row in rows if row[SPLIT] not in PARTS)
     if unknown:
         problems.append(f"{SPLIT} value(s) {', '.join(unknown)} are not one of {', '.join(PARTS)}")
+    if t1 is not None:
+        ranges = {"train": f"windows ending before t1={t1}",
+                  "validation": f"times from t1={t1} and windows ending before t2={t2}",
+                  "test": f"times from t2={t2}"}
+        problems.extend(
+            f"{row['outside']} {row[SPLIT]} label(s) outside the part's range ({ranges[row[SPLIT]]})"
+            for row in sorted(rows, key=lambda r: PARTS.index(r[SPLIT]) if r[SPLIT] in PARTS else 3)
+            if row[SPLIT] in PARTS and row["outside"]
+        )
     if ts is not None:
         bounds = {row[SPLIT]: (row["first"], row["last_reach"]) for row in rows}
         # A part whose labels all lack a time has no window and no first label.

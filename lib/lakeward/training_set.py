@@ -704,7 +704,7 @@ def _verify(training: DataFrame, spec: BuildSpec, orders_name: str) -> dict[str,
         if share > 0 and not split_rows[part]:
             log.warning("training-set: split part %s is empty (too few users?)", part)
     if spec.split == "temporal":
-        problems = leakage(training, ts="label_ts", horizon=spec.horizon)
+        problems = leakage(training, ts="label_ts", horizon=spec.horizon, t1=spec.t1, t2=spec.t2)
     else:
         problems = leakage(training, key=KEY)
     if problems:

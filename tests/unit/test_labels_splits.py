@@ -100,6 +100,34 @@ def test_temporal_split_boundaries_and_gap(spark: SparkSession) -> None:
     assert len(problems) == 2 and "train label windows reach" in problems[0]
     with pytest.raises(LeakageError):
         assert_no_leakage(naive, ts="label_ts", horizon=gap)
+    assert leakage(split, ts="label_ts", horizon=gap, t1=t1, t2=t2) == []
+
+
+def test_leakage_with_the_bounds_sees_a_window_crossing_t1_before_any_validation_label(
+    spark: SparkSession,
+) -> None:
+    gap = timedelta(days=30)
+    t1, t2 = T0 + timedelta(days=100), T0 + timedelta(days=200)
+    rows = [
+        ("train", t1 - gap - timedelta(seconds=1)),  # fits
+        ("train", t1 - gap),                         # its window ends at t1: crosses
+        ("validation", t1 + timedelta(days=60)),     # fits; the first validation label, late
+        ("validation", t2 - timedelta(days=1)),      # its window reaches into test
+        ("test", t2 - timedelta(seconds=1)),         # before t2
+        ("test", None),                              # no time
+    ]
+    df = spark.createDataFrame(rows, "split string, label_ts timestamp")
+    # Compared part with part, the crossing train window ends before the first validation label.
+    assert [p for p in leakage(df, ts="label_ts", horizon=gap) if p.startswith("train")] == []
+    outside = [p for p in leakage(df, ts="label_ts", horizon=gap, t1=t1, t2=t2) if "outside" in p]
+    assert outside == [
+        f"1 train label(s) outside the part's range (windows ending before t1={t1})",
+        f"1 validation label(s) outside the part's range (times from t1={t1} "
+        f"and windows ending before t2={t2})",
+        f"2 test label(s) outside the part's range (times from t2={t2})",
+    ]
+    with pytest.raises(ValueError, match="give t1 and t2 together, and with ts and horizon"):
+        leakage(df, t1=t1, t2=t2)
 
 
 
