@@ -157,6 +157,9 @@ def _base_builder(settings: Settings) -> SparkSession.Builder:
         SparkSession.builder.appName(settings.spark.app_name)
         .config("spark.sql.extensions", DELTA_EXTENSION)
         .config("spark.sql.catalog.spark_catalog", DELTA_CATALOG)
+        # A table made in SQL without USING (``lakeward sql "CREATE TABLE ..."``)
+        # is Delta, as every table of the data root is, and as on Databricks.
+        .config("spark.sql.sources.default", "delta")
         .config("spark.ui.enabled", str(settings.spark.ui).lower())
         .config("spark.ui.showConsoleProgress", "false")
     )

@@ -44,8 +44,13 @@ _TEXT_KINDS = (
 
 
 def print_rows(df: DataFrame, output_format: str, out: TextIO) -> None:
-    """Write every row of ``df`` to ``out`` as ``table``, ``csv`` or ``json``."""
+    """Write every row of ``df`` to ``out`` as ``table``, ``csv`` or ``json``.
+
+    A statement without result columns (``CREATE TABLE``, ``DROP TABLE``) prints nothing.
+    """
     columns = df.columns
+    if not columns:
+        return
     if output_format == "json":
         _check_unique_names(df.schema)
         df = _converted(df, _json_value, _json_key)

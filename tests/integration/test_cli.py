@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -421,6 +422,20 @@ def test_sql_table_and_csv_print_values_as_spark_does(
     empty = "SELECT '' AS e, CAST(NULL AS STRING) AS n, 'say \"hi\", twice' AS q"
     assert cli._sql(spark, argparse.Namespace(query=empty, format="csv", limit=None)) == 0
     assert capsys.readouterr().out.splitlines() == ["e,n,q", '"",,"say ""hi"", twice"']
+
+
+def test_a_table_made_by_sql_is_delta_and_the_statement_prints_nothing(
+    spark: SparkSession, capsys: pytest.CaptureFixture[str]
+) -> None:
+    schema = f"cli_{uuid.uuid4().hex[:8]}"
+    spark.sql(f"CREATE SCHEMA {schema}")
+    for output in ("table", "csv", "json"):
+        query = f"CREATE TABLE {schema}.made_{output} AS SELECT 1 AS one"
+        assert cli._sql(spark, argparse.Namespace(query=query, format=output, limit=None)) == 0
+        assert capsys.readouterr().out == ""
+        detail = spark.sql(f"DESCRIBE DETAIL {schema}.made_{output}").first()
+        assert detail is not None and detail["format"] == "delta"
+    spark.sql(f"DROP SCHEMA {schema} CASCADE")
 
 
 def test_sql_output_cut_short_by_its_reader_is_not_an_error(env: dict[str, str]) -> None:
