@@ -407,8 +407,13 @@ def _ml_command(spark: Any, args: argparse.Namespace, settings: Settings) -> int
 
 
 def _generate(args: argparse.Namespace, settings: Settings) -> int:
-    from lakeward.sources.bitebridge import FaultRates, arrival_days, generate, today_utc
+    from lakeward.sources.bitebridge import FaultRates, arrival_days, check_dates, generate, today_utc
 
+    start = args.start or settings.demo.start
+    try:
+        check_dates(start, args.days)
+    except ValueError as err:
+        raise UsageError(f"--start/--days: {err}") from None
     # It overwrites landing files that a run on this data root may be reading.
     root_lock.hold(settings)
     faults = FaultRates.none() if args.clean else FaultRates(**settings.generator.faults.model_dump())
@@ -417,7 +422,7 @@ def _generate(args: argparse.Namespace, settings: Settings) -> int:
         seed=args.seed,
         users=args.users,
         days=args.days,
-        start=args.start or settings.demo.start,
+        start=start,
         faults=faults,
         users_feed=args.users_feed or settings.generator.users_feed,
     )

@@ -281,6 +281,11 @@ def test_a_data_root_without_landing_files_is_refused_before_anything_is_written
 def test_bad_arguments_and_config(env: dict[str, str], tmp_path: Path) -> None:
     bad_date = lakeward(env, "run", "bronze", "--date", "yesterday")
     assert bad_date.returncode == 2 and "expected a date as YYYY-MM-DD" in bad_date.stderr
+    fresh = {**env, "LAKEWARD_HOME": str(tmp_path / "fresh")}
+    too_late = lakeward(fresh, "generate", "--seed", "1", "--users", "2", "--days", "5",
+                        "--start", "9999-12-29")
+    assert too_late.returncode == 2 and "gives dates outside years 1 to 9999" in too_late.stderr
+    assert not (tmp_path / "fresh" / "landing").exists()
 
     conf = tmp_path / "conf"
     shutil.copytree(env["LAKEWARD_CONF_DIR"], conf)

@@ -23,6 +23,7 @@ from lakeward.sources.bitebridge import (
     FaultRates,
     GenerationSummary,
     arrival_days,
+    check_dates,
     generate,
     generation_interrupted,
     landing_file,
@@ -421,6 +422,18 @@ def test_validation() -> None:
     none = FaultRates.none()
     assert (none.duplicate, none.late, none.malformed, none.null_key, none.out_of_range,
             none.schema_drift) == (0, 0, 0, 0, 0, False)
+
+
+def test_dates_past_year_9999_or_before_year_1_are_refused_before_anything_is_written(
+    tmp_path: Path,
+) -> None:
+    # Sign-ups reach a year back, a timestamp pushed into the future two years on.
+    for start, days in ((date(9999, 12, 29), 5), (date(1, 1, 1), 1), (START, 3_000_000)):
+        with pytest.raises(ValueError, match=rf"start {start} with {days} day\(s\) gives dates outside"):
+            generate(tmp_path / "landing", seed=1, users=2, days=days, start=start)
+        assert not (tmp_path / "landing").exists()
+    check_dates(date(9997, 1, 1), 5)
+    check_dates(date(2, 1, 1), 5)
 
 
 def test_landing_files_of_days_still_to_come_are_held_back(

@@ -48,6 +48,10 @@ DRIFT_RENAMED_FIELD = ("order_placed", "amount", "total_amount")  # source, orig
 FAULT_KINDS: tuple[str, ...] = (
     "duplicate", "late", "malformed", "null_key", "out_of_range", "renamed_field")
 MAX_LATE_DAYS = 3
+# How far generated dates reach around the period: sign-ups up to a year before it, and
+# a timestamp pushed into the future one to two years (and part of a day) after its day.
+_SIGNUP_DAYS_BEFORE = 365
+_FUTURE_DAYS = (365, 730)
 # How the users source is extracted: the whole table every day, or what changed.
 USERS_FEEDS: tuple[str, ...] = ("snapshot", "changes")
 
@@ -152,7 +156,7 @@ class _User:
 
     def __init__(self, rng: random.Random, days: int) -> None:
         self.uid = ""
-        self.signup = -rng.randint(1, 365) if rng.random() < 0.6 else rng.randrange(days)
+        self.signup = -rng.randint(1, _SIGNUP_DAYS_BEFORE) if rng.random() < 0.6 else rng.randrange(days)
         self.signup_sec = rng.randrange(_DAY)
         self.city = rng.randrange(len(_CITIES))
         rate = math.exp(rng.uniform(math.log(0.03), math.log(0.6)))
@@ -428,7 +432,7 @@ class _Generator:
         """Push one value outside its domain: negative amount/duration, bad rating, future ts."""
         rng = self.rng
         if rng.random() < 0.5:
-            rec["event_ts"] = self._ts(t + rng.randint(365, 730) * _DAY + rng.randrange(_DAY))
+            rec["event_ts"] = self._ts(t + rng.randint(*_FUTURE_DAYS) * _DAY + rng.randrange(_DAY))
         elif source == "order_placed":
             key = "amount" if "amount" in rec else DRIFT_RENAMED_FIELD[2]
             rec[key] = -rec[key]
@@ -470,9 +474,29 @@ def generate(landing_dir: Path, *, seed: int, users: int, days: int, start: date
     """
     if users < 1 or days < 1:
         raise ValueError(f"users and days must be positive, got users={users}, days={days}")
+    check_dates(start, days)
     if users_feed not in USERS_FEEDS:
         raise ValueError(f"users_feed must be one of {USERS_FEEDS}, got {users_feed!r}")
     return _Generator(Path(landing_dir), seed, users, days, start, faults, users_feed).run()
+
+
+def check_dates(start: date, days: int) -> None:
+    """Raise ValueError unless every date a generation of ``days`` days from ``start`` writes exists.
+
+    Checked before anything is written: a date past year 9999 would stop a
+    generation part way, and a long one only after hours.
+    """
+    reach = MAX_LATE_DAYS + _FUTURE_DAYS[1] + 1
+    last_day = days - 1 + reach
+    try:
+        start - timedelta(days=_SIGNUP_DAYS_BEFORE)
+        start + timedelta(days=last_day)
+    except OverflowError:
+        raise ValueError(
+            f"start {start} with {days} day(s) gives dates outside years 1 to 9999: sign-ups go back "
+            f"{_SIGNUP_DAYS_BEFORE} days before the start, and out-of-range timestamps reach "
+            f"{reach} days after the last day"
+        ) from None
 
 
 # In the landing directory while a generation is writing it; see generation_interrupted.
