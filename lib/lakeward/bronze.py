@@ -250,6 +250,9 @@ def parse_lines(lines: DataFrame, fields: Sequence[str]) -> DataFrame:
         )
         # An object followed by more: Spark's parser stops after the first value.
         .when(~_one_value(text), F.lit(MALFORMED))
+        # Escaped, a lone UTF-16 surrogate parses, but has no UTF-8 form: Spark
+        # writes it as "?", and "u\ud800" and "u\udbff" would be one user.
+        .when(text.contains("\\u") & _lone_surrogate(text), F.lit(INVALID_UTF8))
         # Spark's parser keeps a key's first value and drops the others.
         .when(_repeats_a_key(F.col("_parsed")), F.lit(DUPLICATE_KEY))
     )
@@ -270,6 +273,19 @@ def parse_lines(lines: DataFrame, fields: Sequence[str]) -> DataFrame:
     )
 
 
+def _lone_surrogate(line: Column) -> Column:
+    r"""Whether a string of the line escapes a UTF-16 surrogate that is not half of a pair.
+
+    Escaped backslashes are replaced first, so that every backslash left
+    starts an escape: ``\\ud800`` is text, ``\\\ud800`` an escaped backslash
+    and a surrogate.
+    """
+    escapes = F.regexp_replace(line, F.lit(r"\\\\"), F.lit("#"))
+    return escapes.rlike(_UNPAIRED)
+
+
+_HIGH, _LOW = r"\\u[dD][89abAB][0-9a-fA-F]{2}", r"\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+_UNPAIRED = f"{_HIGH}(?!{_LOW})|(?<!{_HIGH}){_LOW}"
 _TEXT_MAP = T.MapType(T.StringType(), T.StringType())
 _BOM = "\ufeff"
 # JSON as written: no single-quoted strings (Spark's parser takes them by default).

@@ -103,6 +103,22 @@ def test_a_line_that_was_not_utf8_is_refused(spark: SparkSession, tmp_path: Path
     assert [user for _, user in out[2:]] == ["\u00e9", "\ufffd"]
 
 
+def test_a_line_escaping_a_lone_surrogate_is_refused(spark: SparkSession) -> None:
+    # Spark writes a lone surrogate as "?": the first three user ids would be one user.
+    refused = [r'{"user_id": "u\ud800"}', r'{"user_id": "u\udbff"}', r'{"user_id": "u\udc00x"}',
+               r'{"user_id": "u\ud800\\udc00"}',  # a surrogate, then an escaped backslash
+               r'{"user_id": "u", "note": "\\\ud800"}']  # an escaped backslash, then a surrogate
+    kept = {r'{"user_id": "u?"}': "u?",
+            r'{"user_id": "u\ud83d\ude00"}': "u\U0001f600",  # a pair: one character
+            r'{"user_id": "u\\ud800"}': "u\\ud800",  # an escaped backslash, then text
+            r'{"user_id": "u\u00e9"}': "u\u00e9"}
+    lines = [*refused, *kept]
+    df = spark.createDataFrame([(v, i) for i, v in enumerate(lines)], "value string, _line_no long")
+    out = [(r["_reason"], r["user_id"]) for r in parse_lines(df, ["user_id"]).orderBy("_line_no").collect()]
+    assert [reason for reason, _ in out] == [INVALID_UTF8] * len(refused) + [None] * len(kept)
+    assert [user for _, user in out[len(refused):]] == list(kept.values())
+
+
 def test_a_byte_order_mark_at_the_start_of_any_line_is_not_part_of_the_json(
     spark: SparkSession, tmp_path: Path
 ) -> None:
