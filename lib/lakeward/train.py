@@ -165,7 +165,10 @@ def open_training_set(
             f"{name} version {version} has content hash {digest} but its property says {recorded}: "
             "it was changed after `lakeward training-set` wrote it; run `lakeward training-set` again"
         )
-    data = load_training_arrays(spark, name, version, training_set.feature_columns(settings))
+    # The columns the set was built with, also when the configured features changed since.
+    columns = (training_set.feature_columns(settings) if spec.feature_columns is None
+               else list(spec.feature_columns))
+    data = load_training_arrays(spark, name, version, columns)
     rows = sum(data.split(split).rows for split in SPLITS)
     log.info("train: %s version %d, %d rows (train %d, validation %d, test %d), content hash %s",
              name, version, rows, data.train.rows, data.validation.rows, data.test.rows, digest)

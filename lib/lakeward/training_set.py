@@ -152,9 +152,14 @@ class BuildSpec:
         object.__setattr__(self, "t1", t1)
         object.__setattr__(self, "t2", t2)
         object.__setattr__(self, "observed_until", _utc(self.observed_until))
-        if self.feature_columns is not None:
-            object.__setattr__(self, "feature_columns", tuple(str(c) for c in self.feature_columns))
+        columns = self.feature_columns
+        if columns is not None:
+            if isinstance(columns, str) or not all(isinstance(c, str) for c in columns):
+                raise TrainingSetError(f"feature_columns must be a list of names, got {columns!r}")
+            object.__setattr__(self, "feature_columns", tuple(columns))
         if self.input_ids is not None:
+            if not isinstance(self.input_ids, dict):
+                raise TrainingSetError(f"input_ids must map table names to ids, got {self.input_ids!r}")
             object.__setattr__(self, "input_ids", {str(k): str(v) for k, v in self.input_ids.items()})
 
     @property

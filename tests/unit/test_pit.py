@@ -503,6 +503,12 @@ def test_a_ttl_is_an_exact_duration_across_a_clock_change(spark: SparkSession, k
             assert matched(labels, features, "ts", "fts", day) == {"spring": True, "fall": True}
             assert matched(labels, features, "ts", "fts", hours_23) == {"spring": False, "fall": False}
         assert matched(dates, date_features, "d", "fd", day) == {"spring": True, "fall": True}
+        if kind == "TIMESTAMP":
+            # A date against a timestamp: midnight in New York, 35 hours before 12:00 on
+            # 10 March and 37 before 12:00 on 3 November.
+            hours_35 = timedelta(hours=35)
+            before = labels.select("k", F.date_sub(F.to_date("ts"), 1).alias("fd"))
+            assert matched(labels, before, "ts", "fd", hours_35) == {"spring": True, "fall": False}
     finally:
         spark.conf.set("spark.sql.session.timeZone", zone)
 

@@ -147,6 +147,8 @@ def test_build_spec_json_round_trip() -> None:
     older = json.loads(text)
     del older["feature_columns"], older["input_ids"]
     assert BuildSpec.from_json(json.dumps(older)) == original
+    with pytest.raises(TrainingSetError, match="feature_columns must be a list of names"):
+        BuildSpec.from_json(json.dumps({**older, "feature_columns": "abc", "input_ids": None}))
     with pytest.raises(TrainingSetError, match="keys"):
         BuildSpec.from_json(text[:-1] + ',"surprise":1}')
     with pytest.raises(TrainingSetError, match="must be JSON"):
@@ -164,11 +166,13 @@ def test_the_latest_build_of_a_version_is_the_stored_spec(
     ledger = ledger_spec(fresh_settings)
     tables.ensure_table(spark, ledger)
     name = table_name(fresh_settings, None)
-    # The earlier build is written first: a read in file order would find it.
-    builds = [(spec(seed=7), datetime(2026, 6, 1)), (spec(seed=8), datetime(2026, 6, 2))]
-    rows = [(f"b{built.seed}", name, 0, table, version, 10, "h", built.to_json(), at)
-            for built, at in builds for table, version in built.inputs.items()]
-    tables.append(spark.createDataFrame(rows, ledger.schema), ledger.name)
+    # The earlier build comes first in commit order and, with more feature columns, in a
+    # larger file, which Spark also reads first: a read without an order would find it.
+    earlier = spec(seed=7, feature_columns=[f"f{i}" for i in range(200)])
+    for built, at in ((earlier, datetime(2026, 6, 1)), (spec(seed=8), datetime(2026, 6, 2))):
+        rows = [(f"b{built.seed}", name, 0, table, version, 10, "h", built.to_json(), at)
+                for table, version in built.inputs.items()]
+        tables.append(spark.createDataFrame(rows, ledger.schema).coalesce(1), ledger.name)
     assert stored_spec(spark, fresh_settings, version=0).seed == 8
 
 
