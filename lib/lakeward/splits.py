@@ -164,10 +164,10 @@ def leakage(
         ranges = {"train": f"windows ending before t1={t1}",
                   "validation": f"times from t1={t1} and windows ending before t2={t2}",
                   "test": f"times from t2={t2}"}
+        outside = {row[SPLIT]: row["outside"] for row in rows}
         problems.extend(
-            f"{row['outside']} {row[SPLIT]} label(s) outside the part's range ({ranges[row[SPLIT]]})"
-            for row in sorted(rows, key=lambda r: PARTS.index(r[SPLIT]) if r[SPLIT] in PARTS else 3)
-            if row[SPLIT] in PARTS and row["outside"]
+            f"{outside[part]} {part} label(s) outside the part's range ({ranges[part]})"
+            for part in PARTS if outside.get(part)
         )
     if ts is not None:
         bounds = {row[SPLIT]: (row["first"], row["last_reach"]) for row in rows}
