@@ -211,16 +211,20 @@ def _attach(
     struct = T.StructType.fromDDL(schema)
     assert isinstance(struct, T.StructType)
     fields = struct.fields[len(keys):]
-    matches = {
-        key: reduce(Column.__and__, [F.col(k) == F.lit(part) for k, part in zip(keys, key, strict=True)])
-        for key in rows
-    }
-    values: list[Column] = [F.lit(None).cast(field.dataType) for field in fields]
-    for key, row in rows.items():
-        values = [F.when(matches[key], F.lit(value).cast(field.dataType)).otherwise(before)
-                  for value, field, before in zip(row, fields, values, strict=True)]
-    found = reduce(Column.__or__, matches.values(), F.lit(False))
-    return df.filter(found).withColumns({f.name: value for f, value in zip(fields, values, strict=True)})
+    matches = [
+        (reduce(Column.__and__, [F.col(k) == F.lit(part) for k, part in zip(keys, key, strict=True)]), row)
+        for key, row in rows.items()
+    ]
+    # One flat CASE per value column; null where no key matches (those rows are filtered out).
+    values = {}
+    for i, field in enumerate(fields):
+        value = F.lit(None).cast(field.dataType)
+        for n, (match, row) in enumerate(matches):
+            literal = F.lit(row[i]).cast(field.dataType)
+            value = F.when(match, literal) if n == 0 else value.when(match, literal)
+        values[field.name] = value
+    found = reduce(Column.__or__, [match for match, _ in matches], F.lit(False))
+    return df.filter(found).withColumns(values)
 
 
 _INLINE_KEYS = 16

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import date, datetime, timedelta
+from functools import reduce
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
@@ -150,12 +151,11 @@ def leakage(
         if t1 is not None and t2 is not None:
             assert horizon is not None  # checked above
             check_bounds(t1, t2, horizon)
-            fits = _fits(at, t1, t2, horizon)
-            fitting = F.lit(False)
-            for name, rule in fits.items():
-                in_part = F.col(SPLIT) == F.lit(name)
-                fitting = F.when(in_part, F.coalesce(rule, F.lit(False))).otherwise(fitting)
-            per_part.append(F.count_if(~fitting).alias("outside"))
+            # A row fits when it is in a part whose rule holds; a null time fits none.
+            fitting = reduce(Column.__or__, [
+                (F.col(SPLIT) == F.lit(name)) & rule for name, rule in _fits(at, t1, t2, horizon).items()
+            ])
+            per_part.append(F.count_if(~F.coalesce(fitting, F.lit(False))).alias("outside"))
     rows = split.groupBy(SPLIT).agg(*per_part).collect()
     unknown = sorted(repr(row[SPLIT]) for row in rows if row[SPLIT] not in PARTS)
     if unknown:

@@ -166,8 +166,7 @@ def open_training_set(
             "it was changed after `lakeward training-set` wrote it; run `lakeward training-set` again"
         )
     # The columns the set was built with, also when the configured features changed since.
-    columns = (training_set.feature_columns(settings) if spec.feature_columns is None
-               else list(spec.feature_columns))
+    columns = training_set.spec_feature_columns(spec, settings)
     data = load_training_arrays(spark, name, version, columns)
     rows = sum(data.split(split).rows for split in SPLITS)
     log.info("train: %s version %d, %d rows (train %d, validation %d, test %d), content hash %s",

@@ -52,6 +52,7 @@ __all__ = [
     "last_unbroken_day",
     "ledger_spec",
     "rebuild",
+    "spec_feature_columns",
     "stored_spec",
     "table_name",
     "temporal_bounds",
@@ -511,8 +512,13 @@ def rebuild(spark: SparkSession, settings: Settings, spec: BuildSpec) -> DataFra
         )
     orders = _read_version(spark, orders_name, spec.inputs[orders_name], spec.input_ids)
     features = _read_version(spark, features_name, spec.inputs[features_name], spec.input_ids)
-    wanted = feature_columns(settings) if spec.feature_columns is None else list(spec.feature_columns)
+    wanted = spec_feature_columns(spec, settings)
     return assemble(orders.select(*_ORDER_COLUMNS), _feature_history(features, wanted, features_name), spec)
+
+
+def spec_feature_columns(spec: BuildSpec, settings: Settings) -> list[str]:
+    """The feature columns ``spec``'s build read; the configured ones for a spec that does not say."""
+    return feature_columns(settings) if spec.feature_columns is None else list(spec.feature_columns)
 
 
 def stored_spec(
