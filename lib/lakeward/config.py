@@ -35,6 +35,14 @@ HOME_VAR = "LAKEWARD_HOME"
 CONF_DIR_VAR = "LAKEWARD_CONF_DIR"
 # Settings lakeward sets itself when it loads the files; a file may not set them.
 DERIVED_KEYS = ("env", "project_dir", "conf_dir")
+# The logical table names the code asks ``Settings.table`` for; config maps each to a name.
+TABLE_KEYS = (
+    "bronze_order_placed", "bronze_delivery_completed", "bronze_rating_submitted", "bronze_users",
+    "bronze_quarantine", "silver_orders", "silver_deliveries", "silver_ratings", "silver_users",
+    "silver_quarantine", "gold_user_daily", "gold_user_features", "ops_ingestion_batches",
+    "ops_quality_results", "ops_silver_batches", "ops_training_sets", "ops_gold_runs",
+    "ml_training_set", "ml_predictions",
+)
 
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -98,7 +106,8 @@ class SparkSettings(_Strict):
 class PrivacySettings(_Strict):
     """Pseudonymization key handling."""
 
-    pii_key_env: str = "LAKEWARD_PII_KEY"
+    pii_key_env: str = Field("LAKEWARD_PII_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    """The environment variable that holds the key."""
     generate_key_if_missing: bool = False
     """Only for local work: create a key under the data root when the variable is unset."""
 
@@ -266,6 +275,28 @@ class Settings(_Strict):
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     tables: dict[str, str] = Field(default_factory=dict)
 
+    @field_validator("tables")
+    @classmethod
+    def _known_tables(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(value) - set(TABLE_KEYS))
+        if unknown:
+            raise ValueError(
+                f"unknown table(s) {', '.join(unknown)}; expected names from {', '.join(TABLE_KEYS)}"
+            )
+        missing = [key for key in TABLE_KEYS if key not in value]
+        if missing:
+            raise ValueError(f"no name for {', '.join(missing)}")
+        # schema.table, or catalog.schema.table (Unity Catalog); each part a plain identifier.
+        malformed = sorted(
+            f"{key}: {name!r}" for key, name in value.items()
+            if not 2 <= len(name.split(".")) <= 3 or not all(map(is_identifier, name.split(".")))
+        )
+        if malformed:
+            raise ValueError(
+                f"expected schema.table or catalog.schema.table names, found {'; '.join(malformed)}"
+            )
+        return value
+
     def table(self, logical: str) -> str:
         """Return the configured table name for a logical name such as ``silver_orders``."""
         try:
@@ -367,8 +398,8 @@ def load_settings(
     env_file = conf_dir / f"{env}.yml"
     if not base_file.exists():
         raise ConfigError(f"{base_file}: not found; set {CONF_DIR_VAR} to the directory that holds base.yml")
-    base = _read_yaml(base_file)
-    overlay = _read_yaml(env_file) if env_file.exists() else {}
+    base = read_yaml(base_file)
+    overlay = read_yaml(env_file) if env_file.exists() else {}
     merged = _deep_merge(base, overlay)
 
     def source(loc: list[str | int]) -> Path:
@@ -402,12 +433,43 @@ def load_settings(
             f"set {HOME_VAR} (or data_root) to a directory"
         )
     try:
-        return Settings.model_validate(merged)
+        settings = Settings.model_validate(merged)
     except ValidationError as err:
         raise ConfigError(_describe(err, source)) from None
+    if env == "prod" and settings.privacy.generate_key_if_missing:
+        # The key decides every user_key: production takes it from its secret store, never a file.
+        raise ConfigError(
+            f"{source(['privacy', 'generate_key_if_missing'])}: privacy.generate_key_if_missing: "
+            "expected false; the prod environment takes the pseudonymization key from the environment only"
+        )
+    return settings
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping.
+
+    Plain YAML keeps the last of two equal keys, so a section written twice
+    would silently lose the first one's settings.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            try:
+                repeated = key in seen
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+            if repeated:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given twice in one mapping", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)  # type: ignore[no-untyped-call,no-any-return]
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """A config or contract file as a mapping; :class:`ConfigError` naming the file otherwise."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as err:
@@ -415,9 +477,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except UnicodeDecodeError as err:
         raise ConfigError(f"{path}: not UTF-8 text (byte {err.start})") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a safe loader)
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        raise ConfigError(f"{path}: not valid YAML: {_one_line(err)}") from None
     except ValueError as err:
         # YAML reads an unquoted 2026-02-30 as a date, and fails on it.
         raise ConfigError(f"{path}: a value YAML cannot read: {err}") from None
@@ -426,6 +488,15 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, found {type(data).__name__}")
     return data
+
+
+def _one_line(err: yaml.YAMLError) -> str:
+    """YAML's error on one line: what went wrong and where (its own text spans several lines)."""
+    if not isinstance(err, yaml.MarkedYAMLError):
+        return " ".join(str(err).split())
+    what = "; ".join(part for part in (err.context, err.problem) if part)
+    mark = err.problem_mark or err.context_mark
+    return f"{what} (line {mark.line + 1}, column {mark.column + 1})" if mark else what
 
 
 def _deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
@@ -448,7 +519,10 @@ def _describe(err: ValidationError, source: Callable[[list[str | int]], Path]) -
             allowed = _keys_at(Settings, loc[:-1])
             what = "unknown key" + (f"; expected one of {', '.join(allowed)}" if allowed else "")
         else:
-            what = f"{problem['msg']} (found {problem.get('input')!r})"
+            message = problem["msg"].removeprefix("Value error, ")
+            # A section's own check names its entries; the whole section would bury them.
+            found = "" if isinstance(problem.get("input"), dict) else f" (found {problem.get('input')!r})"
+            what = message + found
         lines.append(f"{source(loc)}: {key}: {what}")
     return "; ".join(lines)
 

@@ -66,6 +66,15 @@ def test_unknown_key_names_file_and_key(tmp_path: Path) -> None:
         # The gap between temporal parts is the label horizon (30 days by default).
         ("training_set:\n  t1: 2026-01-05\n  t2: 2026-01-20\n",
          r"local\.yml: training_set: .*t2 - t1 \(15 days\) must be longer than horizon_days \(30\)"),
+        # A section given twice would otherwise lose the first one's settings.
+        ("pipeline: {max_amount: 5.0}\npipeline: {allowed_lateness_days: 3}\n",
+         r"local\.yml: not valid YAML: key 'pipeline' given twice in one mapping \(line 2, column 1\)$"),
+        ("tables:\n  silver_ordres: silver.orderz\n",
+         r"local\.yml: tables: unknown table\(s\) silver_ordres; expected names from bronze_order_placed,"),
+        ("tables:\n  silver_orders: silver orders\n",
+         r"local\.yml: tables: expected schema\.table or catalog\.schema\.table names, "
+         r"found silver_orders: 'silver orders'$"),
+        ("privacy:\n  pii_key_env: ''\n", r"local\.yml: privacy\.pii_key_env: String should match pattern"),
     ],
 )
 def test_bad_keys_name_the_overlay_and_what_was_expected(tmp_path: Path, local: str, message: str) -> None:
@@ -205,3 +214,15 @@ def test_a_schema_suffix_gives_every_table_a_schema_of_its_own(tmp_path: Path) -
     assert set(isolated.tables) == set(settings.tables)
     with pytest.raises(ConfigError, match="cannot take the schema suffix 'x; DROP'"):
         settings.with_schema_suffix("x; DROP")
+
+
+def test_prod_cannot_be_set_to_generate_its_key(tmp_path: Path) -> None:
+    conf = _conf(tmp_path)
+    (conf / "prod.yml").write_text("privacy:\n  generate_key_if_missing: true\n")
+    with pytest.raises(ConfigError, match=r"prod\.yml: privacy\.generate_key_if_missing: expected false"):
+        load_settings("prod", conf_dir=conf)
+
+
+def test_a_three_part_table_name_is_taken(tmp_path: Path) -> None:
+    conf = _conf(tmp_path, local="tables:\n  silver_orders: main.silver.orders\n")
+    assert load_settings("local", conf_dir=conf).table("silver_orders") == "main.silver.orders"
