@@ -27,7 +27,8 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from lakeward import quality, tables
-from lakeward.config import PipelineSettings, Settings
+from lakeward.config import ConfigError, PipelineSettings, Settings
+from lakeward.privacy.keys import fingerprint
 from lakeward.privacy.pseudonymize import hmac_sha256
 from lakeward.sources.bitebridge import DRIFT_NEW_FIELD, DRIFT_RENAMED_FIELD
 
@@ -134,8 +135,15 @@ LEDGER_SCHEMA = T.StructType(
         T.StructField("rows_duplicate", T.LongType()),
         T.StructField("rows_written", T.LongType()),
         T.StructField("processed_at", T.TimestampType()),
+        # The pseudonymization key's fingerprint (privacy.keys.fingerprint): the
+        # batch's user_keys are its HMACs, and the next run must use the same key.
+        T.StructField("key_fingerprint", T.StringType()),
     ]
 )
+
+
+class KeyChangedError(ConfigError):
+    """Silver holds rows pseudonymized with another key than this run's."""
 
 
 @dataclass(frozen=True)
@@ -218,6 +226,8 @@ class Work:
     dates: dict[str, list[date]]
     batches: dict[str, dict[str, _Batch]]
     """Per source, by batch id: every batch bronze recorded on the source's dates."""
+    keys: dict[str, list[str]]
+    """Per key fingerprint silver's ledger records, the sources it wrote with it."""
 
 
 def pending_work(spark: SparkSession, settings: Settings) -> Work:
@@ -232,7 +242,7 @@ def pending_work(spark: SparkSession, settings: Settings) -> Work:
     rows = _batches(spark, settings).collect()
     pending = {(row["source"], row["arrival_date"]) for row in rows if not row["recorded"]}
     dates = {source: sorted(day for s, day in pending if s == source) for source in SOURCES}
-    return Work(dates, _by_source([r for r in rows if (r["source"], r["arrival_date"]) in pending], dates))
+    return _work(rows, dates)
 
 
 def pending_dates(spark: SparkSession, settings: Settings) -> dict[str, list[date]]:
@@ -243,24 +253,51 @@ def pending_dates(spark: SparkSession, settings: Settings) -> dict[str, list[dat
 def work_on(spark: SparkSession, settings: Settings, dates: Mapping[str, Sequence[date]]) -> Work:
     """The given dates of each source, with bronze's batches on them (those without rows included)."""
     given = {source: sorted(days) for source, days in dates.items()}
-    wanted = [(F.col("source") == s) & F.col("arrival_date").isin(days) for s, days in given.items() if days]
-    rows = _batches(spark, settings).filter(reduce(Column.__or__, wanted)).collect() if wanted else []
-    return Work(given, _by_source(rows, given))
+    return _work(_batches(spark, settings).collect(), given)
 
 
-def _by_source(rows: Sequence[Row], dates: Mapping[str, Sequence[date]]) -> dict[str, dict[str, _Batch]]:
-    """Per source that has dates, the batches among ``rows`` (rows of :func:`_batches`) by id."""
+def _work(rows: Sequence[Row], dates: Mapping[str, Sequence[date]]) -> Work:
+    """The work on ``dates`` from every row of :func:`_batches`."""
     batches: dict[str, dict[str, _Batch]] = {source: {} for source, days in dates.items() if days}
+    keys: dict[str, set[str]] = {}
     for row in rows:
-        batches[row["source"]][row["batch_id"]] = _Batch(
-            row["arrival_date"], row["recorded"], row["rows_written"]
+        if row["key_fingerprint"] is not None:
+            keys.setdefault(row["key_fingerprint"], set()).add(row["source"])
+        if row["arrival_date"] in dates.get(row["source"], ()):
+            batches[row["source"]][row["batch_id"]] = _Batch(
+                row["arrival_date"], row["recorded"], row["rows_written"]
+            )
+    return Work(
+        {source: list(days) for source, days in dates.items()}, batches,
+        {key: sorted(sources) for key, sources in keys.items()},
+    )
+
+
+def check_key(work: Work, key: bytes) -> None:
+    """:class:`KeyChangedError` when silver's ledger records batches written with another key.
+
+    Each person's ``user_key`` is the HMAC of their id under the key, so a
+    run with another key would give everyone a second one and split their
+    history in silver, gold and every training set.
+    """
+    mark = fingerprint(key)
+    others = {other: sources for other, sources in work.keys.items() if other != mark}
+    if others:
+        written = "; ".join(
+            f"{', '.join(sources)} with key {other}" for other, sources in sorted(others.items())
         )
-    return batches
+        raise KeyChangedError(
+            f"silver holds rows pseudonymized with another key than this one ({mark}): {written} "
+            "(fingerprints). The same person would get a second user_key. Run with the key those rows "
+            "were written with; to change the key, drop the silver tables, and their rows are "
+            "pseudonymized again from bronze with the new one"
+        )
 
 
 def _batches(spark: SparkSession, settings: Settings) -> DataFrame:
     """Bronze's batches of the silver sources; ``recorded``: whether silver's ledger has them.
 
+    ``key_fingerprint``: the key silver wrote the batch's rows with, if it wrote any.
     A ledger row written before rows named their batch (no ``batch_id``)
     covers the batches of its source and date ingested until it was written.
     """
@@ -268,10 +305,14 @@ def _batches(spark: SparkSession, settings: Settings) -> DataFrame:
         "source", "arrival_date", "batch_id", "ingested_at", "rows_written"
     ).filter(F.col("source").isin(list(SOURCES)))
     ledger = tables.read(spark, settings.table("ops_silver_batches"))
-    if "batch_id" not in ledger.columns:
-        ledger = ledger.withColumn("batch_id", F.lit(None).cast("string"))
+    for column in ("batch_id", "key_fingerprint"):
+        if column not in ledger.columns:
+            ledger = ledger.withColumn(column, F.lit(None).cast("string"))
     by_id = ledger.filter(F.col("batch_id").isNotNull()).select(
-        "source", "batch_id", F.lit(True).alias("_by_id")
+        "source", "batch_id", F.lit(True).alias("_by_id"),
+        # A batch that wrote no row left no user_key under its key: a source whose
+        # table was dropped to change the key keeps such rows in the ledger.
+        F.when(F.col("rows_written") > 0, F.col("key_fingerprint")).alias("key_fingerprint"),
     )
     # One such row per source and date (they were keyed so): an equi-join, no duplicates.
     legacy = ledger.filter(F.col("batch_id").isNull()).select(
@@ -283,7 +324,7 @@ def _batches(spark: SparkSession, settings: Settings) -> DataFrame:
         .join(legacy, ["source", "arrival_date"], "left")
         .select(
             "source", "batch_id", "arrival_date",
-            (F.col("_by_id").isNotNull() | covered).alias("recorded"), "rows_written",
+            (F.col("_by_id").isNotNull() | covered).alias("recorded"), "rows_written", "key_fingerprint",
         )
     )
 
@@ -546,6 +587,7 @@ def process_work(spark: SparkSession, settings: Settings, work: Work, key: bytes
     source is still written and recorded, and :class:`lakeward.quality.GateFailed`
     is raised with the failing table unchanged.
     """
+    check_key(work, key)
     at = datetime.now(UTC).replace(tzinfo=None)
     todo = [(source, dates) for source, dates in work.dates.items() if dates]
     contracts = quality.require_contracts(settings, [SOURCES[source].table for source, _ in todo])
@@ -571,7 +613,7 @@ def process_work(spark: SparkSession, settings: Settings, work: Work, key: bytes
     if written:
         # Last: a ledger row marks its batch done, so it follows everything it
         # accounts for, the gate results included (a done batch is not gated again).
-        _record(spark, settings, [(w.source, w.stats) for w in written], at)
+        _record(spark, settings, [(w.source, w.stats) for w in written], at, fingerprint(key))
     for w in written:
         r = w.result
         log.info(
@@ -953,9 +995,10 @@ def _record(
     settings: Settings,
     stats: Sequence[tuple[str, Mapping[str, _BatchStats]]],
     at: datetime,
+    key_fingerprint: str,
 ) -> None:
     rows = [
-        (source, day, batch, *counts, at)
+        (source, day, batch, *counts, at, key_fingerprint)
         for source, per_batch in stats
         for batch, (day, *counts) in sorted(per_batch.items())
     ]

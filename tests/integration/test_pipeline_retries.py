@@ -232,14 +232,17 @@ def test_a_day_whose_event_files_hold_no_readable_line_moves_the_features_on(
 
 
 def test_a_silver_ledger_from_before_batch_ids_still_marks_its_dates_done(
-    spark: SparkSession, base_settings: Settings, tmp_path: Path
+    spark: SparkSession, base_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A data root whose ``ops.silver_batches`` has no ``batch_id`` column: its rows cover the
-    batches of their date ingested before them, and the next silver run adds the column."""
+    """A data root whose ``ops.silver_batches`` has no ``batch_id`` and no ``key_fingerprint``
+    column: its rows cover the batches of their date ingested before them, and the next silver
+    run adds the columns. From then on, a run with another key is refused."""
     settings = isolated(base_settings, tmp_path)
     days = [date(2026, 3, 1), date(2026, 3, 2)]
     generate(settings.landing_dir, seed=5, users=20, days=2, start=days[0], faults=FaultRates.none())
-    old_schema = T.StructType([f for f in silver.LEDGER_SCHEMA.fields if f.name != "batch_id"])
+    old_schema = T.StructType(
+        [f for f in silver.LEDGER_SCHEMA.fields if f.name not in ("batch_id", "key_fingerprint")]
+    )
     name = settings.table("ops_silver_batches")
     tables.ensure_tables(spark, [tables.TableSpec(name=name, schema=old_schema)])
     pipeline.ensure_tables(spark, settings)
@@ -257,6 +260,14 @@ def test_a_silver_ledger_from_before_batch_ids_still_marks_its_dates_done(
     # The old row still covers its date when the date is run again.
     pipeline.run_silver(spark, settings, DateSelection(days[0]))
     assert silver_ledger(spark, settings, "order_placed", days[0]) == [(1, 0, 0, 1)]
+
+    monkeypatch.setenv(settings.privacy.pii_key_env, "another key, long enough to be one")
+    versions = {source: tables.current_version(spark, settings.table(spec.table))
+                for source, spec in silver.SOURCES.items()}
+    with pytest.raises(silver.KeyChangedError, match=r"(?=.*delivery_completed)(?=.*users).*second user_key"):
+        pipeline.run_silver(spark, settings, DateSelection(days[1]))
+    assert versions == {source: tables.current_version(spark, settings.table(spec.table))
+                        for source, spec in silver.SOURCES.items()}
 
 
 def test_a_retry_removes_what_a_crash_left_of_a_file_changed_or_removed_since(

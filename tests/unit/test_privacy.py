@@ -10,7 +10,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from lakeward.config import load_settings
-from lakeward.privacy.keys import MissingKeyError, pii_key
+from lakeward.privacy.keys import MissingKeyError, fingerprint, pii_key
 from lakeward.privacy.pseudonymize import hmac_sha256
 
 VALUES = ["usr_0123456789ab", "", "Müller ünïcode", "x" * 300, None]
@@ -73,3 +73,19 @@ def test_key_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("LAKEWARD_PII_KEY", "short")
     with pytest.raises(MissingKeyError, match="shorter"):
         pii_key(load_settings("prod", data_root=tmp_path))
+
+
+@pytest.mark.parametrize("content", [b"", b"abc\n"])
+def test_a_key_file_too_short_to_be_a_key_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: bytes
+) -> None:
+    monkeypatch.delenv("LAKEWARD_PII_KEY", raising=False)
+    (tmp_path / "pii.key").write_bytes(content)
+    with pytest.raises(MissingKeyError, match=r"pii\.key holds \d bytes, fewer than 16"):
+        pii_key(load_settings("local", data_root=tmp_path))
+
+
+def test_a_fingerprint_tells_keys_apart_and_hides_them() -> None:
+    mark = fingerprint(b"k" * 32)
+    assert mark == fingerprint(b"k" * 32) != fingerprint(b"j" * 32)
+    assert len(mark) == 16 and "k" not in mark

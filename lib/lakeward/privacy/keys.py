@@ -7,6 +7,8 @@ stderr; other environments refuse to start without it.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import os
 import secrets
@@ -36,6 +38,15 @@ def pii_key(settings: Settings) -> bytes:
     return _local_key(settings.data_root / KEY_FILE, settings.privacy.pii_key_env)
 
 
+def fingerprint(key: bytes) -> str:
+    """A short public mark of ``key``: equal for equal keys, and it reveals nothing of the key.
+
+    Silver records it with every batch, so a run with another key (which would
+    give every person a second ``user_key``) is refused.
+    """
+    return hmac.new(key, b"lakeward pseudonymization key fingerprint", hashlib.sha256).hexdigest()[:16]
+
+
 def check_key(settings: Settings) -> None:
     """Raise ``MissingKeyError`` now where :func:`pii_key` would; nothing is generated or written."""
     _key_from_environment(settings)
@@ -62,7 +73,7 @@ def _key_from_environment(settings: Settings) -> bytes | None:
 
 def _local_key(path: Path, variable: str) -> bytes:
     if path.exists():
-        return path.read_bytes().strip()
+        return _read_key_file(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     key = secrets.token_hex(32).encode("ascii")
     # Written whole under a name of its own (owner-only before any secret is in it), then
@@ -75,8 +86,18 @@ def _local_key(path: Path, variable: str) -> bytes:
             handle.write(key)
         os.link(draft, path)
     except FileExistsError:
-        return path.read_bytes().strip()
+        return _read_key_file(path)
     finally:
         draft.unlink(missing_ok=True)
     log.warning("%s is not set: generated a local pseudonymization key at %s", variable, path)
+    return key
+
+
+def _read_key_file(path: Path) -> bytes:
+    key = path.read_bytes().strip()
+    if len(key) < MIN_KEY_BYTES:
+        raise MissingKeyError(
+            f"{path} holds {len(key)} bytes, fewer than {MIN_KEY_BYTES}: not a key lakeward made; "
+            "restore the key the data was pseudonymized with, or remove the file on a new data root"
+        )
     return key
