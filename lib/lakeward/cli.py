@@ -276,6 +276,11 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     # anything written under the data root: a local key, the lock, the catalog.
     if args.command in ("run", "demo"):
         check_key(settings)  # refuse to start without a key where one is required
+    if args.command == "demo" or (args.command == "run" and args.stage in ("silver", "all")):
+        from lakeward import silver
+
+        # Their form and columns; whether Great Expectations takes each is checked when silver runs.
+        silver.require_contracts(settings, list(silver.SOURCES), build=False)
     check_master(settings)
     if args.command == "run":
         from lakeward.pipeline import DateSelection, bronze_landing

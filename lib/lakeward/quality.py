@@ -35,12 +35,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
 from lakeward import tables
-from lakeward.config import ConfigError, Settings
+from lakeward.config import ConfigError, Settings, read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +91,13 @@ class Contract:
     suite: str
     table: str
     expectations: tuple[tuple[str, dict[str, Any]], ...]
+    file: str = ""
+    """Where the contract was read from, for messages."""
+
+    @property
+    def origin(self) -> str:
+        """The contract's file, or its suite when it was not read from one."""
+        return self.file or self.suite
 
 
 def result_spec(settings: Settings) -> tables.TableSpec:
@@ -99,30 +105,33 @@ def result_spec(settings: Settings) -> tables.TableSpec:
     return tables.TableSpec(name=settings.table("ops_quality_results"), schema=RESULT_SCHEMA)
 
 
-def load_contracts(directory: Path) -> dict[str, Contract]:
+def load_contracts(directory: Path, *, build: bool = True) -> dict[str, Contract]:
     """Contracts by logical table name.
 
     A missing directory, a malformed file or two contracts for one table raise
-    :class:`ConfigError`.
+    :class:`ConfigError`; so do expectations Great Expectations cannot build,
+    unless ``build`` is false (which spares the seconds its import takes).
     """
     if not directory.is_dir():
         raise ConfigError(f"{directory}: no contracts directory (quality.contracts_dir)")
     contracts: dict[str, Contract] = {}
-    sources: dict[str, Path] = {}
     for path in sorted(directory.glob("*.yml")):
         contract = _parse_contract(path)
         if contract.table in contracts:
-            first = sources[contract.table]
+            first = contracts[contract.table].file
             raise ConfigError(f"{path}: a second contract for {contract.table} (the first is {first})")
         contracts[contract.table] = contract
-        sources[contract.table] = path
+    if build:
+        for contract in contracts.values():
+            _expectations(contract.expectations, contract.origin)
     return contracts
 
 
 def _parse_contract(path: Path) -> Contract:
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    if not isinstance(data, dict) or set(data) - {"table", "expectations"}:
-        raise ConfigError(f"{path}: expected keys 'table' and 'expectations' only, found {data!r}")
+    data = read_yaml(path)
+    extra = sorted(str(key) for key in set(data) - {"table", "expectations"})
+    if extra:
+        raise ConfigError(f"{path}: {', '.join(extra)}: unknown key; expected 'table' and 'expectations'")
     table = data.get("table")
     items = data.get("expectations")
     if not isinstance(table, str) or not isinstance(items, list) or not items:
@@ -134,23 +143,45 @@ def _parse_contract(path: Path) -> Contract:
         ((name, kwargs),) = item.items()
         if not isinstance(kwargs, dict):
             raise ConfigError(f"{path}: expectations[{index}] {name}: kwargs must be a mapping")
-        expectations.append((name, kwargs))
-    _expectations(expectations, path)
-    return Contract(suite=path.stem, table=table, expectations=tuple(expectations))
+        expectations.append((str(name), kwargs))
+    return Contract(suite=path.stem, table=table, expectations=tuple(expectations), file=str(path))
+
+
+# The arguments through which an expectation names the columns it reads.
+_COLUMN_ARGUMENTS = ("column", "column_A", "column_B", "column_list", "column_set")
+
+
+def _check_columns(contract: Contract, table: str, columns: Sequence[str]) -> None:
+    """:class:`ConfigError` for an expectation on a column the gated rows do not have.
+
+    Great Expectations would report it as a failed expectation, and the gate
+    would block the table as if the data were bad.
+    """
+    for index, (kind, kwargs) in enumerate(contract.expectations):
+        for argument in _COLUMN_ARGUMENTS:
+            value = kwargs.get(argument)
+            named = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+            unknown = [str(name) for name in named if name not in columns]
+            if unknown:
+                raise ConfigError(
+                    f"{contract.origin}: expectations[{index}] {kind}: {argument}: no column "
+                    f"{', '.join(unknown)} in {table}; its columns are {', '.join(columns)}"
+                )
 
 
 def _expectations(entries: Sequence[tuple[str, dict[str, Any]]], where: Path | str) -> list[Any]:
     """The contract's expectations, each carrying its position in the contract.
 
-    Arguments Great Expectations refuses, or an entry a suite would keep only
-    once (same kind and arguments as an earlier one), are a
-    :class:`ConfigError` naming ``where``.
+    An unknown expectation, arguments Great Expectations refuses, or an entry
+    a suite would keep only once (same kind and arguments as an earlier one),
+    are a :class:`ConfigError` naming ``where``.
     """
     built: list[Any] = []
     for index, (kind, kwargs) in enumerate(entries):
         entry = f"{where}: expectations[{index}] {kind}"
+        cls = _expectation_class(kind, entry)
         try:
-            expectation = _expectation_class(kind, where)(**kwargs)
+            expectation = cls(**kwargs)
         except ValueError as error:  # pydantic's ValidationError
             raise ConfigError(f"{entry}: {' '.join(str(error).split())}") from None
         # Great Expectations returns results in an order of its own (by column,
@@ -169,12 +200,12 @@ def _same_rule(a: Any, b: Any) -> bool:
     return bool(same_kind and a.dict(exclude=ignored) == b.dict(exclude=ignored))
 
 
-def _expectation_class(name: str, where: Path | str) -> Any:
+def _expectation_class(name: str, entry: str) -> Any:
     gx = _gx()
     class_name = "".join(part.capitalize() for part in name.split("_"))
     cls = getattr(gx.expectations, class_name, None)
     if not re.fullmatch(r"expect_[a-z_]+", name) or cls is None:
-        raise ConfigError(f"{where}: unknown expectation {name!r}")
+        raise ConfigError(f"{entry}: unknown expectation")
     return cls
 
 
@@ -222,7 +253,7 @@ def validate(df: DataFrame, contract: Contract) -> list[dict[str, Any]]:
         batch_parameters={"dataframe": df}
     )
     suite = gx.ExpectationSuite(name=contract.suite)
-    for expectation in _expectations(contract.expectations, contract.suite):
+    for expectation in _expectations(contract.expectations, contract.origin):
         suite.add_expectation(expectation)
     outcome = batch.validate(suite, result_format=_RESULT_FORMAT)
     by_position = {(r.expectation_config.meta or {}).get(_POSITION): r for r in outcome.results}
@@ -236,6 +267,13 @@ def validate(df: DataFrame, contract: Contract) -> list[dict[str, Any]]:
     rows = []
     for index, (name, kwargs) in enumerate(contract.expectations):
         result = by_position[index]
+        raised = _raised(result.exception_info)
+        if raised:
+            # Not a verdict on the rows: the gate cannot say whether they pass.
+            raise ContractError(
+                f"{contract.origin}: expectations[{index}] {name}: Great Expectations could not "
+                f"evaluate it: {raised}"
+            )
         details = result.result or {}
         rows.append(
             {
@@ -251,6 +289,26 @@ def validate(df: DataFrame, contract: Contract) -> list[dict[str, Any]]:
 
 
 _POSITION = "lakeward_position"
+
+
+class ContractError(RuntimeError):
+    """An expectation Great Expectations raised on instead of evaluating."""
+
+
+def _raised(info: Any) -> str | None:
+    """The first line of the error in a result's ``exception_info``; None when nothing was raised.
+
+    It is one ``{raised_exception, exception_message, ...}``, or one such per
+    metric the expectation computed.
+    """
+    if not isinstance(info, dict):
+        return None
+    entries = [info] if "raised_exception" in info else [v for v in info.values() if isinstance(v, dict)]
+    for entry in entries:
+        if entry.get("raised_exception"):
+            message = str(entry.get("exception_message") or "an error").strip()
+            return message.splitlines()[0][:300] if message else "an error"
+    return None
 
 
 def _progress_bars_off() -> Any:
@@ -281,18 +339,29 @@ class GateResult:
             raise GateFailed({self.suite: self.failed})
 
 
-def require_contracts(settings: Settings, tables: Sequence[str]) -> dict[str, Contract]:
+def require_contracts(
+    settings: Settings,
+    tables: Sequence[str],
+    *,
+    columns: Mapping[str, Sequence[str]] | None = None,
+    build: bool = True,
+) -> dict[str, Contract]:
     """The contracts of these logical tables; :class:`ConfigError` naming each that has none.
 
-    Silver calls it before it writes anything, so a missing contract stops it whole.
+    With ``columns`` (per logical table, the columns its gate sees), an
+    expectation on any other column is a :class:`ConfigError` too. Silver calls
+    it before it writes anything, so a missing or broken contract stops it
+    whole; the CLI calls it with ``build=False`` before it starts Spark.
     """
-    contracts = load_contracts(settings.contracts_dir)
+    contracts = load_contracts(settings.contracts_dir, build=build)
     missing = sorted(set(tables) - set(contracts))
     if missing:
         raise ConfigError(
             f"{settings.contracts_dir}: no contract for {', '.join(missing)}, which silver writes only "
             f"behind a gate (contracts found for: {', '.join(sorted(contracts)) or 'none'})"
         )
+    for table, names in (columns or {}).items():
+        _check_columns(contracts[table], settings.table(table), names)
     return {table: contracts[table] for table in tables}
 
 

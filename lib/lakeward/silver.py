@@ -552,6 +552,15 @@ def table_specs(settings: Settings) -> list[tables.TableSpec]:
     ]
 
 
+def require_contracts(
+    settings: Settings, sources: Sequence[str], *, build: bool = True
+) -> dict[str, quality.Contract]:
+    """The contracts of these sources' silver tables, each checked against its table's columns."""
+    logical = [SOURCES[source].table for source in sources]
+    columns = {SOURCES[source].table: silver_spec(settings, source).schema.fieldNames() for source in sources}
+    return quality.require_contracts(settings, logical, columns=columns, build=build)
+
+
 def ensure_tables(spark: SparkSession, settings: Settings) -> None:
     """Create the silver tables, the silver quarantine and the ledger if absent."""
     tables.ensure_tables(spark, table_specs(settings))
@@ -590,7 +599,7 @@ def process_work(spark: SparkSession, settings: Settings, work: Work, key: bytes
     check_key(work, key)
     at = datetime.now(UTC).replace(tzinfo=None)
     todo = [(source, dates) for source, dates in work.dates.items() if dates]
-    contracts = quality.require_contracts(settings, [SOURCES[source].table for source, _ in todo])
+    contracts = require_contracts(settings, [source for source, _ in todo])
     gates: dict[str, list[quality.GateResult]] = {source: [] for source, _ in todo}
     with ThreadPoolExecutor(max_workers=max(1, len(todo))) as pool:
         futures = [

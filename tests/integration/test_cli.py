@@ -315,6 +315,17 @@ def test_bad_arguments_and_config(env: dict[str, str], tmp_path: Path) -> None:
     prod = lakeward({**env, "LAKEWARD_ENV": "prod"}, "run", "silver", "--all-dates")
     assert prod.returncode == 2 and "LAKEWARD_PII_KEY is not set" in prod.stderr
 
+    # A contract on a column silver does not have stops silver before Spark starts.
+    (conf / "local.yml").write_text("privacy:\n  generate_key_if_missing: true\n")
+    with (conf / "contracts" / "silver_orders.yml").open("a") as contract:
+        contract.write("  - expect_column_values_to_not_be_null: {column: amout}\n")
+    no_column = lakeward({**env, "LAKEWARD_CONF_DIR": str(conf)}, "run", "silver")
+    assert (no_column.returncode, no_column.stderr.strip().splitlines()) == (2, [
+        f"lakeward: error: {conf / 'contracts' / 'silver_orders.yml'}: expectations[6] "
+        "expect_column_values_to_not_be_null: column: no column amout in silver.orders; its columns are "
+        "event_id, event_ts, event_date, user_key, order_id, restaurant_id, city, amount, items, tip_amount, "
+        "_arrival_date, _ingested_at, _batch_id"])
+
 
 @pytest.mark.parametrize(("spark_settings", "code", "reason"), [
     # Refused when the session is first used, this one made pyspark's error formatting recurse.

@@ -155,8 +155,59 @@ def test_a_contract_great_expectations_cannot_run_as_written_is_refused(
 def test_a_contract_naming_an_unknown_expectation_is_refused(tmp_path: Path) -> None:
     (tmp_path / "bad.yml").write_text("table: t\nexpectations:\n  - expect_the_moon: {column: a}\n")
 
-    with pytest.raises(ConfigError, match=r"bad\.yml: unknown expectation 'expect_the_moon'"):
+    unknown = r"bad\.yml: expectations\[0\] expect_the_moon: unknown expectation$"
+    with pytest.raises(ConfigError, match=unknown):
         quality.load_contracts(tmp_path)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("table: t\nexpectations: [{expect_column_values_to_not_be_null: {column: a}\n",
+     r"bad\.yml: not valid YAML: .*\(line \d+, column \d+\)$"),
+    ("table: t\nseverity: warning\nexpectations:\n  - expect_column_values_to_not_be_null: {column: a}\n",
+     r"bad\.yml: severity: unknown key; expected 'table' and 'expectations'$"),
+    ("table: t\ntable: u\nexpectations:\n  - expect_column_values_to_not_be_null: {column: a}\n",
+     r"bad\.yml: not valid YAML: key 'table' given twice in one mapping \(line 2, column 1\)$"),
+])
+def test_a_contract_file_that_does_not_read_names_the_file_in_one_line(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    (tmp_path / "bad.yml").write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        quality.load_contracts(tmp_path, build=False)
+    (tmp_path / "bad.yml").write_bytes(b"table: t\xff\n")
+    with pytest.raises(ConfigError, match=r"bad\.yml: not UTF-8 text"):
+        quality.load_contracts(tmp_path, build=False)
+
+
+def test_an_expectation_on_a_column_the_table_lacks_is_a_config_error(
+    base_settings: Settings, tmp_path: Path
+) -> None:
+    (tmp_path / "orders.yml").write_text(
+        "table: silver_orders\nexpectations:\n  - expect_column_values_to_not_be_null: {column: amount}\n"
+        "  - expect_column_pair_values_a_to_be_greater_than_b: {column_A: amount, column_B: amout}\n"
+    )
+    settings = base_settings.model_copy(
+        update={"quality": base_settings.quality.model_copy(update={"contracts_dir": str(tmp_path)})}
+    )
+    known = {"silver_orders": ["event_id", "amount"]}
+    with pytest.raises(ConfigError, match=(
+        r"orders\.yml: expectations\[1\] expect_column_pair_values_a_to_be_greater_than_b: column_B: "
+        r"no column amout in silver\.orders; its columns are event_id, amount$"
+    )):
+        quality.require_contracts(settings, ["silver_orders"], columns=known)
+    both = {"silver_orders": ["amount", "amout"]}
+    taken = quality.require_contracts(settings, ["silver_orders"], columns=both)
+    assert list(taken) == ["silver_orders"]
+
+
+def test_an_expectation_great_expectations_cannot_evaluate_is_not_a_failed_gate(spark: SparkSession) -> None:
+    df = spark.createDataFrame(_rows(3, 0, 0), "key string, amount double")
+    contract = replace(CONTRACT, expectations=(("expect_column_values_to_not_be_null", {"column": "nope"}),))
+    with pytest.raises(quality.ContractError, match=(
+        r"^probe: expectations\[0\] expect_column_values_to_not_be_null: Great Expectations could not "
+        r"evaluate it: .*nope"
+    )):
+        quality.validate(df, contract)
 
 
 def test_a_table_without_a_contract_is_not_written_ungated(
