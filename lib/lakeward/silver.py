@@ -284,13 +284,14 @@ def check_key(work: Work, key: bytes) -> None:
     others = {other: sources for other, sources in work.keys.items() if other != mark}
     if others:
         written = "; ".join(
-            f"{', '.join(sources)} with key {other}" for other, sources in sorted(others.items())
+            f"{', '.join(sources)} under the key whose fingerprint is {other}"
+            for other, sources in sorted(others.items())
         )
         raise KeyChangedError(
-            f"silver holds rows pseudonymized with another key than this one ({mark}): {written} "
-            "(fingerprints). The same person would get a second user_key. Run with the key those rows "
-            "were written with; to change the key, drop the silver tables, and their rows are "
-            "pseudonymized again from bronze with the new one"
+            f"silver holds rows pseudonymized with another key than this run's (fingerprint {mark}): "
+            f"{written}. The same person would get a second user_key. Run with the key those rows were "
+            "written with; to change the key, drop the silver tables, and their rows are pseudonymized "
+            "again from bronze with the new one"
         )
 
 
