@@ -108,6 +108,49 @@ def last_commit(spark: SparkSession, name: str) -> Commit | None:
     return None
 
 
+@dataclass(frozen=True)
+class Change:
+    """One commit after a given version: who wrote it, and whether it changed the table's rows."""
+
+    version: int
+    operation: str
+    user_metadata: str | None
+    changes_rows: bool
+    """Some file it added or removed has ``dataChange`` set (OPTIMIZE and VACUUM have none)."""
+
+
+_FILE_ACTIONS = ("AddFile", "RemoveFile", "AddCDCFile")
+
+
+def commits_after(spark: SparkSession, name: str, version: int) -> list[Change] | None:
+    """The table's commits after ``version``, oldest first; None where the log cannot be read this way."""
+    found = _latest(spark, name)
+    if found is None:
+        return None
+    jvm, log, latest = found
+    changes: list[Change] = []
+    if int(latest.version()) <= version:
+        return changes
+    try:
+        commits = log.getChanges(version + 1, jvm.scala.Option.empty(), False)
+        while commits.hasNext():
+            entry = commits.next()
+            actions = entry._2()
+            operation, note, rows = "", None, False
+            for i in range(actions.size()):
+                action = actions.apply(i)
+                kind = action.getClass().getSimpleName()
+                if kind == "CommitInfo":
+                    operation = str(action.operation())
+                    note = str(action.userMetadata().get()) if action.userMetadata().isDefined() else None
+                elif kind in _FILE_ACTIONS:
+                    rows = rows or bool(action.dataChange())
+            changes.append(Change(int(entry._1()), operation, note, rows))
+    except (Py4JError, PySparkException):
+        return None
+    return changes
+
+
 def _latest(spark: SparkSession, name: str) -> tuple[Any, Any, Any] | None:
     """(the JVM view, the table's ``DeltaLog``, its latest ``Snapshot``), or None."""
     try:

@@ -26,7 +26,9 @@ kept no event of that day. Both tables equal a full recompute on the same
 silver versions, whatever order the arrival days came in. A run that finds no
 new silver version and no newly processed arrival day changes nothing.
 It falls back to a full recompute when there is no previous run, when the
-feature definition changed, or when the change feed cannot be read or holds
+feature definition changed, when a commit that is no gold run's changed a
+gold table's rows since the last run (see :func:`_changed_outside`), or
+when the change feed cannot be read or holds
 anything other than inserts and updates that keep an event's user and date
 and make it known no later (see :func:`_updates_fit_an_increment`). Silver
 inserts, and updates a row only when an arrival day runs after a later one
@@ -85,6 +87,10 @@ LEDGER_SCHEMA = T.StructType(
         # Delta's table id of each silver table read: a table dropped and made
         # again can reach the version recorded in ``inputs`` with other rows.
         T.StructField("input_ids", T.MapType(T.StringType(), T.StringType())),
+        # The version of each gold table the run left: a later commit that is
+        # no gold run's and changed rows (a DELETE, TRUNCATE or RESTORE) means
+        # the next run cannot continue from what the table holds.
+        T.StructField("outputs", T.MapType(T.StringType(), T.LongType())),
     ]
 )
 
@@ -135,6 +141,10 @@ class _LastRun:
     # The gold tables at Delta version 0: created empty since this run wrote
     # to them (a table dropped and made again), so they lack its rows.
     recreated: tuple[str, ...] = ()
+    outputs: dict[str, int] | None = None
+    """The gold tables' versions after this run; None for a run recorded before the ledger kept them."""
+    # The commits since ``outputs`` that changed a gold table's rows and are no gold run's.
+    changed_outside: tuple[str, ...] = ()
 
 
 def ledger_spec(settings: Settings) -> tables.TableSpec:
@@ -174,6 +184,11 @@ def refresh(spark: SparkSession, settings: Settings, *, full: bool = False) -> G
     return result
 
 
+def _gold_tables(settings: Settings) -> tuple[str, str]:
+    """The names of ``gold.user_features`` and ``gold.user_daily``."""
+    return settings.table("gold_user_features"), settings.table("gold_user_daily")
+
+
 def _commit_note(run_id: str) -> str:
     """What a gold run writes in the history entry of its commits to both gold tables."""
     return f"lakeward gold run {run_id}"
@@ -194,7 +209,7 @@ def _probe(
     hold the rows of every day read. (Measured on the demo, reading them
     side by side saved nothing: the reads share the driver.)
     """
-    features, daily = settings.table("gold_user_features"), settings.table("gold_user_daily")
+    features, daily = _gold_tables(settings)
     with ThreadPoolExecutor(max_workers=2 * len(names) + 4) as pool:
         ensured = pool.submit(ensure_tables, spark, settings)
         last = pool.submit(_last_run, spark, settings)
@@ -211,13 +226,43 @@ def _probe(
         if previous is not None:
             wrote_last = gold_commits[features][1] == _commit_note(previous.run_id)
             recreated = tuple(sorted(name for name, (version, _) in gold_commits.items() if version == 0))
-            previous = replace(previous, wrote_features_last=wrote_last, recreated=recreated)
+            changed = _changed_outside(spark, previous.outputs, {n: v for n, (v, _) in gold_commits.items()})
+            previous = replace(
+                previous, wrote_features_last=wrote_last, recreated=recreated, changed_outside=changed
+            )
         return (
             {name: version.result() for name, version in versions.items()},
             {name: id_.result() for name, id_ in ids.items()},
             previous,
             processed,
         )
+
+
+def _changed_outside(
+    spark: SparkSession, recorded: Mapping[str, int] | None, current: Mapping[str, int]
+) -> tuple[str, ...]:
+    """The commits to gold since the ``recorded`` versions that changed rows and are no gold run's.
+
+    Gold continues each user from the rows it wrote last; a row deleted since
+    (``DELETE``, ``TRUNCATE``, a ``RESTORE`` to an older version) would make
+    the next increment start that user from nothing. OPTIMIZE and VACUUM
+    change no rows; a gold run that died before its ledger row is found by
+    its commit note and handled by the increment.
+    """
+    found = []
+    for name, version in sorted(current.items()):
+        since = (recorded or {}).get(name)
+        if since is None or version == since:
+            continue
+        if version < since:
+            found.append(f"{name} (created again)")
+            continue
+        found += [
+            f"{name} (version {change.version}: {change.operation or 'a commit'})"
+            for change in tables.commits_after(spark, name, since)
+            if change.changes_rows and not (change.user_metadata or "").startswith(_commit_note(""))
+        ]
+    return tuple(found)
 
 
 def _processed_through(spark: SparkSession, settings: Settings) -> date | None:
@@ -258,9 +303,10 @@ def _last_run(spark: SparkSession, settings: Settings) -> _LastRun | None:
     if row is None:
         return None
     ids = row["input_ids"] if "input_ids" in ledger.columns else None
+    outputs = row["outputs"] if "outputs" in ledger.columns else None
     return _LastRun(
         row["run_id"], row["as_of"], row["feature_version"], row["windows"], dict(row["inputs"]),
-        None if ids is None else dict(ids),
+        None if ids is None else dict(ids), outputs=None if outputs is None else dict(outputs),
     )
 
 
@@ -272,6 +318,8 @@ def _full_reason(
     if last.recreated:
         # A recorded run follows a first run that wrote both tables: one at version 0 was made again.
         return f"{', '.join(last.recreated)} created again since the last run (dropped?)"
+    if last.changed_outside:
+        return f"gold changed outside lakeward since the last run: {', '.join(last.changed_outside)}"
     if last.feature_version != settings.pipeline.feature_version or last.windows != _windows_text(settings):
         return "the feature definition changed"
     if set(last.inputs) != set(versions):
@@ -685,6 +733,7 @@ def _record(
         started,
         datetime.now(UTC).replace(tzinfo=None),
         dict(input_ids),
+        {name: tables.current_version(spark, name) for name in _gold_tables(settings)},
     )
     ledger = settings.table("ops_gold_runs")
     # A ledger created before it kept table ids gains the column; its old rows get nulls.

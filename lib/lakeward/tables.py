@@ -427,6 +427,28 @@ def last_commit(spark: SparkSession, name: str) -> tuple[int, str | None]:
     return int(row["version"]), (str(note) if note is not None else None)
 
 
+# Operations that leave a table's rows as they were, for a history read without file actions.
+_ROW_PRESERVING = frozenset({
+    "OPTIMIZE", "VACUUM START", "VACUUM END", "SET TBLPROPERTIES", "UNSET TBLPROPERTIES",
+    "ADD CONSTRAINT", "DROP CONSTRAINT", "CHANGE COLUMN", "UPGRADE PROTOCOL", "COMPUTE STATS",
+})
+
+
+def commits_after(spark: SparkSession, name: str, version: int) -> list[delta_log.Change]:
+    """The table's commits after ``version``, oldest first: from the log, else from its history."""
+    changes = delta_log.commits_after(spark, name, version)
+    if changes is not None:
+        return changes
+    rows = history(spark, name).filter(F.col("version") > version).orderBy("version").collect()
+    return [
+        delta_log.Change(
+            int(row["version"]), str(row["operation"]), row["userMetadata"],
+            str(row["operation"]) not in _ROW_PRESERVING,
+        )
+        for row in rows
+    ]
+
+
 def _last_commit(spark: SparkSession, name: str) -> Row:
     """The table's latest history entry."""
     row = history(spark, name, 1).first()

@@ -346,6 +346,34 @@ def test_one_new_day_in_order_only_appends_that_day(
     assert sorted((r["user_key"], r["orders_7d"]) for r in latest.collect()) == [("a", 2), ("b", 2)]
 
 
+def test_rows_removed_from_gold_outside_lakeward_recompute_it_in_full(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An increment continues each user from gold's last rows: after a DELETE (or TRUNCATE,
+    or RESTORE) it would start them from nothing. OPTIMIZE changes no row, so it does not count."""
+    settings = _settings(base_settings, tmp_path)
+    silver.ensure_tables(spark, settings)
+    d1, d2, d3 = date(2026, 3, 1), date(2026, 3, 2), date(2026, 3, 3)
+    orders = [("a", d1, d1, Decimal("10.00")), ("b", d1, d1, Decimal("5.00")), ("a", d2, d2, Decimal("1.00")),
+              ("b", d3, d3, Decimal("2.00"))]
+    rows = _silver_rows(orders, [], [])["silver_orders"]
+    features = settings.table("gold_user_features")
+    _append(spark, settings, "silver_orders", rows[:2])
+    incremental.refresh(spark, settings)
+    DeltaTable.forName(spark, features).optimize().executeCompaction()
+    _append(spark, settings, "silver_orders", rows[2:3])
+    assert incremental.refresh(spark, settings).mode == "incremental"
+    DeltaTable.forName(spark, features).delete(F.col("user_key") == "b")
+    _append(spark, settings, "silver_orders", rows[3:])
+    with caplog.at_level(logging.INFO, logger="lakeward.incremental"):
+        assert incremental.refresh(spark, settings).mode == "full"
+    assert f"gold changed outside lakeward since the last run: {features} (version" in caplog.text
+    assert "DELETE" in caplog.text
+    _, kept = _equal_to_full(spark, settings)
+    assert sorted((r["user_key"], r["feature_date"], r["orders_7d"]) for r in kept.collect()) == [
+        ("a", d1, 1), ("a", d2, 2), ("a", d3, 2), ("b", d1, 1), ("b", d2, 1), ("b", d3, 2)]
+
+
 def _two_runs_then_full(
     spark: SparkSession, settings: Settings, orders: list, first: int, as_of: tuple[date, date]
 ) -> DataFrame:
