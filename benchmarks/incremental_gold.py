@@ -82,7 +82,8 @@ def _write_silver(
 
 def _record_processed(spark: SparkSession, settings: Settings, days: list[date]) -> None:
     """The silver ledger rows that mark these arrival days processed, which gold reads for its as-of day."""
-    rows = [(source, day, f"{source}-{day}", 0, 0, 0, 0, None) for source in SILVER_SOURCES for day in days]
+    rows = [(source, day, f"{source}-{day}", 0, 0, 0, 0, None, None)
+            for source in SILVER_SOURCES for day in days]
     tables.append(spark.createDataFrame(rows, silver.LEDGER_SCHEMA), settings.table("ops_silver_batches"))
 
 
