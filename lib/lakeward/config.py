@@ -106,10 +106,17 @@ class SparkSettings(_Strict):
 class PrivacySettings(_Strict):
     """Pseudonymization key handling."""
 
-    pii_key_env: str = Field("LAKEWARD_PII_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    pii_key_env: str = "LAKEWARD_PII_KEY"
     """The environment variable that holds the key."""
     generate_key_if_missing: bool = False
     """Only for local work: create a key under the data root when the variable is unset."""
+
+    @field_validator("pii_key_env")
+    @classmethod
+    def _variable_name(cls, value: str) -> str:
+        if not is_identifier(value):
+            raise ValueError("expected the name of an environment variable")
+        return value
 
 
 class PipelineSettings(_Strict):
@@ -313,8 +320,9 @@ class Settings(_Strict):
         """
         renamed = {}
         for logical, name in self.tables.items():
-            schema, dot, table = name.partition(".")
-            if not dot or not is_identifier(f"{schema}_{suffix}"):
+            # The schema is the part before the table's name (a catalog may come before it).
+            schema, dot, table = name.rpartition(".")
+            if not dot or not is_identifier(f"{schema.rpartition('.')[2]}_{suffix}"):
                 raise ConfigError(f"tables.{logical}: {name!r} cannot take the schema suffix {suffix!r}")
             renamed[logical] = f"{schema}_{suffix}.{table}"
         return self.model_copy(update={"tables": renamed})
@@ -455,6 +463,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # ``<<: *anchor``: the base class merges it, and keys given here win
             key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
             try:
                 repeated = key in seen

@@ -74,7 +74,8 @@ def test_unknown_key_names_file_and_key(tmp_path: Path) -> None:
         ("tables:\n  silver_orders: silver orders\n",
          r"local\.yml: tables: expected schema\.table or catalog\.schema\.table names, "
          r"found silver_orders: 'silver orders'$"),
-        ("privacy:\n  pii_key_env: ''\n", r"local\.yml: privacy\.pii_key_env: String should match pattern"),
+        ("privacy:\n  pii_key_env: ''\n",
+         r"local\.yml: privacy\.pii_key_env: expected the name of an environment variable \(found ''\)"),
     ],
 )
 def test_bad_keys_name_the_overlay_and_what_was_expected(tmp_path: Path, local: str, message: str) -> None:
@@ -223,6 +224,14 @@ def test_prod_cannot_be_set_to_generate_its_key(tmp_path: Path) -> None:
         load_settings("prod", conf_dir=conf)
 
 
-def test_a_three_part_table_name_is_taken(tmp_path: Path) -> None:
+def test_a_three_part_table_name_is_taken_and_its_schema_takes_a_suffix(tmp_path: Path) -> None:
     conf = _conf(tmp_path, local="tables:\n  silver_orders: main.silver.orders\n")
-    assert load_settings("local", conf_dir=conf).table("silver_orders") == "main.silver.orders"
+    settings = load_settings("local", conf_dir=conf)
+    assert settings.table("silver_orders") == "main.silver.orders"
+    assert settings.with_schema_suffix("t1").table("silver_orders") == "main.silver_t1.orders"
+
+
+def test_yaml_merge_keys_still_merge_and_keys_beside_them_win(tmp_path: Path) -> None:
+    conf = _conf(tmp_path, local="training_set:\n  <<: &defaults {horizon_days: 20, seed: 3}\n  seed: 4\n")
+    settings = load_settings("local", conf_dir=conf)
+    assert (settings.training_set.horizon_days, settings.training_set.seed) == (20, 4)
