@@ -135,17 +135,25 @@ def commits_after(spark: SparkSession, name: str, version: int) -> list[Change] 
         commits = log.getChanges(version + 1, jvm.scala.Option.empty(), False)
         while commits.hasNext():
             entry = commits.next()
-            actions = entry._2()
-            operation, note, rows = "", None, False
-            for i in range(actions.size()):
-                action = actions.apply(i)
+            actions = entry._2().iterator()
+            info, rows = None, False
+            # Stops at the first file action that changes rows once the commit's
+            # info is seen (Delta writes it first): only a commit that changes no
+            # rows, such as OPTIMIZE, is read to its end.
+            while actions.hasNext() and not (info is not None and rows):
+                action = actions.next()
                 kind = action.getClass().getSimpleName()
                 if kind == "CommitInfo":
-                    operation = str(action.operation())
-                    note = str(action.userMetadata().get()) if action.userMetadata().isDefined() else None
-                elif kind in _FILE_ACTIONS:
-                    rows = rows or bool(action.dataChange())
-            changes.append(Change(int(entry._1()), operation, note, rows))
+                    info = action
+                elif kind in _FILE_ACTIONS and not rows:
+                    rows = bool(action.dataChange())
+            note = info.userMetadata() if info is not None else None
+            changes.append(Change(
+                int(entry._1()),
+                str(info.operation()) if info is not None else "",
+                str(note.get()) if note is not None and note.isDefined() else None,
+                rows,
+            ))
     except (Py4JError, PySparkException):
         return None
     return changes

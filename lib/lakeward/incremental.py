@@ -61,7 +61,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from lakeward import gold, session, silver, tables
+from lakeward import delta_log, gold, session, silver, tables
 from lakeward.config import Settings
 
 log = logging.getLogger(__name__)
@@ -167,7 +167,7 @@ def refresh(spark: SparkSession, settings: Settings, *, full: bool = False) -> G
     started = datetime.now(UTC).replace(tzinfo=None)
     run_id = uuid.uuid4().hex
     names = {logical: settings.table(logical) for logical in SILVER_EVENTS}
-    versions, ids, last, processed = _probe(spark, settings, names)
+    versions, ids, last, processed, gold_versions = _probe(spark, settings, names)
     reason = "requested" if full else _full_reason(settings, last, versions, ids)
     if reason is None and last is not None:
         if last.inputs == versions and not _days_passed(last.as_of, processed):
@@ -175,12 +175,12 @@ def refresh(spark: SparkSession, settings: Settings, *, full: bool = False) -> G
             return GoldResult("up_to_date", last.as_of, inputs=versions)
         result = _incremental(spark, settings, names, versions, last, processed, run_id)
         if isinstance(result, GoldResult):
-            _record(spark, settings, result, ids, run_id, started)
+            _record(spark, settings, result, ids, run_id, started, gold_versions)
             return result
         reason = result
     log.info("gold: full recompute (%s)", reason)
     result = _full(spark, settings, names, versions, processed, run_id)
-    _record(spark, settings, result, ids, run_id, started)
+    _record(spark, settings, result, ids, run_id, started, gold_versions)
     return result
 
 
@@ -196,8 +196,8 @@ def _commit_note(run_id: str) -> str:
 
 def _probe(
     spark: SparkSession, settings: Settings, names: Mapping[str, str]
-) -> tuple[dict[str, int], dict[str, str], _LastRun | None, date | None]:
-    """Silver's versions and table ids, the last run and the last arrival day processed, side by side.
+) -> tuple[dict[str, int], dict[str, str], _LastRun | None, date | None, dict[str, int]]:
+    """Silver's versions and table ids, the last run, the last arrival day processed and gold's versions.
 
     Each is a small Spark job, a catalog call or a read of a Delta log
     (:mod:`lakeward.delta_log`; a Spark job each where that cannot answer) that
@@ -223,10 +223,11 @@ def _probe(
             name: _settled(commit, partial(tables.last_commit, spark, name))
             for name, commit in commits.items()
         }
+        gold_versions = {name: version for name, (version, _) in gold_commits.items()}
         if previous is not None:
             wrote_last = gold_commits[features][1] == _commit_note(previous.run_id)
-            recreated = tuple(sorted(name for name, (version, _) in gold_commits.items() if version == 0))
-            changed = _changed_outside(spark, previous.outputs, {n: v for n, (v, _) in gold_commits.items()})
+            recreated = tuple(sorted(name for name, version in gold_versions.items() if version == 0))
+            changed = _changed_outside(spark, previous.outputs, gold_versions)
             previous = replace(
                 previous, wrote_features_last=wrote_last, recreated=recreated, changed_outside=changed
             )
@@ -235,6 +236,7 @@ def _probe(
             {name: id_.result() for name, id_ in ids.items()},
             previous,
             processed,
+            gold_versions,
         )
 
 
@@ -257,12 +259,36 @@ def _changed_outside(
         if version < since:
             found.append(f"{name} (created again)")
             continue
+        changes = [change for change in tables.commits_after(spark, name, since) if change.version <= version]
+        if [change.version for change in changes] != list(range(since + 1, version + 1)):
+            # Delta removed old log entries: what happened in between cannot be told.
+            found.append(f"{name} (its log after version {since} is no longer whole)")
+            continue
         found += [
             f"{name} (version {change.version}: {change.operation or 'a commit'})"
-            for change in tables.commits_after(spark, name, since)
-            if change.changes_rows and not (change.user_metadata or "").startswith(_commit_note(""))
+            for change in changes if _foreign(change)
         ]
     return tuple(found)
+
+
+def _foreign(change: delta_log.Change) -> bool:
+    """Whether a commit to a gold table changed rows and is no gold run's."""
+    return change.changes_rows and not (change.user_metadata or "").startswith(_commit_note(""))
+
+
+def _versions_left(spark: SparkSession, since: Mapping[str, int]) -> dict[str, int]:
+    """The version of each gold table the next run continues from.
+
+    The table's latest, when every commit after ``since`` (the versions this
+    run found) is a gold run's; otherwise ``since`` itself, so that the next
+    run finds the other writer's commit that came in between.
+    """
+    left = {}
+    for name, version in since.items():
+        changes = tables.commits_after(spark, name, version)
+        latest = max((change.version for change in changes), default=version)
+        left[name] = version if any(map(_foreign, changes)) else latest
+    return left
 
 
 def _processed_through(spark: SparkSession, settings: Settings) -> date | None:
@@ -719,8 +745,13 @@ def _record(
     input_ids: Mapping[str, str],
     run_id: str,
     started: datetime,
+    gold_versions: Mapping[str, int],
 ) -> None:
-    """One ledger row; ``input_ids`` is Delta's table id of each silver table in ``result.inputs``."""
+    """One ledger row.
+
+    ``input_ids`` is Delta's table id of each silver table in ``result.inputs``,
+    ``gold_versions`` the gold tables' versions when the run started.
+    """
     row = (
         run_id,
         result.mode,
@@ -733,9 +764,9 @@ def _record(
         started,
         datetime.now(UTC).replace(tzinfo=None),
         dict(input_ids),
-        {name: tables.current_version(spark, name) for name in _gold_tables(settings)},
+        _versions_left(spark, gold_versions),
     )
     ledger = settings.table("ops_gold_runs")
-    # A ledger created before it kept table ids gains the column; its old rows get nulls.
+    # A ledger created before it kept table ids or outputs gains the columns; its old rows get nulls.
     tables.add_columns(spark, ledger, LEDGER_SCHEMA)
     tables.append(spark.createDataFrame([row], LEDGER_SCHEMA), ledger)

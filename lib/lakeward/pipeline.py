@@ -183,7 +183,6 @@ def run_silver(
             {source: everything.dates[source] if source in lost else days
              for source, days in work.dates.items()},
             {**work.batches, **{source: everything.batches.get(source, {}) for source in lost}},
-            work.keys,
         )
     pending = [days for days in work.dates.values() if days]
     log.info("silver: %d arrival date(s) pending, %d (source, date) pair(s) over %d source(s)",

@@ -151,11 +151,11 @@ def _parse_contract(path: Path) -> Contract:
 _COLUMN_ARGUMENTS = ("column", "column_A", "column_B", "column_list", "column_set")
 
 
-def _check_columns(contract: Contract, table: str, columns: Sequence[str]) -> None:
-    """:class:`ConfigError` for an expectation on a column the gated rows do not have.
+def check_columns(contract: Contract, table: str, columns: Sequence[str]) -> None:
+    """:class:`ConfigError` for an expectation on a column the gated rows of ``table`` do not have.
 
-    Great Expectations would report it as a failed expectation, and the gate
-    would block the table as if the data were bad.
+    Great Expectations would raise on it only while the gate runs, part way
+    through silver.
     """
     for index, (kind, kwargs) in enumerate(contract.expectations):
         for argument in _COLUMN_ARGUMENTS:
@@ -295,19 +295,24 @@ class ContractError(RuntimeError):
     """An expectation Great Expectations raised on instead of evaluating."""
 
 
+# Quoted text in an error message: Spark quotes the value it could not handle.
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+
+
 def _raised(info: Any) -> str | None:
-    """The first line of the error in a result's ``exception_info``; None when nothing was raised.
+    """The error in a result's ``exception_info``, without quoted values; None when nothing was raised.
 
     It is one ``{raised_exception, exception_message, ...}``, or one such per
-    metric the expectation computed.
+    metric the expectation computed. Only the first line is kept, and quoted
+    text is cut out: a Spark error quotes the row value it failed on.
     """
     if not isinstance(info, dict):
         return None
     entries = [info] if "raised_exception" in info else [v for v in info.values() if isinstance(v, dict)]
     for entry in entries:
         if entry.get("raised_exception"):
-            message = str(entry.get("exception_message") or "an error").strip()
-            return message.splitlines()[0][:300] if message else "an error"
+            lines = str(entry.get("exception_message") or "").strip().splitlines()
+            return _QUOTED.sub("'…'", lines[0])[:300] if lines else "an error"
     return None
 
 
@@ -344,16 +349,14 @@ def require_contracts(
     tables: Sequence[str],
     *,
     columns: Mapping[str, Sequence[str]] | None = None,
-    build: bool = True,
 ) -> dict[str, Contract]:
     """The contracts of these logical tables; :class:`ConfigError` naming each that has none.
 
     With ``columns`` (per logical table, the columns its gate sees), an
     expectation on any other column is a :class:`ConfigError` too. Silver calls
-    it before it writes anything, so a missing or broken contract stops it
-    whole; the CLI calls it with ``build=False`` before it starts Spark.
+    it before it writes anything, so a missing or broken contract stops it whole.
     """
-    contracts = load_contracts(settings.contracts_dir, build=build)
+    contracts = load_contracts(settings.contracts_dir)
     missing = sorted(set(tables) - set(contracts))
     if missing:
         raise ConfigError(
@@ -361,7 +364,7 @@ def require_contracts(
             f"behind a gate (contracts found for: {', '.join(sorted(contracts)) or 'none'})"
         )
     for table, names in (columns or {}).items():
-        _check_columns(contracts[table], settings.table(table), names)
+        check_columns(contracts[table], settings.table(table), names)
     return {table: contracts[table] for table in tables}
 
 

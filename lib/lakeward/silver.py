@@ -226,8 +226,6 @@ class Work:
     dates: dict[str, list[date]]
     batches: dict[str, dict[str, _Batch]]
     """Per source, by batch id: every batch bronze recorded on the source's dates."""
-    keys: dict[str, list[str]]
-    """Per key fingerprint silver's ledger records, the sources it wrote with it."""
 
 
 def pending_work(spark: SparkSession, settings: Settings) -> Work:
@@ -242,7 +240,7 @@ def pending_work(spark: SparkSession, settings: Settings) -> Work:
     rows = _batches(spark, settings).collect()
     pending = {(row["source"], row["arrival_date"]) for row in rows if not row["recorded"]}
     dates = {source: sorted(day for s, day in pending if s == source) for source in SOURCES}
-    return _work(rows, dates)
+    return Work(dates, _by_source([r for r in rows if (r["source"], r["arrival_date"]) in pending], dates))
 
 
 def pending_dates(spark: SparkSession, settings: Settings) -> dict[str, list[date]]:
@@ -253,35 +251,47 @@ def pending_dates(spark: SparkSession, settings: Settings) -> dict[str, list[dat
 def work_on(spark: SparkSession, settings: Settings, dates: Mapping[str, Sequence[date]]) -> Work:
     """The given dates of each source, with bronze's batches on them (those without rows included)."""
     given = {source: sorted(days) for source, days in dates.items()}
-    return _work(_batches(spark, settings).collect(), given)
+    wanted = [(F.col("source") == s) & F.col("arrival_date").isin(days) for s, days in given.items() if days]
+    rows = _batches(spark, settings).filter(reduce(Column.__or__, wanted)).collect() if wanted else []
+    return Work(given, _by_source(rows, given))
 
 
-def _work(rows: Sequence[Row], dates: Mapping[str, Sequence[date]]) -> Work:
-    """The work on ``dates`` from every row of :func:`_batches`."""
+def _by_source(rows: Sequence[Row], dates: Mapping[str, Sequence[date]]) -> dict[str, dict[str, _Batch]]:
+    """Per source that has dates, the batches among ``rows`` (rows of :func:`_batches`) by id."""
     batches: dict[str, dict[str, _Batch]] = {source: {} for source, days in dates.items() if days}
-    keys: dict[str, set[str]] = {}
     for row in rows:
-        if row["key_fingerprint"] is not None:
-            keys.setdefault(row["key_fingerprint"], set()).add(row["source"])
-        if row["arrival_date"] in dates.get(row["source"], ()):
-            batches[row["source"]][row["batch_id"]] = _Batch(
-                row["arrival_date"], row["recorded"], row["rows_written"]
-            )
-    return Work(
-        {source: list(days) for source, days in dates.items()}, batches,
-        {key: sorted(sources) for key, sources in keys.items()},
+        batches[row["source"]][row["batch_id"]] = _Batch(
+            row["arrival_date"], row["recorded"], row["rows_written"]
+        )
+    return batches
+
+
+def recorded_keys(spark: SparkSession, settings: Settings) -> dict[str, list[str]]:
+    """Per key fingerprint in silver's ledger, the sources whose rows were written under that key.
+
+    A batch that wrote no row left no ``user_key``: a source whose table was
+    dropped to change the key may keep such rows in the ledger.
+    """
+    ledger = tables.read(spark, settings.table("ops_silver_batches"))
+    if "key_fingerprint" not in ledger.columns:
+        return {}
+    rows = (
+        ledger.filter((F.col("rows_written") > 0) & F.col("key_fingerprint").isNotNull())
+        .groupBy("key_fingerprint").agg(F.collect_set("source").alias("sources"))
+        .collect()
     )
+    return {row["key_fingerprint"]: sorted(row["sources"]) for row in rows}
 
 
-def check_key(work: Work, key: bytes) -> None:
-    """:class:`KeyChangedError` when silver's ledger records batches written with another key.
+def refuse_other_key(recorded: Mapping[str, Sequence[str]], key: bytes) -> None:
+    """:class:`KeyChangedError` when silver holds rows written with another key (see :func:`recorded_keys`).
 
     Each person's ``user_key`` is the HMAC of their id under the key, so a
     run with another key would give everyone a second one and split their
     history in silver, gold and every training set.
     """
     mark = fingerprint(key)
-    others = {other: sources for other, sources in work.keys.items() if other != mark}
+    others = {other: sources for other, sources in recorded.items() if other != mark}
     if others:
         written = "; ".join(
             f"{', '.join(sources)} under the key whose fingerprint is {other}"
@@ -298,7 +308,6 @@ def check_key(work: Work, key: bytes) -> None:
 def _batches(spark: SparkSession, settings: Settings) -> DataFrame:
     """Bronze's batches of the silver sources; ``recorded``: whether silver's ledger has them.
 
-    ``key_fingerprint``: the key silver wrote the batch's rows with, if it wrote any.
     A ledger row written before rows named their batch (no ``batch_id``)
     covers the batches of its source and date ingested until it was written.
     """
@@ -306,14 +315,10 @@ def _batches(spark: SparkSession, settings: Settings) -> DataFrame:
         "source", "arrival_date", "batch_id", "ingested_at", "rows_written"
     ).filter(F.col("source").isin(list(SOURCES)))
     ledger = tables.read(spark, settings.table("ops_silver_batches"))
-    for column in ("batch_id", "key_fingerprint"):
-        if column not in ledger.columns:
-            ledger = ledger.withColumn(column, F.lit(None).cast("string"))
+    if "batch_id" not in ledger.columns:
+        ledger = ledger.withColumn("batch_id", F.lit(None).cast("string"))
     by_id = ledger.filter(F.col("batch_id").isNotNull()).select(
-        "source", "batch_id", F.lit(True).alias("_by_id"),
-        # A batch that wrote no row left no user_key under its key: a source whose
-        # table was dropped to change the key keeps such rows in the ledger.
-        F.when(F.col("rows_written") > 0, F.col("key_fingerprint")).alias("key_fingerprint"),
+        "source", "batch_id", F.lit(True).alias("_by_id")
     )
     # One such row per source and date (they were keyed so): an equi-join, no duplicates.
     legacy = ledger.filter(F.col("batch_id").isNull()).select(
@@ -325,7 +330,7 @@ def _batches(spark: SparkSession, settings: Settings) -> DataFrame:
         .join(legacy, ["source", "arrival_date"], "left")
         .select(
             "source", "batch_id", "arrival_date",
-            (F.col("_by_id").isNotNull() | covered).alias("recorded"), "rows_written", "key_fingerprint",
+            (F.col("_by_id").isNotNull() | covered).alias("recorded"), "rows_written",
         )
     )
 
@@ -553,13 +558,29 @@ def table_specs(settings: Settings) -> list[tables.TableSpec]:
     ]
 
 
-def require_contracts(
-    settings: Settings, sources: Sequence[str], *, build: bool = True
-) -> dict[str, quality.Contract]:
+def require_contracts(settings: Settings, sources: Sequence[str]) -> dict[str, quality.Contract]:
     """The contracts of these sources' silver tables, each checked against its table's columns."""
     logical = [SOURCES[source].table for source in sources]
-    columns = {SOURCES[source].table: silver_spec(settings, source).schema.fieldNames() for source in sources}
-    return quality.require_contracts(settings, logical, columns=columns, build=build)
+    return quality.require_contracts(settings, logical, columns=_columns(settings, sources))
+
+
+def check_contracts(settings: Settings) -> None:
+    """Read every contract, and check those of silver tables against their columns.
+
+    Without Great Expectations (its import takes seconds), so the CLI can
+    ask before it starts Spark; whether each expectation's arguments suit
+    Great Expectations, and whether a table with pending rows has a
+    contract at all, :func:`require_contracts` checks when silver runs.
+    """
+    contracts = quality.load_contracts(settings.contracts_dir, build=False)
+    for logical, columns in _columns(settings, list(SOURCES)).items():
+        if logical in contracts:
+            quality.check_columns(contracts[logical], settings.table(logical), columns)
+
+
+def _columns(settings: Settings, sources: Sequence[str]) -> dict[str, list[str]]:
+    """Per silver table of ``sources`` (by logical name), the columns its gate sees."""
+    return {SOURCES[source].table: silver_spec(settings, source).schema.fieldNames() for source in sources}
 
 
 def ensure_tables(spark: SparkSession, settings: Settings) -> None:
@@ -597,10 +618,13 @@ def process_work(spark: SparkSession, settings: Settings, work: Work, key: bytes
     source is still written and recorded, and :class:`lakeward.quality.GateFailed`
     is raised with the failing table unchanged.
     """
-    check_key(work, key)
     at = datetime.now(UTC).replace(tzinfo=None)
     todo = [(source, dates) for source, dates in work.dates.items() if dates]
-    contracts = require_contracts(settings, [source for source, _ in todo])
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # A small Spark job, while the contracts wait for Great Expectations' import.
+        recorded = pool.submit(recorded_keys, spark, settings)
+        contracts = require_contracts(settings, [source for source, _ in todo])
+        refuse_other_key(recorded.result(), key)
     gates: dict[str, list[quality.GateResult]] = {source: [] for source, _ in todo}
     with ThreadPoolExecutor(max_workers=max(1, len(todo))) as pool:
         futures = [

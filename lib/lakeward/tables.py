@@ -428,9 +428,14 @@ def last_commit(spark: SparkSession, name: str) -> tuple[int, str | None]:
 
 
 # Operations that leave a table's rows as they were, for a history read without file actions.
+# (Delta's DeltaOperations names.)
 _ROW_PRESERVING = frozenset({
     "OPTIMIZE", "VACUUM START", "VACUUM END", "SET TBLPROPERTIES", "UNSET TBLPROPERTIES",
-    "ADD CONSTRAINT", "DROP CONSTRAINT", "CHANGE COLUMN", "UPGRADE PROTOCOL", "COMPUTE STATS",
+    "ADD CONSTRAINT", "DROP CONSTRAINT", "CHANGE COLUMN", "CHANGE COLUMNS", "ADD COLUMNS",
+    "DROP COLUMNS", "RENAME COLUMN", "REPLACE COLUMNS", "UPDATE SCHEMA", "UPGRADE PROTOCOL",
+    "COMPUTE STATS", "CLUSTER BY", "DROP FEATURE", "REORG", "REORG TABLE UPGRADE UNIFORM",
+    "ROW TRACKING BACKFILL", "ROW TRACKING UNBACKFILL", "DOMAIN METADATA CLEANUP",
+    "REMOVE COLUMN MAPPING",
 })
 
 

@@ -105,3 +105,23 @@ def test_what_is_not_a_delta_table_is_left_to_sql(spark: SparkSession) -> None:
     parquet = _name(spark)
     spark.createDataFrame([(1,)], "id int").write.format("parquet").saveAsTable(parquet)
     assert delta_log.snapshot(spark, parquet) is None and delta_log.last_commit(spark, parquet) is None
+
+
+def test_commits_after_a_version_tell_which_changed_rows_from_the_log_and_from_history(
+    spark: SparkSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = _name(spark)
+    rows = spark.createDataFrame([(1, "a"), (2, "b")], "id int, v string")
+    rows.write.format("delta").saveAsTable(name)
+    rows.write.format("delta").mode("append").option(tables.USER_METADATA_OPTION, "mine").saveAsTable(name)
+    DeltaTable.forName(spark, name).optimize().executeCompaction()
+    DeltaTable.forName(spark, name).upgradeTableProtocol(1, 4)
+    DeltaTable.forName(spark, name).delete("id = 1")
+    expected = [(1, "WRITE", "mine", True), (2, "OPTIMIZE", None, False),
+                (3, "SET TBLPROPERTIES", None, False), (4, "DELETE", None, True)]
+    from_log = delta_log.commits_after(spark, name, 0)
+    assert [(c.version, c.operation, c.user_metadata, c.changes_rows) for c in from_log or []] == expected
+    assert delta_log.commits_after(spark, name, 4) == []
+    monkeypatch.setattr(delta_log, "commits_after", lambda *_: None)
+    from_history = tables.commits_after(spark, name, 0)
+    assert [(c.version, c.operation, c.user_metadata, c.changes_rows) for c in from_history] == expected

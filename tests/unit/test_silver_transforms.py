@@ -1,10 +1,13 @@
 import json
 from datetime import date, datetime
 
+import pytest
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
+from lakeward import silver
 from lakeward.config import PipelineSettings
+from lakeward.privacy.keys import fingerprint
 from lakeward.silver import conform, dedupe, pseudonymize, quarantine_records, validate
 
 BRONZE_ORDER = (
@@ -157,3 +160,17 @@ def test_a_user_without_signup_date_is_refused_not_left_for_the_gate(spark: Spar
     checked = validate(conform(df, "users"), "users", PipelineSettings())
     reasons = {r["_line_no"]: r["_reason"] for r in checked.collect()}
     assert reasons == {1: None, 2: "missing:signup_date", 3: "invalid_type:signup_date"}
+
+
+def test_a_key_other_than_the_one_silver_wrote_with_is_refused_naming_fingerprints_only() -> None:
+    key, other = b"k" * 32, b"j" * 32
+    silver.refuse_other_key({fingerprint(key): ["order_placed", "users"]}, key)
+    silver.refuse_other_key({}, other)
+    with pytest.raises(silver.KeyChangedError) as refused:
+        silver.refuse_other_key({fingerprint(key): ["order_placed", "users"]}, other)
+    assert str(refused.value).startswith(
+        "silver holds rows pseudonymized with another key than this run's "
+        f"(fingerprint {fingerprint(other)}): "
+        f"order_placed, users under the key whose fingerprint is {fingerprint(key)}. "
+    )
+    assert "kkkk" not in str(refused.value) and "jjjj" not in str(refused.value)
