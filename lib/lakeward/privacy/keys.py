@@ -39,7 +39,7 @@ def pii_key(settings: Settings) -> bytes:
 
 
 def fingerprint(key: bytes) -> str:
-    """A short public mark of ``key``: equal for equal keys, and it reveals nothing of the key.
+    """A short public mark of ``key``: equal for equal keys, and it reveals nothing of a random key.
 
     Silver records it with every batch, so a run with another key (which would
     give every person a second ``user_key``) is refused.
@@ -97,7 +97,8 @@ def _read_key_file(path: Path) -> bytes:
     key = path.read_bytes().strip()
     if len(key) < MIN_KEY_BYTES:
         raise MissingKeyError(
-            f"{path} holds {len(key)} bytes, fewer than {MIN_KEY_BYTES}: not a key lakeward made; "
-            "restore the key the data was pseudonymized with, or remove the file on a new data root"
+            f"{path} holds {len(key)} bytes, fewer than {MIN_KEY_BYTES}: too short to keep user_keys "
+            "secret, and not a key lakeward made; put a long random key there (the silver tables are "
+            "then made again with it, see the README) or set the key's environment variable"
         )
     return key
