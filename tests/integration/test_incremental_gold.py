@@ -310,15 +310,24 @@ def test_changed_feature_windows_recompute_the_history_with_the_new_columns(
     _assert_gold_is_the_oracles(spark, wider, _stored_events(rows, stored), max(stored.values()))
 
 
+MARCH = (date(2026, 3, 1), date(2026, 3, 2), date(2026, 3, 3))
+
+
+def _orders_of_a_and_b(spark: SparkSession, base: Settings, root: Path) -> tuple[Settings, list[dict]]:
+    """Empty silver tables, and the silver rows of four orders by users a and b on the days of ``MARCH``."""
+    settings = _settings(base, root)
+    silver.ensure_tables(spark, settings)
+    d1, d2, d3 = MARCH
+    orders = [("a", d1, d1, Decimal("10.00")), ("b", d1, d1, Decimal("5.00")), ("a", d2, d2, Decimal("1.00")),
+              ("b", d3, d3, Decimal("2.00"))]
+    return settings, _silver_rows(orders, [], [])["silver_orders"]
+
+
 def test_one_new_day_in_order_only_appends_that_day(
     spark: SparkSession, base_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = _settings(base_settings, tmp_path)
-    silver.ensure_tables(spark, settings)
-    d1, d2, d3 = date(2026, 3, 1), date(2026, 3, 2), date(2026, 3, 3)
-    orders = [("a", d1, d1, Decimal("10.00")), ("b", d1, d1, Decimal("5.00")), ("a", d2, d2, Decimal("1.00")),
-              ("b", d3, d3, Decimal("2.00"))]
-    rows = _silver_rows(orders, [], [])["silver_orders"]
+    settings, rows = _orders_of_a_and_b(spark, base_settings, tmp_path)
+    d1, d2, d3 = MARCH
     _append(spark, settings, "silver_orders", rows[:2])
     incremental.refresh(spark, settings)
     before = tables.read(spark, settings.table("gold_user_features")).collect()
@@ -351,12 +360,8 @@ def test_rows_removed_from_gold_outside_lakeward_recompute_it_in_full(
 ) -> None:
     """An increment continues each user from gold's last rows: after a DELETE (or TRUNCATE,
     or RESTORE) it would start them from nothing. OPTIMIZE changes no row, so it does not count."""
-    settings = _settings(base_settings, tmp_path)
-    silver.ensure_tables(spark, settings)
-    d1, d2, d3 = date(2026, 3, 1), date(2026, 3, 2), date(2026, 3, 3)
-    orders = [("a", d1, d1, Decimal("10.00")), ("b", d1, d1, Decimal("5.00")), ("a", d2, d2, Decimal("1.00")),
-              ("b", d3, d3, Decimal("2.00"))]
-    rows = _silver_rows(orders, [], [])["silver_orders"]
+    settings, rows = _orders_of_a_and_b(spark, base_settings, tmp_path)
+    d1, d2, d3 = MARCH
     features = settings.table("gold_user_features")
     _append(spark, settings, "silver_orders", rows[:2])
     incremental.refresh(spark, settings)
