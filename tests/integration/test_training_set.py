@@ -268,7 +268,8 @@ def _record_order_days(spark: SparkSession, settings: Settings, days: list[int])
     """Silver's ledger rows saying the orders files of these arrival days were processed."""
     spec = silver.ledger_spec(settings)
     tables.ensure_table(spark, spec)
-    rows = [("order_placed", START + timedelta(days=d), f"b{d}", 0, 0, 0, 0, None) for d in days]
+    rows = [{"source": "order_placed", "arrival_date": START + timedelta(days=d), "batch_id": f"b{d}",
+             "rows_in": 0, "rows_quarantined": 0, "rows_duplicate": 0, "rows_written": 0} for d in days]
     tables.append(spark.createDataFrame(rows, spec.schema), spec.name)
 
 
