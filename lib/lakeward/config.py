@@ -461,10 +461,20 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     """
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        self._refuse_repeated_keys(node, deep)
+        return super().construct_mapping(node, deep)  # type: ignore[no-untyped-call,no-any-return]
+
+    def _refuse_repeated_keys(self, node: yaml.MappingNode, deep: bool) -> None:
         seen: set[Any] = set()
-        for key_node, _ in node.value:
+        for key_node, value_node in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
-                continue  # ``<<: *anchor``: the base class merges it, and keys given here win
+                # ``<<: *anchor`` or ``<<: {...}``: the base class merges it, and keys given
+                # here win; a mapping written in place is merged without passing through here.
+                merged = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+                for mapping in merged:
+                    if isinstance(mapping, yaml.MappingNode):
+                        self._refuse_repeated_keys(mapping, deep)
+                continue
             key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
             try:
                 repeated = key in seen
@@ -475,7 +485,6 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                     None, None, f"key {key!r} given twice in one mapping", key_node.start_mark
                 )
             seen.add(key)
-        return super().construct_mapping(node, deep)  # type: ignore[no-untyped-call,no-any-return]
 
 
 def read_yaml(path: Path) -> dict[str, Any]:

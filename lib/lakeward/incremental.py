@@ -5,7 +5,7 @@ with silver. It reads only the silver rows inserted since the versions
 recorded by the previous run in ``ops.gold_runs``, and replaces the gold rows
 they change: whole event dates of ``user_daily``, and the new days of
 ``user_features`` (a MERGE when arrival days came out of order). Then it
-records the silver versions it read::
+records the silver versions it read and the version it left each gold table at::
 
     result = refresh(spark, settings)              # incremental when possible
     result = refresh(spark, settings, full=True)   # recompute from silver
@@ -344,6 +344,8 @@ def _full_reason(
     if last.recreated:
         # A recorded run follows a first run that wrote both tables: one at version 0 was made again.
         return f"{', '.join(last.recreated)} created again since the last run (dropped?)"
+    if last.outputs is not None and set(last.outputs) != set(_gold_tables(settings)):
+        return "the gold tables changed names"
     if last.changed_outside:
         return f"gold changed outside lakeward since the last run: {', '.join(last.changed_outside)}"
     if last.feature_version != settings.pipeline.feature_version or last.windows != _windows_text(settings):

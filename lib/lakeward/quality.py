@@ -295,16 +295,17 @@ class ContractError(RuntimeError):
     """An expectation Great Expectations raised on instead of evaluating."""
 
 
-# Quoted text in an error message: Spark quotes the value it could not handle.
-_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+# From the first quote on: Spark quotes the value it could not handle, and a value
+# may hold quotes or a line break itself.
+_QUOTED = re.compile(r"['\"].*")
 
 
 def _raised(info: Any) -> str | None:
     """The error in a result's ``exception_info``, without quoted values; None when nothing was raised.
 
     It is one ``{raised_exception, exception_message, ...}``, or one such per
-    metric the expectation computed. Only the first line is kept, and quoted
-    text is cut out: a Spark error quotes the row value it failed on.
+    metric the expectation computed. Only the first line is kept, up to its
+    first quote: a Spark error quotes the row value it failed on.
     """
     if not isinstance(info, dict):
         return None

@@ -623,8 +623,11 @@ def process_work(spark: SparkSession, settings: Settings, work: Work, key: bytes
     with ThreadPoolExecutor(max_workers=1) as pool:
         # A small Spark job, while the contracts wait for Great Expectations' import.
         recorded = pool.submit(recorded_keys, spark, settings)
-        contracts = require_contracts(settings, [source for source, _ in todo])
-        refuse_other_key(recorded.result(), key)
+        try:
+            contracts = require_contracts(settings, [source for source, _ in todo])
+        finally:
+            # A changed key is the first thing to say, also when a contract is broken too.
+            refuse_other_key(recorded.result(), key)
     gates: dict[str, list[quality.GateResult]] = {source: [] for source, _ in todo}
     with ThreadPoolExecutor(max_workers=max(1, len(todo))) as pool:
         futures = [

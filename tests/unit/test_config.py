@@ -74,6 +74,8 @@ def test_unknown_key_names_file_and_key(tmp_path: Path) -> None:
         ("tables:\n  silver_orders: silver orders\n",
          r"local\.yml: tables: expected schema\.table or catalog\.schema\.table names, "
          r"found silver_orders: 'silver orders'$"),
+        ("training_set:\n  <<: {seed: 1, seed: 2}\n",
+         r"local\.yml: not valid YAML: key 'seed' given twice in one mapping \(line 2, column 17\)$"),
         ("privacy:\n  pii_key_env: ''\n",
          r"local\.yml: privacy\.pii_key_env: expected the name of an environment variable \(found ''\)"),
     ],
