@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import random
+from dataclasses import replace
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -598,3 +599,17 @@ def test_a_value_corrected_in_silver_is_applied_as_an_increment(
     spend = features.filter(F.col("user_key") == "a").orderBy("feature_date").select("spend_7d")
     assert [r[0] for r in spend.collect()] == [Decimal("12.50")] * 3
     assert daily.filter(F.col("user_key") == "a").first()["spend"] == Decimal("12.50")
+
+
+def test_gold_tables_under_other_names_than_the_last_run_left_recompute_in_full(
+    base_settings: Settings,
+) -> None:
+    base = base_settings
+    features, daily = base.table("gold_user_features"), base.table("gold_user_daily")
+    last = incremental._LastRun(
+        "r", date(2026, 3, 1), base.pipeline.feature_version, incremental._windows_text(base),
+        {}, None, outputs={features: 3, daily: 2},
+    )
+    assert incremental._full_reason(base, last, {}, {}) is None
+    renamed = replace(last, outputs={"gold_old.user_features": 3, daily: 2})
+    assert incremental._full_reason(base, renamed, {}, {}) == "the gold tables changed names"
