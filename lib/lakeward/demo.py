@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import logging
+import shlex
+import shutil
+import sys
+from pathlib import Path
 
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
@@ -24,6 +28,24 @@ def example_queries(settings: Settings) -> tuple[str, ...]:
         "SELECT user_key, feature_date, orders_30d, spend_30d, days_since_last_order "
         f"FROM {features} ORDER BY orders_30d DESC LIMIT 5",
     )
+
+
+def invoked_as() -> str:
+    """How to run this lakeward again from here: ``lakeward`` when the shell finds it so, else its path.
+
+    After ``make demo`` the command is ``.venv/bin/lakeward``, not on the PATH
+    unless the environment is activated.
+    """
+    program = Path(sys.argv[0])
+    if program.name != "lakeward":  # python -m lakeward.cli, spark-submit, a test
+        return "lakeward"
+    found = shutil.which("lakeward")
+    if found is not None and Path(found).resolve() == program.resolve():
+        return "lakeward"
+    try:
+        return shlex.quote(str(program.resolve().relative_to(Path.cwd().resolve())))
+    except ValueError:
+        return shlex.quote(str(program.resolve()))
 
 
 def run_demo(spark: SparkSession, settings: Settings) -> str:
@@ -83,7 +105,7 @@ def summarize(spark: SparkSession, settings: Settings) -> str:
         f"  catalog         {settings.metastore_dir}",
         "",
         "Try:",
-        *[f'  lakeward sql "{query}"' for query in example_queries(settings)],
+        *[f'  {invoked_as()} sql "{query}"' for query in example_queries(settings)],
         "",
     ]
     return "\n".join(lines)

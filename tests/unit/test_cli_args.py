@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
 from lakeward.cli import EXIT_USAGE, build_parser
+from lakeward.demo import invoked_as
 from lakeward.sql_output import format_table, json_ready
 
 
@@ -78,3 +81,20 @@ def test_json_keeps_exact_decimals_as_numbers_and_others_as_text() -> None:
 def test_a_table_cell_keeps_its_line_breaks_on_one_line() -> None:
     table = format_table(["note", "n"], [["two\nlines\tand a tab", None]])
     assert table.splitlines()[3] == "| two\\nlines\\tand a tab | NULL |"
+
+
+def test_the_demo_suggests_lakeward_as_the_user_can_run_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    program = tmp_path / ".venv" / "bin" / "lakeward"
+    program.parent.mkdir(parents=True)
+    program.write_text("#!/bin/sh\n")
+    program.chmod(0o755)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    monkeypatch.setattr(sys, "argv", [str(program), "demo"])
+    assert invoked_as() == ".venv/bin/lakeward"
+    monkeypatch.setenv("PATH", f"{program.parent}:/usr/bin:/bin")
+    assert invoked_as() == "lakeward"
+    monkeypatch.setattr(sys, "argv", ["/elsewhere/lakeward/cli.py", "demo"])
+    assert invoked_as() == "lakeward"
