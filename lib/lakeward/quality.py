@@ -345,17 +345,10 @@ class GateResult:
             raise GateFailed({self.suite: self.failed})
 
 
-def require_contracts(
-    settings: Settings,
-    tables: Sequence[str],
-    *,
-    columns: Mapping[str, Sequence[str]] | None = None,
-) -> dict[str, Contract]:
+def require_contracts(settings: Settings, tables: Sequence[str]) -> dict[str, Contract]:
     """The contracts of these logical tables; :class:`ConfigError` naming each that has none.
 
-    With ``columns`` (per logical table, the columns its gate sees), an
-    expectation on any other column is a :class:`ConfigError` too. Silver calls
-    it before it writes anything, so a missing or broken contract stops it whole.
+    Silver calls it before it writes anything, so a missing or broken contract stops it whole.
     """
     contracts = load_contracts(settings.contracts_dir)
     missing = sorted(set(tables) - set(contracts))
@@ -364,8 +357,6 @@ def require_contracts(
             f"{settings.contracts_dir}: no contract for {', '.join(missing)}, which silver writes only "
             f"behind a gate (contracts found for: {', '.join(sorted(contracts)) or 'none'})"
         )
-    for table, names in (columns or {}).items():
-        check_columns(contracts[table], settings.table(table), names)
     return {table: contracts[table] for table in tables}
 
 

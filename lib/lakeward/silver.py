@@ -560,8 +560,9 @@ def table_specs(settings: Settings) -> list[tables.TableSpec]:
 
 def require_contracts(settings: Settings, sources: Sequence[str]) -> dict[str, quality.Contract]:
     """The contracts of these sources' silver tables, each checked against its table's columns."""
-    logical = [SOURCES[source].table for source in sources]
-    return quality.require_contracts(settings, logical, columns=_columns(settings, sources))
+    contracts = quality.require_contracts(settings, [SOURCES[source].table for source in sources])
+    _check_columns(settings, contracts)
+    return contracts
 
 
 def check_contracts(settings: Settings) -> None:
@@ -572,15 +573,15 @@ def check_contracts(settings: Settings) -> None:
     Great Expectations, and whether a table with pending rows has a
     contract at all, :func:`require_contracts` checks when silver runs.
     """
-    contracts = quality.load_contracts(settings.contracts_dir, build=False)
-    for logical, columns in _columns(settings, list(SOURCES)).items():
-        if logical in contracts:
-            quality.check_columns(contracts[logical], settings.table(logical), columns)
+    _check_columns(settings, quality.load_contracts(settings.contracts_dir, build=False))
 
 
-def _columns(settings: Settings, sources: Sequence[str]) -> dict[str, list[str]]:
-    """Per silver table of ``sources`` (by logical name), the columns its gate sees."""
-    return {SOURCES[source].table: silver_spec(settings, source).schema.fieldNames() for source in sources}
+def _check_columns(settings: Settings, contracts: Mapping[str, quality.Contract]) -> None:
+    """Each contract of a silver table against the columns its gate sees."""
+    for source, spec in SOURCES.items():
+        if spec.table in contracts:
+            columns = silver_spec(settings, source).schema.fieldNames()
+            quality.check_columns(contracts[spec.table], settings.table(spec.table), columns)
 
 
 def ensure_tables(spark: SparkSession, settings: Settings) -> None:
