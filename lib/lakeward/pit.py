@@ -34,8 +34,11 @@ rows at those ``(keys, timestamp)`` pairs (ties included) are kept by a
 semi-join with the pairs broadcast, before any wide row is shuffled. The
 result is the same, because every label's match and all its ties survive.
 ``prefilter`` forces this on or off; by default it is on when the feature
-payload is estimated at more than ``WIDE_PAYLOAD_BYTES`` per row. The pairs
-are at most one per label row, and every executor holds them in memory.
+payload is estimated at more than ``WIDE_PAYLOAD_BYTES`` per row and Spark's
+plan puts the labels' keys and timestamps at no more than
+``PREFILTER_MAX_PAIR_BYTES`` (labels Spark cannot size, such as a frame made
+from Python rows, are taken as too many). The pairs are at most one per label row; the
+driver collects them, and every executor holds them in memory.
 
 With ``time_buckets=n`` the timeline is additionally cut into ``n`` equal time
 buckets (over the range of all timestamps) and the window runs per
@@ -76,6 +79,9 @@ _FEATURE, _LABEL_KIND = 0, 1
 
 WIDE_PAYLOAD_BYTES = 256
 """Estimated bytes per feature row above which the join prefilters the feature rows."""
+PREFILTER_MAX_PAIR_BYTES = 256 * 1024 * 1024
+"""Most bytes of label (keys, timestamp) pairs, as Spark's plan estimates them, that the
+automatic prefilter collects and broadcasts; above it the feature rows are not prefiltered."""
 
 # Spark's timestamps run from year 1 to 9999: no two are further apart than this, so a
 # longer ttl bounds nothing, and is not used (from about 292,000 years on, Spark's
@@ -125,6 +131,10 @@ def as_of_join(
       with a null key or a null ``label_ts`` come out with null features.
     - Feature rows with a null key or a null ``feature_ts`` never match.
     - Keys match with equi-join semantics (``=``, never null to null).
+    - Column names are matched as Spark resolves them: regardless of case
+      unless ``spark.sql.caseSensitive`` is on. The output keeps the
+      spelling of ``labels`` for its columns and of ``features`` for the
+      feature columns.
     - ``ttl`` is an exact duration (``timedelta(days=1)`` is 86 400 s, also
       across a daylight-saving change of the session time zone; two dates
       are whole days of 86 400 s apart). One longer than any two timestamps
@@ -175,9 +185,11 @@ def as_of_join(
             docstring); None or 1: no bucketing.
         prefilter: Keep only the feature rows some label can match before
             the wide shuffle (see module docstring); None: when the feature
-            columns are wide. Same result either way. The driver collects
-            and broadcasts up to one (keys, timestamp) pair per label row:
-            with tens of millions of labels, pass False.
+            columns are wide and the labels few enough, by Spark's plan
+            estimate, to broadcast their keys and timestamps. Same result
+            either way. The driver collects and broadcasts up to one (keys,
+            timestamp) pair per label row: True with tens of millions of
+            labels can run it out of memory.
 
     Returns:
         A lazy DataFrame; no Spark job runs until it is used.
@@ -193,9 +205,26 @@ def as_of_join(
         ValueError: ``keys`` empty or repeated, ``ttl`` negative,
             ``time_buckets`` below 1, ``prefilter`` not a bool or None.
     """
-    keys = _check_arguments(keys, label_ts, feature_ts, ttl, time_buckets, prefilter)
-    _require_columns("labels", labels, [*keys, label_ts], keys=keys, ts_arg="label_ts")
-    _require_columns("features", features, [*keys, feature_ts], keys=keys, ts_arg="feature_ts")
+    keys = _check_arguments(keys, label_ts, feature_ts, ttl, prefix, time_buckets, prefilter)
+    case_sensitive = labels.sparkSession.conf.get("spark.sql.caseSensitive", "false") == "true"
+    label_names = _resolve_columns(
+        "labels", labels, [*keys, label_ts], keys=keys, ts_arg="label_ts", case_sensitive=case_sensitive
+    )
+    feature_names = _resolve_columns(
+        "features", features, [*keys, feature_ts], keys=keys, ts_arg="feature_ts",
+        case_sensitive=case_sensitive,
+    )
+    # From here on the names are the inputs' own; a feature key spelt in
+    # another case than its label key takes the label's spelling, which the
+    # output keeps.
+    keys, label_ts, feature_ts = label_names[:-1], label_names[-1], feature_names[-1]
+    checks = (("label_ts", label_ts, keys), ("feature_ts", feature_ts, feature_names[:-1]))
+    for ts_name, ts, side_keys in checks:
+        if ts in side_keys:
+            raise ValueError(f"{ts_name}={ts!r} is also one of the keys {side_keys}")
+    renames = {f: k for f, k in zip(feature_names[:-1], keys, strict=True) if f != k}
+    if renames:
+        features = features.withColumnsRenamed(renames)
     _check_types(labels, features, keys, label_ts, feature_ts)
     feature_columns = [c for c in features.columns if c not in keys]
     out_names = [f"{prefix or ''}{c}" for c in feature_columns]
@@ -203,7 +232,11 @@ def as_of_join(
 
     if prefilter is None:
         payload = T.StructType([f for f in features.schema.fields if f.name not in keys])
-        prefilter = _estimated_bytes(payload) > WIDE_PAYLOAD_BYTES
+        prefilter = (
+            _estimated_bytes(payload) > WIDE_PAYLOAD_BYTES
+            and _planned_bytes(labels.select(*[_ref(c) for c in [*keys, label_ts]]))
+            <= PREFILTER_MAX_PAIR_BYTES
+        )
     if prefilter:
         features = _usable_features(labels, features, keys, label_ts, feature_ts)
     union = _tagged_union(labels, features, keys, label_ts, feature_ts)
@@ -246,17 +279,27 @@ def _check_arguments(
     label_ts: str,
     feature_ts: str,
     ttl: timedelta | None,
+    prefix: str | None,
     time_buckets: int | None,
     prefilter: bool | None,
 ) -> list[str]:
-    key_list = [keys] if isinstance(keys, str) else list(keys)
+    if isinstance(keys, str):
+        key_list = [keys]
+    elif isinstance(keys, Sequence) and all(isinstance(k, str) for k in keys):
+        key_list = list(keys)
+    else:
+        raise TypeError(f"keys must be a list of column names; got {keys!r}")
     if not key_list:
         raise ValueError("as_of_join needs at least one key column; got keys=[]")
     if len(set(key_list)) != len(key_list):
         raise ValueError(f"keys must not repeat a column; got {key_list}")
     for name, ts in (("label_ts", label_ts), ("feature_ts", feature_ts)):
+        if not isinstance(ts, str):
+            raise TypeError(f"{name} must be a column name; got {ts!r}")
         if ts in key_list:
             raise ValueError(f"{name}={ts!r} is also one of the keys {key_list}")
+    if prefix is not None and not isinstance(prefix, str):
+        raise TypeError(f"prefix must be a string or None; got {prefix!r}")
     if ttl is not None:
         if not isinstance(ttl, timedelta):
             raise TypeError(f"ttl must be a datetime.timedelta or None; got {type(ttl).__name__}")
@@ -271,15 +314,37 @@ def _check_arguments(
     return key_list
 
 
-def _require_columns(
-    side: str, df: DataFrame, expected: list[str], *, keys: list[str], ts_arg: str
-) -> None:
-    missing = [c for c in expected if c not in df.columns]
+def _resolve_columns(
+    side: str, df: DataFrame, expected: list[str], *, keys: list[str], ts_arg: str,
+    case_sensitive: bool,
+) -> list[str]:
+    """Each expected name as ``df`` spells it.
+
+    That is the name as given, or, as Spark resolves names by default, the
+    one column equal to it but for case.
+    """
+    resolved, missing = [], []
+    for name in expected:
+        spelt = [c for c in df.columns if c.lower() == name.lower()]
+        if name in df.columns:
+            resolved.append(name)
+        elif not case_sensitive and len(spelt) == 1:
+            resolved.append(spelt[0])
+        else:
+            missing.append(name)
     if missing:
         raise MissingColumnsError(
             f"{side} is missing column(s) {missing}: expected keys {keys} and "
             f"{ts_arg}={expected[-1]!r}; {side} has columns {df.columns}"
         )
+    return resolved
+
+
+def _planned_bytes(df: DataFrame) -> int:
+    """Spark's own estimate of a frame's size, from its optimized plan (no job runs)."""
+    size = df._jdf.queryExecution().optimizedPlan().stats().sizeInBytes()
+    # py4j hands a Scala BigInt over as an int when it fits a long, else as a JVM object.
+    return size if isinstance(size, int) else int(size.toString())
 
 
 _TIME_TYPES = (T.TimestampType, T.TimestampNTZType, T.DateType)

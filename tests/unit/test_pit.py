@@ -16,6 +16,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from lakeward import pit
 from lakeward.pit import AsOfJoinError, ColumnClashError, MissingColumnsError, as_of_join
 
 T0 = datetime(2024, 3, 1, 12, 0, 0)
@@ -534,7 +535,8 @@ def test_plan_has_no_join_and_one_shuffle(spark: SparkSession,
 
 def test_wide_features_are_prefiltered_by_default(spark: SparkSession,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    labels = spark.createDataFrame([("u", at(5))], "user STRING, ts TIMESTAMP")
+    # Labels Spark can size (a local frame from Python data is an RDD, of unknown size).
+    labels = spark.range(1).select(F.lit("u").alias("user"), F.lit(at(5)).alias("ts"))
     wide = spark.createDataFrame(
         [("u", at(t), *[float(t)] * 40) for t in (3, 4, 6)],
         ", ".join(["user STRING", "fts TIMESTAMP"] + [f"v{i} DOUBLE" for i in range(40)]),
@@ -544,6 +546,55 @@ def test_wide_features_are_prefiltered_by_default(spark: SparkSession,
     plan = capsys.readouterr().out
     assert "LeftSemi" in plan and "Broadcast" in plan, plan
     assert [(r["fts"], r["v39"]) for r in joined.collect()] == [(at(4), 4.0)]
+
+
+def test_wide_features_are_not_prefiltered_when_the_labels_are_too_many_to_broadcast(
+    spark: SparkSession, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    labels = spark.range(1).select(F.lit("u").alias("user"), F.lit(at(5)).alias("ts"))
+    wide = spark.createDataFrame(
+        [("u", at(t), *[float(t)] * 40) for t in (3, 4, 6)],
+        ", ".join(["user STRING", "fts TIMESTAMP"] + [f"v{i} DOUBLE" for i in range(40)]),
+    )
+    monkeypatch.setattr(pit, "PREFILTER_MAX_PAIR_BYTES", 8)
+    joined = as_of_join(labels, wide, keys=["user"], label_ts="ts", feature_ts="fts")
+    joined.explain()
+    plan = capsys.readouterr().out
+    assert "Join" not in plan and plan.count("Exchange") == 1, plan
+    assert [(r["fts"], r["v39"]) for r in joined.collect()] == [(at(4), 4.0)]
+
+
+def test_names_match_regardless_of_case_as_spark_resolves_them(spark: SparkSession) -> None:
+    labels = spark.createDataFrame([("u", at(5), 1)], "User STRING, TS TIMESTAMP, label INT")
+    features = spark.createDataFrame([("u", at(4), 2), ("u", at(6), 3)], "USER STRING, Fts TIMESTAMP, v INT")
+    joined = as_of_join(labels, features, keys=["user"], label_ts="ts", feature_ts="FTS", prefix="f_")
+    assert joined.columns == ["User", "TS", "label", "f_Fts", "f_v"]
+    assert [tuple(r) for r in joined.collect()] == [("u", at(5), 1, at(4), 2)]
+    with pytest.raises(ValueError, match=r"feature_ts='USER' is also one of the keys \['USER'\]"):
+        as_of_join(labels, features, keys=["user"], label_ts="ts", feature_ts="User", prefix="f_")
+    spark.conf.set("spark.sql.caseSensitive", "true")
+    try:
+        with pytest.raises(MissingColumnsError, match=r"labels is missing column\(s\) \['user', 'ts'\]"):
+            as_of_join(labels, features, keys=["user"], label_ts="ts", feature_ts="Fts", prefix="f_")
+    finally:
+        spark.conf.set("spark.sql.caseSensitive", "false")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"keys": None}, "keys must be a list of column names; got None"),
+        ({"keys": ["user", 1]}, "keys must be a list of column names"),
+        ({"keys": ["user"], "label_ts": None}, "label_ts must be a column name; got None"),
+        ({"keys": ["user"], "prefix": 7}, "prefix must be a string or None; got 7"),
+    ],
+)
+def test_arguments_of_the_wrong_type_are_refused(spark: SparkSession, kwargs: dict[str, Any],
+                                                 message: str) -> None:
+    labels, features = _small(spark, [], [])
+    arguments = {"label_ts": "ts", "feature_ts": "ts", "prefix": "f_", **kwargs}
+    with pytest.raises(TypeError, match=message):
+        as_of_join(labels, features, **arguments)
 
 
 @pytest.mark.parametrize("prefilter", [False, True])
