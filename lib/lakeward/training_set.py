@@ -122,7 +122,9 @@ class BuildSpec:
     """Temporal split bounds as resolved; never None after a temporal build."""
     t2: datetime | None
     observed_until: datetime
-    """End of the last arrival day of the orders read; label windows end at or before it."""
+    """Exclusive end of what the orders read observe: the end of their last unbroken
+    arrival day, less the allowed lateness, and no later than the feature history; a label
+    window must end before it (``labels.fully_observed``)."""
     feature_version: str
     feature_columns: tuple[str, ...] | None = None
     """The feature columns read, in order; None in a spec written before lakeward recorded
