@@ -1,5 +1,7 @@
 """DP-SGD and its twin on small separable data (trains torch models: marked ``training``)."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -59,3 +61,15 @@ def test_unreachable_epsilon_is_a_value_error() -> None:
     with pytest.raises(ValueError, match="privacy budget is too low"):
         fit_private(Preprocessor.fit(x).transform(x), y, config, epsilon=1e-4, delta=1e-5,
                     max_grad_norm=1.0, accountant="rdp")
+
+
+def test_an_order_at_the_edge_of_opacus_range_is_not_warned_about() -> None:
+    from lakeward.dpsgd import FitConfig, fit_private
+
+    x, y = separable(2000)
+    config = FitConfig("logreg", 8, epochs=3, batch_size=100, learning_rate=0.05, seed=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit_private(Preprocessor.fit(x).transform(x), y, config, epsilon=50.0, delta=1e-5,
+                    max_grad_norm=1.0, accountant="prv")
+    assert not [w for w in caught if "Optimal order" in str(w.message)]
