@@ -30,6 +30,8 @@ from lakeward.config import Settings
 from lakeward.sources.bitebridge import PERSONAL_FIELDS, SOURCE_FIELDS, SOURCES, landing_file
 
 log = logging.getLogger(__name__)
+# One line per landing file: its own logger, so that a run over many days can quiet it.
+reconcile_log = logging.getLogger(f"{__name__}.reconcile")
 
 META_FIELDS = T.StructType(
     [
@@ -719,6 +721,7 @@ def _remove_unrecorded_rows(
 
 def _reconcile(files: Sequence[LandingFile], written: dict[str, int], quarantined: dict[str, int]) -> None:
     """Lines in each file (counted by Python) = good rows + quarantined rows (parsed by Spark)."""
+    totals: dict[str, list[int]] = {}
     for f in files:
         good, bad = written.get(f.batch_id, 0), quarantined.get(f.batch_id, 0)
         if f.lines != good + bad:
@@ -726,10 +729,19 @@ def _reconcile(files: Sequence[LandingFile], written: dict[str, int], quarantine
                 f"{f.relative_path}: {f.lines} lines in the file but {good} bronze rows "
                 f"+ {bad} quarantined rows; nothing was written"
             )
-        log.info(
+        reconcile_log.info(
             "bronze %s: %s lines=%d written=%d quarantined=%d (reconciled)",
             f.source, f.relative_path, f.lines, good, bad,
         )
+        total = totals.setdefault(f.source, [0, 0, 0, 0])
+        for i, n in enumerate((1, f.lines, good, bad)):
+            total[i] += n
+    for source, (count, lines, good, bad) in totals.items():
+        if count > 1:
+            log.info(
+                "bronze %s: %d files lines=%d written=%d quarantined=%d (each file reconciled)",
+                source, count, lines, good, bad,
+            )
 
 
 def _check_written(appended: dict[str, int], expected: dict[str, int]) -> None:
