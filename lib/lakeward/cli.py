@@ -99,10 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
                               help="write synthetic BiteBridge landing files",
                               description="Write deterministic JSON-lines landing files per "
                               "source per arrival day under $LAKEWARD_HOME/landing.")
-    gen.add_argument("--seed", type=int, required=True)
-    gen.add_argument("--users", type=_positive, required=True)
-    gen.add_argument("--days", type=_positive, required=True)
-    gen.add_argument("--start", type=_date, default=None, help="first day (default: from config)")
+    gen.add_argument("--seed", type=int, required=True, help="the same seed writes the same files")
+    gen.add_argument("--users", type=_positive, required=True, help="number of users")
+    gen.add_argument("--days", type=_positive, required=True,
+                     help="days of events; late events arrive up to 3 days after the last")
+    gen.add_argument("--start", type=_date, default=None,
+                     help="first day, YYYY-MM-DD (default: from config)")
     gen.add_argument("--clean", action="store_true", help="generate without faults")
     gen.add_argument("--users-feed", choices=USERS_FEEDS, default=None,
                      help="users files: every user each day, or only the day's changes "
