@@ -153,6 +153,14 @@ class FaultSettings(_Strict):
     out_of_range: float = Field(0.005, ge=0, le=1)
     schema_drift: bool = True
 
+    @model_validator(mode="after")
+    def _one_fault_per_line(self) -> FaultSettings:
+        # The three are exclusive per line (FaultRates): together they can fault every line at most.
+        together = self.malformed + self.null_key + self.out_of_range
+        if together > 1:
+            raise ValueError(f"malformed + null_key + out_of_range must not exceed 1; got {together:g}")
+        return self
+
 
 class GeneratorSettings(_Strict):
     """Defaults for ``lakeward generate``."""

@@ -76,6 +76,10 @@ def test_unknown_key_names_file_and_key(tmp_path: Path) -> None:
          r"found silver_orders: 'silver orders'$"),
         ("training_set:\n  <<: {seed: 1, seed: 2}\n",
          r"local\.yml: not valid YAML: key 'seed' given twice in one mapping \(line 2, column 17\)$"),
+        # The generator faults a line at most once with these three.
+        ("generator:\n  faults: {malformed: 0.6, null_key: 0.5}\n",
+         r"local\.yml: generator\.faults: malformed \+ null_key \+ out_of_range must not exceed 1; "
+         r"got 1\.105$"),
         ("privacy:\n  pii_key_env: ''\n",
          r"local\.yml: privacy\.pii_key_env: expected the name of an environment variable \(found ''\)"),
     ],
