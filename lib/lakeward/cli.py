@@ -437,6 +437,14 @@ def _generate(args: argparse.Namespace, settings: Settings) -> int:
         summary.files, sum(summary.lines.values()), settings.landing_dir,
         summary.first_day, summary.last_day, summary.faults,
     )
+    if summary.replaced:
+        log.warning(
+            "generate: %d landing file(s) already there were written over with other content (%s): "
+            "bronze takes a changed file as a new batch, so lines it already took from the old one "
+            "come again (silver drops them as duplicates)",
+            len(summary.replaced),
+            ", ".join(summary.replaced[:5]) + (", ..." if len(summary.replaced) > 5 else ""),
+        )
     today = today_utc()
     if summary.last_day > today:
         log.warning(

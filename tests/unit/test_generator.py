@@ -83,11 +83,13 @@ def test_deterministic_and_seed_sensitive(tmp_path: Path) -> None:
     assert _files(tmp_path / "c") != first
 
 
-def test_rerun_overwrites_files(tmp_path: Path) -> None:
-    _gen(tmp_path, seed=5)
+def test_rerun_overwrites_files_and_names_those_it_changed(tmp_path: Path) -> None:
+    assert _gen(tmp_path, seed=5).replaced == ()
     before = _files(tmp_path)
-    _gen(tmp_path, seed=6)
-    _gen(tmp_path, seed=5)
+    assert _gen(tmp_path, seed=5).replaced == ()  # the same bytes again
+    changed = _gen(tmp_path, seed=6).replaced
+    assert changed and set(changed) < set(before)
+    assert sorted(_gen(tmp_path, seed=5).replaced) == sorted(changed)
     assert _files(tmp_path) == before
 
 

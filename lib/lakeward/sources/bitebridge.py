@@ -9,6 +9,7 @@ day by day, so memory stays bounded by the number of users, not the number of ev
 
 from __future__ import annotations
 
+import filecmp
 import json
 import math
 import os
@@ -142,6 +143,8 @@ class GenerationSummary:
     faults: dict[str, int]
     first_day: date
     last_day: date
+    replaced: tuple[str, ...] = ()
+    """Landing files (relative paths) that existed with other content and were written over."""
 
 
 class _User:
@@ -190,6 +193,7 @@ class _Generator:
         self.lines = dict.fromkeys(SOURCES, 0)
         self.faults = dict.fromkeys(FAULT_KINDS, 0)
         self.files = 0
+        self.replaced: list[str] = []
         self.pending: dict[int, dict[str, list[tuple[int, str]]]] = {}
         self.date_cache: dict[int, str] = {}
         self.users = sorted((_User(rng, days) for _ in range(n_users)),
@@ -243,7 +247,8 @@ class _Generator:
             self._flush(a)
         return GenerationSummary(files=self.files, lines=self.lines, faults=self.faults,
                                  first_day=self.start,
-                                 last_day=self.start + timedelta(days=max(last, self.days - 1)))
+                                 last_day=self.start + timedelta(days=max(last, self.days - 1)),
+                                 replaced=tuple(self.replaced))
 
     def _ts(self, t: int) -> str:
         """Format seconds since ``start`` midnight as second-precision ISO-8601 UTC."""
@@ -459,6 +464,8 @@ class _Generator:
             partial = path.with_name(f".{path.name}.partial")
             with partial.open("w", encoding="utf-8", newline="\n", buffering=1 << 20) as fh:
                 fh.writelines(f"{line}\n" for _, line in entries)
+            if path.exists() and not filecmp.cmp(partial, path, shallow=False):
+                self.replaced.append(path.relative_to(self.dir).as_posix())
             os.replace(partial, path)
             self.files += 1
 
@@ -470,7 +477,8 @@ def generate(landing_dir: Path, *, seed: int, users: int, days: int, start: date
     ``users_feed`` is ``"snapshot"`` (each day's users file holds every user signed up
     by then) or ``"changes"`` (only the users records that changed that day). The same
     arguments always produce byte-identical files, so pipeline results can be compared
-    run to run. Existing files with the same names are overwritten.
+    run to run. Existing files with the same names are overwritten; those whose content
+    changed are listed in the summary's ``replaced``.
     """
     if users < 1 or days < 1:
         raise ValueError(f"users and days must be positive, got users={users}, days={days}")
