@@ -437,11 +437,14 @@ class Restore:
     """Recorded batches whose rows a bronze table lost, to write again from their landing files.
 
     ``balanced``: every bronze table holds exactly the rows the ledger records.
+    ``unrecorded_dates``: arrival dates of rows no ledger row records, which a run that
+    died between its data and ledger writes left, whichever dates the next run takes.
     """
 
     batches: frozenset[str] = frozenset()
     dates: tuple[date, ...] = ()
     balanced: bool = False
+    unrecorded_dates: tuple[date, ...] = ()
 
 
 def find_lost(spark: SparkSession, settings: Settings) -> Restore:
@@ -470,8 +473,12 @@ def find_lost(spark: SparkSession, settings: Settings) -> Restore:
         expected[names[row["source"]]] += row["rows_written"] or 0
         expected[quarantine] += row["rows_quarantined"] or 0
     short = sorted(name for name, rows in expected.items() if counts[name] < rows)
+    # More rows than recorded: a crashed run's. Their days are cleaned up by this run even
+    # when it takes other days, since their landing files may be gone for good.
+    over = [name for name, rows in expected.items() if counts[name] > rows]
+    unrecorded = _unrecorded_dates(spark, over, {row["batch_id"] for row in recorded}) if over else ()
     if not short:
-        return Restore(balanced=counts == expected)
+        return Restore(balanced=counts == expected, unrecorded_dates=unrecorded)
     held = {
         (row["table"], row["_batch_id"]): int(row["count"])
         for row in _rows_where(spark, short, F.lit(True)).groupBy("table", "_batch_id").count().collect()
@@ -503,7 +510,23 @@ def find_lost(spark: SparkSession, settings: Settings) -> Restore:
     if gone:
         _record_what_is_left(spark, ledger, [(row, left(row)) for row in gone])
     return Restore(frozenset(row["batch_id"] for row in again),
-                   tuple(sorted({row["arrival_date"] for row in again})))
+                   tuple(sorted({row["arrival_date"] for row in again})),
+                   unrecorded_dates=unrecorded)
+
+
+def _unrecorded_dates(spark: SparkSession, names: Sequence[str], recorded: set[str]) -> tuple[date, ...]:
+    """The arrival dates of rows in tables ``names`` whose batch is not in ``recorded``."""
+    rows = (
+        reduce(
+            DataFrame.unionByName,
+            [tables.read(spark, name).select("_arrival_date", "_batch_id") for name in names],
+        )
+        .filter(~F.col("_batch_id").isin(sorted(recorded)))
+        .select("_arrival_date")
+        .distinct()
+        .collect()
+    )
+    return tuple(sorted(row["_arrival_date"] for row in rows))
 
 
 def _record_what_is_left(
@@ -547,6 +570,7 @@ def ingest_sources(
     *,
     again: Collection[str] = frozenset(),
     balanced: bool = False,
+    also_clean: Sequence[date] = (),
 ) -> list[IngestResult]:
     """Ingest the landing files of ``sources`` for ``dates`` that are not yet in the ledger.
 
@@ -555,6 +579,8 @@ def ingest_sources(
     their ledger rows, which the same file gives again, are kept.
     ``balanced``: :func:`find_lost` has just found every table holding the
     rows the ledger records, so no crashed run left rows to remove.
+    ``also_clean``: other dates whose unrecorded rows are removed too
+    (``Restore.unrecorded_dates``); their files are not taken.
 
     One Delta commit per table for all files of the run. A file is done when
     its ledger row exists; rows of these days that a crashed run wrote without
@@ -565,10 +591,11 @@ def ingest_sources(
     and one ledger write.
     """
     files = {source: landing_files(settings, source, dates) for source in sources}
-    done = _recorded_batches(spark, settings, sources, dates) - set(again)
+    cleaned = sorted({*dates, *also_clean})
+    done = _recorded_batches(spark, settings, sources, cleaned) - set(again)
     names = [*(bronze_spec(settings, source).name for source in sources), quarantine_spec(settings).name]
     if not balanced:
-        _remove_unrecorded_rows(spark, names, sources, dates, done)
+        _remove_unrecorded_rows(spark, names, sources, cleaned, done)
     pending = {s: [f for f in fs if f.batch_id not in done] for s, fs in files.items()}
     for source in sources:
         if not pending[source]:

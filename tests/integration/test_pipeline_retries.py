@@ -68,6 +68,33 @@ def test_crash_between_write_and_ledger_adds_nothing_twice(
     assert again.skipped == 2 and tables.read(spark, name).count() == rows
 
 
+def test_rows_of_a_crashed_day_whose_files_are_gone_are_removed_by_a_run_of_another_day(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = isolated(base_settings, tmp_path)
+    first, second = date(2026, 3, 1), date(2026, 3, 2)
+    generate(settings.landing_dir, seed=6, users=20, days=2, start=first, faults=FAULTS)
+    bronze.ensure_tables(spark, settings)
+
+    def crash(*args: object, **kwargs: object) -> None:
+        raise SystemExit("killed between the data write and the ledger write")
+
+    monkeypatch.setattr(bronze, "record_batches", crash)
+    with pytest.raises(SystemExit):
+        pipeline.run_bronze(spark, settings, DateSelection(first))
+    monkeypatch.undo()
+    for source in SOURCES:  # the crashed day's files are taken away before any retry
+        landing_file(settings.landing_dir, source, first).unlink()
+
+    pipeline.run_bronze(spark, settings, DateSelection(second))
+    recorded = [r["batch_id"] for r in tables.read(spark, settings.table("ops_ingestion_batches")).collect()]
+    for logical in [*(f"bronze_{s}" for s in SOURCES), "bronze_quarantine"]:
+        held = tables.read(spark, settings.table(logical))
+        assert held.filter(~F.col("_batch_id").isin(recorded)).count() == 0, logical
+        assert held.filter(F.col("_arrival_date") == first).count() == 0, logical
+    assert bronze.find_lost(spark, settings).balanced
+
+
 def test_an_event_sent_again_with_another_time_is_a_duplicate_on_a_later_day(
     spark: SparkSession, base_settings: Settings, tmp_path: Path
 ) -> None:
