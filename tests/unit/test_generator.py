@@ -160,11 +160,13 @@ def test_arrival_days_edge_cases(tmp_path: Path) -> None:
     (tmp_path / "orders" / "2024-01-03.jsonl").write_text("{}\n")
     (tmp_path / "2024-01-03.jsonl").write_text("{}\n")
     (tmp_path / ".generating").write_text("")
+    (tmp_path / "rating_submitted").write_text("{}\n")  # a source's name, but a file
     scan = scan_landing(tmp_path)
     assert scan.days == arrival_days(tmp_path) == [date(2024, 1, 1), date(2024, 1, 2)]
     assert [p.relative_to(tmp_path).as_posix() for p in scan.unrecognized] == [
         "2024-01-03.jsonl", "order_placed/2024-01-03.JSONL", "order_placed/2024-01-03.json",
-        "order_placed/2024-1-3.jsonl", "order_placed/20240103.jsonl", "orders", "users/notes.jsonl",
+        "order_placed/2024-1-3.jsonl", "order_placed/20240103.jsonl", "orders", "rating_submitted",
+        "users/notes.jsonl",
     ]
 
 

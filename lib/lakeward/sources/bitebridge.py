@@ -544,9 +544,10 @@ def scan_landing(landing_dir: Path, until: date | None = None) -> LandingScan:
     days: set[date] = set()
     unrecognized: list[Path] = []
     if Path(landing_dir).is_dir():
+        # A source's name that is a file, not a folder, holds nothing a run takes either.
         unrecognized.extend(
             path for path in Path(landing_dir).iterdir()
-            if path.name not in SOURCES and not path.name.startswith(".")
+            if (path.name not in SOURCES or not path.is_dir()) and not path.name.startswith(".")
         )
     for source in SOURCES:
         folder = Path(landing_dir) / source
