@@ -192,7 +192,10 @@ def as_of_join(
             labels can run it out of memory.
 
     Returns:
-        A lazy DataFrame; no Spark job runs until it is used.
+        A lazy DataFrame; no Spark job runs until it is used. (With a wide
+        feature table and ``prefilter=None``, sizing the labels makes Delta
+        read a table's state, its list of files, if nothing has yet: work
+        the query needs anyway.)
 
     Raises:
         MissingColumnsError: A key or timestamp column is missing.
@@ -204,6 +207,8 @@ def as_of_join(
             or an input repeats a column name.
         ValueError: ``keys`` empty or repeated, ``ttl`` negative,
             ``time_buckets`` below 1, ``prefilter`` not a bool or None.
+        TypeError: ``keys`` not column names, ``label_ts`` or ``feature_ts``
+            not a name, ``prefix`` not a string, ``ttl`` not a timedelta.
     """
     keys = _check_arguments(keys, label_ts, feature_ts, ttl, prefix, time_buckets, prefilter)
     case_sensitive = labels.sparkSession.conf.get("spark.sql.caseSensitive", "false") == "true"
@@ -218,6 +223,8 @@ def as_of_join(
     # another case than its label key takes the label's spelling, which the
     # output keeps.
     keys, label_ts, feature_ts = label_names[:-1], label_names[-1], feature_names[-1]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"keys must not repeat a column; got {keys} (names differing only in case)")
     checks = (("label_ts", label_ts, keys), ("feature_ts", feature_ts, feature_names[:-1]))
     for ts_name, ts, side_keys in checks:
         if ts in side_keys:
@@ -234,8 +241,7 @@ def as_of_join(
         payload = T.StructType([f for f in features.schema.fields if f.name not in keys])
         prefilter = (
             _estimated_bytes(payload) > WIDE_PAYLOAD_BYTES
-            and _planned_bytes(labels.select(*[_ref(c) for c in [*keys, label_ts]]))
-            <= PREFILTER_MAX_PAIR_BYTES
+            and _broadcastable(labels.select(*[_ref(c) for c in [*keys, label_ts]]))
         )
     if prefilter:
         features = _usable_features(labels, features, keys, label_ts, feature_ts)
@@ -283,12 +289,13 @@ def _check_arguments(
     time_buckets: int | None,
     prefilter: bool | None,
 ) -> list[str]:
-    if isinstance(keys, str):
-        key_list = [keys]
-    elif isinstance(keys, Sequence) and all(isinstance(k, str) for k in keys):
-        key_list = list(keys)
-    else:
+    try:
+        given: list[object] = [keys] if isinstance(keys, str) else list(keys)
+    except TypeError:
+        given = [keys]  # not iterable: refused just below
+    if not all(isinstance(k, str) for k in given):
         raise TypeError(f"keys must be a list of column names; got {keys!r}")
+    key_list = [str(k) for k in given]
     if not key_list:
         raise ValueError("as_of_join needs at least one key column; got keys=[]")
     if len(set(key_list)) != len(key_list):
@@ -330,6 +337,11 @@ def _resolve_columns(
             resolved.append(name)
         elif not case_sensitive and len(spelt) == 1:
             resolved.append(spelt[0])
+        elif not case_sensitive and spelt:
+            raise MissingColumnsError(
+                f"{side} has no column {name!r} but several that differ from it only in case, "
+                f"{spelt}: name one exactly"
+            )
         else:
             missing.append(name)
     if missing:
@@ -340,11 +352,26 @@ def _resolve_columns(
     return resolved
 
 
-def _planned_bytes(df: DataFrame) -> int:
-    """Spark's own estimate of a frame's size, from its optimized plan (no job runs)."""
-    size = df._jdf.queryExecution().optimizedPlan().stats().sizeInBytes()
-    # py4j hands a Scala BigInt over as an int when it fits a long, else as a JVM object.
-    return size if isinstance(size, int) else int(size.toString())
+def _broadcastable(pairs: DataFrame) -> bool:
+    """Whether Spark's plan sizes ``pairs`` at no more than ``PREFILTER_MAX_PAIR_BYTES``."""
+    size = _planned_bytes(pairs)
+    return size is not None and size <= PREFILTER_MAX_PAIR_BYTES
+
+
+def _planned_bytes(df: DataFrame) -> int | None:
+    """Spark's estimate of a frame's size from its analyzed plan; None when it has none.
+
+    The analyzed plan, not the optimized one: optimizing a Delta scan runs
+    data-skipping jobs, and ``as_of_join`` runs none until its result is used.
+    A streaming frame, or one of Spark Connect (no JVM plan here), is unsized.
+    """
+    if df.isStreaming:
+        return None
+    try:
+        size = df._jdf.queryExecution().analyzed().stats().sizeInBytes()
+    except Exception:  # noqa: BLE001 - Connect's missing _jdf, py4j or analysis errors: no estimate
+        return None
+    return int(str(size))
 
 
 _TIME_TYPES = (T.TimestampType, T.TimestampNTZType, T.DateType)

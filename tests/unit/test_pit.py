@@ -8,6 +8,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from functools import reduce
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -564,6 +565,35 @@ def test_wide_features_are_not_prefiltered_when_the_labels_are_too_many_to_broad
     assert [(r["fts"], r["v39"]) for r in joined.collect()] == [(at(4), 4.0)]
 
 
+def test_choosing_the_prefilter_runs_no_job(spark: SparkSession, tmp_path: Path) -> None:
+    # Optimizing a plan over a Delta scan runs data-skipping jobs; the choice reads the analyzed plan.
+    spark.range(20).select(F.col("id").cast("string").alias("user"), F.lit(at(5)).alias("ts"),
+                           F.col("id").alias("n")).write.format("delta").save(str(tmp_path / "labels"))
+    wide = spark.createDataFrame(
+        [("4", at(t), *[float(t)] * 40) for t in (3, 4)],
+        ", ".join(["user STRING", "fts TIMESTAMP"] + [f"v{i} DOUBLE" for i in range(40)]),
+    )
+    # The first sizing reads the table's state (its files), which running the query needs anyway.
+    as_of_join(spark.read.format("delta").load(str(tmp_path / "labels")), wide, keys=["user"],
+               label_ts="ts", feature_ts="fts")
+    labels = spark.read.format("delta").load(str(tmp_path / "labels")).filter(F.col("n") > 3)
+    tracker = spark.sparkContext.statusTracker()
+    spark.sparkContext.setJobGroup("as_of_join_call", "as_of_join only builds a plan")
+    try:
+        joined = as_of_join(labels, wide, keys=["user"], label_ts="ts", feature_ts="fts")
+        assert tracker.getJobIdsForGroup("as_of_join_call") == []
+    finally:
+        spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]
+    assert pit._planned_bytes(labels.select("user", "ts")) is not None
+    assert [(r["user"], r["v39"]) for r in joined.collect() if r["fts"] is not None] == [("4", 4.0)]
+
+
+def test_unsized_or_streaming_labels_are_not_prefiltered(spark: SparkSession) -> None:
+    assert pit._planned_bytes(spark.readStream.format("rate").load()) is None
+    assert not pit._broadcastable(spark.createDataFrame([("u", at(5))], "user STRING, ts TIMESTAMP"))
+    assert pit._broadcastable(spark.range(10))
+
+
 def test_names_match_regardless_of_case_as_spark_resolves_them(spark: SparkSession) -> None:
     labels = spark.createDataFrame([("u", at(5), 1)], "User STRING, TS TIMESTAMP, label INT")
     features = spark.createDataFrame([("u", at(4), 2), ("u", at(6), 3)], "USER STRING, Fts TIMESTAMP, v INT")
@@ -572,6 +602,13 @@ def test_names_match_regardless_of_case_as_spark_resolves_them(spark: SparkSessi
     assert [tuple(r) for r in joined.collect()] == [("u", at(5), 1, at(4), 2)]
     with pytest.raises(ValueError, match=r"feature_ts='USER' is also one of the keys \['USER'\]"):
         as_of_join(labels, features, keys=["user"], label_ts="ts", feature_ts="User", prefix="f_")
+    with pytest.raises(ValueError, match=r"keys must not repeat a column; got \['User', 'User'\]"):
+        as_of_join(labels, features, keys=["user", "USER"], label_ts="ts", feature_ts="Fts", prefix="f_")
+    twice = labels.select("*", F.col("User").alias("USER"))
+    with pytest.raises(MissingColumnsError, match=r"differ from it only in case, \['User', 'USER'\]"):
+        as_of_join(twice, features, keys=["user"], label_ts="ts", feature_ts="Fts", prefix="f_")
+    by_set = as_of_join(labels, features, keys={"user"}, label_ts="ts", feature_ts="Fts", prefix="f_")
+    assert by_set.columns == joined.columns
     spark.conf.set("spark.sql.caseSensitive", "true")
     try:
         with pytest.raises(MissingColumnsError, match=r"labels is missing column\(s\) \['user', 'ts'\]"):
