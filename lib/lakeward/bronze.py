@@ -438,7 +438,8 @@ class Restore:
 
     ``balanced``: every bronze table holds exactly the rows the ledger records.
     ``unrecorded_dates``: arrival dates of rows no ledger row records, which a run that
-    died between its data and ledger writes left, whichever dates the next run takes.
+    died between its data and ledger writes left, and whose landing files are gone:
+    no run will take those days again, so the next run cleans them up.
     """
 
     batches: frozenset[str] = frozenset()
@@ -448,7 +449,10 @@ class Restore:
 
 
 def find_lost(spark: SparkSession, settings: Settings) -> Restore:
-    """The recorded batches whose rows are no longer all in bronze, with their files still there.
+    """What bronze lost that its landing files still hold, and where a crashed run left rows.
+
+    ``Restore.unrecorded_dates`` are the arrival dates of rows no ledger row
+    records whose landing file is gone (see :func:`_unrecorded_dates`).
 
     Every bronze table should hold the rows ``ops.ingestion_batches`` records
     for it. One that holds fewer was dropped and created again, or had rows
@@ -473,10 +477,10 @@ def find_lost(spark: SparkSession, settings: Settings) -> Restore:
         expected[names[row["source"]]] += row["rows_written"] or 0
         expected[quarantine] += row["rows_quarantined"] or 0
     short = sorted(name for name, rows in expected.items() if counts[name] < rows)
-    # More rows than recorded: a crashed run's. Their days are cleaned up by this run even
-    # when it takes other days, since their landing files may be gone for good.
     over = [name for name, rows in expected.items() if counts[name] > rows]
-    unrecorded = _unrecorded_dates(spark, over, {row["batch_id"] for row in recorded}) if over else ()
+    unrecorded = (
+        _unrecorded_dates(spark, settings, over, {row["batch_id"] for row in recorded}) if over else ()
+    )
     if not short:
         return Restore(balanced=counts == expected, unrecorded_dates=unrecorded)
     held = {
@@ -514,19 +518,42 @@ def find_lost(spark: SparkSession, settings: Settings) -> Restore:
                    unrecorded_dates=unrecorded)
 
 
-def _unrecorded_dates(spark: SparkSession, names: Sequence[str], recorded: set[str]) -> tuple[date, ...]:
-    """The arrival dates of rows in tables ``names`` whose batch is not in ``recorded``."""
+def _unrecorded_dates(
+    spark: SparkSession, settings: Settings, names: Sequence[str], recorded: set[str]
+) -> tuple[date, ...]:
+    """The arrival dates of rows in tables ``names`` that no ledger row records and no run will take.
+
+    Such rows are a crashed run's (or were written outside lakeward). While
+    their landing file is there, the run that takes it again removes them
+    first; once it is gone, no run takes that day, so this run removes them
+    whatever days it takes. A day whose file is still there is left to its
+    own run: its rows may also be those of a run still writing it (two runs
+    of other days at once on a cluster).
+    """
     rows = (
         reduce(
             DataFrame.unionByName,
             [tables.read(spark, name).select("_arrival_date", "_batch_id") for name in names],
         )
-        .filter(~F.col("_batch_id").isin(sorted(recorded)))
-        .select("_arrival_date")
+        # A row without a date (put in outside lakeward) is not a crashed run's: no date to clean.
+        .filter(~F.col("_batch_id").isin(sorted(recorded)) & F.col("_arrival_date").isNotNull())
+        .select(F.substring_index(F.col("_batch_id"), "-", 1).alias("source"), "_arrival_date")
         .distinct()
         .collect()
     )
-    return tuple(sorted(row["_arrival_date"] for row in rows))
+    gone = sorted({
+        row["_arrival_date"] for row in rows
+        if row["source"] in SOURCES
+        and not landing_file(settings.landing_dir, row["source"], row["_arrival_date"]).exists()
+    })
+    log.warning(
+        "bronze: %s hold(s) more rows than %s records (left by an interrupted run, or written "
+        "outside lakeward); %s",
+        ", ".join(names), settings.table("ops_ingestion_batches"),
+        f"removing those of arrival days whose landing files are gone: {', '.join(map(str, gone))}"
+        if gone else "those of days with landing files go when a run takes those days again",
+    )
+    return tuple(gone)
 
 
 def _record_what_is_left(
