@@ -530,13 +530,10 @@ def _unrecorded_dates(
     own run: its rows may also be those of a run still writing it (two runs
     of other days at once on a cluster).
     """
+    # A row without a date (put in outside lakeward) is not a crashed run's: no date to clean.
+    unrecorded = ~F.col("_batch_id").isin(sorted(recorded)) & F.col("_arrival_date").isNotNull()
     rows = (
-        reduce(
-            DataFrame.unionByName,
-            [tables.read(spark, name).select("_arrival_date", "_batch_id") for name in names],
-        )
-        # A row without a date (put in outside lakeward) is not a crashed run's: no date to clean.
-        .filter(~F.col("_batch_id").isin(sorted(recorded)) & F.col("_arrival_date").isNotNull())
+        _rows_where(spark, names, unrecorded)
         .select(F.substring_index(F.col("_batch_id"), "-", 1).alias("source"), "_arrival_date")
         .distinct()
         .collect()
@@ -732,10 +729,11 @@ def _recorded_batches(
 
 
 def _rows_where(spark: SparkSession, names: Sequence[str], condition: Column) -> DataFrame:
-    """(``table``, ``_batch_id``) of every row of tables ``names`` that meets ``condition``: one query."""
+    """(``table``, ``_arrival_date``, ``_batch_id``) of the rows of ``names`` meeting ``condition``."""
     return reduce(
         DataFrame.unionByName,
-        [tables.read(spark, name).filter(condition).select(F.lit(name).alias("table"), "_batch_id")
+        [tables.read(spark, name).filter(condition)
+         .select(F.lit(name).alias("table"), "_arrival_date", "_batch_id")
          for name in names],
     )
 
