@@ -36,8 +36,9 @@ result is the same, because every label's match and all its ties survive.
 ``prefilter`` forces this on or off; by default it is on when the feature
 payload is estimated at more than ``WIDE_PAYLOAD_BYTES`` per row and Spark's
 plan puts the labels' keys and timestamps at no more than
-``PREFILTER_MAX_PAIR_BYTES`` (labels Spark cannot size, such as a frame made
-from Python rows, are taken as too many). The pairs are at most one per label row; the
+``PREFILTER_MAX_PAIR_BYTES``, and at no more than a sixteenth of the driver's
+heap (labels Spark cannot size, such as a frame made from Python rows, are
+taken as too many). The pairs are at most one per label row; the
 driver collects them, and every executor holds them in memory.
 
 With ``time_buckets=n`` the timeline is additionally cut into ``n`` equal time
@@ -353,9 +354,24 @@ def _resolve_columns(
 
 
 def _broadcastable(pairs: DataFrame) -> bool:
-    """Whether Spark's plan sizes ``pairs`` at no more than ``PREFILTER_MAX_PAIR_BYTES``."""
+    """Whether Spark's plan sizes ``pairs`` small enough for the driver to collect and broadcast.
+
+    That is at most ``PREFILTER_MAX_PAIR_BYTES`` and a sixteenth of the
+    driver's heap: a file scan's estimate counts compressed bytes, and the
+    collected rows take several times that.
+    """
     size = _planned_bytes(pairs)
-    return size is not None and size <= PREFILTER_MAX_PAIR_BYTES
+    return size is not None and size <= min(PREFILTER_MAX_PAIR_BYTES, _driver_heap(pairs) // 16)
+
+
+def _driver_heap(df: DataFrame) -> int:
+    """The driver JVM's maximum heap; under Spark Connect (no JVM here), that of a default driver."""
+    default = 1024 * 1024 * 1024
+    try:
+        jvm = df.sparkSession.sparkContext._jvm
+    except Exception:  # noqa: BLE001 - Connect has no sparkContext
+        return default
+    return default if jvm is None else int(jvm.java.lang.Runtime.getRuntime().maxMemory())
 
 
 def _planned_bytes(df: DataFrame) -> int | None:

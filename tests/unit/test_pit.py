@@ -594,6 +594,15 @@ def test_unsized_or_streaming_labels_are_not_prefiltered(spark: SparkSession) ->
     assert pit._broadcastable(spark.range(10))
 
 
+def test_labels_too_big_for_the_drivers_heap_are_not_prefiltered(
+    spark: SparkSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert pit._driver_heap(spark.range(1)) > 16 * 8000
+    assert pit._broadcastable(spark.range(1000))  # 8000 bytes
+    monkeypatch.setattr(pit, "_driver_heap", lambda df: 16 * 7999)
+    assert not pit._broadcastable(spark.range(1000))
+
+
 def test_names_match_regardless_of_case_as_spark_resolves_them(spark: SparkSession) -> None:
     labels = spark.createDataFrame([("u", at(5), 1)], "User STRING, TS TIMESTAMP, label INT")
     features = spark.createDataFrame([("u", at(4), 2), ("u", at(6), 3)], "USER STRING, Fts TIMESTAMP, v INT")
