@@ -213,30 +213,13 @@ def as_of_join(
     """
     keys = _check_arguments(keys, label_ts, feature_ts, ttl, prefix, time_buckets, prefilter)
     case_sensitive = labels.sparkSession.conf.get("spark.sql.caseSensitive", "false") == "true"
-    label_names = _resolve_columns(
-        "labels", labels, [*keys, label_ts], keys=keys, ts_arg="label_ts", case_sensitive=case_sensitive
+    features, keys, label_ts, feature_ts = _own_names(
+        labels, features, keys, label_ts, feature_ts, case_sensitive
     )
-    feature_names = _resolve_columns(
-        "features", features, [*keys, feature_ts], keys=keys, ts_arg="feature_ts",
-        case_sensitive=case_sensitive,
-    )
-    # From here on the names are the inputs' own; a feature key spelt in
-    # another case than its label key takes the label's spelling, which the
-    # output keeps.
-    keys, label_ts, feature_ts = label_names[:-1], label_names[-1], feature_names[-1]
-    if len(set(keys)) != len(keys):
-        raise ValueError(f"keys must not repeat a column; got {keys} (names differing only in case)")
-    checks = (("label_ts", label_ts, keys), ("feature_ts", feature_ts, feature_names[:-1]))
-    for ts_name, ts, side_keys in checks:
-        if ts in side_keys:
-            raise ValueError(f"{ts_name}={ts!r} is also one of the keys {side_keys}")
-    renames = {f: k for f, k in zip(feature_names[:-1], keys, strict=True) if f != k}
-    if renames:
-        features = features.withColumnsRenamed(renames)
     _check_types(labels, features, keys, label_ts, feature_ts)
     feature_columns = [c for c in features.columns if c not in keys]
     out_names = [f"{prefix or ''}{c}" for c in feature_columns]
-    _check_clashes(labels, features, out_names, prefix)
+    _check_clashes(labels, features, out_names, prefix, case_sensitive)
 
     if prefilter is None:
         payload = T.StructType([f for f in features.schema.fields if f.name not in keys])
@@ -320,6 +303,33 @@ def _check_arguments(
     if prefilter not in (None, True, False):
         raise ValueError(f"prefilter must be True, False or None; got {prefilter!r}")
     return key_list
+
+
+def _own_names(
+    labels: DataFrame, features: DataFrame, keys: list[str], label_ts: str, feature_ts: str,
+    case_sensitive: bool,
+) -> tuple[DataFrame, list[str], str, str]:
+    """``features``, ``keys``, ``label_ts`` and ``feature_ts`` as the inputs spell them.
+
+    A feature key spelt in another case than its label key is renamed to the
+    label's spelling, which the output keeps.
+    """
+    label_names = _resolve_columns(
+        "labels", labels, [*keys, label_ts], keys=keys, ts_arg="label_ts", case_sensitive=case_sensitive
+    )
+    feature_names = _resolve_columns(
+        "features", features, [*keys, feature_ts], keys=keys, ts_arg="feature_ts",
+        case_sensitive=case_sensitive,
+    )
+    own_keys, label_ts, feature_ts = label_names[:-1], label_names[-1], feature_names[-1]
+    if len(set(own_keys)) != len(own_keys):
+        raise ValueError(f"keys must not repeat a column; got {own_keys} (names differing only in case)")
+    checks = (("label_ts", label_ts, own_keys), ("feature_ts", feature_ts, feature_names[:-1]))
+    for ts_name, ts, side_keys in checks:
+        if ts in side_keys:
+            raise ValueError(f"{ts_name}={ts!r} is also one of the keys {side_keys}")
+    renames = {f: k for f, k in zip(feature_names[:-1], own_keys, strict=True) if f != k}
+    return (features.withColumnsRenamed(renames) if renames else features), own_keys, label_ts, feature_ts
 
 
 def _resolve_columns(
@@ -449,10 +459,9 @@ def _all_nullable(data_type: T.DataType) -> T.DataType:
 
 
 def _check_clashes(
-    labels: DataFrame, features: DataFrame, feature_names: list[str], prefix: str | None
+    labels: DataFrame, features: DataFrame, feature_names: list[str], prefix: str | None,
+    case_sensitive: bool,
 ) -> None:
-    case_sensitive = labels.sparkSession.conf.get("spark.sql.caseSensitive", "false") == "true"
-
     def norm(name: str) -> str:
         return name if case_sensitive else name.lower()
 
