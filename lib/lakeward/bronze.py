@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -534,7 +535,7 @@ def _unrecorded_dates(
     unrecorded = ~F.col("_batch_id").isin(sorted(recorded)) & F.col("_arrival_date").isNotNull()
     rows = (
         _rows_where(spark, names, unrecorded)
-        .select(F.substring_index(F.col("_batch_id"), "-", 1).alias("source"), "_arrival_date")
+        .select(_batch_source().alias("source"), "_arrival_date")
         .distinct()
         .collect()
     )
@@ -728,6 +729,11 @@ def _recorded_batches(
     return {row["batch_id"] for row in rows}
 
 
+def _batch_source() -> Column:
+    """The source of a row's batch: a batch id begins with it (``LandingFile.batch_id``)."""
+    return F.substring_index(F.col("_batch_id"), "-", 1)
+
+
 def _rows_where(spark: SparkSession, names: Sequence[str], condition: Column) -> DataFrame:
     """(``table``, ``_arrival_date``, ``_batch_id``) of the rows of ``names`` meeting ``condition``."""
     return reduce(
@@ -759,11 +765,8 @@ def _remove_unrecorded_rows(
     """
     if not sources or not dates:
         return
-    # A batch id begins with its source (LandingFile.batch_id), which the quarantine table shares.
-    condition = (
-        F.col("_arrival_date").isin(list(dates))
-        & F.substring_index(F.col("_batch_id"), "-", 1).isin(list(sources))
-    )
+    # The quarantine table holds the rows of every source: a batch id tells them apart.
+    condition = F.col("_arrival_date").isin(list(dates)) & _batch_source().isin(list(sources))
     if recorded:
         condition = condition & ~F.col("_batch_id").isin(sorted(recorded))
     for row in _rows_where(spark, names, condition).select("table").distinct().collect():
@@ -773,7 +776,7 @@ def _remove_unrecorded_rows(
 
 def _reconcile(files: Sequence[LandingFile], written: dict[str, int], quarantined: dict[str, int]) -> None:
     """Lines in each file (counted by Python) = good rows + quarantined rows (parsed by Spark)."""
-    totals: dict[str, list[int]] = {}
+    totals: dict[str, Counter[str]] = {}
     for f in files:
         good, bad = written.get(f.batch_id, 0), quarantined.get(f.batch_id, 0)
         if f.lines != good + bad:
@@ -785,14 +788,12 @@ def _reconcile(files: Sequence[LandingFile], written: dict[str, int], quarantine
             "bronze %s: %s lines=%d written=%d quarantined=%d (reconciled)",
             f.source, f.relative_path, f.lines, good, bad,
         )
-        total = totals.setdefault(f.source, [0, 0, 0, 0])
-        for i, n in enumerate((1, f.lines, good, bad)):
-            total[i] += n
-    for source, (count, lines, good, bad) in totals.items():
-        if count > 1:
+        totals.setdefault(f.source, Counter()).update(files=1, lines=f.lines, written=good, quarantined=bad)
+    for source, total in totals.items():
+        if total["files"] > 1:
             log.info(
                 "bronze %s: %d files lines=%d written=%d quarantined=%d (each file reconciled)",
-                source, count, lines, good, bad,
+                source, total["files"], total["lines"], total["written"], total["quarantined"],
             )
 
 
