@@ -515,22 +515,60 @@ def dedupe(rows: DataFrame, prefer: Column | None = None, within: Sequence[str] 
 
 
 def quarantine_records(invalid: DataFrame, source: str, at: datetime) -> DataFrame:
-    """Refused rows in the quarantine schema; the record holds no personal data."""
-    business = ["event_id", "_raw_event_type", "_raw_event_ts", *[f"_raw_{n}" for n in SOURCES[source].typed]]
+    """Refused rows in the quarantine schema; the record holds no text as sent.
+
+    A refused row cannot be trusted to hold in each field what the field is
+    for: a line with its values shifted by one puts an email in ``city``. So
+    the record shows a field's value only where it is a number, a date or a
+    time that parses as its type (``amount`` sent as ``1000.004``), and the
+    event type when it names a source. Any other value is described, not
+    copied: ``<text of 12 characters>``; so is an ``event_id`` refused as a
+    key. The row's lineage points at the line in bronze, the one layer that
+    keeps raw values.
+    """
+    spec = SOURCES[source]
+    refused_id = F.col("_reason").rlike(r"(^|;)[a-z_]+:event_id(;|$)")
+    event_id = F.when(refused_id, _described(F.col("event_id"))).otherwise(F.col("event_id"))
+    shown = {
+        "event_id": event_id,
+        "event_type": F.when(
+            F.col("_raw_event_type").isin(list(SOURCES)), F.col("_raw_event_type")
+        ).otherwise(_described(F.col("_raw_event_type"))),
+        "event_ts": _shown_if_typed(F.col("_raw_event_ts"), F.col("event_ts")),
+        **{
+            name: _described(F.col(f"_raw_{name}"))
+            if isinstance(dtype, T.StringType)
+            else _shown_if_typed(F.col(f"_raw_{name}"), F.col(name))
+            for name, dtype in spec.typed.items()
+        },
+    }
     return invalid.select(
         F.lit(source).alias("source"),
-        "event_id",
+        event_id.alias("event_id"),
         "user_key",
         F.col("_reason").alias("reason"),
-        F.to_json(F.struct(*[F.col(c).alias(c.removeprefix("_raw_")) for c in business])).alias(
-            "record"
-        ),
+        F.to_json(F.struct(*[value.alias(name) for name, value in shown.items()])).alias("record"),
         "_arrival_date",
         "_source_file",
         "_line_no",
         "_batch_id",
         F.lit(at).cast("timestamp").alias("_quarantined_at"),
     )
+
+
+def _shown_if_typed(text: Column, typed: Column) -> Column:
+    """The text as sent when it parsed as its (number, date or time) type; else its description."""
+    return F.when(typed.isNotNull(), text).otherwise(_described(text))
+
+
+def _described(text: Column) -> Column:
+    """What a value sent was, without its content: ``<object of 40 characters>``; null stays null."""
+    kind = (
+        F.when(~_sent_as_json_container(text), F.lit("text"))
+        .when(text.rlike(r"^\s*\["), F.lit("array"))
+        .otherwise(F.lit("object"))
+    )
+    return F.when(text.isNotNull(), F.format_string("<%s of %d characters>", kind, F.length(text)))
 
 
 def latest_user_state(users: DataFrame) -> DataFrame:

@@ -140,8 +140,57 @@ def test_pseudonymize_and_quarantine_record_hold_no_raw_id(spark: SparkSession) 
     record = quarantine_records(checked, "order_placed", AT).first()
     assert record["reason"] == "invalid_type:amount"
     assert "usr_aaaaaaaaaaaa" not in json.dumps(record.asDict(), default=str)
-    assert json.loads(record["record"])["amount"] == "twelve"
+    assert json.loads(record["record"])["amount"] == "<text of 6 characters>"
     assert len(record["user_key"]) == 64
+
+
+def test_a_quarantine_record_copies_numbers_dates_and_times_only(spark: SparkSession) -> None:
+    rows = [
+        _order("e1", amount="1000.004", items="0", line=1),
+        _order("e2", city='{"email": "in.city@example.org"}', ts="yesterday", line=2),
+        _order(" mail@example.org", event_type="users", line=3),
+        _order("e4", event_type="mail@example.org", items="[1]", line=4),
+    ]
+    refused = quarantine_records(pseudonymize(_checked(spark, rows), b"k" * 32), "order_placed", AT)
+    records = {
+        r["_line_no"]: (r["event_id"], r["reason"], json.loads(r["record"])) for r in refused.collect()
+    }
+    text = {"order_id": "<text of 5 characters>", "restaurant_id": "<text of 5 characters>"}
+    assert records == {
+        1: ("e1", "out_of_range:amount;out_of_range:items", {
+            "event_id": "e1", "event_type": "order_placed", "event_ts": "2026-01-02T10:00:00Z", **text,
+            "city": "<text of 5 characters>", "amount": "1000.004", "items": "0"}),
+        2: ("e2", "invalid_type:event_ts;invalid_type:city", {
+            "event_id": "e2", "event_type": "order_placed", "event_ts": "<text of 9 characters>", **text,
+            "city": "<object of 32 characters>", "amount": "10.5", "items": "2"}),
+        3: ("<text of 17 characters>", "invalid_key:event_id;wrong_event_type", {
+            "event_id": "<text of 17 characters>", "event_type": "users", "event_ts": "2026-01-02T10:00:00Z",
+            **text, "city": "<text of 5 characters>", "amount": "10.5", "items": "2"}),
+        4: ("e4", "wrong_event_type;invalid_type:items", {
+            "event_id": "e4", "event_type": "<text of 16 characters>", "event_ts": "2026-01-02T10:00:00Z",
+            **text, "city": "<text of 5 characters>", "amount": "10.5", "items": "<array of 3 characters>"}),
+    }
+
+
+def test_a_users_row_with_shifted_values_leaves_none_of_them_in_its_quarantine_record(
+    spark: SparkSession,
+) -> None:
+    schema = (
+        "event_id string, event_type string, event_ts string, user_id string, email string, name string, "
+        "address string, signup_date string, city string, _rescued_data string, _arrival_date date, "
+        "_ingested_at timestamp, _source_file string, _line_no long, _batch_id string"
+    )
+    shifted = ("sh1", "users", "2026-01-02T10:00:00Z", "usr_shifted1", "2025-03-03", "Oslo", "Shifted Name",
+               "shifted.person@example.net", "7 Shift Road, Bergen", None, date(2026, 1, 2), AT,
+               "landing/users/x.jsonl", 1, "b1")
+    checked = pseudonymize(validate(conform(spark.createDataFrame([shifted], schema), "users"), "users",
+                                    PipelineSettings()), b"k" * 32)
+    record = quarantine_records(checked, "users", AT).first()
+    assert record["reason"] == "invalid_type:signup_date"
+    assert json.loads(record["record"]) == {
+        "event_id": "sh1", "event_type": "users", "event_ts": "2026-01-02T10:00:00Z",
+        "signup_date": "<text of 26 characters>", "city": "<text of 20 characters>",
+    }
 
 
 def test_a_user_without_signup_date_is_refused_not_left_for_the_gate(spark: SparkSession) -> None:
