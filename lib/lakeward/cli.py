@@ -284,9 +284,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         silver.check_contracts(settings)
     check_master(settings)
     if args.command == "run":
-        from lakeward.pipeline import DateSelection, bronze_landing
+        from lakeward.pipeline import DateSelection, bronze_landing, refuse_future
 
         selection = DateSelection(None if args.all_dates or args.full else args.date, full=args.full)
+        refuse_future(selection)
         if args.stage in ("bronze", "all"):
             bronze_landing(settings, selection)
     if args.command in ("run", "demo"):

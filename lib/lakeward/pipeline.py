@@ -35,6 +35,10 @@ class NoBronzeDataError(LookupError):
     """Silver was asked for an arrival date that bronze has not ingested."""
 
 
+class FutureDateError(bronze.NoLandingDataError):
+    """A ``--date`` after today (UTC): nothing can have arrived on it yet."""
+
+
 @dataclass(frozen=True)
 class DateSelection:
     """``--date D`` (one arrival date) or ``--all-dates`` (everything pending).
@@ -75,6 +79,7 @@ def run(spark: SparkSession, settings: Settings, stage: str, selection: DateSele
     """
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+    refuse_future(selection)
     if stage in ("silver", "all"):
         quality.preload()
     first = bronze.table_specs(settings) if stage in ("bronze", "all") else []
@@ -92,6 +97,22 @@ def run(spark: SparkSession, settings: Settings, stage: str, selection: DateSele
         run_gold(spark, settings, selection)
 
 
+def refuse_future(selection: DateSelection) -> None:
+    """:class:`FutureDateError` for a ``--date`` after today (UTC), whatever the stage.
+
+    A file cannot have arrived on a day still to come (arrival days are UTC
+    days). Taken now, its events would pass silver's future check, which is
+    relative to the arrival day, and gold would write every user's features up
+    to that day.
+    """
+    today = today_utc()
+    if selection.day is not None and selection.day > today:
+        raise FutureDateError(
+            f"{selection.day} is after today ({today}, UTC): its landing files are taken on that "
+            "day or later, since nothing can have arrived on it yet"
+        )
+
+
 def bronze_landing(settings: Settings, selection: DateSelection) -> LandingScan:
     """The arrival days a bronze run takes, and the landing paths it leaves, from one listing.
 
@@ -104,17 +125,11 @@ def bronze_landing(settings: Settings, selection: DateSelection) -> LandingScan:
             f"into it did not finish; run it again, or remove {GENERATING_MARKER} there "
             "to ingest them as they are"
         )
-    # A file cannot have arrived on a day still to come (arrival days are UTC days).
-    # Taken now, its events would pass silver's future check, which is relative to
-    # the arrival day, and gold would write every user's features up to that day.
+    refuse_future(selection)
     today = today_utc()
+    # Files named for later days are held back (see refuse_future).
     scan = scan_landing(settings.landing_dir, until=today)
     if selection.day is not None:
-        if selection.day > today:
-            raise bronze.NoLandingDataError(
-                f"{selection.day} is after today ({today}, UTC): its landing files are taken on that "
-                "day or later, since nothing can have arrived on it yet"
-            )
         if selection.day not in scan.days:
             raise bronze.NoLandingDataError(
                 f"no landing files for {selection.day} under {settings.landing_dir}"

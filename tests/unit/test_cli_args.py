@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import sys
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
-from lakeward.cli import EXIT_USAGE, build_parser
+from lakeward.cli import EXIT_USAGE, build_parser, main
 from lakeward.demo import invoked_as
 from lakeward.sql_output import format_table, json_ready
 
@@ -98,3 +99,18 @@ def test_the_demo_suggests_lakeward_as_the_user_can_run_it(
     assert invoked_as() == "lakeward"
     monkeypatch.setattr(sys, "argv", ["/elsewhere/lakeward/cli.py", "demo"])
     assert invoked_as() == "lakeward"
+
+
+@pytest.mark.parametrize("stage", ["bronze", "silver", "gold", "all"])
+def test_a_date_after_today_is_refused_by_every_stage_before_anything_is_written(
+    stage: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    home = tmp_path / "home"
+    monkeypatch.setenv("LAKEWARD_HOME", str(home))
+    monkeypatch.delenv("LAKEWARD_ENV", raising=False)
+    assert main(["run", stage, "--date", "2999-01-01"]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"lakeward: error: 2999-01-01 is after today ({datetime.now(UTC).date()}, UTC): its landing files "
+        "are taken on that day or later, since nothing can have arrived on it yet"
+    ]
+    assert not home.exists()
