@@ -420,7 +420,7 @@ def load_settings(
 
     def source(loc: list[str | int]) -> Path:
         """The file whose value at ``loc`` the merge kept: the overlay's, if it sets one."""
-        return env_file if _has_path(overlay, loc) else base_file
+        return env_file if _sets(overlay, loc) else base_file
 
     derived = [
         f"{source([key])}: {key}: unknown key; set by lakeward "
@@ -554,15 +554,19 @@ def _describe(err: ValidationError, source: Callable[[list[str | int]], Path]) -
     return "; ".join(lines)
 
 
-def _has_path(data: Any, loc: list[str | int]) -> bool:
-    """Whether ``loc`` (keys and list indexes) leads to a value inside ``data``."""
+def _sets(overlay: Any, loc: list[str | int]) -> bool:
+    """Whether ``overlay`` sets the value at ``loc`` (keys and list indexes).
+
+    It does when it holds that value, and also when it holds a list or other
+    value on the way: the merge takes such a value whole, so a list item the
+    base file has and the overlay's list lacks is the overlay's doing.
+    """
     for part in loc:
-        if isinstance(data, dict) and part in data:
-            data = data[part]
-        elif isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data):
-            data = data[part]
-        else:
+        if not isinstance(overlay, dict):
+            return True
+        if part not in overlay:
             return False
+        overlay = overlay[part]
     return True
 
 

@@ -80,6 +80,9 @@ def test_unknown_key_names_file_and_key(tmp_path: Path) -> None:
         ("generator:\n  faults: {malformed: 0.6, null_key: 0.5}\n",
          r"local\.yml: generator\.faults: malformed \+ null_key \+ out_of_range must not exceed 1; "
          r"got 1\.105$"),
+        # The overlay's list replaces the base's whole: the missing item is the overlay's.
+        ("training_set:\n  fractions: [0.5, 0.5]\n",
+         r"^\S*local\.yml: training_set\.fractions\.2: Field required"),
         ("privacy:\n  pii_key_env: ''\n",
          r"local\.yml: privacy\.pii_key_env: expected the name of an environment variable \(found ''\)"),
     ],
