@@ -16,6 +16,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import pwd
 import shutil
 import subprocess
 import sys
@@ -381,7 +382,20 @@ def _resolving_alone(ivy: Path) -> Iterator[None]:
 
 def _ivy_home(settings: Settings) -> Path:
     """The Ivy directory Spark's resolver uses: ``spark.jars.ivy``, else its default since Spark 4.0."""
-    return Path(settings.spark.conf.get("spark.jars.ivy") or Path.home() / ".ivy2.5.2").expanduser()
+    return Path(settings.spark.conf.get("spark.jars.ivy") or java_user_home() / ".ivy2.5.2").expanduser()
+
+
+def java_user_home() -> Path:
+    """The directory the JVM's ``user.home`` names, under which Spark's Ivy and Maven keep their caches.
+
+    Java takes it from the user's entry in the password database, not from
+    ``$HOME``: a process started with another ``$HOME`` still shares the
+    caches, so it must share their lock too.
+    """
+    try:
+        return Path(pwd.getpwuid(os.getuid()).pw_dir)
+    except KeyError:  # no entry, as for an arbitrary uid in a container
+        return Path.home()
 
 
 def delta_jars_note(settings: Settings) -> Path:
@@ -514,7 +528,7 @@ _RESOLVING = ("unresolved dependency", "download failed", "MavenUtils", "Depende
 
 
 def _maven_repository() -> Path:
-    return Path.home() / ".m2" / "repository"
+    return java_user_home() / ".m2" / "repository"
 
 
 def _delta_in_maven_repository() -> bool:

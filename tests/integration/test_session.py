@@ -13,9 +13,11 @@ from lakeward.session import (
     _check_catalog_home,
     _ivy_home,
     _known_delta_jars,
+    _maven_repository,
     _resolving_alone,
     _warn_local_master,
     delta_jars_note,
+    java_user_home,
 )
 
 
@@ -104,3 +106,15 @@ def test_the_lock_is_in_the_ivy_directory_spark_resolves_into(
     conf = {**base_settings.spark.conf, "spark.jars.ivy": "~/elsewhere"}
     moved = base_settings.model_copy(update={"spark": base_settings.spark.model_copy(update={"conf": conf})})
     assert _ivy_home(moved) == Path.home() / "elsewhere"
+
+
+def test_the_lock_and_the_maven_check_follow_the_jvm_home_not_home_variable(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The JVM takes user.home from the password database: a process with another
+    # $HOME still resolves into the same Ivy cache, so it must wait on the same lock.
+    jvm_home = spark.sparkContext._jvm.java.lang.System.getProperty("user.home")  # type: ignore[union-attr]
+    monkeypatch.setenv("HOME", str(tmp_path / "other-home"))
+    assert java_user_home() == Path(jvm_home)
+    assert _ivy_home(base_settings) == Path(jvm_home) / ".ivy2.5.2"
+    assert _maven_repository() == Path(jvm_home) / ".m2" / "repository"
