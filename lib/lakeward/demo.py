@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shlex
 import shutil
 import sys
@@ -12,7 +13,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from lakeward import bronze, pipeline, tables
-from lakeward.config import Settings
+from lakeward.config import CONF_DIR_VAR, HOME_VAR, Settings
 from lakeward.sources.bitebridge import FaultRates, arrival_days, generate, generation_interrupted
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,22 @@ def example_queries(settings: Settings) -> tuple[str, ...]:
         "SELECT user_key, feature_date, orders_30d, spend_30d, days_since_last_order "
         f"FROM {features} ORDER BY orders_30d DESC LIMIT 5",
     )
+
+
+def sql_command(settings: Settings, query: str) -> str:
+    """A ``lakeward sql`` command line that reads these tables, also pasted into another shell.
+
+    It names the data root and the conf directory when the environment chose
+    them, and the environment when it is not the default: without them, a new
+    process would look under ``./.lakeward`` with the local settings.
+    """
+    chosen = [
+        f"{var}={shlex.quote(str(value))}"
+        for var, value in ((HOME_VAR, settings.data_root), (CONF_DIR_VAR, settings.conf_dir))
+        if os.environ.get(var)
+    ]
+    env = [] if settings.env == "local" else ["--env", settings.env]
+    return " ".join([*chosen, shlex.join([invoked_as(), *env, "sql"]), f'"{query}"'])
 
 
 def invoked_as() -> str:
@@ -112,7 +129,7 @@ def summarize(spark: SparkSession, settings: Settings) -> str:
         f"  catalog         {settings.metastore_dir}",
         "",
         "Try:",
-        *[f'  {invoked_as()} sql "{query}"' for query in example_queries(settings)],
+        *[f"  {sql_command(settings, query)}" for query in example_queries(settings)],
         "",
     ]
     return "\n".join(lines)

@@ -66,7 +66,7 @@ def _hive_resource_dirs(env: dict[str, str]) -> list[str]:
 
 
 def test_sql_in_a_new_process_sees_the_demo_tables(demo: subprocess.CompletedProcess[str],
-                                                   env: dict[str, str]) -> None:
+                                                   env: dict[str, str], tmp_path: Path) -> None:
     assert demo.returncode == 0
     resolved_before = _resolutions(env)
     assert resolved_before > 0
@@ -83,6 +83,18 @@ def test_sql_in_a_new_process_sees_the_demo_tables(demo: subprocess.CompletedPro
     csv_out = lakeward(env, "sql", "--format", "csv", query)
     assert csv_out.returncode == 0 and csv_out.stdout.splitlines()[0] == "source,n"
     assert _hive_resource_dirs(env) == ["hive_resources"], "a new process adds no directory"
+
+    # The demo's first suggestion names the data root and conf directory it used:
+    # pasted into a shell without them, elsewhere, it reads the same tables.
+    suggested = [line.strip() for line in demo.stdout.splitlines() if ' sql "SELECT' in line]
+    assert len(suggested) == 3 and suggested[0].endswith('lakeward sql "SELECT count(*) FROM silver.orders"')
+    shell = {name: value for name, value in env.items() if not name.startswith("LAKEWARD_")}
+    shell["PATH"] = f"{Path(sys.executable).parent}:{shell['PATH']}"
+    pasted = subprocess.run(["bash", "-c", suggested[0]], env=shell, cwd=tmp_path, capture_output=True,
+                            text=True, timeout=600)
+    assert pasted.returncode == 0, pasted.stderr[-3000:]
+    assert re.findall(r"\d+", pasted.stdout) == ["1", str(rows[0]["n"]), "1"]  # count(1), the count, (1 row)
+    assert not (tmp_path / ".lakeward").exists()
     # The demo's process resolved the Delta jars; these read the files it noted.
     assert _resolutions(env) == resolved_before
 

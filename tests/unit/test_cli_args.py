@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from lakeward.cli import EXIT_USAGE, build_parser, main
-from lakeward.demo import invoked_as
+from lakeward.config import load_settings
+from lakeward.demo import invoked_as, sql_command
 from lakeward.sql_output import format_table, json_ready
 
 
@@ -114,3 +115,20 @@ def test_a_date_after_today_is_refused_by_every_stage_before_anything_is_written
         "are taken on that day or later, since nothing can have arrived on it yet"
     ]
     assert not home.exists()
+
+
+def test_the_demo_suggests_commands_that_name_the_data_root_and_environment_it_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "argv", ["lakeward", "demo"])
+    monkeypatch.delenv("LAKEWARD_HOME", raising=False)
+    monkeypatch.delenv("LAKEWARD_CONF_DIR", raising=False)
+    settings = load_settings("local", data_root=tmp_path / "home")
+    assert sql_command(settings, "SELECT 1") == 'lakeward sql "SELECT 1"'
+    monkeypatch.setenv("LAKEWARD_HOME", str(tmp_path / "my home"))
+    monkeypatch.setenv("LAKEWARD_CONF_DIR", str(settings.conf_dir))
+    elsewhere = load_settings("dev").model_copy(update={"data_root": tmp_path / "my home"})
+    assert sql_command(elsewhere, "SELECT 1") == (
+        f"LAKEWARD_HOME='{tmp_path}/my home' LAKEWARD_CONF_DIR={settings.conf_dir} "
+        'lakeward --env dev sql "SELECT 1"'
+    )
