@@ -1,0 +1,40 @@
+"""Ctrl-C during a command: its Spark jobs are cancelled and it ends with one line and exit 130."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from pyspark.sql import SparkSession
+
+from lakeward.cli import EXIT_INTERRUPTED, main
+
+
+def _interrupt_once_a_job_runs(spark: SparkSession, sent: threading.Event) -> None:
+    tracker = spark.sparkContext.statusTracker()
+    deadline = time.monotonic() + 120
+    while not tracker.getActiveJobsIds() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    sent.set()
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_ctrl_c_cancels_the_query_and_ends_with_one_line(
+    spark: SparkSession, data_root: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("LAKEWARD_HOME", str(data_root))
+    monkeypatch.delenv("LAKEWARD_ENV", raising=False)
+    before = signal.getsignal(signal.SIGINT)
+    sent = threading.Event()
+    threading.Thread(target=_interrupt_once_a_job_runs, args=(spark, sent), daemon=True).start()
+    assert main(["sql", "SELECT count(*) FROM range(1000000000000)"]) == EXIT_INTERRUPTED
+    assert sent.is_set()
+    assert capsys.readouterr().err.splitlines()[-1] == "lakeward: interrupted"
+    assert signal.getsignal(signal.SIGINT) is before
+    # The cancelling ended with the command: the session runs jobs again.
+    time.sleep(0.5)
+    assert spark.range(10).count() == 10
