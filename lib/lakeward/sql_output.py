@@ -7,7 +7,8 @@ and binary values as hex at any depth. ``json`` writes each row as one object,
 timestamps as that same text and a float as the number its text shows (``0.1``,
 not the double nearest the float); what JSON has no form for becomes text as
 Spark's ``to_json`` writes it: NaN and the infinities, binary (base64),
-intervals, and map keys that are not strings. In ``csv`` a null is an empty
+intervals, and map keys that are not strings; a variant is the JSON value it
+holds. In ``csv`` a null is an empty
 field and an empty string ``""``, as Spark's CSV writer has them::
 
     print_rows(spark.sql("SELECT * FROM gold.user_daily"), "json", sys.stdout)
@@ -26,6 +27,7 @@ from typing import Any, TextIO
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
+from pyspark.sql.types import VariantVal
 
 Convert = Callable[[Column], Column]
 # Given a type, how to convert its values, or None to leave them as they are.
@@ -106,7 +108,7 @@ def json_ready(value: Any) -> Any:
     decimal (``0.1`` is, a 20-digit one is not).
 
     NaN and the infinities, which JSON has no numbers for, as text, and binary as base64, as
-    Spark's ``to_json`` writes them.
+    Spark's ``to_json`` writes them. A variant as the JSON it holds, not as text.
     """
     if isinstance(value, dict):
         return {k: json_ready(v) for k, v in value.items()}
@@ -114,6 +116,9 @@ def json_ready(value: Any) -> Any:
         return [json_ready(v) for v in value]
     if isinstance(value, bytes | bytearray):
         return base64.b64encode(value).decode("ascii")
+    if isinstance(value, VariantVal):
+        # As JSON, as Spark's to_json writes a variant; its decimals follow the rule above.
+        return json_ready(json.loads(value.toJson(), parse_float=Decimal))
     if isinstance(value, float) and not math.isfinite(value):
         return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
     if isinstance(value, Decimal) and value.is_finite() and Decimal(repr(float(value))) == value:

@@ -411,6 +411,13 @@ def test_sql_prints_every_row_unless_limited(
         "y": "INTERVAL '1-2' YEAR TO MONTH", "d": ["INTERVAL '1' DAY"],
         "m": {"{1}": "v"}, "n": {"[1, 2]": "Cg=="},
     }
+    # A variant is the JSON it holds, as to_json writes it, not a string of JSON.
+    variant = ("SELECT parse_json('{\"a\": 1, \"b\": [0.1, \"x\", null, 12345678901234567890.5]}') AS v, "
+               "array(parse_json('true')) AS arr, CAST(NULL AS VARIANT) AS n")
+    assert cli._sql(spark, argparse.Namespace(query=variant, format="json", limit=None)) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "v": {"a": 1, "b": [0.1, "x", None, "12345678901234567890.5"]}, "arr": [True], "n": None,
+    }
 
 
 def test_sql_table_and_csv_print_values_as_spark_does(
