@@ -1,14 +1,14 @@
 """How ``lakeward sql`` prints a result: a text table, CSV, or one JSON object per line.
 
 ``table`` and ``csv`` print arrays, maps, structs, booleans, floating-point
-numbers, timestamps, intervals and variants as Spark's ``CAST(... AS STRING)``
-does (``1.0E10``, ``NaN``, ``2026-01-01 00:00:00.5`` in the session time zone),
-and binary values as hex at any depth. ``json`` writes each row as one object,
-timestamps as that same text and a float as the number its text shows (``0.1``,
-not the double nearest the float); what JSON has no form for becomes text as
-Spark's ``to_json`` writes it: NaN and the infinities, binary (base64),
-intervals, and map keys that are not strings; a variant is the JSON value it
-holds. In ``csv`` a null is an empty
+numbers, timestamps, dates, times, intervals and variants as Spark's ``CAST(...
+AS STRING)`` does (``1.0E10``, ``NaN``, ``2026-01-01 00:00:00.5`` in the session
+time zone, ``+10000-01-01``), and binary values as hex at any depth. ``json``
+writes each row as one object, timestamps, dates and times as that same text and
+a float as the number its text shows (``0.1``, not the double nearest the
+float); what JSON has no form for becomes text as Spark's ``to_json`` writes it:
+NaN and the infinities, binary (base64), intervals, and map keys that are not
+strings; a variant is the JSON value it holds. In ``csv`` a null is an empty
 field and an empty string ``""``, as Spark's CSV writer has them::
 
     print_rows(spark.sql("SELECT * FROM gold.user_daily"), "json", sys.stdout)
@@ -36,11 +36,13 @@ Conversion = Callable[[T.DataType], Convert | None]
 _ESCAPES = str.maketrans({"\n": "\\n", "\r": "\\r", "\t": "\\t"})
 _CSV_SPECIAL = (",", '"', "\r", "\n")
 _INTERVALS = (T.CalendarIntervalType, T.DayTimeIntervalType, T.YearMonthIntervalType)
-_TIMESTAMPS = (T.TimestampType, T.TimestampNTZType)
+# Dates and times too: Python's date cannot hold a year past 9999, which Spark's can,
+# and Python's text of a time is not Spark's (12:34:56.789000 for 12:34:56.789).
+_DATES_AND_TIMES = (T.TimestampType, T.TimestampNTZType, T.DateType, T.TimeType)
 # What table and csv print as Spark's text; Python's text of a float or a timestamp is not Spark's.
 _TEXT_KINDS = (
     T.ArrayType, T.MapType, T.StructType, T.BooleanType, T.FloatType, T.DoubleType, T.DecimalType,
-    *_TIMESTAMPS,
+    *_DATES_AND_TIMES,
     *_INTERVALS, T.VariantType, T.BinaryType,
 )
 
@@ -145,7 +147,7 @@ def _check_unique_names(schema: T.StructType, where: str = "the result has more 
 def _json_value(kind: T.DataType) -> Convert | None:
     # PySpark cannot collect a calendar or year-month interval at all, and gives a
     # day-time one as Python's timedelta text; a timestamp as Python's text of a datetime.
-    if isinstance(kind, (*_INTERVALS, *_TIMESTAMPS)):
+    if isinstance(kind, (*_INTERVALS, *_DATES_AND_TIMES)):
         return _as_text
     # Collected, a float becomes the double nearest it: 0.1 would print as 0.10000000149011612.
     return _float_as_shown if isinstance(kind, T.FloatType) else None

@@ -456,6 +456,14 @@ def test_sql_table_and_csv_print_values_as_spark_does(
         "d": 1e10, "n": "NaN", "i": "-Infinity", "f": 0.1, "t": "2026-01-01 00:00:00.5",
         "z": "2026-01-02 03:04:05", "a": [0.25], "z0": 0.0, "tiny": 1e-08}
 
+    # Dates and times too: Python's date stops at the year 9999, Spark's does not.
+    dates = "SELECT make_date(10000, 1, 1) AS far, array(DATE'2026-01-02') AS a, TIME'12:34:56.789' AS t"
+    assert cli._sql(spark, argparse.Namespace(query=dates, format="csv", limit=None)) == 0
+    assert capsys.readouterr().out.splitlines() == ["far,a,t", "+10000-01-01,[2026-01-02],12:34:56.789"]
+    assert cli._sql(spark, argparse.Namespace(query=dates, format="json", limit=None)) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "far": "+10000-01-01", "a": ["2026-01-02"], "t": "12:34:56.789"}
+
     # As Spark's CSV writer: a null is an empty field, an empty string is "".
     empty = "SELECT '' AS e, CAST(NULL AS STRING) AS n, 'say \"hi\", twice' AS q"
     assert cli._sql(spark, argparse.Namespace(query=empty, format="csv", limit=None)) == 0
