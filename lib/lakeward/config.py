@@ -406,7 +406,8 @@ def load_settings(
     ``env`` defaults to ``LAKEWARD_ENV`` or ``local``; ``data_root`` defaults to
     ``LAKEWARD_HOME`` or the ``data_root`` key.
     """
-    env = env or os.environ.get(ENV_VAR) or "local"
+    if env is None:  # `--env ""` is a choice, and not one of the environments
+        env = os.environ.get(ENV_VAR) or "local"
     if env not in ENVIRONMENTS:
         raise ConfigError(f"unknown environment {env!r}; expected one of {', '.join(ENVIRONMENTS)}")
     conf_dir = (conf_dir or default_conf_dir()).resolve()

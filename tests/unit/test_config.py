@@ -161,6 +161,9 @@ def test_environment_from_variable_and_unknown(monkeypatch: pytest.MonkeyPatch) 
     assert load_settings().privacy.generate_key_if_missing is False
     with pytest.raises(ConfigError, match="unknown environment"):
         load_settings("staging")
+    # An empty --env is not "not given": it would fall back to LAKEWARD_ENV, here prod.
+    with pytest.raises(ConfigError, match="unknown environment ''"):
+        load_settings("")
 
 
 def test_unknown_logical_table() -> None:
