@@ -495,6 +495,7 @@ def _incremental(
     earlier day, as for a late event; both images of the row are in
     ``changed``, and the restart is the earlier of them.
     """
+    feed: DataFrame | None = None
     try:
         feed = _change_feed(spark, names, last.inputs, versions).cache()
         kind = F.col("_change_type")
@@ -506,8 +507,13 @@ def _incremental(
             F.max(F.when(kind != F.lit(UPDATE_BEFORE), F.col("_arrival_date"))).alias("last_arrival"),
             F.collect_set(F.when(F.col("user_key").isNotNull(), F.col("event_date"))).alias("event_dates"),
         ).first()
-    except AnalysisException as err:
-        log.warning("gold: cannot read the silver change feed: %s", str(err).splitlines()[0])
+    except Exception as err:
+        if not isinstance(err, AnalysisException) and not _unreadable_file(err):
+            raise
+        if feed is not None:
+            feed.unpersist()
+        reason = session.jvm_error_message(err) or str(err).splitlines()[0]
+        log.warning("gold: cannot read the silver change feed: %s", reason)
         return "silver's change feed cannot be read"
     changed = feed.filter(F.col("user_key").isNotNull() & F.col("event_date").isNotNull())
     try:
@@ -551,6 +557,15 @@ def _incremental(
     log.info("gold: increment up to %s: %d user_daily rows, %d user_features rows written",
              as_of, daily_rows, feature_rows)
     return GoldResult("incremental", as_of, daily_rows, feature_rows, dict(versions))
+
+
+def _unreadable_file(err: Exception) -> bool:
+    """A file the change feed needs is gone: vacuumed (with Delta's retention check off) or deleted.
+
+    Delta refuses versions past the retention period with an analysis error;
+    a file missing all the same is found only when a task reads it.
+    """
+    return "FAILED_READ_FILE" in str(err)
 
 
 def _updates_fit_an_increment(feed: DataFrame) -> bool:

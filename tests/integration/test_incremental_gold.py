@@ -613,3 +613,30 @@ def test_gold_tables_under_other_names_than_the_last_run_left_recompute_in_full(
     assert incremental._full_reason(base, last, {}, {}) is None
     renamed = replace(last, outputs={"gold_old.user_features": 3, daily: 2})
     assert incremental._full_reason(base, renamed, {}, {}) == "the gold tables changed names"
+
+
+def test_a_change_feed_whose_files_were_vacuumed_recomputes_in_full(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With Delta's retention check off, VACUUM removes files the feed still names; Delta
+    then fails only once a task reads one. Gold recomputes instead of failing on every run."""
+    settings = _settings(base_settings, tmp_path)
+    silver.ensure_tables(spark, settings)
+    d1, d2 = date(2026, 3, 1), date(2026, 3, 2)
+    rows = _silver_rows([("a", d1, d1, Decimal("10.00")), ("b", d2, d2, Decimal("5.00"))], [], [])
+    orders = rows["silver_orders"]
+    _append(spark, settings, "silver_orders", [row for row in orders if row["_arrival_date"] == d1])
+    assert incremental.refresh(spark, settings).mode == "full"
+    _append(spark, settings, "silver_orders", [row for row in orders if row["_arrival_date"] == d2])
+    table = DeltaTable.forName(spark, settings.table("silver_orders"))
+    table.optimize().executeCompaction()  # the day-2 rows now also live in a new file
+    spark.conf.set("spark.databricks.delta.retentionDurationCheck.enabled", "false")
+    try:
+        table.vacuum(0)
+    finally:
+        spark.conf.unset("spark.databricks.delta.retentionDurationCheck.enabled")
+    with caplog.at_level(logging.INFO, logger=incremental.__name__):
+        result = incremental.refresh(spark, settings)
+    assert (result.mode, result.as_of) == ("full", d2)
+    assert "cannot read the silver change feed" in caplog.text and "does not exist" in caplog.text
+    _equal_to_full(spark, settings)
