@@ -15,14 +15,12 @@ import re
 import signal
 import sys
 import threading
-import time
 import traceback
 from collections.abc import Sequence
 from datetime import date, timedelta
-from types import FrameType
 from typing import Any, NoReturn
 
-from lakeward import root_lock
+from lakeward import interrupt, root_lock
 from lakeward.config import ConfigError, Settings, is_identifier, load_settings
 from lakeward.sources.bitebridge import USERS_FEEDS
 
@@ -241,10 +239,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("SQLQueryContextLogger").disabled = True
         logging.getLogger("py4j").setLevel(logging.WARNING)
     on_interrupt = signal.getsignal(signal.SIGINT)
-    _interrupted.clear()
     try:
         settings = load_settings(args.env)
-        return _dispatch(args, settings)
+        code = _dispatch(args, settings)
+        if interrupt.requested():  # pressed as the last JVM call returned
+            raise KeyboardInterrupt
+        return code
     except KeyboardInterrupt:
         sys.stderr.write("lakeward: interrupted\n")
         return EXIT_INTERRUPTED
@@ -252,49 +252,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             # The traceback too, but the exit code the error has without --debug.
             traceback.print_exc()
-        if _interrupted.is_set():
-            # Cleanup on the way out (a Spark call on the interrupted connection) failed too.
+        if interrupt.requested():
+            # A Spark call failed as its job was cancelled.
             sys.stderr.write("lakeward: interrupted\n")
             return EXIT_INTERRUPTED
         sys.stderr.write(f"lakeward: error: {_one_line(err)}\n")
         return EXIT_USAGE if isinstance(err, UsageError | ConfigError) else EXIT_ERROR
     finally:
-        _interrupted.clear()  # ends the cancelling, for a caller that goes on (a test)
+        interrupt.finish()
         if on_interrupt is not None and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, on_interrupt)
-
-
-_interrupted = threading.Event()
-
-
-def _stop_on_interrupt(spark: Any) -> None:
-    """Ctrl-C cancels the command's Spark jobs, from another thread; the command then ends with 130.
-
-    PySpark's own handler cancels them from inside the signal handler, through
-    the connection on which the interrupted call is waiting: py4j then logs
-    tracebacks, and the command fails with an unrelated error. Here the
-    waiting call fails as its job is cancelled, and so does every job started
-    after it, until the command has unwound. A second Ctrl-C stops at once.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        return
-
-    def keep_cancelling() -> None:
-        while _interrupted.is_set():
-            try:
-                spark.sparkContext.cancelAllJobs()
-            except Exception:  # noqa: BLE001 - the process is ending; nothing left to cancel
-                return
-            time.sleep(0.2)
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        if _interrupted.is_set():
-            raise KeyboardInterrupt
-        _interrupted.set()
-        log.warning("interrupted: cancelling Spark's jobs (Ctrl-C again to stop at once)")
-        threading.Thread(target=keep_cancelling, name="lakeward-cancel", daemon=True).start()
-
-    signal.signal(signal.SIGINT, stop)
 
 
 def _one_line(err: BaseException) -> str:
@@ -346,7 +313,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "sql":
         return _sql(settings, args)
     spark = get_spark(settings)
-    _stop_on_interrupt(spark)
+    interrupt.stop_on_interrupt(spark)
     if args.command == "run":
         from lakeward.pipeline import run
 
@@ -524,7 +491,7 @@ def _sql(settings: Settings, args: argparse.Namespace) -> int:
 
     try:
         spark = get_spark(settings)
-        _stop_on_interrupt(spark)
+        interrupt.stop_on_interrupt(spark)
         df = spark.sql(args.query)
     except DataRootBusy as busy:
         from lakeward.read_beside import sql
@@ -532,7 +499,7 @@ def _sql(settings: Settings, args: argparse.Namespace) -> int:
         log.warning("another process (pid %s) is using the data root; its tables are read by path "
                     "(queries only)", busy.holder)
         reader = get_reader_spark(settings)
-        _stop_on_interrupt(reader)
+        interrupt.stop_on_interrupt(reader)
         df = sql(reader, settings.warehouse_dir, args.query)
     if args.limit is not None:
         df = df.limit(args.limit)

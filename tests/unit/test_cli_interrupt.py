@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 from pyspark.sql import SparkSession
 
+from lakeward import interrupt
 from lakeward.cli import EXIT_INTERRUPTED, main
 
 
@@ -24,17 +26,39 @@ def _interrupt_once_a_job_runs(spark: SparkSession, sent: threading.Event) -> No
 
 
 def test_ctrl_c_cancels_the_query_and_ends_with_one_line(
-    spark: SparkSession, data_root: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    spark: SparkSession, data_root: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture,
 ) -> None:
     monkeypatch.setenv("LAKEWARD_HOME", str(data_root))
     monkeypatch.delenv("LAKEWARD_ENV", raising=False)
     before = signal.getsignal(signal.SIGINT)
     sent = threading.Event()
     threading.Thread(target=_interrupt_once_a_job_runs, args=(spark, sent), daemon=True).start()
-    assert main(["sql", "SELECT count(*) FROM range(1000000000000)"]) == EXIT_INTERRUPTED
+    with caplog.at_level(logging.WARNING):
+        assert main(["sql", "SELECT count(*) FROM range(1000000000000)"]) == EXIT_INTERRUPTED
     assert sent.is_set()
     assert capsys.readouterr().err.splitlines()[-1] == "lakeward: interrupted"
+    # lakeward's handler, not PySpark's, which calls the JVM on the waiting connection.
+    assert "interrupted: cancelling Spark's jobs" in caplog.text
+    assert "while sending command" not in caplog.text
     assert signal.getsignal(signal.SIGINT) is before
     # The cancelling ended with the command: the session runs jobs again.
-    time.sleep(0.5)
+    assert spark.range(10).count() == 10
+
+
+def test_ctrl_c_outside_spark_stops_python_work_at_once(spark: SparkSession) -> None:
+    before = signal.getsignal(signal.SIGINT)
+    interrupt.stop_on_interrupt(spark)
+    started = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+            while time.monotonic() - started < 60:  # training, generating: no JVM call
+                sum(range(1000))
+        assert time.monotonic() - started < 30
+        assert interrupt.requested()
+    finally:
+        interrupt.finish()
+        signal.signal(signal.SIGINT, before)
+    assert not interrupt.requested()
     assert spark.range(10).count() == 10
