@@ -13,7 +13,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from lakeward import bronze, pipeline, tables
-from lakeward.config import CONF_DIR_VAR, HOME_VAR, Settings
+from lakeward.config import CONF_DIR_VAR, ENV_VAR, HOME_VAR, Settings
 from lakeward.sources.bitebridge import FaultRates, arrival_days, generate, generation_interrupted
 
 log = logging.getLogger(__name__)
@@ -35,16 +35,18 @@ def sql_command(settings: Settings, query: str) -> str:
     """A ``lakeward sql`` command line that reads these tables, also pasted into another shell.
 
     It names the data root and the conf directory when the environment chose
-    them, and the environment when it is not the default: without them, a new
-    process would look under ``./.lakeward`` with the local settings.
+    them, and the environment when it is not the default or the environment
+    chose it: without them, a new process would look under ``./.lakeward``
+    with the settings of ``$LAKEWARD_ENV`` or local.
     """
     chosen = [
         f"{var}={shlex.quote(str(value))}"
         for var, value in ((HOME_VAR, settings.data_root), (CONF_DIR_VAR, settings.conf_dir))
         if os.environ.get(var)
     ]
-    env = [] if settings.env == "local" else ["--env", settings.env]
-    return " ".join([*chosen, shlex.join([invoked_as(), *env, "sql"]), f'"{query}"'])
+    # LAKEWARD_ENV may name another environment in the shell it is pasted into.
+    env = ["--env", settings.env] if settings.env != "local" or os.environ.get(ENV_VAR) else []
+    return " ".join([*chosen, invoked_as(), *env, "sql", f'"{query}"'])
 
 
 def invoked_as() -> str:

@@ -123,8 +123,16 @@ def test_the_demo_suggests_commands_that_name_the_data_root_and_environment_it_u
     monkeypatch.setattr(sys, "argv", ["lakeward", "demo"])
     monkeypatch.delenv("LAKEWARD_HOME", raising=False)
     monkeypatch.delenv("LAKEWARD_CONF_DIR", raising=False)
+    monkeypatch.delenv("LAKEWARD_ENV", raising=False)
     settings = load_settings("local", data_root=tmp_path / "home")
     assert sql_command(settings, "SELECT 1") == 'lakeward sql "SELECT 1"'
+    # A program path with a space is quoted once.
+    program = tmp_path / "my venv" / "lakeward"
+    monkeypatch.setattr(sys, "argv", [str(program), "demo"])
+    assert sql_command(settings, "SELECT 1") == f"'{program}' sql \"SELECT 1\""
+    monkeypatch.setattr(sys, "argv", ["lakeward", "demo"])
+    monkeypatch.setenv("LAKEWARD_ENV", "local")  # the shell it is pasted into may say otherwise
+    assert sql_command(settings, "SELECT 1") == 'lakeward --env local sql "SELECT 1"'
     monkeypatch.setenv("LAKEWARD_HOME", str(tmp_path / "my home"))
     monkeypatch.setenv("LAKEWARD_CONF_DIR", str(settings.conf_dir))
     elsewhere = load_settings("dev").model_copy(update={"data_root": tmp_path / "my home"})
