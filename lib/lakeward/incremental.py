@@ -508,10 +508,10 @@ def _incremental(
             F.collect_set(F.when(F.col("user_key").isNotNull(), F.col("event_date"))).alias("event_dates"),
         ).first()
     except Exception as err:
-        if not isinstance(err, AnalysisException) and not _unreadable_file(err):
-            raise
         if feed is not None:
             feed.unpersist()
+        if not isinstance(err, AnalysisException) and not _file_gone(err):
+            raise
         reason = session.jvm_error_message(err) or str(err).splitlines()[0]
         log.warning("gold: cannot read the silver change feed: %s", reason)
         return "silver's change feed cannot be read"
@@ -559,13 +559,14 @@ def _incremental(
     return GoldResult("incremental", as_of, daily_rows, feature_rows, dict(versions))
 
 
-def _unreadable_file(err: Exception) -> bool:
+def _file_gone(err: Exception) -> bool:
     """A file the change feed needs is gone: vacuumed (with Delta's retention check off) or deleted.
 
     Delta refuses versions past the retention period with an analysis error;
-    a file missing all the same is found only when a task reads it.
+    a file missing all the same is found only when a task reads it. Other
+    read failures (a transient I/O error, a corrupt file) are not taken for it.
     """
-    return "FAILED_READ_FILE" in str(err)
+    return "FAILED_READ_FILE.FILE_NOT_EXIST" in str(err)
 
 
 def _updates_fit_an_increment(feed: DataFrame) -> bool:
