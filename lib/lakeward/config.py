@@ -421,7 +421,7 @@ def load_settings(
 
     def source(loc: list[str | int]) -> Path:
         """The file whose value at ``loc`` the merge kept: the overlay's, if it sets one."""
-        return env_file if _sets(overlay, loc) else base_file
+        return env_file if _sets(overlay, base, loc) else base_file
 
     derived = [
         f"{source([key])}: {key}: unknown key; set by lakeward "
@@ -555,12 +555,13 @@ def _describe(err: ValidationError, source: Callable[[list[str | int]], Path]) -
     return "; ".join(lines)
 
 
-def _sets(overlay: Any, loc: list[str | int]) -> bool:
-    """Whether ``overlay`` sets the value at ``loc`` (keys and list indexes).
+def _sets(overlay: Any, base: Any, loc: list[str | int]) -> bool:
+    """Whether ``overlay`` sets the value at ``loc`` (keys and list indexes) of its merge with ``base``.
 
-    It does when it holds that value, and also when it holds a list or other
-    value on the way: the merge takes such a value whole, so a list item the
-    base file has and the overlay's list lacks is the overlay's doing.
+    It does when it holds that value, and also when it holds a value on the
+    way that the merge takes whole: a list, a scalar, or a mapping where the
+    base has none. So a list item the base has and the overlay's list lacks is
+    the overlay's doing.
     """
     for part in loc:
         if not isinstance(overlay, dict):
@@ -568,6 +569,9 @@ def _sets(overlay: Any, loc: list[str | int]) -> bool:
         if part not in overlay:
             return False
         overlay = overlay[part]
+        base = base.get(part) if isinstance(base, dict) else None
+        if isinstance(overlay, dict) and not isinstance(base, dict):
+            return True
     return True
 
 

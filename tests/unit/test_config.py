@@ -247,3 +247,10 @@ def test_yaml_merge_keys_still_merge_and_keys_beside_them_win(tmp_path: Path) ->
     conf = _conf(tmp_path, local="training_set:\n  <<: &defaults {horizon_days: 20, seed: 3}\n  seed: 4\n")
     settings = load_settings("local", conf_dir=conf)
     assert (settings.training_set.horizon_days, settings.training_set.seed) == (20, 4)
+
+
+def test_a_value_the_merge_takes_whole_from_the_overlay_is_the_overlay_s() -> None:
+    assert config._sets({"a": [1]}, {"a": [1, 2]}, ["a", 1])  # the overlay's shorter list
+    assert config._sets({"a": {"b": 1}}, {"a": 5}, ["a", "c"])  # a mapping where base has none
+    assert not config._sets({"a": {"b": 1}}, {"a": {"c": 2}}, ["a", "c"])  # merged: c is base's
+    assert not config._sets({}, {"a": 1}, ["a"])
