@@ -393,9 +393,10 @@ def java_user_home() -> Path:
     caches, so it must share their lock too.
     """
     try:
-        return Path(pwd.getpwuid(os.getuid()).pw_dir)
+        home = pwd.getpwuid(os.getuid()).pw_dir
     except KeyError:  # no entry, as for an arbitrary uid in a container
-        return Path.home()
+        home = ""
+    return Path(home) if home else Path.home()
 
 
 def delta_jars_note(settings: Settings) -> Path:
