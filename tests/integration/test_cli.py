@@ -53,7 +53,8 @@ def test_demo_runs_and_summarizes(demo: subprocess.CompletedProcess[str], env: d
     assert "Quarantined rows by reason" in out
     assert "Duplicates dropped in silver" in out
     assert env["LAKEWARD_HOME"] in out
-    assert out.count('lakeward sql "') == 3
+    # The fixture sets LAKEWARD_ENV, which another shell may not: the commands name it.
+    assert out.count('lakeward --env local sql "') == 3
     assert "generated a local pseudonymization key" in demo.stderr
     assert (Path(env["LAKEWARD_HOME"]) / "pii.key").exists()
     assert not (Path.cwd() / "metastore_db").exists() and not (Path.cwd() / "derby.log").exists()
@@ -87,7 +88,8 @@ def test_sql_in_a_new_process_sees_the_demo_tables(demo: subprocess.CompletedPro
     # The demo's first suggestion names the data root and conf directory it used:
     # pasted into a shell without them, elsewhere, it reads the same tables.
     suggested = [line.strip() for line in demo.stdout.splitlines() if ' sql "SELECT' in line]
-    assert len(suggested) == 3 and suggested[0].endswith('lakeward sql "SELECT count(*) FROM silver.orders"')
+    assert len(suggested) == 3
+    assert suggested[0].endswith('lakeward --env local sql "SELECT count(*) FROM silver.orders"')
     shell = {name: value for name, value in env.items() if not name.startswith("LAKEWARD_")}
     shell["PATH"] = f"{Path(sys.executable).parent}:{shell['PATH']}"
     pasted = subprocess.run(["bash", "-c", suggested[0]], env=shell, cwd=tmp_path, capture_output=True,
