@@ -485,22 +485,19 @@ def _generate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _sql(settings: Settings, args: argparse.Namespace) -> int:
+    from lakeward.read_beside import sql
     from lakeward.root_lock import DataRootBusy
     from lakeward.session import get_reader_spark, get_spark
     from lakeward.sql_output import print_rows
 
     try:
-        spark = get_spark(settings)
-        interrupt.stop_on_interrupt(spark)
-        df = spark.sql(args.query)
+        spark, beside = get_spark(settings), False
     except DataRootBusy as busy:
-        from lakeward.read_beside import sql
-
         log.warning("another process (pid %s) is using the data root; its tables are read by path "
                     "(queries only)", busy.holder)
-        reader = get_reader_spark(settings)
-        interrupt.stop_on_interrupt(reader)
-        df = sql(reader, settings.warehouse_dir, args.query)
+        spark, beside = get_reader_spark(settings), True
+    interrupt.stop_on_interrupt(spark)
+    df = sql(spark, settings.warehouse_dir, args.query) if beside else spark.sql(args.query)
     if args.limit is not None:
         df = df.limit(args.limit)
     try:
