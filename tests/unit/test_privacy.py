@@ -70,9 +70,19 @@ def test_prod_refuses_without_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 def test_key_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LAKEWARD_PII_KEY", "s" * 40)
     assert pii_key(load_settings("prod", data_root=tmp_path)) == b"s" * 40
-    monkeypatch.setenv("LAKEWARD_PII_KEY", "short")
-    with pytest.raises(MissingKeyError, match="shorter"):
-        pii_key(load_settings("prod", data_root=tmp_path))
+    assert not (tmp_path / "pii.key").exists()
+
+
+def test_a_short_key_from_the_environment_is_taken_with_one_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("LAKEWARD_PII_KEY", "secret")
+    monkeypatch.setattr("lakeward.privacy.keys._warned_short", set())
+    with caplog.at_level("WARNING", logger="lakeward.privacy.keys"):
+        for env in ("local", "prod", "prod"):
+            assert pii_key(load_settings(env, data_root=tmp_path)) == b"secret"
+    warnings = [r.getMessage() for r in caplog.records if "shorter than 16" in r.getMessage()]
+    assert len(warnings) == 1 and "secret" not in warnings[0]
 
 
 @pytest.mark.parametrize("content", [b"", b"abc\n"])

@@ -59,9 +59,7 @@ def _key_from_environment(settings: Settings) -> bytes | None:
     if value:
         key = value.encode("utf-8")
         if len(key) < MIN_KEY_BYTES:
-            raise MissingKeyError(
-                f"{variable} is set but shorter than {MIN_KEY_BYTES} bytes; use a long random secret"
-            )
+            _warn_short_once(variable, len(key))
         return key
     if not settings.privacy.generate_key_if_missing:
         raise MissingKeyError(
@@ -69,6 +67,21 @@ def _key_from_environment(settings: Settings) -> bytes | None:
             "pseudonymization key from the environment"
         )
     return None
+
+
+_warned_short: set[str] = set()
+
+
+def _warn_short_once(variable: str, length: int) -> None:
+    # A short key is the user's choice (tests and demos use one), so it is taken; but
+    # whoever holds the user_keys can guess it and undo the pseudonymization, so say so.
+    if variable in _warned_short:
+        return
+    _warned_short.add(variable)
+    log.warning(
+        "%s is %d bytes long, shorter than %d: anyone with the user_keys could guess it; "
+        "use a long random key outside tests", variable, length, MIN_KEY_BYTES,
+    )
 
 
 def _local_key(path: Path, variable: str) -> bytes:
