@@ -8,9 +8,10 @@ version) and the training-set table itself, plus the config, the code version an
 content hash of the exact training rows, so the set can be rebuilt and checked::
 
     experiment_id = configure(settings)
+    inputs = training_inputs(spark, snapshot)       # once; every run of the snapshot logs them
     with mlflow.start_run(experiment_id=experiment_id):
         log_run_context(settings)
-        log_training_lineage(spark, snapshot)
+        log_training_lineage(snapshot, inputs)
     ...
     rebuild_training_set(spark, settings, run_id)   # same rows, or LineageError
 
@@ -24,7 +25,7 @@ import json
 import logging
 import os
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import metadata
@@ -53,8 +54,8 @@ MODEL_NAME_TAG = "lakeward.model_name"
 MODEL_VERSION_TAG = "lakeward.model_version"
 MODEL_URI_TAG = "lakeward.model_uri"
 
-# Input tags: MLflow's Delta source drops a version of 0 (it tests truthiness) and keeps
-# no path when it has a table name, so every input also carries all three as tags.
+# Input tags: MLflow's Delta source keeps no path when it has a table name (it takes
+# exactly one of the two), so every input also carries name, version and path as tags.
 INPUT_TABLE_TAG = "lakeward.delta_table"
 INPUT_VERSION_TAG = "lakeward.delta_version"
 INPUT_PATH_TAG = "lakeward.delta_path"
@@ -269,9 +270,7 @@ def delta_dataset(
     MLflow's own profile runs a Python RDD job per table and its digest depends on the
     query plan, not the data version.
     """
-    from mlflow.data.delta_dataset_source import DeltaDatasetSource
-
-    source = DeltaDatasetSource(delta_table_name=qualified_name(spark, table), delta_table_version=version)
+    source = _source_class()(delta_table_name=qualified_name(spark, table), delta_table_version=version)
     digest = hashlib.sha256(f"{table}@v{version}".encode()).hexdigest()[:16]
     frame = tables.read(spark, table, version=version)
     return _dataset_class()(
@@ -317,6 +316,22 @@ def mlflow_schema(schema: Any) -> Any:
 
 
 @cache
+def _source_class() -> type:
+    from mlflow.data.delta_dataset_source import DeltaDatasetSource
+
+    class VersionedDeltaSource(DeltaDatasetSource):  # type: ignore[misc]
+        """MLflow's Delta source, whose JSON keeps a version of 0 (MLflow's tests truthiness)."""
+
+        def to_dict(self) -> dict[Any, Any]:
+            info: dict[Any, Any] = super().to_dict()
+            if self.delta_table_version is not None:
+                info["delta_table_version"] = self.delta_table_version
+            return info
+
+    return VersionedDeltaSource
+
+
+@cache
 def _dataset_class() -> type:
     from mlflow.data.spark_dataset import SparkDataset
 
@@ -338,7 +353,16 @@ def _dataset_class() -> type:
     return DeltaTableDataset
 
 
-def log_delta_input(
+@dataclass(frozen=True)
+class DeltaInput:
+    """A Delta table at one version, ready to be logged as a dataset input of any run."""
+
+    dataset: Any
+    context: str
+    tags: dict[str, str]
+
+
+def delta_input(
     spark: SparkSession,
     table: str,
     version: int,
@@ -346,9 +370,8 @@ def log_delta_input(
     context: str,
     rows: int | None = None,
     targets: str | None = None,
-) -> None:
-    """Log ``table`` at ``version`` as a dataset input of the active run."""
-    mlflow = mlflow_module()
+) -> DeltaInput:
+    """``table`` at ``version`` as a dataset input, with its name, version and path as tags."""
     dataset = delta_dataset(spark, table, version, rows=rows, targets=targets)
     source = dataset.source
     if source.delta_table_version != version or not source.delta_table_name.endswith(table):
@@ -360,22 +383,37 @@ def log_delta_input(
     location = table_location(spark, table)
     if location:
         tags[INPUT_PATH_TAG] = location
-    mlflow.log_input(dataset, context=context, tags=tags)
+    return DeltaInput(dataset, context, tags)
 
 
-def log_training_lineage(spark: SparkSession, snapshot: TrainingSnapshot, *, inputs: bool = True) -> None:
-    """Log the training set (and, with ``inputs``, every table it was built from) on the active run.
+def training_inputs(spark: SparkSession, snapshot: TrainingSnapshot) -> tuple[DeltaInput, ...]:
+    """Every table the training set was built from, then the training-set table itself.
+
+    Built once per snapshot: each table costs a Delta read plan and a ``DESCRIBE
+    DETAIL``, and a train logs the same inputs on the parent and on every child run.
+    """
+    sources = [
+        delta_input(spark, table, version, context=SOURCE_CONTEXT)
+        for table, version in sorted(snapshot.spec.inputs.items())
+    ]
+    training = delta_input(
+        spark, snapshot.table, snapshot.version, context=TRAINING_CONTEXT,
+        rows=snapshot.rows, targets="churned",
+    )
+    return (*sources, training)
+
+
+def log_training_lineage(snapshot: TrainingSnapshot, inputs: Sequence[DeltaInput]) -> None:
+    """Log the :func:`training_inputs` and the training set's spec and content hash on the active run.
 
     Tags carry the spec and the content hash, so :func:`rebuild_training_set` needs
     nothing but the run id.
     """
     mlflow = mlflow_module()
-    if inputs:
-        for table, version in sorted(snapshot.spec.inputs.items()):
-            log_delta_input(spark, table, version, context=SOURCE_CONTEXT)
-    log_delta_input(
-        spark, snapshot.table, snapshot.version, context=TRAINING_CONTEXT,
-        rows=snapshot.rows, targets="churned",
+    mlflow.log_inputs(
+        datasets=[item.dataset for item in inputs],
+        contexts=[item.context for item in inputs],
+        tags_list=[item.tags for item in inputs],
     )
     mlflow.set_tags({
         SPEC_TAG: snapshot.spec.to_json(),

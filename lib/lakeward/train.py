@@ -3,7 +3,8 @@
 One parent run per command, on the training set ``lakeward training-set`` wrote, read at
 one Delta version. The parent logs the config, the code version, every input Delta table
 with its version, and the training set's spec and content hash. Its child runs train on
-the same split with the same seed:
+the same split with the same seed, and each logs the same config, code version and inputs
+(a child is a training run in its own right: the registered model points at one):
 
 - ``dp``: DP-SGD through Opacus to the target (epsilon, delta), with Poisson sampling;
 - ``non_private``: the same network and optimizer without privacy (the twin);
@@ -185,10 +186,11 @@ class _Prepared:
     z: dict[str, np.ndarray]
     delta: float
     experiment_id: str
+    inputs: tuple[tracking.DeltaInput, ...]
 
 
-def _prepare(snapshot: tracking.TrainingSnapshot, data: TrainingArrays, settings: Settings,
-             dp: bool, experiment_id: str) -> _Prepared:
+def _prepare(spark: SparkSession, snapshot: tracking.TrainingSnapshot, data: TrainingArrays,
+             settings: Settings, dp: bool, experiment_id: str) -> _Prepared:
     options = settings.training
     rows = data.train.rows
     delta = options.delta if options.delta is not None else default_delta(rows)
@@ -197,7 +199,8 @@ def _prepare(snapshot: tracking.TrainingSnapshot, data: TrainingArrays, settings
         check_delta(delta, rows)
     preprocessor = Preprocessor.fit(data.train.x)
     z = {split: preprocessor.transform(data.split(split).x) for split in SPLITS}
-    return _Prepared(snapshot, data, preprocessor, z, delta, experiment_id)
+    inputs = tracking.training_inputs(spark, snapshot)
+    return _Prepared(snapshot, data, preprocessor, z, delta, experiment_id, inputs)
 
 
 def train(
@@ -221,16 +224,16 @@ def train_snapshot(
     if dp:
         check_epsilon(options.epsilon)
     experiment_id = tracking.configure(settings)
-    prepared = _prepare(snapshot, data, settings, dp, experiment_id)
+    prepared = _prepare(spark, snapshot, data, settings, dp, experiment_id)
     mlflow = tracking.mlflow_module()
     label = f"eps{options.epsilon:g}" if dp else "no-dp"
     results: dict[str, ModelResult] = {}
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{options.model}-{label}") as parent:
         _log_parent(spark, settings, prepared, kind="train", dp=dp)
         if dp:
-            results[DP] = _train_dp(spark, settings, prepared, options.epsilon, register=True)
-        results[TWIN] = _train_twin(spark, settings, prepared, register=not dp)
-        results[BASELINE] = _train_baseline(spark, settings, prepared)
+            results[DP] = _train_dp(settings, prepared, options.epsilon, register=True)
+        results[TWIN] = _train_twin(settings, prepared, register=not dp)
+        results[BASELINE] = _train_baseline(settings, prepared)
         main = results[DP if dp else TWIN]
         name, version = _record_registration(settings, parent.info.run_id, main)
         _log_comparison(results)
@@ -267,13 +270,13 @@ def sweep_snapshot(
     for epsilon in epsilons:
         check_epsilon(epsilon)
     experiment_id = tracking.configure(settings)
-    prepared = _prepare(snapshot, data, settings, True, experiment_id)
+    prepared = _prepare(spark, snapshot, data, settings, True, experiment_id)
     mlflow = tracking.mlflow_module()
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"dp-sweep-{options.model}") as parent:
         _log_parent(spark, settings, prepared, kind="dp-sweep", dp=True)
         mlflow.log_param("dp_sweep.epsilons", json.dumps(sorted(epsilons)))
-        twin = _train_twin(spark, settings, prepared, register=False)
-        runs = [_train_dp(spark, settings, prepared, eps, register=False) for eps in sorted(epsilons)]
+        twin = _train_twin(settings, prepared, register=False)
+        runs = [_train_dp(settings, prepared, eps, register=False) for eps in sorted(epsilons)]
         for result in runs:
             eps = result.privacy.epsilon_target
             mlflow.log_metric("test_roc_auc_dp", result.metrics["test_roc_auc"], step=_step(eps))
@@ -315,15 +318,18 @@ def _log_parent(spark: SparkSession, settings: Settings, prepared: _Prepared, *,
         "dp.delta_used": repr(prepared.delta),
     })
     mlflow.set_tag("lakeward.command", kind)
-    tracking.log_training_lineage(spark, prepared.snapshot)
+    tracking.log_training_lineage(prepared.snapshot, prepared.inputs)
 
 
 @contextmanager
-def _child(spark: SparkSession, prepared: _Prepared, name: str) -> Iterator[Any]:
+def _child(settings: Settings, prepared: _Prepared, name: str) -> Iterator[Any]:
+    # Each child is a training run of its own (the registered model points at one), so it
+    # carries the whole lineage and config, not just a link to its parent.
     mlflow = tracking.mlflow_module()
     with mlflow.start_run(experiment_id=prepared.experiment_id, run_name=name, nested=True) as run:
         mlflow.set_tag("lakeward.model_kind", name.split("-")[0])
-        tracking.log_training_lineage(spark, prepared.snapshot, inputs=False)
+        tracking.log_run_context(settings)
+        tracking.log_training_lineage(prepared.snapshot, prepared.inputs)
         yield run
 
 
@@ -335,14 +341,14 @@ def _fit_config(settings: Settings) -> Any:
                      options.learning_rate, options.seed)
 
 
-def _train_dp(spark: SparkSession, settings: Settings, prepared: _Prepared, epsilon: float,
+def _train_dp(settings: Settings, prepared: _Prepared, epsilon: float,
               *, register: bool) -> ModelResult:
     from lakeward import dpsgd
 
     options = settings.training
     config = _fit_config(settings)
     train_set = prepared.data.train
-    with _child(spark, prepared, f"{DP}-eps{epsilon:g}") as run:
+    with _child(settings, prepared, f"{DP}-eps{epsilon:g}") as run:
         try:
             net, privacy, seconds = dpsgd.fit_private(
                 prepared.z["train"], train_set.y, config, epsilon=epsilon, delta=prepared.delta,
@@ -365,11 +371,11 @@ def _train_dp(spark: SparkSession, settings: Settings, prepared: _Prepared, epsi
     return ModelResult(DP, run.info.run_id, metrics, tuple(seconds), privacy, uri)
 
 
-def _train_twin(spark: SparkSession, settings: Settings, prepared: _Prepared,
+def _train_twin(settings: Settings, prepared: _Prepared,
                 *, register: bool) -> ModelResult:
     from lakeward import dpsgd
 
-    with _child(spark, prepared, TWIN) as run:
+    with _child(settings, prepared, TWIN) as run:
         net, seconds = dpsgd.fit_non_private(
             prepared.z["train"], prepared.data.train.y, _fit_config(settings)
         )
@@ -379,12 +385,12 @@ def _train_twin(spark: SparkSession, settings: Settings, prepared: _Prepared,
     return ModelResult(TWIN, run.info.run_id, metrics, tuple(seconds), None, uri)
 
 
-def _train_baseline(spark: SparkSession, settings: Settings, prepared: _Prepared) -> ModelResult:
+def _train_baseline(settings: Settings, prepared: _Prepared) -> ModelResult:
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline
 
     mlflow = tracking.mlflow_module()
-    with _child(spark, prepared, BASELINE) as run:
+    with _child(settings, prepared, BASELINE) as run:
         model = LogisticRegression(
             class_weight="balanced", max_iter=1000, random_state=settings.training.seed
         )

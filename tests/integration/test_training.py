@@ -92,25 +92,48 @@ def test_dp_run_logs_privacy_and_compares_with_twin_and_baseline(trained) -> Non
     assert version.tags["lakeward.parent_run_id"] == summary.parent_run_id
 
 
-def test_run_records_inputs_with_delta_versions_config_and_code(trained, spark: SparkSession) -> None:
+def test_every_run_records_inputs_with_delta_versions_config_and_code(trained, spark: SparkSession) -> None:
     settings, summary = trained
     mlflow = client(settings)
-    run = mlflow.get_run(summary.parent_run_id)
-    logged = {item.table: item for item in tracking.logged_inputs(run)}
-    spec = json.loads(run.data.tags[tracking.SPEC_TAG])
+    registered = mlflow.get_model_version(settings.tracking.registered_model, summary.model_version)
+    run_ids = [summary.parent_run_id, *(result.run_id for result in summary.results.values())]
+    assert registered.run_id in run_ids
     orders, features = settings.table("silver_orders"), settings.table("gold_user_features")
-    assert {orders, features, summary.training_set.table} == set(logged)
-    for table in (orders, features):
-        assert logged[table].version == spec["inputs"][table] == tables.current_version(spark, table)
-        assert logged[table].context == "source" and logged[table].path.endswith(table.split(".")[1])
-    assert logged[summary.training_set.table].version == summary.training_set.version
-    sources = [json.loads(item.dataset.source) for item in run.inputs.dataset_inputs]
-    assert all(source["delta_table_name"].startswith("spark_catalog.") for source in sources)
-    assert run.data.tags[tracking.HASH_TAG] == summary.training_set.content_hash
-    assert run.data.params["training.epochs"] == "2"
-    assert run.data.tags[tracking.CODE_VERSION_TAG].split(":")[0] in ("git", "lakeward==0.1.0")
-    artifacts = {item.path for item in mlflow.list_artifacts(run.info.run_id, "config")}
-    assert artifacts == {"config/settings.yml"}
+    for run_id in run_ids:
+        run = mlflow.get_run(run_id)
+        logged = {item.table: item for item in tracking.logged_inputs(run)}
+        spec = json.loads(run.data.tags[tracking.SPEC_TAG])
+        assert {orders, features, summary.training_set.table} == set(logged)
+        for table in (orders, features):
+            assert logged[table].version == spec["inputs"][table] == tables.current_version(spark, table)
+            assert logged[table].context == "source" and logged[table].path.endswith(table.split(".")[1])
+        assert logged[summary.training_set.table].version == summary.training_set.version
+        # MLflow's own record of each input names the table and its version, 0 included.
+        for item in run.inputs.dataset_inputs:
+            source = json.loads(item.dataset.source)
+            table = source["delta_table_name"].removeprefix("spark_catalog.")
+            assert source["delta_table_version"] == logged[table].version
+        assert run.data.tags[tracking.HASH_TAG] == summary.training_set.content_hash
+        assert run.data.params["training.epochs"] == "2"
+        assert run.data.tags[tracking.CODE_VERSION_TAG].split(":")[0] in ("git", "lakeward==0.1.0")
+        artifacts = {item.path for item in mlflow.list_artifacts(run.info.run_id, "config")}
+        assert artifacts == {"config/settings.yml"}
+
+
+def test_mlflow_reads_a_version_0_input_back_with_its_version(spark: SparkSession, base_settings: Settings,
+                                                             tmp_path: Path) -> None:
+    settings = isolated(base_settings, tmp_path)
+    name = settings.table("gold_user_features").replace("user_features", "tracked_v0")
+    tables.ensure_schema(spark, name.split(".")[0])
+    spark.range(3).write.format("delta").saveAsTable(name)
+    assert tables.current_version(spark, name) == 0
+    dataset = tracking.delta_input(spark, name, 0, context="source").dataset
+    source = mlflow.data.get_source(mlflow.entities.Dataset(
+        name=dataset.name, digest=dataset.digest, source_type=dataset.source.__class__._get_source_type(),
+        source=dataset.source.to_json(),
+    ))
+    assert json.loads(dataset.source.to_json())["delta_table_version"] == 0
+    assert source.delta_table_version == 0 and source.delta_table_name.endswith(name)
 
 
 def test_mlflow_holds_no_identifiers_and_nothing_lands_in_mlruns(trained, store: Path) -> None:
