@@ -64,14 +64,16 @@ LEDGER_SCHEMA = T.StructType(
         T.StructField("source", T.StringType()),
         T.StructField("arrival_date", T.DateType()),
         T.StructField("path", T.StringType()),
-        T.StructField("size_bytes", T.LongType()),
-        T.StructField("checksum_sha256", T.StringType()),
+        T.StructField("size", T.LongType(), metadata={"comment": "bytes"}),
+        T.StructField("checksum", T.StringType(), metadata={"comment": "SHA-256 of the file, hex"}),
         T.StructField("lines", T.LongType()),
         T.StructField("rows_written", T.LongType()),
         T.StructField("rows_quarantined", T.LongType()),
         T.StructField("ingested_at", T.TimestampType()),
     ]
 )
+# Ledgers written before the ledger's columns took the names the foundation issue gives.
+_LEDGER_RENAMES = {"size_bytes": "size", "checksum_sha256": "checksum"}
 
 MALFORMED = "malformed_json"
 NOT_AN_OBJECT = "not_a_json_object"
@@ -829,4 +831,6 @@ def record_batches(
         )
         for f in files
     ]
-    tables.append(spark.createDataFrame(rows, LEDGER_SCHEMA), settings.table("ops_ingestion_batches"))
+    ledger = settings.table("ops_ingestion_batches")
+    tables.rename_columns(spark, ledger, _LEDGER_RENAMES)
+    tables.append(spark.createDataFrame(rows, LEDGER_SCHEMA), ledger)

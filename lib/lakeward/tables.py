@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -236,6 +236,23 @@ def add_columns(spark: SparkSession, name: str, schema: StructType) -> None:
         return
     empty = spark.createDataFrame([], schema)
     empty.write.format("delta").mode("append").option("mergeSchema", "true").saveAsTable(name)
+
+
+def rename_columns(spark: SparkSession, name: str, renames: Mapping[str, str]) -> None:
+    """Give the table's columns named in ``renames`` their new names; a table without them is left as it is.
+
+    The table is rewritten in one commit (small ledgers are what this is for): a Delta
+    rename in place needs column mapping, a protocol upgrade every reader of the table
+    would then need. History, properties and the table id stay.
+    """
+    current = read(spark, name)
+    present = {old: new for old, new in renames.items() if old in current.columns}
+    if not present:
+        return
+    log.info("%s: renaming columns %s", name, ", ".join(f"{old} -> {new}" for old, new in present.items()))
+    current.withColumnsRenamed(present).write.format("delta").mode("overwrite").option(
+        "overwriteSchema", "true"
+    ).saveAsTable(name)
 
 
 def append_side_by_side(writes: Sequence[tuple[DataFrame, str]]) -> list[int]:

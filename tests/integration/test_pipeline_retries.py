@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from dataclasses import replace
@@ -300,6 +301,37 @@ def test_a_silver_ledger_from_before_batch_ids_still_marks_its_dates_done(
         pipeline.run_silver(spark, settings, DateSelection(days[1]))
     assert versions == {source: tables.current_version(spark, settings.table(spec.table))
                         for source, spec in silver.SOURCES.items()}
+
+
+def test_an_ingestion_ledger_with_the_old_column_names_is_renamed_and_keeps_its_rows(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path
+) -> None:
+    """``ops.ingestion_batches`` once named ``size`` and ``checksum`` ``size_bytes`` and
+    ``checksum_sha256``: the next bronze run renames them, and the files it records stay done."""
+    settings = isolated(base_settings, tmp_path)
+    days = [date(2026, 3, 1), date(2026, 3, 2)]
+    generate(settings.landing_dir, seed=5, users=20, days=2, start=days[0], faults=FaultRates.none())
+    name = settings.table("ops_ingestion_batches")
+    pipeline.ensure_tables(spark, settings)
+    pipeline.run_bronze(spark, settings, DateSelection(days[0]))
+    first = tables.read(spark, name).orderBy("path").collect()
+    assert len(first) == len(SOURCES)
+    for row in first:
+        landed = settings.data_root / row.path
+        assert row.size == landed.stat().st_size
+        assert row.checksum == hashlib.sha256(landed.read_bytes()).hexdigest()
+    day_one_orders = count_rows(spark, settings, "bronze_order_placed")
+    renamed = {"size": "size_bytes", "checksum": "checksum_sha256"}
+    old_names = tables.read(spark, name).withColumnsRenamed(renamed)
+    old_names.write.format("delta").mode("overwrite").option("overwriteSchema", "true").saveAsTable(name)
+
+    pipeline.run_bronze(spark, settings, DateSelection())
+    ledger = tables.read(spark, name)
+    assert ledger.columns == bronze.LEDGER_SCHEMA.fieldNames()
+    assert ledger.filter(F.col("arrival_date") == days[0]).orderBy("path").collect() == first
+    assert ledger.filter(F.col("arrival_date") == days[1]).count() == len(SOURCES)
+    day_one_file = next(row.path for row in first if row.source == "order_placed")
+    assert count_rows(spark, settings, "bronze_order_placed", _source_file=day_one_file) == day_one_orders
 
 
 def test_a_retry_removes_what_a_crash_left_of_a_file_changed_or_removed_since(
