@@ -429,7 +429,25 @@ def _ml_command(spark: Any, args: argparse.Namespace, settings: Settings) -> int
         raise UsageError(str(err)) from None
     log.info("%s: MLflow parent run %s (experiment %s)", args.command, summary.parent_run_id,
              summary.experiment_id)
+    sys.stdout.write(_train_report(summary))
     return 0
+
+
+def _train_report(summary: Any) -> str:
+    """What ``train`` and ``dp-sweep`` print: the run ids a user passes on, and each model's test ROC-AUC."""
+    lines = [f"parent run: {summary.parent_run_id}", f"experiment: {summary.experiment_id}"]
+    if summary.model_version is not None:
+        lines.append(f"registered model: {summary.model_name} version {summary.model_version}")
+    runs = [*summary.results.values(), *summary.sweep]
+    names = [result.kind if result.privacy is None else f"{result.kind} eps {result.privacy.epsilon_target:g}"
+             for result in runs]
+    width = max(map(len, names))
+    for name, result in zip(names, runs, strict=True):
+        auc = result.metrics["test_roc_auc"]
+        lines.append(f"  {name:<{width}}  run {result.run_id}  test ROC-AUC {auc:.4f}")
+    if summary.plot is not None:
+        lines.append(f"plot: {summary.plot}")
+    return "\n".join(lines) + "\n"
 
 
 def _generate(args: argparse.Namespace, settings: Settings) -> int:

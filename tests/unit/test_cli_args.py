@@ -140,3 +140,28 @@ def test_the_demo_suggests_commands_that_name_the_data_root_and_environment_it_u
         f"LAKEWARD_HOME='{tmp_path}/my home' LAKEWARD_CONF_DIR={settings.conf_dir} "
         'lakeward --env dev sql "SELECT 1"'
     )
+
+
+def test_train_prints_the_run_ids_a_user_passes_on() -> None:
+    from types import SimpleNamespace
+
+    from lakeward.cli import _train_report
+    from lakeward.train import ModelResult, TrainSummary
+
+    def result(kind: str, run_id: str, auc: float, epsilon: float | None = None) -> ModelResult:
+        privacy = None if epsilon is None else SimpleNamespace(epsilon_target=epsilon)
+        return ModelResult(kind, run_id, {"test_roc_auc": auc}, privacy=privacy)
+
+    parent, dp, twin, logreg = "a" * 32, "b" * 32, "c" * 32, "d" * 32
+    results = {"dp": result("dp", dp, 0.7, 3.0), "non_private": result("non_private", twin, 0.75),
+               "sklearn_logreg": result("sklearn_logreg", logreg, 0.74)}
+    summary = TrainSummary(parent, "7", SimpleNamespace(), results, model_name="churn", model_version="2")
+    lines = _train_report(summary).splitlines()
+    assert lines[:3] == [f"parent run: {parent}", "experiment: 7", "registered model: churn version 2"]
+    assert lines[3:] == [
+        f"  dp eps 3        run {dp}  test ROC-AUC 0.7000",
+        f"  non_private     run {twin}  test ROC-AUC 0.7500",
+        f"  sklearn_logreg  run {logreg}  test ROC-AUC 0.7400",
+    ]
+    # The first run id on stdout is the parent's.
+    assert _train_report(summary).index(parent) < _train_report(summary).index(dp)
