@@ -29,11 +29,12 @@ import time
 import uuid
 from datetime import date, timedelta
 
+from fresh_root import empty_data_root  # benchmarks/, first on sys.path
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from lakeward import incremental, silver, tables
-from lakeward.config import Settings, load_settings
+from lakeward.config import Settings
 from lakeward.session import get_spark
 
 log = logging.getLogger("benchmarks.incremental_gold")
@@ -139,7 +140,7 @@ def main() -> None:
     if not 1 <= args.daily < args.days:
         parser.error("--daily must be at least 1 and less than --days")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
-    settings = load_settings("local")
+    settings = empty_data_root()
     spark_settings = settings.spark.model_copy(update={"master": args.master})
     settings = settings.model_copy(update={"spark": spark_settings})
     spark = get_spark(settings)

@@ -99,13 +99,17 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=120)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="where the landing files, both data roots and the stage logs go "
+                             "(default: a new directory under the system's temp dir, kept and named)")
     parser.add_argument("--users-feed", choices=["changes", "snapshot"], default="changes")
     args = parser.parse_args()
 
     from lakeward.sources.bitebridge import FaultRates, generate
 
     root = args.workdir or Path(tempfile.mkdtemp(prefix="lakeward-bench-"))
+    print(f"workdir {root}: landing files, data roots and <variant>-run<N>.log; remove it when done",
+          file=sys.stderr)
     landing = root / "landing"
     started = time.perf_counter()
     summary = generate(landing, seed=args.seed, users=args.users, days=args.days,

@@ -23,8 +23,9 @@ import time
 import uuid
 from datetime import date
 
+from fresh_root import empty_data_root  # benchmarks/, first on sys.path
+
 from lakeward import pipeline
-from lakeward.config import load_settings
 from lakeward.pipeline import DateSelection
 from lakeward.session import get_spark
 from lakeward.sources.bitebridge import generate
@@ -42,7 +43,7 @@ def main() -> None:
                         help="spark.sql.codegen.cache.maxEntries (default: the configured value)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    settings = load_settings("local")
+    settings = empty_data_root()
     conf = dict(settings.spark.conf)
     if args.cache_entries is not None:
         conf["spark.sql.codegen.cache.maxEntries"] = str(args.cache_entries)

@@ -22,10 +22,10 @@ from collections import Counter
 from datetime import date, timedelta
 from typing import Any
 
+from fresh_root import empty_data_root  # benchmarks/, first on sys.path
 from pyspark.sql import SparkSession
 
 from lakeward import pipeline
-from lakeward.config import load_settings
 from lakeward.pipeline import DateSelection
 from lakeward.session import get_spark
 from lakeward.sources.bitebridge import generate
@@ -71,7 +71,7 @@ def main() -> None:
     parser.add_argument("--sites", action="store_true", help="the last day's jobs by call site")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    settings = load_settings("local")
+    settings = empty_data_root()
     generate(settings.landing_dir, seed=11, users=args.users, days=args.days, start=START)
     spark = get_spark(settings)
     print("| day | stage | wall (s) | Spark jobs |")
