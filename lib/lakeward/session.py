@@ -81,13 +81,20 @@ def get_spark(settings: Settings) -> SparkSession:
         spark = builder.getOrCreate()
         if mode == "local":
             _quiet_derby(spark, settings)
-        else:
-            _warn_local_master(spark, settings)
     else:
         spark = _start_jvm(builder, settings)
     _check_sql_conf(spark, settings)
     if mode == "local":
         _check_catalog_home(spark, settings)
+    else:
+        conf = spark.conf
+        check_cluster_session(
+            settings,
+            master=conf.get("spark.master") or "",
+            catalog=conf.get("spark.sql.catalogImplementation") or "in-memory",
+            session_catalog=conf.get("spark.sql.catalog.spark_catalog") or DELTA_CATALOG,
+            default_catalog=conf.get("spark.sql.defaultCatalog") or "spark_catalog",
+        )
     return spark
 
 
@@ -127,14 +134,32 @@ def check_master(settings: Settings) -> None:
         )
 
 
-def _warn_local_master(spark: SparkSession, settings: Settings) -> None:
-    """Say so when a ``cluster`` job was submitted to a local master: it has no cluster catalog there."""
-    master = spark.conf.get("spark.master") or ""
+def check_cluster_session(
+    settings: Settings, *, master: str, catalog: str, session_catalog: str, default_catalog: str
+) -> None:
+    """Refuse a ``cluster`` session whose tables would be gone when it ends; warn on a local master.
+
+    The cluster's catalog (a Hive metastore, or another catalog made the default) comes
+    from spark-submit's conf, spark-defaults.conf or the environment's config file. Without
+    one, Spark keeps the catalog in memory: a job would write its tables' files and
+    report success, and the next job would neither see the tables nor be able to create
+    them over those files.
+    """
+    in_memory = (
+        catalog == "in-memory" and session_catalog == DELTA_CATALOG and default_catalog == "spark_catalog"
+    )
+    if in_memory:
+        raise ConfigError(
+            f"spark.mode is cluster (env {settings.env}) but the session's catalog is Spark's in-memory "
+            "one, so no later job would see the tables: give the job the cluster's metastore "
+            f"(spark.sql.catalogImplementation=hive and its connection, in spark-submit's conf or "
+            f"conf/{settings.env}.yml), or use --env local to run on this machine"
+        )
     if master.startswith("local"):
         log.warning(
-            "spark.mode is cluster (env %s) but spark-submit's master is %s: the tables go to Spark's "
-            "own catalog and warehouse (%s unless configured); use --env local to run on this machine",
-            settings.env, master, spark.conf.get("spark.sql.warehouse.dir"),
+            "spark.mode is cluster (env %s) but the master is %s: the job runs on this machine, "
+            "with the catalog and warehouse its Spark conf names; use --env local for lakeward's "
+            "own under the data root", settings.env, master,
         )
 
 

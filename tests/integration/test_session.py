@@ -10,12 +10,13 @@ from pyspark.sql import SparkSession
 
 from lakeward.config import ConfigError, Settings, load_settings
 from lakeward.session import (
+    DELTA_CATALOG,
     _check_catalog_home,
     _ivy_home,
     _known_delta_jars,
     _maven_repository,
     _resolving_alone,
-    _warn_local_master,
+    check_cluster_session,
     delta_jars_note,
     java_user_home,
 )
@@ -42,15 +43,24 @@ def test_the_catalog_must_keep_its_tables_under_this_data_root(
         _check_catalog_home(spark, elsewhere)
 
 
-def test_a_cluster_job_submitted_to_a_local_master_is_told_where_its_tables_go(
-    spark: SparkSession, tmp_path: Path, caplog: pytest.LogCaptureFixture
+def test_a_cluster_session_must_have_a_catalog_that_outlives_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     cluster = load_settings("dev", data_root=tmp_path)
     assert cluster.spark.mode == "cluster"
+    spark_own = {"catalog": "in-memory", "session_catalog": DELTA_CATALOG, "default_catalog": "spark_catalog"}
+    for master in ("local[2]", "spark://host:7077"):
+        with pytest.raises(ConfigError, match=r"in-memory one, so no later job would see.*--env local"):
+            check_cluster_session(cluster, master=master, **spark_own)
+
+    # A Hive metastore, or another catalog as the default or in Delta's place, keeps the tables.
+    for given in ({"catalog": "hive"}, {"default_catalog": "unity"}, {"session_catalog": "some.Catalog"}):
+        with caplog.at_level("WARNING", logger="lakeward"):
+            check_cluster_session(cluster, master="spark://host:7077", **{**spark_own, **given})
+        assert not caplog.records
     with caplog.at_level("WARNING", logger="lakeward"):
-        _warn_local_master(spark, cluster)
-    assert "spark.mode is cluster (env dev) but spark-submit's master is local" in caplog.text
-    assert "use --env local to run on this machine" in caplog.text
+        check_cluster_session(cluster, master="local[2]", **{**spark_own, "catalog": "hive"})
+    assert "spark.mode is cluster (env dev) but the master is local[2]" in caplog.text
 
 
 def test_the_first_start_notes_the_delta_jars_it_resolved(
