@@ -167,7 +167,14 @@ def _number(text: str) -> float:
 
 
 def _numbers(text: str) -> list[float]:
-    return [_number(part.strip()) for part in text.split(",") if part.strip()]
+    parts = [part.strip() for part in text.split(",")]
+    if text.strip() and not all(parts):
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}")
+    numbers = [_number(part) for part in parts if part]
+    repeated = sorted({n for n in numbers if numbers.count(n) > 1})
+    if repeated:
+        raise argparse.ArgumentTypeError(f"{', '.join(f'{n:g}' for n in repeated)} given more than once")
+    return numbers
 
 
 def _add_ml_commands(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -178,7 +185,8 @@ def _add_ml_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     model.add_argument("--epochs", type=_positive, default=None, help="passes over the train split")
     model.add_argument("--delta", type=_number, default=None,
                        help="DP target delta, below 1/N (default: from config, else 1/(10 N))")
-    model.add_argument("--seed", type=int, default=None, help="seed of weights, sampling and noise")
+    model.add_argument("--seed", type=int, default=None,
+                       help="seed of weights, sampling and noise, 0 to 4294967295")
     model.add_argument("--training-set", type=_identifier, default=None, metavar="NAME",
                        help="train on ml.NAME instead of ml.training_set")
 

@@ -37,7 +37,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from lakeward import tables, tracking
-from lakeward.config import Settings, TrainingSettings
+from lakeward.config import MAX_EPSILON, Settings, TrainingSettings
 from lakeward.train_data import SPLITS, Preprocessor, TrainingArrays, load_training_arrays, scores
 
 if TYPE_CHECKING:
@@ -87,10 +87,15 @@ class TrainSummary:
 
 
 def check_epsilon(epsilon: float) -> None:
-    """Epsilon must be a positive, finite number."""
+    """Epsilon must be a positive, finite number, at most ``MAX_EPSILON``."""
     if not isinstance(epsilon, int | float) or math.isnan(epsilon) or not 0 < epsilon < math.inf:
         raise PrivacyParameterError(
             f"epsilon must be a positive, finite number (smaller is more private), got {epsilon}"
+        )
+    if epsilon > MAX_EPSILON:
+        raise PrivacyParameterError(
+            f"epsilon {epsilon:g} is above {MAX_EPSILON:g}: it bounds nothing, and Opacus cannot search "
+            "for a noise level that small; use an epsilon of 0.5 to 10, or --no-dp to train without privacy"
         )
     if epsilon > 50:
         log.warning("train: epsilon %s gives next to no formal privacy; typical values are 0.5 to 10",

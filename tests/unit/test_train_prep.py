@@ -162,9 +162,16 @@ def test_cli_lists_ml_commands_and_refuses_bad_privacy_arguments(tmp_path: Path)
         (["train", "--epsilon", "0"], "epsilon must be a positive, finite number"),
         (["train", "--delta", "1"], "delta must be a probability strictly between 0 and 1"),
         (["dp-sweep", "--epsilons", "1,-2"], "epsilon must be a positive, finite number"),
+        (["train", "--epsilon", "1000"], "epsilon 1000 is above 100: it bounds nothing"),
+        (["dp-sweep", "--epsilons", "1,1e9"], "epsilon 1e+09 is above 100"),
+        (["dp-sweep", "--epsilons", "1,,2"], "argument --epsilons: expected numbers separated by commas"),
+        (["dp-sweep", "--epsilons", "2,1,2"], "argument --epsilons: 2 given more than once"),
+        (["train", "--seed", "-1"], "invalid training options: seed: Input should be greater than or equal"),
+        (["train", "--seed", str(2**32)], "invalid training options: seed: Input should be less than"),
     ]:
         result = lakeward(env, *args)
         assert result.returncode == 2
-        assert result.stderr.startswith(f"lakeward: error: {message}")
+        prefixes = ("lakeward: error: ", f"lakeward {args[0]}: error: ")
+        assert result.stderr.startswith(tuple(prefix + message for prefix in prefixes))
         assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "mlflow").exists()  # refused before any store or session was touched
