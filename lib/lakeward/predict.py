@@ -114,7 +114,7 @@ def score_frame(spark: SparkSession, settings: Settings, day: date, model: _Mode
 
 def predict(spark: SparkSession, settings: Settings, run_id: str, day: date) -> PredictResult:
     """Score ``day``'s feature rows with run ``run_id``'s model and write them to ``ml.predictions``."""
-    tracking.configure(settings)
+    tracking.configure_to_read(settings, run_id)
     model = _resolve_model(run_id)
     features: Any = score_frame(spark, settings, day, model).toPandas()
     output = model.pyfunc.predict(features[model.features])

@@ -179,6 +179,23 @@ def configure(settings: Settings) -> str:
     return experiment_id
 
 
+def configure_to_read(settings: Settings, run_id: str) -> None:
+    """Point MLflow at the configured store to look up ``run_id``; nothing is created.
+
+    A local store that does not exist yet holds no run: say so, rather than let MLflow
+    create the database (and :func:`configure` the experiment) for a lookup that fails.
+    """
+    mlflow = mlflow_module()
+    uri = tracking_uri(settings)
+    store = Path(unquote(uri.removeprefix("sqlite:///"))) if uri.startswith("sqlite:///") else None
+    if store is not None and not store.exists():
+        raise LineageError(
+            f"no MLflow run {run_id!r}: nothing has been tracked in {store} yet (`lakeward train` logs runs)"
+        )
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+
+
 def client() -> Any:
     """An ``MlflowClient`` on the configured store (call :func:`configure` first)."""
     return mlflow_module().MlflowClient()
@@ -536,7 +553,7 @@ def rebuild_training_set(
     from lakeward import training_set
 
     # A new process has no tracking URI yet; MLflow's default is a store in the cwd.
-    configure(settings)
+    configure_to_read(settings, run_id)
     target = None if output is None else training_set.table_name(settings, output)
     if target is not None:
         try:

@@ -175,3 +175,10 @@ def test_cli_lists_ml_commands_and_refuses_bad_privacy_arguments(tmp_path: Path)
         assert result.stderr.startswith(tuple(prefix + message for prefix in prefixes))
         assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "mlflow").exists()  # refused before any store or session was touched
+
+
+def test_looking_up_a_run_in_a_store_never_made_creates_nothing(tmp_path: Path) -> None:
+    settings = load_settings("local", data_root=tmp_path)
+    with pytest.raises(tracking.LineageError, match=r"no MLflow run 'abc': nothing has been tracked in"):
+        tracking.configure_to_read(settings, "abc")
+    assert not settings.mlflow_dir.exists()
