@@ -410,7 +410,8 @@ def _train_baseline(settings: Settings, prepared: _Prepared) -> ModelResult:
         info = mlflow.sklearn.log_model(
             pipeline,
             name="model",
-            signature=_signature(prepared),
+            # predict_proba gives both classes' probabilities, in the order of model.classes_.
+            signature=_signature(prepared, ("not_churned_probability", "churn_probability")),
             pip_requirements=pinned("mlflow", "scikit-learn", "skops", "numpy", "pandas", "scipy"),
             pyfunc_predict_fn="predict_proba",
             # skops (safe loading) refuses numpy dtypes unless trusted; SimpleImputer keeps one.
@@ -447,12 +448,12 @@ def pinned(*packages: str) -> list[str]:
     return [f"{package}=={metadata.version(package)}" for package in packages]
 
 
-def _signature(prepared: _Prepared) -> Any:
+def _signature(prepared: _Prepared, outputs: Sequence[str] = ("churn_probability",)) -> Any:
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
     inputs = Schema([ColSpec("double", name) for name in prepared.data.features])
-    return ModelSignature(inputs=inputs, outputs=Schema([ColSpec("double", "churn_probability")]))
+    return ModelSignature(inputs=inputs, outputs=Schema([ColSpec("double", name) for name in outputs]))
 
 
 def _log_torch_model(settings: Settings, prepared: _Prepared, net: Any, *, register: bool,

@@ -267,3 +267,16 @@ def test_dp_sweep_runs_each_epsilon_beside_the_twin_and_logs_a_plot(trained, spa
         [summary.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{summary.parent_run_id}'"
     )
     assert len(children) == 3, "one DP run per epsilon and the non-private twin"
+
+
+def test_each_logged_model_gives_what_its_signature_says(trained, spark: SparkSession) -> None:
+    settings, summary = trained
+    client(settings)
+    rows = tables.read(spark, summary.training_set.table).limit(5).toPandas()
+    for result in summary.results.values():
+        info = mlflow.models.get_model_info(result.model_uri)
+        features = info.signature.inputs.input_names()
+        outputs = info.signature.outputs.input_names()
+        assert outputs[-1] == "churn_probability"
+        predicted = mlflow.pyfunc.load_model(result.model_uri).predict(rows[features].astype("float64"))
+        assert predicted.shape == (5, len(outputs)), result.kind
