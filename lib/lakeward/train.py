@@ -150,11 +150,9 @@ def open_training_set(
     from lakeward import training_set
 
     name = training_set.table_name(settings, table)
+    command = "lakeward training-set" + ("" if table is None else f" --name {table}")
     if not tables.exists(spark, name):
-        hint = "" if table is None else f" --name {table}"
-        raise TrainingSetMissingError(
-            f"training set table {name} does not exist; run `lakeward training-set{hint}` first"
-        )
+        raise TrainingSetMissingError(f"training set table {name} does not exist; run `{command}` first")
     version = tables.current_version(spark, name)
     properties = tables.properties(spark, name)
     spec_json = properties.get(training_set.SPEC_PROPERTY)
@@ -162,14 +160,14 @@ def open_training_set(
     if not spec_json or not recorded:
         raise TrainingSetMissingError(
             f"{name} has no {training_set.SPEC_PROPERTY} / {training_set.CONTENT_HASH_PROPERTY} "
-            "properties, so it cannot be traced to its inputs; write it with `lakeward training-set`"
+            f"properties, so it cannot be traced to its inputs; write it with `{command}`"
         )
     spec = training_set.BuildSpec.from_json(spec_json)
     digest = training_set.content_hash(tables.read(spark, name, version=version))
     if digest != recorded:
         raise TrainingSetMissingError(
             f"{name} version {version} has content hash {digest} but its property says {recorded}: "
-            "it was changed after `lakeward training-set` wrote it; run `lakeward training-set` again"
+            f"it was changed after `lakeward training-set` wrote it; run `{command}` again"
         )
     # The columns the set was built with, also when the configured features changed since.
     columns = training_set.spec_feature_columns(spec, settings)
