@@ -70,6 +70,9 @@ class PrivacyReport:
             "dp.accountant": self.accountant,
             "dp.poisson_sampling": "true",
             "dp.mechanism": "DP-SGD (Opacus make_private_with_epsilon)",
+            # Opacus samples and clips rows; a user with k labelled orders in the train split
+            # is covered by group privacy, about k times epsilon (README, "Training and tracking").
+            "dp.privacy_unit": "training row (one labelled order)",
         }
 
 
