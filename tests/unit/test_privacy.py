@@ -10,7 +10,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from lakeward.config import load_settings
-from lakeward.privacy.keys import MissingKeyError, fingerprint, pii_key
+from lakeward.privacy.keys import MissingKeyError, _warn_short_once, fingerprint, pii_key
 from lakeward.privacy.pseudonymize import hmac_sha256
 
 VALUES = ["usr_0123456789ab", "", "Müller ünïcode", "x" * 300, None]
@@ -73,16 +73,19 @@ def test_key_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert not (tmp_path / "pii.key").exists()
 
 
-def test_a_short_key_from_the_environment_is_taken_with_one_warning(
+def test_a_short_key_from_the_environment_is_taken_locally_with_one_warning(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setenv("LAKEWARD_PII_KEY", "secret")
-    monkeypatch.setattr("lakeward.privacy.keys._warned_short", set())
+    _warn_short_once.cache_clear()
     with caplog.at_level("WARNING", logger="lakeward.privacy.keys"):
-        for env in ("local", "prod", "prod"):
-            assert pii_key(load_settings(env, data_root=tmp_path)) == b"secret"
+        for _ in range(2):
+            assert pii_key(load_settings("local", data_root=tmp_path)) == b"secret"
     warnings = [r.getMessage() for r in caplog.records if "shorter than 16" in r.getMessage()]
     assert len(warnings) == 1 and "secret" not in warnings[0]
+    for env in ("dev", "prod"):
+        with pytest.raises(MissingKeyError, match=f"16 bytes, which the {env} environment refuses"):
+            pii_key(load_settings(env, data_root=tmp_path))
 
 
 @pytest.mark.parametrize("content", [b"", b"abc\n"])

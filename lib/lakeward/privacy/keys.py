@@ -12,6 +12,7 @@ import hmac
 import logging
 import os
 import secrets
+from functools import cache
 from pathlib import Path
 
 from lakeward.config import ConfigError, Settings
@@ -59,6 +60,11 @@ def _key_from_environment(settings: Settings) -> bytes | None:
     if value:
         key = value.encode("utf-8")
         if len(key) < MIN_KEY_BYTES:
+            if not settings.privacy.generate_key_if_missing:
+                raise MissingKeyError(
+                    f"{variable} is set but shorter than {MIN_KEY_BYTES} bytes, which the "
+                    f"{settings.env} environment refuses; use a long random secret"
+                )
             _warn_short_once(variable, len(key))
         return key
     if not settings.privacy.generate_key_if_missing:
@@ -69,18 +75,15 @@ def _key_from_environment(settings: Settings) -> bytes | None:
     return None
 
 
-_warned_short: set[str] = set()
-
-
+@cache
 def _warn_short_once(variable: str, length: int) -> None:
-    # A short key is the user's choice (tests and demos use one), so it is taken; but
-    # whoever holds the user_keys can guess it and undo the pseudonymization, so say so.
-    if variable in _warned_short:
-        return
-    _warned_short.add(variable)
+    # Local work may use a short known key (tests and demos check user_key against their
+    # own HMAC). Anyone who reads ops.silver_batches can test guesses against the key's
+    # fingerprint there, and then re-identify users, so environments that may not
+    # generate a key refuse short ones.
     log.warning(
-        "%s is %d bytes long, shorter than %d: anyone with the user_keys could guess it; "
-        "use a long random key outside tests", variable, length, MIN_KEY_BYTES,
+        "%s is %d bytes long, shorter than %d: it can be guessed from the key fingerprint in the "
+        "silver ledger; use a long random key outside tests", variable, length, MIN_KEY_BYTES,
     )
 
 
