@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import re
 import signal
@@ -18,11 +19,14 @@ import threading
 import traceback
 from collections.abc import Sequence
 from datetime import date, timedelta
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from lakeward import interrupt, root_lock
 from lakeward.config import ConfigError, Settings, is_identifier, load_settings
 from lakeward.sources.bitebridge import USERS_FEEDS
+
+if TYPE_CHECKING:
+    from lakeward.train import TrainSummary
 
 log = logging.getLogger("lakeward")
 
@@ -441,7 +445,7 @@ def _ml_command(spark: Any, args: argparse.Namespace, settings: Settings) -> int
     return 0
 
 
-def _train_report(summary: Any) -> str:
+def _train_report(summary: TrainSummary) -> str:
     """What ``train`` and ``dp-sweep`` print: the run ids a user passes on, and each model's test ROC-AUC."""
     lines = [f"parent run: {summary.parent_run_id}", f"experiment: {summary.experiment_id}"]
     if summary.model_version is not None:
@@ -451,8 +455,10 @@ def _train_report(summary: Any) -> str:
              for result in runs]
     width = max(map(len, names))
     for name, result in zip(names, runs, strict=True):
-        auc = result.metrics["test_roc_auc"]
-        lines.append(f"  {name:<{width}}  run {result.run_id}  test ROC-AUC {auc:.4f}")
+        # A split can leave the test part empty; the runs are logged all the same.
+        auc = result.metrics.get("test_roc_auc", math.nan)
+        shown = "n/a" if math.isnan(auc) else f"{auc:.4f}"
+        lines.append(f"  {name:<{width}}  run {result.run_id}  test ROC-AUC {shown}")
     if summary.plot is not None:
         lines.append(f"plot: {summary.plot}")
     return "\n".join(lines) + "\n"

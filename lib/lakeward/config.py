@@ -259,7 +259,7 @@ class TrainingSettings(_Strict):
     """Adam learning rate, the same for the DP model and its twin."""
     max_grad_norm: float = Field(1.0, gt=0)
     """Per-sample gradient clipping norm C of DP-SGD."""
-    epsilon: float = Field(3.0, gt=0, le=100)
+    epsilon: float = Field(3.0, gt=0, le=MAX_EPSILON)
     """Target epsilon of DP-SGD."""
     delta: float | None = Field(None, gt=0, lt=1)
     """Target delta; ``None``: ``1 / (10 * train rows)``, safely below ``1 / N``."""

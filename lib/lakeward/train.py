@@ -95,7 +95,8 @@ def check_epsilon(epsilon: float) -> None:
     if epsilon > MAX_EPSILON:
         raise PrivacyParameterError(
             f"epsilon {epsilon:g} is above {MAX_EPSILON:g}: it bounds nothing, and Opacus cannot search "
-            "for a noise level that small; use an epsilon of 0.5 to 10, or --no-dp to train without privacy"
+            "for a noise level that small; use an epsilon of 0.5 to 10 (`lakeward train --no-dp` trains "
+            "without privacy)"
         )
     if epsilon > 50:
         log.warning("train: epsilon %s gives next to no formal privacy; typical values are 0.5 to 10",

@@ -165,3 +165,14 @@ def test_train_prints_the_run_ids_a_user_passes_on() -> None:
     ]
     # The first run id on stdout is the parent's.
     assert _train_report(summary).index(parent) < _train_report(summary).index(dp)
+
+
+def test_train_report_says_n_a_for_a_model_without_a_test_part() -> None:
+    from types import SimpleNamespace
+
+    from lakeward.cli import _train_report
+    from lakeward.train import ModelResult, TrainSummary
+
+    empty = ModelResult("non_private", "e" * 32, {"validation_roc_auc": 0.6})
+    report = _train_report(TrainSummary("f" * 32, "1", SimpleNamespace(), {"non_private": empty}))
+    assert report.splitlines()[-1] == f"  non_private  run {'e' * 32}  test ROC-AUC n/a"
