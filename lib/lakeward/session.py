@@ -31,7 +31,7 @@ from pyspark import SparkContext
 from pyspark.sql import SparkSession
 
 from lakeward import class_data, root_lock
-from lakeward.config import ConfigError, Settings
+from lakeward.config import TABLE_KEYS, ConfigError, Settings
 
 log = logging.getLogger(__name__)
 
@@ -145,9 +145,13 @@ def check_cluster_session(
     report success, and the next job would neither see the tables nor be able to create
     them over those files.
     """
-    in_memory = (
-        catalog == "in-memory" and session_catalog == DELTA_CATALOG and default_catalog == "spark_catalog"
-    )
+    # Table names may name their catalog (``unity.silver.orders``); two-part names live in
+    # the default one.
+    catalogs = {
+        name.split(".")[0] if name.count(".") == 2 else default_catalog
+        for name in map(settings.table, TABLE_KEYS)
+    }
+    in_memory = catalog == "in-memory" and session_catalog == DELTA_CATALOG and "spark_catalog" in catalogs
     if in_memory:
         raise ConfigError(
             f"spark.mode is cluster (env {settings.env}) but the session's catalog is Spark's in-memory "

@@ -58,6 +58,12 @@ def test_a_cluster_session_must_have_a_catalog_that_outlives_it(
         with caplog.at_level("WARNING", logger="lakeward"):
             check_cluster_session(cluster, master="spark://host:7077", **{**spark_own, **given})
         assert not caplog.records
+    # So does a catalog every table names, but not one that leaves a table in spark_catalog.
+    named = {key: f"unity.{name}" for key, name in cluster.tables.items()}
+    check_cluster_session(cluster.model_copy(update={"tables": named}), master="yarn", **spark_own)
+    named["ml_predictions"] = cluster.tables["ml_predictions"]
+    with pytest.raises(ConfigError, match="in-memory one"):
+        check_cluster_session(cluster.model_copy(update={"tables": named}), master="yarn", **spark_own)
     with caplog.at_level("WARNING", logger="lakeward"):
         check_cluster_session(cluster, master="local[2]", **{**spark_own, "catalog": "hive"})
     assert "spark.mode is cluster (env dev) but the master is local[2]" in caplog.text
