@@ -617,6 +617,7 @@ def ingest_sources(
     ledger lookup, one cleanup query, one counting job, one quarantine write
     and one ledger write.
     """
+    _name_ledger_columns(spark, settings)
     files = {source: landing_files(settings, source, dates) for source in sources}
     cleaned = sorted({*dates, *also_clean})
     done = _recorded_batches(spark, settings, sources, cleaned) - set(again)
@@ -643,6 +644,19 @@ def ingest_sources(
         )
         for source in sources
     ]
+
+
+def _name_ledger_columns(spark: SparkSession, settings: Settings) -> None:
+    """Give a ledger written before its columns were renamed their names, before anything is written."""
+    ledger = settings.table("ops_ingestion_batches")
+    try:
+        tables.rename_columns(spark, ledger, _LEDGER_RENAMES)
+    except Exception:
+        # Two runs of other days may start at once on a cluster: one renames, and the
+        # other's rewrite conflicts with that commit. The names are then right.
+        if set(_LEDGER_RENAMES) & set(tables.read(spark, ledger).columns):
+            raise
+        log.info("%s: another run renamed its columns", ledger)
 
 
 def _ingest_pending(
@@ -831,6 +845,4 @@ def record_batches(
         )
         for f in files
     ]
-    ledger = settings.table("ops_ingestion_batches")
-    tables.rename_columns(spark, ledger, _LEDGER_RENAMES)
-    tables.append(spark.createDataFrame(rows, LEDGER_SCHEMA), ledger)
+    tables.append(spark.createDataFrame(rows, LEDGER_SCHEMA), settings.table("ops_ingestion_batches"))

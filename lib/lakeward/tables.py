@@ -241,9 +241,9 @@ def add_columns(spark: SparkSession, name: str, schema: StructType) -> None:
 def rename_columns(spark: SparkSession, name: str, renames: Mapping[str, str]) -> None:
     """Give the table's columns named in ``renames`` their new names; a table without them is left as it is.
 
-    The table is rewritten in one commit (small ledgers are what this is for): a Delta
-    rename in place needs column mapping, a protocol upgrade every reader of the table
-    would then need. History, properties and the table id stay.
+    For small unpartitioned tables such as ledgers: the table is rewritten in one commit
+    (no ``partitionBy``). A Delta rename in place needs column mapping, a protocol upgrade
+    every reader of the table would then need. History, properties and the table id stay.
     """
     current = read(spark, name)
     present = {old: new for old, new in renames.items() if old in current.columns}

@@ -325,9 +325,12 @@ def test_an_ingestion_ledger_with_the_old_column_names_is_renamed_and_keeps_its_
     old_names = tables.read(spark, name).withColumnsRenamed(renamed)
     old_names.write.format("delta").mode("overwrite").option("overwriteSchema", "true").saveAsTable(name)
 
+    table_id, properties = tables.table_id(spark, name), tables.properties(spark, name)
+
     pipeline.run_bronze(spark, settings, DateSelection())
     ledger = tables.read(spark, name)
     assert ledger.columns == bronze.LEDGER_SCHEMA.fieldNames()
+    assert (tables.table_id(spark, name), tables.properties(spark, name)) == (table_id, properties)
     assert ledger.filter(F.col("arrival_date") == days[0]).orderBy("path").collect() == first
     assert ledger.filter(F.col("arrival_date") == days[1]).count() == len(SOURCES)
     day_one_file = next(row.path for row in first if row.source == "order_placed")
