@@ -270,9 +270,11 @@ def sweep_snapshot(
     epsilons: Sequence[float],
 ) -> TrainSummary:
     """:func:`sweep` on arrays already read from ``snapshot``."""
-    options = settings.training
     for epsilon in epsilons:
         check_epsilon(epsilon)
+    # The runs log the epsilons swept, not the config's default list.
+    settings = with_overrides(settings, sweep_epsilons=tuple(epsilons))
+    options = settings.training
     experiment_id = tracking.configure(settings)
     prepared = _prepare(spark, snapshot, data, settings, True, experiment_id)
     mlflow = tracking.mlflow_module()
@@ -352,7 +354,8 @@ def _train_dp(settings: Settings, prepared: _Prepared, epsilon: float,
     options = settings.training
     config = _fit_config(settings)
     train_set = prepared.data.train
-    with _child(settings, prepared, f"{DP}-eps{epsilon:g}") as run:
+    # The child logs the config it trained with: in a sweep, its own epsilon.
+    with _child(with_overrides(settings, epsilon=epsilon), prepared, f"{DP}-eps{epsilon:g}") as run:
         try:
             net, privacy, seconds = dpsgd.fit_private(
                 prepared.z["train"], train_set.y, config, epsilon=epsilon, delta=prepared.delta,

@@ -267,6 +267,12 @@ def test_dp_sweep_runs_each_epsilon_beside_the_twin_and_logs_a_plot(trained, spa
         [summary.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{summary.parent_run_id}'"
     )
     assert len(children) == 3, "one DP run per epsilon and the non-private twin"
+    # Every run's config params say what it trained with, not the config's defaults.
+    for result in summary.sweep:
+        params = mlflow_client.get_run(result.run_id).data.params
+        assert float(params["training.epsilon"]) == result.privacy.epsilon_target
+    parent = mlflow_client.get_run(summary.parent_run_id).data.params
+    assert json.loads(parent["training.sweep_epsilons"]) == [1.0, 4.0]
 
 
 def test_each_logged_model_gives_what_its_signature_says(trained, spark: SparkSession) -> None:
