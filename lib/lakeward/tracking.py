@@ -180,20 +180,30 @@ def configure(settings: Settings) -> str:
 
 
 def configure_to_read(settings: Settings, run_id: str) -> None:
-    """Point MLflow at the configured store to look up ``run_id``; nothing is created.
+    """Point MLflow at the configured store to look up ``run_id``, creating no experiment.
 
-    A local store that does not exist yet holds no run: say so, rather than let MLflow
-    create the database (and :func:`configure` the experiment) for a lookup that fails.
+    A SQLite store whose file does not exist yet holds no run: say so, rather than let
+    MLflow create the database (and :func:`configure` the experiment) for a lookup that fails.
     """
     mlflow = mlflow_module()
     uri = tracking_uri(settings)
-    store = Path(unquote(uri.removeprefix("sqlite:///"))) if uri.startswith("sqlite:///") else None
+    store = _sqlite_file(uri)
     if store is not None and not store.exists():
         raise LineageError(
             f"no MLflow run {run_id!r}: nothing has been tracked in {store} yet (`lakeward train` logs runs)"
         )
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+
+
+def _sqlite_file(uri: str) -> Path | None:
+    """The database file of a ``sqlite:`` URI, parsed as SQLAlchemy does (``?timeout=30`` is not in it)."""
+    if not uri.startswith("sqlite:"):
+        return None
+    from sqlalchemy.engine import make_url
+
+    database = make_url(uri).database
+    return None if not database or database == ":memory:" else Path(database)
 
 
 def client() -> Any:

@@ -182,3 +182,8 @@ def test_looking_up_a_run_in_a_store_never_made_creates_nothing(tmp_path: Path) 
     with pytest.raises(tracking.LineageError, match=r"no MLflow run 'abc': nothing has been tracked in"):
         tracking.configure_to_read(settings, "abc")
     assert not settings.mlflow_dir.exists()
+    # A store that exists is found, also behind a URI with SQLAlchemy options.
+    store = tmp_path / "other" / "mlflow.db"
+    store.parent.mkdir()
+    store.touch()
+    assert tracking._sqlite_file(f"sqlite:///{store}?timeout=30") == store
