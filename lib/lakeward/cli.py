@@ -17,6 +17,7 @@ import signal
 import sys
 import threading
 import traceback
+from collections import Counter
 from collections.abc import Sequence
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -175,7 +176,7 @@ def _numbers(text: str) -> list[float]:
     if text.strip() and not all(parts):
         raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}")
     numbers = [_number(part) for part in parts if part]
-    repeated = sorted({n for n in numbers if numbers.count(n) > 1})
+    repeated = sorted(n for n, times in Counter(numbers).items() if times > 1)
     if repeated:
         raise argparse.ArgumentTypeError(f"{', '.join(f'{n:g}' for n in repeated)} given more than once")
     return numbers

@@ -157,8 +157,7 @@ def configure(settings: Settings) -> str:
     uri = tracking_uri(settings)
     if uri.startswith("sqlite:///"):
         settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    _use_store(uri)
     name = settings.tracking.experiment
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:
@@ -185,13 +184,18 @@ def configure_to_read(settings: Settings, run_id: str) -> None:
     A SQLite store whose file does not exist yet holds no run: say so, rather than let
     MLflow create the database (and :func:`configure` the experiment) for a lookup that fails.
     """
-    mlflow = mlflow_module()
     uri = tracking_uri(settings)
     store = _sqlite_file(uri)
     if store is not None and not store.exists():
         raise LineageError(
             f"no MLflow run {run_id!r}: nothing has been tracked in {store} yet (`lakeward train` logs runs)"
         )
+    _use_store(uri)
+
+
+def _use_store(uri: str) -> None:
+    """Runs and registered models both go to ``uri``."""
+    mlflow = mlflow_module()
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
 

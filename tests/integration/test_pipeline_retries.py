@@ -321,9 +321,7 @@ def test_an_ingestion_ledger_with_the_old_column_names_is_renamed_and_keeps_its_
         assert row.size == landed.stat().st_size
         assert row.checksum == hashlib.sha256(landed.read_bytes()).hexdigest()
     day_one_orders = count_rows(spark, settings, "bronze_order_placed")
-    renamed = {"size": "size_bytes", "checksum": "checksum_sha256"}
-    old_names = tables.read(spark, name).withColumnsRenamed(renamed)
-    old_names.write.format("delta").mode("overwrite").option("overwriteSchema", "true").saveAsTable(name)
+    tables.rename_columns(spark, name, {"size": "size_bytes", "checksum": "checksum_sha256"})
 
     table_id, properties = tables.table_id(spark, name), tables.properties(spark, name)
 
