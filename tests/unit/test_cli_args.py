@@ -6,13 +6,15 @@ import sys
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from lakeward.cli import EXIT_USAGE, build_parser, main
+from lakeward.cli import EXIT_USAGE, _train_report, build_parser, main
 from lakeward.config import load_settings
 from lakeward.demo import invoked_as, sql_command
 from lakeward.sql_output import format_table, json_ready
+from lakeward.train import ModelResult, TrainSummary
 
 
 @pytest.mark.parametrize(
@@ -143,11 +145,6 @@ def test_the_demo_suggests_commands_that_name_the_data_root_and_environment_it_u
 
 
 def test_train_prints_the_run_ids_a_user_passes_on() -> None:
-    from types import SimpleNamespace
-
-    from lakeward.cli import _train_report
-    from lakeward.train import ModelResult, TrainSummary
-
     def result(kind: str, run_id: str, auc: float, epsilon: float | None = None) -> ModelResult:
         privacy = None if epsilon is None else SimpleNamespace(epsilon_target=epsilon)
         return ModelResult(kind, run_id, {"test_roc_auc": auc}, privacy=privacy)
@@ -168,11 +165,6 @@ def test_train_prints_the_run_ids_a_user_passes_on() -> None:
 
 
 def test_train_report_says_n_a_for_a_model_without_a_test_part() -> None:
-    from types import SimpleNamespace
-
-    from lakeward.cli import _train_report
-    from lakeward.train import ModelResult, TrainSummary
-
     empty = ModelResult("non_private", "e" * 32, {"validation_roc_auc": 0.6})
     report = _train_report(TrainSummary("f" * 32, "1", SimpleNamespace(), {"non_private": empty}))
     assert report.splitlines()[-1] == f"  non_private  run {'e' * 32}  test ROC-AUC n/a"
