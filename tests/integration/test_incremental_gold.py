@@ -55,8 +55,9 @@ def _events(seed: int) -> tuple[list, list, list]:
         return event, event + timedelta(days=rng.choice(LATENESS))
 
     orders = [(rng.choice(users), *when(), Decimal(rng.randrange(100, 5000)) / 100) for _ in range(70)]
-    deliveries = [(rng.choice(users), *when(), 30, rng.choice([20, 30, 31, 60])) for _ in range(50)]
-    ratings = [(rng.choice(users), *when(), rng.randint(1, 5)) for _ in range(35)]
+    # Silver lets a missing delivery time or rating through: a null is no value.
+    deliveries = [(rng.choice(users), *when(), 30, rng.choice([20, 30, 31, 60, None])) for _ in range(50)]
+    ratings = [(rng.choice(users), *when(), rng.choice([1, 2, 3, 4, 5, None])) for _ in range(35)]
     return orders, deliveries, ratings
 
 
@@ -194,10 +195,10 @@ def _daily_oracle(orders: list, deliveries: list, ratings: list) -> list[tuple]:
         day(user_order)[1] += user_order[3]
     for delivery in deliveries:
         day(delivery)[2] += 1
-        day(delivery)[3] += int(delivery[4] > delivery[3])
+        day(delivery)[3] += int(delivery[4] is not None and delivery[4] > delivery[3])
     for rating in ratings:
-        day(rating)[4] += 1
-        day(rating)[5] += rating[3]
+        day(rating)[4] += rating[3] is not None
+        day(rating)[5] += rating[3] or 0
     return [(user, event_date, *v, v[5] / v[4] if v[4] else None)
             for (user, event_date), v in days.items()]
 
@@ -522,6 +523,9 @@ def test_a_change_in_silver_other_than_an_arrival_moved_back_recomputes_in_full(
     expected = {"event deleted": {"a": d3, "b": d2}, "arrival moved later": {"a": d2, "b": d2},
                 "user changed": {"a": d3, "b": d2, "c": d1}}[change]
     assert dict(tuple(r) for r in first_days.collect()) == expected
+    changed = {"event deleted": [], "arrival moved later": [("a", d1, d2, Decimal("10.00"))],
+               "user changed": [("c", d1, d1, Decimal("10.00"))]}[change]
+    _assert_gold_is_the_oracles(spark, settings, (changed + orders[1:], [], []), d3)
 
 
 @pytest.mark.parametrize("branch", ["before the last as_of", "after the last as_of"])
@@ -556,6 +560,9 @@ def test_a_moved_arrival_restarts_its_user_on_the_earlier_day(
     features_incremental = _equal_to_full(spark, settings)[1]
     a_rows = features_incremental.filter(F.col("user_key") == "a").orderBy("feature_date")
     assert a_rows.select("feature_date", "orders_7d").first() == (moved_to, 1)
+    stored = [(user, day, moved_to if user == "a" else arrival, amount)
+              for user, day, arrival, amount in orders]
+    _assert_gold_is_the_oracles(spark, settings, (stored, [], []), result.as_of)
 
 
 def test_moves_that_take_the_last_arrival_back_recompute_in_full(
@@ -599,6 +606,7 @@ def test_a_value_corrected_in_silver_is_applied_as_an_increment(
     spend = features.filter(F.col("user_key") == "a").orderBy("feature_date").select("spend_7d")
     assert [r[0] for r in spend.collect()] == [Decimal("12.50")] * 3
     assert daily.filter(F.col("user_key") == "a").first()["spend"] == Decimal("12.50")
+    _assert_gold_is_the_oracles(spark, settings, ([("a", d1, d1, Decimal("12.50")), orders[1]], [], []), d3)
 
 
 def test_gold_tables_under_other_names_than_the_last_run_left_recompute_in_full(
@@ -623,8 +631,8 @@ def test_a_change_feed_whose_files_were_vacuumed_recomputes_in_full(
     settings = _settings(base_settings, tmp_path)
     silver.ensure_tables(spark, settings)
     d1, d2 = date(2026, 3, 1), date(2026, 3, 2)
-    rows = _silver_rows([("a", d1, d1, Decimal("10.00")), ("b", d2, d2, Decimal("5.00"))], [], [])
-    orders = rows["silver_orders"]
+    events = [("a", d1, d1, Decimal("10.00")), ("b", d2, d2, Decimal("5.00"))]
+    orders = _silver_rows(events, [], [])["silver_orders"]
     _append(spark, settings, "silver_orders", [row for row in orders if row["_arrival_date"] == d1])
     assert incremental.refresh(spark, settings).mode == "full"
     _append(spark, settings, "silver_orders", [row for row in orders if row["_arrival_date"] == d2])
@@ -639,4 +647,5 @@ def test_a_change_feed_whose_files_were_vacuumed_recomputes_in_full(
         result = incremental.refresh(spark, settings)
     assert (result.mode, result.as_of) == ("full", d2)
     assert "cannot read the silver change feed" in caplog.text and "does not exist" in caplog.text
+    _assert_gold_is_the_oracles(spark, settings, (events, [], []), d2)
     _equal_to_full(spark, settings)
