@@ -67,7 +67,8 @@ def _hive_resource_dirs(env: dict[str, str]) -> list[str]:
 
 
 def test_sql_in_a_new_process_sees_the_demo_tables(demo: subprocess.CompletedProcess[str],
-                                                   env: dict[str, str], tmp_path: Path) -> None:
+                                                   env: dict[str, str], tmp_path: Path,
+                                                   spark: SparkSession) -> None:
     assert demo.returncode == 0
     resolved_before = _resolutions(env)
     assert resolved_before > 0
@@ -77,12 +78,10 @@ def test_sql_in_a_new_process_sees_the_demo_tables(demo: subprocess.CompletedPro
                       "timestamp'2026-01-01 00:00:00' AS ts FROM silver.orders")
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in result.stdout.splitlines()]
-    assert len(rows) == 1 and rows[0]["n"] > 0 and rows[0]["users"] > 0
-    assert rows[0]["ts"] == "2026-01-01 00:00:00"
-
-    query = "SELECT source, count(*) AS n FROM bronze.quarantine GROUP BY source ORDER BY source"
-    csv_out = lakeward(env, "sql", "--format", "csv", query)
-    assert csv_out.returncode == 0 and csv_out.stdout.splitlines()[0] == "source,n"
+    orders = spark.read.format("delta").load(env["LAKEWARD_HOME"] + "/warehouse/silver.db/orders")
+    assert rows == [{"n": orders.count(), "users": orders.select("user_key").distinct().count(),
+                     "ts": "2026-01-01 00:00:00"}]
+    assert rows[0]["n"] > 0
     assert _hive_resource_dirs(env) == ["hive_resources"], "a new process adds no directory"
 
     # The demo's first suggestion names the data root and conf directory it used:
@@ -100,11 +99,17 @@ def test_sql_in_a_new_process_sees_the_demo_tables(demo: subprocess.CompletedPro
     # The demo's process resolved the Delta jars; these read the files it noted.
     assert _resolutions(env) == resolved_before
 
-    missing = lakeward(env, "sql", "SELECT * FROM silver.nothing_here")
-    assert missing.returncode == 1
-    assert missing.stderr.strip().startswith("lakeward: error:")
-    assert "TABLE_OR_VIEW_NOT_FOUND" in missing.stderr and "Traceback" not in missing.stderr
-    assert len(missing.stderr.strip().splitlines()) == 1
+
+def test_an_unknown_table_in_sql_is_one_line(
+    spark: SparkSession, data_root: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("LAKEWARD_HOME", str(data_root))
+    monkeypatch.delenv("LAKEWARD_ENV", raising=False)
+    assert cli.main(["sql", "SELECT * FROM silver.nothing_here"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("lakeward: error:") and "TABLE_OR_VIEW_NOT_FOUND" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
 def _resolutions(env: dict[str, str]) -> int:

@@ -23,7 +23,8 @@ from typing import NamedTuple
 
 import pyspark
 import pytest
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from lakeward.config import Settings, default_conf_dir
 from lakeward.session import delta_coordinates
@@ -127,10 +128,14 @@ def _landing(home: Path) -> int:
     return lines
 
 
-def _rows(spark: SparkSession, warehouse: Path, settings: Settings, logical: str) -> int:
-    """Rows of a table written by another process's catalog, read from its files."""
+def _table(spark: SparkSession, warehouse: Path, settings: Settings, logical: str) -> DataFrame:
+    """A table written by another process's catalog, read from its files."""
     schema, table = settings.table(logical).split(".")
-    return spark.read.format("delta").load(str(warehouse / f"{schema}.db" / table)).count()
+    return spark.read.format("delta").load(str(warehouse / f"{schema}.db" / table))
+
+
+def _rows(spark: SparkSession, warehouse: Path, settings: Settings, logical: str) -> int:
+    return _table(spark, warehouse, settings, logical).count()
 
 
 def _bronze_and_quarantine(spark: SparkSession, warehouse: Path, settings: Settings) -> int:
@@ -170,8 +175,19 @@ def test_spark_submit_runs_a_day_on_the_cluster(
     assert submitted.new_applications == 1, "the job's executors did not run on the worker"
     warehouse = submitted.home / "warehouse"
     assert _bronze_and_quarantine(spark, warehouse, base_settings) == submitted.lines
-    assert _rows(spark, warehouse, base_settings, "silver_orders") > 0
-    assert _rows(spark, warehouse, base_settings, "gold_user_features") > 0
+    ledger = _table(spark, warehouse, base_settings, "ops_silver_batches")
+    ledger = ledger.filter(F.col("source") == "order_placed")
+    rows_in, written = ledger.agg(F.sum("rows_in"), F.sum("rows_written")).first()
+    assert rows_in == _rows(spark, warehouse, base_settings, "bronze_order_placed")
+    assert written == _rows(spark, warehouse, base_settings, "silver_orders") > 0
+    # Every user with an event known by DAY has DAY's feature row, and no one else.
+    known = [
+        _table(spark, warehouse, base_settings, logical).filter(F.col("event_date") <= DAY).select("user_key")
+        for logical in ("silver_orders", "silver_deliveries", "silver_ratings")
+    ]
+    users = known[0].union(known[1]).union(known[2]).distinct().count()
+    features = _table(spark, warehouse, base_settings, "gold_user_features")
+    assert features.filter(F.col("feature_date") == DAY).count() == features.count() == users > 0
     assert not (submitted.work / "derby.log").exists()
 
 
