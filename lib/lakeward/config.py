@@ -60,7 +60,10 @@ class ConfigError(ValueError):
 def _iso_date(value: Any) -> Any:
     """A date written as text (``"2026-01-01"``) as a date; anything else as it came."""
     if isinstance(value, str):
+        # fromisoformat also reads 20260101 and 2026-W01-1, which the CLI refuses too.
         try:
+            if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+                raise ValueError(value)
             return date.fromisoformat(value)
         except ValueError:
             raise ValueError("expected a date, YYYY-MM-DD") from None
@@ -413,17 +416,25 @@ def load_settings(
     ``env`` defaults to ``LAKEWARD_ENV`` or ``local``; ``data_root`` defaults to
     ``LAKEWARD_HOME`` or the ``data_root`` key.
     """
+    named_by = "--env"
     if env is None:  # `--env ""` is a choice, and not one of the environments
-        env = os.environ.get(ENV_VAR) or "local"
+        env, named_by = os.environ.get(ENV_VAR) or "local", ENV_VAR
     if env not in ENVIRONMENTS:
-        raise ConfigError(f"unknown environment {env!r}; expected one of {', '.join(ENVIRONMENTS)}")
+        raise ConfigError(
+            f"unknown environment {env!r} (from {named_by}); expected one of {', '.join(ENVIRONMENTS)}"
+        )
     conf_dir = (conf_dir or default_conf_dir()).resolve()
     base_file = conf_dir / "base.yml"
     env_file = conf_dir / f"{env}.yml"
-    if not base_file.exists():
-        raise ConfigError(f"{base_file}: not found; set {CONF_DIR_VAR} to the directory that holds base.yml")
+    for needed in (base_file, env_file):
+        # A missing overlay would quietly run prod with base's (local) settings.
+        if not needed.is_file():
+            raise ConfigError(
+                f"{needed}: not found; set {CONF_DIR_VAR} to a directory that holds base.yml and "
+                f"{', '.join(f'{name}.yml' for name in ENVIRONMENTS)} (an overlay may be empty)"
+            )
     base = read_yaml(base_file)
-    overlay = read_yaml(env_file) if env_file.exists() else {}
+    overlay = read_yaml(env_file)
     merged = _deep_merge(base, overlay)
 
     def source(loc: list[str | int]) -> Path:
@@ -437,8 +448,10 @@ def load_settings(
     ]
     if derived:
         raise ConfigError("; ".join(derived))
-    configured_root = merged.get("data_root") or str(Settings.model_fields["data_root"].default)
-    if not isinstance(configured_root, str):
+    configured_root = merged.get("data_root")
+    if configured_root is None:  # absent, or `data_root:` left empty
+        configured_root = str(Settings.model_fields["data_root"].default)
+    if not isinstance(configured_root, str) or not configured_root:
         raise ConfigError(f"{source(['data_root'])}: data_root: expected a path (found {configured_root!r})")
     merged["env"] = env
     merged["project_dir"] = conf_dir.parent
@@ -459,7 +472,17 @@ def load_settings(
     try:
         settings = Settings.model_validate(merged)
     except ValidationError as err:
-        raise ConfigError(_describe(err, source)) from None
+        derived_values = {key: merged[key] for key in ("env", "project_dir", "conf_dir", "data_root")}
+        faults_of_base = _error_locs({**base, **derived_values})
+
+        def blame(loc: list[str | int]) -> Path:
+            # A check of a whole section both files set part of (the tables, the fault
+            # rates) refuses a value of either: the base's, if the base alone fails it.
+            if _merges_both(overlay, base, loc):
+                return base_file if tuple(loc) in faults_of_base else env_file
+            return source(loc)
+
+        raise ConfigError(_describe(err, blame)) from None
     if env == "prod" and settings.privacy.generate_key_if_missing:
         # The key decides every user_key: production takes it from its secret store, never a file.
         raise ConfigError(
@@ -478,7 +501,21 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         self._refuse_repeated_keys(node, deep)
-        return super().construct_mapping(node, deep)  # type: ignore[no-untyped-call,no-any-return]
+        mapping = super().construct_mapping(node, deep)  # type: ignore[no-untyped-call]
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if not isinstance(key, str) and key_node.tag != "tag:yaml.org,2002:merge":
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is not text; config keys are names", key_node.start_mark
+                )
+        return mapping  # type: ignore[no-any-return]
+
+    def construct_yaml_timestamp(self, node: yaml.ScalarNode) -> Any:
+        """A date YAML cannot make (2026-02-30) stays text, so the check of its key names it."""
+        try:
+            return super().construct_yaml_timestamp(node)  # type: ignore[no-untyped-call]
+        except ValueError:
+            return self.construct_scalar(node)  # type: ignore[no-untyped-call]
 
     def _refuse_repeated_keys(self, node: yaml.MappingNode, deep: bool) -> None:
         seen: set[Any] = set()
@@ -501,6 +538,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                     None, None, f"key {key!r} given twice in one mapping", key_node.start_mark
                 )
             seen.add(key)
+
+
+_UniqueKeyLoader.add_constructor("tag:yaml.org,2002:timestamp", _UniqueKeyLoader.construct_yaml_timestamp)
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -544,6 +584,15 @@ def _deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]
     return merged
 
 
+def _error_locs(values: dict[str, Any]) -> set[tuple[str | int, ...]]:
+    """Where ``values`` fail validation as settings."""
+    try:
+        Settings.model_validate(values)
+    except ValidationError as err:
+        return {tuple(problem["loc"]) for problem in err.errors()}
+    return set()
+
+
 def _describe(err: ValidationError, source: Callable[[list[str | int]], Path]) -> str:
     """One ``file: key: what was expected`` per problem; ``source`` names the file per key."""
     lines = []
@@ -580,6 +629,15 @@ def _sets(overlay: Any, base: Any, loc: list[str | int]) -> bool:
         if isinstance(overlay, dict) and not isinstance(base, dict):
             return True
     return True
+
+
+def _merges_both(overlay: Any, base: Any, loc: list[str | int]) -> bool:
+    """Whether the value at ``loc`` is a mapping both files set part of."""
+    for part in loc:
+        if not (isinstance(overlay, dict) and isinstance(base, dict)):
+            return False
+        overlay, base = overlay.get(part), base.get(part)
+    return isinstance(overlay, dict) and isinstance(base, dict) and bool(overlay)
 
 
 def _keys_at(model: type[BaseModel], loc: list[str | int]) -> list[str]:

@@ -61,8 +61,15 @@ def test_unknown_key_names_file_and_key(tmp_path: Path) -> None:
         ("spark:\n  ui: 1\n", r"local\.yml: spark\.ui: Input should be a valid boolean"),
         ("demo:\n  start: soon\n",
          r"local\.yml: demo\.start: .*expected a date, YYYY-MM-DD \(found 'soon'\)"),
-        # YAML itself turns an unquoted date into a date, and fails on one that does not exist.
-        ("demo:\n  start: 2026-02-30\n", r"local\.yml: a value YAML cannot read: day is out of range"),
+        # YAML turns an unquoted date into a date; one that does not exist stays text, named by its key.
+        ("demo:\n  start: 2026-02-30\n", r"local\.yml: demo\.start: .*YYYY-MM-DD \(found '2026-02-30'\)$"),
+        # Python reads other ISO 8601 forms too; the command line refuses them, so does the config.
+        ("demo:\n  start: '20260101'\n", r"local\.yml: demo\.start: .*YYYY-MM-DD \(found '20260101'\)$"),
+        ("demo:\n  start: 2026-W01-1\n", r"local\.yml: demo\.start: .*YYYY-MM-DD \(found '2026-W01-1'\)$"),
+        ("data_root: false\n", r"local\.yml: data_root: expected a path \(found False\)"),
+        ("data_root: ''\n", r"local\.yml: data_root: expected a path \(found ''\)"),
+        ("7: x\n",
+         r"local\.yml: not valid YAML: key 7 is not text; config keys are names \(line 1, column 1\)$"),
         # The gap between temporal parts is the label horizon (30 days by default).
         ("training_set:\n  t1: 2026-01-05\n  t2: 2026-01-20\n",
          r"local\.yml: training_set: .*t2 - t1 \(15 days\) must be longer than horizon_days \(30\)"),
@@ -110,6 +117,41 @@ def test_contracts_come_from_the_conf_directory_in_use(tmp_path: Path) -> None:
     shutil.copytree(default_conf_dir(), copy)
     assert load_settings("local", conf_dir=copy).contracts_dir == copy.resolve() / "contracts"
     assert load_settings("local").contracts_dir == default_conf_dir().resolve() / "contracts"
+
+
+@pytest.mark.parametrize(
+    ("base_change", "local", "message"),
+    [
+        ({"  ops_gold_runs: ops.gold_runs\n": "  ops_gold_runs: ops.gold_runs\n  extra_table: x.y\n"},
+         "tables:\n  silver_orders: silver.orders2\n",
+         r"/base\.yml: tables: unknown table\(s\) extra_table;"),
+        ({}, "tables:\n  extra_table: x.y\n", r"/local\.yml: tables: unknown table\(s\) extra_table;"),
+        ({"malformed: 0.005": "malformed: 0.6", "out_of_range: 0.005": "out_of_range: 0.5"},
+         "generator:\n  faults: {duplicate: 0.1}\n", r"/base\.yml: generator\.faults: malformed \+ null_key"),
+    ],
+)
+def test_a_section_check_names_the_file_that_breaks_it(
+    tmp_path: Path, base_change: dict[str, str], local: str, message: str
+) -> None:
+    """A check of a whole section both files set part of names the base when the base alone fails it."""
+    conf = _conf(tmp_path, local=local)
+    base = (conf / "base.yml").read_text()
+    for old, new in base_change.items():
+        assert old in base
+        base = base.replace(old, new)
+    (conf / "base.yml").write_text(base)
+    with pytest.raises(ConfigError, match=message):
+        load_settings("local", conf_dir=conf, data_root=tmp_path / "home")
+
+
+def test_an_environment_needs_its_overlay(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without prod.yml, --env prod would run with the base's local settings."""
+    conf = _conf(tmp_path)
+    with pytest.raises(ConfigError, match=r"/prod\.yml: not found; .*\(an overlay may be empty\)$"):
+        load_settings("prod", conf_dir=conf)
+    monkeypatch.setenv("LAKEWARD_ENV", "staging")
+    with pytest.raises(ConfigError, match=r"^unknown environment 'staging' \(from LAKEWARD_ENV\)"):
+        load_settings(conf_dir=conf)
 
 
 def test_null_data_root_means_the_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -205,7 +247,8 @@ def test_a_regular_install_finds_its_copy_of_conf(tmp_path: Path, monkeypatch: p
     (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: lakeward\nVersion: 0.1.0\n")
     installed = prefix / "share" / "lakeward" / "conf"
     installed.mkdir(parents=True)
-    (installed / "base.yml").write_text((default_conf_dir() / "base.yml").read_text())
+    for name in ("base.yml", "local.yml"):
+        (installed / name).write_text((default_conf_dir() / name).read_text())
     (dist_info / "RECORD").write_text(
         "lakeward/__init__.py,,\n../../../share/lakeward/conf/base.yml,,\n"
     )
