@@ -346,6 +346,11 @@ class Settings(_Strict):
         return self.model_copy(update={"tables": renamed})
 
     @property
+    def env_file(self) -> Path:
+        """The environment's overlay, ``<conf_dir>/<env>.yml``."""
+        return self.conf_dir / f"{self.env}.yml"
+
+    @property
     def landing_dir(self) -> Path:
         """Raw landing files, one folder per source."""
         return self.data_root / "landing"

@@ -130,7 +130,7 @@ def check_master(settings: Settings) -> None:
     if settings.spark.mode == "cluster" and settings.spark.master.startswith("local") and not _submitted():
         raise ConfigError(
             f"spark.mode is cluster but spark.master is {settings.spark.master!r}: set spark.master "
-            f"to the cluster's master URL in conf/{settings.env}.yml, or run the job with spark-submit"
+            f"to the cluster's master URL in {settings.env_file}, or run the job with spark-submit"
         )
 
 
@@ -157,7 +157,7 @@ def check_cluster_session(
             f"spark.mode is cluster (env {settings.env}) but the session's catalog is Spark's in-memory "
             "one, so no later job would see the tables: give the job the cluster's metastore "
             f"(spark.sql.catalogImplementation=hive and its connection, in spark-submit's conf or "
-            f"conf/{settings.env}.yml), or use --env local to run on this machine"
+            f"{settings.env_file}), or use --env local to run on this machine"
         )
     if master.startswith("local"):
         log.warning(
@@ -249,8 +249,8 @@ def _check_sql_conf(spark: SparkSession, settings: Settings) -> None:
         spark._jsparkSession.sessionState()
     except Exception as error:  # noqa: BLE001 - pyspark converts JVM errors to several classes
         raise ConfigError(
-            f"Spark refused a value of spark.conf (conf/base.yml, conf/{settings.env}.yml or the "
-            f"spark-submit command): {jvm_error_message(error) or error}"
+            f"Spark refused a value of spark.conf ({settings.conf_dir / 'base.yml'}, "
+            f"{settings.env_file} or the spark-submit command): {jvm_error_message(error) or error}"
         ) from None
     session_class.setActiveSession(spark._jsparkSession)
 

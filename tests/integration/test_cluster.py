@@ -253,3 +253,4 @@ def test_cluster_mode_refuses_a_local_master(tmp_path: Path) -> None:
     assert run.returncode == 2
     assert run.stderr.strip().count("\n") == 0
     assert "spark.mode is cluster but spark.master is 'local[*]'" in run.stderr
+    assert f"in {conf.resolve() / 'dev.yml'}," in run.stderr, "the conf directory in use, not ./conf"
