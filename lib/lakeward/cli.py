@@ -289,7 +289,11 @@ def _one_line(err: BaseException) -> str:
     if name == "AnalysisException" or "Exception" in name and hasattr(err, "getErrorClass"):
         text = text.split("\n")[0]
     first = text.splitlines()[0] if text else name
-    return first if len(first) < 500 else first[:497] + "..."
+    # lakeward's own errors say every problem they found (six config errors, the allowed
+    # names); another library's first line can run to pages.
+    if type(err).__module__.startswith("lakeward.") or len(first) < 500:
+        return first
+    return first[:497] + "..."
 
 
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:

@@ -10,8 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from lakeward.cli import EXIT_USAGE, _train_report, build_parser, main
-from lakeward.config import load_settings
+from lakeward.cli import EXIT_USAGE, _one_line, _train_report, build_parser, main
+from lakeward.config import ConfigError, load_settings
 from lakeward.demo import invoked_as, sql_command
 from lakeward.sql_output import format_table, json_ready
 from lakeward.train import ModelResult, TrainSummary
@@ -73,6 +73,13 @@ def test_argument_errors_are_one_line_on_stderr(
     assert stop.value.code == EXIT_USAGE
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(message), err
+
+
+def test_lakeward_s_own_errors_are_never_cut_and_others_are() -> None:
+    problems = "; ".join(f"conf/dev.yml: training.key_{n}: Input should be a valid number" for n in range(12))
+    assert _one_line(ConfigError(problems)) == problems
+    long_line = "x" * 900
+    assert _one_line(ValueError(long_line)) == long_line[:497] + "..."
 
 
 def test_json_keeps_exact_decimals_as_numbers_and_others_as_text() -> None:
