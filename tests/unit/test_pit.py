@@ -113,7 +113,9 @@ def random_case(seed: int, n_labels: int = 40, n_features: int = 60) -> tuple[li
         return None if rng.random() < p_null else value
 
     def ts() -> datetime | None:
-        return maybe(at(rng.randint(0, 30)))
+        # Mostly whole seconds, for ties; a microsecond either side of one, for exact order.
+        micros = rng.choice([0, 0, 0, 0, 1, 999_999])
+        return maybe(at(rng.randint(0, 30)) + timedelta(microseconds=micros))
 
     features: list[Row] = []
     for _ in range(n_features):
@@ -142,11 +144,11 @@ def random_case(seed: int, n_labels: int = 40, n_features: int = 60) -> tuple[li
                 "y": rng.choice([0.0, 1.0]),
             }
         )
-    # Exact TTL boundaries: feature_ts == label_ts - ttl (in) and one second older (out).
+    # Exact TTL boundaries: feature_ts == label_ts - ttl (in), one microsecond and one second older (out).
     dated = [f for f in features if f["feature_ts"] is not None]
     for i in range(6):
         f = rng.choice(dated)
-        shift = TTL + timedelta(seconds=i % 2)
+        shift = TTL + [timedelta(0), timedelta(microseconds=1), timedelta(seconds=1)][i % 3]
         labels.append(
             {"seed": seed, "k1": f["k1"], "k2": f["k2"], "label_ts": f["feature_ts"] + shift,
              "label_id": 100 + i, "y": 1.0}
@@ -163,11 +165,22 @@ SEEDS = range(25)
 def random_data(spark: SparkSession) -> tuple[dict[int, tuple[list[Row], list[Row]]], DataFrame,
                                               DataFrame]:
     cases = {seed: random_case(seed) for seed in SEEDS}
-    label_rows = [tuple(r[f.name] for f in LABELS) for ls, _ in cases.values() for r in ls]
-    feature_rows = [tuple(r[f.name] for f in FEATURES) for _, fs in cases.values() for r in fs]
-    labels = spark.createDataFrame(label_rows, LABELS)
-    features = spark.createDataFrame(feature_rows, FEATURES)
-    return cases, labels, features
+    return cases, *_frames(spark, cases, LABELS, FEATURES)
+
+
+def _frames(spark: SparkSession, cases: dict[int, tuple[list[Row], list[Row]]], label_schema: T.StructType,
+            feature_schema: T.StructType) -> tuple[DataFrame, DataFrame]:
+    label_rows = [tuple(r[f.name] for f in label_schema) for ls, _ in cases.values() for r in ls]
+    feature_rows = [tuple(r[f.name] for f in feature_schema) for _, fs in cases.values() for r in fs]
+    labels = spark.createDataFrame(label_rows, label_schema)
+    return labels, spark.createDataFrame(feature_rows, feature_schema)
+
+
+def _without_time_zone(schema: T.StructType) -> T.StructType:
+    return T.StructType([
+        T.StructField(f.name, T.TimestampNTZType()) if isinstance(f.dataType, T.TimestampType) else f
+        for f in schema.fields
+    ])
 
 
 def _check_against_oracle(
@@ -191,6 +204,17 @@ def test_matches_oracle_on_random_data(random_data: Any, ttl: timedelta | None) 
     result = as_of_join(labels, features, keys=KEYS, label_ts="label_ts",
                         feature_ts="feature_ts", ttl=ttl)
     assert result.columns == LABELS.fieldNames() + ["a", "feature_ts", "b", "c"]
+    _check_against_oracle(cases, result, ttl)
+
+
+@pytest.mark.parametrize("ttl", [None, TTL], ids=["no-ttl", "ttl"])
+def test_matches_oracle_on_random_data_without_time_zone(
+    spark: SparkSession, random_data: Any, ttl: timedelta | None
+) -> None:
+    cases = random_data[0]
+    labels, features = _frames(spark, cases, _without_time_zone(LABELS), _without_time_zone(FEATURES))
+    result = as_of_join(labels, features, keys=KEYS, label_ts="label_ts", feature_ts="feature_ts", ttl=ttl)
+    assert isinstance(result.schema["feature_ts"].dataType, T.TimestampNTZType)
     _check_against_oracle(cases, result, ttl)
 
 
