@@ -8,15 +8,18 @@ that change tables or runs make their own.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
+from sklearn.metrics import roc_auc_score
 
 from lakeward import tables, tracking
 from lakeward.config import Settings
@@ -77,15 +80,20 @@ def test_dp_run_logs_privacy_and_compares_with_twin_and_baseline(trained) -> Non
     assert float(params["dp.sample_rate"]) == pytest.approx(1 / -(-train_rows // 64))
     assert float(params["dp.delta"]) < 1 / train_rows and params["dp.epochs"] == "2"
     assert metrics["dp_epsilon_spent"] <= 3.0
-    for run in summary.results.values():
+    parent = mlflow.get_run(summary.parent_run_id).data
+    for kind, run in summary.results.items():
         child = mlflow.get_run(run.run_id)
         assert child.data.tags["mlflow.parentRunId"] == summary.parent_run_id
         for split in ("validation", "test"):
             for name in ("roc_auc", "pr_auc", "log_loss", "brier"):
-                assert f"{split}_{name}" in child.data.metrics
-    parent = mlflow.get_run(summary.parent_run_id).data
+                logged = child.data.metrics[f"{split}_{name}"]
+                assert logged == pytest.approx(run.metrics[f"{split}_{name}"])
+                assert 0 <= logged <= (math.inf if name == "log_loss" else 1)
+        # The parent's comparison holds each child's own numbers.
+        assert parent.metrics[f"{kind}_test_roc_auc"] == child.data.metrics["test_roc_auc"]
     assert parent.metrics["dp_epsilon_spent"] == metrics["dp_epsilon_spent"]
-    assert "non_private_test_roc_auc" in parent.metrics and "sklearn_logreg_test_roc_auc" in parent.metrics
+    twin, dp_auc = summary.results["non_private"].metrics["test_roc_auc"], metrics["test_roc_auc"]
+    assert parent.metrics["dp_test_roc_auc_gap"] == pytest.approx(twin - dp_auc)
     # The DP model is the one registered, and the registry knows which run it came from.
     version = mlflow.get_model_version(settings.tracking.registered_model, summary.model_version)
     assert version.run_id == summary.results["dp"].run_id
@@ -278,11 +286,20 @@ def test_dp_sweep_runs_each_epsilon_beside_the_twin_and_logs_a_plot(trained, spa
 def test_each_logged_model_gives_what_its_signature_says(trained, spark: SparkSession) -> None:
     settings, summary = trained
     client(settings)
-    rows = tables.read(spark, summary.training_set.table).limit(5).toPandas()
+    training_set = tables.read(spark, summary.training_set.table, version=summary.training_set.version)
+    rows = training_set.limit(5).toPandas()
+    test = training_set.filter(F.col("split") == "test").toPandas()
+    assert 0 < test["churned"].sum() < len(test)
     for result in summary.results.values():
         info = mlflow.models.get_model_info(result.model_uri)
         features = info.signature.inputs.input_names()
         outputs = info.signature.outputs.input_names()
         assert outputs[-1] == "churn_probability"
-        predicted = mlflow.pyfunc.load_model(result.model_uri).predict(rows[features].astype("float64"))
+        model = mlflow.pyfunc.load_model(result.model_uri)
+        predicted = model.predict(rows[features].astype("float64"))
         assert predicted.shape == (5, len(outputs)), result.kind
+        # On the test split, the logged model scores what the run measured.
+        # Some flavours name the output columns, others only order them as the signature does.
+        scored = np.asarray(model.predict(test[features].astype("float64")))
+        churn = scored[:, outputs.index("churn_probability")]
+        assert roc_auc_score(test["churned"], churn) == pytest.approx(result.metrics["test_roc_auc"])
