@@ -27,7 +27,7 @@ def example_queries(settings: Settings) -> tuple[str, ...]:
         f"SELECT event_date, count(*) AS orders, sum(amount) AS spend FROM {orders} "
         "GROUP BY event_date ORDER BY event_date DESC LIMIT 7",
         "SELECT user_key, feature_date, orders_30d, spend_30d, days_since_last_order "
-        f"FROM {features} ORDER BY orders_30d DESC LIMIT 5",
+        f"FROM {features} ORDER BY orders_30d DESC, feature_date DESC, user_key LIMIT 5",
     )
 
 
