@@ -615,7 +615,18 @@ def check_contracts(settings: Settings) -> None:
 
 
 def _check_columns(settings: Settings, contracts: Mapping[str, quality.Contract]) -> None:
-    """Each contract of a silver table against the columns its gate sees."""
+    """Each contract of a silver table against the columns its gate sees.
+
+    A contract for any other table is refused: no gate would ever run it, so a
+    misspelt ``table:`` would leave its expectations unchecked without a word.
+    """
+    gated = [spec.table for spec in SOURCES.values()]
+    for table, contract in contracts.items():
+        if table not in gated:
+            raise ConfigError(
+                f"{contract.file}: table: {table!r} is not a table silver writes behind a gate; "
+                f"expected one of {', '.join(gated)}"
+            )
     for source, spec in SOURCES.items():
         if spec.table in contracts:
             columns = silver_spec(settings, source).schema.fieldNames()

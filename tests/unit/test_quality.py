@@ -12,7 +12,7 @@ import pytest
 from pyspark import StorageLevel
 from pyspark.sql import SparkSession
 
-from lakeward import quality
+from lakeward import quality, silver
 from lakeward.config import ConfigError, Settings
 
 CONTRACT = quality.Contract(
@@ -196,6 +196,26 @@ def test_an_expectation_on_a_column_the_table_lacks_is_a_config_error(
     )):
         quality.check_columns(contract, "silver.orders", ["event_id", "amount"])
     quality.check_columns(contract, "silver.orders", ["amount", "amout"])
+
+
+def test_a_contract_for_a_table_silver_does_not_gate_is_refused(
+    base_settings: Settings, tmp_path: Path
+) -> None:
+    for path in base_settings.contracts_dir.glob("*.yml"):
+        (tmp_path / path.name).write_text(path.read_text())
+    (tmp_path / "typo.yml").write_text(
+        "table: silver_orderz\nexpectations:\n  - expect_column_values_to_not_be_null: {column: amount}\n"
+    )
+    settings = base_settings.model_copy(
+        update={"quality": base_settings.quality.model_copy(update={"contracts_dir": str(tmp_path)})}
+    )
+    with pytest.raises(ConfigError, match=(
+        r"typo\.yml: table: 'silver_orderz' is not a table silver writes behind a gate; "
+        r"expected one of silver_orders, silver_deliveries, silver_ratings, silver_users$"
+    )):
+        silver.check_contracts(settings)
+    (tmp_path / "typo.yml").unlink()
+    silver.check_contracts(settings)
 
 
 def test_an_expectation_great_expectations_cannot_evaluate_is_not_a_failed_gate(spark: SparkSession) -> None:
