@@ -8,7 +8,8 @@ writes each row as one object, timestamps, dates and times as that same text and
 a float as the number its text shows (``0.1``, not the double nearest the
 float); what JSON has no form for becomes text as Spark's ``to_json`` writes it:
 NaN and the infinities, binary (base64), intervals, and map keys that are not
-strings; a variant is the JSON value it holds. In ``csv`` a null is an empty
+strings (with binary in them as base64; a map two of whose keys print alike is
+refused); a variant is the JSON value it holds. In ``csv`` a null is an empty
 field and an empty string ``""``, as Spark's CSV writer has them::
 
     print_rows(spark.sql("SELECT * FROM gold.user_daily"), "json", sys.stdout)
@@ -69,9 +70,18 @@ def print_rows(df: DataFrame, output_format: str, out: TextIO) -> None:
     # large result streams instead of filling the driver.
     rows = df.toLocalIterator(prefetchPartitions=True)
     if output_format == "json":
-        for row in rows:
-            record = json_ready(row.asDict(recursive=True))
-            out.write(json.dumps(record, default=str, ensure_ascii=False, allow_nan=False) + "\n")
+        try:
+            for row in rows:
+                record = json_ready(row.asDict(recursive=True))
+                out.write(json.dumps(record, default=str, ensure_ascii=False, allow_nan=False) + "\n")
+        except Exception as err:
+            if "DUPLICATED_MAP_KEY" not in str(err):
+                raise
+            # Raised by the keys' conversion to text: the map itself has no repeated key.
+            raise ValueError(
+                "two keys of one map print as the same text, and a JSON object keeps one value per key; "
+                "use --format table or csv, or select the map's entries (map_entries) instead"
+            ) from None
     else:
         out.write(_csv_line(columns))
         for row in rows:
@@ -158,10 +168,20 @@ def _float_as_shown(column: Column) -> Column:
 
 
 def _json_key(kind: T.DataType) -> Convert | None:
-    """JSON keys are text: other keys as Spark's text, binary ones as base64."""
+    """JSON keys are text: other keys as Spark's text, with binary in them as base64.
+
+    Spark's own text of a struct or array would decode the binary in it as UTF-8,
+    and two keys could then print the same.
+    """
     if isinstance(kind, T.StringType):
         return None
-    return F.base64 if isinstance(kind, T.BinaryType) else _as_text
+    if isinstance(kind, T.BinaryType):
+        return F.base64
+    return lambda column: _as_text(_rewritten(column, kind, _base64))
+
+
+def _base64(kind: T.DataType) -> Convert | None:
+    return F.base64 if isinstance(kind, T.BinaryType) else None
 
 
 def _hex(kind: T.DataType) -> Convert | None:

@@ -418,6 +418,14 @@ def test_sql_prints_every_row_unless_limited(
         "y": "INTERVAL '1-2' YEAR TO MONTH", "d": ["INTERVAL '1' DAY"],
         "m": {"{1}": "v"}, "n": {"[1, 2]": "Cg=="},
     }
+    # Binary inside a key is base64 too: as UTF-8 text, X'FF' and X'FE' would be one key.
+    binary_keys = ("SELECT map(named_struct('k', X'FF'), 1, named_struct('k', X'FE'), 2) AS m, "
+                   "map(array(X'0102'), 'x') AS a")
+    assert cli._sql(spark, argparse.Namespace(query=binary_keys, format="json", limit=None)) == 0
+    assert json.loads(capsys.readouterr().out) == {"m": {"{/w==}": 1, "{/g==}": 2}, "a": {"[AQI=]": "x"}}
+    same_text = "SELECT map(array('a, b'), 1, array('a', 'b'), 2) AS m"
+    with pytest.raises(ValueError, match="two keys of one map print as the same text"):
+        cli._sql(spark, argparse.Namespace(query=same_text, format="json", limit=None))
     # A variant is the JSON it holds, as to_json writes it, not a string of JSON.
     variant = ("SELECT parse_json('{\"a\": 1, \"b\": [0.1, \"x\", null, 12345678901234567890.5]}') AS v, "
                "array(parse_json('true')) AS arr, CAST(NULL AS VARIANT) AS n")
