@@ -22,7 +22,9 @@ from lakeward.pipeline import DateSelection
 from lakeward.privacy.keys import pii_key
 from lakeward.sources.bitebridge import PERSONAL_FIELDS, SOURCES, FaultRates, generate, landing_file
 from tests.conftest import isolated
+from tests.integration.test_incremental_gold import _daily_oracle
 from tests.pipeline_checks import FAULTS, count_rows, gold_equals_full
+from tests.unit.test_gold import _oracle
 
 pytestmark = pytest.mark.integration
 
@@ -94,6 +96,29 @@ def test_gold_tables_are_built(spark: SparkSession, run: Settings) -> None:
     end_of_day = F.to_timestamp(F.date_add("feature_date", 1)) - F.expr("INTERVAL 1 MICROSECOND")
     assert features.filter(~F.col("feature_ts").eqNullSafe(end_of_day)).count() == 0
     assert {r[0] for r in features.select("feature_version").distinct().collect()} == {"v1"}
+
+
+def test_gold_equals_the_oracle_on_what_silver_holds(spark: SparkSession, run: Settings) -> None:
+    """On generated data with faults, duplicates and arrivals moved back by a later run."""
+
+    def events(logical: str, *values: str) -> list[tuple]:
+        columns = ("user_key", "event_date", "_arrival_date", *values)
+        return [tuple(r) for r in tables.read(spark, run.table(logical)).select(*columns).collect()]
+
+    orders = events("silver_orders", "amount")
+    deliveries = events("silver_deliveries", "promised_minutes", "actual_minutes")
+    ratings = events("silver_ratings", "rating")
+    # Gold moves on with the last arrival day of events (a users snapshot alone does not move it).
+    ledger = tables.read(spark, run.table("ops_silver_batches")).filter(F.col("source") != "users")
+    as_of = ledger.agg(F.max("arrival_date")).first()[0]
+    features = tables.read(spark, run.table("gold_user_features"))
+    rules = run.pipeline
+    expected = _oracle(orders, deliveries, ratings, as_of, rules.feature_windows_days, rules.feature_version)
+    assert_df_equality(features, spark.createDataFrame(expected, features.schema),
+                       ignore_row_order=True, ignore_nullable=True)
+    daily = tables.read(spark, run.table("gold_user_daily"))
+    assert_df_equality(daily, spark.createDataFrame(_daily_oracle(orders, deliveries, ratings), daily.schema),
+                       ignore_row_order=True, ignore_nullable=True)
 
 
 def test_day_by_day_in_shuffled_order_equals_full_gold(spark: SparkSession, run: Settings) -> None:

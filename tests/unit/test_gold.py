@@ -35,7 +35,9 @@ def _random_events(seed: int):
     return orders, deliveries, ratings
 
 
-def _oracle(orders, deliveries, ratings, as_of):
+def _oracle(orders, deliveries, ratings, as_of, windows=None, version="vT"):
+    windows = windows or WINDOWS
+
     def known(e):
         return max(e[1], e[2])
 
@@ -49,7 +51,7 @@ def _oracle(orders, deliveries, ratings, as_of):
             seen_orders = [e for e in orders if e[0] == user and known(e) <= day]
             row = {"user_key": user, "feature_date": day,
                    "feature_ts": datetime(day.year, day.month, day.day, 23, 59, 59, 999999)}
-            for w in WINDOWS:
+            for w in windows:
                 inside = [e for e in seen_orders if day - timedelta(days=w - 1) <= e[1] <= day]
                 row[f"orders_{w}d"] = len(inside)
                 row[f"spend_{w}d"] = sum((e[3] for e in inside), Decimal(0))
@@ -63,7 +65,7 @@ def _oracle(orders, deliveries, ratings, as_of):
             seen_ratings = [e[3] for e in ratings if e[0] == user and known(e) <= day and e[3] is not None]
             row["rating_count"] = len(seen_ratings)
             row["mean_rating"] = sum(seen_ratings) / len(seen_ratings) if seen_ratings else None
-            row["feature_version"] = "vT"
+            row["feature_version"] = version
             rows.append(row)
             day += timedelta(days=1)
     return rows
