@@ -417,11 +417,11 @@ def _seconds(ts: str) -> int:
 
 
 def test_validation() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"fault rates must be within \[0, 1\]: .*late=1\.5"):
         FaultRates(late=1.5)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="malformed \\+ null_key \\+ out_of_range must not exceed 1"):
         FaultRates(malformed=0.5, null_key=0.5, out_of_range=0.5)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="users and days must be positive, got users=0, days=5"):
         generate(Path("unused"), seed=1, users=0, days=5, start=START)
     none = FaultRates.none()
     assert (none.duplicate, none.late, none.malformed, none.null_key, none.out_of_range,

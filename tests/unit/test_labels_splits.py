@@ -64,7 +64,7 @@ def test_churn_window_is_open_at_t_and_closed_at_horizon(spark: SparkSession) ->
     got = {r["label_id"]: r["churned"]
            for r in churn_labels(df, horizon=HORIZON, observed_until=T0 + HORIZON * 3).collect()}
     assert got == {"a": 0, "b": 0, "c": 1, "x": 1, "y": 1, "p": 1, "q": 1}
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="horizon must be positive, got 0:00:00"):
         churn_labels(df, horizon=timedelta(0), observed_until=T0)
 
 
@@ -194,7 +194,7 @@ def test_group_split_keeps_each_user_in_one_part(spark: SparkSession) -> None:
     assert split.exceptAll(again).count() == 0
     shared = df.withColumn("split", F.when(F.col("label_id") % 3 == 0, "train").otherwise("test"))
     assert "appear in more than one part" in leakage(shared, key="user_key")[0]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"fractions summing to 1, got \(0\.5, 0\.2, 0\.2\)"):
         group_split(df, key="user_key", fractions=(0.5, 0.2, 0.2))
 
 

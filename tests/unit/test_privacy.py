@@ -26,7 +26,7 @@ def test_hmac_matches_python(spark: SparkSession, key: bytes) -> None:
 
 
 def test_hmac_rejects_empty_key(spark: SparkSession) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="the HMAC key must not be empty"):
         hmac_sha256(F.lit("x"), b"")
 
 
