@@ -13,10 +13,11 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
-from datetime import date
+from datetime import date, datetime, timedelta
 from importlib import metadata
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import (
@@ -55,6 +56,21 @@ def is_identifier(name: str) -> bool:
 
 class ConfigError(ValueError):
     """Configuration that cannot be loaded or does not validate."""
+
+
+TIME_ZONE_CONF = "spark.sql.session.timeZone"
+
+
+def is_utc(zone: str) -> bool:
+    """Whether Spark's session time zone ``zone`` is UTC by another name (``Etc/UTC``, ``+00:00``)."""
+    if re.fullmatch(r"(?i)(UTC|GMT)?([+-]0?0(:?00)?)?|Z", zone.strip()) and zone.strip():
+        return True
+    try:
+        tz = ZoneInfo(zone)
+    except (ValueError, ZoneInfoNotFoundError):
+        return False
+    # Zero in winter and summer: a zone that is UTC in practice (Etc/Universal, Zulu).
+    return all(tz.utcoffset(datetime(2026, month, 1)) == timedelta(0) for month in (1, 7))
 
 
 def _iso_date(value: Any) -> Any:
@@ -96,6 +112,15 @@ class SparkSettings(_Strict):
     """Start that driver JVM with a class-data-sharing archive, made on first use."""
     class_data_dir: Path | None = Field(None, strict=False)
     """Where the archive is kept; None: ``var/lakeward`` in the virtual environment."""
+
+    @field_validator("conf")
+    @classmethod
+    def _utc_sessions(cls, conf: dict[str, str]) -> dict[str, str]:
+        zone = conf.get(TIME_ZONE_CONF)
+        if zone is not None and not is_utc(zone):
+            raise ValueError(f"{TIME_ZONE_CONF}: expected UTC, in which lakeward dates events and features "
+                             f"(found {zone!r})")
+        return conf
 
     @field_validator("driver_java_options")
     @classmethod

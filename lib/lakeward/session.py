@@ -31,7 +31,7 @@ from pyspark import SparkContext
 from pyspark.sql import SparkSession
 
 from lakeward import class_data, root_lock
-from lakeward.config import TABLE_KEYS, ConfigError, Settings
+from lakeward.config import TABLE_KEYS, TIME_ZONE_CONF, ConfigError, Settings, is_utc
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +66,10 @@ def get_spark(settings: Settings) -> SparkSession:
     """Return the process's SparkSession, building it on first call."""
     active = SparkSession.getActiveSession()
     if active is not None:
-        return active
+        return require_utc(active)
     mode = settings.spark.mode
     if mode == "databricks":
-        return SparkSession.builder.getOrCreate()
+        return require_utc(SparkSession.builder.getOrCreate())
     check_master(settings)
     _prepare_environment(settings)
     root_lock.hold(settings)
@@ -84,6 +84,7 @@ def get_spark(settings: Settings) -> SparkSession:
     else:
         spark = _start_jvm(builder, settings)
     _check_sql_conf(spark, settings)
+    require_utc(spark)
     if mode == "local":
         _check_catalog_home(spark, settings)
     else:
@@ -118,6 +119,22 @@ def get_reader_spark(settings: Settings) -> SparkSession:
     )
     spark = _start_jvm(builder, settings, log_name="spark-reader.log")
     _check_sql_conf(spark, settings)
+    return require_utc(spark)
+
+
+def require_utc(spark: SparkSession) -> SparkSession:
+    """``spark``, if its session time zone is UTC; :class:`ConfigError` otherwise.
+
+    Event dates, arrival days and ``feature_ts`` are UTC days; in another zone the
+    same events would fall on other days, and a session handed over by a notebook
+    or a cluster (or given ``--conf`` by spark-submit) may be in any zone.
+    """
+    zone = spark.conf.get(TIME_ZONE_CONF) or ""
+    if not is_utc(zone):
+        raise ConfigError(
+            f"the Spark session's time zone is {zone!r}, but lakeward dates events and features in UTC: "
+            f"set {TIME_ZONE_CONF} to UTC"
+        )
     return spark
 
 

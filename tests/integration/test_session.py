@@ -18,6 +18,7 @@ from lakeward.session import (
     _resolving_alone,
     check_cluster_session,
     delta_jars_note,
+    get_spark,
     java_user_home,
 )
 
@@ -29,6 +30,21 @@ def test_driver_jvm_runs_with_the_configured_options(spark: SparkSession, base_s
     for option in base_settings.spark.driver_java_options:
         assert option in arguments
     assert f"-Dderby.system.home={base_settings.metastore_dir}" in arguments
+
+
+def test_a_session_in_another_time_zone_than_utc_is_refused(
+    spark: SparkSession, base_settings: Settings
+) -> None:
+    """A notebook's or a cluster's session may be in any zone; lakeward's days are UTC days."""
+    assert get_spark(base_settings) is spark
+    spark.conf.set("spark.sql.session.timeZone", "Europe/Paris")
+    try:
+        with pytest.raises(ConfigError, match=r"time zone is 'Europe/Paris', but lakeward dates .* in UTC"):
+            get_spark(base_settings)
+        spark.conf.set("spark.sql.session.timeZone", "Etc/UTC")
+        assert get_spark(base_settings) is spark
+    finally:
+        spark.conf.set("spark.sql.session.timeZone", "UTC")
 
 
 def test_the_catalog_must_keep_its_tables_under_this_data_root(

@@ -59,6 +59,8 @@ def test_unknown_key_names_file_and_key(tmp_path: Path) -> None:
          r"local\.yml: pipeline\.allowed_lateness_days: Input should be a valid integer \(found True\)"),
         ("pipeline:\n  max_amount: '7'\n", r"local\.yml: pipeline\.max_amount: .*number \(found '7'\)"),
         ("spark:\n  ui: 1\n", r"local\.yml: spark\.ui: Input should be a valid boolean"),
+        ("spark:\n  conf: {spark.sql.session.timeZone: Europe/Paris}\n",
+         r"local\.yml: spark\.conf: spark\.sql\.session\.timeZone: expected UTC, .*\(found 'Europe/Paris'\)"),
         ("demo:\n  start: soon\n",
          r"local\.yml: demo\.start: .*expected a date, YYYY-MM-DD \(found 'soon'\)"),
         # YAML turns an unquoted date into a date; one that does not exist stays text, named by its key.
