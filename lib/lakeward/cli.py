@@ -12,7 +12,6 @@ import argparse
 import logging
 import math
 import os
-import re
 import signal
 import sys
 import threading
@@ -23,7 +22,7 @@ from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from lakeward import interrupt, root_lock
-from lakeward.config import ConfigError, Settings, is_identifier, load_settings
+from lakeward.config import ConfigError, Settings, is_identifier, load_settings, parse_iso_date
 from lakeward.sources.bitebridge import USERS_FEEDS
 
 if TYPE_CHECKING:
@@ -40,17 +39,13 @@ class UsageError(ValueError):
     """Arguments that make no sense together."""
 
 
-_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 def _date(text: str) -> date:
-    # fromisoformat alone also takes 20260105 and 2026-W01-1, which are not the documented form.
     try:
-        if _ISO_DATE.fullmatch(text):
-            return date.fromisoformat(text)
+        return parse_iso_date(text)
     except ValueError:
-        pass
-    raise argparse.ArgumentTypeError(f"expected a date as YYYY-MM-DD, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a date as YYYY-MM-DD, got {text!r}") from None
 
 
 def _positive(text: str) -> int:

@@ -13,11 +13,10 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
-from datetime import date, datetime, timedelta
+from datetime import date
 from importlib import metadata
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import (
@@ -61,26 +60,37 @@ class ConfigError(ValueError):
 TIME_ZONE_CONF = "spark.sql.session.timeZone"
 
 
+# Java's names of UTC (ZoneId.SHORT_IDS aside), and a zero offset in the forms Java's
+# ZoneOffset reads, bare or after UTC, GMT or UT: +00, +0000, +00:00, +00:00:00, -0.
+_UTC_NAMES = frozenset({
+    "Z", "UTC", "GMT", "UT", "UCT", "GMT0", "Greenwich", "Universal", "Zulu",
+    "Etc/UTC", "Etc/UCT", "Etc/GMT", "Etc/GMT0", "Etc/GMT+0", "Etc/GMT-0", "Etc/Greenwich",
+    "Etc/Universal", "Etc/Zulu",
+})
+_ZERO_OFFSET = re.compile(r"(?:UTC|GMT|UT)?[+-]0{1,2}(?::?00(?::?00)?)?")
+
+
 def is_utc(zone: str) -> bool:
     """Whether Spark's session time zone ``zone`` is UTC by another name (``Etc/UTC``, ``+00:00``)."""
-    if re.fullmatch(r"(?i)(UTC|GMT)?([+-]0?0(:?00)?)?|Z", zone.strip()) and zone.strip():
-        return True
-    try:
-        tz = ZoneInfo(zone)
-    except (ValueError, ZoneInfoNotFoundError):
-        return False
-    # Zero in winter and summer: a zone that is UTC in practice (Etc/Universal, Zulu).
-    return all(tz.utcoffset(datetime(2026, month, 1)) == timedelta(0) for month in (1, 7))
+    return zone in _UTC_NAMES or _ZERO_OFFSET.fullmatch(zone) is not None
+
+
+def parse_iso_date(text: str) -> date:
+    """``YYYY-MM-DD`` as a date; ValueError for anything else.
+
+    ``date.fromisoformat`` alone also reads 20260105 and 2026-W01-1, which are not the
+    documented form.
+    """
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+        raise ValueError(f"expected a date as YYYY-MM-DD, got {text!r}")
+    return date.fromisoformat(text)
 
 
 def _iso_date(value: Any) -> Any:
     """A date written as text (``"2026-01-01"``) as a date; anything else as it came."""
     if isinstance(value, str):
-        # fromisoformat also reads 20260101 and 2026-W01-1, which the CLI refuses too.
         try:
-            if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
-                raise ValueError(value)
-            return date.fromisoformat(value)
+            return parse_iso_date(value)
         except ValueError:
             raise ValueError("expected a date, YYYY-MM-DD") from None
     return value
@@ -446,12 +456,12 @@ def load_settings(
     ``env`` defaults to ``LAKEWARD_ENV`` or ``local``; ``data_root`` defaults to
     ``LAKEWARD_HOME`` or the ``data_root`` key.
     """
-    named_by = "--env"
+    named_by = ""
     if env is None:  # `--env ""` is a choice, and not one of the environments
-        env, named_by = os.environ.get(ENV_VAR) or "local", ENV_VAR
+        env, named_by = os.environ.get(ENV_VAR) or "local", f" (from {ENV_VAR})"
     if env not in ENVIRONMENTS:
         raise ConfigError(
-            f"unknown environment {env!r} (from {named_by}); expected one of {', '.join(ENVIRONMENTS)}"
+            f"unknown environment {env!r}{named_by}; expected one of {', '.join(ENVIRONMENTS)}"
         )
     conf_dir = (conf_dir or default_conf_dir()).resolve()
     base_file = conf_dir / "base.yml"
@@ -503,13 +513,13 @@ def load_settings(
         settings = Settings.model_validate(merged)
     except ValidationError as err:
         derived_values = {key: merged[key] for key in ("env", "project_dir", "conf_dir", "data_root")}
-        faults_of_base = _error_locs({**base, **derived_values})
+        faults_of_base = _faults({**base, **derived_values})
 
-        def blame(loc: list[str | int]) -> Path:
+        def blame(loc: list[str | int], message: str) -> Path:
             # A check of a whole section both files set part of (the tables, the fault
-            # rates) refuses a value of either: the base's, if the base alone fails it.
+            # rates) refuses a value of either: the base's, if the base alone fails it so.
             if _merges_both(overlay, base, loc):
-                return base_file if tuple(loc) in faults_of_base else env_file
+                return base_file if (tuple(loc), message) in faults_of_base else env_file
             return source(loc)
 
         raise ConfigError(_describe(err, blame)) from None
@@ -522,23 +532,20 @@ def load_settings(
     return settings
 
 
+class _KeyError(yaml.constructor.ConstructorError):
+    """A key that is valid YAML but no name (``7:``, ``true:``), which no file here may have."""
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, refusing a key given twice in one mapping.
+    """YAML's safe loader, refusing a key given twice in one mapping, or one that is not text.
 
     Plain YAML keeps the last of two equal keys, so a section written twice
     would silently lose the first one's settings.
     """
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        self._refuse_repeated_keys(node, deep)
-        mapping = super().construct_mapping(node, deep)  # type: ignore[no-untyped-call]
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
-            if not isinstance(key, str) and key_node.tag != "tag:yaml.org,2002:merge":
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} is not text; config keys are names", key_node.start_mark
-                )
-        return mapping  # type: ignore[no-any-return]
+        self._check_keys(node, deep)
+        return super().construct_mapping(node, deep)  # type: ignore[no-untyped-call,no-any-return]
 
     def construct_yaml_timestamp(self, node: yaml.ScalarNode) -> Any:
         """A date YAML cannot make (2026-02-30) stays text, so the check of its key names it."""
@@ -547,7 +554,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         except ValueError:
             return self.construct_scalar(node)  # type: ignore[no-untyped-call]
 
-    def _refuse_repeated_keys(self, node: yaml.MappingNode, deep: bool) -> None:
+    def _check_keys(self, node: yaml.MappingNode, deep: bool) -> None:
         seen: set[Any] = set()
         for key_node, value_node in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
@@ -556,14 +563,12 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 merged = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
                 for mapping in merged:
                     if isinstance(mapping, yaml.MappingNode):
-                        self._refuse_repeated_keys(mapping, deep)
+                        self._check_keys(mapping, deep)
                 continue
             key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
-            try:
-                repeated = key in seen
-            except TypeError:  # an unhashable key: the base class reports it
-                continue
-            if repeated:
+            if not isinstance(key, str):  # YAML reads 7, true or null as such, not as names
+                raise _KeyError(None, None, f"key {key!r} is not text; keys are names", key_node.start_mark)
+            if key in seen:  # the YAML spec has keys unique; PyYAML keeps the last
                 raise yaml.constructor.ConstructorError(
                     None, None, f"key {key!r} given twice in one mapping", key_node.start_mark
                 )
@@ -583,10 +588,12 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not UTF-8 text (byte {err.start})") from None
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a safe loader)
+    except _KeyError as err:
+        raise ConfigError(f"{path}: {_one_line(err)}") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {_one_line(err)}") from None
     except ValueError as err:
-        # YAML reads an unquoted 2026-02-30 as a date, and fails on it.
+        # A scalar YAML's own constructors fail on, such as 0x_ for a number.
         raise ConfigError(f"{path}: a value YAML cannot read: {err}") from None
     if data is None:
         return {}
@@ -614,16 +621,16 @@ def _deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]
     return merged
 
 
-def _error_locs(values: dict[str, Any]) -> set[tuple[str | int, ...]]:
-    """Where ``values`` fail validation as settings."""
+def _faults(values: dict[str, Any]) -> set[tuple[tuple[str | int, ...], str]]:
+    """Where ``values`` fail validation as settings, and how."""
     try:
         Settings.model_validate(values)
     except ValidationError as err:
-        return {tuple(problem["loc"]) for problem in err.errors()}
+        return {(tuple(problem["loc"]), problem["msg"]) for problem in err.errors()}
     return set()
 
 
-def _describe(err: ValidationError, source: Callable[[list[str | int]], Path]) -> str:
+def _describe(err: ValidationError, source: Callable[[list[str | int], str], Path]) -> str:
     """One ``file: key: what was expected`` per problem; ``source`` names the file per key."""
     lines = []
     for problem in err.errors():
@@ -637,7 +644,7 @@ def _describe(err: ValidationError, source: Callable[[list[str | int]], Path]) -
             # A section's own check names its entries; the whole section would bury them.
             found = "" if isinstance(problem.get("input"), dict) else f" (found {problem.get('input')!r})"
             what = message + found
-        lines.append(f"{source(loc)}: {key}: {what}")
+        lines.append(f"{source(loc, problem['msg'])}: {key}: {what}")
     return "; ".join(lines)
 
 
@@ -667,7 +674,7 @@ def _merges_both(overlay: Any, base: Any, loc: list[str | int]) -> bool:
         if not (isinstance(overlay, dict) and isinstance(base, dict)):
             return False
         overlay, base = overlay.get(part), base.get(part)
-    return isinstance(overlay, dict) and isinstance(base, dict) and bool(overlay)
+    return isinstance(overlay, dict) and isinstance(base, dict)
 
 
 def _keys_at(model: type[BaseModel], loc: list[str | int]) -> list[str]:

@@ -71,7 +71,7 @@ def test_unknown_key_names_file_and_key(tmp_path: Path) -> None:
         ("data_root: false\n", r"local\.yml: data_root: expected a path \(found False\)"),
         ("data_root: ''\n", r"local\.yml: data_root: expected a path \(found ''\)"),
         ("7: x\n",
-         r"local\.yml: not valid YAML: key 7 is not text; config keys are names \(line 1, column 1\)$"),
+         r"local\.yml: key 7 is not text; keys are names \(line 1, column 1\)$"),
         # The gap between temporal parts is the label horizon (30 days by default).
         ("training_set:\n  t1: 2026-01-05\n  t2: 2026-01-20\n",
          r"local\.yml: training_set: .*t2 - t1 \(15 days\) must be longer than horizon_days \(30\)"),
@@ -130,6 +130,13 @@ def test_contracts_come_from_the_conf_directory_in_use(tmp_path: Path) -> None:
         ({}, "tables:\n  extra_table: x.y\n", r"/local\.yml: tables: unknown table\(s\) extra_table;"),
         ({"malformed: 0.005": "malformed: 0.6", "out_of_range: 0.005": "out_of_range: 0.5"},
          "generator:\n  faults: {duplicate: 0.1}\n", r"/base\.yml: generator\.faults: malformed \+ null_key"),
+        # An empty overlay section changes nothing of the base's.
+        ({"  ops_gold_runs: ops.gold_runs\n": "  ops_gold_runs: ops.gold_runs\n  extra_table: x.y\n"},
+         "tables: {}\n", r"/base\.yml: tables: unknown table\(s\) extra_table;"),
+        # Both are wrong, and the overlay's value is the one the merge kept.
+        ({"spark.sql.session.timeZone: UTC": "spark.sql.session.timeZone: Europe/Paris"},
+         "spark:\n  conf: {spark.sql.session.timeZone: America/New_York}\n",
+         r"/local\.yml: spark\.conf: .*\(found 'America/New_York'\)$"),
     ],
 )
 def test_a_section_check_names_the_file_that_breaks_it(
