@@ -70,18 +70,9 @@ def print_rows(df: DataFrame, output_format: str, out: TextIO) -> None:
     # large result streams instead of filling the driver.
     rows = df.toLocalIterator(prefetchPartitions=True)
     if output_format == "json":
-        try:
-            for row in rows:
-                record = json_ready(row.asDict(recursive=True))
-                out.write(json.dumps(record, default=str, ensure_ascii=False, allow_nan=False) + "\n")
-        except Exception as err:
-            if "DUPLICATED_MAP_KEY" not in str(err):
-                raise
-            # Raised by the keys' conversion to text: the map itself has no repeated key.
-            raise ValueError(
-                "two keys of one map print as the same text, and a JSON object keeps one value per key; "
-                "use --format table or csv, or select the map's entries (map_entries) instead"
-            ) from None
+        for row in rows:
+            record = json_ready(row.asDict(recursive=True))
+            out.write(json.dumps(record, default=str, ensure_ascii=False, allow_nan=False) + "\n")
     else:
         out.write(_csv_line(columns))
         for row in rows:
@@ -180,6 +171,23 @@ def _json_key(kind: T.DataType) -> Convert | None:
     return lambda column: _as_text(_rewritten(column, kind, _base64))
 
 
+SAME_TEXT_KEYS = (
+    "two keys of one map print as the same text, and a JSON object keeps one value per key; "
+    "use --format table or csv, or select the map's entries (map_entries)"
+)
+
+
+def _unless_keys_collide(original: Column, new_key: Convert, keyed: Column) -> Column:
+    """``keyed`` (``original`` with ``new_key`` applied to its keys), unless two new keys are equal.
+
+    ``transform_keys`` would then fail as DUPLICATED_MAP_KEY, the error of a query
+    that builds a map with a repeated key; this one says what happened instead.
+    """
+    new_keys = F.transform(F.map_keys(original), new_key)
+    collided = F.size(F.array_distinct(new_keys)) < F.size(original)
+    return F.when(collided, F.raise_error(F.lit(SAME_TEXT_KEYS))).otherwise(keyed)
+
+
 def _base64(kind: T.DataType) -> Convert | None:
     return F.base64 if isinstance(kind, T.BinaryType) else None
 
@@ -238,6 +246,8 @@ def _rewritten(column: Column, kind: T.DataType, value: Conversion, key: Convers
             return key_convert(k) if key_convert is not None else _rewritten(k, kind.keyType, value, key)
 
         keyed = F.transform_keys(column, lambda k, _: new_key(k))
+        if key_convert is not None:
+            keyed = _unless_keys_collide(column, new_key, keyed)
         return F.transform_values(keyed, lambda _, v: _rewritten(v, kind.valueType, value, key))
     assert isinstance(kind, T.StructType)  # the only other type _touches looks into
     # Fields are taken by position: names may repeat, or differ only in case.

@@ -20,6 +20,7 @@ from pyspark.sql import SparkSession
 
 from lakeward import cli, root_lock
 from lakeward.config import default_conf_dir, load_settings
+from lakeward.sql_output import SAME_TEXT_KEYS
 from tests.cli_process import LAKEWARD, lakeward
 
 pytestmark = pytest.mark.integration
@@ -424,8 +425,13 @@ def test_sql_prints_every_row_unless_limited(
     assert cli._sql(spark, argparse.Namespace(query=binary_keys, format="json", limit=None)) == 0
     assert json.loads(capsys.readouterr().out) == {"m": {"{/w==}": 1, "{/g==}": 2}, "a": {"[AQI=]": "x"}}
     same_text = "SELECT map(array('a, b'), 1, array('a', 'b'), 2) AS m"
-    with pytest.raises(ValueError, match="two keys of one map print as the same text"):
+    with pytest.raises(Exception) as raised:
         cli._sql(spark, argparse.Namespace(query=same_text, format="json", limit=None))
+    assert SAME_TEXT_KEYS in cli._one_line(raised.value)
+    # A query that makes a repeated key itself still gets Spark's own error.
+    repeated = "SELECT map_from_arrays(array(array(1), array(1)), array(1, 2)) AS m"
+    with pytest.raises(Exception, match="DUPLICATED_MAP_KEY"):
+        cli._sql(spark, argparse.Namespace(query=repeated, format="json", limit=None))
     # A variant is the JSON it holds, as to_json writes it, not a string of JSON.
     variant = ("SELECT parse_json('{\"a\": 1, \"b\": [0.1, \"x\", null, 12345678901234567890.5]}') AS v, "
                "array(parse_json('true')) AS arr, CAST(NULL AS VARIANT) AS n")
