@@ -345,12 +345,15 @@ class GateResult:
             raise GateFailed({self.suite: self.failed})
 
 
-def require_contracts(settings: Settings, tables: Sequence[str]) -> dict[str, Contract]:
+def require_contracts(
+    settings: Settings, tables: Sequence[str], contracts: Mapping[str, Contract] | None = None
+) -> dict[str, Contract]:
     """The contracts of these logical tables; :class:`ConfigError` naming each that has none.
 
+    They are taken from ``contracts``, or else read from the contracts directory.
     Silver calls it before it writes anything, so a missing or broken contract stops it whole.
     """
-    contracts = load_contracts(settings.contracts_dir)
+    contracts = load_contracts(settings.contracts_dir) if contracts is None else contracts
     missing = sorted(set(tables) - set(contracts))
     if missing:
         raise ConfigError(

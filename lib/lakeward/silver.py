@@ -598,9 +598,9 @@ def table_specs(settings: Settings) -> list[tables.TableSpec]:
 
 def require_contracts(settings: Settings, sources: Sequence[str]) -> dict[str, quality.Contract]:
     """The contracts of these sources' silver tables, each checked against its table's columns."""
-    contracts = quality.require_contracts(settings, [SOURCES[source].table for source in sources])
-    _check_columns(settings, contracts)
-    return contracts
+    every = quality.load_contracts(settings.contracts_dir)
+    _check_columns(settings, every)
+    return quality.require_contracts(settings, [SOURCES[source].table for source in sources], every)
 
 
 def check_contracts(settings: Settings) -> None:
@@ -624,7 +624,7 @@ def _check_columns(settings: Settings, contracts: Mapping[str, quality.Contract]
     for table, contract in contracts.items():
         if table not in gated:
             raise ConfigError(
-                f"{contract.file}: table: {table!r} is not a table silver writes behind a gate; "
+                f"{contract.origin}: table: {table!r} is not a table silver writes behind a gate; "
                 f"expected one of {', '.join(gated)}"
             )
     for source, spec in SOURCES.items():

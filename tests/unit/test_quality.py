@@ -209,13 +209,15 @@ def test_a_contract_for_a_table_silver_does_not_gate_is_refused(
     settings = base_settings.model_copy(
         update={"quality": base_settings.quality.model_copy(update={"contracts_dir": str(tmp_path)})}
     )
-    with pytest.raises(ConfigError, match=(
-        r"typo\.yml: table: 'silver_orderz' is not a table silver writes behind a gate; "
-        r"expected one of silver_orders, silver_deliveries, silver_ratings, silver_users$"
-    )):
-        silver.check_contracts(settings)
+    refused = (r"typo\.yml: table: 'silver_orderz' is not a table silver writes behind a gate; "
+               r"expected one of silver_orders, silver_deliveries, silver_ratings, silver_users$")
+    with pytest.raises(ConfigError, match=refused):
+        silver.check_contracts(settings)  # the CLI's check, before Spark starts
+    with pytest.raises(ConfigError, match=refused):
+        silver.require_contracts(settings, ["order_placed"])  # silver's, before it writes
     (tmp_path / "typo.yml").unlink()
     silver.check_contracts(settings)
+    assert list(silver.require_contracts(settings, ["order_placed"])) == ["silver_orders"]
 
 
 def test_an_expectation_great_expectations_cannot_evaluate_is_not_a_failed_gate(spark: SparkSession) -> None:
