@@ -100,17 +100,12 @@ def test_sql_in_a_new_process_sees_the_demo_tables(demo: subprocess.CompletedPro
     # The demo's process resolved the Delta jars; these read the files it noted.
     assert _resolutions(env) == resolved_before
 
-
-def test_an_unknown_table_in_sql_is_one_line(
-    spark: SparkSession, data_root: Path, monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    monkeypatch.setenv("LAKEWARD_HOME", str(data_root))
-    monkeypatch.delenv("LAKEWARD_ENV", raising=False)
-    assert cli.main(["sql", "SELECT * FROM silver.nothing_here"]) == 1
-    err = capsys.readouterr().err
-    assert err.startswith("lakeward: error:") and "TABLE_OR_VIEW_NOT_FOUND" in err
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    # In a process of its own, where nothing but lakeward decides what reaches stderr.
+    missing = lakeward(env, "sql", "SELECT * FROM silver.nothing_here")
+    assert missing.returncode == 1
+    assert missing.stderr.strip().startswith("lakeward: error:")
+    assert "TABLE_OR_VIEW_NOT_FOUND" in missing.stderr and "Traceback" not in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1
 
 
 def _resolutions(env: dict[str, str]) -> int:

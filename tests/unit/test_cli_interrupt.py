@@ -59,7 +59,7 @@ def test_ctrl_c_cancels_the_query_and_ends_with_one_line(
     assert spark.range(10).count() == 10
 
 
-def test_ctrl_c_outside_spark_stops_python_work_at_once(spark: SparkSession) -> None:
+def test_ctrl_c_outside_spark_stops_python_work(spark: SparkSession) -> None:
     before = signal.getsignal(signal.SIGINT)
     interrupt.stop_on_interrupt(spark)
     started = time.monotonic()
