@@ -5,8 +5,8 @@ order or in order, with late events, events dated after their arrival day,
 events sent again on an earlier day (whose arrival moves back when that day
 comes later), repeated runs and one run that dies before its ledger write.
 After every chunk the incremental refresh runs, and both gold tables must
-then equal a brute-force oracle on what silver holds: ``user_daily`` the one
-below, ``user_features`` the one of ``tests/unit/test_gold.py``. At the end
+then equal the brute-force oracles of ``tests/pipeline_checks.py`` on what
+silver holds. At the end
 they must equal ``--full`` on the same silver versions.
 """
 
@@ -28,8 +28,8 @@ from pyspark.sql import functions as F
 from lakeward import incremental, silver, tables
 from lakeward.config import Settings
 from tests.conftest import isolated
-from tests.unit import test_gold
-from tests.unit.test_gold import WINDOWS, _oracle
+from tests.pipeline_checks import daily_oracle, features_oracle
+from tests.unit.test_gold import WINDOWS
 
 pytestmark = pytest.mark.integration
 
@@ -109,10 +109,12 @@ def _assert_gold_is_the_oracles(
     spark: SparkSession, settings: Settings, events: tuple[list, list, list], as_of: date
 ) -> None:
     daily, features = _snapshot(spark, settings)
-    oracle = spark.createDataFrame(_oracle(*events, as_of), schema=features.schema)
-    assert_df_equality(features, oracle, ignore_row_order=True, ignore_nullable=True)
-    daily_oracle = spark.createDataFrame(_daily_oracle(*events), schema=daily.schema)
-    assert_df_equality(daily, daily_oracle, ignore_row_order=True, ignore_nullable=True)
+    rules = settings.pipeline
+    expected = features_oracle(*events, as_of, rules.feature_windows_days, rules.feature_version)
+    assert_df_equality(features, spark.createDataFrame(expected, schema=features.schema),
+                       ignore_row_order=True, ignore_nullable=True)
+    assert_df_equality(daily, spark.createDataFrame(daily_oracle(*events), schema=daily.schema),
+                       ignore_row_order=True, ignore_nullable=True)
 
 
 def _write_arrivals(
@@ -181,26 +183,6 @@ def _record_processed(spark: SparkSession, settings: Settings, days: list[date])
     _append(spark, settings, "ops_silver_batches",
             [{"source": "order_placed", "arrival_date": day, "batch_id": f"order_placed-{day}", "rows_in": 0}
              for day in days])
-
-
-def _daily_oracle(orders: list, deliveries: list, ratings: list) -> list[tuple]:
-    """``gold.user_daily`` by brute force: per user and event date, counts and sums."""
-    days: dict[tuple, list] = {}
-
-    def day(event: tuple) -> list:
-        return days.setdefault((event[0], event[1]), [0, Decimal("0.00"), 0, 0, 0, 0])
-
-    for user_order in orders:
-        day(user_order)[0] += 1
-        day(user_order)[1] += user_order[3]
-    for delivery in deliveries:
-        day(delivery)[2] += 1
-        day(delivery)[3] += int(delivery[4] is not None and delivery[4] > delivery[3])
-    for rating in ratings:
-        day(rating)[4] += rating[3] is not None
-        day(rating)[5] += rating[3] or 0
-    return [(user, event_date, *v, v[5] / v[4] if v[4] else None)
-            for (user, event_date), v in days.items()]
 
 
 def _last_run_note(spark: SparkSession, settings: Settings) -> str:
@@ -289,7 +271,7 @@ def test_a_rerun_with_nothing_new_writes_nothing(
 
 
 def test_changed_feature_windows_recompute_the_history_with_the_new_columns(
-    spark: SparkSession, base_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    spark: SparkSession, base_settings: Settings, tmp_path: Path
 ) -> None:
     """Other windows in the configuration: the next run recomputes in full, and
     ``gold.user_features`` then has the new windows' columns, not the old ones."""
@@ -307,7 +289,6 @@ def test_changed_feature_windows_recompute_the_history_with_the_new_columns(
     assert incremental.refresh(spark, wider).mode == "up_to_date"
     features = _snapshot(spark, wider)[1]
     assert "orders_10d" in features.columns and "orders_7d" not in features.columns
-    monkeypatch.setattr(test_gold, "WINDOWS", windows)
     stored = {r["event_id"]: r["_arrival_date"] for table_rows in rows.values() for r in table_rows}
     _assert_gold_is_the_oracles(spark, wider, _stored_events(rows, stored), max(stored.values()))
 

@@ -22,9 +22,7 @@ from lakeward.pipeline import DateSelection
 from lakeward.privacy.keys import pii_key
 from lakeward.sources.bitebridge import PERSONAL_FIELDS, SOURCES, FaultRates, generate, landing_file
 from tests.conftest import isolated
-from tests.integration.test_incremental_gold import _daily_oracle
-from tests.pipeline_checks import FAULTS, count_rows, gold_equals_full
-from tests.unit.test_gold import _oracle
+from tests.pipeline_checks import FAULTS, count_rows, daily_oracle, features_oracle, gold_equals_full
 
 pytestmark = pytest.mark.integration
 
@@ -113,11 +111,12 @@ def test_gold_equals_the_oracle_on_what_silver_holds(spark: SparkSession, run: S
     as_of = ledger.agg(F.max("arrival_date")).first()[0]
     features = tables.read(spark, run.table("gold_user_features"))
     rules = run.pipeline
-    expected = _oracle(orders, deliveries, ratings, as_of, rules.feature_windows_days, rules.feature_version)
+    expected = features_oracle(orders, deliveries, ratings, as_of, rules.feature_windows_days,
+                               rules.feature_version)
     assert_df_equality(features, spark.createDataFrame(expected, features.schema),
                        ignore_row_order=True, ignore_nullable=True)
     daily = tables.read(spark, run.table("gold_user_daily"))
-    assert_df_equality(daily, spark.createDataFrame(_daily_oracle(orders, deliveries, ratings), daily.schema),
+    assert_df_equality(daily, spark.createDataFrame(daily_oracle(orders, deliveries, ratings), daily.schema),
                        ignore_row_order=True, ignore_nullable=True)
 
 

@@ -1,7 +1,7 @@
 """gold.user_features against a brute-force oracle on randomized data, late events included."""
 
 import random
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 from decimal import Decimal
 
 import pytest
@@ -10,6 +10,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from lakeward.gold import user_daily, user_features
+from tests.pipeline_checks import features_oracle
 
 START = date(2026, 1, 1)
 ORDERS = "user_key string, event_date date, _arrival_date date, amount decimal(12,2)"
@@ -35,42 +36,6 @@ def _random_events(seed: int):
     return orders, deliveries, ratings
 
 
-def _oracle(orders, deliveries, ratings, as_of, windows=None, version="vT"):
-    windows = windows or WINDOWS
-
-    def known(e):
-        return max(e[1], e[2])
-
-    rows = []
-    users = {e[0] for e in orders + deliveries + ratings}
-    for user in sorted(users):
-        mine = [e for e in orders + deliveries + ratings if e[0] == user]
-        first = min(known(e) for e in mine)
-        day = first
-        while day <= as_of:
-            seen_orders = [e for e in orders if e[0] == user and known(e) <= day]
-            row = {"user_key": user, "feature_date": day,
-                   "feature_ts": datetime(day.year, day.month, day.day, 23, 59, 59, 999999)}
-            for w in windows:
-                inside = [e for e in seen_orders if day - timedelta(days=w - 1) <= e[1] <= day]
-                row[f"orders_{w}d"] = len(inside)
-                row[f"spend_{w}d"] = sum((e[3] for e in inside), Decimal(0))
-            row["late_deliveries_30d"] = sum(
-                1 for e in deliveries
-                if e[0] == user and known(e) <= day and day - timedelta(days=29) <= e[1] <= day
-                and e[4] is not None and e[4] > e[3]
-            )
-            last = max((e[1] for e in seen_orders), default=None)
-            row["days_since_last_order"] = None if last is None else (day - last).days
-            seen_ratings = [e[3] for e in ratings if e[0] == user and known(e) <= day and e[3] is not None]
-            row["rating_count"] = len(seen_ratings)
-            row["mean_rating"] = sum(seen_ratings) / len(seen_ratings) if seen_ratings else None
-            row["feature_version"] = version
-            rows.append(row)
-            day += timedelta(days=1)
-    return rows
-
-
 @pytest.mark.parametrize("as_of_day", [12, 24])
 def test_user_features_match_oracle(spark: SparkSession, as_of_day: int) -> None:
     # Users of every seed are distinct, so all seeds run as one Spark job.
@@ -87,7 +52,7 @@ def test_user_features_match_oracle(spark: SparkSession, as_of_day: int) -> None
         spark.createDataFrame(ratings, RATINGS),
         as_of=as_of, windows=WINDOWS, version="vT",
     )
-    expected_rows = _oracle(orders, deliveries, ratings, as_of)
+    expected_rows = features_oracle(orders, deliveries, ratings, as_of, WINDOWS, "vT")
     expected = spark.createDataFrame(expected_rows, schema=got.schema)
     assert_df_equality(got, expected, ignore_row_order=True, ignore_nullable=True)
 
@@ -112,7 +77,8 @@ def test_rows_continued_from_the_day_before_match_oracle(
         F.lit(first).alias("start_day"), *[c for c in day_before.columns if c != "feature_date"]
     )
     got = user_features(*frames, as_of=as_of, windows=WINDOWS, version="vT", state=state, from_day=first)
-    expected_rows = [r for r in _oracle(orders, deliveries, ratings, as_of) if r["feature_date"] >= first]
+    expected_rows = [r for r in features_oracle(orders, deliveries, ratings, as_of, WINDOWS, "vT")
+                     if r["feature_date"] >= first]
     expected = spark.createDataFrame(expected_rows, schema=got.schema)
     assert_df_equality(got, expected, ignore_row_order=True, ignore_nullable=True)
 
