@@ -83,6 +83,7 @@ def format_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A plain text table, like ``DataFrame.show`` without truncation."""
     # A line break inside a value would break the row; Spark's show() escapes them too.
     cells = [["NULL" if v is None else str(v).translate(_ESCAPES) for v in row] for row in rows]
+    columns = [name.translate(_ESCAPES) for name in columns]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
     rule = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
 

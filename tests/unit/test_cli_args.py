@@ -92,6 +92,8 @@ def test_json_keeps_exact_decimals_as_numbers_and_others_as_text() -> None:
 def test_a_table_cell_keeps_its_line_breaks_on_one_line() -> None:
     table = format_table(["note", "n"], [["two\nlines\tand a tab", None]])
     assert table.splitlines()[3] == "| two\\nlines\\tand a tab | NULL |"
+    # A column name too (`SELECT 1 AS `a<newline>b``).
+    assert format_table(["a\nb"], [[1]]).splitlines()[1:4] == ["| a\\nb |", "+------+", "| 1    |"]
 
 
 def test_the_demo_suggests_lakeward_as_the_user_can_run_it(
