@@ -39,8 +39,6 @@ class UsageError(ValueError):
     """Arguments that make no sense together."""
 
 
-
-
 def _date(text: str) -> date:
     try:
         return parse_iso_date(text)

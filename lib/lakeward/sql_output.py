@@ -167,8 +167,6 @@ def _json_key(kind: T.DataType) -> Convert | None:
     """
     if isinstance(kind, T.StringType):
         return None
-    if isinstance(kind, T.BinaryType):
-        return F.base64
     return lambda column: _as_text(_rewritten(column, kind, _base64))
 
 
@@ -178,24 +176,26 @@ SAME_TEXT_KEYS = (
 )
 
 
-def _unless_keys_collide(original: Column, new_key: Convert, keyed: Column) -> Column:
-    """``keyed`` (``original`` with ``new_key`` applied to its keys), unless two new keys are equal.
+def _keys_as_text(original: Column, as_text: Convert) -> Column:
+    """The map ``original`` with ``as_text`` applied to its keys, unless two keys then are equal.
 
-    ``transform_keys`` would then fail as DUPLICATED_MAP_KEY, the error of a query
-    that builds a map with a repeated key; this one says what happened instead.
+    Spark would then fail as DUPLICATED_MAP_KEY, the error of a query that builds a
+    map with a repeated key; this one says what happened instead.
     """
-    new_keys = F.transform(F.map_keys(original), new_key)
-    collided = F.size(F.array_distinct(new_keys)) < F.size(original)
-    return F.when(collided, F.raise_error(F.lit(SAME_TEXT_KEYS))).otherwise(keyed)
+    keys = F.transform(F.map_keys(original), lambda key: as_text(key))
+    collided = F.size(F.array_distinct(keys)) < F.size(original)
+    return F.when(collided, F.raise_error(F.lit(SAME_TEXT_KEYS))).otherwise(
+        F.map_from_arrays(keys, F.map_values(original))
+    )
 
 
-def _base64(kind: T.DataType) -> Convert | None:
-    return F.base64 if isinstance(kind, T.BinaryType) else None
-
-
-def _hex(kind: T.DataType) -> Convert | None:
+def _binary_as(convert: Convert) -> Conversion:
     # A cast to text would decode the bytes as UTF-8.
-    return F.hex if isinstance(kind, T.BinaryType) else None
+    return lambda kind: convert if isinstance(kind, T.BinaryType) else None
+
+
+_base64 = _binary_as(F.base64)
+_hex = _binary_as(F.hex)
 
 
 def _as_text(column: Column) -> Column:
@@ -242,13 +242,10 @@ def _rewritten(column: Column, kind: T.DataType, value: Conversion, key: Convers
         return F.transform(column, lambda item: _rewritten(item, kind.elementType, value, key))
     if isinstance(kind, T.MapType):
         key_convert = key(kind.keyType) if key is not None else None
-
-        def new_key(k: Column) -> Column:
-            return key_convert(k) if key_convert is not None else _rewritten(k, kind.keyType, value, key)
-
-        keyed = F.transform_keys(column, lambda k, _: new_key(k))
         if key_convert is not None:
-            keyed = _unless_keys_collide(column, new_key, keyed)
+            keyed = _keys_as_text(column, key_convert)
+        else:
+            keyed = F.transform_keys(column, lambda k, _: _rewritten(k, kind.keyType, value, key))
         return F.transform_values(keyed, lambda _, v: _rewritten(v, kind.valueType, value, key))
     assert isinstance(kind, T.StructType)  # the only other type _touches looks into
     # Fields are taken by position: names may repeat, or differ only in case.
