@@ -252,22 +252,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise KeyboardInterrupt
         return code
     except KeyboardInterrupt:
-        sys.stderr.write("lakeward: interrupted\n")
-        return EXIT_INTERRUPTED
+        return _interrupted()
     except Exception as err:  # noqa: BLE001 - one clear line instead of a traceback
         if args.debug:
             # The traceback too, but the exit code the error has without --debug.
             traceback.print_exc()
         if interrupt.requested():
             # A Spark call failed as its job was cancelled.
-            sys.stderr.write("lakeward: interrupted\n")
-            return EXIT_INTERRUPTED
+            return _interrupted()
         sys.stderr.write(f"lakeward: error: {_one_line(err)}\n")
         return EXIT_USAGE if isinstance(err, UsageError | ConfigError) else EXIT_ERROR
     finally:
         interrupt.finish()
         if on_interrupt is not None and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, on_interrupt)
+
+
+def _interrupted() -> int:
+    """Say the command stopped once the work it ran side by side has stopped too."""
+    settled = interrupt.settle()
+    sys.stderr.write("lakeward: interrupted\n")
+    if not settled:
+        # A second Ctrl-C: Python would wait at exit for the threads still running Spark work.
+        sys.stderr.flush()
+        os._exit(EXIT_INTERRUPTED)
+    return EXIT_INTERRUPTED
 
 
 def _one_line(err: BaseException) -> str:

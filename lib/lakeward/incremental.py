@@ -49,7 +49,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from functools import partial, reduce
@@ -61,7 +61,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from lakeward import delta_log, gold, session, silver, tables
+from lakeward import delta_log, gold, interrupt, session, silver, tables
 from lakeward.config import Settings
 
 log = logging.getLogger(__name__)
@@ -210,7 +210,7 @@ def _probe(
     side by side saved nothing: the reads share the driver.)
     """
     features, daily = _gold_tables(settings)
-    with ThreadPoolExecutor(max_workers=2 * len(names) + 4) as pool:
+    with interrupt.pool(2 * len(names) + 4) as pool:
         ensured = pool.submit(ensure_tables, spark, settings)
         last = pool.submit(_last_run, spark, settings)
         commits = {name: pool.submit(tables.last_commit, spark, name) for name in (features, daily)}
@@ -456,7 +456,7 @@ def _both_tables(daily: Callable[[], int], features: Callable[[], int]) -> tuple
     table; side by side, one's driver-side work overlaps the other's tasks
     (about 0.6 s of a 10 s increment, measured).
     """
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    with interrupt.pool(2) as pool:
         daily_done, features_done = pool.submit(daily), pool.submit(features)
         return daily_done.result(), features_done.result()
 

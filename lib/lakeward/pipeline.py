@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
 
 from pyspark.sql import SparkSession
 
-from lakeward import bronze, incremental, quality, silver, tables
+from lakeward import bronze, incremental, interrupt, quality, silver, tables
 from lakeward.config import Settings
 from lakeward.privacy.keys import pii_key
 from lakeward.sources.bitebridge import (
@@ -86,7 +85,7 @@ def run(spark: SparkSession, settings: Settings, stage: str, selection: DateSele
     tables.ensure_tables(spark, first)
     created = {spec.name for spec in first}
     rest = [spec for spec in table_specs(settings) if spec.name not in created]
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    with interrupt.pool(1) as pool:
         others = pool.submit(tables.ensure_tables, spark, rest)
         if stage in ("bronze", "all"):
             run_bronze(spark, settings, selection)

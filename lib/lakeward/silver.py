@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from functools import reduce
@@ -26,7 +25,7 @@ from pyspark.sql import Column, DataFrame, Row, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from lakeward import quality, tables
+from lakeward import interrupt, quality, tables
 from lakeward.config import ConfigError, PipelineSettings, Settings
 from lakeward.privacy.keys import fingerprint
 from lakeward.privacy.pseudonymize import hmac_sha256
@@ -670,7 +669,7 @@ def process_work(spark: SparkSession, settings: Settings, work: Work, key: bytes
     """
     at = datetime.now(UTC).replace(tzinfo=None)
     todo = [(source, dates) for source, dates in work.dates.items() if dates]
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    with interrupt.pool(1) as pool:
         # A small Spark job, while the contracts wait for Great Expectations' import.
         recorded = pool.submit(recorded_keys, spark, settings)
         try:
@@ -679,7 +678,7 @@ def process_work(spark: SparkSession, settings: Settings, work: Work, key: bytes
             # A changed key is the first thing to say, also when a contract is broken too.
             refuse_other_key(recorded.result(), key)
     gates: dict[str, list[quality.GateResult]] = {source: [] for source, _ in todo}
-    with ThreadPoolExecutor(max_workers=max(1, len(todo))) as pool:
+    with interrupt.pool(max(1, len(todo))) as pool:
         futures = [
             pool.submit(
                 _write_source,
@@ -689,7 +688,7 @@ def process_work(spark: SparkSession, settings: Settings, work: Work, key: bytes
             for source, dates in todo
         ]
     written = [f.result() for f in futures if f.exception() is None]
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    with interrupt.pool(2) as pool:
         results = pool.submit(
             quality.record, spark, settings, [gate for source, _ in todo for gate in gates[source]]
         )

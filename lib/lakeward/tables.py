@@ -20,7 +20,6 @@ import logging
 import shutil
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -33,7 +32,7 @@ from pyspark.sql import Column, DataFrame, Observation, Row, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
-from lakeward import delta_log
+from lakeward import delta_log, interrupt
 from lakeward.config import is_identifier
 
 PERSONAL_DATA_PROPERTY = "lakeward.personal_data"
@@ -126,7 +125,7 @@ def ensure_tables(spark: SparkSession, specs: Sequence[TableSpec]) -> None:
     missing = [spec for spec in unique if not spark.catalog.tableExists(spec.name)]
     for schema in sorted({spec.name.rsplit(".", 1)[0] for spec in missing if "." in spec.name}):
         ensure_schema(spark, schema)
-    with ThreadPoolExecutor(max_workers=CREATE_THREADS) as pool:
+    with interrupt.pool(CREATE_THREADS) as pool:
         # list() so that an error in any thread is raised here.
         list(pool.map(partial(_create, spark), missing))
 
@@ -264,7 +263,7 @@ def append_side_by_side(writes: Sequence[tuple[DataFrame, str]]) -> list[int]:
     so a failure can leave some appended and not others, as sequential writes
     would. The rows are counted as they are written (:func:`append_counted`).
     """
-    with ThreadPoolExecutor(max_workers=max(1, len(writes))) as pool:
+    with interrupt.pool(max(1, len(writes))) as pool:
         # list() so that an error in any thread is raised here.
         return list(pool.map(lambda write: append_counted(*write), writes))
 
@@ -413,7 +412,7 @@ def row_counts(spark: SparkSession, names: Sequence[str]) -> dict[str, int]:
 
 
 def _side_by_side(get: Callable[[str], int], names: Sequence[str]) -> dict[str, int]:
-    with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
+    with interrupt.pool(max(1, len(names))) as pool:
         futures = {name: pool.submit(get, name) for name in names}
         return {name: future.result() for name, future in futures.items()}
 

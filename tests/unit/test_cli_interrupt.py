@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from pyspark.sql import SparkSession
 
-from lakeward import interrupt
+from lakeward import cli, interrupt
 from lakeward.cli import EXIT_INTERRUPTED, main
 
 
@@ -74,3 +74,62 @@ def test_ctrl_c_outside_spark_stops_python_work(spark: SparkSession) -> None:
         signal.signal(signal.SIGINT, before)
     assert not interrupt.requested()
     assert spark.range(10).count() == 10
+
+
+def test_ctrl_c_ends_the_command_once_the_spark_work_beside_it_has_stopped(
+    spark: SparkSession, data_root: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("LAKEWARD_HOME", str(data_root))
+    monkeypatch.delenv("LAKEWARD_ENV", raising=False)
+    workers: list[threading.Thread] = []
+    next_jobs: list[threading.Thread] = []
+
+    def chain() -> None:  # as a silver source: Spark jobs with driver-side work between them
+        workers.append(threading.current_thread())
+        while not interrupt.requested():  # the driver-side work Ctrl-C comes in
+            time.sleep(0.01)
+        time.sleep(0.2)
+        next_jobs.append(threading.current_thread())
+        spark.range(1_000_000_000_000).count()
+
+    def two_chains(args: object, settings: object) -> int:
+        interrupt.stop_on_interrupt(spark)
+        with interrupt.pool(2) as pool:  # the main thread waits here, outside any JVM call
+            pool.submit(chain)
+            pool.submit(chain)
+        return 0
+
+    def interrupt_once_both_run() -> None:
+        while len(workers) < 2:
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(cli, "_dispatch", two_chains)
+    threading.Thread(target=interrupt_once_both_run, daemon=True).start()
+    assert main(["sql", "SELECT 1"]) == EXIT_INTERRUPTED
+    # Before, the command said it was interrupted, and stopped cancelling, while
+    # its threads went on with their next jobs.
+    assert len(next_jobs) == 2
+    assert not any(worker.is_alive() for worker in workers)
+    assert capsys.readouterr().err.splitlines()[-1] == "lakeward: interrupted"
+    assert spark.range(10).count() == 10
+
+
+def test_a_second_ctrl_c_stops_the_waiting_for_the_work_beside(spark: SparkSession) -> None:
+    before = signal.getsignal(signal.SIGINT)
+    release = threading.Event()
+    interrupt.stop_on_interrupt(spark)
+    try:
+        pool = interrupt.pool(1)
+        pool.submit(release.wait)  # work that no cancelled job ends
+        pool.shutdown(wait=False)  # as a `with` block left by the interruption
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(60)
+        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+        assert interrupt.settle() is False
+    finally:
+        release.set()
+        interrupt.finish()
+        signal.signal(signal.SIGINT, before)
