@@ -5,4 +5,4 @@ import sys
 from lakeward.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(["run", "silver", *sys.argv[1:]]))
+    sys.exit(main(sys.argv[1:], job="silver"))

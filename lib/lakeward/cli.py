@@ -86,6 +86,32 @@ def _common_options(*, in_command: bool) -> _Parser:
     return common
 
 
+def _add_run_options(run: argparse.ArgumentParser, *, full: bool = True) -> None:
+    when = run.add_mutually_exclusive_group()
+    when.add_argument("--date", type=_date, help="one arrival date, YYYY-MM-DD")
+    when.add_argument("--all-dates", action="store_true",
+                      help="every pending arrival date (the default without --date)")
+    if full:
+        when.add_argument("--full", action="store_true",
+                          help="gold and all only: recompute gold from everything in silver "
+                          "instead of applying what changed since the last run (bronze and "
+                          "silver take every pending date)")
+    else:
+        run.set_defaults(full=False)
+
+
+def build_job_parser(stage: str) -> argparse.ArgumentParser:
+    """The parser of ``jobs/<stage>.py``: ``lakeward run <stage>``'s options, under the job's name."""
+    job = _Parser(
+        prog=f"jobs/{stage}.py",
+        description=f"spark-submit entry point of `lakeward run {stage}`.",
+        parents=[_common_options(in_command=False)],
+    )
+    _add_run_options(job, full=stage in ("gold", "all"))
+    job.set_defaults(command="run", stage=stage)
+    return job
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every command."""
     parser = _Parser(
@@ -115,14 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
                               description="Run bronze, silver, gold, or all of them in order, "
                               "for one arrival date or (the default) every pending one.")
     run.add_argument("stage", choices=["bronze", "silver", "gold", "all"])
-    when = run.add_mutually_exclusive_group()
-    when.add_argument("--date", type=_date, help="one arrival date, YYYY-MM-DD")
-    when.add_argument("--all-dates", action="store_true",
-                      help="every pending arrival date (the default without --date)")
-    when.add_argument("--full", action="store_true",
-                      help="gold and all only: recompute gold from everything in silver instead of "
-                      "applying what changed since the last run (bronze and silver take every "
-                      "pending date)")
+    _add_run_options(run)
 
     commands.add_parser("demo", parents=[common],
                         help="generate the demo data set, run everything, print a summary",
@@ -228,9 +247,9 @@ def _add_ml_commands(commands: Any, common: argparse.ArgumentParser) -> None:
                          help="also write the verified rows to ml.NAME")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``lakeward`` console script."""
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, *, job: str | None = None) -> int:
+    """Entry point of the ``lakeward`` console script, and of ``jobs/<job>.py`` with ``job``."""
+    args = (build_job_parser(job) if job else build_parser()).parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from lakeward.cli import EXIT_USAGE, _one_line, _train_report, build_parser, main
+from lakeward.cli import EXIT_USAGE, _one_line, _train_report, build_job_parser, build_parser, main
 from lakeward.config import ConfigError, load_settings
 from lakeward.demo import invoked_as, sql_command
 from lakeward.sql_output import format_table, json_ready
@@ -73,6 +73,54 @@ def test_argument_errors_are_one_line_on_stderr(
     assert stop.value.code == EXIT_USAGE
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(message), err
+
+
+@pytest.mark.parametrize(
+    ("stage", "argv", "day", "all_dates", "full"),
+    [
+        ("bronze", ["--date", "2026-03-01", "--env", "dev"], "2026-03-01", False, False),
+        ("silver", ["--all-dates"], None, True, False),
+        ("gold", ["--full", "--debug"], None, False, True),
+        ("all", [], None, False, False),
+    ],
+)
+def test_a_job_takes_the_options_of_its_stage(
+    stage: str, argv: list[str], day: str | None, all_dates: bool, full: bool
+) -> None:
+    args = build_job_parser(stage).parse_args(argv)
+    assert (args.command, args.stage) == ("run", stage)
+    assert (None if args.date is None else args.date.isoformat(), args.all_dates, args.full) == (
+        day, all_dates, full
+    )
+
+
+@pytest.mark.parametrize(
+    ("stage", "argv", "message"),
+    [
+        # Before, a job's errors and help were those of `lakeward run`, whose stage argument a job refuses.
+        ("bronze", ["--full"],
+         "jobs/bronze.py: error: unrecognized arguments: --full (see jobs/bronze.py --help)"),
+        ("gold", ["bronze"], "jobs/gold.py: error: unrecognized arguments: bronze"),
+        ("silver", ["--date", "2026-13-01"], "jobs/silver.py: error: argument --date"),
+    ],
+)
+def test_a_job_s_argument_errors_name_the_job(
+    stage: str, argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as stop:
+        build_job_parser(stage).parse_args(argv)
+    assert stop.value.code == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(message), err
+
+
+def test_a_job_s_help_shows_its_own_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stop:
+        build_job_parser("silver").parse_args(["--help"])
+    assert stop.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: jobs/silver.py [-h] [--env ENV] [--debug] [--date DATE | --all-dates]")
+    assert "{bronze,silver,gold,all}" not in out and "--full" not in out
 
 
 def test_lakeward_s_own_errors_are_never_cut_and_others_are() -> None:
