@@ -278,12 +278,14 @@ def log_run_context(settings: Settings) -> None:
     mlflow.set_tags(tags)
 
 
-def table_location(spark: SparkSession, table: str) -> str | None:
-    """The Delta table's storage location."""
+def _table_detail(spark: SparkSession, table: str) -> tuple[str, str | None]:
+    """Delta's id of the table (new when it is dropped and created again) and its storage location."""
     from delta.tables import DeltaTable
 
-    row = DeltaTable.forName(spark, table).detail().select("location").first()
-    return None if row is None else str(row["location"])
+    row = DeltaTable.forName(spark, table).detail().select("id", "location").first()
+    if row is None:
+        raise LineageError(f"table {table} has no details")
+    return str(row["id"]), None if row["location"] is None else str(row["location"])
 
 
 def delta_dataset(
@@ -291,18 +293,21 @@ def delta_dataset(
     table: str,
     version: int,
     *,
+    table_id: str,
     rows: int | None = None,
     targets: str | None = None,
 ) -> Any:
     """An MLflow dataset for ``table`` at Delta ``version`` (a ``DeltaDatasetSource``).
 
     Built like ``mlflow.data.load_delta(table_name=..., version=...)``, but with a
-    digest from the table and version and a row count given by the caller:
+    digest from the table's Delta id and version and a row count given by the caller:
     MLflow's own profile runs a Python RDD job per table and its digest depends on the
-    query plan, not the data version.
+    query plan, not the data version. MLflow keeps one dataset per name and digest in
+    an experiment, so a digest from the name alone would give a table dropped and
+    made again, or one of another data root, the first one's record (its row count).
     """
     source = _source_class()(delta_table_name=qualified_name(spark, table), delta_table_version=version)
-    digest = hashlib.sha256(f"{table}@v{version}".encode()).hexdigest()[:16]
+    digest = hashlib.sha256(f"{table_id}@v{version}".encode()).hexdigest()[:16]
     frame = tables.read(spark, table, version=version)
     return _dataset_class()(
         df=frame, source=source, targets=targets, name=f"{table}@v{version}", digest=digest, rows=rows
@@ -403,7 +408,8 @@ def delta_input(
     targets: str | None = None,
 ) -> DeltaInput:
     """``table`` at ``version`` as a dataset input, with its name, version and path as tags."""
-    dataset = delta_dataset(spark, table, version, rows=rows, targets=targets)
+    table_id, location = _table_detail(spark, table)
+    dataset = delta_dataset(spark, table, version, table_id=table_id, rows=rows, targets=targets)
     source = dataset.source
     if source.delta_table_version != version or not source.delta_table_name.endswith(table):
         raise LineageError(
@@ -411,7 +417,6 @@ def delta_input(
             f"for {table}@v{version}"
         )
     tags = {INPUT_TABLE_TAG: table, INPUT_VERSION_TAG: str(version)}
-    location = table_location(spark, table)
     if location:
         tags[INPUT_PATH_TAG] = location
     return DeltaInput(dataset, context, tags)

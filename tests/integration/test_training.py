@@ -26,6 +26,7 @@ from lakeward.config import Settings
 from lakeward.train import TrainingSetMissingError, TrainSummary, open_training_set, train, with_overrides
 from tests.conftest import isolated
 from tests.ml_data import RAW_IDS, append_orders, order_rows, user_key, write_inputs
+from tests.pipeline_checks import drop_table
 
 pytestmark = pytest.mark.training
 
@@ -142,6 +143,31 @@ def test_mlflow_reads_a_version_0_input_back_with_its_version(spark: SparkSessio
     ))
     assert json.loads(dataset.source.to_json())["delta_table_version"] == 0
     assert source.delta_table_version == 0 and source.delta_table_name.endswith(name)
+
+
+def test_a_table_made_again_is_a_new_dataset_in_mlflow(spark: SparkSession, base_settings: Settings,
+                                                       tmp_path: Path) -> None:
+    settings = isolated(base_settings, tmp_path)
+    name = settings.table("gold_user_features").replace("user_features", "made_again")
+    tables.ensure_schema(spark, name.split(".")[0])
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        mlflow.set_experiment("made_again")
+        runs = []
+        for rows in (3, 5):  # dropped and made again: the same name at the same version
+            if tables.exists(spark, name):
+                drop_table(spark, name)
+            spark.range(rows).write.format("delta").saveAsTable(name)
+            given = tracking.delta_input(spark, name, 0, context="source", rows=rows)
+            with mlflow.start_run() as run:
+                mlflow.log_inputs(datasets=[given.dataset], contexts=[given.context], tags_list=[given.tags])
+            runs.append(mlflow.get_run(run.info.run_id))
+    finally:
+        mlflow.set_tracking_uri(None)
+    datasets = [run.inputs.dataset_inputs[0].dataset for run in runs]
+    # Before, the second run was linked to the first table's record, which says 3 rows.
+    assert [json.loads(dataset.profile)["num_rows"] for dataset in datasets] == [3, 5]
+    assert datasets[0].digest != datasets[1].digest and datasets[0].name == datasets[1].name
 
 
 def test_mlflow_holds_no_identifiers_and_nothing_lands_in_mlruns(trained, store: Path) -> None:
