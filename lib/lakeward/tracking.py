@@ -615,12 +615,13 @@ def rebuild_training_set(
 
 
 def _write_rebuilt(spark: SparkSession, rows: DataFrame, target: str, recorded: Lineage, digest: str) -> int:
-    tables.ensure_schema(spark, target.rsplit(".", 1)[0])
-    writer = rows.writeTo(target).using("delta")
+    from lakeward import training_set
+
+    # The columns are those of the run's spec, which today's config may no longer give;
+    # the rows are about users all the same, so the table is marked as a training set is.
+    spec = tables.TableSpec(target, rows.schema, subject_column=training_set.KEY)
     properties = {
         SPEC_TAG: recorded.spec_json, HASH_TAG: digest, "lakeward.rebuilt_from_run": recorded.run_id,
     }
-    for key, value in properties.items():
-        writer = writer.tableProperty(key, value)
-    writer.createOrReplace()
+    tables.replace(rows, spec, properties)
     return tables.current_version(spark, target)

@@ -192,6 +192,8 @@ def test_rebuild_from_run_matches_even_after_inputs_change(trained, spark: Spark
     properties = tables.properties(spark, result.output)
     assert properties[tracking.HASH_TAG] == summary.training_set.content_hash
     assert properties["lakeward.rebuilt_from_run"] == summary.parent_run_id
+    # Its rows are about users, as the training set's are: erasure finds it by this property.
+    assert properties[tables.SUBJECT_COLUMN_PROPERTY] == "user_key"
     # A training set written before may be replaced; a table that is not one may not.
     again = tracking.rebuild_training_set(spark, settings, summary.parent_run_id, output="rebuilt")
     assert again.output_version == result.output_version + 1
