@@ -12,6 +12,7 @@ import argparse
 import logging
 import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -44,6 +45,13 @@ def _date(text: str) -> date:
         return parse_iso_date(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a date as YYYY-MM-DD, got {text!r}") from None
+
+
+def _run_id(text: str) -> str:
+    # MLflow's own rule for a run id; anything else cannot name a run.
+    if not re.fullmatch(r"[a-zA-Z0-9][\w\-]{0,255}", text):
+        raise argparse.ArgumentTypeError(f"expected an MLflow run id, got {text!r}")
+    return text
 
 
 def _positive(text: str) -> int:
@@ -233,7 +241,8 @@ def _add_ml_commands(commands: Any, common: argparse.ArgumentParser) -> None:
         description="Score the gold.user_features rows of one feature date with the model a "
         "`lakeward train` run registered, and write them to ml.predictions with the run id and "
         "model version. Re-running the same run and date replaces that slice.")
-    predict.add_argument("--run-id", required=True, help="the parent run id `lakeward train` logged")
+    predict.add_argument("--run-id", type=_run_id, required=True,
+                         help="the parent run id `lakeward train` logged")
     predict.add_argument("--date", type=_date, required=True, help="feature date, YYYY-MM-DD")
 
     rebuild = commands.add_parser(
@@ -242,7 +251,8 @@ def _add_ml_commands(commands: Any, common: argparse.ArgumentParser) -> None:
         description="Read every input table at the Delta version the run logged (time travel), "
         "rebuild the training set and check its content hash against the run's. Fails naming the "
         "table and version when a version is no longer available or the rows differ.")
-    rebuild.add_argument("--run-id", required=True, help="an MLflow run id logged by `lakeward train`")
+    rebuild.add_argument("--run-id", type=_run_id, required=True,
+                         help="an MLflow run id logged by `lakeward train`")
     rebuild.add_argument("--output", type=_identifier, default=None, metavar="NAME",
                          help="also write the verified rows to ml.NAME")
 

@@ -63,6 +63,10 @@ def test_run_takes_every_pending_date_unless_told_otherwise(
         ([], "lakeward: error: the following arguments are required"),
         (["sql", "SELECT 1", "--format", "xml"], "lakeward sql: error: argument --format"),
         (["run", "gold", "--date", "2026-03-01", "--full"], "lakeward run: error: argument --full"),
+        # Before, these started Spark and failed with exit 1, as a run that does not exist.
+        (["predict", "--run-id", "", "--date", "2026-03-01"], "lakeward predict: error: argument --run-id"),
+        (["rebuild-training-set", "--run-id", "a b"],
+         "lakeward rebuild-training-set: error: argument --run-id"),
     ],
 )
 def test_argument_errors_are_one_line_on_stderr(
