@@ -18,6 +18,7 @@ import logging
 import os
 import pwd
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -115,7 +116,7 @@ def get_reader_spark(settings: Settings) -> SparkSession:
         _base_builder(settings)
         .config("spark.sql.catalogImplementation", "in-memory")
         .config("spark.sql.warehouse.dir", str(settings.warehouse_dir))
-        .config("spark.local.dir", str(settings.data_root / "tmp"))
+        .config("spark.local.dir", local_dir(settings))
     )
     spark = _start_jvm(builder, settings, log_name="spark-reader.log")
     _check_sql_conf(spark, settings)
@@ -230,7 +231,7 @@ def _local_catalog(builder: SparkSession.Builder, settings: Settings) -> SparkSe
         builder.config("spark.sql.warehouse.dir", str(settings.warehouse_dir))
         .config("spark.hadoop.javax.jdo.option.ConnectionURL", metastore_url)
         .config("spark.sql.catalogImplementation", "hive")
-        .config("spark.local.dir", str(root / "tmp"))
+        .config("spark.local.dir", local_dir(settings))
         # Hive's session makes this directory at start and never removes it; by
         # default it is /tmp/<session id>_resources, a new one per process.
         # Lakeward adds no Hive resources, so every process shares one.
@@ -238,6 +239,33 @@ def _local_catalog(builder: SparkSession.Builder, settings: Settings) -> SparkSe
         .config("spark.sql.streaming.checkpointLocation", str(root / "checkpoints"))
         .enableHiveSupport()
     )
+
+
+def local_dir(settings: Settings) -> str:
+    """Spark's scratch directory of this process: ``tmp/spark/<host>-<pid>`` under the data root.
+
+    Spark removes what it writes there (copies of the jars, block files: about
+    90 MB) when its JVM exits, but not when the process is killed. A start
+    removes the directories of this host's processes that have ended.
+    """
+    parent = settings.data_root / "tmp" / "spark"
+    host = socket.gethostname()
+    if parent.is_dir():
+        for entry in parent.iterdir():
+            name, _, pid = entry.name.rpartition("-")
+            if name == host and pid.isdigit() and not _running(int(pid)):
+                shutil.rmtree(entry, ignore_errors=True)
+    return str(parent / f"{host}-{os.getpid()}")
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _check_sql_conf(spark: SparkSession, settings: Settings) -> None:

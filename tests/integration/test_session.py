@@ -1,5 +1,7 @@
 """The session lakeward builds runs with the JVM options its settings name."""
 
+import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -20,6 +22,7 @@ from lakeward.session import (
     delta_jars_note,
     get_spark,
     java_user_home,
+    local_dir,
 )
 
 
@@ -150,3 +153,26 @@ def test_the_lock_and_the_maven_check_follow_the_jvm_home_not_home_variable(
     assert java_user_home() == Path(jvm_home)
     assert _ivy_home(base_settings) == Path(jvm_home) / ".ivy2.5.2"
     assert _maven_repository() == Path(jvm_home) / ".m2" / "repository"
+
+
+def test_spark_s_scratch_space_is_per_process_and_a_killed_one_s_is_removed(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path
+) -> None:
+    own = Path(spark.sparkContext.getConf().get("spark.local.dir"))
+    assert own == base_settings.data_root / "tmp" / "spark" / f"{socket.gethostname()}-{os.getpid()}"
+    assert any(own.glob("spark-*"))  # Spark's own directory of this session
+    settings = base_settings.model_copy(update={"data_root": tmp_path})
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                           capture_output=True, text=True, check=True)
+    host = socket.gethostname()
+    left = {
+        "killed": tmp_path / "tmp" / "spark" / f"{host}-{ended.stdout.strip()}",
+        "running": tmp_path / "tmp" / "spark" / f"{host}-1",
+        "other host": tmp_path / "tmp" / "spark" / f"elsewhere.example-{ended.stdout.strip()}",
+    }
+    for directory in left.values():
+        (directory / "spark-x" / "userFiles-y").mkdir(parents=True)
+    assert local_dir(settings) == str(tmp_path / "tmp" / "spark" / f"{host}-{os.getpid()}")
+    assert {what: path.exists() for what, path in left.items()} == {
+        "killed": False, "running": True, "other host": True,
+    }
