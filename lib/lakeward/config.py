@@ -293,7 +293,7 @@ class TrainingSettings(_Strict):
     """Passes over the train split (the DP accountant counts every step of them)."""
     batch_size: int = Field(256, gt=0)
     """Expected batch size; under DP the sample rate is ``batch_size / train rows``."""
-    learning_rate: float = Field(0.01, gt=0)
+    learning_rate: float = Field(0.003, gt=0)
     """Adam learning rate, the same for the DP model and its twin."""
     max_grad_norm: float = Field(1.0, gt=0)
     """Per-sample gradient clipping norm C of DP-SGD."""
