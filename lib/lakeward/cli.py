@@ -33,7 +33,7 @@ log = logging.getLogger("lakeward")
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130  # as a shell reports a command stopped by SIGINT
+EXIT_INTERRUPTED = interrupt.EXIT_INTERRUPTED  # as a shell reports a command stopped by SIGINT
 
 
 class UsageError(ValueError):
@@ -283,26 +283,36 @@ def main(argv: Sequence[str] | None = None, *, job: str | None = None) -> int:
     except KeyboardInterrupt:
         return _interrupted()
     except Exception as err:  # noqa: BLE001 - one clear line instead of a traceback
-        if args.debug:
-            # The traceback too, but the exit code the error has without --debug.
-            traceback.print_exc()
-        if interrupt.requested():
-            # A Spark call failed as its job was cancelled.
+        try:
+            return _failed(err, args)
+        except KeyboardInterrupt:  # the cancelling thread's, as a failed JVM call unwound
             return _interrupted()
-        sys.stderr.write(f"lakeward: error: {_one_line(err)}\n")
-        return EXIT_USAGE if isinstance(err, UsageError | ConfigError) else EXIT_ERROR
     finally:
         interrupt.finish()
         if on_interrupt is not None and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, on_interrupt)
 
 
+def _failed(err: Exception, args: argparse.Namespace) -> int:
+    if args.debug:
+        # The traceback too, but the exit code the error has without --debug.
+        traceback.print_exception(err)
+    if interrupt.requested():
+        # A Spark call failed as its job was cancelled.
+        return _interrupted()
+    sys.stderr.write(f"lakeward: error: {_one_line(err)}\n")
+    return EXIT_USAGE if isinstance(err, UsageError | ConfigError) else EXIT_ERROR
+
+
 def _interrupted() -> int:
     """Say the command stopped once the work it ran side by side has stopped too."""
-    settled = interrupt.settle()
+    try:
+        settled = interrupt.settle()
+    except KeyboardInterrupt:  # the cancelling thread's, as a failed JVM call unwound; it raises once
+        settled = interrupt.settle()
     sys.stderr.write("lakeward: interrupted\n")
     if not settled:
-        # A second Ctrl-C: Python would wait at exit for the threads still running Spark work.
+        # Python would wait at exit for the threads still running Spark work.
         sys.stderr.flush()
         os._exit(EXIT_INTERRUPTED)
     return EXIT_INTERRUPTED

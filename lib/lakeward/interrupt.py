@@ -7,20 +7,22 @@ then logs tracebacks, and the command fails with an unrelated error. Instead::
     stop_on_interrupt(spark)   # after the session is built (PySpark installs its handler then)
     try:
         ...                    # KeyboardInterrupt once Ctrl-C has been pressed
+    except KeyboardInterrupt:
+        settle()               # the work run side by side has stopped too
     finally:
         finish()
 
 On Ctrl-C outside a JVM call, ``KeyboardInterrupt`` is raised at once. During
 one, a thread of its own cancels Spark's jobs, so the waiting call fails, and
-raises ``KeyboardInterrupt`` in the main thread as soon as it is out of the
-call; it goes on cancelling every job started meanwhile. A second Ctrl-C stops
-at once.
+raises ``KeyboardInterrupt`` in the main thread once (as soon as it is out of
+the call); it goes on cancelling every job started meanwhile. A second Ctrl-C
+ends the process at once, with exit code 130.
 
 ``KeyboardInterrupt`` reaches the main thread only. Work run side by side goes
-through :func:`pool`, whose threads :func:`settle` waits for, still cancelling
-the jobs they start, before the command says it has stopped: a thread of a pool
-would otherwise go on with its chain of Spark jobs and Delta commits after the
-command reported the interruption, and Python waits for it at exit.
+through :func:`pool`, whose tasks :func:`settle` waits for, still cancelling
+the jobs they start: a task would otherwise go on with its chain of Spark jobs
+and Delta commits after the command reported the interruption. A task not
+started by then does not start.
 """
 
 from __future__ import annotations
@@ -32,52 +34,83 @@ import signal
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from types import FrameType
 from typing import Any
 
 log = logging.getLogger(__name__)
 
+EXIT_INTERRUPTED = 130
+
 _requested = threading.Event()
-_stop_waiting = threading.Event()
-_lock = threading.Lock()
+# Reentrant: the handler takes it too, and may run in the main thread while that holds it.
+_lock = threading.RLock()
 _cancellers: list[threading.Thread] = []
 _finished = False
-# The command is waiting for its pool threads: the cancelling thread no longer
-# raises in the main thread, and a Ctrl-C stops the waiting.
+# The command waits for its pool tasks: the cancelling thread no longer raises in the main thread.
 _settling = False
 # The cancelling thread raised in the main thread: that call of the handler is not a second Ctrl-C.
 _raised_by_canceller = False
-_POOL_THREADS = "lakeward-pool"
+# Tasks of every pool(), submitted and not yet done (queued ones included).
+_unfinished = 0
+_task_ended = threading.Condition()
+
+
+class Interrupted(Exception):
+    """A pool task that was still queued when Ctrl-C was pressed, and did not run."""
+
+
+class _Pool(ThreadPoolExecutor):
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        global _unfinished
+        with _task_ended:
+            _unfinished += 1
+        try:
+            future = super().submit(_unless_interrupted, fn, *args, **kwargs)
+        except BaseException:
+            _task_done(None)
+            raise
+        # Runs once the task has ended, or at once if it is cancelled before it starts.
+        future.add_done_callback(_task_done)
+        return future
+
+
+def _unless_interrupted(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    if _requested.is_set():
+        raise Interrupted("not started: interrupted")
+    return fn(*args, **kwargs)
+
+
+def _task_done(_: Future[Any] | None) -> None:
+    global _unfinished
+    with _task_ended:
+        _unfinished -= 1
+        _task_ended.notify_all()
 
 
 def pool(max_workers: int) -> ThreadPoolExecutor:
-    """A thread pool for Spark work side by side, whose threads :func:`settle` waits for."""
-    return ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=_POOL_THREADS)
+    """A thread pool for Spark work side by side, whose tasks :func:`settle` waits for."""
+    return _Pool(max_workers=max_workers, thread_name_prefix="lakeward-pool")
 
 
 def settle(timeout: float = 300.0) -> bool:
-    """After Ctrl-C: wait until the threads of every :func:`pool` have ended, cancelling their jobs.
+    """After Ctrl-C: wait until every task of every :func:`pool` has ended, cancelling their jobs.
 
-    A pool left by the interruption has been shut down, so each of its threads
-    ends once its task fails on a cancelled job. False when a second Ctrl-C or
-    the timeout ended the waiting first.
+    Counted by task, not by thread: a thread whose ``join`` the interruption
+    broke counts as stopped to Python while it still runs. False when the
+    timeout came first.
     """
     global _settling
     if not _requested.is_set():
         return True
     with _lock:
         _settling = True
-    deadline = time.monotonic() + timeout
-    for thread in threading.enumerate():
-        if not thread.name.startswith(_POOL_THREADS) or thread is threading.current_thread():
-            continue
-        while thread.is_alive() and not _stop_waiting.is_set() and time.monotonic() < deadline:
-            thread.join(0.1)
-        if thread.is_alive():
-            log.warning("not waiting any longer for the work still running")
-            return False
-    return True
+    with _task_ended:
+        ended = _task_ended.wait_for(lambda: _unfinished == 0, timeout)
+    if not ended:
+        log.warning("not waiting any longer for the work still running")
+    return ended
 
 
 def requested() -> bool:
@@ -87,12 +120,11 @@ def requested() -> bool:
 
 def stop_on_interrupt(spark: Any) -> None:
     """Install the handler (in the main thread only, where Python runs signal handlers)."""
-    global _finished, _settling
+    global _finished, _settling, _raised_by_canceller
     if threading.current_thread() is not threading.main_thread():
         return
     with _lock:
-        _finished = _settling = False
-    _stop_waiting.clear()
+        _finished = _settling = _raised_by_canceller = False
     signal.signal(signal.SIGINT, lambda signum, frame: _on_interrupt(spark, frame))
 
 
@@ -114,15 +146,18 @@ def finish() -> None:
 def _on_interrupt(spark: Any, frame: FrameType | None) -> None:
     global _raised_by_canceller
     with _lock:
-        if _finished:
-            return
+        finished, settling = _finished, _settling
         by_canceller, _raised_by_canceller = _raised_by_canceller, False
-        if _settling:
-            if not by_canceller:
-                _stop_waiting.set()
-            return
-    if _requested.is_set():
+    if finished or (by_canceller and settling):
+        return
+    if by_canceller:
         raise KeyboardInterrupt
+    if _requested.is_set():
+        # A second Ctrl-C: no more waiting for cancelled work, nor for Python's
+        # exit, which would wait for the pool threads still running.
+        sys.stderr.write("lakeward: interrupted\n")
+        sys.stderr.flush()
+        os._exit(EXIT_INTERRUPTED)
     _requested.set()
     log.warning("interrupted: cancelling Spark's jobs (Ctrl-C again to stop at once)")
     in_py4j = _in_py4j(frame)

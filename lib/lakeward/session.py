@@ -242,20 +242,26 @@ def _local_catalog(builder: SparkSession.Builder, settings: Settings) -> SparkSe
 
 
 def local_dir(settings: Settings) -> str:
-    """Spark's scratch directory of this process: ``tmp/spark/<host>-<pid>`` under the data root.
+    """Spark's scratch directory of this process: ``tmp/spark/<host>-<pid namespace>-<pid>``.
 
     Spark removes what it writes there (copies of the jars, block files: about
     90 MB) when its JVM exits, but not when the process is killed. A start
-    removes the directories of this host's processes that have ended.
+    removes the directories of processes that have ended, on this host and in
+    this pid namespace only (a container may share the data root and the host
+    name), and none at all where the namespace cannot be read.
     """
     parent = settings.data_root / "tmp" / "spark"
-    host = socket.gethostname()
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return str(parent / f"{socket.gethostname()}-{os.getpid()}")
+    mine = f"{socket.gethostname()}-{namespace}"
     if parent.is_dir():
         for entry in parent.iterdir():
-            name, _, pid = entry.name.rpartition("-")
-            if name == host and pid.isdigit() and not _running(int(pid)):
+            where, _, pid = entry.name.rpartition("-")
+            if where == mine and pid.isdigit() and not _running(int(pid)):
                 shutil.rmtree(entry, ignore_errors=True)
-    return str(parent / f"{host}-{os.getpid()}")
+    return str(parent / f"{mine}-{os.getpid()}")
 
 
 def _running(pid: int) -> bool:

@@ -278,14 +278,12 @@ def log_run_context(settings: Settings) -> None:
     mlflow.set_tags(tags)
 
 
-def _table_detail(spark: SparkSession, table: str) -> tuple[str, str | None]:
-    """Delta's id of the table (new when it is dropped and created again) and its storage location."""
+def table_location(spark: SparkSession, table: str) -> str | None:
+    """The Delta table's storage location."""
     from delta.tables import DeltaTable
 
-    row = DeltaTable.forName(spark, table).detail().select("id", "location").first()
-    if row is None:
-        raise LineageError(f"table {table} has no details")
-    return str(row["id"]), None if row["location"] is None else str(row["location"])
+    row = DeltaTable.forName(spark, table).detail().select("location").first()
+    return None if row is None else str(row["location"])
 
 
 def delta_dataset(
@@ -408,8 +406,9 @@ def delta_input(
     targets: str | None = None,
 ) -> DeltaInput:
     """``table`` at ``version`` as a dataset input, with its name, version and path as tags."""
-    table_id, location = _table_detail(spark, table)
-    dataset = delta_dataset(spark, table, version, table_id=table_id, rows=rows, targets=targets)
+    dataset = delta_dataset(
+        spark, table, version, table_id=tables.table_id(spark, table), rows=rows, targets=targets
+    )
     source = dataset.source
     if source.delta_table_version != version or not source.delta_table_name.endswith(table):
         raise LineageError(
@@ -417,6 +416,7 @@ def delta_input(
             f"for {table}@v{version}"
         )
     tags = {INPUT_TABLE_TAG: table, INPUT_VERSION_TAG: str(version)}
+    location = table_location(spark, table)
     if location:
         tags[INPUT_PATH_TAG] = location
     return DeltaInput(dataset, context, tags)

@@ -158,21 +158,23 @@ def test_the_lock_and_the_maven_check_follow_the_jvm_home_not_home_variable(
 def test_spark_s_scratch_space_is_per_process_and_a_killed_one_s_is_removed(
     spark: SparkSession, base_settings: Settings, tmp_path: Path
 ) -> None:
+    mine = f"{socket.gethostname()}-{os.stat('/proc/self/ns/pid').st_ino}"
     own = Path(spark.sparkContext.getConf().get("spark.local.dir"))
-    assert own == base_settings.data_root / "tmp" / "spark" / f"{socket.gethostname()}-{os.getpid()}"
+    assert own == base_settings.data_root / "tmp" / "spark" / f"{mine}-{os.getpid()}"
     assert any(own.glob("spark-*"))  # Spark's own directory of this session
     settings = base_settings.model_copy(update={"data_root": tmp_path})
     ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                           capture_output=True, text=True, check=True)
-    host = socket.gethostname()
+                           capture_output=True, text=True, check=True).stdout.strip()
+    spark_dirs = tmp_path / "tmp" / "spark"
     left = {
-        "killed": tmp_path / "tmp" / "spark" / f"{host}-{ended.stdout.strip()}",
-        "running": tmp_path / "tmp" / "spark" / f"{host}-1",
-        "other host": tmp_path / "tmp" / "spark" / f"elsewhere.example-{ended.stdout.strip()}",
+        "killed": spark_dirs / f"{mine}-{ended}",
+        "running": spark_dirs / f"{mine}-1",
+        "other host": spark_dirs / f"elsewhere.example-{mine.rsplit('-', 1)[1]}-{ended}",
+        "other pid namespace": spark_dirs / f"{socket.gethostname()}-1-{ended}",
     }
     for directory in left.values():
         (directory / "spark-x" / "userFiles-y").mkdir(parents=True)
-    assert local_dir(settings) == str(tmp_path / "tmp" / "spark" / f"{host}-{os.getpid()}")
+    assert local_dir(settings) == str(spark_dirs / f"{mine}-{os.getpid()}")
     assert {what: path.exists() for what, path in left.items()} == {
-        "killed": False, "running": True, "other host": True,
+        "killed": False, "running": True, "other host": True, "other pid namespace": True,
     }
