@@ -280,12 +280,17 @@ def main(argv: Sequence[str] | None = None, *, job: str | None = None) -> int:
         if interrupt.requested():  # pressed as the last JVM call returned
             raise KeyboardInterrupt
         return code
+    # The cancelling thread raises in the main thread at most once, and not once
+    # settle() has begun; it may land as either clause below starts, hence one retry.
     except KeyboardInterrupt:
-        return _interrupted()
+        try:
+            return _interrupted()
+        except KeyboardInterrupt:
+            return _interrupted()
     except Exception as err:  # noqa: BLE001 - one clear line instead of a traceback
         try:
             return _failed(err, args)
-        except KeyboardInterrupt:  # the cancelling thread's, as a failed JVM call unwound
+        except KeyboardInterrupt:
             return _interrupted()
     finally:
         interrupt.finish()
@@ -306,10 +311,7 @@ def _failed(err: Exception, args: argparse.Namespace) -> int:
 
 def _interrupted() -> int:
     """Say the command stopped once the work it ran side by side has stopped too."""
-    try:
-        settled = interrupt.settle()
-    except KeyboardInterrupt:  # the cancelling thread's, as a failed JVM call unwound; it raises once
-        settled = interrupt.settle()
+    settled = interrupt.settle()
     sys.stderr.write("lakeward: interrupted\n")
     if not settled:
         # Python would wait at exit for the threads still running Spark work.

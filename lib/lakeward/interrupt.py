@@ -52,41 +52,34 @@ _finished = False
 _settling = False
 # The cancelling thread raised in the main thread: that call of the handler is not a second Ctrl-C.
 _raised_by_canceller = False
-# Tasks of every pool(), submitted and not yet done (queued ones included).
-_unfinished = 0
+# Tasks of every pool() running now. Counted in the pool threads only: a
+# KeyboardInterrupt reaches the main thread, and would break a count kept there.
+_running = 0
 _task_ended = threading.Condition()
 
 
 class Interrupted(Exception):
-    """A pool task that was still queued when Ctrl-C was pressed, and did not run."""
+    """A pool task that had not started when Ctrl-C was pressed, and did not run."""
 
 
 class _Pool(ThreadPoolExecutor):
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-        global _unfinished
-        with _task_ended:
-            _unfinished += 1
-        try:
-            future = super().submit(_unless_interrupted, fn, *args, **kwargs)
-        except BaseException:
-            _task_done(None)
-            raise
-        # Runs once the task has ended, or at once if it is cancelled before it starts.
-        future.add_done_callback(_task_done)
-        return future
+        return super().submit(_counted, fn, *args, **kwargs)
 
 
-def _unless_interrupted(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    if _requested.is_set():
-        raise Interrupted("not started: interrupted")
-    return fn(*args, **kwargs)
-
-
-def _task_done(_: Future[Any] | None) -> None:
-    global _unfinished
+def _counted(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    # Counted before the check: once settle() reads 0, a task that starts after does not run.
+    global _running
     with _task_ended:
-        _unfinished -= 1
-        _task_ended.notify_all()
+        _running += 1
+    try:
+        if _requested.is_set():
+            raise Interrupted("not started: interrupted")
+        return fn(*args, **kwargs)
+    finally:
+        with _task_ended:
+            _running -= 1
+            _task_ended.notify_all()
 
 
 def pool(max_workers: int) -> ThreadPoolExecutor:
@@ -95,11 +88,11 @@ def pool(max_workers: int) -> ThreadPoolExecutor:
 
 
 def settle(timeout: float = 300.0) -> bool:
-    """After Ctrl-C: wait until every task of every :func:`pool` has ended, cancelling their jobs.
+    """After Ctrl-C: wait until no task of any :func:`pool` runs, cancelling their jobs.
 
     Counted by task, not by thread: a thread whose ``join`` the interruption
-    broke counts as stopped to Python while it still runs. False when the
-    timeout came first.
+    broke counts as stopped to Python while it still runs. A task that starts
+    later does not run. False when the timeout came first.
     """
     global _settling
     if not _requested.is_set():
@@ -107,7 +100,7 @@ def settle(timeout: float = 300.0) -> bool:
     with _lock:
         _settling = True
     with _task_ended:
-        ended = _task_ended.wait_for(lambda: _unfinished == 0, timeout)
+        ended = _task_ended.wait_for(lambda: _running == 0, timeout)
     if not ended:
         log.warning("not waiting any longer for the work still running")
     return ended
