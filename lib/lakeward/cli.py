@@ -273,7 +273,7 @@ def main(argv: Sequence[str] | None = None, *, job: str | None = None) -> int:
         # error is reported once, below, instead.
         logging.getLogger("SQLQueryContextLogger").disabled = True
         logging.getLogger("py4j").setLevel(logging.WARNING)
-    on_interrupt = signal.getsignal(signal.SIGINT)
+    handlers = interrupt.handlers()
     try:
         settings = load_settings(args.env)
         code = _dispatch(args, settings)
@@ -294,8 +294,10 @@ def main(argv: Sequence[str] | None = None, *, job: str | None = None) -> int:
             return _interrupted()
     finally:
         interrupt.finish()
-        if on_interrupt is not None and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, on_interrupt)
+        if threading.current_thread() is threading.main_thread():
+            for signum, handler in handlers.items():
+                if handler is not None:
+                    signal.signal(signum, handler)
 
 
 def _failed(err: Exception, args: argparse.Namespace) -> int:
@@ -312,12 +314,12 @@ def _failed(err: Exception, args: argparse.Namespace) -> int:
 def _interrupted() -> int:
     """Say the command stopped once the work it ran side by side has stopped too."""
     settled = interrupt.settle()
-    sys.stderr.write("lakeward: interrupted\n")
+    sys.stderr.write(f"lakeward: {interrupt.stopped()}\n")
     if not settled:
         # Python would wait at exit for the threads still running Spark work.
         sys.stderr.flush()
-        os._exit(EXIT_INTERRUPTED)
-    return EXIT_INTERRUPTED
+        os._exit(interrupt.exit_code())
+    return interrupt.exit_code()
 
 
 def _one_line(err: BaseException) -> str:

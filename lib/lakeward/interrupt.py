@@ -1,4 +1,4 @@
-"""Ctrl-C while a command runs Spark: cancel its jobs, then stop the command.
+"""Ctrl-C (or SIGTERM) while a command runs Spark: cancel its jobs, then stop the command.
 
 PySpark's own SIGINT handler cancels the jobs from inside the signal handler,
 through the py4j connection on which the interrupted call is waiting: py4j
@@ -17,6 +17,10 @@ one, a thread of its own cancels Spark's jobs, so the waiting call fails, and
 raises ``KeyboardInterrupt`` in the main thread once (as soon as it is out of
 the call); it goes on cancelling every job started meanwhile. A second Ctrl-C
 ends the process at once, with exit code 130.
+
+SIGTERM (``kill``, ``timeout``, a scheduler stopping a task) is taken the same
+way, and the command then exits 143, as a shell reports a process it ended;
+Python's default would end the process on the spot, without a word.
 
 ``KeyboardInterrupt`` reaches the main thread only. Work run side by side goes
 through :func:`pool`, whose tasks :func:`settle` waits for, still cancelling
@@ -41,9 +45,12 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 _requested = threading.Event()
+# The signal of the request: it names the stop and gives the exit code.
+_signum = signal.SIGINT
 # Reentrant: the handler takes it too, and may run in the main thread while that holds it.
 _lock = threading.RLock()
 _cancellers: list[threading.Thread] = []
@@ -107,18 +114,35 @@ def settle(timeout: float = 300.0) -> bool:
 
 
 def requested() -> bool:
-    """Whether Ctrl-C was pressed since :func:`stop_on_interrupt`."""
+    """Whether Ctrl-C was pressed (or SIGTERM came) since :func:`stop_on_interrupt`."""
     return _requested.is_set()
+
+
+def exit_code() -> int:
+    """The exit code of a command the request stopped: 128 plus the signal's number."""
+    return 128 + int(_signum)
+
+
+def stopped() -> str:
+    """The word the command ends with, ``interrupted`` (Ctrl-C) or ``terminated`` (SIGTERM)."""
+    return "terminated" if _signum == signal.SIGTERM else "interrupted"
+
+
+def handlers() -> dict[int, Any]:
+    """The handlers :func:`stop_on_interrupt` replaces, for a caller to put back."""
+    return {signum: signal.getsignal(signum) for signum in _SIGNALS}
 
 
 def stop_on_interrupt(spark: Any) -> None:
     """Install the handler (in the main thread only, where Python runs signal handlers)."""
-    global _finished, _settling, _raised_by_canceller
+    global _finished, _settling, _raised_by_canceller, _signum
     if threading.current_thread() is not threading.main_thread():
         return
     with _lock:
         _finished = _settling = _raised_by_canceller = False
-    signal.signal(signal.SIGINT, lambda signum, frame: _on_interrupt(spark, frame))
+        _signum = signal.SIGINT
+    for signum in _SIGNALS:
+        signal.signal(signum, lambda signum, frame: _on_interrupt(spark, frame, signum))
 
 
 def finish() -> None:
@@ -127,17 +151,18 @@ def finish() -> None:
     An interruption the cancelling thread raised after the command ended is
     ignored.
     """
-    global _finished
+    global _finished, _signum
     with _lock:
         _finished = True
+        _signum = signal.SIGINT
     _requested.clear()
     for thread in _cancellers:
         thread.join(timeout=10)
     _cancellers.clear()
 
 
-def _on_interrupt(spark: Any, frame: FrameType | None) -> None:
-    global _raised_by_canceller
+def _on_interrupt(spark: Any, frame: FrameType | None, signum: int = signal.SIGINT) -> None:
+    global _raised_by_canceller, _signum
     with _lock:
         finished, settling = _finished, _settling
         by_canceller, _raised_by_canceller = _raised_by_canceller, False
@@ -146,13 +171,15 @@ def _on_interrupt(spark: Any, frame: FrameType | None) -> None:
     if by_canceller:
         raise KeyboardInterrupt
     if _requested.is_set():
-        # A second Ctrl-C: no more waiting for cancelled work, nor for Python's
+        # A second signal: no more waiting for cancelled work, nor for Python's
         # exit, which would wait for the pool threads still running.
-        sys.stderr.write("lakeward: interrupted\n")
+        sys.stderr.write(f"lakeward: {stopped()}\n")
         sys.stderr.flush()
-        os._exit(EXIT_INTERRUPTED)
+        os._exit(exit_code())
+    with _lock:
+        _signum = signal.Signals(signum)
     _requested.set()
-    log.warning("interrupted: cancelling Spark's jobs (Ctrl-C again to stop at once)")
+    log.warning("%s: cancelling Spark's jobs (Ctrl-C or SIGTERM again stops at once)", stopped())
     in_py4j = _in_py4j(frame)
     thread = threading.Thread(
         target=_cancel, args=(spark, not in_py4j), name="lakeward-cancel", daemon=True

@@ -18,14 +18,16 @@ from lakeward import cli, interrupt
 from lakeward.cli import EXIT_INTERRUPTED, main
 
 
-def _interrupt_once_a_job_runs(spark: SparkSession, running: list[int]) -> None:
+def _interrupt_once_a_job_runs(
+    spark: SparkSession, running: list[int], signum: int = signal.SIGINT
+) -> None:
     """Send Ctrl-C once a Spark job runs, noting its id; after two minutes without one, send it anyway."""
     tracker = spark.sparkContext.statusTracker()
     deadline = time.monotonic() + 120
     while not running and time.monotonic() < deadline:
         running.extend(tracker.getActiveJobsIds())
         time.sleep(0.05)
-    os.kill(os.getpid(), signal.SIGINT)
+    os.kill(os.getpid(), signum)
 
 
 def _ended(spark: SparkSession, jobs: list[int]) -> list[str]:
@@ -58,6 +60,24 @@ def test_ctrl_c_cancels_the_query_and_ends_with_one_line(
     assert "while sending command" not in caplog.text
     assert signal.getsignal(signal.SIGINT) is before
     # The cancelling ended with the command: the session runs jobs again.
+    assert spark.range(10).count() == 10
+
+
+def test_sigterm_cancels_the_query_and_ends_with_143(
+    spark: SparkSession, data_root: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("LAKEWARD_HOME", str(data_root))
+    monkeypatch.delenv("LAKEWARD_ENV", raising=False)
+    before = signal.getsignal(signal.SIGTERM)
+    running: list[int] = []
+    threading.Thread(target=_interrupt_once_a_job_runs, args=(spark, running, signal.SIGTERM),
+                     daemon=True).start()
+    assert main(["sql", "SELECT count(*) FROM range(1000000000000)"]) == 128 + signal.SIGTERM
+    assert running, "no Spark job ran before SIGTERM"
+    assert _ended(spark, running) == ["FAILED"] * len(running)
+    assert capsys.readouterr().err.splitlines()[-1] == "lakeward: terminated"
+    assert signal.getsignal(signal.SIGTERM) is before
     assert spark.range(10).count() == 10
 
 
