@@ -548,6 +548,21 @@ def check_versions_available(spark: SparkSession, versions: Mapping[str, int]) -
             )
 
 
+def warn_unless_rebuildable(spark: SparkSession, versions: Mapping[str, int]) -> bool:
+    """Warn, before a train logs them, when the input versions can no longer be read.
+
+    Training on the table still works; only rebuilding its rows from the inputs,
+    which the run promises, would fail. True when they can be read.
+    """
+    try:
+        check_versions_available(spark, versions)
+    except LineageError as gone:
+        log.warning("the training set cannot be rebuilt from the versions it was built from "
+                    "(rebuild-training-set would fail): %s", gone)
+        return False
+    return True
+
+
 def _local_path(uri: str) -> Path | None:
     parsed = urlparse(uri)
     if parsed.scheme in ("", "file"):

@@ -8,6 +8,7 @@ that change tables or runs make their own.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from collections.abc import Iterator
@@ -231,7 +232,8 @@ def test_tampered_hash_and_missing_versions_are_clear_errors(trained, spark: Spa
 
 
 def test_vacuumed_version_names_table_and_version(
-    spark: SparkSession, base_settings: Settings, store: Path, tmp_path: Path
+    spark: SparkSession, base_settings: Settings, store: Path, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     from lakeward.training_set import BuildSpec
 
@@ -247,6 +249,7 @@ def test_vacuumed_version_names_table_and_version(
     mlflow = tracking.mlflow_module()
     with mlflow.start_run(experiment_id=experiment, run_name="vacuumed") as run:
         mlflow.set_tags({tracking.SPEC_TAG: spec.to_json(), tracking.HASH_TAG: "0" * 64})
+    assert tracking.warn_unless_rebuildable(spark, spec.inputs)
     check = "spark.databricks.delta.retentionDurationCheck.enabled"
     spark.conf.set(check, "false")
     try:
@@ -257,6 +260,11 @@ def test_vacuumed_version_names_table_and_version(
         spark.conf.unset(check)
     with pytest.raises(tracking.LineageError, match=rf"{name} version 0 is no longer available"):
         tracking.rebuild_training_set(spark, settings, run.info.run_id)
+    # What `train` says before it logs such versions.
+    with caplog.at_level(logging.WARNING, logger="lakeward.tracking"):
+        assert not tracking.warn_unless_rebuildable(spark, spec.inputs)
+    assert f"cannot be rebuilt from the versions it was built from (rebuild-training-set would " \
+        f"fail): {name} version 0 is no longer available" in caplog.text
 
 
 def test_predict_writes_predictions_idempotently(trained, spark: SparkSession) -> None:
