@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from pyspark.sql import DataFrame
+from pyspark.sql import types as T
 
 
 class MissingColumnsError(ValueError):
@@ -22,3 +23,12 @@ def require(df: DataFrame, expected: Sequence[str], *, what: str) -> None:
         raise MissingColumnsError(
             f"{what} is missing column(s) {missing}: expected {list(expected)}; it has {df.columns}"
         )
+
+
+def equatable(data_type: T.DataType) -> bool:
+    """Whether Spark compares and hashes values of this type (no map or variant inside)."""
+    if isinstance(data_type, T.StructType):
+        return all(equatable(f.dataType) for f in data_type.fields)
+    if isinstance(data_type, T.ArrayType):
+        return equatable(data_type.elementType)
+    return not isinstance(data_type, T.MapType | T.VariantType)

@@ -9,10 +9,11 @@ so a window is complete when ``t + horizon < observed_until``.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from lakeward import columns
 
@@ -27,9 +28,19 @@ def churn_labels(orders: DataFrame, *, horizon: timedelta, observed_until: datet
     An order with a null ``user_key`` or ``event_ts`` gets no label and is
     no one's next order.
     """
+    if not isinstance(horizon, timedelta):
+        raise TypeError(f"horizon must be a datetime.timedelta, got {type(horizon).__name__} {horizon!r}")
     if horizon <= timedelta(0):
         raise ValueError(f"horizon must be positive, got {horizon}")
+    if not isinstance(observed_until, date):
+        raise TypeError(
+            f"observed_until must be a datetime or a date, got {type(observed_until).__name__} "
+            f"{observed_until!r}"
+        )
     columns.require(orders, ("event_id", "user_key", "event_ts"), what="orders")
+    found = orders.schema["event_ts"].dataType
+    if not isinstance(found, T.TimestampType):
+        raise TypeError(f"event_ts in orders must be a timestamp column; it is {found.simpleString()}")
     span = int(horizon / timedelta(microseconds=1))
     micros = F.unix_micros(F.col("event_ts"))
     following = Window.partitionBy("user_key").orderBy(micros).rangeBetween(1, span)

@@ -61,6 +61,8 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from lakeward import columns
+
 __all__ = ["AsOfJoinError", "ColumnClashError", "MissingColumnsError", "as_of_join"]
 
 # Internal column names of the unioned frame. User columns only ever live
@@ -153,11 +155,11 @@ def as_of_join(
     sorts them (strings by their UTF-8 bytes, NaN above every other number;
     arrays and structs element by element). A string column with a collation
     other than ``UTF8_BINARY`` is compared by its UTF-8 bytes too (a collation
-    may call different strings equal). Columns of a type Spark cannot sort
-    (map, variant, interval), or holding one or a collated string, take part
-    through their JSON text (``to_json``, null fields written as ``null``,
-    times to the microsecond), a null value still smallest. The result does
-    not depend on partitioning or input order.
+    may call different strings equal). A map compares as the list of its
+    entries sorted by key, each entry by key then value. Variant and interval
+    columns, which Spark cannot sort, compare by their JSON text (``to_json``,
+    null fields written as ``null``, times to the microsecond), a null value
+    still smallest. The result does not depend on partitioning or input order.
     (The only rows this order cannot tell apart differ solely in ``-0.0``
     versus ``0.0``.)
 
@@ -202,8 +204,9 @@ def as_of_join(
         MissingColumnsError: A key or timestamp column is missing.
         AsOfJoinError: A timestamp column is not a timestamp or date, a key
             has types of different kinds on the two sides (numbers of any
-            width go together; nullability does not count), or a key is of
-            a map or variant type.
+            width go together, also inside arrays and structs; nullability
+            does not count), a key is of a map or variant type, or a side is
+            a streaming DataFrame.
         ColumnClashError: An output column name occurs twice (set ``prefix``),
             or an input repeats a column name.
         ValueError: ``keys`` empty or repeated, ``ttl`` negative,
@@ -212,7 +215,16 @@ def as_of_join(
             not a name, ``prefix`` not a string, ``ttl`` not a timedelta.
     """
     keys = _check_arguments(keys, label_ts, feature_ts, ttl, prefix, time_buckets, prefilter)
-    case_sensitive = labels.sparkSession.conf.get("spark.sql.caseSensitive", "false") == "true"
+    for side, df in (("labels", labels), ("features", features)):
+        if df.isStreaming:
+            raise AsOfJoinError(
+                f"{side} is a streaming DataFrame; as_of_join joins batch DataFrames "
+                "(join each micro-batch in foreachBatch)"
+            )
+    # Spark reads a boolean setting case-blind and trimmed ("TRUE", " true").
+    case_sensitive = (
+        str(labels.sparkSession.conf.get("spark.sql.caseSensitive", "false")).strip().lower() == "true"
+    )
     features, keys, label_ts, feature_ts = _own_names(
         labels, features, keys, label_ts, feature_ts, case_sensitive
     )
@@ -323,7 +335,10 @@ def _own_names(
     )
     own_keys, label_ts, feature_ts = label_names[:-1], label_names[-1], feature_names[-1]
     if len(set(own_keys)) != len(own_keys):
-        raise ValueError(f"keys must not repeat a column; got {own_keys} (names differing only in case)")
+        raise ValueError(
+            f"keys must not repeat a column; got {keys}, which name the columns {own_keys} "
+            "of labels (names differing only in case)"
+        )
     checks = (("label_ts", label_ts, own_keys), ("feature_ts", feature_ts, feature_names[:-1]))
     for ts_name, ts, side_keys in checks:
         if ts in side_keys:
@@ -421,40 +436,32 @@ def _check_types(
     for key in keys:
         left, right = labels.schema[key].dataType, features.schema[key].dataType
         for side, found in (("labels", left), ("features", right)):
-            if not _equatable(found):
+            if not columns.equatable(found):
                 raise AsOfJoinError(
                     f"key {key!r} is {found.simpleString()} in {side}; Spark cannot match keys "
                     "of a map or variant type: use other key columns"
                 )
-        numeric = isinstance(left, T.NumericType) and isinstance(right, T.NumericType)
-        # Nullability is not part of a key's kind: array(1, 2) matches array(1, 2) whether
-        # or not a side could hold null elements.
-        if _all_nullable(left) != _all_nullable(right) and not numeric:
+        # Nullability and the width of numbers are not part of a key's kind, also
+        # inside arrays and structs: array(1, 2) matches array(1L, 2L), as in Spark's joins.
+        if _kind(left) != _kind(right):
             raise AsOfJoinError(
                 f"key {key!r} is {left.simpleString()} in labels but {right.simpleString()} "
                 "in features; cast one side so that both have the same type"
             )
 
 
-def _equatable(data_type: T.DataType) -> bool:
-    """Whether Spark compares values of this type for equality (no map or variant inside)."""
-    if isinstance(data_type, T.StructType):
-        return all(_equatable(f.dataType) for f in data_type.fields)
-    if isinstance(data_type, T.ArrayType):
-        return _equatable(data_type.elementType)
-    return not isinstance(data_type, T.MapType | T.VariantType)
-
-
-def _all_nullable(data_type: T.DataType) -> T.DataType:
-    """The type with every field, element and value nullable."""
+def _kind(data_type: T.DataType) -> T.DataType:
+    """The type with every field, element and value nullable, and every number a double."""
     if isinstance(data_type, T.StructType):
         return T.StructType([
-            T.StructField(f.name, _all_nullable(f.dataType), True) for f in data_type.fields
+            T.StructField(f.name, _kind(f.dataType), True) for f in data_type.fields
         ])
     if isinstance(data_type, T.ArrayType):
-        return T.ArrayType(_all_nullable(data_type.elementType), True)
+        return T.ArrayType(_kind(data_type.elementType), True)
     if isinstance(data_type, T.MapType):
-        return T.MapType(_all_nullable(data_type.keyType), _all_nullable(data_type.valueType), True)
+        return T.MapType(_kind(data_type.keyType), _kind(data_type.valueType), True)
+    if isinstance(data_type, T.NumericType):
+        return T.DoubleType()
     return data_type
 
 
@@ -620,21 +627,46 @@ def _by_bytes(string_type: T.StringType) -> bool:
 
 
 def _tie_break(payload: Column, payload_type: T.StructType) -> Column:
-    """Sort key for ties: the payload if Spark can sort it, else unsortable fields as JSON."""
-    if _sortable(payload_type):
-        return payload
-    fields = []
-    for i, field in enumerate(payload_type.fields):
-        value = payload.getField(field.name)
-        if isinstance(field.dataType, T.StringType) and not _by_bytes(field.dataType):
-            value = value.cast(T.BinaryType())
-        elif not _sortable(field.dataType):
-            # A null must stay null to sort smallest (its JSON text, '{}', sorts last), and
-            # null fields inside must be written, not left out.
-            text = F.to_json(F.struct(value.alias("v")), {"ignoreNullFields": "false", **_JSON_TIMES})
-            value = F.when(value.isNotNull(), text)
-        fields.append(value.alias(f"f{i}"))
-    return F.when(payload.isNotNull(), F.struct(*fields))
+    """Sort key for ties: the payload if Spark can sort it, else a sortable image of it."""
+    return _sort_key(payload, payload_type)
+
+
+def _sort_key(value: Column, data_type: T.DataType) -> Column:
+    """A value Spark sorts, one for each value of ``data_type`` (but -0.0 and 0.0), null still null.
+
+    A map becomes its entries sorted by key (keys are unique within a map). Its
+    JSON text would not do: Spark writes a key that is not a string as the JVM
+    object's text, which for binary is its address, so ties would go another way
+    in every run, and which makes ``array('a,b')`` and ``array('a', 'b')`` alike.
+    """
+    if _sortable(data_type):
+        return value
+    if isinstance(data_type, T.StringType):
+        return value.cast(T.BinaryType())
+    if isinstance(data_type, T.StructType):
+        fields = [
+            _sort_key(value.getField(field.name), field.dataType).alias(f"f{i}")
+            for i, field in enumerate(data_type.fields)
+        ]
+        return F.when(value.isNotNull(), F.struct(*fields))
+    if isinstance(data_type, T.ArrayType):
+        element = data_type.elementType
+        return F.transform(value, lambda item: _sort_key(item, element))
+    if isinstance(data_type, T.MapType):
+        key_type, value_type = data_type.keyType, data_type.valueType
+        entries = F.transform(
+            F.map_entries(value),
+            lambda entry: F.struct(
+                _sort_key(entry.getField("key"), key_type).alias("k"),
+                _sort_key(entry.getField("value"), value_type).alias("v"),
+            ),
+        )
+        return F.array_sort(entries)
+    # Variant, calendar interval, user-defined type: their JSON text, null fields
+    # written, times to the microsecond; a null value stays null (its text would
+    # sort last).
+    text = F.to_json(F.struct(value.alias("v")), {"ignoreNullFields": "false", **_JSON_TIMES})
+    return F.when(value.isNotNull(), text)
 
 
 def _monotone_micros(ts: Column, kind: T.DataType) -> Column:

@@ -8,6 +8,7 @@ problems = leakage(split, key="user_key", ts="label_ts", horizon=timedelta(days=
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from datetime import date, datetime, timedelta
 from functools import reduce
@@ -41,6 +42,7 @@ def temporal_split(
     """
     check_bounds(t1, t2, gap)
     columns.require(labels, (ts,), what="labels")
+    _check_time(labels, ts, "labels")
     fits = _fits(F.col(ts), t1, t2, gap)
     part = F.when(fits["train"], F.lit("train"))
     for name in PARTS[1:]:
@@ -59,8 +61,7 @@ def _fits(at: Column, t1: date, t2: date, gap: timedelta) -> dict[str, Column]:
 
 def check_bounds(t1: date, t2: date, gap: timedelta) -> None:
     """Refuse bounds that give no leak-free :func:`temporal_split` with a validation part."""
-    if not isinstance(gap, timedelta):
-        raise TypeError(f"gap must be a datetime.timedelta, got {type(gap).__name__} {gap!r}")
+    _check_horizon("gap", gap)
     for name, bound in (("t1", t1), ("t2", t2)):
         if not isinstance(bound, date):
             raise TypeError(f"{name} must be a datetime or a date, got {type(bound).__name__} {bound!r}")
@@ -69,13 +70,27 @@ def check_bounds(t1: date, t2: date, gap: timedelta) -> None:
     start, end = _as_datetime(t1), _as_datetime(t2)
     if not start < end:
         raise ValueError(f"expected t1 < t2, got {t1} and {t2}")
-    if gap < timedelta(0):
-        raise ValueError(f"gap must not be negative, got {gap}")
     if end - start <= gap:
         raise ValueError(
             f"t2 - t1 ({end - start}) must be longer than the gap ({gap}): "
             "no validation label's window would end before t2"
         )
+
+
+def _check_time(df: DataFrame, ts: str, what: str) -> None:
+    """A time column must be a time: Spark would parse text silently, and fail on the first bad row."""
+    found = df.schema[ts].dataType
+    if not isinstance(found, T.TimestampType | T.TimestampNTZType | T.DateType):
+        raise TypeError(
+            f"ts={ts!r} in {what} must be a timestamp or date column; it is {found.simpleString()}"
+        )
+
+
+def _check_horizon(name: str, horizon: object) -> None:
+    if not isinstance(horizon, timedelta):
+        raise TypeError(f"{name} must be a datetime.timedelta, got {type(horizon).__name__} {horizon!r}")
+    if horizon < timedelta(0):
+        raise ValueError(f"{name} must not be negative, got {horizon}")
 
 
 def _aware(bound: date) -> bool:
@@ -90,9 +105,19 @@ def group_split(
     labels: DataFrame, *, key: str, fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0
 ) -> DataFrame:
     """Add ``split`` by a seeded hash of ``key``: every group lands in exactly one part."""
-    if len(fractions) != len(PARTS) or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-9:
+    if (
+        len(fractions) != len(PARTS)
+        # NaN passes every comparison below: refused first.
+        or not all(isinstance(f, int | float) and math.isfinite(f) for f in fractions)
+        or any(f < 0 for f in fractions)
+        or abs(sum(fractions) - 1) > 1e-9
+    ):
         raise ValueError(f"expected three non-negative fractions summing to 1, got {fractions}")
     columns.require(labels, (key,), what="labels")
+    found = labels.schema[key].dataType
+    if not columns.equatable(found):
+        raise TypeError(f"key={key!r} is {found.simpleString()}; a group key of a map or variant "
+                        "type cannot be hashed: use another column")
     buckets = 1_000_000
     position = F.pmod(F.xxhash64(F.lit(seed), F.col(key)), F.lit(buckets)) / buckets
     train_end, validation_end = fractions[0], fractions[0] + fractions[1]
@@ -133,7 +158,11 @@ def leakage(
         )
     if (t1 is None) != (t2 is None) or (t1 is not None and ts is None):
         raise ValueError("give t1 and t2 together, and with ts and horizon")
+    if horizon is not None:
+        _check_horizon("horizon", horizon)
     columns.require(split, [SPLIT, *(name for name in (key, ts) if name is not None)], what="split")
+    if ts is not None:
+        _check_time(split, ts, "split")
     problems: list[str] = []
     if key is not None:
         shared = (

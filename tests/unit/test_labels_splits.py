@@ -159,6 +159,37 @@ def test_split_arguments_that_cannot_give_a_leakage_safe_split_are_refused(spark
             leakage(split, **only_one)  # type: ignore[arg-type]
 
 
+def test_split_and_label_arguments_of_the_wrong_kind_are_refused_before_spark_runs(
+    spark: SparkSession,
+) -> None:
+    df = spark.createDataFrame([("u", T0, "2026-01-01")], "user_key string, label_ts timestamp, text string")
+    for fractions in ((float("nan"), 0.5, 0.5), (0.7, float("nan"), 0.3), (float("inf"), 0.0, 0.0)):
+        with pytest.raises(ValueError, match="three non-negative fractions summing to 1"):
+            group_split(df, key="user_key", fractions=fractions)
+    mapped = df.withColumn("m", F.create_map(F.lit("a"), F.lit(1)))
+    with pytest.raises(TypeError, match=r"key='m' is map<string,int>; a group key of a map"):
+        group_split(mapped, key="m")
+    split = df.withColumn("split", F.lit("train"))
+    # Without t1 and t2 too: a negative horizon would hide a window crossing into the next part.
+    with pytest.raises(ValueError, match=r"horizon must not be negative, got -30 days"):
+        leakage(split, ts="label_ts", horizon=timedelta(days=-30))
+    with pytest.raises(TypeError, match="horizon must be a datetime.timedelta, got int 30"):
+        leakage(split, ts="label_ts", horizon=30)  # type: ignore[arg-type]
+    # Text would be parsed as a time, and fail on the first row that is not one.
+    with pytest.raises(TypeError, match=r"ts='text' in split must be a timestamp or date column; it is "):
+        leakage(split, ts="text", horizon=HORIZON)
+    with pytest.raises(TypeError, match=r"ts='text' in labels must be a timestamp or date column"):
+        temporal_split(df, ts="text", t1=T0, t2=T0 + 3 * HORIZON, gap=HORIZON)
+    orders = spark.createDataFrame([("e", "u", T0)], "event_id string, user_key string, event_ts timestamp")
+    with pytest.raises(TypeError, match="horizon must be a datetime.timedelta, got int 30"):
+        churn_labels(orders, horizon=30, observed_until=T0)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="observed_until must be a datetime or a date, got str"):
+        churn_labels(orders, horizon=HORIZON, observed_until="2026-02-01")  # type: ignore[arg-type]
+    wall_clock = orders.withColumn("event_ts", F.col("event_ts").cast("timestamp_ntz"))
+    with pytest.raises(TypeError, match="event_ts in orders must be a timestamp column; it is timestamp_ntz"):
+        churn_labels(wall_clock, horizon=HORIZON, observed_until=T0)
+
+
 def test_leakage_compares_dates_and_skips_parts_without_times(spark: SparkSession) -> None:
     days = [("a", date(2024, 1, 1)), ("b", date(2024, 1, 20)), ("c", date(2024, 2, 10))]
     df = spark.createDataFrame(days, "name string, label_ts date")

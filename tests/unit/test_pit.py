@@ -411,7 +411,7 @@ def test_output_schema_keeps_types_and_makes_columns_nullable(spark: SparkSessio
     ]
 
 
-def test_map_columns_break_ties_through_their_json(spark: SparkSession) -> None:
+def test_map_columns_break_ties_by_their_sorted_entries(spark: SparkSession) -> None:
     labels = spark.createDataFrame([("u", at(5))], "user STRING, ts TIMESTAMP")
     features = spark.createDataFrame(
         [("u", at(5), {"b": 0}), ("u", at(5), {"a": 1}), ("u", at(4), {"z": 9})],
@@ -424,8 +424,34 @@ def test_map_columns_break_ties_through_their_json(spark: SparkSession) -> None:
         for rows in (features, reversed_features)
         for buckets in (None, 2)
     ]
-    # '{"v":{"b":0}}' is the greatest JSON text; one job for all variants.
+    # [("b", 0)] is above [("a", 1)]; one job for all variants.
     assert [r["m"] for r in reduce(DataFrame.unionByName, joined).collect()] == [{"b": 0}] * 4
+
+
+@pytest.mark.parametrize("buckets", [None, 2])
+def test_maps_whose_keys_are_not_text_break_ties_in_any_input_order(
+    spark: SparkSession, buckets: int | None
+) -> None:
+    # Spark's JSON text of such keys is the JVM object's: a binary key's address, and one
+    # text for array('a,b') and array('a', 'b'), or for array(NULL) and array('null').
+    labels = spark.createDataFrame([(1, at(5))], "k INT, ts TIMESTAMP")
+    cases = [
+        ([f"map(X'0{i}', 1)" for i in range(4)], "hex(map_keys(v)[0])", "03"),
+        (["map(array('a', 'b'), 1)", "map(array('a,b'), 1)"], "map_keys(v)[0]", ["a,b"]),
+        (["map(array('null'), 1)", "map(array(CAST(NULL AS STRING)), 1)"], "map_keys(v)[0]", ["null"]),
+        (["map(named_struct('x', 'a', 'y', 'b'), 1)", "map(named_struct('x', 'a,b', 'y', ''), 1)"],
+         "map_keys(v)[0].x", "a,b"),
+    ]
+    for values, shown, expected in cases:
+        for order in (values, values[::-1]):
+            rows = " UNION ALL ".join(f"SELECT 1 AS k, TIMESTAMP'2024-03-01 12:00:05' AS fts, {v} AS v"
+                                      for v in order)
+            older = "SELECT 1 AS k, TIMESTAMP'2024-03-01 12:00:00' AS fts, " + order[0] + " AS v"
+            features = spark.sql(f"{older} UNION ALL {rows}")
+            joined = as_of_join(labels, features, keys=["k"], label_ts="ts", feature_ts="fts",
+                                time_buckets=buckets)
+            got = [r[0] for r in joined.selectExpr(shown).collect()]
+            assert got == [expected], (values, order)
 
 
 
@@ -635,19 +661,22 @@ def test_names_match_regardless_of_case_as_spark_resolves_them(spark: SparkSessi
     assert [tuple(r) for r in joined.collect()] == [("u", at(5), 1, at(4), 2)]
     with pytest.raises(ValueError, match=r"feature_ts='USER' is also one of the keys \['USER'\]"):
         as_of_join(labels, features, keys=["user"], label_ts="ts", feature_ts="User", prefix="f_")
-    with pytest.raises(ValueError, match=r"keys must not repeat a column; got \['User', 'User'\]"):
+    repeated = r"got \['user', 'USER'\], which name the columns \['User', 'User'\]"
+    with pytest.raises(ValueError, match=repeated):
         as_of_join(labels, features, keys=["user", "USER"], label_ts="ts", feature_ts="Fts", prefix="f_")
     twice = labels.select("*", F.col("User").alias("USER"))
     with pytest.raises(MissingColumnsError, match=r"differ from it only in case, \['User', 'USER'\]"):
         as_of_join(twice, features, keys=["user"], label_ts="ts", feature_ts="Fts", prefix="f_")
     by_set = as_of_join(labels, features, keys={"user"}, label_ts="ts", feature_ts="Fts", prefix="f_")
     assert by_set.columns == joined.columns
-    spark.conf.set("spark.sql.caseSensitive", "true")
-    try:
-        with pytest.raises(MissingColumnsError, match=r"labels is missing column\(s\) \['user', 'ts'\]"):
-            as_of_join(labels, features, keys=["user"], label_ts="ts", feature_ts="Fts", prefix="f_")
-    finally:
-        spark.conf.set("spark.sql.caseSensitive", "false")
+    for on in ("true", "TRUE", " True"):  # as Spark reads a boolean setting
+        spark.conf.set("spark.sql.caseSensitive", on)
+        try:
+            missing = r"labels is missing column\(s\) \['user', 'ts'\]"
+            with pytest.raises(MissingColumnsError, match=missing):
+                as_of_join(labels, features, keys=["user"], label_ts="ts", feature_ts="Fts", prefix="f_")
+        finally:
+            spark.conf.set("spark.sql.caseSensitive", "false")
 
 
 @pytest.mark.parametrize(
@@ -764,6 +793,28 @@ def test_times_must_be_times_and_keys_of_one_kind(spark: SparkSession) -> None:
     dated = features.withColumn("fts", F.to_date("fts"))
     joined = as_of_join(labels, dated, keys=["shop"], label_ts="lts", feature_ts="fts", prefix="f_")
     assert [r["f_fts"] for r in joined.collect()] == [at(0).date()]
+
+
+def test_streaming_inputs_are_refused_when_called(spark: SparkSession) -> None:
+    stream = spark.readStream.format("rate").load().withColumnRenamed("value", "k")
+    batch = spark.createDataFrame([(1, at(5))], "k BIGINT, timestamp TIMESTAMP")
+    for labels, features, side in ((stream, batch, "labels"), (batch, stream, "features")):
+        with pytest.raises(AsOfJoinError, match=rf"{side} is a streaming DataFrame; as_of_join joins batch"):
+            as_of_join(labels, features, keys=["k"], label_ts="timestamp", feature_ts="timestamp",
+                       prefix="f_")
+
+
+def test_numbers_of_any_width_match_inside_arrays_and_structs(spark: SparkSession) -> None:
+    labels = spark.sql(
+        "SELECT array(1, 2) AS k, named_struct('a', 1) AS s, TIMESTAMP'2024-01-01 12:00' AS ts"
+    )
+    features = spark.sql(
+        "SELECT * FROM VALUES (array(1L, 2L), named_struct('a', 1.0D), TIMESTAMP'2024-01-01 11:00', 5), "
+        "(array(1L, 3L), named_struct('a', 1.0D), TIMESTAMP'2024-01-01 11:30', 6) AS t(k, s, fts, v)"
+    )
+    joined = as_of_join(labels, features, keys=["k", "s"], label_ts="ts", feature_ts="fts")
+    assert [r["v"] for r in joined.collect()] == [5]
+    assert joined.schema["k"].dataType == labels.schema["k"].dataType
 
 
 def test_keys_match_whatever_their_nullability_and_maps_are_refused(spark: SparkSession) -> None:
