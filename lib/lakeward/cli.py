@@ -542,8 +542,9 @@ def _generate(args: argparse.Namespace, settings: Settings) -> int:
     if summary.replaced:
         log.warning(
             "generate: %d landing file(s) already there were written over with other content (%s): "
-            "bronze takes a changed file as a new batch, so lines it already took from the old one "
-            "come again (silver drops them as duplicates)",
+            "bronze takes a changed file as a new batch, so its events are added to those already "
+            "taken from the old one (lines that are in both come again, and silver drops them as "
+            "duplicates)",
             len(summary.replaced),
             ", ".join(summary.replaced[:5]) + (", ..." if len(summary.replaced) > 5 else ""),
         )

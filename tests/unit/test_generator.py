@@ -83,6 +83,30 @@ def test_deterministic_and_seed_sensitive(tmp_path: Path) -> None:
     assert _files(tmp_path / "c") != first
 
 
+def _ids(root: Path) -> dict[str, set[str]]:
+    """Every event, user and order id in the landing files under ``root``."""
+    found: dict[str, set[str]] = defaultdict(set)
+    for path in root.rglob("*.jsonl"):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            record = _parse(line)
+            for field in ("event_id", "user_id", "order_id"):
+                if record is not None and isinstance(record.get(field), str):
+                    found[field].add(record[field])
+    return found
+
+
+def test_another_data_set_of_the_same_seed_has_ids_of_its_own(tmp_path: Path) -> None:
+    # Silver takes an event_id it has seen as a duplicate: new events must not reuse one.
+    _gen(tmp_path / "a", seed=7, days=6)
+    generate(tmp_path / "b", seed=7, users=200, days=6, start=START + timedelta(days=30))
+    _gen(tmp_path / "c", seed=7, days=8)
+    _gen(tmp_path / "d", seed=7, days=6, faults=FaultRates.none())
+    ids = {name: _ids(tmp_path / name) for name in "abcd"}
+    for field in ("event_id", "user_id", "order_id"):
+        for other in "bcd":
+            assert ids["a"][field] and not ids["a"][field] & ids[other][field], (field, other)
+
+
 def test_rerun_overwrites_files_and_names_those_it_changed(tmp_path: Path) -> None:
     assert _gen(tmp_path, seed=5).replaced == ()
     before = _files(tmp_path)

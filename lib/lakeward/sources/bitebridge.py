@@ -10,6 +10,7 @@ day by day, so memory stays bounded by the number of users, not the number of ev
 from __future__ import annotations
 
 import filecmp
+import hashlib
 import json
 import math
 import os
@@ -198,7 +199,14 @@ class _Generator:
         self.date_cache: dict[int, str] = {}
         self.users = sorted((_User(rng, days) for _ in range(n_users)),
                             key=lambda u: (u.signup, u.signup_sec))
-        user_salt, self.order_salt = rng.getrandbits(48), rng.getrandbits(48)
+        # Ids also depend on everything else that shapes the events (the users feed does not:
+        # its faults draw from their own sequence). With the seed alone, another --days or
+        # --start would give unrelated events and users the ids of this data set's, and
+        # silver would drop those events as duplicates of these.
+        shape = hashlib.sha256(repr((n_users, days, start.isoformat(), rates)).encode()).digest()
+        self.id_mask = int.from_bytes(shape[:16], "big")
+        user_salt = rng.getrandbits(48) ^ int.from_bytes(shape[16:22], "big")
+        self.order_salt = rng.getrandbits(48) ^ int.from_bytes(shape[22:28], "big")
         for i, u in enumerate(self.users):
             u.uid = f"usr_{_mix48(user_salt + i):012x}"
         self.order_seq = 0
@@ -259,7 +267,7 @@ class _Generator:
         return prefix + _HHMM[s // 60] + _SSZ[s % 60]
 
     def _event_id(self) -> str:
-        return f"{self.rng.getrandbits(128):032x}"
+        return f"{self.rng.getrandbits(128) ^ self.id_mask:032x}"
 
     def _schedule(self, idx: int, from_day: int) -> None:
         """Queue the user's next order; geometric gaps avoid a users×days coin-flip loop."""
