@@ -77,10 +77,14 @@ def test_deterministic_and_seed_sensitive(tmp_path: Path) -> None:
     s1 = _gen(tmp_path / "a")
     s2 = _gen(tmp_path / "b")
     _gen(tmp_path / "c", seed=2)
+    _gen(tmp_path / "d", seed=-1)
     assert s1 == s2
     first, second = _files(tmp_path / "a"), _files(tmp_path / "b")
     assert first and first == second
     assert _files(tmp_path / "c") != first
+    negative = _files(tmp_path / "d")
+    shared = [name for name in first if first[name] and name in negative]
+    assert shared and all(negative[name] != first[name] for name in shared), "seed -1 gave seed 1's lines"
 
 
 def _ids(root: Path) -> dict[str, set[str]]:

@@ -184,7 +184,8 @@ class _Generator:
                  rates: FaultRates, users_feed: str) -> None:
         self.dir, self.days, self.start, self.rates = landing_dir, days, start, rates
         self.snapshot = users_feed == "snapshot"
-        self.rng = rng = random.Random(seed)
+        # Random takes an int seed's absolute value: -5 would give 5's events. Text keeps the sign.
+        self.rng = rng = random.Random(seed if seed >= 0 else str(seed))
         # The users lines' faults draw from their own sequence: how many users lines there
         # are (snapshot or changes) then leaves every other source's data as it is.
         self.users_rng = random.Random(seed ^ 0x5EED_05E5)
