@@ -397,7 +397,8 @@ def landing_files(settings: Settings, source: str, dates: Sequence[date]) -> lis
     found = []
     for day in dates:
         path = landing_file(settings.landing_dir, source, day)
-        if path.exists():
+        # A folder (or a pipe) of that name is not a landing file; the scan warns of it.
+        if path.is_file():
             found.append(_describe_file(settings, source, day, path))
     return found
 
@@ -544,7 +545,7 @@ def _unrecorded_dates(
     gone = sorted({
         row["_arrival_date"] for row in rows
         if row["source"] in SOURCES
-        and not landing_file(settings.landing_dir, row["source"], row["_arrival_date"]).exists()
+        and not landing_file(settings.landing_dir, row["source"], row["_arrival_date"]).is_file()
     })
     log.warning(
         "bronze: %s hold(s) more rows than %s records (left by an interrupted run, or written "
@@ -716,7 +717,10 @@ def _read_files(spark: SparkSession, files: Sequence[LandingFile], ingested_at: 
         raise ValueError(f"files read together must have distinct names: {sorted(f.path for f in files)}")
     # Lines end at "\n" only, as the ledger counts them; by default Spark also
     # ends one at a bare "\r", and the line counts would no longer reconcile.
-    raw = spark.read.text([str(f.path.resolve()) for f in files], lineSep="\n").select(
+    # The folder resolved, not the file: a landing file that is a symbolic link would
+    # be read under its target's name, which may be another.
+    raw = spark.read.text([str(f.path.parent.resolve() / f.path.name) for f in files],
+                          lineSep="\n").select(
         "value",
         F.col("_metadata.file_name").alias("_name"),
         F.col("_metadata.file_block_start").alias("_block"),

@@ -32,6 +32,8 @@ from pydantic import (
 ENVIRONMENTS = ("local", "dev", "prod")
 ENV_VAR = "LAKEWARD_ENV"
 HOME_VAR = "LAKEWARD_HOME"
+# Hadoop's glob characters: a path holding one is read as a pattern.
+_GLOB_CHARACTERS = "*?[]{}\\"
 CONF_DIR_VAR = "LAKEWARD_CONF_DIR"
 # Settings lakeward sets itself when it loads the files; a file may not set them.
 DERIVED_KEYS = ("env", "project_dir", "conf_dir")
@@ -503,6 +505,14 @@ def load_settings(
         raise ConfigError(
             f"data root {merged['data_root']} has a ':' in it, which Spark and Hadoop cannot take "
             f"in a path; set {HOME_VAR} (or data_root) to a directory without one"
+        )
+    pattern = sorted(set(str(merged["data_root"])) & set(_GLOB_CHARACTERS))
+    if pattern:
+        # Spark reads files by a pattern of these: bronze would find no landing file.
+        raise ConfigError(
+            f"data root {merged['data_root']} has {' '.join(repr(c) for c in pattern)} in it, which "
+            f"Spark reads as a file name pattern; set {HOME_VAR} (or data_root) to a directory "
+            f"without any of {' '.join(_GLOB_CHARACTERS)}"
         )
     if merged["data_root"].exists() and not merged["data_root"].is_dir():
         raise ConfigError(

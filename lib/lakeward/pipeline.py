@@ -180,7 +180,7 @@ def _misnamed(settings: Settings, paths: Sequence[Path], lead: str) -> str:
         return ""
     names = ", ".join(str(path.relative_to(settings.landing_dir)) for path in paths[:5])
     more = ", ..." if len(paths) > 5 else ""
-    return (f"{lead}{len(paths)} landing path(s) not named <source>/YYYY-MM-DD.jsonl, "
+    return (f"{lead}{len(paths)} landing path(s) not files named <source>/YYYY-MM-DD.jsonl, "
             f"so not ingested: {names}{more}")
 
 

@@ -289,7 +289,7 @@ def test_a_data_root_without_landing_files_is_refused_before_anything_is_written
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         f"lakeward: error: no landing files for 2026-01-01 under {home / 'landing'}; 1 landing path(s) "
-        "not named <source>/YYYY-MM-DD.jsonl, so not ingested: orders"
+        "not files named <source>/YYYY-MM-DD.jsonl, so not ingested: orders"
     ]
 
 

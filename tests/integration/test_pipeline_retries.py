@@ -381,6 +381,27 @@ def test_a_data_root_whose_path_has_a_plus_a_space_or_an_accent(
     assert result.rows_written + result.rows_quarantined == lines and result.rows_written > 0
 
 
+def test_a_landing_file_that_is_a_link_is_read_and_a_folder_of_that_name_is_not(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path
+) -> None:
+    settings = isolated(base_settings, tmp_path / "root")
+    day = date(2026, 3, 1)
+    generate(settings.landing_dir, seed=5, users=20, days=1, start=day, faults=FAULTS)
+    path = landing_file(settings.landing_dir, "order_placed", day)
+    elsewhere = tmp_path / "kept" / "orders.jsonl"  # a target of another name
+    elsewhere.parent.mkdir()
+    path.rename(elsewhere)
+    path.symlink_to(elsewhere)
+    bronze.ensure_tables(spark, settings)
+    result = bronze.ingest(spark, settings, "order_placed", [day])
+    lines = len(elsewhere.read_bytes().splitlines())
+    assert result.rows_written + result.rows_quarantined == lines and result.rows_written > 0
+    folder = landing_file(settings.landing_dir, "rating_submitted", day)
+    folder.unlink()
+    folder.mkdir()
+    assert bronze.landing_files(settings, "rating_submitted", [day]) == []
+
+
 def test_a_user_record_replaced_before_the_retry_counts_as_a_duplicate(
     spark: SparkSession, base_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

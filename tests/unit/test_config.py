@@ -204,6 +204,10 @@ def test_a_data_root_that_is_a_file_is_refused(tmp_path: Path, monkeypatch: pyte
     with pytest.raises(ConfigError, match=r"data root \S+/a:b has a ':' in it, .*; set LAKEWARD_HOME"):
         load_settings("local")
     assert not (tmp_path / "a:b").exists()
+    for name, shown in (("r[1]", r"'\[' '\]'"), ("x*", r"'\*'"), ("a{b}", r"'\{' '\}'")):
+        monkeypatch.setenv("LAKEWARD_HOME", str(tmp_path / name))
+        with pytest.raises(ConfigError, match=rf"has {shown} in it, which Spark reads as a file name"):
+            load_settings("local")
 
 
 def test_environment_from_variable_and_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
