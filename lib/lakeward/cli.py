@@ -54,6 +54,12 @@ def _run_id(text: str) -> str:
     return text
 
 
+def _query(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a query or statement, got an empty one")
+    return text
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -159,7 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sql = commands.add_parser("sql", parents=[common], help="run a Spark SQL query",
                               description="Run a Spark SQL query against the lakeward tables.")
-    sql.add_argument("query")
+    sql.add_argument("query", type=_query,
+                     help="one Spark SQL query or statement (a statement prints what Spark returns, "
+                     "if anything)")
     sql.add_argument("--format", choices=["table", "json", "csv"], default="table")
     sql.add_argument("--limit", type=_positive, default=None,
                      help="print at most this many rows (default: every row; the table format "
@@ -323,17 +331,15 @@ def _interrupted() -> int:
 
 
 def _one_line(err: BaseException) -> str:
+    from lakeward.session import first_sentences, jvm_error_message
+
     name = type(err).__name__
     text = str(err).strip()
     if name == "Py4JJavaError":
         # A JVM error pyspark did not convert (e.g. from a collect to Arrow or a
         # row iterator): its text is "An error occurred while calling oN.x".
-        from lakeward.session import jvm_error_message
-
         text = jvm_error_message(err) or text
-    if name == "AnalysisException" or "Exception" in name and hasattr(err, "getErrorClass"):
-        text = text.split("\n")[0]
-    first = text.splitlines()[0] if text else name
+    first = first_sentences(text) if text else name
     # lakeward's own errors say every problem they found (six config errors, the allowed
     # names); another library's first line can run to pages.
     if type(err).__module__.startswith("lakeward.") or len(first) < 500:

@@ -326,7 +326,23 @@ def jvm_error_message(error: BaseException) -> str | None:
         while cause is not None:
             message = str(getattr(cause, "_desc", "") or "").strip() or message
             cause = getattr(cause, "_cause", None)
-    return message.split("\n")[0] if message else None
+    return first_sentences(message) if message else None
+
+
+def first_sentences(text: str) -> str:
+    """The first line of an error's text, joined with the lines that finish its sentence.
+
+    Spark and Delta break a sentence across lines ("... the earliest version
+    available to" / "this table (...). Please use a timestamp after ..."); what
+    follows a finished line (a plan, a query context) is left out.
+    """
+    lines = [line.strip() for line in text.strip().splitlines()]
+    taken = lines[:1]
+    for line in lines[1:5]:
+        if not line or taken[-1].endswith((".", ";", ":", "!", "?")):
+            break
+        taken.append(line)
+    return " ".join(taken)
 
 
 def _check_catalog_home(spark: SparkSession, settings: Settings) -> None:

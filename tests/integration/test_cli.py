@@ -182,6 +182,39 @@ def test_a_second_process_on_a_data_root_stops_before_starting_spark(
     root_lock.hold(settings)
 
 
+def test_a_spark_session_of_another_program_on_the_catalog_is_named_before_spark_starts(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    # Derby holds a POSIX lock on dbex.lck while a JVM has the database open; this
+    # process takes the same lock as a Spark session outside lakeward would.
+    home = tmp_path / "home"
+    database = home / "metastore" / "metastore_db"
+    database.mkdir(parents=True)
+    holds = (
+        "import fcntl, os, sys\n"
+        "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.lockf(fd, fcntl.LOCK_EX)\n"
+        "print('held', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", holds, str(database / "dbex.lck")], text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert holder.stdin is not None and holder.stdout is not None
+    settings = load_settings("local", data_root=home)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        outside = rf"another process \(pid {holder.pid}\), not a lakeward command, has the catalog"
+        with pytest.raises(root_lock.DataRootBusy, match=outside):
+            root_lock.hold(settings)
+        result = lakeward({**env, "LAKEWARD_HOME": str(home)}, "run", "gold")
+        assert result.returncode == 1 and re.search(outside, result.stderr), result.stderr
+        assert not (home / "logs").exists()  # no JVM was started
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    root_lock.hold(settings)  # once that process has ended
+
+
 def test_sql_reads_the_tables_while_another_process_holds_the_data_root(
     demo: subprocess.CompletedProcess[str], env: dict[str, str]
 ) -> None:

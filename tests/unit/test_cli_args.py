@@ -62,6 +62,7 @@ def test_run_takes_every_pending_date_unless_told_otherwise(
          "lakeward generate: error: argument --start"),
         ([], "lakeward: error: the following arguments are required"),
         (["sql", "SELECT 1", "--format", "xml"], "lakeward sql: error: argument --format"),
+        (["sql", "  \n"], "lakeward sql: error: argument query: expected a query or statement"),
         (["run", "gold", "--date", "2026-03-01", "--full"], "lakeward run: error: argument --full"),
         # Before, these started Spark and failed with exit 1, as a run that does not exist.
         (["predict", "--run-id", "", "--date", "2026-03-01"], "lakeward predict: error: argument --run-id"),
@@ -132,6 +133,21 @@ def test_lakeward_s_own_errors_are_never_cut_and_others_are() -> None:
     assert _one_line(ConfigError(problems)) == problems
     long_line = "x" * 900
     assert _one_line(ValueError(long_line)) == long_line[:497] + "..."
+
+
+def test_an_error_sentence_broken_across_lines_is_kept_whole_and_what_follows_is_not() -> None:
+    delta = (
+        "[DELTA_TIMESTAMP_EARLIER_THAN_COMMIT_RETENTION] The provided timestamp (2020-01-01 00:00:00.0) "
+        "is before the earliest version available to\nthis table (2026-12-05 13:13:10.009). Please use "
+        "a timestamp after 2026-12-05 13:13:10.\n== SQL (line 1, position 1) ==\nSELECT 1"
+    )
+    assert _one_line(ValueError(delta)) == (
+        "[DELTA_TIMESTAMP_EARLIER_THAN_COMMIT_RETENTION] The provided timestamp (2020-01-01 00:00:00.0) "
+        "is before the earliest version available to this table (2026-12-05 13:13:10.009). Please use "
+        "a timestamp after 2026-12-05 13:13:10."
+    )
+    plan = "[TABLE_OR_VIEW_NOT_FOUND] The table `x` cannot be found. SQLSTATE: 42P01; line 1 pos 1;\n'Project"
+    assert _one_line(ValueError(plan)) == plan.splitlines()[0]
 
 
 def test_json_keeps_exact_decimals_as_numbers_and_others_as_text() -> None:
