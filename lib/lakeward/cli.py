@@ -315,6 +315,18 @@ def _failed(err: Exception, args: argparse.Namespace) -> int:
     if interrupt.requested():
         # A Spark call failed as its job was cancelled.
         return _interrupted()
+    if "pyspark" in sys.modules:
+        from lakeward.session import out_of_memory
+
+        memory = out_of_memory()
+        if memory is not None:
+            sys.stderr.write(
+                f"lakeward: error: Spark's driver ran out of memory (java.lang.OutOfMemoryError: "
+                f"{memory}); give it more with spark.driver.memory under spark.conf in conf/"
+                f"{args.env or os.environ.get('LAKEWARD_ENV') or 'local'}.yml (Spark's default is 1g), or with spark-submit's "
+                f"--driver-memory\n"
+            )
+            return EXIT_ERROR
     sys.stderr.write(f"lakeward: error: {_one_line(err)}\n")
     return EXIT_USAGE if isinstance(err, UsageError | ConfigError) else EXIT_ERROR
 

@@ -17,6 +17,7 @@ import fcntl
 import logging
 import os
 import pwd
+import re
 import shutil
 import socket
 import subprocess
@@ -562,17 +563,45 @@ def _launch(builder: SparkSession.Builder, jvm_log: Path) -> SparkSession:
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
+    global _jvm_output
     with open(jvm_log, "ab") as sink:
         start = sink.tell()
         os.dup2(sink.fileno(), 1)
         os.dup2(sink.fileno(), 2)
         try:
-            return _start(builder, jvm_log, start)
+            spark = _start(builder, jvm_log, start)
+            _jvm_output = (jvm_log, start)
+            return spark
         finally:
             os.dup2(saved[0], 1)
             os.dup2(saved[1], 2)
             os.close(saved[0])
             os.close(saved[1])
+
+
+# The log the JVM this process started writes to, and where its output begins.
+_jvm_output: tuple[Path, int] | None = None
+# The end of that output a failing command reads, for the JVM's last words.
+_TAIL_BYTES = 4 << 20
+
+
+def out_of_memory() -> str | None:
+    """The JVM's ``OutOfMemoryError`` (``Java heap space``...) when the JVM this process started hit one.
+
+    Spark then shuts its context down, and a waiting call fails as its job was
+    cancelled ("SparkContext was shut down"), which says nothing of memory.
+    """
+    if _jvm_output is None:
+        return None
+    path, start = _jvm_output
+    try:
+        with open(path, "rb") as log_file:
+            log_file.seek(max(start, log_file.seek(0, os.SEEK_END) - _TAIL_BYTES))
+            output = log_file.read().decode("utf-8", errors="replace")
+    except OSError:
+        return None
+    found = re.findall(r"java\.lang\.OutOfMemoryError: ([^\n]+)", output)
+    return found[-1].strip() if found else None
 
 
 def _start(builder: SparkSession.Builder, jvm_log: Path, start: int | None) -> SparkSession:

@@ -150,6 +150,32 @@ def test_an_error_sentence_broken_across_lines_is_kept_whole_and_what_follows_is
     assert _one_line(ValueError(plan)) == plan.splitlines()[0]
 
 
+def test_a_driver_out_of_memory_is_said_with_what_to_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lakeward import cli, session
+
+    log = tmp_path / "spark.log"
+    log.write_text("an earlier run: java.lang.OutOfMemoryError: Metaspace\n")
+    start = log.stat().st_size
+    monkeypatch.setattr(session, "_jvm_output", (log, start))
+    monkeypatch.delenv("LAKEWARD_ENV", raising=False)
+    args = build_parser().parse_args(["run", "bronze"])
+    shut = RuntimeError("Job 43 cancelled because SparkContext was shut down")
+    # Only what this process's JVM wrote counts.
+    assert cli._failed(shut, args) == 1
+    assert capsys.readouterr().err == f"lakeward: error: {shut}\n"
+    with log.open("a") as out:
+        out.write('Exception in thread "Executor task launch worker" java.lang.OutOfMemoryError: '
+                  "Java heap space\n\tat java.base/java.util.Arrays.copyOf(Arrays.java:3541)\n")
+    assert cli._failed(shut, args) == 1
+    assert capsys.readouterr().err == (
+        "lakeward: error: Spark's driver ran out of memory (java.lang.OutOfMemoryError: Java heap "
+        "space); give it more with spark.driver.memory under spark.conf in conf/local.yml (Spark's "
+        "default is 1g), or with spark-submit's --driver-memory\n"
+    )
+
+
 def test_json_keeps_exact_decimals_as_numbers_and_others_as_text() -> None:
     record = {"spend": Decimal("21.85"), "nested": [{"x": Decimal("0.10")}],
               "wide": Decimal("12345678901234567890.123456789"), "n": 3}
