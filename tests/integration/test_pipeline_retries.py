@@ -368,27 +368,16 @@ def test_a_retry_removes_what_a_crash_left_of_a_file_changed_or_removed_since(
     assert bronze.find_lost(spark, settings).balanced
 
 
-def test_a_data_root_whose_path_has_a_plus_a_space_or_an_accent(
+def test_landing_files_under_a_root_with_a_plus_a_space_or_an_accent_or_behind_a_link(
     spark: SparkSession, base_settings: Settings, tmp_path: Path
 ) -> None:
     # Spark reports the path of a file it read as a URI, which spells these otherwise than Python.
     settings = isolated(base_settings, tmp_path / "odd+root é 1")
     day = date(2026, 3, 1)
     generate(settings.landing_dir, seed=5, users=20, days=1, start=day, faults=FAULTS)
-    bronze.ensure_tables(spark, settings)
-    result = bronze.ingest(spark, settings, "order_placed", [day])
-    lines = len(landing_file(settings.landing_dir, "order_placed", day).read_bytes().splitlines())
-    assert result.rows_written + result.rows_quarantined == lines and result.rows_written > 0
-
-
-def test_a_landing_file_that_is_a_link_is_read_and_a_folder_of_that_name_is_not(
-    spark: SparkSession, base_settings: Settings, tmp_path: Path
-) -> None:
-    settings = isolated(base_settings, tmp_path / "root")
-    day = date(2026, 3, 1)
-    generate(settings.landing_dir, seed=5, users=20, days=1, start=day, faults=FAULTS)
+    # A landing file that is a link to a file of another name is read under its own name.
     path = landing_file(settings.landing_dir, "order_placed", day)
-    elsewhere = tmp_path / "kept" / "orders.jsonl"  # a target of another name
+    elsewhere = tmp_path / "kept" / "orders.jsonl"
     elsewhere.parent.mkdir()
     path.rename(elsewhere)
     path.symlink_to(elsewhere)
@@ -396,6 +385,7 @@ def test_a_landing_file_that_is_a_link_is_read_and_a_folder_of_that_name_is_not(
     result = bronze.ingest(spark, settings, "order_placed", [day])
     lines = len(elsewhere.read_bytes().splitlines())
     assert result.rows_written + result.rows_quarantined == lines and result.rows_written > 0
+    # A folder named like a day's file is not one.
     folder = landing_file(settings.landing_dir, "rating_submitted", day)
     folder.unlink()
     folder.mkdir()

@@ -41,48 +41,35 @@ def _ended(spark: SparkSession, jobs: list[int]) -> list[str]:
         time.sleep(0.05)
 
 
-def test_ctrl_c_cancels_the_query_and_ends_with_one_line(
+@pytest.mark.parametrize(
+    ("signum", "code", "word"),
+    [(signal.SIGINT, EXIT_INTERRUPTED, "interrupted"), (signal.SIGTERM, 143, "terminated")],
+)
+def test_ctrl_c_or_sigterm_cancels_the_query_and_ends_with_one_line(
     spark: SparkSession, data_root: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture,
+    signum: int, code: int, word: str,
 ) -> None:
     monkeypatch.setenv("LAKEWARD_HOME", str(data_root))
     monkeypatch.delenv("LAKEWARD_ENV", raising=False)
-    before = signal.getsignal(signal.SIGINT)
+    before = interrupt.handlers()
     running: list[int] = []
-    threading.Thread(target=_interrupt_once_a_job_runs, args=(spark, running), daemon=True).start()
+    threading.Thread(target=_interrupt_once_a_job_runs, args=(spark, running, signum), daemon=True).start()
     with caplog.at_level(logging.WARNING):
-        assert main(["sql", "SELECT count(*) FROM range(1000000000000)"]) == EXIT_INTERRUPTED
-    assert running, "no Spark job ran before the interrupt"
+        assert main(["sql", "SELECT count(*) FROM range(1000000000000)"]) == code
+    assert running, "no Spark job ran before the signal"
     assert _ended(spark, running) == ["FAILED"] * len(running)  # what a cancelled job ends as
-    assert capsys.readouterr().err.splitlines()[-1] == "lakeward: interrupted"
+    assert capsys.readouterr().err.splitlines()[-1] == f"lakeward: {word}"
     # lakeward's handler, not PySpark's, which calls the JVM on the waiting connection.
-    assert "interrupted: cancelling Spark's jobs" in caplog.text
+    assert f"{word}: cancelling Spark's jobs" in caplog.text
     assert "while sending command" not in caplog.text
-    assert signal.getsignal(signal.SIGINT) is before
+    assert interrupt.handlers() == before
     # The cancelling ended with the command: the session runs jobs again.
     assert spark.range(10).count() == 10
 
 
-def test_sigterm_cancels_the_query_and_ends_with_143(
-    spark: SparkSession, data_root: Path, monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    monkeypatch.setenv("LAKEWARD_HOME", str(data_root))
-    monkeypatch.delenv("LAKEWARD_ENV", raising=False)
-    before = signal.getsignal(signal.SIGTERM)
-    running: list[int] = []
-    threading.Thread(target=_interrupt_once_a_job_runs, args=(spark, running, signal.SIGTERM),
-                     daemon=True).start()
-    assert main(["sql", "SELECT count(*) FROM range(1000000000000)"]) == 128 + signal.SIGTERM
-    assert running, "no Spark job ran before SIGTERM"
-    assert _ended(spark, running) == ["FAILED"] * len(running)
-    assert capsys.readouterr().err.splitlines()[-1] == "lakeward: terminated"
-    assert signal.getsignal(signal.SIGTERM) is before
-    assert spark.range(10).count() == 10
-
-
 def test_ctrl_c_outside_spark_stops_python_work(spark: SparkSession) -> None:
-    before = signal.getsignal(signal.SIGINT)
+    before = interrupt.handlers()
     interrupt.stop_on_interrupt(spark)
     started = time.monotonic()
     try:
@@ -93,7 +80,8 @@ def test_ctrl_c_outside_spark_stops_python_work(spark: SparkSession) -> None:
         assert interrupt.requested()
     finally:
         interrupt.finish()
-        signal.signal(signal.SIGINT, before)
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
     assert not interrupt.requested()
     assert spark.range(10).count() == 10
 
