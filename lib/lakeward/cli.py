@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from lakeward import interrupt, root_lock
 from lakeward.config import ConfigError, Settings, is_identifier, load_settings, parse_iso_date
+from lakeward.error_text import first_sentences
 from lakeward.sources.bitebridge import USERS_FEEDS
 
 if TYPE_CHECKING:
@@ -304,8 +305,8 @@ def main(argv: Sequence[str] | None = None, *, job: str | None = None) -> int:
         interrupt.finish()
         if threading.current_thread() is threading.main_thread():
             for signum, handler in handlers.items():
-                if handler is not None:
-                    signal.signal(signum, handler)
+                # None: a handler not installed from Python, which cannot be put back.
+                signal.signal(signum, signal.SIG_DFL if handler is None else handler)
 
 
 def _failed(err: Exception, args: argparse.Namespace) -> int:
@@ -315,20 +316,27 @@ def _failed(err: Exception, args: argparse.Namespace) -> int:
     if interrupt.requested():
         # A Spark call failed as its job was cancelled.
         return _interrupted()
-    if "pyspark" in sys.modules:
-        from lakeward.session import out_of_memory
+    if isinstance(err, UsageError | ConfigError):
+        sys.stderr.write(f"lakeward: error: {_one_line(err)}\n")
+        return EXIT_USAGE
+    sys.stderr.write(f"lakeward: error: {_out_of_memory() or _one_line(err)}\n")
+    return EXIT_ERROR
 
-        memory = out_of_memory()
-        if memory is not None:
-            sys.stderr.write(
-                f"lakeward: error: Spark's driver ran out of memory (java.lang.OutOfMemoryError: "
-                f"{memory}); give it more with spark.driver.memory under spark.conf in conf/"
-                f"{args.env or os.environ.get('LAKEWARD_ENV') or 'local'}.yml (Spark's default is 1g), or with spark-submit's "
-                f"--driver-memory\n"
-            )
-            return EXIT_ERROR
-    sys.stderr.write(f"lakeward: error: {_one_line(err)}\n")
-    return EXIT_USAGE if isinstance(err, UsageError | ConfigError) else EXIT_ERROR
+
+def _out_of_memory() -> str | None:
+    """What to say when the driver JVM ran out of memory, which the failed call does not tell."""
+    if "pyspark" not in sys.modules:  # Spark never started
+        return None
+    from lakeward.session import out_of_memory
+
+    reason = out_of_memory()
+    if reason is None:
+        return None
+    said = f"Spark's driver ran out of memory (java.lang.OutOfMemoryError: {reason})"
+    if reason not in ("Java heap space", "GC overhead limit exceeded"):
+        return said
+    return (f"{said}; give it more with spark.driver.memory under spark.conf in the config "
+            f"(Spark's default is 1g), or with spark-submit's --driver-memory")
 
 
 def _interrupted() -> int:
@@ -343,13 +351,13 @@ def _interrupted() -> int:
 
 
 def _one_line(err: BaseException) -> str:
-    from lakeward.session import first_sentences, jvm_error_message
-
     name = type(err).__name__
     text = str(err).strip()
     if name == "Py4JJavaError":
         # A JVM error pyspark did not convert (e.g. from a collect to Arrow or a
         # row iterator): its text is "An error occurred while calling oN.x".
+        from lakeward.session import jvm_error_message
+
         text = jvm_error_message(err) or text
     first = first_sentences(text) if text else name
     # lakeward's own errors say every problem they found (six config errors, the allowed

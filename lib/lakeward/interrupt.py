@@ -149,7 +149,9 @@ def finish() -> None:
     """Stop cancelling and forget the request, for a caller that goes on (a test).
 
     An interruption the cancelling thread raised after the command ended is
-    ignored.
+    ignored; a signal that comes later, while the handler is still installed,
+    does what Python's default would (``KeyboardInterrupt``, or the end of the
+    process for SIGTERM).
     """
     global _finished, _signum
     with _lock:
@@ -166,9 +168,17 @@ def _on_interrupt(spark: Any, frame: FrameType | None, signum: int = signal.SIGI
     with _lock:
         finished, settling = _finished, _settling
         by_canceller, _raised_by_canceller = _raised_by_canceller, False
-    if finished or (by_canceller and settling):
-        return
     if by_canceller:
+        if finished or settling:  # raised late, after the command ended or began to settle
+            return
+        raise KeyboardInterrupt
+    if finished:
+        # The command has ended and its caller did not put the handlers back: what
+        # Python would do, since no command is left to stop.
+        if signum == signal.SIGTERM:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
         raise KeyboardInterrupt
     if _requested.is_set():
         # A second signal: no more waiting for cancelled work, nor for Python's

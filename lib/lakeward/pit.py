@@ -244,7 +244,8 @@ def as_of_join(
     union = _tagged_union(labels, features, keys, label_ts, feature_ts)
     payload_type = union.schema[_PAYLOAD].dataType
     assert isinstance(payload_type, T.StructType)  # built by _tagged_union
-    tie_break = _tie_break(F.col(_PAYLOAD), payload_type)
+    # Ties go to the greatest payload: the payload itself if Spark can sort it.
+    tie_break = _sort_key(F.col(_PAYLOAD), payload_type)
     key_cols = [_key(i) for i in range(len(keys))]
 
     if time_buckets is not None and time_buckets > 1:
@@ -624,11 +625,6 @@ def _sortable(data_type: T.DataType) -> bool:
 def _by_bytes(string_type: T.StringType) -> bool:
     # Under UTF8_LCASE or a locale's collation, "a" and "A" may sort as equal.
     return string_type.collation == "UTF8_BINARY"
-
-
-def _tie_break(payload: Column, payload_type: T.StructType) -> Column:
-    """Sort key for ties: the payload if Spark can sort it, else a sortable image of it."""
-    return _sort_key(payload, payload_type)
 
 
 def _sort_key(value: Column, data_type: T.DataType) -> Column:

@@ -13,12 +13,20 @@ clean up.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
+import struct
+import sys
+import time
 from pathlib import Path
 
 from lakeward.config import Settings
 
 LOCK_NAME = "lakeward.lock"
+# Seconds the JVM of a lakeward command that just ended may take to close the catalog.
+DERBY_RELEASE_WAIT = 20.0
+
+log = logging.getLogger(__name__)
 
 # Open for the life of the process: closing the descriptor releases the lock.
 _held: dict[Path, int] = {}
@@ -59,7 +67,7 @@ def hold(settings: Settings) -> None:
     except BaseException:
         os.close(fd)
         raise
-    outsider = _derby_holder(settings.metastore_dir / "metastore_db")
+    outsider = _derby_released(settings.metastore_dir / "metastore_db")
     if outsider is not None:
         os.close(fd)
         raise DataRootBusy(
@@ -75,38 +83,47 @@ def hold(settings: Settings) -> None:
     _held[path] = fd
 
 
-def _derby_holder(database: Path) -> str | None:
-    """The pid of a process that has this Derby database open, else None.
+def _derby_released(database: Path) -> str | None:
+    """None once no process has this Derby database open; else, after ``wait`` seconds, its pid.
 
-    Derby holds a POSIX lock on ``dbex.lck`` while a JVM has the database open;
-    a Spark session started outside lakeward takes no lakeward lock, so its
+    Derby holds a POSIX lock on ``dbex.lck`` while a JVM has the database open.
+    A Spark session started outside lakeward takes no lakeward lock, so its
     catalog would otherwise meet the next command's as Hive's "Unable to
-    instantiate SessionHiveMetaStoreClient", after Spark's start.
+    instantiate SessionHiveMetaStoreClient", after Spark's start. The JVM of a
+    lakeward command that just ended holds it too, for the moment it takes to
+    stop after its Python process: hence the wait.
     """
+    started = time.monotonic()
+    said = False
+    while True:
+        holder = _derby_holder(database / "dbex.lck")
+        waited = time.monotonic() - started
+        if holder is None or waited >= DERBY_RELEASE_WAIT:
+            return holder
+        if not said and waited >= 2:
+            log.info("waiting for process %s to close the catalog (Derby) of the data root", holder)
+            said = True
+        time.sleep(0.1)
+
+
+def _derby_holder(lock_file: Path) -> str | None:
+    """The pid of a process that holds a lock on ``lock_file``, without taking one; else None."""
     try:
-        fd = os.open(database / "dbex.lck", os.O_RDWR)
-    except OSError:  # no database yet, or none open
+        fd = os.open(lock_file, os.O_RDWR)
+    except OSError:  # no database yet
         return None
     try:
-        # A POSIX lock, as Derby's (Java's FileChannel.tryLock); released by the close below.
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return _lock_owner(database / "dbex.lck") or "unknown"
+        if sys.platform == "linux":
+            # F_GETLK asks without locking, and names the holder. struct flock on Linux:
+            # l_type, l_whence (short), l_start, l_len (off_t), l_pid (pid_t), padded to 32 bytes.
+            asked = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
+            l_type, _, _, _, l_pid = struct.unpack("hhqqi4x", fcntl.fcntl(fd, fcntl.F_GETLK, asked))
+            return None if l_type == fcntl.F_UNLCK else str(l_pid)
+        try:
+            # Elsewhere, a lock taken and released at once (Derby's is a POSIX lock too).
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return "unknown"
+        return None
     finally:
         os.close(fd)
-    return None
-
-
-def _lock_owner(path: Path) -> str | None:
-    """The pid /proc/locks gives for a lock on ``path`` (Linux), else None."""
-    try:
-        inode = path.stat().st_ino
-        with open("/proc/locks", encoding="ascii") as locks:
-            for line in locks:
-                fields = line.split()
-                # 1: POSIX  ADVISORY  WRITE 20181 fe:00:10003218 0 EOF
-                if len(fields) > 5 and fields[5].rsplit(":", 1)[-1] == str(inode):
-                    return fields[4]
-    except OSError:
-        return None
-    return None

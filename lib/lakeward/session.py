@@ -34,6 +34,7 @@ from pyspark.sql import SparkSession
 
 from lakeward import class_data, root_lock
 from lakeward.config import TABLE_KEYS, TIME_ZONE_CONF, ConfigError, Settings, is_utc
+from lakeward.error_text import first_sentences
 
 log = logging.getLogger(__name__)
 
@@ -330,22 +331,6 @@ def jvm_error_message(error: BaseException) -> str | None:
     return first_sentences(message) if message else None
 
 
-def first_sentences(text: str) -> str:
-    """The first line of an error's text, joined with the lines that finish its sentence.
-
-    Spark and Delta break a sentence across lines ("... the earliest version
-    available to" / "this table (...). Please use a timestamp after ..."); what
-    follows a finished line (a plan, a query context) is left out.
-    """
-    lines = [line.strip() for line in text.strip().splitlines()]
-    taken = lines[:1]
-    for line in lines[1:5]:
-        if not line or taken[-1].endswith((".", ";", ":", "!", "?")):
-            break
-        taken.append(line)
-    return " ".join(taken)
-
-
 def _check_catalog_home(spark: SparkSession, settings: Settings) -> None:
     """Refuse a catalog whose tables live under another data root.
 
@@ -586,22 +571,41 @@ _TAIL_BYTES = 4 << 20
 
 
 def out_of_memory() -> str | None:
-    """The JVM's ``OutOfMemoryError`` (``Java heap space``...) when the JVM this process started hit one.
+    """The reason of the ``OutOfMemoryError`` of the JVM this process started, once it stopped.
 
-    Spark then shuts its context down, and a waiting call fails as its job was
-    cancelled ("SparkContext was shut down"), which says nothing of memory.
+    That is when the JVM wrote one (``Java heap space``...) to its log and its
+    SparkContext has stopped. Spark then shuts its context down, and a waiting call fails as its job was
+    cancelled ("SparkContext was shut down"), which says nothing of memory. A
+    context still running is not this: another process writing the same log
+    (readers beside a job share one) may have run out.
     """
-    if _jvm_output is None:
+    if _jvm_output is None or not _context_stopped():
         return None
     path, start = _jvm_output
     try:
-        with open(path, "rb") as log_file:
-            log_file.seek(max(start, log_file.seek(0, os.SEEK_END) - _TAIL_BYTES))
-            output = log_file.read().decode("utf-8", errors="replace")
+        output = _output_since(path, start, _TAIL_BYTES)
     except OSError:
         return None
     found = re.findall(r"java\.lang\.OutOfMemoryError: ([^\n]+)", output)
     return found[-1].strip() if found else None
+
+
+def _context_stopped() -> bool:
+    context = SparkContext._active_spark_context
+    if context is None or context._jsc is None:
+        return True
+    try:
+        return bool(context._jsc.sc().isStopped())
+    except Exception:  # noqa: BLE001 - a JVM that is gone answers nothing
+        return True
+
+
+def _output_since(jvm_log: Path, start: int, limit: int | None = None) -> str:
+    """What the JVM wrote to ``jvm_log`` since ``start``; at most its last ``limit`` bytes."""
+    with open(jvm_log, "rb") as log_file:
+        end = log_file.seek(0, os.SEEK_END)
+        log_file.seek(start if limit is None else max(start, end - limit))
+        return log_file.read().decode("utf-8", errors="replace")
 
 
 def _start(builder: SparkSession.Builder, jvm_log: Path, start: int | None) -> SparkSession:
@@ -628,9 +632,7 @@ def _refusal(jvm_log: Path, start: int) -> str | None:
     None when it wrote no such reason, or when the reason is a dependency that did
     not resolve, which fetching it otherwise can cure.
     """
-    with open(jvm_log, "rb") as log_file:
-        log_file.seek(start)
-        output = log_file.read().decode("utf-8", errors="replace")
+    output = _output_since(jvm_log, start)
     if any(mark in output for mark in _RESOLVING):
         return None
     reason, lines = None, output.splitlines()

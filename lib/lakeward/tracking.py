@@ -556,7 +556,7 @@ def warn_unless_rebuildable(spark: SparkSession, versions: Mapping[str, int]) ->
     """
     try:
         check_versions_available(spark, versions)
-    except LineageError as gone:
+    except Exception as gone:  # noqa: BLE001 - only a warning: the train goes on either way
         log.warning("the training set cannot be rebuilt from the versions it was built from "
                     "(rebuild-training-set would fail): %s", gone)
         return False

@@ -9,6 +9,8 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -183,7 +185,7 @@ def test_a_second_process_on_a_data_root_stops_before_starting_spark(
 
 
 def test_a_spark_session_of_another_program_on_the_catalog_is_named_before_spark_starts(
-    env: dict[str, str], tmp_path: Path
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Derby holds a POSIX lock on dbex.lck while a JVM has the database open; this
     # process takes the same lock as a Spark session outside lakeward would.
@@ -203,16 +205,20 @@ def test_a_spark_session_of_another_program_on_the_catalog_is_named_before_spark
     settings = load_settings("local", data_root=home)
     try:
         assert holder.stdout.readline() == "held\n"
-        outside = rf"another process \(pid {holder.pid}\), not a lakeward command, has the catalog"
-        with pytest.raises(root_lock.DataRootBusy, match=outside):
-            root_lock.hold(settings)
-        result = lakeward({**env, "LAKEWARD_HOME": str(home)}, "run", "gold")
-        assert result.returncode == 1 and re.search(outside, result.stderr), result.stderr
-        assert not (home / "logs").exists()  # no JVM was started
+        with monkeypatch.context() as patched:
+            patched.setattr(root_lock, "DERBY_RELEASE_WAIT", 0.5)
+            outside = rf"another process \(pid {holder.pid}\), not a lakeward command, has the catalog"
+            with pytest.raises(root_lock.DataRootBusy, match=outside):
+                root_lock.hold(settings)
+        # The JVM of a command that just ended holds it a moment longer: that is waited for.
+        threading.Timer(1.0, holder.stdin.close).start()
+        started = time.monotonic()
+        root_lock.hold(settings)
+        assert 0.9 < time.monotonic() - started < root_lock.DERBY_RELEASE_WAIT
     finally:
-        holder.stdin.close()
+        if not holder.stdin.closed:
+            holder.stdin.close()
         holder.wait(timeout=60)
-    root_lock.hold(settings)  # once that process has ended
 
 
 def test_sql_reads_the_tables_while_another_process_holds_the_data_root(

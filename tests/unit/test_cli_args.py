@@ -148,6 +148,13 @@ def test_an_error_sentence_broken_across_lines_is_kept_whole_and_what_follows_is
     )
     plan = "[TABLE_OR_VIEW_NOT_FOUND] The table `x` cannot be found. SQLSTATE: 42P01; line 1 pos 1;\n'Project"
     assert _one_line(ValueError(plan)) == plan.splitlines()[0]
+    runtime = (
+        '[DIVIDE_BY_ZERO] Division by zero. If necessary set "spark.sql.ansi.enabled" to "false" '
+        "to bypass this error. SQLSTATE: 22012\n== SQL (line 1, position 8) ==\nSELECT 1/0\n       ^^^\n"
+    )
+    assert _one_line(ValueError(runtime)) == runtime.splitlines()[0]
+    lower = "[X] The value of\nconf was wrong SQLSTATE: 42000\nselect 1"  # a query in lower case
+    assert _one_line(ValueError(lower)) == "[X] The value of conf was wrong SQLSTATE: 42000"
 
 
 def test_a_driver_out_of_memory_is_said_with_what_to_change(
@@ -157,9 +164,9 @@ def test_a_driver_out_of_memory_is_said_with_what_to_change(
 
     log = tmp_path / "spark.log"
     log.write_text("an earlier run: java.lang.OutOfMemoryError: Metaspace\n")
-    start = log.stat().st_size
-    monkeypatch.setattr(session, "_jvm_output", (log, start))
-    monkeypatch.delenv("LAKEWARD_ENV", raising=False)
+    monkeypatch.setattr(session, "_jvm_output", (log, log.stat().st_size))
+    stopped = [True]
+    monkeypatch.setattr(session, "_context_stopped", lambda: stopped[0])
     args = build_parser().parse_args(["run", "bronze"])
     shut = RuntimeError("Job 43 cancelled because SparkContext was shut down")
     # Only what this process's JVM wrote counts.
@@ -171,9 +178,17 @@ def test_a_driver_out_of_memory_is_said_with_what_to_change(
     assert cli._failed(shut, args) == 1
     assert capsys.readouterr().err == (
         "lakeward: error: Spark's driver ran out of memory (java.lang.OutOfMemoryError: Java heap "
-        "space); give it more with spark.driver.memory under spark.conf in conf/local.yml (Spark's "
+        "space); give it more with spark.driver.memory under spark.conf in the config (Spark's "
         "default is 1g), or with spark-submit's --driver-memory\n"
     )
+    # A session still running did not run out: another process writing the log did.
+    stopped[0] = False
+    assert cli._failed(shut, args) == 1
+    assert capsys.readouterr().err == f"lakeward: error: {shut}\n"
+    # An error of the arguments or the config keeps its own line and exit code.
+    stopped[0] = True
+    assert cli._failed(ConfigError("conf/local.yml: bad"), args) == 2
+    assert capsys.readouterr().err == "lakeward: error: conf/local.yml: bad\n"
 
 
 def test_json_keeps_exact_decimals_as_numbers_and_others_as_text() -> None:

@@ -130,6 +130,21 @@ def test_ctrl_c_ends_the_command_once_the_spark_work_beside_it_has_stopped(
     assert spark.range(10).count() == 10
 
 
+def test_a_signal_after_the_command_does_what_python_would(tmp_path: Path) -> None:
+    # A caller that did not put the handlers back: SIGTERM still ends the process.
+    script = (
+        "import os, signal, time\n"
+        "from lakeward import interrupt\n"
+        "interrupt.stop_on_interrupt(object())\n"
+        "interrupt.finish()\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "time.sleep(30)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert done.returncode == -signal.SIGTERM, done.stderr
+
+
 _PRESSED_TWICE = """
 import os, signal, sys, threading, time
 from lakeward import cli, interrupt

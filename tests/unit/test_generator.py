@@ -85,6 +85,10 @@ def test_deterministic_and_seed_sensitive(tmp_path: Path) -> None:
     negative = _files(tmp_path / "d")
     shared = [name for name in first if first[name] and name in negative]
     assert shared and all(negative[name] != first[name] for name in shared), "seed -1 gave seed 1's lines"
+    # A rate of 0 is a rate of 0.0: the same data set, with the same ids.
+    _gen(tmp_path / "e", faults=FaultRates(malformed=0))
+    _gen(tmp_path / "f", faults=FaultRates(malformed=0.0))
+    assert _files(tmp_path / "e") == _files(tmp_path / "f")
 
 
 def _ids(root: Path) -> dict[str, set[str]]:

@@ -18,7 +18,7 @@ import random
 import re
 import unicodedata
 from bisect import bisect
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from datetime import UTC, date, datetime, timedelta
 from itertools import accumulate
 from pathlib import Path
@@ -188,7 +188,7 @@ class _Generator:
         self.rng = rng = random.Random(seed if seed >= 0 else str(seed))
         # The users lines' faults draw from their own sequence: how many users lines there
         # are (snapshot or changes) then leaves every other source's data as it is.
-        self.users_rng = random.Random(seed ^ 0x5EED_05E5)
+        self.users_rng = random.Random(seed ^ 0x5EED_05E5 if seed >= 0 else f"{seed}:users")
         self.dirty = any((rates.duplicate, rates.late, rates.malformed, rates.null_key,
                           rates.out_of_range))
         self.max_arrival = days - 1 + MAX_LATE_DAYS
@@ -204,7 +204,9 @@ class _Generator:
         # its faults draw from their own sequence). With the seed alone, another --days or
         # --start would give unrelated events and users the ids of this data set's, and
         # silver would drop those events as duplicates of these.
-        shape = hashlib.sha256(repr((n_users, days, start.isoformat(), rates)).encode()).digest()
+        # Rates as floats: FaultRates(duplicate=0) makes the data FaultRates(duplicate=0.0) does.
+        shape_of = (n_users, days, start.isoformat(), tuple(float(value) for value in astuple(rates)))
+        shape = hashlib.sha256(repr(shape_of).encode()).digest()
         self.id_mask = int.from_bytes(shape[:16], "big")
         user_salt = rng.getrandbits(48) ^ int.from_bytes(shape[16:22], "big")
         self.order_salt = rng.getrandbits(48) ^ int.from_bytes(shape[22:28], "big")
