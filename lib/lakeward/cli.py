@@ -13,9 +13,7 @@ import logging
 import math
 import os
 import re
-import signal
 import sys
-import threading
 import traceback
 from collections import Counter
 from collections.abc import Sequence
@@ -302,11 +300,7 @@ def main(argv: Sequence[str] | None = None, *, job: str | None = None) -> int:
         except KeyboardInterrupt:
             return _interrupted()
     finally:
-        interrupt.finish()
-        if threading.current_thread() is threading.main_thread():
-            for signum, handler in handlers.items():
-                # None: a handler not installed from Python, which cannot be put back.
-                signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        interrupt.finish(restore=handlers)
 
 
 def _failed(err: Exception, args: argparse.Namespace) -> int:

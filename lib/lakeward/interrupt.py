@@ -57,6 +57,8 @@ _cancellers: list[threading.Thread] = []
 _finished = False
 # The command waits for its pool tasks: the cancelling thread no longer raises in the main thread.
 _settling = False
+# finish() is putting the caller's handlers back: the command has ended.
+_restoring = False
 # The cancelling thread raised in the main thread: that call of the handler is not a second Ctrl-C.
 _raised_by_canceller = False
 # Tasks of every pool() running now. Counted in the pool threads only: a
@@ -145,33 +147,47 @@ def stop_on_interrupt(spark: Any) -> None:
         signal.signal(signum, lambda signum, frame: _on_interrupt(spark, frame, signum))
 
 
-def finish() -> None:
-    """Stop cancelling and forget the request, for a caller that goes on (a test).
+def finish(restore: dict[int, Any] | None = None) -> None:
+    """Stop cancelling and forget the request, then put back the ``restore`` handlers.
 
-    An interruption the cancelling thread raised after the command ended is
-    ignored; a signal that comes later, while the handler is still installed,
-    does what Python's default would (``KeyboardInterrupt``, or the end of the
-    process for SIGTERM).
+    Until they are back, an interruption the cancelling thread raised late and
+    a Ctrl-C are ignored (the command has ended), and SIGTERM ends the process
+    at once. Without ``restore`` (a caller that goes on, a test), a signal
+    that comes later while the handler is still installed does what Python's
+    default would (``KeyboardInterrupt``, or the end of the process for SIGTERM).
     """
-    global _finished, _signum
+    global _finished, _signum, _restoring
     with _lock:
         _finished = True
+        _restoring = restore is not None
         _signum = signal.SIGINT
     _requested.clear()
     for thread in _cancellers:
         thread.join(timeout=10)
     _cancellers.clear()
+    if restore is not None and threading.current_thread() is threading.main_thread():
+        for signum, handler in restore.items():
+            # None: a handler not installed from Python, which cannot be put back.
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+    with _lock:
+        _restoring = False
 
 
 def _on_interrupt(spark: Any, frame: FrameType | None, signum: int = signal.SIGINT) -> None:
     global _raised_by_canceller, _signum
     with _lock:
-        finished, settling = _finished, _settling
+        finished, settling, restoring = _finished, _settling, _restoring
         by_canceller, _raised_by_canceller = _raised_by_canceller, False
     if by_canceller:
         if finished or settling:  # raised late, after the command ended or began to settle
             return
         raise KeyboardInterrupt
+    if finished and restoring:
+        if signum == signal.SIGTERM:  # the command's work is done: nothing left to wait for
+            sys.stderr.write("lakeward: terminated\n")
+            sys.stderr.flush()
+            os._exit(128 + signal.SIGTERM)
+        return
     if finished:
         # The command has ended and its caller did not put the handlers back: what
         # Python would do, since no command is left to stop.

@@ -23,7 +23,7 @@ from pathlib import Path
 from lakeward.config import Settings
 
 LOCK_NAME = "lakeward.lock"
-# Seconds the JVM of a lakeward command that just ended may take to close the catalog.
+# Seconds the JVM of the lakeward command before may take to close the catalog.
 DERBY_RELEASE_WAIT = 20.0
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,8 @@ class DataRootBusy(RuntimeError):
 def hold(settings: Settings) -> None:
     """Hold the lock of the settings' data root (beside its catalog) for the life of this process.
 
-    Raises :class:`DataRootBusy` at once, without waiting, when another process holds it.
+    Raises :class:`DataRootBusy` at once, without waiting, when another process holds it,
+    or when another program's Spark session has its catalog open.
     Outside ``local`` mode there is no local catalog, and nothing to hold.
     """
     if settings.spark.mode != "local":
@@ -56,7 +57,7 @@ def hold(settings: Settings) -> None:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = os.read(fd, 64).decode("ascii", "replace").strip() or "unknown"
+        holder = _recorded(fd)[0] or "unknown"
         os.close(fd)
         raise DataRootBusy(
             f"another process (pid {holder}) is using the data root {settings.data_root}: its local "
@@ -67,7 +68,13 @@ def hold(settings: Settings) -> None:
     except BaseException:
         os.close(fd)
         raise
-    outsider = _derby_released(settings.metastore_dir / "metastore_db")
+    try:
+        previous_jvm = _recorded(fd)[1]
+        _record(fd, str(os.getpid()))
+        outsider = _derby_released(settings.metastore_dir / "metastore_db", previous_jvm)
+    except BaseException:
+        os.close(fd)
+        raise
     if outsider is not None:
         os.close(fd)
         raise DataRootBusy(
@@ -77,28 +84,49 @@ def hold(settings: Settings) -> None:
             f"by path (README, \"Your own Spark session\")",
             outsider,
         )
-    # The pid only: a command line can hold a query with personal data in it.
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
     _held[path] = fd
 
 
-def _derby_released(database: Path) -> str | None:
-    """None once no process has this Derby database open; else, after ``wait`` seconds, its pid.
+def note_jvm(settings: Settings, jvm_pid: int) -> None:
+    """Record, beside this process's pid, the pid of the JVM that opens the catalog for it.
+
+    The next command waits for that JVM to close the catalog: it may still be
+    stopping after this process has ended.
+    """
+    fd = _held.get((settings.metastore_dir / LOCK_NAME).resolve())
+    if fd is not None:
+        _record(fd, f"{os.getpid()}\n{jvm_pid}")
+
+
+def _recorded(fd: int) -> tuple[str | None, str | None]:
+    """The pid of the process and the pid of its JVM that the lock file records."""
+    lines = os.pread(fd, 64, 0).decode("ascii", "replace").split()
+    return (lines[0] if lines else None), (lines[1] if len(lines) > 1 else None)
+
+
+def _record(fd: int, text: str) -> None:
+    # Pids only: a command line can hold a query with personal data in it.
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{text}\n".encode("ascii"), 0)
+
+
+def _derby_released(database: Path, previous_jvm: str | None) -> str | None:
+    """None once no process has this Derby database open; else the pid of the one that has.
 
     Derby holds a POSIX lock on ``dbex.lck`` while a JVM has the database open.
     A Spark session started outside lakeward takes no lakeward lock, so its
     catalog would otherwise meet the next command's as Hive's "Unable to
-    instantiate SessionHiveMetaStoreClient", after Spark's start. The JVM of a
-    lakeward command that just ended holds it too, for the moment it takes to
-    stop after its Python process: hence the wait.
+    instantiate SessionHiveMetaStoreClient", after Spark's start. The JVM of
+    the lakeward command before (``previous_jvm``) may hold it a moment
+    longer than its Python process lived: that one is waited for, up to
+    :data:`DERBY_RELEASE_WAIT` seconds.
     """
     started = time.monotonic()
     said = False
     while True:
         holder = _derby_holder(database / "dbex.lck")
         waited = time.monotonic() - started
-        if holder is None or waited >= DERBY_RELEASE_WAIT:
+        if holder is None or holder != previous_jvm or waited >= DERBY_RELEASE_WAIT:
             return holder
         if not said and waited >= 2:
             log.info("waiting for process %s to close the catalog (Derby) of the data root", holder)
@@ -118,7 +146,9 @@ def _derby_holder(lock_file: Path) -> str | None:
             # l_type, l_whence (short), l_start, l_len (off_t), l_pid (pid_t), padded to 32 bytes.
             asked = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
             l_type, _, _, _, l_pid = struct.unpack("hhqqi4x", fcntl.fcntl(fd, fcntl.F_GETLK, asked))
-            return None if l_type == fcntl.F_UNLCK else str(l_pid)
+            if l_type == fcntl.F_UNLCK:
+                return None
+            return str(l_pid) if l_pid > 0 else "unknown"  # 0: a process of another pid namespace
         try:
             # Elsewhere, a lock taken and released at once (Derby's is a POSIX lock too).
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -89,6 +89,10 @@ def get_spark(settings: Settings) -> SparkSession:
     _check_sql_conf(spark, settings)
     require_utc(spark)
     if mode == "local":
+        # Before the catalog opens: the next command waits for this JVM to close it.
+        jvm = spark.sparkContext._jvm
+        assert jvm is not None  # the session is up
+        root_lock.note_jvm(settings, jvm.java.lang.ProcessHandle.current().pid())
         _check_catalog_home(spark, settings)
     else:
         conf = spark.conf

@@ -185,7 +185,7 @@ def test_a_second_process_on_a_data_root_stops_before_starting_spark(
 
 
 def test_a_spark_session_of_another_program_on_the_catalog_is_named_before_spark_starts(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
     # Derby holds a POSIX lock on dbex.lck while a JVM has the database open; this
     # process takes the same lock as a Spark session outside lakeward would.
@@ -205,16 +205,19 @@ def test_a_spark_session_of_another_program_on_the_catalog_is_named_before_spark
     settings = load_settings("local", data_root=home)
     try:
         assert holder.stdout.readline() == "held\n"
-        with monkeypatch.context() as patched:
-            patched.setattr(root_lock, "DERBY_RELEASE_WAIT", 0.5)
-            outside = rf"another process \(pid {holder.pid}\), not a lakeward command, has the catalog"
-            with pytest.raises(root_lock.DataRootBusy, match=outside):
-                root_lock.hold(settings)
-        # The JVM of a command that just ended holds it a moment longer: that is waited for.
+        outside = rf"another process \(pid {holder.pid}\), not a lakeward command, has the catalog"
+        started = time.monotonic()
+        with pytest.raises(root_lock.DataRootBusy, match=outside):
+            root_lock.hold(settings)
+        assert time.monotonic() - started < 2  # not waited for: it is no lakeward command's JVM
+        # The JVM of the command before, which the lock file names, may hold it a moment
+        # after that command ended: that one is waited for.
+        (home / "metastore" / root_lock.LOCK_NAME).write_text(f"1\n{holder.pid}\n")
         threading.Timer(1.0, holder.stdin.close).start()
         started = time.monotonic()
         root_lock.hold(settings)
         assert 0.9 < time.monotonic() - started < root_lock.DERBY_RELEASE_WAIT
+        assert (home / "metastore" / root_lock.LOCK_NAME).read_text() == f"{os.getpid()}\n"
     finally:
         if not holder.stdin.closed:
             holder.stdin.close()

@@ -155,6 +155,13 @@ def test_an_error_sentence_broken_across_lines_is_kept_whole_and_what_follows_is
     assert _one_line(ValueError(runtime)) == runtime.splitlines()[0]
     lower = "[X] The value of\nconf was wrong SQLSTATE: 42000\nselect 1"  # a query in lower case
     assert _one_line(ValueError(lower)) == "[X] The value of conf was wrong SQLSTATE: 42000"
+    named = ("[DELTA_CONFIGURE_SPARK_SESSION_WITH_EXTENSION_AND_CATALOG] This Delta operation requires "
+             "the SparkSession to be configured with the\nDeltaSparkSessionExtension and the "
+             "DeltaCatalog. SQLSTATE: 56038")
+    assert _one_line(ValueError(named)) == named.replace("\n", " ")
+    # Without a SQLSTATE, a line that does not start in lower case begins something else.
+    unmarked = "could not read the file at\n/tmp/x\nCaused by"
+    assert _one_line(ValueError(unmarked)) == "could not read the file at"
 
 
 def test_a_driver_out_of_memory_is_said_with_what_to_change(

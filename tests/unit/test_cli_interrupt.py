@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pyspark.sql import SparkSession
@@ -128,6 +129,27 @@ def test_ctrl_c_ends_the_command_once_the_spark_work_beside_it_has_stopped(
     assert "queued" not in started  # a task still queued at Ctrl-C does not start
     assert capsys.readouterr().err.splitlines()[-1] == "lakeward: interrupted"
     assert spark.range(10).count() == 10
+
+
+def test_ctrl_c_as_the_command_ends_changes_nothing(
+    spark: SparkSession, data_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LAKEWARD_HOME", str(data_root))
+    monkeypatch.delenv("LAKEWARD_ENV", raising=False)
+    before = interrupt.handlers()
+
+    def dispatch(args: Any, settings: Any) -> int:
+        interrupt.stop_on_interrupt(spark)
+        # A thread the ending command waits for, as it waits for the cancelling one.
+        ending = threading.Thread(target=time.sleep, args=(2,))
+        ending.start()
+        interrupt._cancellers.append(ending)
+        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+        return 0
+
+    monkeypatch.setattr(cli, "_dispatch", dispatch)
+    assert main(["sql", "SELECT 1"]) == 0
+    assert interrupt.handlers() == before
 
 
 def test_a_signal_after_the_command_does_what_python_would(tmp_path: Path) -> None:
