@@ -310,11 +310,10 @@ def _failed(err: Exception, args: argparse.Namespace) -> int:
     if interrupt.requested():
         # A Spark call failed as its job was cancelled.
         return _interrupted()
-    if isinstance(err, UsageError | ConfigError):
-        sys.stderr.write(f"lakeward: error: {_one_line(err)}\n")
-        return EXIT_USAGE
-    sys.stderr.write(f"lakeward: error: {_out_of_memory() or _one_line(err)}\n")
-    return EXIT_ERROR
+    usage = isinstance(err, UsageError | ConfigError)
+    said = None if usage else _out_of_memory()
+    sys.stderr.write(f"lakeward: error: {said or _one_line(err)}\n")
+    return EXIT_USAGE if usage else EXIT_ERROR
 
 
 def _out_of_memory() -> str | None:

@@ -32,3 +32,15 @@ def equatable(data_type: T.DataType) -> bool:
     if isinstance(data_type, T.ArrayType):
         return equatable(data_type.elementType)
     return not isinstance(data_type, T.MapType | T.VariantType)
+
+
+def not_a_time(df: DataFrame, column: str, *, arg: str, what: str) -> str | None:
+    """What is wrong with ``column`` of ``df`` as a time (``arg`` names it), or None for a time.
+
+    A timestamp, with or without time zone, or a date: given text, Spark would
+    parse it silently, and fail at the first value that is not one.
+    """
+    found = df.schema[column].dataType
+    if isinstance(found, T.TimestampType | T.TimestampNTZType | T.DateType):
+        return None
+    return f"{arg}={column!r} in {what} must be a timestamp or date column; it is {found.simpleString()}"

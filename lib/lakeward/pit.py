@@ -416,9 +416,6 @@ def _planned_bytes(df: DataFrame) -> int | None:
     return int(str(size))
 
 
-_TIME_TYPES = (T.TimestampType, T.TimestampNTZType, T.DateType)
-
-
 def _check_types(
     labels: DataFrame, features: DataFrame, keys: list[str], label_ts: str, feature_ts: str
 ) -> None:
@@ -429,11 +426,9 @@ def _check_types(
     """
     for side, df, arg, name in (("labels", labels, "label_ts", label_ts),
                                 ("features", features, "feature_ts", feature_ts)):
-        found = df.schema[name].dataType
-        if not isinstance(found, _TIME_TYPES):
-            raise AsOfJoinError(
-                f"{arg}={name!r} in {side} must be a timestamp or date column; it is {found.simpleString()}"
-            )
+        problem = columns.not_a_time(df, name, arg=arg, what=side)
+        if problem:
+            raise AsOfJoinError(problem)
     for key in keys:
         left, right = labels.schema[key].dataType, features.schema[key].dataType
         for side, found in (("labels", left), ("features", right)):
@@ -452,15 +447,13 @@ def _check_types(
 
 
 def _kind(data_type: T.DataType) -> T.DataType:
-    """The type with every field, element and value nullable, and every number a double."""
+    """The type with every field and element nullable, and every number a double (no map: keys have none)."""
     if isinstance(data_type, T.StructType):
         return T.StructType([
             T.StructField(f.name, _kind(f.dataType), True) for f in data_type.fields
         ])
     if isinstance(data_type, T.ArrayType):
         return T.ArrayType(_kind(data_type.elementType), True)
-    if isinstance(data_type, T.MapType):
-        return T.MapType(_kind(data_type.keyType), _kind(data_type.valueType), True)
     if isinstance(data_type, T.NumericType):
         return T.DoubleType()
     return data_type

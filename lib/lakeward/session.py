@@ -546,13 +546,13 @@ def _launch(builder: SparkSession.Builder, jvm_log: Path) -> SparkSession:
     them at a log file for the duration of the launch keeps command output
     clean while the Python side keeps the terminal.
     """
+    global _jvm_output
     if os.environ.get("LAKEWARD_SPARK_CONSOLE") == "1":
         return _start(builder, jvm_log, None)
     jvm_log.parent.mkdir(parents=True, exist_ok=True)
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
-    global _jvm_output
     with open(jvm_log, "ab") as sink:
         start = sink.tell()
         os.dup2(sink.fileno(), 1)

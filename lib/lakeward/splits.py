@@ -78,12 +78,9 @@ def check_bounds(t1: date, t2: date, gap: timedelta) -> None:
 
 
 def _check_time(df: DataFrame, ts: str, what: str) -> None:
-    """A time column must be a time: Spark would parse text silently, and fail on the first bad row."""
-    found = df.schema[ts].dataType
-    if not isinstance(found, T.TimestampType | T.TimestampNTZType | T.DateType):
-        raise TypeError(
-            f"ts={ts!r} in {what} must be a timestamp or date column; it is {found.simpleString()}"
-        )
+    problem = columns.not_a_time(df, ts, arg="ts", what=what)
+    if problem:
+        raise TypeError(problem)
 
 
 def _check_horizon(name: str, horizon: object) -> None:

@@ -432,6 +432,11 @@ def training_inputs(spark: SparkSession, snapshot: TrainingSnapshot) -> tuple[De
         delta_input(spark, table, version, context=SOURCE_CONTEXT)
         for table, version in sorted(snapshot.spec.inputs.items())
     ]
+    # Each source is read at its version once: the check takes the datasets' frames.
+    warn_unless_rebuildable(
+        spark, snapshot.spec.inputs,
+        frames={source.tags[INPUT_TABLE_TAG]: source.dataset.df for source in sources},
+    )
     training = delta_input(
         spark, snapshot.table, snapshot.version, context=TRAINING_CONTEXT,
         rows=snapshot.rows, targets="churned",
@@ -520,11 +525,15 @@ def describe_versions(versions: Mapping[str, int]) -> str:
     return ", ".join(f"{table}@v{version}" for table, version in sorted(versions.items()))
 
 
-def check_versions_available(spark: SparkSession, versions: Mapping[str, int]) -> None:
+def check_versions_available(
+    spark: SparkSession, versions: Mapping[str, int], *, frames: Mapping[str, DataFrame] | None = None
+) -> None:
     """Every table still exists and can still be read at its version, or :class:`LineageError`.
 
     A version is gone when it is beyond the latest, when its log entries were cleaned
     up, or when VACUUM removed data files it needs (checked for local files).
+    ``frames`` are tables already read at those versions, whose Delta state is not
+    read again.
     """
     for table, version in sorted(versions.items()):
         if not tables.exists(spark, table):
@@ -532,8 +541,9 @@ def check_versions_available(spark: SparkSession, versions: Mapping[str, int]) -
         latest = tables.current_version(spark, table)
         if version > latest:
             raise LineageError(f"{table} has no version {version}: its latest version is {latest}")
+        frame = (frames or {}).get(table)
         try:
-            files = tables.read(spark, table, version=version).inputFiles()
+            files = (frame if frame is not None else tables.read(spark, table, version=version)).inputFiles()
         except Exception as err:  # noqa: BLE001 - Delta reports a cleaned-up log in several ways
             raise LineageError(
                 f"{table} version {version} is no longer available "
@@ -548,14 +558,16 @@ def check_versions_available(spark: SparkSession, versions: Mapping[str, int]) -
             )
 
 
-def warn_unless_rebuildable(spark: SparkSession, versions: Mapping[str, int]) -> bool:
+def warn_unless_rebuildable(
+    spark: SparkSession, versions: Mapping[str, int], *, frames: Mapping[str, DataFrame] | None = None
+) -> bool:
     """Warn, before a train logs them, when the input versions can no longer be read.
 
     Training on the table still works; only rebuilding its rows from the inputs,
     which the run promises, would fail. True when they can be read.
     """
     try:
-        check_versions_available(spark, versions)
+        check_versions_available(spark, versions, frames=frames)
     except Exception as gone:  # noqa: BLE001 - only a warning: the train goes on either way
         log.warning("the training set cannot be rebuilt from the versions it was built from "
                     "(rebuild-training-set would fail): %s", gone)

@@ -204,7 +204,6 @@ def _prepare(spark: SparkSession, snapshot: tracking.TrainingSnapshot, data: Tra
     preprocessor = Preprocessor.fit(data.train.x)
     z = {split: preprocessor.transform(data.split(split).x) for split in SPLITS}
     inputs = tracking.training_inputs(spark, snapshot)
-    tracking.warn_unless_rebuildable(spark, snapshot.spec.inputs)
     return _Prepared(snapshot, data, preprocessor, z, delta, experiment_id, inputs)
 
 
