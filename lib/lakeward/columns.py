@@ -12,17 +12,49 @@ class MissingColumnsError(ValueError):
     """A DataFrame passed to a transform lacks a column the transform needs."""
 
 
-def require(df: DataFrame, expected: Sequence[str], *, what: str) -> None:
-    """Raise :class:`MissingColumnsError` naming what ``what`` lacks of ``expected``, and what it has.
+def case_sensitive(df: DataFrame) -> bool:
+    """Whether ``df``'s session resolves column names by exact case (``spark.sql.caseSensitive``)."""
+    # Spark reads a boolean setting case-blind and trimmed ("TRUE", " true").
+    return str(df.sparkSession.conf.get("spark.sql.caseSensitive", "false")).strip().lower() == "true"
 
-    Spark's own error names one unresolved column, deep in a plan; this one
-    names every missing column and the call it came from.
+
+def resolve(
+    df: DataFrame,
+    expected: Sequence[str],
+    *,
+    what: str,
+    expecting: str | None = None,
+    error: type[Exception] = MissingColumnsError,
+) -> list[str]:
+    """Each name of ``expected`` as ``df`` spells it, or ``error`` naming what is missing.
+
+    A name resolves to the column of that name or, unless the session is case
+    sensitive, to the one column equal to it but for case, as Spark resolves
+    names. Spark's own error names one unresolved column, deep in a plan;
+    this one names every missing column, what ``what`` was expected to have
+    (``expecting``; by default the list of names) and what it has.
     """
-    missing = [name for name in expected if name not in df.columns]
+    blind = not case_sensitive(df)
+    resolved, missing = [], []
+    for name in expected:
+        spelt = [c for c in df.columns if c.lower() == name.lower()] if blind else []
+        if name in df.columns:
+            resolved.append(name)
+        elif len(spelt) == 1:
+            resolved.append(spelt[0])
+        elif spelt:
+            raise error(
+                f"{what} has no column {name!r} but several that differ from it only in case, "
+                f"{spelt}: name one exactly"
+            )
+        else:
+            missing.append(name)
     if missing:
-        raise MissingColumnsError(
-            f"{what} is missing column(s) {missing}: expected {list(expected)}; it has {df.columns}"
+        raise error(
+            f"{what} is missing column(s) {missing}: expected {expecting or list(expected)}; "
+            f"{what} has columns {df.columns}"
         )
+    return resolved
 
 
 def equatable(data_type: T.DataType) -> bool:

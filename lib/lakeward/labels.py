@@ -37,30 +37,31 @@ def churn_labels(orders: DataFrame, *, horizon: timedelta, observed_until: datet
             f"observed_until must be a datetime or a date, got {type(observed_until).__name__} "
             f"{observed_until!r}"
         )
-    columns.require(orders, ("event_id", "user_key", "event_ts"), what="orders")
-    found = orders.schema["event_ts"].dataType
+    event_id, user_key, event_ts = columns.resolve(
+        orders, ("event_id", "user_key", "event_ts"), what="orders"
+    )
+    found = orders.schema[event_ts].dataType
     if not isinstance(found, T.TimestampType):
-        raise TypeError(f"event_ts in orders must be a timestamp column; it is {found.simpleString()}")
+        raise TypeError(f"{event_ts} in orders must be a timestamp column; it is {found.simpleString()}")
     span = int(horizon / timedelta(microseconds=1))
-    micros = F.unix_micros(F.col("event_ts"))
-    following = Window.partitionBy("user_key").orderBy(micros).rangeBetween(1, span)
+    following = Window.partitionBy(user_key).orderBy(F.unix_micros(F.col(event_ts))).rangeBetween(1, span)
     return (
-        orders.filter(F.col("user_key").isNotNull() & F.col("event_ts").isNotNull())
+        orders.filter(F.col(user_key).isNotNull() & F.col(event_ts).isNotNull())
         .withColumn("_next_orders", F.count(F.lit(1)).over(following))
-        .filter(fully_observed(horizon, observed_until))
+        .filter(fully_observed(horizon, observed_until, ts=event_ts))
         .select(
-            F.col("event_id").alias("label_id"),
-            "user_key",
-            F.col("event_ts").alias("label_ts"),
+            F.col(event_id).alias("label_id"),
+            F.col(user_key).alias("user_key"),
+            F.col(event_ts).alias("label_ts"),
             (F.col("_next_orders") == 0).cast("int").alias("churned"),
         )
     )
 
 
-def fully_observed(horizon: timedelta, observed_until: datetime) -> Column:
-    """Whether the window ``(event_ts, event_ts + horizon]`` ends before ``observed_until``.
+def fully_observed(horizon: timedelta, observed_until: datetime, *, ts: str = "event_ts") -> Column:
+    """Whether the window ``(ts, ts + horizon]`` ends before ``observed_until``.
 
     ``observed_until`` itself is not observed (an event at that instant may
     still arrive), and the window includes its end.
     """
-    return F.col("event_ts") + F.lit(horizon) < F.lit(observed_until)
+    return F.col(ts) + F.lit(horizon) < F.lit(observed_until)

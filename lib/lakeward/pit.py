@@ -221,17 +221,11 @@ def as_of_join(
                 f"{side} is a streaming DataFrame; as_of_join joins batch DataFrames "
                 "(join each micro-batch in foreachBatch)"
             )
-    # Spark reads a boolean setting case-blind and trimmed ("TRUE", " true").
-    case_sensitive = (
-        str(labels.sparkSession.conf.get("spark.sql.caseSensitive", "false")).strip().lower() == "true"
-    )
-    features, keys, label_ts, feature_ts = _own_names(
-        labels, features, keys, label_ts, feature_ts, case_sensitive
-    )
+    features, keys, label_ts, feature_ts = _own_names(labels, features, keys, label_ts, feature_ts)
     _check_types(labels, features, keys, label_ts, feature_ts)
     feature_columns = [c for c in features.columns if c not in keys]
     out_names = [f"{prefix or ''}{c}" for c in feature_columns]
-    _check_clashes(labels, features, out_names, prefix, case_sensitive)
+    _check_clashes(labels, features, out_names, prefix, columns.case_sensitive(labels))
 
     if prefilter is None:
         payload = T.StructType([f for f in features.schema.fields if f.name not in keys])
@@ -319,20 +313,16 @@ def _check_arguments(
 
 
 def _own_names(
-    labels: DataFrame, features: DataFrame, keys: list[str], label_ts: str, feature_ts: str,
-    case_sensitive: bool,
+    labels: DataFrame, features: DataFrame, keys: list[str], label_ts: str, feature_ts: str
 ) -> tuple[DataFrame, list[str], str, str]:
     """``features``, ``keys``, ``label_ts`` and ``feature_ts`` as the inputs spell them.
 
     A feature key spelt in another case than its label key is renamed to the
     label's spelling, which the output keeps.
     """
-    label_names = _resolve_columns(
-        "labels", labels, [*keys, label_ts], keys=keys, ts_arg="label_ts", case_sensitive=case_sensitive
-    )
+    label_names = _resolve_columns("labels", labels, [*keys, label_ts], keys=keys, ts_arg="label_ts")
     feature_names = _resolve_columns(
-        "features", features, [*keys, feature_ts], keys=keys, ts_arg="feature_ts",
-        case_sensitive=case_sensitive,
+        "features", features, [*keys, feature_ts], keys=keys, ts_arg="feature_ts"
     )
     own_keys, label_ts, feature_ts = label_names[:-1], label_names[-1], feature_names[-1]
     if len(set(own_keys)) != len(own_keys):
@@ -349,34 +339,11 @@ def _own_names(
 
 
 def _resolve_columns(
-    side: str, df: DataFrame, expected: list[str], *, keys: list[str], ts_arg: str,
-    case_sensitive: bool,
+    side: str, df: DataFrame, expected: list[str], *, keys: list[str], ts_arg: str
 ) -> list[str]:
-    """Each expected name as ``df`` spells it.
-
-    That is the name as given, or, as Spark resolves names by default, the
-    one column equal to it but for case.
-    """
-    resolved, missing = [], []
-    for name in expected:
-        spelt = [c for c in df.columns if c.lower() == name.lower()]
-        if name in df.columns:
-            resolved.append(name)
-        elif not case_sensitive and len(spelt) == 1:
-            resolved.append(spelt[0])
-        elif not case_sensitive and spelt:
-            raise MissingColumnsError(
-                f"{side} has no column {name!r} but several that differ from it only in case, "
-                f"{spelt}: name one exactly"
-            )
-        else:
-            missing.append(name)
-    if missing:
-        raise MissingColumnsError(
-            f"{side} is missing column(s) {missing}: expected keys {keys} and "
-            f"{ts_arg}={expected[-1]!r}; {side} has columns {df.columns}"
-        )
-    return resolved
+    """Each expected name as ``df`` spells it (:func:`columns.resolve`)."""
+    expecting = f"keys {keys} and {ts_arg}={expected[-1]!r}"
+    return columns.resolve(df, expected, what=side, expecting=expecting, error=MissingColumnsError)
 
 
 def _broadcastable(pairs: DataFrame) -> bool:

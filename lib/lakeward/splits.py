@@ -41,7 +41,7 @@ def temporal_split(
     (``t2 - t1`` not longer than ``gap``) are refused.
     """
     check_bounds(t1, t2, gap)
-    columns.require(labels, (ts,), what="labels")
+    (ts,) = columns.resolve(labels, (ts,), what="labels")
     _check_time(labels, ts, "labels")
     fits = _fits(F.col(ts), t1, t2, gap)
     part = F.when(fits["train"], F.lit("train"))
@@ -110,7 +110,7 @@ def group_split(
         or abs(sum(fractions) - 1) > 1e-9
     ):
         raise ValueError(f"expected three non-negative fractions summing to 1, got {fractions}")
-    columns.require(labels, (key,), what="labels")
+    (key,) = columns.resolve(labels, (key,), what="labels")
     found = labels.schema[key].dataType
     if not columns.equatable(found):
         raise TypeError(f"key={key!r} is {found.simpleString()}; a group key of a map or variant "
@@ -157,13 +157,17 @@ def leakage(
         raise ValueError("give t1 and t2 together, and with ts and horizon")
     if horizon is not None:
         _check_horizon("horizon", horizon)
-    columns.require(split, [SPLIT, *(name for name in (key, ts) if name is not None)], what="split")
+    names = [SPLIT, *(name for name in (key, ts) if name is not None)]
+    spelt = dict(zip(names, columns.resolve(split, names, what="split"), strict=True))
+    part_column = spelt[SPLIT]
+    key = None if key is None else spelt[key]
+    ts = None if ts is None else spelt[ts]
     if ts is not None:
         _check_time(split, ts, "split")
     problems: list[str] = []
     if key is not None:
         shared = (
-            split.groupBy(key).agg(F.countDistinct(SPLIT).alias("parts")).filter("parts > 1").count()
+            split.groupBy(key).agg(F.countDistinct(part_column).alias("parts")).filter("parts > 1").count()
         )
         if shared:
             problems.append(f"{shared} value(s) of {key} appear in more than one part")
@@ -178,25 +182,26 @@ def leakage(
             assert horizon is not None  # checked above
             check_bounds(t1, t2, horizon)
             # A row fits when it is in a part whose rule holds; a null time fits none.
-            fitting = reduce(Column.__or__, [
-                (F.col(SPLIT) == F.lit(name)) & rule for name, rule in _fits(at, t1, t2, horizon).items()
-            ])
+            rules = _fits(at, t1, t2, horizon).items()
+            fitting = reduce(
+                Column.__or__, [(F.col(part_column) == F.lit(name)) & rule for name, rule in rules]
+            )
             per_part.append(F.count_if(~F.coalesce(fitting, F.lit(False))).alias("outside"))
-    rows = split.groupBy(SPLIT).agg(*per_part).collect()
-    unknown = sorted(repr(row[SPLIT]) for row in rows if row[SPLIT] not in PARTS)
+    rows = split.groupBy(part_column).agg(*per_part).collect()
+    unknown = sorted(repr(row[part_column]) for row in rows if row[part_column] not in PARTS)
     if unknown:
         problems.append(f"{SPLIT} value(s) {', '.join(unknown)} are not one of {', '.join(PARTS)}")
     if t1 is not None:
         ranges = {"train": f"windows ending before t1={t1}",
                   "validation": f"times from t1={t1} and windows ending before t2={t2}",
                   "test": f"times from t2={t2}"}
-        outside = {row[SPLIT]: row["outside"] for row in rows}
+        outside = {row[part_column]: row["outside"] for row in rows}
         problems.extend(
             f"{outside[part]} {part} label(s) outside the part's range ({ranges[part]})"
             for part in PARTS if outside.get(part)
         )
     if ts is not None:
-        bounds = {row[SPLIT]: (row["first"], row["last_reach"]) for row in rows}
+        bounds = {row[part_column]: (row["first"], row["last_reach"]) for row in rows}
         # A part whose labels all lack a time has no window and no first label.
         present = [p for p in PARTS if p in bounds and bounds[p][0] is not None]
         for earlier, later in zip(present, present[1:], strict=False):

@@ -244,3 +244,38 @@ def test_a_missing_column_is_named_with_the_columns_there_are(spark: SparkSessio
             call()
         message = str(caught.value)
         assert missing[name] in message and "['label_id', 'user_id', 'ts']" in message, (name, message)
+
+
+def test_names_match_regardless_of_case_as_spark_resolves_them(spark: SparkSession) -> None:
+    gap = timedelta(days=30)
+    t1, t2 = T0 + timedelta(days=100), T0 + timedelta(days=200)
+    orders = spark.createDataFrame(
+        [("e1", "u1", T0), ("e2", "u1", T0 + timedelta(days=10)), ("e3", "u2", T0 + timedelta(days=150))],
+        "Event_ID string, USER_KEY string, Event_Ts timestamp",
+    )
+    labels = churn_labels(orders, horizon=gap, observed_until=T0 + timedelta(days=400))
+    assert labels.columns == ["label_id", "user_key", "label_ts", "churned"]
+    assert sorted(tuple(r) for r in labels.collect()) == [
+        ("e1", "u1", T0, 0),
+        ("e2", "u1", T0 + timedelta(days=10), 1),
+        ("e3", "u2", T0 + timedelta(days=150), 1),
+    ]
+    spelt = labels.withColumnsRenamed({"user_key": "User_Key", "label_ts": "LABEL_TS"})
+    by_time = temporal_split(spelt, ts="label_ts", t1=t1, t2=t2, gap=gap)
+    parts = sorted((r["label_id"], r["split"]) for r in by_time.collect())
+    assert parts == [("e1", "train"), ("e2", "train"), ("e3", "validation")]
+    assert leakage(group_split(spelt, key="user_key", seed=1), key="USER_KEY") == []
+    leaky = spelt.withColumn("Split", F.when(F.col("label_id") == "e2", "test").otherwise("train"))
+    found = leakage(leaky, key="USER_KEY", ts="label_ts", horizon=gap)
+    assert "1 value(s) of User_Key appear in more than one part" in found
+    twice = spelt.select("*", F.col("LABEL_TS").alias("label_TS"))
+    with pytest.raises(MissingColumnsError, match=r"differ from it only in case, \['LABEL_TS', 'label_TS'\]"):
+        temporal_split(twice, ts="label_ts", t1=t1, t2=t2, gap=gap)
+    spark.conf.set("spark.sql.caseSensitive", "true")
+    try:
+        with pytest.raises(MissingColumnsError, match=r"labels is missing column\(s\) \['label_ts'\]"):
+            temporal_split(spelt, ts="label_ts", t1=t1, t2=t2, gap=gap)
+        with pytest.raises(MissingColumnsError, match=r"orders is missing column\(s\) \['event_id'"):
+            churn_labels(orders, horizon=gap, observed_until=T0 + timedelta(days=400))
+    finally:
+        spark.conf.set("spark.sql.caseSensitive", "false")
