@@ -4,12 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 
 class MissingColumnsError(ValueError):
     """A DataFrame passed to a transform lacks a column the transform needs."""
+
+
+def ref(name: str) -> Column:
+    """Refer to a column by its exact name, even with dots or backticks in it."""
+    return F.col("`" + name.replace("`", "``") + "`")
 
 
 def case_sensitive(df: DataFrame) -> bool:

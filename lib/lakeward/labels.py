@@ -44,15 +44,16 @@ def churn_labels(orders: DataFrame, *, horizon: timedelta, observed_until: datet
     if not isinstance(found, T.TimestampType):
         raise TypeError(f"{event_ts} in orders must be a timestamp column; it is {found.simpleString()}")
     span = int(horizon / timedelta(microseconds=1))
-    following = Window.partitionBy(user_key).orderBy(F.unix_micros(F.col(event_ts))).rangeBetween(1, span)
+    user, at = columns.ref(user_key), columns.ref(event_ts)
+    following = Window.partitionBy(user).orderBy(F.unix_micros(at)).rangeBetween(1, span)
     return (
-        orders.filter(F.col(user_key).isNotNull() & F.col(event_ts).isNotNull())
+        orders.filter(user.isNotNull() & at.isNotNull())
         .withColumn("_next_orders", F.count(F.lit(1)).over(following))
         .filter(fully_observed(horizon, observed_until, ts=event_ts))
         .select(
-            F.col(event_id).alias("label_id"),
-            F.col(user_key).alias("user_key"),
-            F.col(event_ts).alias("label_ts"),
+            columns.ref(event_id).alias("label_id"),
+            user.alias("user_key"),
+            at.alias("label_ts"),
             (F.col("_next_orders") == 0).cast("int").alias("churned"),
         )
     )
@@ -64,4 +65,4 @@ def fully_observed(horizon: timedelta, observed_until: datetime, *, ts: str = "e
     ``observed_until`` itself is not observed (an event at that instant may
     still arrive), and the window includes its end.
     """
-    return F.col(ts) + F.lit(horizon) < F.lit(observed_until)
+    return columns.ref(ts) + F.lit(horizon) < F.lit(observed_until)

@@ -231,7 +231,7 @@ def as_of_join(
         payload = T.StructType([f for f in features.schema.fields if f.name not in keys])
         prefilter = (
             _estimated_bytes(payload) > WIDE_PAYLOAD_BYTES
-            and _broadcastable(labels.select(*[_ref(c) for c in [*keys, label_ts]]))
+            and _broadcastable(labels.select(*[columns.ref(c) for c in [*keys, label_ts]]))
         )
     if prefilter:
         features = _usable_features(labels, features, keys, label_ts, feature_ts)
@@ -460,21 +460,16 @@ def _check_clashes(
         )
 
 
-def _ref(name: str) -> Column:
-    """Refer to a column by its exact name, even with dots or backticks in it."""
-    return F.col("`" + name.replace("`", "``") + "`")
-
-
 def _key(i: int) -> str:
     return f"__pit_key{i}"
 
 
 def _renamed_keys(keys: list[str]) -> list[Column]:
-    return [_ref(k).alias(_key(i)) for i, k in enumerate(keys)]
+    return [columns.ref(k).alias(_key(i)) for i, k in enumerate(keys)]
 
 
-def _packed(columns: list[str]) -> Column:
-    return F.struct(*[_ref(c) for c in columns])
+def _packed(names: list[str]) -> Column:
+    return F.struct(*[columns.ref(c) for c in names])
 
 
 def _tagged_union(
@@ -486,17 +481,17 @@ def _tagged_union(
     payload_type = features.select(_packed(feature_columns)).schema[0].dataType
     label_side = labels.select(
         *_renamed_keys(keys),
-        _ref(label_ts).alias(_TS),
+        columns.ref(label_ts).alias(_TS),
         F.lit(_LABEL_KIND).alias(_KIND),
         _packed(labels.columns).alias(_LABEL),
         F.lit(None).cast(payload_type).alias(_PAYLOAD),
     )
     usable = F.lit(True)
     for c in [*keys, feature_ts]:
-        usable = usable & _ref(c).isNotNull()
+        usable = usable & columns.ref(c).isNotNull()
     feature_side = features.where(usable).select(
         *_renamed_keys(keys),
-        _ref(feature_ts).alias(_TS),
+        columns.ref(feature_ts).alias(_TS),
         F.lit(_FEATURE).alias(_KIND),
         F.lit(None).cast(label_type).alias(_LABEL),
         _packed(feature_columns).alias(_PAYLOAD),
@@ -541,8 +536,8 @@ def _usable_features(
     )
     same = reduce(
         Column.__and__,
-        [_ref(k) == _ref(pair_names[_key(i)]) for i, k in enumerate(keys)],
-        _ref(feature_ts) == _ref(pair_names[_FOUND]),
+        [columns.ref(k) == columns.ref(pair_names[_key(i)]) for i, k in enumerate(keys)],
+        columns.ref(feature_ts) == columns.ref(pair_names[_FOUND]),
     )
     return features.join(F.broadcast(pairs), same, "left_semi")
 

@@ -43,7 +43,7 @@ def temporal_split(
     check_bounds(t1, t2, gap)
     (ts,) = columns.resolve(labels, (ts,), what="labels")
     _check_time(labels, ts, "labels")
-    fits = _fits(F.col(ts), t1, t2, gap)
+    fits = _fits(columns.ref(ts), t1, t2, gap)
     part = F.when(fits["train"], F.lit("train"))
     for name in PARTS[1:]:
         part = part.when(fits[name], F.lit(name))
@@ -116,7 +116,7 @@ def group_split(
         raise TypeError(f"key={key!r} is {found.simpleString()}; a group key of a map or variant "
                         "type cannot be hashed: use another column")
     buckets = 1_000_000
-    position = F.pmod(F.xxhash64(F.lit(seed), F.col(key)), F.lit(buckets)) / buckets
+    position = F.pmod(F.xxhash64(F.lit(seed), columns.ref(key)), F.lit(buckets)) / buckets
     train_end, validation_end = fractions[0], fractions[0] + fractions[1]
     part = (
         F.when(position < train_end, F.lit("train"))
@@ -166,16 +166,17 @@ def leakage(
         _check_time(split, ts, "split")
     problems: list[str] = []
     if key is not None:
-        shared = (
-            split.groupBy(key).agg(F.countDistinct(part_column).alias("parts")).filter("parts > 1").count()
-        )
+        parts = F.countDistinct(columns.ref(part_column)).alias("_parts")
+        shared = split.groupBy(columns.ref(key)).agg(parts).filter(F.col("_parts") > 1).count()
         if shared:
             problems.append(f"{shared} value(s) of {key} appear in more than one part")
     # One row per split value; with ``ts``, its first label and how far its windows reach.
     per_part = [F.count(F.lit(1)).alias("rows")]
     if ts is not None:
         # A date plus an interval is a timestamp: compare dates as their midnight.
-        at = F.col(ts).cast("timestamp") if isinstance(split.schema[ts].dataType, T.DateType) else F.col(ts)
+        at = columns.ref(ts)
+        if isinstance(split.schema[ts].dataType, T.DateType):
+            at = at.cast("timestamp")
         reach = F.lit(horizon)
         per_part += [F.min(at).alias("first"), F.max(at + reach).alias("last_reach")]
         if t1 is not None and t2 is not None:
@@ -184,10 +185,10 @@ def leakage(
             # A row fits when it is in a part whose rule holds; a null time fits none.
             rules = _fits(at, t1, t2, horizon).items()
             fitting = reduce(
-                Column.__or__, [(F.col(part_column) == F.lit(name)) & rule for name, rule in rules]
+                Column.__or__, [(columns.ref(part_column) == F.lit(name)) & rule for name, rule in rules]
             )
             per_part.append(F.count_if(~F.coalesce(fitting, F.lit(False))).alias("outside"))
-    rows = split.groupBy(part_column).agg(*per_part).collect()
+    rows = split.groupBy(columns.ref(part_column)).agg(*per_part).collect()
     unknown = sorted(repr(row[part_column]) for row in rows if row[part_column] not in PARTS)
     if unknown:
         problems.append(f"{SPLIT} value(s) {', '.join(unknown)} are not one of {', '.join(PARTS)}")

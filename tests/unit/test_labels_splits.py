@@ -268,6 +268,14 @@ def test_names_match_regardless_of_case_as_spark_resolves_them(spark: SparkSessi
     leaky = spelt.withColumn("Split", F.when(F.col("label_id") == "e2", "test").otherwise("train"))
     found = leakage(leaky, key="USER_KEY", ts="label_ts", horizon=gap)
     assert "1 value(s) of User_Key appear in more than one part" in found
+    # A dot in a name is part of it, not a struct field.
+    dotted = leaky.withColumnsRenamed({"User_Key": "user.key", "LABEL_TS": "label.ts", "Split": "split"})
+    assert leakage(dotted, key="user.key", ts="label.ts", horizon=gap) == [
+        problem.replace("User_Key", "user.key") for problem in found
+    ]
+    dotted_split = temporal_split(dotted.drop("split"), ts="label.ts", t1=t1, t2=t2, gap=gap)
+    assert leakage(group_split(dotted_split, key="user.key"), key="user.key") == []
+    assert dotted_split.count() == 3
     twice = spelt.select("*", F.col("LABEL_TS").alias("label_TS"))
     with pytest.raises(MissingColumnsError, match=r"differ from it only in case, \['LABEL_TS', 'label_TS'\]"):
         temporal_split(twice, ts="label_ts", t1=t1, t2=t2, gap=gap)
