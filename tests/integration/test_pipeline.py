@@ -135,11 +135,10 @@ def test_day_by_day_in_shuffled_order_equals_full_gold(spark: SparkSession, run:
 def test_rerunning_changes_nothing(spark: SparkSession, run: Settings) -> None:
     names = [run.table(t) for t in run.tables if t.startswith(("bronze_", "silver_", "gold_"))]
     before = {name: tables.read(spark, name).collect() for name in names}
-    # Not a commit either: rewriting the same rows, or a ledger row for work already
-    # done, would show as a new version. The one exception: a date named again is
-    # gated again, and that gate run is recorded like any other.
-    gate_log = run.table("ops_quality_results")
-    every = [name for name in map(run.table, run.tables) if name != gate_log and tables.exists(spark, name)]
+    # Not a commit either: rewriting the same rows, a ledger row for work already
+    # done, or a gate run's results (the runs add no row, so no gate runs), would
+    # show as a new version.
+    every = [name for name in map(run.table, run.tables) if tables.exists(spark, name)]
     versions = {name: tables.current_version(spark, name) for name in every}
     pipeline.run(spark, run, "all", DateSelection(date(2026, 3, 2)))
     pipeline.run(spark, run, "all", DateSelection())
@@ -287,6 +286,39 @@ def test_failing_gate_leaves_silver_unchanged(
     bronze_rows = tables.read(spark, settings.table("bronze_order_placed")).select("amount").collect()
     amounts = {str(r[0]) for r in bronze_rows if r[0] is not None}
     assert not any(a in text for a in amounts if len(a) > 3)
+
+
+def test_a_batch_that_adds_no_row_is_not_gated(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Expectations on the whole set of rows fail on an empty one: gated, a batch of
+    # duplicates only would fail on every run, whatever its data.
+    settings = _with_contracts(base_settings, tmp_path, {
+        "orders_in_bulk": "table: silver_orders\nexpectations:\n"
+        "  - expect_table_row_count_to_be_between: {min_value: 1}\n"
+        "  - expect_column_max_to_be_between: {column: amount, max_value: 1000}\n"
+    })
+    day = date(2026, 3, 1)
+    generate(settings.landing_dir, seed=3, users=15, days=1, start=day, faults=FaultRates.none())
+    pipeline.ensure_tables(spark, settings)
+    bronze.ingest(spark, settings, "order_placed", [day])
+    silver.process(spark, settings, "order_placed", [day], pii_key(settings))
+    written = count_rows(spark, settings, "silver_orders")
+    assert written > 0
+    # The feed sends the day's file again, its lines in another order: a new batch of copies.
+    path = landing_file(settings.landing_dir, "order_placed", day)
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(reversed(lines)))
+    bronze.ingest(spark, settings, "order_placed", [day])
+    with caplog.at_level("INFO", logger="lakeward"):
+        result = silver.process(spark, settings, "order_placed", [day], pii_key(settings))
+    assert "quality: orders_in_bulk not run for order_placed:2026-03-01: no rows to add" in caplog.messages
+    assert count_rows(spark, settings, "silver_orders") == written
+    ledger = tables.read(spark, settings.table("ops_silver_batches")).collect()
+    assert sorted((r["rows_written"], r["rows_duplicate"]) for r in ledger) == [(0, len(lines)), (written, 0)]
+    assert result.rows_written == 0
+    gated = tables.read(spark, settings.table("ops_quality_results")).collect()
+    assert len(gated) == 2 and all(r["success"] for r in gated)
 
 
 def test_a_failing_gate_keeps_what_the_other_sources_wrote(
