@@ -298,14 +298,19 @@ class ContractError(RuntimeError):
 # From the first quote on: Spark quotes the value it could not handle, and a value
 # may hold quotes or a line break itself.
 _QUOTED = re.compile(r"['\"].*")
+# Py4J's first line only names the JVM call; the Java error is on the next, and a
+# failed task's own error comes after the job's "Lost task ... (TID n) (host ...): ".
+_PY4J_CALL = re.compile(r"An error occurred while calling \S+$")
+_LOST_TASK = re.compile(r"^(?:\S+: )?Job aborted due to stage failure: .*?\(TID \d+\) \(.*?\): ")
 
 
 def _raised(info: Any) -> str | None:
     """The error in a result's ``exception_info``, without quoted values; None when nothing was raised.
 
     It is one ``{raised_exception, exception_message, ...}``, or one such per
-    metric the expectation computed. Only the first line is kept, up to its
-    first quote: a Spark error quotes the row value it failed on.
+    metric the expectation computed. Only the first line is kept (of a JVM
+    error, the Java error's, not Py4J's), up to its first quote: a Spark error
+    quotes the row value it failed on.
     """
     if not isinstance(info, dict):
         return None
@@ -313,6 +318,8 @@ def _raised(info: Any) -> str | None:
     for entry in entries:
         if entry.get("raised_exception"):
             lines = str(entry.get("exception_message") or "").strip().splitlines()
+            if len(lines) > 1 and _PY4J_CALL.match(lines[0]):
+                lines = [_LOST_TASK.sub("", lines[1].removeprefix(": "))]
             return _QUOTED.sub("'…'", lines[0])[:300] if lines else "an error"
     return None
 

@@ -231,6 +231,17 @@ def test_an_expectation_great_expectations_cannot_evaluate_is_not_a_failed_gate(
     assert "\n" not in str(raised.value) and "secret" not in str(raised.value)
 
 
+def test_a_jvm_error_is_reported_as_the_java_error_of_the_failed_task(spark: SparkSession) -> None:
+    df = spark.createDataFrame([("abc", 1.0), ("secret", 2.0)], "key string, amount double")
+    broken = ("expect_column_values_to_match_regex", {"column": "key", "regex": "^[0-9a-f"})
+    with pytest.raises(quality.ContractError) as raised:
+        quality.validate(df, replace(CONTRACT, expectations=(broken,)))
+    assert str(raised.value) == (
+        "probe: expectations[0] expect_column_values_to_match_regex: Great Expectations could not "
+        "evaluate it: java.util.regex.PatternSyntaxException: Unclosed character class near index 7"
+    )
+
+
 def test_a_table_without_a_contract_is_not_written_ungated(
     spark: SparkSession, base_settings: Settings, tmp_path: Path
 ) -> None:
