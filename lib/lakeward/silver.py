@@ -27,7 +27,7 @@ from pyspark.sql import types as T
 
 from lakeward import interrupt, quality, tables
 from lakeward.config import ConfigError, PipelineSettings, Settings
-from lakeward.privacy.keys import fingerprint
+from lakeward.privacy.keys import fingerprint, withdraw_generated_key
 from lakeward.privacy.pseudonymize import hmac_sha256
 from lakeward.sources.bitebridge import DRIFT_NEW_FIELD, DRIFT_RENAMED_FIELD
 
@@ -291,6 +291,13 @@ def refuse_other_key(recorded: Mapping[str, Sequence[str]], key: bytes) -> None:
     """
     mark = fingerprint(key)
     others = {other: sources for other, sources in recorded.items() if other != mark}
+    trimmed = key.strip()
+    # A key set from a file often ends in its newline; a key file is read without it.
+    hint = (
+        ". This run's key starts or ends with whitespace (a newline from a file?), without which "
+        "it is the key the rows were written with"
+        if trimmed != key and fingerprint(trimmed) in others else ""
+    )
     if others:
         written = "; ".join(
             f"{', '.join(sources)} under the key whose fingerprint is {other}"
@@ -300,7 +307,7 @@ def refuse_other_key(recorded: Mapping[str, Sequence[str]], key: bytes) -> None:
             f"silver holds rows pseudonymized with another key than this run's (fingerprint {mark}): "
             f"{written}. The same person would get a second user_key. Run with the key those rows were "
             "written with; to change the key, drop the silver tables, and their rows are pseudonymized "
-            "again from bronze with the new one"
+            f"again from bronze with the new one{hint}"
         )
 
 
@@ -676,7 +683,16 @@ def process_work(spark: SparkSession, settings: Settings, work: Work, key: bytes
             contracts = require_contracts(settings, [source for source, _ in todo])
         finally:
             # A changed key is the first thing to say, also when a contract is broken too.
-            refuse_other_key(recorded.result(), key)
+            try:
+                refuse_other_key(recorded.result(), key)
+            except KeyChangedError as changed:
+                generated = withdraw_generated_key(settings)
+                if generated is None:
+                    raise
+                raise KeyChangedError(
+                    f"{changed}. {generated} was missing, so this run generated a key there, now removed "
+                    "again: put back the key the rows were written with"
+                ) from None
     gates: dict[str, list[quality.GateResult]] = {source: [] for source, _ in todo}
     with interrupt.pool(max(1, len(todo))) as pool:
         futures = [

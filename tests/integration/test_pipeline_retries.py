@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sys
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
@@ -292,11 +293,24 @@ def test_a_silver_ledger_from_before_batch_ids_still_marks_its_dates_done(
     pipeline.run_silver(spark, settings, DateSelection(days[0]))
     assert silver_ledger(spark, settings, "order_placed", days[0]) == [(1, 0, 0, 1)]
 
-    monkeypatch.setenv(settings.privacy.pii_key_env, "another key, long enough to be one")
+    variable = settings.privacy.pii_key_env
+    key = pii_key(settings).decode()
+    monkeypatch.setenv(variable, "another key, long enough to be one")
     versions = {source: tables.current_version(spark, settings.table(spec.table))
                 for source, spec in silver.SOURCES.items()}
     with pytest.raises(silver.KeyChangedError, match=r"(?=.*delivery_completed)(?=.*users).*second user_key"):
         pipeline.run_silver(spark, settings, DateSelection(days[1]))
+    # The key as a secret file gives it, with its newline: the message says what differs.
+    monkeypatch.setenv(variable, key + "\n")
+    with pytest.raises(silver.KeyChangedError, match=r"ends with whitespace \(a newline from a file\?\)"):
+        pipeline.run_silver(spark, settings, DateSelection(days[1]))
+    # No key at all: local work generates one, and takes it away again once refused.
+    monkeypatch.delenv(variable)
+    key_file = settings.data_root / "pii.key"
+    withdrawn = f"{re.escape(str(key_file))} was missing, .* now removed again"
+    with pytest.raises(silver.KeyChangedError, match=withdrawn):
+        pipeline.run_silver(spark, settings, DateSelection(days[1]))
+    assert not key_file.exists()
     assert versions == {source: tables.current_version(spark, settings.table(spec.table))
                         for source, spec in silver.SOURCES.items()}
 

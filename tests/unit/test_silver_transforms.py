@@ -223,3 +223,6 @@ def test_a_key_other_than_the_one_silver_wrote_with_is_refused_naming_fingerprin
         f"order_placed, users under the key whose fingerprint is {fingerprint(key)}. "
     )
     assert "kkkk" not in str(refused.value) and "jjjj" not in str(refused.value)
+    assert "whitespace" not in str(refused.value)
+    with pytest.raises(silver.KeyChangedError, match=r"key starts or ends with whitespace \(a newline"):
+        silver.refuse_other_key({fingerprint(key): ["users"]}, key + b"\n")

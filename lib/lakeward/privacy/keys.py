@@ -22,6 +22,10 @@ log = logging.getLogger(__name__)
 KEY_FILE = "pii.key"
 MIN_KEY_BYTES = 16
 
+# The key files this process generated, with their keys: a run refused because
+# silver's rows were written under another key takes its new file away again.
+_generated: dict[Path, bytes] = {}
+
 
 class MissingKeyError(ConfigError):
     """No usable pseudonymization key where one is required: a configuration error (exit 2)."""
@@ -105,8 +109,27 @@ def _local_key(path: Path, variable: str) -> bytes:
         return _read_key_file(path)
     finally:
         draft.unlink(missing_ok=True)
+    _generated[path] = key
     log.warning("%s is not set: generated a local pseudonymization key at %s", variable, path)
     return key
+
+
+def withdraw_generated_key(settings: Settings) -> Path | None:
+    """Remove the key file this process generated under the data root, if it still holds that key.
+
+    Its path, or None when this process generated none there. For a run
+    refused because silver's rows were written under another key: the file
+    was missing, and the key that belongs there is that other one.
+    """
+    path = settings.data_root / KEY_FILE
+    key = _generated.pop(path, None)
+    try:
+        if key is None or path.read_bytes().strip() != key:
+            return None
+        path.unlink()
+    except FileNotFoundError:
+        return None
+    return path
 
 
 def _read_key_file(path: Path) -> bytes:
