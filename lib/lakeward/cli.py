@@ -370,11 +370,11 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     _check_training_set_name(args, settings)
     if args.command in ("train", "dp-sweep"):
         settings = _training_settings(args, settings)
-    from lakeward.privacy.keys import check_key, pii_key
+    from lakeward.privacy.keys import check_key
     from lakeward.session import check_master, get_spark
 
     # Configuration errors first (exit 2), then missing input (exit 1), and only then
-    # anything written under the data root: a local key, the lock, the catalog.
+    # anything written under the data root: the lock, the catalog, a local key (by silver).
     if args.command in ("run", "demo"):
         check_key(settings)  # refuse to start without a key where one is required
     if args.command == "demo" or (args.command == "run" and args.stage in ("silver", "all")):
@@ -389,8 +389,6 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         refuse_future(selection)
         if args.stage in ("bronze", "all"):
             bronze_landing(settings, selection)
-    if args.command in ("run", "demo"):
-        pii_key(settings)
     if args.command == "sql":
         return _sql(settings, args)
     spark = get_spark(settings)

@@ -36,7 +36,8 @@ def resolve(
 
     A name resolves to the column of that name or, unless the session is case
     sensitive, to the one column equal to it but for case, as Spark resolves
-    names. Spark's own error names one unresolved column, deep in a plan;
+    names; several such columns are ambiguous to Spark, one of them spelt as
+    given included. Spark's own error names one unresolved column, deep in a plan;
     this one names every missing column, what ``what`` was expected to have
     (``expecting``; by default the list of names) and what it has.
     """
@@ -44,15 +45,16 @@ def resolve(
     resolved, missing = [], []
     for name in expected:
         spelt = [c for c in df.columns if c.lower() == name.lower()] if blind else []
+        if len(spelt) > 1:
+            # Spark finds them ambiguous, even when one is spelt as given.
+            raise error(
+                f"{what} has several columns that {name!r} names, differing only in case, {spelt}: "
+                "Spark cannot tell them apart unless spark.sql.caseSensitive is on; rename all but one"
+            )
         if name in df.columns:
             resolved.append(name)
-        elif len(spelt) == 1:
-            resolved.append(spelt[0])
         elif spelt:
-            raise error(
-                f"{what} has no column {name!r} but several that differ from it only in case, "
-                f"{spelt}: name one exactly"
-            )
+            resolved.append(spelt[0])
         else:
             missing.append(name)
     if missing:

@@ -319,7 +319,8 @@ def _raised(info: Any) -> str | None:
         if entry.get("raised_exception"):
             lines = str(entry.get("exception_message") or "").strip().splitlines()
             if len(lines) > 1 and _PY4J_CALL.match(lines[0]):
-                lines = [_LOST_TASK.sub("", lines[1].removeprefix(": "))]
+                java = _LOST_TASK.sub("", lines[1].removeprefix(":").strip())
+                lines = [java] if java else lines
             return _QUOTED.sub("'…'", lines[0])[:300] if lines else "an error"
     return None
 

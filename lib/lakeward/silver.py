@@ -686,7 +686,7 @@ def process_work(spark: SparkSession, settings: Settings, work: Work, key: bytes
             try:
                 refuse_other_key(recorded.result(), key)
             except KeyChangedError as changed:
-                generated = withdraw_generated_key(settings)
+                generated = withdraw_generated_key(settings, key)
                 if generated is None:
                     raise
                 raise KeyChangedError(
@@ -766,7 +766,7 @@ def _write_source(
 ) -> _Written:
     """Gate and write one source; its gate result is added to ``gates`` before anything can raise.
 
-    No gate runs when the batches add no row: there is nothing to check.
+    No gate runs when the batches put no row in the table (see the comment there).
 
     Only the rows of batches in bronze's ledger are taken: bronze records a
     batch after its rows, so rows of a batch it has not recorded are what a
@@ -809,9 +809,10 @@ def _write_source(
                 gates.append(gate)
                 gate.raise_if_failed()
             else:
-                # No row to add (all duplicates, or all refused): a table-level or
-                # aggregate expectation (a row count, a column's max) fails on no
-                # rows, and would hold these batches back on every run.
+                # No row to put (all duplicates, refused, or rows of batches already
+                # done): a table-level or aggregate expectation (a row count, a
+                # column's max) fails on no rows, and would hold these batches back
+                # on every run.
                 log.info("quality: %s not run for %s: no rows to add", contract.suite, batch)
             stats = _stats(batches, arrivals, written)
             # Held apart before the insert: a write to the table drops the cache of

@@ -277,8 +277,12 @@ def test_names_match_regardless_of_case_as_spark_resolves_them(spark: SparkSessi
     assert leakage(group_split(dotted_split, key="user.key"), key="user.key") == []
     assert dotted_split.count() == 3
     twice = spelt.select("*", F.col("LABEL_TS").alias("label_TS"))
-    with pytest.raises(MissingColumnsError, match=r"differ from it only in case, \['LABEL_TS', 'label_TS'\]"):
+    with pytest.raises(MissingColumnsError, match=r"differing only in case, \['LABEL_TS', 'label_TS'\]"):
         temporal_split(twice, ts="label_ts", t1=t1, t2=t2, gap=gap)
+    # One of them spelt as given is no less ambiguous to Spark.
+    exact = spelt.select("*", F.col("LABEL_TS").alias("label_ts"))
+    with pytest.raises(MissingColumnsError, match=r"differing only in case, \['LABEL_TS', 'label_ts'\]"):
+        temporal_split(exact, ts="label_ts", t1=t1, t2=t2, gap=gap)
     spark.conf.set("spark.sql.caseSensitive", "true")
     try:
         with pytest.raises(MissingColumnsError, match=r"labels is missing column\(s\) \['label_ts'\]"):

@@ -665,7 +665,7 @@ def test_names_match_regardless_of_case_as_spark_resolves_them(spark: SparkSessi
     with pytest.raises(ValueError, match=repeated):
         as_of_join(labels, features, keys=["user", "USER"], label_ts="ts", feature_ts="Fts", prefix="f_")
     twice = labels.select("*", F.col("User").alias("USER"))
-    with pytest.raises(MissingColumnsError, match=r"differ from it only in case, \['User', 'USER'\]"):
+    with pytest.raises(MissingColumnsError, match=r"differing only in case, \['User', 'USER'\]"):
         as_of_join(twice, features, keys=["user"], label_ts="ts", feature_ts="Fts", prefix="f_")
     by_set = as_of_join(labels, features, keys={"user"}, label_ts="ts", feature_ts="Fts", prefix="f_")
     assert by_set.columns == joined.columns

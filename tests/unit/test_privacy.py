@@ -10,7 +10,14 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from lakeward.config import load_settings
-from lakeward.privacy.keys import MissingKeyError, _warn_short_once, fingerprint, pii_key
+from lakeward.privacy.keys import (
+    MissingKeyError,
+    _warn_short_once,
+    check_key,
+    fingerprint,
+    pii_key,
+    withdraw_generated_key,
+)
 from lakeward.privacy.pseudonymize import hmac_sha256
 
 VALUES = ["usr_0123456789ab", "", "Müller ünïcode", "x" * 300, None]
@@ -39,6 +46,25 @@ def test_local_key_generated_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert first == second and len(first) >= 32
     assert (tmp_path / "pii.key").stat().st_mode & 0o077 == 0
     assert sum("generated a local pseudonymization key" in r.message for r in caplog.records) == 1
+
+
+def test_only_a_key_this_process_generated_and_silver_refused_is_withdrawn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("LAKEWARD_PII_KEY", raising=False)
+    settings = load_settings("local", data_root=tmp_path)
+    check_key(settings)
+    assert not (tmp_path / "pii.key").exists(), "checking the key generates none"
+    generated = pii_key(settings)
+    # Silver wrote with the generated key, and refuses another one later in the same process.
+    assert withdraw_generated_key(settings, b"another key, long enough to be one") is None
+    assert pii_key(settings) == generated
+    assert withdraw_generated_key(settings, generated) == tmp_path / "pii.key"
+    assert not (tmp_path / "pii.key").exists()
+    # A file this process did not generate stays, whatever key is refused.
+    (tmp_path / "pii.key").write_bytes(generated)
+    assert withdraw_generated_key(settings, generated) is None
+    assert (tmp_path / "pii.key").read_bytes() == generated
 
 
 def test_processes_starting_at_once_share_one_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

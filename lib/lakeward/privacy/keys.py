@@ -53,8 +53,15 @@ def fingerprint(key: bytes) -> str:
 
 
 def check_key(settings: Settings) -> None:
-    """Raise ``MissingKeyError`` now where :func:`pii_key` would; nothing is generated or written."""
-    _key_from_environment(settings)
+    """Raise ``MissingKeyError`` now where :func:`pii_key` would; nothing is generated or written.
+
+    The key is generated where it is first used, by silver: a run that stops
+    before (a busy data root, a bronze-only run) leaves no new key behind.
+    """
+    if _key_from_environment(settings) is None:
+        path = settings.data_root / KEY_FILE
+        if path.exists():
+            _read_key_file(path)
 
 
 def _key_from_environment(settings: Settings) -> bytes | None:
@@ -114,19 +121,22 @@ def _local_key(path: Path, variable: str) -> bytes:
     return key
 
 
-def withdraw_generated_key(settings: Settings) -> Path | None:
-    """Remove the key file this process generated under the data root, if it still holds that key.
+def withdraw_generated_key(settings: Settings, refused: bytes) -> Path | None:
+    """Remove the key file under the data root if this process generated it with the ``refused`` key.
 
-    Its path, or None when this process generated none there. For a run
-    refused because silver's rows were written under another key: the file
-    was missing, and the key that belongs there is that other one.
+    Its path, or None when it did not (the file holds another key, or came from
+    elsewhere). For a run refused because silver's rows were written under
+    another key: the file was missing, and the key that belongs there is that
+    other one.
     """
     path = settings.data_root / KEY_FILE
-    key = _generated.pop(path, None)
+    if _generated.get(path) != refused:
+        return None
     try:
-        if key is None or path.read_bytes().strip() != key:
+        if path.read_bytes().strip() != refused:
             return None
         path.unlink()
+        del _generated[path]
     except FileNotFoundError:
         return None
     return path
