@@ -44,7 +44,8 @@ def resolve(
     blind = not case_sensitive(df)
     resolved, missing = [], []
     for name in expected:
-        spelt = [c for c in df.columns if c.lower() == name.lower()] if blind else []
+        # Distinct spellings: a name repeated exactly is the caller's to report.
+        spelt = list(dict.fromkeys(c for c in df.columns if c.lower() == name.lower())) if blind else []
         if len(spelt) > 1:
             # Spark finds them ambiguous, even when one is spelt as given.
             raise error(
