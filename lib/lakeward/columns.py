@@ -75,13 +75,16 @@ def equatable(data_type: T.DataType) -> bool:
     return not isinstance(data_type, T.MapType | T.VariantType)
 
 
-def not_a_time(df: DataFrame, column: str, *, arg: str, what: str) -> str | None:
-    """What is wrong with ``column`` of ``df`` as a time (``arg`` names it), or None for a time.
+def require_time(
+    df: DataFrame, column: str, *, arg: str, what: str, error: type[Exception] = TypeError
+) -> None:
+    """Raise ``error`` unless ``column`` of ``df`` (given as ``arg``) is a time.
 
     A timestamp, with or without time zone, or a date: given text, Spark would
     parse it silently, and fail at the first value that is not one.
     """
     found = df.schema[column].dataType
-    if isinstance(found, T.TimestampType | T.TimestampNTZType | T.DateType):
-        return None
-    return f"{arg}={column!r} in {what} must be a timestamp or date column; it is {found.simpleString()}"
+    if not isinstance(found, T.TimestampType | T.TimestampNTZType | T.DateType):
+        raise error(
+            f"{arg}={column!r} in {what} must be a timestamp or date column; it is {found.simpleString()}"
+        )

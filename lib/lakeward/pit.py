@@ -393,9 +393,7 @@ def _check_types(
     """
     for side, df, arg, name in (("labels", labels, "label_ts", label_ts),
                                 ("features", features, "feature_ts", feature_ts)):
-        problem = columns.not_a_time(df, name, arg=arg, what=side)
-        if problem:
-            raise AsOfJoinError(problem)
+        columns.require_time(df, name, arg=arg, what=side, error=AsOfJoinError)
     for key in keys:
         left, right = labels.schema[key].dataType, features.schema[key].dataType
         for side, found in (("labels", left), ("features", right)):

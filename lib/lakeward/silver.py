@@ -311,6 +311,20 @@ def refuse_other_key(recorded: Mapping[str, Sequence[str]], key: bytes) -> None:
         )
 
 
+def _refuse_other_key_of_run(settings: Settings, recorded: Mapping[str, Sequence[str]], key: bytes) -> None:
+    """:func:`refuse_other_key`, taking away the key file this run generated for a missing one."""
+    try:
+        refuse_other_key(recorded, key)
+    except KeyChangedError as changed:
+        generated = withdraw_generated_key(settings, key)
+        if generated is None:
+            raise
+        raise KeyChangedError(
+            f"{changed}. {generated} was missing, so this run generated a key there, now removed "
+            "again: put back the key the rows were written with"
+        ) from None
+
+
 def _batches(spark: SparkSession, settings: Settings) -> DataFrame:
     """Bronze's batches of the silver sources; ``recorded``: whether silver's ledger has them.
 
@@ -683,16 +697,7 @@ def process_work(spark: SparkSession, settings: Settings, work: Work, key: bytes
             contracts = require_contracts(settings, [source for source, _ in todo])
         finally:
             # A changed key is the first thing to say, also when a contract is broken too.
-            try:
-                refuse_other_key(recorded.result(), key)
-            except KeyChangedError as changed:
-                generated = withdraw_generated_key(settings, key)
-                if generated is None:
-                    raise
-                raise KeyChangedError(
-                    f"{changed}. {generated} was missing, so this run generated a key there, now removed "
-                    "again: put back the key the rows were written with"
-                ) from None
+            _refuse_other_key_of_run(settings, recorded.result(), key)
     gates: dict[str, list[quality.GateResult]] = {source: [] for source, _ in todo}
     with interrupt.pool(max(1, len(todo))) as pool:
         futures = [

@@ -42,7 +42,7 @@ def temporal_split(
     """
     check_bounds(t1, t2, gap)
     (ts,) = columns.resolve(labels, (ts,), what="labels")
-    _check_time(labels, ts, "labels")
+    columns.require_time(labels, ts, arg="ts", what="labels")
     fits = _fits(columns.ref(ts), t1, t2, gap)
     part = F.when(fits["train"], F.lit("train"))
     for name in PARTS[1:]:
@@ -75,12 +75,6 @@ def check_bounds(t1: date, t2: date, gap: timedelta) -> None:
             f"t2 - t1 ({end - start}) must be longer than the gap ({gap}): "
             "no validation label's window would end before t2"
         )
-
-
-def _check_time(df: DataFrame, ts: str, what: str) -> None:
-    problem = columns.not_a_time(df, ts, arg="ts", what=what)
-    if problem:
-        raise TypeError(problem)
 
 
 def _check_horizon(name: str, horizon: object) -> None:
@@ -160,13 +154,14 @@ def leakage(
     names = [SPLIT, *(name for name in (key, ts) if name is not None)]
     spelt = dict(zip(names, columns.resolve(split, names, what="split"), strict=True))
     part_column = spelt[SPLIT]
+    split_value = columns.ref(part_column)
     key = None if key is None else spelt[key]
     ts = None if ts is None else spelt[ts]
     if ts is not None:
-        _check_time(split, ts, "split")
+        columns.require_time(split, ts, arg="ts", what="split")
     problems: list[str] = []
     if key is not None:
-        parts = F.countDistinct(columns.ref(part_column)).alias("_parts")
+        parts = F.countDistinct(split_value).alias("_parts")
         shared = split.groupBy(columns.ref(key)).agg(parts).filter(F.col("_parts") > 1).count()
         if shared:
             problems.append(f"{shared} value(s) of {key} appear in more than one part")
@@ -184,11 +179,9 @@ def leakage(
             check_bounds(t1, t2, horizon)
             # A row fits when it is in a part whose rule holds; a null time fits none.
             rules = _fits(at, t1, t2, horizon).items()
-            fitting = reduce(
-                Column.__or__, [(columns.ref(part_column) == F.lit(name)) & rule for name, rule in rules]
-            )
+            fitting = reduce(Column.__or__, [(split_value == F.lit(name)) & rule for name, rule in rules])
             per_part.append(F.count_if(~F.coalesce(fitting, F.lit(False))).alias("outside"))
-    rows = split.groupBy(columns.ref(part_column)).agg(*per_part).collect()
+    rows = split.groupBy(split_value).agg(*per_part).collect()
     unknown = sorted(repr(row[part_column]) for row in rows if row[part_column] not in PARTS)
     if unknown:
         problems.append(f"{SPLIT} value(s) {', '.join(unknown)} are not one of {', '.join(PARTS)}")
