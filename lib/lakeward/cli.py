@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import re
 import sys
@@ -514,6 +513,8 @@ def _ml_command(spark: Any, args: argparse.Namespace, settings: Settings) -> int
 
 def _train_report(summary: TrainSummary) -> str:
     """What ``train`` and ``dp-sweep`` print: the run ids a user passes on, and each model's test ROC-AUC."""
+    from lakeward.train import shown_auc
+
     lines = [f"parent run: {summary.parent_run_id}", f"experiment: {summary.experiment_id}"]
     if summary.model_version is not None:
         lines.append(f"registered model: {summary.model_name} version {summary.model_version}")
@@ -523,9 +524,7 @@ def _train_report(summary: TrainSummary) -> str:
     width = max(map(len, names))
     for name, result in zip(names, runs, strict=True):
         # A split can leave the test part empty; the runs are logged all the same.
-        auc = result.metrics.get("test_roc_auc", math.nan)
-        shown = "n/a" if math.isnan(auc) else f"{auc:.4f}"
-        lines.append(f"  {name:<{width}}  run {result.run_id}  test ROC-AUC {shown}")
+        lines.append(f"  {name:<{width}}  run {result.run_id}  test ROC-AUC {shown_auc(result)}")
     if summary.plot is not None:
         lines.append(f"plot: {summary.plot}")
     return "\n".join(lines) + "\n"

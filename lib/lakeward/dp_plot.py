@@ -8,13 +8,17 @@ backend and no global matplotlib state, so it works on headless machines and in 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
 
 def plot_sweep(points: Sequence[tuple[float, float]], twin_roc_auc: float, path: Path,
                *, title: str = "") -> Path:
-    """Write the PNG to ``path`` (parents created) and return it."""
+    """Write the PNG to ``path`` (parents created) and return it.
+
+    A NaN ROC-AUC (no test part of both classes) is left out: no point, no twin line.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -23,7 +27,12 @@ def plot_sweep(points: Sequence[tuple[float, float]], twin_roc_auc: float, path:
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     axes.plot([eps for eps, _ in ordered], [auc for _, auc in ordered], marker="o", label="DP-SGD")
-    axes.axhline(twin_roc_auc, color="grey", linestyle="--", label=f"non-private twin ({twin_roc_auc:.3f})")
+    if not math.isnan(twin_roc_auc):
+        axes.axhline(twin_roc_auc, color="grey", linestyle="--",
+                     label=f"non-private twin ({twin_roc_auc:.3f})")
+    if all(math.isnan(value) for value in [twin_roc_auc, *(auc for _, auc in ordered)]):
+        axes.text(0.5, 0.5, "no test ROC-AUC: the test part is empty or of one class",
+                  transform=axes.transAxes, ha="center", va="center")
     axes.set_xscale("log")
     axes.set_xticks([eps for eps, _ in ordered], labels=[f"{eps:g}" for eps, _ in ordered])
     axes.minorticks_off()

@@ -202,7 +202,14 @@ def _prepare(spark: SparkSession, snapshot: tracking.TrainingSnapshot, data: Tra
         check_epsilon(options.epsilon)
         check_delta(delta, rows)
     preprocessor = Preprocessor.fit(data.train.x)
-    z = {split: preprocessor.transform(data.split(split).x) for split in SPLITS}
+    z_train = preprocessor.transform(data.train.x)
+    # A group split can leave validation or test empty; scikit-learn refuses to transform no rows.
+    z = {
+        split: preprocessor.transform(data.split(split).x) if data.split(split).rows
+        else np.empty((0, z_train.shape[1]), dtype=z_train.dtype)
+        for split in SPLITS
+    }
+    z["train"] = z_train
     inputs = tracking.training_inputs(spark, snapshot)
     return _Prepared(snapshot, data, preprocessor, z, delta, experiment_id, inputs)
 
@@ -283,26 +290,40 @@ def sweep_snapshot(
         mlflow.log_param("dp_sweep.epsilons", json.dumps(sorted(epsilons)))
         twin = _train_twin(settings, prepared, register=False)
         runs = [_train_dp(settings, prepared, eps, register=False) for eps in sorted(epsilons)]
+        # Without a test part of both classes there is no test ROC-AUC: nothing is logged for it,
+        # and the plot shows no point.
         for result in runs:
-            eps = result.privacy.epsilon_target
-            mlflow.log_metric("test_roc_auc_dp", result.metrics["test_roc_auc"], step=_step(eps))
-        mlflow.log_metric("test_roc_auc_non_private", twin.metrics["test_roc_auc"])
+            if not math.isnan(auc := _test_auc(result)):
+                mlflow.log_metric("test_roc_auc_dp", auc, step=_step(result.privacy.epsilon_target))
+        if not math.isnan(auc := _test_auc(twin)):
+            mlflow.log_metric("test_roc_auc_non_private", auc)
         from lakeward.dp_plot import plot_sweep
 
         path = settings.plots_dir / f"dp_sweep_{parent.info.run_id}.png"
         plot_sweep(
-            [(r.privacy.epsilon_target, r.metrics["test_roc_auc"]) for r in runs],
-            twin.metrics["test_roc_auc"],
+            [(r.privacy.epsilon_target, _test_auc(r)) for r in runs],
+            _test_auc(twin),
             path,
             title=f"{options.model}, {options.epochs} epochs, delta {prepared.delta:.2g}",
         )
         mlflow.log_artifact(str(path), "plots")
     log.info("dp-sweep: parent run %s; plot %s", parent.info.run_id, path)
     for result in runs:
-        log.info("dp-sweep: epsilon %g (spent %.3f): test ROC-AUC %.4f", result.privacy.epsilon_target,
-                 result.privacy.epsilon_spent, result.metrics["test_roc_auc"])
-    log.info("dp-sweep: non-private twin: test ROC-AUC %.4f", twin.metrics["test_roc_auc"])
+        log.info("dp-sweep: epsilon %g (spent %.3f): test ROC-AUC %s", result.privacy.epsilon_target,
+                 result.privacy.epsilon_spent, shown_auc(result))
+    log.info("dp-sweep: non-private twin: test ROC-AUC %s", shown_auc(twin))
     return TrainSummary(parent.info.run_id, experiment_id, snapshot, {TWIN: twin}, plot=path, sweep=runs)
+
+
+def _test_auc(result: ModelResult) -> float:
+    """The test ROC-AUC, NaN when the test part is empty (no metric) or of one class."""
+    return result.metrics.get("test_roc_auc", math.nan)
+
+
+def shown_auc(result: ModelResult) -> str:
+    """The test ROC-AUC as printed: four decimals, or ``n/a`` where there is none."""
+    auc = _test_auc(result)
+    return "n/a" if math.isnan(auc) else f"{auc:.4f}"
 
 
 def _step(epsilon: float) -> int:

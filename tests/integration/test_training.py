@@ -319,6 +319,28 @@ def test_dp_sweep_runs_each_epsilon_beside_the_twin_and_logs_a_plot(trained, spa
     assert json.loads(parent["training.sweep_epsilons"]) == [1.0, 4.0]
 
 
+def test_a_training_set_without_validation_and_test_parts_still_sweeps(
+    trained, spark: SparkSession
+) -> None:
+    """A group split may leave parts empty (the build warns): the runs are logged without test metrics."""
+    from lakeward import training_set
+    from lakeward.cli import _train_report
+    from lakeward.train import sweep
+
+    settings, _ = trained
+    train_only = settings.training_set.model_copy(update={"fractions": (1.0, 0.0, 0.0)})
+    settings = settings.model_copy(update={"training_set": train_only})
+    built = training_set.build(spark, settings, name="train_only")
+    assert built.split_rows["validation"] == built.split_rows["test"] == 0
+    summary = sweep(spark, settings, [3.0], table="train_only")
+    runs = [*summary.results.values(), *summary.sweep]
+    assert all("test_roc_auc" not in r.metrics and "train_roc_auc" in r.metrics for r in runs)
+    assert _train_report(summary).count("test ROC-AUC n/a") == 2
+    assert summary.plot is not None and summary.plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    metrics = client(settings).get_run(summary.parent_run_id).data.metrics
+    assert "test_roc_auc_dp" not in metrics and "test_roc_auc_non_private" not in metrics
+
+
 def test_each_logged_model_gives_what_its_signature_says(trained, spark: SparkSession) -> None:
     settings, summary = trained
     client(settings)

@@ -140,6 +140,9 @@ def test_sweep_plot_is_a_png(tmp_path: Path) -> None:
 
     path = plot_sweep([(8.0, 0.74), (0.5, 0.6), (2.0, 0.7)], 0.76, tmp_path / "plots" / "sweep.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Without a test part there is no ROC-AUC to draw.
+    empty = plot_sweep([(1.0, math.nan)], math.nan, tmp_path / "plots" / "empty.png")
+    assert empty.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_cli_and_train_imports_leave_torch_out() -> None:
