@@ -31,4 +31,4 @@ lint: $(STAMP)
 	$(BIN)/mypy lib
 
 clean:
-	rm -rf .lakeward .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .lakeward .pytest_cache .mypy_cache .ruff_cache build dist

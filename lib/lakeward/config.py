@@ -36,7 +36,7 @@ HOME_VAR = "LAKEWARD_HOME"
 _GLOB_CHARACTERS = "*?[]{}\\"
 CONF_DIR_VAR = "LAKEWARD_CONF_DIR"
 # Settings lakeward sets itself when it loads the files; a file may not set them.
-DERIVED_KEYS = ("env", "project_dir", "conf_dir")
+DERIVED_KEYS = ("env", "conf_dir")
 # The logical table names the code asks ``Settings.table`` for; config maps each to a name.
 TABLE_KEYS = (
     "bronze_order_placed", "bronze_delivery_completed", "bronze_rating_submitted", "bronze_users",
@@ -324,7 +324,6 @@ class Settings(_Strict):
 
     env: str = "local"
     data_root: Path = Field(Path(".lakeward"), strict=False)
-    project_dir: Path = Field(Path("."), strict=False)
     conf_dir: Path = Field(Path("conf"), strict=False)
     spark: SparkSettings = Field(default_factory=SparkSettings)
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
@@ -438,13 +437,17 @@ def default_conf_dir() -> Path:
 def _installed_conf_dir() -> Path | None:
     """Where the installed distribution put its copy of ``conf/``, if it did."""
     try:
-        files = metadata.distribution("lakeward").files or []
+        distribution = metadata.distribution("lakeward")
     except metadata.PackageNotFoundError:
         return None
-    for file in files:
+    for file in distribution.files or []:
         if file.as_posix().endswith("share/lakeward/conf/base.yml"):
-            return Path(str(file.locate())).resolve().parent
-    return None
+            located = Path(str(file.locate())).resolve()
+            if located.is_file():
+                return located.parent
+    # `pip install --target T` puts the data files in T/share, though RECORD points above T.
+    beside = Path(str(distribution.locate_file(""))).resolve() / "share" / "lakeward" / "conf"
+    return beside if (beside / "base.yml").is_file() else None
 
 
 def load_settings(
@@ -496,7 +499,6 @@ def load_settings(
     if not isinstance(configured_root, str) or not configured_root:
         raise ConfigError(f"{source(['data_root'])}: data_root: expected a path (found {configured_root!r})")
     merged["env"] = env
-    merged["project_dir"] = conf_dir.parent
     merged["conf_dir"] = conf_dir
     root = data_root or os.environ.get(HOME_VAR) or configured_root
     merged["data_root"] = Path(root).expanduser().resolve()
@@ -514,15 +516,24 @@ def load_settings(
             f"Spark reads as a file name pattern; set {HOME_VAR} (or data_root) to a directory "
             f"without any of {' '.join(_GLOB_CHARACTERS)}"
         )
-    if merged["data_root"].exists() and not merged["data_root"].is_dir():
+    if ";" in str(merged["data_root"]):
+        # The local catalog's JDBC URL holds the path, and Derby reads a ';' as the start of an option.
         raise ConfigError(
-            f"data root {merged['data_root']} is not a directory; "
-            f"set {HOME_VAR} (or data_root) to a directory"
+            f"data root {merged['data_root']} has a ';' in it, which the local catalog (Derby) "
+            f"cannot take in a path; set {HOME_VAR} (or data_root) to a directory without one"
+        )
+    # The root, or the nearest of its parents that exists (where it will be made).
+    existing = next(p for p in [merged["data_root"], *merged["data_root"].parents] if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(
+            f"data root {merged['data_root']} is not a directory"
+            + ("" if existing == merged["data_root"] else f" ({existing} is a file)")
+            + f"; set {HOME_VAR} (or data_root) to a directory"
         )
     try:
         settings = Settings.model_validate(merged)
     except ValidationError as err:
-        derived_values = {key: merged[key] for key in ("env", "project_dir", "conf_dir", "data_root")}
+        derived_values = {key: merged[key] for key in ("env", "conf_dir", "data_root")}
         faults_of_base = _faults({**base, **derived_values})
 
         def blame(loc: list[str | int], message: str) -> Path:

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from lakeward.config import Settings
+from lakeward.config import HOME_VAR, ConfigError, Settings
 
 LOCK_NAME = "lakeward.lock"
 # Seconds the JVM of the lakeward command before may take to close the catalog.
@@ -52,8 +52,14 @@ def hold(settings: Settings) -> None:
     path = (settings.metastore_dir / LOCK_NAME).resolve()
     if path in _held:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:  # read-only, or not the user's: nothing can be written there
+        raise ConfigError(
+            f"cannot write in the data root {settings.data_root} ({err.strerror}: {err.filename}); "
+            f"set {HOME_VAR} (or data_root) to a directory you can write in"
+        ) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -382,14 +382,27 @@ def _derby_properties(settings: Settings) -> dict[str, str]:
     return {"derby.system.home": str(settings.metastore_dir), "derby.stream.error.file": os.devnull}
 
 
-def _java_property(name: str, value: str) -> str:
-    """``-Dname=value`` as one word of ``extraJavaOptions``, which Spark splits at spaces.
+def _java_word(option: str) -> str:
+    """One JVM option as one word of ``extraJavaOptions``, which Spark splits at spaces.
 
     Spark's splitting keeps a double-quoted word whole and reads a backslash in it as an
-    escape, so a data root with spaces or quotes in its path still works.
+    escape, so a data root or an archive with spaces or quotes in its path still works.
     """
-    escaped = f"-D{name}={value}".replace("\\", "\\\\").replace('"', '\\"')
+    escaped = option.replace("\\", "\\\\").replace('"', '\\"')
     return f'"{escaped}"'
+
+
+def _java_property(name: str, value: str) -> str:
+    return _java_word(f"-D{name}={value}")
+
+
+def jvm_options(settings: Settings) -> str:
+    """``spark.driver.extraJavaOptions`` of a driver lakeward starts.
+
+    :func:`driver_java_options` and the class archive's options (which may claim the
+    archive for this JVM to write).
+    """
+    return " ".join([driver_java_options(settings), *map(_java_word, class_data.java_options(settings))])
 
 
 def _start_jvm(
@@ -407,8 +420,9 @@ def _start_jvm(
     installation's class archive (:mod:`lakeward.class_data`); with none yet,
     it writes one as it exits.
     """
-    java_options = " ".join([driver_java_options(settings), *class_data.java_options(settings)])
-    builder = builder.master(settings.spark.master).config("spark.driver.extraJavaOptions", java_options)
+    builder = builder.master(settings.spark.master).config(
+        "spark.driver.extraJavaOptions", jvm_options(settings)
+    )
     # A reader beside a running job has a log of its own: a failed start reads its log back.
     jvm_log = settings.data_root / "logs" / log_name
     # Packages of the user's own are resolved on every start, the Delta jars with them.
@@ -533,7 +547,7 @@ def driver_java_options(settings: Settings) -> str:
     return " ".join([
         *[_java_property(name, value) for name, value in _derby_properties(settings).items()],
         _java_property("log4j2.configurationFile", f"file:{log4j}"),
-        *settings.spark.driver_java_options,
+        *map(_java_word, settings.spark.driver_java_options),
         settings.spark.conf.get("spark.driver.extraJavaOptions", ""),
     ]).strip()
 

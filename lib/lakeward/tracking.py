@@ -218,9 +218,13 @@ def client() -> Any:
 # --- what a run logs -------------------------------------------------------------------
 
 
-def code_version(settings: Settings) -> str:
-    """``git:<commit>`` (``+dirty`` with uncommitted changes) of the project, else the package version."""
-    project = settings.project_dir.resolve()
+def code_version() -> str:
+    """``git:<commit>`` (``+dirty`` if changed) of lakeward's checkout, else the package version.
+
+    The checkout is the clone lakeward runs from (or an editable install of one), not
+    the conf directory's repository: ``LAKEWARD_CONF_DIR`` may be a repository of configs.
+    """
+    project = Path(__file__).resolve().parents[2]  # <checkout>/lib/lakeward/tracking.py
     env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}  # read-only: never refresh the index
     try:
         top = _git(project, env, "rev-parse", "--show-toplevel")
@@ -271,7 +275,7 @@ def log_run_context(settings: Settings) -> None:
     mlflow.log_text(
         yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=True), "config/settings.yml"
     )
-    version = code_version(settings)
+    version = code_version()
     tags = {CODE_VERSION_TAG: version, "lakeward.package_version": package_version()}
     if version.startswith("git:"):
         tags["mlflow.source.git.commit"] = version[4:].removesuffix("+dirty")

@@ -1,6 +1,7 @@
 """Which class archive a driver JVM gets, decided without starting one."""
 
 import fcntl
+import shlex
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,18 @@ def test_the_archive_is_named_by_what_it_must_match(tmp_path: Path) -> None:
     assert class_data.archive_path(other_jars) != archive
     assert class_data.archive_path(other_memory) == archive  # not part of the classpath
     assert class_data.archive_path(_settings(tmp_path, class_data_sharing=False)) is None
+
+
+def test_an_archive_path_with_a_space_stays_one_jvm_option(tmp_path: Path) -> None:
+    from lakeward.session import jvm_options
+
+    settings = _settings(tmp_path, class_data_dir=tmp_path / "my archives")
+    archive = class_data.archive_path(settings)
+    assert archive is not None
+    archive.parent.mkdir()
+    archive.write_bytes(b"")
+    # Spark splits the options at spaces outside double quotes, as a POSIX shell does.
+    assert shlex.split(jvm_options(settings))[-1] == f"-XX:SharedArchiveFile={archive}"
 
 
 def test_an_archive_in_place_is_mapped(tmp_path: Path) -> None:

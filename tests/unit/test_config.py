@@ -1,3 +1,5 @@
+import errno
+import os
 import shlex
 import shutil
 from datetime import date
@@ -200,6 +202,12 @@ def test_a_data_root_that_is_a_file_is_refused(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setenv("LAKEWARD_HOME", str(afile))
     with pytest.raises(ConfigError, match=rf"data root {afile} is not a directory; set LAKEWARD_HOME"):
         load_settings("local")
+    monkeypatch.setenv("LAKEWARD_HOME", str(afile / "sub" / "root"))
+    with pytest.raises(ConfigError, match=rf"is not a directory \({afile} is a file\); set LAKEWARD_HOME"):
+        load_settings("local")
+    monkeypatch.setenv("LAKEWARD_HOME", str(tmp_path / "a;b"))
+    with pytest.raises(ConfigError, match=r"data root \S+/a;b has a ';' in it, .*Derby.*; set LAKEWARD_HOME"):
+        load_settings("local")
     monkeypatch.setenv("LAKEWARD_HOME", str(tmp_path / "a:b"))
     with pytest.raises(ConfigError, match=r"data root \S+/a:b has a ':' in it, .*; set LAKEWARD_HOME"):
         load_settings("local")
@@ -208,6 +216,23 @@ def test_a_data_root_that_is_a_file_is_refused(tmp_path: Path, monkeypatch: pyte
         monkeypatch.setenv("LAKEWARD_HOME", str(tmp_path / name))
         with pytest.raises(ConfigError, match=rf"has {shown} in it, which Spark reads as a file name"):
             load_settings("local")
+
+
+def test_a_data_root_nothing_can_be_written_in_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lakeward import root_lock
+
+    settings = load_settings("local", data_root=tmp_path / "root")
+
+    def read_only(path: Path, *args: object, **kwargs: object) -> None:
+        # The tests may run as root, whom file modes do not stop: the file system's answer instead.
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    with pytest.raises(ConfigError, match=r"cannot write in the data root \S+/root \(Read-only file "
+                       r"system: \S+/root/metastore\); set LAKEWARD_HOME .* you can write in"):
+        root_lock.hold(settings)
 
 
 def test_environment_from_variable_and_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -250,11 +275,15 @@ def test_driver_java_options_keep_the_spark_conf_ones(tmp_path: Path) -> None:
     assert options[-2:] == ["-XX:+UseParallelGC", "-Dlakeward.probe=1"]
 
 
-def test_a_regular_install_finds_its_copy_of_conf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("target", [False, True], ids=["prefix", "pip-target"])
+def test_a_regular_install_finds_its_copy_of_conf(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target: bool
+) -> None:
     # The layout pip gives a wheel's data files: <prefix>/share/..., listed in the
-    # RECORD of <prefix>/lib/python3.X/site-packages/lakeward-*.dist-info.
+    # RECORD of <prefix>/lib/python3.X/site-packages/lakeward-*.dist-info. Under
+    # `pip install --target T` they go to T/share/... instead, with the same RECORD.
     prefix = tmp_path / "prefix"
-    site = prefix / "lib" / "python3.11" / "site-packages"
+    site = prefix if target else prefix / "lib" / "python3.11" / "site-packages"
     dist_info = site / "lakeward-0.1.0.dist-info"
     dist_info.mkdir(parents=True)
     (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: lakeward\nVersion: 0.1.0\n")
@@ -271,7 +300,7 @@ def test_a_regular_install_finds_its_copy_of_conf(tmp_path: Path, monkeypatch: p
     monkeypatch.delenv("LAKEWARD_CONF_DIR", raising=False)
     assert default_conf_dir() == installed.resolve()
     settings = load_settings("local")
-    assert settings.project_dir == installed.parent.resolve()
+    assert settings.conf_dir == installed.resolve()
     assert settings.contracts_dir == installed / "contracts"
 
 
