@@ -16,7 +16,7 @@ import logging
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from functools import reduce
 from pathlib import Path
 from typing import Any
@@ -670,7 +670,7 @@ def _ingest_pending(
     specs = {source: bronze_spec(settings, source) for source in pending}
     quarantine = quarantine_spec(settings)
     every_file = [f for fs in pending.values() for f in fs]
-    ingested_at = datetime.now(UTC).replace(tzinfo=None)
+    ingested_at = tables.utc_now()
     parsed = {source: _read_files(spark, fs, ingested_at).persist() for source, fs in pending.items()}
     try:
         # One job fills every source's cache, counts the lines of each file and sizes its

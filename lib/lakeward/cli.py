@@ -370,7 +370,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command in ("train", "dp-sweep"):
         settings = _training_settings(args, settings)
     from lakeward.privacy.keys import check_key
-    from lakeward.session import check_master, get_spark
+    from lakeward.session import check_databricks, check_master, get_spark
 
     # Configuration errors first (exit 2), then missing input (exit 1), and only then
     # anything written under the data root: the lock, the catalog, a local key (by silver).
@@ -381,6 +381,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
         silver.check_contracts(settings)
     check_master(settings)
+    check_databricks(settings)
     if args.command == "run":
         from lakeward.pipeline import DateSelection, bronze_landing, refuse_future
 

@@ -51,7 +51,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from functools import partial, reduce
 from typing import TypeVar
 
@@ -164,7 +164,7 @@ def ensure_tables(spark: SparkSession, settings: Settings) -> None:
 
 def refresh(spark: SparkSession, settings: Settings, *, full: bool = False) -> GoldResult:
     """Bring gold up to date with silver: incrementally, or recomputed with ``full``."""
-    started = datetime.now(UTC).replace(tzinfo=None)
+    started = tables.utc_now()
     run_id = uuid.uuid4().hex
     names = {logical: settings.table(logical) for logical in SILVER_EVENTS}
     versions, ids, last, processed, gold_versions = _probe(spark, settings, names)
@@ -780,7 +780,7 @@ def _record(
         result.daily_rows_written,
         result.feature_rows_written,
         started,
-        datetime.now(UTC).replace(tzinfo=None),
+        tables.utc_now(),
         dict(input_ids),
         _versions_left(spark, gold_versions),
     )

@@ -30,7 +30,6 @@ import re
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -389,7 +388,7 @@ def check(
     results = validate(df, contract)
     failed = [f"{r['expectation']}({r['kwargs']})" for r in results if not r["success"]]
     passed = not failed
-    at = datetime.now(UTC).replace(tzinfo=None)
+    at = tables.utc_now()
     records = [
         (
             at, batch, contract.suite, settings.table(table), r["expectation"], r["kwargs"],

@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
 SCALA_BINARY = "2.13"
+# Set in every process of a Databricks cluster (notebooks, jobs), to the runtime version.
+DATABRICKS_RUNTIME_VAR = "DATABRICKS_RUNTIME_VERSION"
 
 
 class SessionError(RuntimeError):
@@ -72,6 +74,7 @@ def get_spark(settings: Settings) -> SparkSession:
         return require_utc(active)
     mode = settings.spark.mode
     if mode == "databricks":
+        check_databricks(settings)
         return require_utc(SparkSession.builder.getOrCreate())
     check_master(settings)
     _prepare_environment(settings)
@@ -155,6 +158,20 @@ def check_master(settings: Settings) -> None:
         raise ConfigError(
             f"spark.mode is cluster but spark.master is {settings.spark.master!r}: set spark.master "
             f"to the cluster's master URL in {settings.env_file}, or run the job with spark-submit"
+        )
+
+
+def check_databricks(settings: Settings) -> None:
+    """Refuse ``databricks`` mode off a Databricks runtime.
+
+    There, building a session would quietly start a bare local Spark, without Delta and
+    with its warehouse in the current directory.
+    """
+    if settings.spark.mode == "databricks" and not os.environ.get(DATABRICKS_RUNTIME_VAR):
+        raise ConfigError(
+            f"spark.mode is databricks, but this is not a Databricks runtime (no "
+            f"{DATABRICKS_RUNTIME_VAR}) and no Spark session is running: set spark.mode to local "
+            f"or cluster in {settings.env_file}, or run the job on Databricks"
         )
 
 
@@ -636,7 +653,8 @@ def _start(builder: SparkSession.Builder, jvm_log: Path, start: int | None) -> S
         return builder.getOrCreate()
     except Exception as error:
         if SparkContext._gateway is not None:
-            reason = jvm_error_message(error) or str(error).split("\n")[0]
+            stopped = None if start is None else _stopped_because(jvm_log, start)
+            reason = stopped or jvm_error_message(error) or str(error).split("\n")[0]
             raise SparkRefused(f"could not start Spark: {reason} (its output: {jvm_log})") from error
         refusal = None if start is None else _refusal(jvm_log, start)
         if refusal is not None:
@@ -664,6 +682,19 @@ def _refusal(jvm_log: Path, start: int) -> str | None:
         elif line.startswith("Error: ") and line != _JAVA_EXITS:
             reason = line.removeprefix("Error: ").strip()
     return reason or None
+
+
+def _stopped_because(jvm_log: Path, start: int) -> str | None:
+    """Why Spark stopped the context it was starting, from what it logged since ``start``.
+
+    The error the start raises then only says the context is stopped; the scheduler
+    logged why: the cluster's master did not answer, or killed the application.
+    """
+    output = _output_since(jvm_log, start, _TAIL_BYTES)
+    found = re.findall(
+        r"(All masters are unresponsive! Giving up\.|Application has been killed\. Reason: .+)", output
+    )
+    return found[-1].strip() if found else None
 
 
 _JAVA_REFUSED = "Error: Could not create the Java Virtual Machine."

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from functools import reduce
 
 from delta.tables import DeltaTable
@@ -688,7 +688,7 @@ def process_work(spark: SparkSession, settings: Settings, work: Work, key: bytes
     source is still written and recorded, and :class:`lakeward.quality.GateFailed`
     is raised with the failing table unchanged.
     """
-    at = datetime.now(UTC).replace(tzinfo=None)
+    at = tables.utc_now()
     todo = [(source, dates) for source, dates in work.dates.items() if dates]
     with interrupt.pool(1) as pool:
         # A small Spark job, while the contracts wait for Great Expectations' import.

@@ -22,6 +22,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -48,6 +49,15 @@ USER_METADATA_CONF = "spark.databricks.delta.commitInfo.userMetadata"
 _NOTE_LOCK = threading.Lock()
 
 log = logging.getLogger(__name__)
+
+
+def utc_now() -> datetime:
+    """Now, as an aware UTC datetime: the time lakeward writes in ledgers and lineage columns.
+
+    PySpark turns a naive datetime into a timestamp in the process's time zone (``TZ``),
+    not the session's, so a naive UTC time would be stored hours off under another ``TZ``.
+    """
+    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)

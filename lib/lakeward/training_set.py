@@ -796,7 +796,7 @@ def _record(
 ) -> None:
     ledger = ledger_spec(settings)
     tables.ensure_table(spark, ledger)
-    built_at = datetime.now(UTC)
+    built_at = tables.utc_now()
     spec_json = spec.to_json()
     records: list[tuple[Any, ...]] = [
         (build_id, table, version, input_table, input_version, rows, digest, spec_json, built_at)

@@ -16,9 +16,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
 from lakeward import cli, root_lock
 from lakeward.config import default_conf_dir, load_settings
@@ -44,9 +46,23 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return environment
 
 
+class Demo(NamedTuple):
+    run: subprocess.CompletedProcess[str]
+    seconds: tuple[float, float]
+    """When it started and ended, in seconds since the epoch."""
+
+
 @pytest.fixture(scope="module")
-def demo(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return lakeward(env, "demo")
+def demo_run(env: dict[str, str]) -> Demo:
+    # West of UTC: a time written as a naive UTC datetime would be stored hours ahead.
+    started = time.time()
+    run = lakeward({**env, "TZ": "America/Los_Angeles"}, "demo")
+    return Demo(run, (started, time.time()))
+
+
+@pytest.fixture(scope="module")
+def demo(demo_run: Demo) -> subprocess.CompletedProcess[str]:
+    return demo_run.run
 
 
 def test_demo_runs_and_summarizes(demo: subprocess.CompletedProcess[str], env: dict[str, str]) -> None:
@@ -62,6 +78,31 @@ def test_demo_runs_and_summarizes(demo: subprocess.CompletedProcess[str], env: d
     assert (Path(env["LAKEWARD_HOME"]) / "pii.key").exists()
     assert not (Path.cwd() / "metastore_db").exists() and not (Path.cwd() / "derby.log").exists()
     assert _hive_resource_dirs(env) == ["hive_resources"]
+
+
+# The times each run writes: its ledgers, lineage columns and quality results.
+_WRITTEN_TIMES = {
+    "bronze.db/order_placed": "_ingested_at",
+    "silver.db/orders": "_ingested_at",
+    "ops.db/ingestion_batches": "ingested_at",
+    "ops.db/silver_batches": "processed_at",
+    "ops.db/quality_results": "checked_at",
+    "ops.db/gold_runs": "finished_at",
+}
+
+
+def test_times_written_are_utc_whatever_the_process_time_zone(
+    demo_run: Demo, env: dict[str, str], spark: SparkSession
+) -> None:
+    assert demo_run.run.returncode == 0
+    started, ended = demo_run.seconds
+    warehouse = Path(env["LAKEWARD_HOME"]) / "warehouse"
+    for table, column in _WRITTEN_TIMES.items():
+        first, last = (
+            spark.read.format("delta").load(str(warehouse / table))
+            .agg(F.min(F.unix_seconds(column)), F.max(F.unix_seconds(column))).first()
+        )
+        assert started - 1 <= first <= last <= ended + 1, (table, column, first, last, started, ended)
 
 
 def _hive_resource_dirs(env: dict[str, str]) -> list[str]:

@@ -254,3 +254,21 @@ def test_cluster_mode_refuses_a_local_master(tmp_path: Path) -> None:
     assert run.stderr.strip().count("\n") == 0
     assert "spark.mode is cluster but spark.master is 'local[*]'" in run.stderr
     assert f"in {conf.resolve() / 'dev.yml'}," in run.stderr, "the conf directory in use, not ./conf"
+
+
+def test_databricks_mode_off_databricks_is_refused_before_spark(tmp_path: Path) -> None:
+    conf = tmp_path / "conf"
+    shutil.copytree(default_conf_dir(), conf)
+    local = conf / "local.yml"
+    local.write_text(local.read_text().replace("spark:\n", "spark:\n  mode: databricks\n", 1))
+    env = _environment(tmp_path / "home", LAKEWARD_CONF_DIR=str(conf))
+    env.pop("DATABRICKS_RUNTIME_VERSION", None)
+
+    query = lakeward(env, "sql", "SELECT 1", cwd=tmp_path, timeout=300)
+
+    assert query.returncode == 2
+    assert query.stderr.strip().count("\n") == 0
+    assert "spark.mode is databricks, but this is not a Databricks runtime" in query.stderr
+    assert f"in {local.resolve()}," in query.stderr
+    # A bare local session would have put its warehouse here.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["conf"]

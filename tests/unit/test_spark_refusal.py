@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from lakeward.session import _refusal
+from lakeward.session import _refusal, _stopped_because
 
 EARLIER = 'Exception in thread "main" org.apache.spark.SparkException: an earlier start\n'
 
@@ -32,3 +32,23 @@ def test_a_refusal_is_read_from_this_start_s_output(tmp_path: Path, output: str,
     with log.open("a") as handle:
         handle.write(output)
     assert _refusal(log, start) == reason
+
+
+@pytest.mark.parametrize(("output", "reason"), [
+    ("26/12/05 20:01:02 ERROR StandaloneSchedulerBackend: Application has been killed. Reason: "
+     "All masters are unresponsive! Giving up.\n", "Application has been killed. Reason: All masters are "
+     "unresponsive! Giving up."),
+    ("26/12/05 20:01:02 ERROR StandaloneAppClient$ClientEndpoint: All masters are unresponsive! Giving up.\n",
+     "All masters are unresponsive! Giving up."),
+    ("26/12/05 20:01:02 WARN Utils: Service 'sparkDriver' could not bind on a random free port.\n", None),
+])
+def test_why_spark_stopped_the_context_it_started_is_read_from_its_log(
+    tmp_path: Path, output: str, reason: str | None
+) -> None:
+    log = tmp_path / "spark.log"
+    earlier = "26/12/05 19:00:00 ERROR StandaloneAppClient$ClientEndpoint: All masters are unresponsive!"
+    log.write_text(f"{earlier} Giving up.\n")
+    start = log.stat().st_size
+    with log.open("a") as handle:
+        handle.write(output)
+    assert _stopped_because(log, start) == reason
