@@ -790,7 +790,8 @@ def _remove_unrecorded_rows(
     if recorded:
         condition = condition & ~F.col("_batch_id").isin(sorted(recorded))
     for row in _rows_where(spark, names, condition).select("table").distinct().collect():
-        log.warning("%s: removing rows of unrecorded batches left by an interrupted run", row["table"])
+        log.warning("%s: removing rows of batches the ledger does not record (left by an interrupted "
+                    "run, or the ledger was dropped or renamed); their files are taken again", row["table"])
         DeltaTable.forName(spark, row["table"]).delete(condition)
 
 
