@@ -1,8 +1,9 @@
-"""Checks on the columns a public transform is given, before Spark plans anything."""
+"""Checks on the columns a public transform is given, before Spark plans anything, and its time bounds."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, date, datetime
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
@@ -88,3 +89,17 @@ def require_time(
         raise error(
             f"{arg}={column!r} in {what} must be a timestamp or date column; it is {found.simpleString()}"
         )
+
+
+def time_bound(value: date) -> Column:
+    """A bound given as a datetime or a date, as a literal; a datetime without a time zone is UTC.
+
+    PySpark reads a naive datetime in the Python process's time zone (``TZ``), not the
+    session's, so the same call would cut at another instant on a machine set to
+    another zone. lakeward's days are UTC days, and ``training_set`` reads naive
+    bounds as UTC too. A date stays a date: Spark compares it as midnight in the
+    session's time zone (UTC in every session lakeward builds).
+    """
+    if isinstance(value, datetime) and value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return F.lit(value)

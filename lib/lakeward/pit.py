@@ -102,8 +102,11 @@ class AsOfJoinError(ValueError):
     """Arguments of :func:`as_of_join` that do not fit the inputs."""
 
 
-class MissingColumnsError(AsOfJoinError):
-    """A column named in the arguments is not in the DataFrame it should be in."""
+class MissingColumnsError(AsOfJoinError, columns.MissingColumnsError):
+    """A column named in the arguments is not in the DataFrame it should be in.
+
+    Also a :class:`lakeward.columns.MissingColumnsError`, which ``labels`` and ``splits`` raise.
+    """
 
 
 class ColumnClashError(AsOfJoinError):

@@ -71,6 +71,8 @@ def get_spark(settings: Settings) -> SparkSession:
     """Return the process's SparkSession, building it on first call."""
     active = SparkSession.getActiveSession()
     if active is not None:
+        if settings.spark.mode == "local":
+            require_delta(active)
         return require_utc(active)
     mode = settings.spark.mode
     if mode == "databricks":
@@ -146,6 +148,22 @@ def require_utc(spark: SparkSession) -> SparkSession:
             f"set {TIME_ZONE_CONF} to UTC"
         )
     return spark
+
+
+def require_delta(spark: SparkSession) -> None:
+    """Refuse a running session that lakeward did not build: one without Delta's extension and catalog.
+
+    A notebook often starts a plain session first; handed back, it would know neither
+    the Delta tables nor the data root's catalog, and fail later on a missing table.
+    """
+    extensions = spark.conf.get("spark.sql.extensions") or ""
+    catalog = spark.conf.get("spark.sql.catalog.spark_catalog") or ""
+    if DELTA_EXTENSION not in extensions.split(",") or catalog != DELTA_CATALOG:
+        raise ConfigError(
+            "a Spark session without Delta's extension and catalog is already running in this process, "
+            "and a process has one session: stop it (spark.stop()) and call get_spark again to have "
+            "lakeward build its own, on the data root's catalog"
+        )
 
 
 def check_master(settings: Settings) -> None:

@@ -1,9 +1,12 @@
 """Leakage-safe splits: temporal (with a gap of the label horizon) and by group.
 
 train, validation, test = "train", "validation", "test"
-split = temporal_split(labels, ts="label_ts", t1=t1, t2=t2, gap=timedelta(days=30))
-split = group_split(labels, key="user_key", fractions=(0.7, 0.15, 0.15), seed=7)
-problems = leakage(split, key="user_key", ts="label_ts", horizon=timedelta(days=30))
+by_time = temporal_split(labels, ts="label_ts", t1=t1, t2=t2, gap=timedelta(days=30))
+problems = leakage(by_time, ts="label_ts", horizon=timedelta(days=30), t1=t1, t2=t2)
+by_user = group_split(labels, key="user_key", fractions=(0.7, 0.15, 0.15), seed=7)
+problems = leakage(by_user, key="user_key")  # a group split mixes times: check its groups
+
+A bound without a time zone is UTC; a date is midnight in the session's time zone.
 """
 
 from __future__ import annotations
@@ -53,9 +56,9 @@ def temporal_split(
 def _fits(at: Column, t1: date, t2: date, gap: timedelta) -> dict[str, Column]:
     """Per part, whether a label at ``at`` belongs to it: its window ends before the next part."""
     return {
-        "train": at + F.lit(gap) < F.lit(t1),
-        "validation": (at >= F.lit(t1)) & (at + F.lit(gap) < F.lit(t2)),
-        "test": at >= F.lit(t2),
+        "train": at + F.lit(gap) < columns.time_bound(t1),
+        "validation": (at >= columns.time_bound(t1)) & (at + F.lit(gap) < columns.time_bound(t2)),
+        "test": at >= columns.time_bound(t2),
     }
 
 

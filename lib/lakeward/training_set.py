@@ -32,7 +32,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from lakeward import gold, silver, tables
+from lakeward import columns, gold, silver, tables
 from lakeward.config import Settings, is_identifier
 from lakeward.labels import churn_labels, fully_observed
 from lakeward.pit import as_of_join
@@ -155,11 +155,11 @@ class BuildSpec:
         object.__setattr__(self, "t1", t1)
         object.__setattr__(self, "t2", t2)
         object.__setattr__(self, "observed_until", _utc(self.observed_until))
-        columns = self.feature_columns
-        if columns is not None:
-            if isinstance(columns, str) or not all(isinstance(c, str) for c in columns):
-                raise TrainingSetError(f"feature_columns must be a list of names, got {columns!r}")
-            object.__setattr__(self, "feature_columns", tuple(columns))
+        names = self.feature_columns
+        if names is not None:
+            if isinstance(names, str) or not all(isinstance(c, str) for c in names):
+                raise TrainingSetError(f"feature_columns must be a list of names, got {names!r}")
+            object.__setattr__(self, "feature_columns", tuple(names))
         if self.input_ids is not None:
             if not isinstance(self.input_ids, dict):
                 raise TrainingSetError(f"input_ids must map table names to ids, got {self.input_ids!r}")
@@ -305,8 +305,9 @@ def assemble(orders: DataFrame, features: DataFrame, spec: BuildSpec) -> DataFra
 
         training = assemble(orders, gold_features, spec)
     """
-    _require(orders, "orders", _ORDER_COLUMNS)
-    _require(features, "features", (KEY, "feature_ts", "feature_version"))
+    # As Spark resolves names: regardless of case unless spark.sql.caseSensitive is on.
+    columns.resolve(orders, _ORDER_COLUMNS, what="orders", error=TrainingSetError)
+    columns.resolve(features, (KEY, "feature_ts", "feature_version"), what="features", error=TrainingSetError)
     labels = churn_labels(orders, horizon=spec.horizon, observed_until=spec.observed_until)
     current = features.filter(F.col("feature_version") == F.lit(spec.feature_version))
     joined = as_of_join(
@@ -565,12 +566,6 @@ def _utc(value: datetime | date) -> datetime:
     if not isinstance(value, datetime):
         return datetime(value.year, value.month, value.day, tzinfo=UTC)
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def _require(df: DataFrame, side: str, columns: Sequence[str]) -> None:
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise TrainingSetError(f"{side} lacks column(s) {missing}; it has {df.columns}")
 
 
 def _pinned_version(spark: SparkSession, name: str) -> int:

@@ -178,3 +178,24 @@ def test_spark_s_scratch_space_is_per_process_and_a_killed_one_s_is_removed(
     assert {what: path.exists() for what, path in left.items()} == {
         "killed": False, "running": True, "other host": True, "other pid namespace": True,
     }
+
+
+def test_a_running_session_without_delta_is_refused(tmp_path: Path) -> None:
+    """A notebook's plain session, handed back, would know neither Delta nor the data root's tables."""
+    script = textwrap.dedent(f"""
+        from pyspark.sql import SparkSession
+        from lakeward.config import ConfigError, load_settings
+        from lakeward.session import get_spark
+
+        SparkSession.builder.master("local[1]").config("spark.ui.enabled", "false").config(
+            "spark.sql.session.timeZone", "UTC").getOrCreate()
+        try:
+            get_spark(load_settings("local", data_root={str(tmp_path / "home")!r}))
+        except ConfigError as err:
+            print("refused:", err)
+    """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                         cwd=tmp_path, env={**os.environ, "PYSPARK_PYTHON": sys.executable})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "refused: a Spark session without Delta's extension and catalog is already running" in run.stdout
+    assert not (tmp_path / "home").exists(), "refused before the data root is held"

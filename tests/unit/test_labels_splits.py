@@ -1,6 +1,7 @@
 """Churn labels against a brute-force oracle; splits and their leakage checks."""
 
 import random
+import time
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
@@ -291,3 +292,31 @@ def test_names_match_regardless_of_case_as_spark_resolves_them(spark: SparkSessi
             churn_labels(orders, horizon=gap, observed_until=T0 + timedelta(days=400))
     finally:
         spark.conf.set("spark.sql.caseSensitive", "false")
+
+
+def test_bounds_without_a_time_zone_are_utc_whatever_the_process_time_zone(
+    spark: SparkSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # PySpark reads a naive datetime in the process's time zone: in Berlin, an hour early.
+    monkeypatch.setenv("TZ", "Europe/Berlin")
+    time.tzset()
+    try:
+        t1, t2, gap = datetime(2026, 3, 1), datetime(2026, 5, 1), timedelta(days=30)
+        half_hour = timedelta(minutes=30)
+        stamps = {"before_t1": t1 - half_hour, "at_t1": t1, "train_edge": t1 - gap - half_hour,
+                  "gap_edge": t1 - gap + half_hour}
+        rows = [(name, at.replace(tzinfo=UTC)) for name, at in stamps.items()]
+        df = spark.createDataFrame(rows, "name string, label_ts timestamp")
+        split = temporal_split(df, ts="label_ts", t1=t1, t2=t2, gap=gap)
+        got = {r["name"]: r["split"] for r in split.collect()}
+        assert got == {"at_t1": "validation", "train_edge": "train"}
+        assert leakage(df.withColumn("split", F.lit("train")).where(F.col("name") == "train_edge"),
+                       ts="label_ts", horizon=gap, t1=t1, t2=t2) == []
+
+        orders = spark.createDataFrame([("o", "u", datetime(2026, 1, 1, tzinfo=UTC))],
+                                       "event_id string, user_key string, event_ts timestamp")
+        labelled = churn_labels(orders, horizon=gap, observed_until=datetime(2026, 1, 31, 0, 30))
+        assert labelled.count() == 1  # the window ends at 00:00 UTC, before 00:30 UTC
+    finally:
+        monkeypatch.undo()
+        time.tzset()

@@ -125,7 +125,7 @@ def test_assemble_without_ttl_takes_older_rows(inputs) -> None:
 
 def test_assemble_names_missing_columns(inputs) -> None:
     orders, features = inputs
-    with pytest.raises(TrainingSetError, match=r"features lacks column\(s\) \['feature_version'\]"):
+    with pytest.raises(TrainingSetError, match=r"features is missing column\(s\) \['feature_version'\]"):
         assemble(orders, features.drop("feature_version"), spec())
 
 
