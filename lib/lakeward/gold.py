@@ -29,6 +29,13 @@ from pyspark.sql import types as T
 from lakeward import session, tables
 from lakeward.config import Settings
 
+# How this code computes gold's values, apart from the settings (feature_version, windows).
+# Raised with every change to it, so that the first run of a new lakeward on an old data root
+# recomputes gold instead of adding rows of the new definition to those of the old one.
+# 2: feature_ts at the end of feature_date; a rating without a rating and a delivery
+# without both times counted in no rating or lateness (2026-11-30).
+DEFINITION_REVISION = 2
+
 COUNT = T.LongType()
 MONEY = T.DecimalType(22, 2)
 

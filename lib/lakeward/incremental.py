@@ -91,6 +91,8 @@ LEDGER_SCHEMA = T.StructType(
         # no gold run's and changed rows (a DELETE, TRUNCATE or RESTORE) means
         # the next run cannot continue from what the table holds.
         T.StructField("outputs", T.MapType(T.StringType(), T.LongType())),
+        # gold.DEFINITION_REVISION of the code that ran.
+        T.StructField("definition_revision", T.IntegerType()),
     ]
 )
 
@@ -145,6 +147,8 @@ class _LastRun:
     """The gold tables' versions after this run; None for a run recorded before the ledger kept them."""
     # The commits since ``outputs`` that changed a gold table's rows and are no gold run's.
     changed_outside: tuple[str, ...] = ()
+    definition_revision: int | None = None
+    """gold.DEFINITION_REVISION of the code that ran; None for a run recorded before the ledger kept it."""
 
 
 def ledger_spec(settings: Settings) -> tables.TableSpec:
@@ -330,9 +334,11 @@ def _last_run(spark: SparkSession, settings: Settings) -> _LastRun | None:
         return None
     ids = row["input_ids"] if "input_ids" in ledger.columns else None
     outputs = row["outputs"] if "outputs" in ledger.columns else None
+    revision = row["definition_revision"] if "definition_revision" in ledger.columns else None
     return _LastRun(
         row["run_id"], row["as_of"], row["feature_version"], row["windows"], dict(row["inputs"]),
         None if ids is None else dict(ids), outputs=None if outputs is None else dict(outputs),
+        definition_revision=revision,
     )
 
 
@@ -350,6 +356,10 @@ def _full_reason(
         return f"gold changed outside lakeward since the last run: {', '.join(last.changed_outside)}"
     if last.feature_version != settings.pipeline.feature_version or last.windows != _windows_text(settings):
         return "the feature definition changed"
+    if last.definition_revision != gold.DEFINITION_REVISION:
+        # An older lakeward computed some values otherwise: its rows and the new ones would mix.
+        return (f"this lakeward computes gold otherwise than the one of the last run (definition "
+                f"revision {last.definition_revision or 'unrecorded'}, now {gold.DEFINITION_REVISION})")
     if set(last.inputs) != set(versions):
         return "the silver tables changed names"
     regressed = [name for name, version in versions.items() if version < last.inputs[name]]
@@ -783,8 +793,10 @@ def _record(
         tables.utc_now(),
         dict(input_ids),
         _versions_left(spark, gold_versions),
+        gold.DEFINITION_REVISION,
     )
     ledger = settings.table("ops_gold_runs")
-    # A ledger created before it kept table ids or outputs gains the columns; its old rows get nulls.
+    # A ledger created before it kept table ids, outputs or revisions gains the columns; its old
+    # rows get nulls.
     tables.add_columns(spark, ledger, LEDGER_SCHEMA)
     tables.append(spark.createDataFrame([row], LEDGER_SCHEMA), ledger)

@@ -25,7 +25,7 @@ from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from lakeward import incremental, silver, tables
+from lakeward import gold, incremental, silver, tables
 from lakeward.config import Settings
 from tests.conftest import isolated
 from tests.pipeline_checks import daily_oracle, features_oracle
@@ -254,7 +254,7 @@ def test_increments_equal_full_recompute_and_oracle(
 
 
 def test_a_rerun_with_nothing_new_writes_nothing(
-    spark: SparkSession, base_settings: Settings, tmp_path: Path
+    spark: SparkSession, base_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = _settings(base_settings, tmp_path)
     silver.ensure_tables(spark, settings)
@@ -268,6 +268,9 @@ def test_a_rerun_with_nothing_new_writes_nothing(
     assert (first.mode, again.mode) == ("full", "up_to_date")
     assert again.inputs == first.inputs
     assert versions == {name: tables.current_version(spark, settings.table(name)) for name in versions}
+    # A lakeward that computes gold otherwise recomputes it once, nothing new in silver or not.
+    monkeypatch.setattr(gold, "DEFINITION_REVISION", gold.DEFINITION_REVISION + 1)
+    assert [incremental.refresh(spark, settings).mode for _ in range(2)] == ["full", "up_to_date"]
 
 
 def test_changed_feature_windows_recompute_the_history_with_the_new_columns(
@@ -597,11 +600,17 @@ def test_gold_tables_under_other_names_than_the_last_run_left_recompute_in_full(
     features, daily = base.table("gold_user_features"), base.table("gold_user_daily")
     last = incremental._LastRun(
         "r", date(2026, 3, 1), base.pipeline.feature_version, incremental._windows_text(base),
-        {}, None, outputs={features: 3, daily: 2},
+        {}, None, outputs={features: 3, daily: 2}, definition_revision=gold.DEFINITION_REVISION,
     )
     assert incremental._full_reason(base, last, {}, {}) is None
     renamed = replace(last, outputs={"gold_old.user_features": 3, daily: 2})
     assert incremental._full_reason(base, renamed, {}, {}) == "the gold tables changed names"
+    # A run of a lakeward that computed gold otherwise, or that did not record how.
+    for revision in (None, gold.DEFINITION_REVISION - 1):
+        older = replace(last, definition_revision=revision)
+        assert "computes gold otherwise than the one of the last run" in str(
+            incremental._full_reason(base, older, {}, {})
+        )
 
 
 def test_a_change_feed_whose_files_were_vacuumed_recomputes_in_full(
