@@ -140,6 +140,7 @@ class SparkSettings(_Strict):
         malformed = [option for option in options if not option.startswith("-") or " " in option]
         if malformed:
             raise ValueError(f"expected one JVM option per item, each starting with '-', got {malformed}")
+        # Each item reaches the JVM as written, quotes and backslashes included.
         return options
 
 
@@ -523,7 +524,13 @@ def load_settings(
             f"cannot take in a path; set {HOME_VAR} (or data_root) to a directory without one"
         )
     # The root, or the nearest of its parents that exists (where it will be made).
-    existing = next(p for p in [merged["data_root"], *merged["data_root"].parents] if p.exists())
+    try:
+        existing = next(p for p in [merged["data_root"], *merged["data_root"].parents] if p.exists())
+    except OSError as err:  # a parent the user may not look into
+        raise ConfigError(
+            f"data root {merged['data_root']}: {err.strerror} ({err.filename}); "
+            f"set {HOME_VAR} (or data_root) to a directory you can use"
+        ) from None
     if not existing.is_dir():
         raise ConfigError(
             f"data root {merged['data_root']} is not a directory"

@@ -329,7 +329,11 @@ def _windows_text(settings: Settings) -> str:
 
 def _last_run(spark: SparkSession, settings: Settings) -> _LastRun | None:
     ledger = tables.read(spark, settings.table("ops_gold_runs"))
-    row = ledger.orderBy(F.col("finished_at").desc()).first()
+    order = [F.col("finished_at").desc()]
+    if "definition_revision" in ledger.columns:
+        # Rows of an older lakeward may carry times shifted by its process's TZ, some hours ahead.
+        order.insert(0, F.col("definition_revision").isNotNull().desc())
+    row = ledger.orderBy(*order).first()
     if row is None:
         return None
     ids = row["input_ids"] if "input_ids" in ledger.columns else None

@@ -12,6 +12,7 @@ clean up.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
@@ -55,7 +56,10 @@ def hold(settings: Settings) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as err:  # read-only, or not the user's: nothing can be written there
+    except OSError as err:
+        if not isinstance(err, PermissionError) and err.errno != errno.EROFS:
+            raise
+        # Read-only, or not the user's: nothing can be written there.
         raise ConfigError(
             f"cannot write in the data root {settings.data_root} ({err.strerror}: {err.filename}); "
             f"set {HOME_VAR} (or data_root) to a directory you can write in"

@@ -156,14 +156,19 @@ def require_delta(spark: SparkSession) -> None:
     A notebook often starts a plain session first; handed back, it would know neither
     the Delta tables nor the data root's catalog, and fail later on a missing table.
     """
-    extensions = spark.conf.get("spark.sql.extensions") or ""
-    catalog = spark.conf.get("spark.sql.catalog.spark_catalog") or ""
-    if DELTA_EXTENSION not in extensions.split(",") or catalog != DELTA_CATALOG:
-        raise ConfigError(
-            "a Spark session without Delta's extension and catalog is already running in this process, "
-            "and a process has one session: stop it (spark.stop()) and call get_spark again to have "
-            "lakeward build its own, on the data root's catalog"
-        )
+    extensions = {name.strip() for name in (spark.conf.get("spark.sql.extensions") or "").split(",")}
+    catalog = (spark.conf.get("spark.sql.catalog.spark_catalog") or "").strip()
+    if DELTA_EXTENSION in extensions and catalog == DELTA_CATALOG:
+        return
+    if os.environ.get(DATABRICKS_RUNTIME_VAR):
+        # The cluster's own session, with Databricks' catalog: never one to stop.
+        raise ConfigError("spark.mode is local, but this is a Databricks runtime: set spark.mode to "
+                          "databricks to use the cluster's session")
+    raise ConfigError(
+        "a Spark session without Delta's extension and catalog is already running in this process, "
+        "and a process has one session: stop it (spark.stop()) and call get_spark again to have "
+        "lakeward build its own, on the data root's catalog"
+    )
 
 
 def check_master(settings: Settings) -> None:

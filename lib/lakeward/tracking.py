@@ -224,7 +224,10 @@ def code_version() -> str:
     The checkout is the clone lakeward runs from (or an editable install of one), not
     the conf directory's repository: ``LAKEWARD_CONF_DIR`` may be a repository of configs.
     """
-    project = Path(__file__).resolve().parents[2]  # <checkout>/lib/lakeward/tracking.py
+    package = Path(__file__).resolve().parent
+    project = package.parents[1]  # <checkout>/lib/lakeward/tracking.py
+    if package != project / "lib" / "lakeward":  # installed: in site-packages, or a --target directory
+        return f"lakeward=={package_version()}"
     env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}  # read-only: never refresh the index
     try:
         top = _git(project, env, "rev-parse", "--show-toplevel")

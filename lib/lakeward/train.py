@@ -202,14 +202,12 @@ def _prepare(spark: SparkSession, snapshot: tracking.TrainingSnapshot, data: Tra
         check_epsilon(options.epsilon)
         check_delta(delta, rows)
     preprocessor = Preprocessor.fit(data.train.x)
-    z_train = preprocessor.transform(data.train.x)
-    # A group split can leave validation or test empty; scikit-learn refuses to transform no rows.
-    z = {
-        split: preprocessor.transform(data.split(split).x) if data.split(split).rows
-        else np.empty((0, z_train.shape[1]), dtype=z_train.dtype)
-        for split in SPLITS
-    }
-    z["train"] = z_train
+    z = {"train": preprocessor.transform(data.train.x)}
+    for split in SPLITS:
+        if split not in z:
+            # A group split can leave validation or test empty; scikit-learn refuses to transform no rows.
+            z[split] = (preprocessor.transform(data.split(split).x) if data.split(split).rows
+                        else np.empty((0, z["train"].shape[1]), dtype=z["train"].dtype))
     inputs = tracking.training_inputs(spark, snapshot)
     return _Prepared(snapshot, data, preprocessor, z, delta, experiment_id, inputs)
 
@@ -539,7 +537,7 @@ def _log_comparison(results: dict[str, ModelResult]) -> None:
     if DP in results:
         dp, twin = results[DP], results[TWIN]
         summary["dp_epsilon_spent"] = dp.privacy.epsilon_spent
-        gap = twin.metrics.get("test_roc_auc", math.nan) - dp.metrics.get("test_roc_auc", math.nan)
+        gap = _test_auc(twin) - _test_auc(dp)
         if not math.isnan(gap):
             summary["dp_test_roc_auc_gap"] = gap
         ratio = _ratio(dp.epoch_seconds, twin.epoch_seconds)

@@ -271,6 +271,15 @@ def test_a_rerun_with_nothing_new_writes_nothing(
     # A lakeward that computes gold otherwise recomputes it once, nothing new in silver or not.
     monkeypatch.setattr(gold, "DEFINITION_REVISION", gold.DEFINITION_REVISION + 1)
     assert [incremental.refresh(spark, settings).mode for _ in range(2)] == ["full", "up_to_date"]
+    # An older lakeward's row, its time shifted hours ahead by its process's TZ, is not the last run.
+    ledger = settings.table("ops_gold_runs")
+    shifted = (
+        tables.read(spark, ledger).orderBy(F.desc("finished_at")).limit(1)
+        .withColumn("finished_at", F.col("finished_at") + F.expr("INTERVAL 8 HOURS"))
+        .withColumn("definition_revision", F.lit(None).cast("int"))
+    )
+    tables.append(shifted, ledger)
+    assert incremental.refresh(spark, settings).mode == "up_to_date"
 
 
 def test_changed_feature_windows_recompute_the_history_with_the_new_columns(
