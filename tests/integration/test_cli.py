@@ -23,7 +23,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from lakeward import cli, root_lock
-from lakeward.config import default_conf_dir, load_settings
+from lakeward.config import Settings, default_conf_dir, load_settings
 from lakeward.sql_output import SAME_TEXT_KEYS
 from tests.cli_process import LAKEWARD, lakeward
 
@@ -454,45 +454,47 @@ def test_a_spark_setting_spark_refuses_is_one_line(
     assert len(lines) == 1 and lines[0].startswith("lakeward: error: ") and reason in lines[0], lines
 
 
-def test_an_error_while_rows_are_printed_is_spark_s_own_line(spark: SparkSession) -> None:
+def test_an_error_while_rows_are_printed_is_spark_s_own_line(
+    spark: SparkSession, base_settings: Settings
+) -> None:
     # json and csv stream rows from the JVM; an error there reaches Python unconverted.
     query = "SELECT cast(concat('x', id) AS int) AS n FROM range(3)"
     for output in ("json", "csv", "table"):
         with pytest.raises(Exception) as raised:
-            cli._sql(spark, argparse.Namespace(query=query, format=output, limit=None))
+            cli._sql(base_settings, argparse.Namespace(query=query, format=output, limit=None))
         assert "[CAST_INVALID_INPUT]" in cli._one_line(raised.value), output
 
 
 def test_sql_prints_every_row_unless_limited(
-    spark: SparkSession, capsys: pytest.CaptureFixture[str]
+    spark: SparkSession, base_settings: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
     query = "SELECT id FROM range(2500)"
-    assert cli._sql(spark, argparse.Namespace(query=query, format="json", limit=None)) == 0
+    assert cli._sql(base_settings, argparse.Namespace(query=query, format="json", limit=None)) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [json.loads(line)["id"] for line in lines] == list(range(2500))
 
-    assert cli._sql(spark, argparse.Namespace(query=query, format="csv", limit=3)) == 0
+    assert cli._sql(base_settings, argparse.Namespace(query=query, format="csv", limit=3)) == 0
     assert capsys.readouterr().out.splitlines() == ["id", "0", "1", "2"]
 
     # JSON has no NaN or infinity: they print as text, as Spark's to_json writes them.
     special = "SELECT double('NaN') AS a, array(double('inf'), -double('inf'), 1.5D) AS b"
-    assert cli._sql(spark, argparse.Namespace(query=special, format="json", limit=None)) == 0
+    assert cli._sql(base_settings, argparse.Namespace(query=special, format="json", limit=None)) == 0
     assert json.loads(capsys.readouterr().out) == {"a": "NaN", "b": ["Infinity", "-Infinity", 1.5]}
 
     # A JSON object keeps one value per key: two columns of one name are refused.
     with pytest.raises(ValueError, match="more than one column named 'x'"):
-        cli._sql(spark, argparse.Namespace(query="SELECT 1 AS x, 2 AS x", format="json", limit=None))
+        cli._sql(base_settings, argparse.Namespace(query="SELECT 1 AS x, 2 AS x", format="json", limit=None))
     nested = "SELECT array(struct(1 AS a, 2 AS a)) AS s"
     with pytest.raises(ValueError, match="column 's' has more than one field named 'a'"):
-        cli._sql(spark, argparse.Namespace(query=nested, format="json", limit=None))
+        cli._sql(base_settings, argparse.Namespace(query=nested, format="json", limit=None))
     # PySpark cannot collect a calendar interval: it prints as Spark's text.
     interval = "SELECT make_interval(0, 1, 0, 2) AS i, X'0A0B' AS bin"
-    assert cli._sql(spark, argparse.Namespace(query=interval, format="json", limit=None)) == 0
+    assert cli._sql(base_settings, argparse.Namespace(query=interval, format="json", limit=None)) == 0
     assert json.loads(capsys.readouterr().out) == {"i": "1 months 2 days", "bin": "Cgs="}
     # So do the other intervals, at any depth, and map keys that are not text (JSON keys are).
     others = ("SELECT INTERVAL '1-2' YEAR TO MONTH AS y, array(INTERVAL '1' DAY) AS d, "
               "map(named_struct('a', 1), 'v') AS m, map(array(1, 2), X'0A') AS n")
-    assert cli._sql(spark, argparse.Namespace(query=others, format="json", limit=None)) == 0
+    assert cli._sql(base_settings, argparse.Namespace(query=others, format="json", limit=None)) == 0
     assert json.loads(capsys.readouterr().out) == {
         "y": "INTERVAL '1-2' YEAR TO MONTH", "d": ["INTERVAL '1' DAY"],
         "m": {"{1}": "v"}, "n": {"[1, 2]": "Cg=="},
@@ -500,34 +502,34 @@ def test_sql_prints_every_row_unless_limited(
     # Binary inside a key is base64 too: as UTF-8 text, X'FF' and X'FE' would be one key.
     binary_keys = ("SELECT map(named_struct('k', X'FF'), 1, named_struct('k', X'FE'), 2) AS m, "
                    "map(array(X'0102'), 'x') AS a")
-    assert cli._sql(spark, argparse.Namespace(query=binary_keys, format="json", limit=None)) == 0
+    assert cli._sql(base_settings, argparse.Namespace(query=binary_keys, format="json", limit=None)) == 0
     assert json.loads(capsys.readouterr().out) == {"m": {"{/w==}": 1, "{/g==}": 2}, "a": {"[AQI=]": "x"}}
     same_text = "SELECT map(array('a, b'), 1, array('a', 'b'), 2) AS m"
     with pytest.raises(Exception) as raised:
-        cli._sql(spark, argparse.Namespace(query=same_text, format="json", limit=None))
+        cli._sql(base_settings, argparse.Namespace(query=same_text, format="json", limit=None))
     assert SAME_TEXT_KEYS in cli._one_line(raised.value)
     # A query that makes a repeated key itself still gets Spark's own error.
     repeated = "SELECT map_from_arrays(array(array(1), array(1)), array(1, 2)) AS m"
     with pytest.raises(Exception, match="DUPLICATED_MAP_KEY"):
-        cli._sql(spark, argparse.Namespace(query=repeated, format="json", limit=None))
+        cli._sql(base_settings, argparse.Namespace(query=repeated, format="json", limit=None))
     # A variant is the JSON it holds, as to_json writes it, not a string of JSON.
     variant = ("SELECT parse_json('{\"a\": 1, \"b\": [0.1, \"x\", null, 12345678901234567890.5]}') AS v, "
                "array(parse_json('true')) AS arr, CAST(NULL AS VARIANT) AS n")
-    assert cli._sql(spark, argparse.Namespace(query=variant, format="json", limit=None)) == 0
+    assert cli._sql(base_settings, argparse.Namespace(query=variant, format="json", limit=None)) == 0
     assert json.loads(capsys.readouterr().out) == {
         "v": {"a": 1, "b": [0.1, "x", None, "12345678901234567890.5"]}, "arr": [True], "n": None,
     }
 
 
 def test_sql_table_and_csv_print_values_as_spark_does(
-    spark: SparkSession, capsys: pytest.CaptureFixture[str]
+    spark: SparkSession, base_settings: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
     query = ("SELECT array(1, NULL) AS a, map('k', 1) AS m, named_struct('x', 1, 'y', 'b') AS s, "
              "true AS t, X'0A0B' AS bin, make_interval(0, 1) AS i, 2 AS n, 3 AS n")
-    assert cli._sql(spark, argparse.Namespace(query=query, format="csv", limit=None)) == 0
+    assert cli._sql(base_settings, argparse.Namespace(query=query, format="csv", limit=None)) == 0
     assert capsys.readouterr().out.splitlines() == [
         "a,m,s,t,bin,i,n,n", '"[1, null]",{k -> 1},"{1, b}",true,0A0B,1 months,2,3']
-    assert cli._sql(spark, argparse.Namespace(query=query, format="table", limit=None)) == 0
+    assert cli._sql(base_settings, argparse.Namespace(query=query, format="table", limit=None)) == 0
     row = capsys.readouterr().out.splitlines()[3]
     assert [cell.strip() for cell in row.strip("|").split("|")] == [
         "[1, null]", "{k -> 1}", "{1, b}", "true", "0A0B", "1 months", "2", "3"]
@@ -537,7 +539,7 @@ def test_sql_table_and_csv_print_values_as_spark_does(
               "named_struct('s', named_struct('b', X'0A')) AS s, "
               "CAST(NULL AS STRUCT<b: BINARY>) AS z, "
               "named_struct('b', X'01', 'B', 2, 'b', X'03') AS names")
-    assert cli._sql(spark, argparse.Namespace(query=nested, format="csv", limit=None)) == 0
+    assert cli._sql(base_settings, argparse.Namespace(query=nested, format="csv", limit=None)) == 0
     assert capsys.readouterr().out.splitlines() == [
         "a,m,s,z,names", '"[41, null]","{42 -> {43, 1}}",{{0A}},,"{01, 2, 03}"']
 
@@ -545,38 +547,38 @@ def test_sql_table_and_csv_print_values_as_spark_does(
     numbers = ("SELECT 1e10D AS d, double('NaN') AS n, -double('inf') AS i, CAST(0.1 AS FLOAT) AS f, "
                "TIMESTAMP'2026-01-01 00:00:00.5' AS t, TIMESTAMP_NTZ'2026-01-02 03:04:05' AS z, "
                "array(0.25D) AS a, CAST(0 AS DECIMAL(20, 10)) AS z0, 0.00000001BD AS tiny")
-    assert cli._sql(spark, argparse.Namespace(query=numbers, format="csv", limit=None)) == 0
+    assert cli._sql(base_settings, argparse.Namespace(query=numbers, format="csv", limit=None)) == 0
     assert capsys.readouterr().out.splitlines() == [
         "d,n,i,f,t,z,a,z0,tiny",
         "1.0E10,NaN,-Infinity,0.1,2026-01-01 00:00:00.5,2026-01-02 03:04:05,[0.25],0.0000000000,0.00000001",
     ]
-    assert cli._sql(spark, argparse.Namespace(query=numbers, format="json", limit=None)) == 0
+    assert cli._sql(base_settings, argparse.Namespace(query=numbers, format="json", limit=None)) == 0
     assert json.loads(capsys.readouterr().out) == {
         "d": 1e10, "n": "NaN", "i": "-Infinity", "f": 0.1, "t": "2026-01-01 00:00:00.5",
         "z": "2026-01-02 03:04:05", "a": [0.25], "z0": 0.0, "tiny": 1e-08}
 
     # Dates and times too: Python's date stops at the year 9999, Spark's does not.
     dates = "SELECT make_date(10000, 1, 1) AS far, array(DATE'2026-01-02') AS a, TIME'12:34:56.789' AS t"
-    assert cli._sql(spark, argparse.Namespace(query=dates, format="csv", limit=None)) == 0
+    assert cli._sql(base_settings, argparse.Namespace(query=dates, format="csv", limit=None)) == 0
     assert capsys.readouterr().out.splitlines() == ["far,a,t", "+10000-01-01,[2026-01-02],12:34:56.789"]
-    assert cli._sql(spark, argparse.Namespace(query=dates, format="json", limit=None)) == 0
+    assert cli._sql(base_settings, argparse.Namespace(query=dates, format="json", limit=None)) == 0
     assert json.loads(capsys.readouterr().out) == {
         "far": "+10000-01-01", "a": ["2026-01-02"], "t": "12:34:56.789"}
 
     # As Spark's CSV writer: a null is an empty field, an empty string is "".
     empty = "SELECT '' AS e, CAST(NULL AS STRING) AS n, 'say \"hi\", twice' AS q"
-    assert cli._sql(spark, argparse.Namespace(query=empty, format="csv", limit=None)) == 0
+    assert cli._sql(base_settings, argparse.Namespace(query=empty, format="csv", limit=None)) == 0
     assert capsys.readouterr().out.splitlines() == ["e,n,q", '"",,"say ""hi"", twice"']
 
 
 def test_a_table_made_by_sql_is_delta_and_the_statement_prints_nothing(
-    spark: SparkSession, capsys: pytest.CaptureFixture[str]
+    spark: SparkSession, base_settings: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
     schema = f"cli_{uuid.uuid4().hex[:8]}"
     spark.sql(f"CREATE SCHEMA {schema}")
     for output in ("table", "csv", "json"):
         query = f"CREATE TABLE {schema}.made_{output} AS SELECT 1 AS one"
-        assert cli._sql(spark, argparse.Namespace(query=query, format=output, limit=None)) == 0
+        assert cli._sql(base_settings, argparse.Namespace(query=query, format=output, limit=None)) == 0
         assert capsys.readouterr().out == ""
         detail = spark.sql(f"DESCRIBE DETAIL {schema}.made_{output}").first()
         assert detail is not None and detail["format"] == "delta"
