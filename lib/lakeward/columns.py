@@ -100,6 +100,11 @@ def time_bound(value: date) -> Column:
     bounds as UTC too. A date stays a date: Spark compares it as midnight in the
     session's time zone (UTC in every session lakeward builds).
     """
-    if isinstance(value, datetime) and value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return F.lit(value)
+    return F.lit(utc(value) if isinstance(value, datetime) else value)
+
+
+def utc(value: date) -> datetime:
+    """``value`` as an aware UTC datetime: one without a time zone is UTC, a date its midnight in UTC."""
+    if not isinstance(value, datetime):
+        return datetime(value.year, value.month, value.day, tzinfo=UTC)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

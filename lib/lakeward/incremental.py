@@ -336,13 +336,13 @@ def _last_run(spark: SparkSession, settings: Settings) -> _LastRun | None:
     row = ledger.orderBy(*order).first()
     if row is None:
         return None
-    ids = row["input_ids"] if "input_ids" in ledger.columns else None
-    outputs = row["outputs"] if "outputs" in ledger.columns else None
-    revision = row["definition_revision"] if "definition_revision" in ledger.columns else None
+    # A ledger created before it kept ids, outputs or revisions lacks their columns: None.
+    fields = row.asDict()
+    ids, outputs = fields.get("input_ids"), fields.get("outputs")
     return _LastRun(
         row["run_id"], row["as_of"], row["feature_version"], row["windows"], dict(row["inputs"]),
         None if ids is None else dict(ids), outputs=None if outputs is None else dict(outputs),
-        definition_revision=revision,
+        definition_revision=fields.get("definition_revision"),
     )
 
 

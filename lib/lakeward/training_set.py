@@ -144,7 +144,7 @@ class BuildSpec:
         shares = tuple(float(share) for share in self.fractions)
         if len(shares) != len(PARTS) or any(s < 0 for s in shares) or abs(sum(shares) - 1) > 1e-9:
             raise TrainingSetError(f"expected three non-negative fractions summing to 1, got {shares}")
-        t1, t2 = (None if t is None else _utc(t) for t in (self.t1, self.t2))
+        t1, t2 = (None if t is None else columns.utc(t) for t in (self.t1, self.t2))
         if self.split == "temporal" and (t1 is None or t2 is None):
             raise TrainingSetError("a temporal split needs both t1 and t2")
         if t1 is not None and t2 is not None and not t1 < t2:
@@ -154,7 +154,7 @@ class BuildSpec:
         object.__setattr__(self, "fractions", shares)
         object.__setattr__(self, "t1", t1)
         object.__setattr__(self, "t2", t2)
-        object.__setattr__(self, "observed_until", _utc(self.observed_until))
+        object.__setattr__(self, "observed_until", columns.utc(self.observed_until))
         names = self.feature_columns
         if names is not None:
             if isinstance(names, str) or not all(isinstance(c, str) for c in names):
@@ -330,7 +330,7 @@ def temporal_bounds(
 
         t1, t2 = temporal_bounds(first, last, horizon=timedelta(days=30), fractions=(0.7, 0.15, 0.15))
     """
-    first, last = _utc(first), _utc(last)
+    first, last = columns.utc(first), columns.utc(last)
     usable = last - first - 2 * horizon
     if usable <= timedelta(0):
         raise TrainingSetError(
@@ -462,8 +462,8 @@ def build(
         split=split,
         fractions=config.fractions,
         seed=config.seed,
-        t1=None if t1 is None else _utc(t1),
-        t2=None if t2 is None else _utc(t2),
+        t1=None if t1 is None else columns.utc(t1),
+        t2=None if t2 is None else columns.utc(t2),
         observed_until=observed_until,
         feature_version=settings.pipeline.feature_version,
         feature_columns=tuple(wanted),
@@ -562,12 +562,6 @@ def stored_spec(
 # --- helpers ---------------------------------------------------------------------------
 
 
-def _utc(value: datetime | date) -> datetime:
-    if not isinstance(value, datetime):
-        return datetime(value.year, value.month, value.day, tzinfo=UTC)
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 def _pinned_version(spark: SparkSession, name: str) -> int:
     if not tables.exists(spark, name):
         raise TrainingSetError(
@@ -616,7 +610,7 @@ def _observed_until(
                 "to %s); labels end before it. Run lakeward run all --date %s once its file has landed",
                 ORDERS_SOURCE, missing, processed[-1], missing,
             )
-    return _utc(last + timedelta(days=1) - timedelta(days=lateness_days))
+    return columns.utc(last + timedelta(days=1) - timedelta(days=lateness_days))
 
 
 def last_unbroken_day(days: Sequence[date]) -> tuple[date, date | None]:
@@ -660,7 +654,7 @@ def _labelled_by_features(
     row past the TTL, as if nothing had happened since. The labels end there
     when silver's orders run further than gold (gold not run since).
     """
-    features_end = _utc(last_feature_day + timedelta(days=2)) + horizon
+    features_end = columns.utc(last_feature_day + timedelta(days=2)) + horizon
     if features_end >= observed_until:
         return observed_until
     log.warning(
