@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -256,8 +257,37 @@ def package_version() -> str:
         return "unknown"
 
 
+# Spark's own default for spark.redaction.regex, plus credentials: a setting whose key
+# matches is logged as REDACTED, as Spark's UI and event log show it.
+_SECRET_KEY = re.compile(r"secret|password|token|access[.]?key|account[.]key|credential", re.IGNORECASE)
+# user:password@ in any URI (tracking.uri may be a database URL, spark.conf a JDBC one).
+_URI_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+_JAVA_PROPERTY = re.compile(r"^(-D[^=]+=)(.*)$")
+REDACTED = "*********(redacted)"
+
+
+def loggable_settings(settings: Settings) -> dict[str, Any]:
+    """The settings as MLflow may keep them: no credential from a URI, a Spark setting or a JVM option."""
+
+    def clean(key: str, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {k: clean(str(k), v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [clean(key, item) for item in value]
+        if not isinstance(value, str):
+            return value
+        if _SECRET_KEY.search(key):
+            return REDACTED
+        option = _JAVA_PROPERTY.match(value)
+        if option and _SECRET_KEY.search(option.group(1)):
+            return option.group(1) + REDACTED
+        return _URI_USERINFO.sub("***@", value)
+
+    return clean("", settings.model_dump(mode="json"))
+
+
 def config_params(settings: Settings) -> dict[str, str]:
-    """The settings flattened to MLflow params (``training.epochs`` -> ``"10"``)."""
+    """The settings flattened to MLflow params (``training.epochs`` -> ``"10"``), credentials redacted."""
     flat: dict[str, str] = {}
 
     def walk(prefix: str, value: Any) -> None:
@@ -267,7 +297,7 @@ def config_params(settings: Settings) -> dict[str, str]:
         else:
             flat[prefix] = value if isinstance(value, str) else json.dumps(value)
 
-    walk("", settings.model_dump(mode="json"))
+    walk("", loggable_settings(settings))
     return flat
 
 
@@ -276,7 +306,7 @@ def log_run_context(settings: Settings) -> None:
     mlflow = mlflow_module()
     mlflow.log_params(config_params(settings))
     mlflow.log_text(
-        yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=True), "config/settings.yml"
+        yaml.safe_dump(loggable_settings(settings), sort_keys=True), "config/settings.yml"
     )
     version = code_version()
     tags = {CODE_VERSION_TAG: version, "lakeward.package_version": package_version()}

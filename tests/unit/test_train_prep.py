@@ -1,5 +1,6 @@
 """Training preparation without Spark or torch: arrays, preprocessing, metrics, privacy arguments."""
 
+import json
 import math
 import os
 import subprocess
@@ -139,6 +140,30 @@ def test_config_params_and_code_version() -> None:
         assert version.removesuffix("+dirty") == f"git:{head}"
     else:
         assert version.startswith("lakeward==")
+
+
+def test_credentials_in_the_settings_do_not_reach_mlflow() -> None:
+    settings = load_settings("local")
+    settings = settings.model_copy(update={
+        "tracking": settings.tracking.model_copy(
+            update={"uri": "postgresql://mlflow:hunter2@db.internal:5432/mlflow"}),
+        "spark": settings.spark.model_copy(update={
+            "conf": {**settings.spark.conf,
+                     "spark.hadoop.fs.s3a.secret.key": "s3cr3t",
+                     "spark.hadoop.fs.azure.account.key.acct.dfs.core.windows.net": "azk3y",
+                     "spark.hadoop.javax.jdo.option.ConnectionURL": "jdbc:mysql://hive:pw9@meta/db"},
+            "driver_java_options": ["-XX:+UseParallelGC", "-Dtrust.store.password=changeit"],
+        }),
+    })
+    params = tracking.config_params(settings)
+    logged = json.dumps(params) + json.dumps(tracking.loggable_settings(settings))
+    for secret in ("hunter2", "s3cr3t", "azk3y", "pw9", "changeit"):
+        assert secret not in logged
+    assert params["tracking.uri"] == "postgresql://***@db.internal:5432/mlflow"
+    assert params["spark.conf.spark.hadoop.fs.s3a.secret.key"] == tracking.REDACTED
+    assert params["spark.conf.spark.sql.shuffle.partitions"] == settings.spark.conf["spark.sql.shuffle.partitions"]
+    assert json.loads(params["spark.driver_java_options"]) == [
+        "-XX:+UseParallelGC", "-Dtrust.store.password=" + tracking.REDACTED]
 
 
 def test_sweep_plot_is_a_png(tmp_path: Path) -> None:
