@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from lakeward import interrupt, root_lock
 from lakeward.config import ConfigError, Settings, is_identifier, load_settings, parse_iso_date
-from lakeward.error_text import first_sentences
+from lakeward.error_text import first_sentences, jvm_error_message
 from lakeward.sources.bitebridge import USERS_FEEDS
 
 if TYPE_CHECKING:
@@ -348,8 +348,6 @@ def _one_line(err: BaseException) -> str:
     if name == "Py4JJavaError":
         # A JVM error pyspark did not convert (e.g. from a collect to Arrow or a
         # row iterator): its text is "An error occurred while calling oN.x".
-        from lakeward.session import jvm_error_message
-
         text = jvm_error_message(err) or text
     first = first_sentences(text) if text else name
     # lakeward's own errors say every problem they found (six config errors, the allowed

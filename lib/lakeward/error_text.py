@@ -31,3 +31,32 @@ def first_sentences(text: str) -> str:
             break
         taken.append(line)
     return " ".join(taken)
+
+
+def jvm_error_message(error: BaseException) -> str | None:
+    """The first line of the innermost cause's message of a JVM error; None for other errors.
+
+    The outer errors only wrap it ("An error occurred while calling o74.getResult",
+    "Error while instantiating ..."). Takes an error pyspark converted (its causes
+    are converted too) or one it left as py4j raised it.
+    """
+    message = None
+    java = getattr(error, "java_exception", None)
+    if java is not None:
+        for _ in range(20):  # a cause chain is short; this only guards against a cycle
+            if java is None:
+                break
+            message = str(java.getMessage() or "").strip() or message
+            java = java.getCause()
+    else:
+        cause: object = error if hasattr(error, "_desc") else None  # pyspark's CapturedException
+        while cause is not None:
+            message = str(getattr(cause, "_desc", "") or "").strip() or message
+            cause = getattr(cause, "_cause", None)
+    return first_sentences(message) if message else None
+
+
+def one_line(error: BaseException) -> str:
+    """The error's first sentence on one line: a JVM error's innermost cause's, else its own text's."""
+    text = jvm_error_message(error) or str(error).strip()
+    return first_sentences(text) if text else type(error).__name__

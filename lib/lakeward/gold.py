@@ -63,13 +63,22 @@ def user_daily_spec(settings: Settings) -> tables.TableSpec:
     )
 
 
+# The late-delivery count has its own window; an increment reads the deliveries it spans.
+LATE_DELIVERY_DAYS = 30
+LATE_DELIVERIES = f"late_deliveries_{LATE_DELIVERY_DAYS}d"
+
+
+def window_columns(windows: Sequence[int]) -> list[str]:
+    """The per-window count and spend columns, in table order."""
+    return [name for days in windows for name in (f"orders_{days}d", f"spend_{days}d")]
+
+
 def feature_columns(windows: Sequence[int]) -> list[T.StructField]:
     """The feature value columns for the configured windows."""
-    fields = []
-    for days in windows:
-        fields += [T.StructField(f"orders_{days}d", COUNT), T.StructField(f"spend_{days}d", MONEY)]
+    fields = [T.StructField(name, COUNT if name.startswith("orders") else MONEY)
+              for name in window_columns(windows)]
     return fields + [
-        T.StructField("late_deliveries_30d", COUNT),
+        T.StructField(LATE_DELIVERIES, COUNT),
         T.StructField("days_since_last_order", T.IntegerType()),
         T.StructField("rating_count", COUNT),
         T.StructField("mean_rating", T.DoubleType()),
@@ -196,12 +205,11 @@ def _state_deltas(state: DataFrame, windows: Sequence[int]) -> DataFrame:
     ``mean * count`` rounds back to the sum, and the last order date is the
     feature date minus the days since it.
     """
-    windowed = [f.name for f in feature_columns(windows)][: 2 * len(windows)]
     return state.select(
         "user_key",
         F.col("start_day").alias("day"),
-        *[F.col(name) for name in windowed],
-        F.col("late_deliveries_30d"),
+        *[F.col(name) for name in window_columns(windows)],
+        F.col(LATE_DELIVERIES),
         F.col("rating_count"),
         F.coalesce(F.round(F.col("mean_rating") * F.col("rating_count")), F.lit(0))
         .cast(COUNT)
@@ -252,10 +260,10 @@ def user_features(
         order_parts += _window_parts(days, names)
         metrics += list(names)
     order_parts.append((known_day(), {"last_order_date": F.col("event_date")}))
-    late = {"late_deliveries_30d": _is_late().cast(COUNT)}
+    late = {LATE_DELIVERIES: _is_late().cast(COUNT)}
     # A delivery makes its user known even when it falls outside every window.
-    delivery_parts = [*_window_parts(30, late), (known_day(), {})]
-    metrics.append("late_deliveries_30d")
+    delivery_parts = [*_window_parts(LATE_DELIVERY_DAYS, late), (known_day(), {})]
+    metrics.append(LATE_DELIVERIES)
     known_ratings = {"rating_count": _is_rated(), "rating_sum": F.col("rating").cast(COUNT)}
     metrics += list(known_ratings)
     combined = (
@@ -300,14 +308,13 @@ def user_features(
         )
     else:
         changes = _expand_running(per_day, metrics, as_of)
-    window_fields = [f.name for f in feature_columns(windows)][: 2 * len(windows)]
     return changes.select(
         "user_key",
         "feature_date",
         end_of_day(F.col("feature_date")).alias("feature_ts"),
         *[F.col(name).cast(MONEY if name.startswith("spend") else COUNT).alias(name)
-          for name in window_fields],
-        F.col("late_deliveries_30d").cast(COUNT).alias("late_deliveries_30d"),
+          for name in window_columns(windows)],
+        F.col(LATE_DELIVERIES).cast(COUNT).alias(LATE_DELIVERIES),
         F.datediff(F.col("feature_date"), F.col("last_order_date")).alias("days_since_last_order"),
         F.col("rating_count").cast(COUNT).alias("rating_count"),
         F.when(F.col("rating_count") > 0,

@@ -61,7 +61,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from lakeward import delta_log, gold, interrupt, session, silver, tables
+from lakeward import delta_log, error_text, gold, interrupt, session, silver, tables
 from lakeward.config import Settings
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,6 @@ Result = TypeVar("Result")
 SILVER_EVENTS = ("silver_orders", "silver_deliveries", "silver_ratings")
 # Their sources, as the silver ledger names them.
 EVENT_SOURCES = tuple(source for source, spec in silver.SOURCES.items() if spec.table in SILVER_EVENTS)
-LATE_DELIVERY_WINDOW = 30
 
 LEDGER_SCHEMA = T.StructType(
     [
@@ -526,7 +525,7 @@ def _incremental(
             feed.unpersist()
         if not isinstance(err, AnalysisException) and not _file_gone(err):
             raise
-        reason = session.jvm_error_message(err) or str(err).splitlines()[0]
+        reason = error_text.one_line(err)
         log.warning("gold: cannot read the silver change feed: %s", reason)
         return "silver's change feed cannot be read"
     changed = feed.filter(F.col("user_key").isNotNull() & F.col("event_date").isNotNull())
@@ -636,7 +635,7 @@ def _needed_rows(
 
 def _delta_spans(settings: Settings) -> tuple[Sequence[int], ...]:
     """Per event table (orders, deliveries, ratings): the windows its events leave after some days."""
-    return (settings.pipeline.feature_windows_days, (LATE_DELIVERY_WINDOW,), ())
+    return (settings.pipeline.feature_windows_days, (gold.LATE_DELIVERY_DAYS,), ())
 
 
 def _replace_daily_days(

@@ -34,7 +34,7 @@ from pyspark.sql import SparkSession
 
 from lakeward import class_data, root_lock
 from lakeward.config import TABLE_KEYS, TIME_ZONE_CONF, ConfigError, Settings, is_utc
-from lakeward.error_text import first_sentences
+from lakeward.error_text import jvm_error_message, one_line
 
 log = logging.getLogger(__name__)
 
@@ -352,29 +352,6 @@ def _check_sql_conf(spark: SparkSession, settings: Settings) -> None:
     session_class.setActiveSession(spark._jsparkSession)
 
 
-def jvm_error_message(error: BaseException) -> str | None:
-    """The first line of the innermost cause's message of a JVM error; None for other errors.
-
-    The outer errors only wrap it ("An error occurred while calling o74.getResult",
-    "Error while instantiating ..."). Takes an error pyspark converted (its causes
-    are converted too) or one it left as py4j raised it.
-    """
-    message = None
-    java = getattr(error, "java_exception", None)
-    if java is not None:
-        for _ in range(20):  # a cause chain is short; this only guards against a cycle
-            if java is None:
-                break
-            message = str(java.getMessage() or "").strip() or message
-            java = java.getCause()
-    else:
-        cause: object = error if hasattr(error, "_desc") else None  # pyspark's CapturedException
-        while cause is not None:
-            message = str(getattr(cause, "_desc", "") or "").strip() or message
-            cause = getattr(cause, "_cause", None)
-    return first_sentences(message) if message else None
-
-
 def _check_catalog_home(spark: SparkSession, settings: Settings) -> None:
     """Refuse a catalog whose tables live under another data root.
 
@@ -677,7 +654,7 @@ def _start(builder: SparkSession.Builder, jvm_log: Path, start: int | None) -> S
     except Exception as error:
         if SparkContext._gateway is not None:
             stopped = None if start is None else _stopped_because(jvm_log, start)
-            reason = stopped or jvm_error_message(error) or str(error).split("\n")[0]
+            reason = stopped or one_line(error)
             raise SparkRefused(f"could not start Spark: {reason} (its output: {jvm_log})") from error
         refusal = None if start is None else _refusal(jvm_log, start)
         if refusal is not None:

@@ -38,6 +38,7 @@ import yaml
 
 from lakeward import tables
 from lakeward.config import Settings
+from lakeward.error_text import one_line
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -584,7 +585,7 @@ def check_versions_available(
         except Exception as err:  # noqa: BLE001 - Delta reports a cleaned-up log in several ways
             raise LineageError(
                 f"{table} version {version} is no longer available "
-                f"(log retention or VACUUM): {_first_line(err)}"
+                f"(log retention or VACUUM): {one_line(err)}"
             ) from None
         local = [(name, _local_path(name)) for name in files]
         missing = [name for name, path in local if path is not None and not path.exists()]
@@ -617,11 +618,6 @@ def _local_path(uri: str) -> Path | None:
     if parsed.scheme in ("", "file"):
         return Path(unquote(parsed.path))
     return None
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def rebuild_training_set(
@@ -663,7 +659,7 @@ def rebuild_training_set(
         raise LineageError(f"run {run_id}: cannot rebuild its training set: {err}") from None
     except Exception as err:  # noqa: BLE001 - the time-travel read fails only when the rows are read
         raise LineageError(
-            f"run {run_id}: reading the inputs at {where} failed: {_first_line(err)}"
+            f"run {run_id}: reading the inputs at {where} failed: {one_line(err)}"
         ) from None
     if digest != recorded.content_hash:
         raise LineageError(

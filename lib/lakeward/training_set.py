@@ -34,6 +34,7 @@ from pyspark.sql import types as T
 
 from lakeward import columns, gold, silver, tables
 from lakeward.config import Settings, is_identifier
+from lakeward.error_text import one_line
 from lakeward.labels import churn_labels, fully_observed
 from lakeward.pit import as_of_join
 from lakeward.splits import PARTS, SPLIT, check_bounds, group_split, leakage, temporal_split
@@ -741,8 +742,7 @@ def _read_version(spark: SparkSession, name: str, version: int, ids: dict[str, s
     try:
         df = tables.read(spark, name, version=version)
     except Exception as err:  # noqa: BLE001 - Delta's errors vary by cause; report one line
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise TrainingSetError(f"cannot read {name} at Delta version {version}: {first}") from err
+        raise TrainingSetError(f"cannot read {name} at Delta version {version}: {one_line(err)}") from err
     _require_files(df, name, version)
     return df
 

@@ -161,7 +161,8 @@ def test_credentials_in_the_settings_do_not_reach_mlflow() -> None:
         assert secret not in logged
     assert params["tracking.uri"] == "postgresql://***@db.internal:5432/mlflow"
     assert params["spark.conf.spark.hadoop.fs.s3a.secret.key"] == tracking.REDACTED
-    assert params["spark.conf.spark.sql.shuffle.partitions"] == settings.spark.conf["spark.sql.shuffle.partitions"]
+    shuffle = "spark.sql.shuffle.partitions"
+    assert params[f"spark.conf.{shuffle}"] == settings.spark.conf[shuffle]
     assert json.loads(params["spark.driver_java_options"]) == [
         "-XX:+UseParallelGC", "-Dtrust.store.password=" + tracking.REDACTED]
 
