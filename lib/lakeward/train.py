@@ -45,6 +45,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Above this a DP run is trained but warned about: e**50 bounds nothing in practice.
+WEAK_EPSILON = 50.0
+
 DP, TWIN, BASELINE = "dp", "non_private", "sklearn_logreg"
 EVALUATED = ("validation", "test")
 
@@ -98,9 +101,6 @@ def check_epsilon(epsilon: float) -> None:
             "for a noise level that small; use an epsilon of 0.5 to 10 (`lakeward train --no-dp` trains "
             "without privacy)"
         )
-    if epsilon > 50:
-        log.warning("train: epsilon %s gives next to no formal privacy; typical values are 0.5 to 10",
-                    epsilon)
 
 
 def check_delta(delta: float, rows: int | None = None) -> None:
@@ -199,7 +199,6 @@ def _prepare(spark: SparkSession, snapshot: tracking.TrainingSnapshot, data: Tra
     rows = data.train.rows
     delta = options.delta if options.delta is not None else default_delta(rows)
     if dp:
-        check_epsilon(options.epsilon)
         check_delta(delta, rows)
     preprocessor = Preprocessor.fit(data.train.x)
     z = {"train": preprocessor.transform(data.train.x)}
@@ -238,7 +237,7 @@ def train_snapshot(
     label = f"eps{options.epsilon:g}" if dp else "no-dp"
     results: dict[str, ModelResult] = {}
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"train-{options.model}-{label}") as parent:
-        _log_parent(spark, settings, prepared, kind="train", dp=dp)
+        _log_parent(settings, prepared, kind="train", dp=dp)
         if dp:
             results[DP] = _train_dp(settings, prepared, options.epsilon, register=True)
         results[TWIN] = _train_twin(settings, prepared, register=not dp)
@@ -284,7 +283,7 @@ def sweep_snapshot(
     prepared = _prepare(spark, snapshot, data, settings, True, experiment_id)
     mlflow = tracking.mlflow_module()
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"dp-sweep-{options.model}") as parent:
-        _log_parent(spark, settings, prepared, kind="dp-sweep", dp=True)
+        _log_parent(settings, prepared, kind="dp-sweep", dp=True)
         mlflow.log_param("dp_sweep.epsilons", json.dumps(sorted(epsilons)))
         twin = _train_twin(settings, prepared, register=False)
         runs = [_train_dp(settings, prepared, eps, register=False) for eps in sorted(epsilons)]
@@ -329,7 +328,7 @@ def _step(epsilon: float) -> int:
     return round(epsilon * 100)
 
 
-def _log_parent(spark: SparkSession, settings: Settings, prepared: _Prepared, *, kind: str, dp: bool) -> None:
+def _log_parent(settings: Settings, prepared: _Prepared, *, kind: str, dp: bool) -> None:
     mlflow = tracking.mlflow_module()
     tracking.log_run_context(settings)
     data = prepared.data
@@ -373,6 +372,9 @@ def _train_dp(settings: Settings, prepared: _Prepared, epsilon: float,
     options = settings.training
     config = _fit_config(settings)
     train_set = prepared.data.train
+    if epsilon > WEAK_EPSILON:
+        log.warning("train: epsilon %g gives next to no formal privacy; typical values are 0.5 to 10",
+                    epsilon)
     # The child logs the config it trained with: in a sweep, its own epsilon.
     with _child(with_overrides(settings, epsilon=epsilon), prepared, f"{DP}-eps{epsilon:g}") as run:
         try:

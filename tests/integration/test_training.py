@@ -294,12 +294,17 @@ def test_missing_training_set_says_what_to_run(spark: SparkSession, fresh_settin
         open_training_set(spark, fresh_settings, "other")
 
 
-def test_dp_sweep_runs_each_epsilon_beside_the_twin_and_logs_a_plot(trained, spark: SparkSession) -> None:
+def test_dp_sweep_runs_each_epsilon_beside_the_twin_and_logs_a_plot(
+    trained, spark: SparkSession, caplog: pytest.LogCaptureFixture
+) -> None:
     from lakeward.train import sweep
 
     settings, _ = trained
-    summary = sweep(spark, settings, [4.0, 1.0])
-    assert [r.privacy.epsilon_target for r in summary.sweep] == [1.0, 4.0]
+    with caplog.at_level(logging.WARNING, logger="lakeward.train"):
+        summary = sweep(spark, settings, [4.0, 1.0, 60.0])
+    assert [r.privacy.epsilon_target for r in summary.sweep] == [1.0, 4.0, 60.0]
+    # The weak epsilon is warned about once, by the run that uses it.
+    assert caplog.text.count("no formal privacy") == 1 and "epsilon 60 gives" in caplog.text
     for result in summary.sweep:
         assert 0 < result.privacy.epsilon_spent <= result.privacy.epsilon_target
     assert summary.plot is not None and summary.plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -310,13 +315,13 @@ def test_dp_sweep_runs_each_epsilon_beside_the_twin_and_logs_a_plot(trained, spa
     children = mlflow_client.search_runs(
         [summary.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{summary.parent_run_id}'"
     )
-    assert len(children) == 3, "one DP run per epsilon and the non-private twin"
+    assert len(children) == 4, "one DP run per epsilon and the non-private twin"
     # Every run's config params say what it trained with, not the config's defaults.
     for result in summary.sweep:
         params = mlflow_client.get_run(result.run_id).data.params
         assert float(params["training.epsilon"]) == result.privacy.epsilon_target
     parent = mlflow_client.get_run(summary.parent_run_id).data.params
-    assert json.loads(parent["training.sweep_epsilons"]) == [1.0, 4.0]
+    assert json.loads(parent["training.sweep_epsilons"]) == [1.0, 4.0, 60.0]
 
 
 def test_a_training_set_without_validation_and_test_parts_still_sweeps(
