@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
@@ -108,3 +108,14 @@ def utc(value: date) -> datetime:
     if not isinstance(value, datetime):
         return datetime(value.year, value.month, value.day, tzinfo=UTC)
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def require_timedelta(name: str, value: object, *, positive: bool = False) -> timedelta:
+    """``value`` if it is a ``timedelta`` that is not negative (above zero when ``positive``)."""
+    if not isinstance(value, timedelta):
+        raise TypeError(f"{name} must be a datetime.timedelta, got {type(value).__name__} {value!r}")
+    if positive and value <= timedelta(0):
+        raise ValueError(f"{name} must be positive, got {value}")
+    if value < timedelta(0):
+        raise ValueError(f"{name} must not be negative, got {value}")
+    return value

@@ -28,10 +28,7 @@ def churn_labels(orders: DataFrame, *, horizon: timedelta, observed_until: datet
     An order with a null ``user_key`` or ``event_ts`` gets no label and is
     no one's next order.
     """
-    if not isinstance(horizon, timedelta):
-        raise TypeError(f"horizon must be a datetime.timedelta, got {type(horizon).__name__} {horizon!r}")
-    if horizon <= timedelta(0):
-        raise ValueError(f"horizon must be positive, got {horizon}")
+    columns.require_timedelta("horizon", horizon, positive=True)
     if not isinstance(observed_until, date):
         raise TypeError(
             f"observed_until must be a datetime or a date, got {type(observed_until).__name__} "

@@ -302,10 +302,7 @@ def _check_arguments(
     if prefix is not None and not isinstance(prefix, str):
         raise TypeError(f"prefix must be a string or None; got {prefix!r}")
     if ttl is not None:
-        if not isinstance(ttl, timedelta):
-            raise TypeError(f"ttl must be a datetime.timedelta or None; got {type(ttl).__name__}")
-        if ttl < timedelta(0):
-            raise ValueError(f"ttl must not be negative; got {ttl}")
+        columns.require_timedelta("ttl", ttl)
     if time_buckets is not None and (
         isinstance(time_buckets, bool) or not isinstance(time_buckets, int) or time_buckets < 1
     ):

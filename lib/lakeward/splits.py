@@ -64,7 +64,7 @@ def _fits(at: Column, t1: date, t2: date, gap: timedelta) -> dict[str, Column]:
 
 def check_bounds(t1: date, t2: date, gap: timedelta) -> None:
     """Refuse bounds that give no leak-free :func:`temporal_split` with a validation part."""
-    _check_horizon("gap", gap)
+    columns.require_timedelta("gap", gap)
     for name, bound in (("t1", t1), ("t2", t2)):
         if not isinstance(bound, date):
             raise TypeError(f"{name} must be a datetime or a date, got {type(bound).__name__} {bound!r}")
@@ -80,13 +80,6 @@ def check_bounds(t1: date, t2: date, gap: timedelta) -> None:
         )
 
 
-def _check_horizon(name: str, horizon: object) -> None:
-    if not isinstance(horizon, timedelta):
-        raise TypeError(f"{name} must be a datetime.timedelta, got {type(horizon).__name__} {horizon!r}")
-    if horizon < timedelta(0):
-        raise ValueError(f"{name} must not be negative, got {horizon}")
-
-
 def _aware(bound: date) -> bool:
     return isinstance(bound, datetime) and bound.tzinfo is not None
 
@@ -95,10 +88,8 @@ def _as_datetime(bound: date) -> datetime:
     return bound if isinstance(bound, datetime) else datetime.combine(bound, datetime.min.time())
 
 
-def group_split(
-    labels: DataFrame, *, key: str, fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0
-) -> DataFrame:
-    """Add ``split`` by a seeded hash of ``key``: every group lands in exactly one part."""
+def check_fractions(fractions: Sequence[float]) -> None:
+    """Refuse shares of train, validation and test that are not three non-negative numbers summing to 1."""
     if (
         len(fractions) != len(PARTS)
         # NaN passes every comparison below: refused first.
@@ -106,7 +97,14 @@ def group_split(
         or any(f < 0 for f in fractions)
         or abs(sum(fractions) - 1) > 1e-9
     ):
-        raise ValueError(f"expected three non-negative fractions summing to 1, got {fractions}")
+        raise ValueError(f"expected three non-negative fractions summing to 1, got {tuple(fractions)}")
+
+
+def group_split(
+    labels: DataFrame, *, key: str, fractions: Sequence[float] = (0.7, 0.15, 0.15), seed: int = 0
+) -> DataFrame:
+    """Add ``split`` by a seeded hash of ``key``: every group lands in exactly one part."""
+    check_fractions(fractions)
     (key,) = columns.resolve(labels, (key,), what="labels")
     found = labels.schema[key].dataType
     if not columns.equatable(found):
@@ -153,7 +151,7 @@ def leakage(
     if (t1 is None) != (t2 is None) or (t1 is not None and ts is None):
         raise ValueError("give t1 and t2 together, and with ts and horizon")
     if horizon is not None:
-        _check_horizon("horizon", horizon)
+        columns.require_timedelta("horizon", horizon)
     names = [SPLIT, *(name for name in (key, ts) if name is not None)]
     spelt = dict(zip(names, columns.resolve(split, names, what="split"), strict=True))
     part_column = spelt[SPLIT]

@@ -776,7 +776,7 @@ def test_invalid_arguments(spark: SparkSession, kwargs: dict[str, Any], message:
 
 def test_a_ttl_that_is_not_a_timedelta_is_refused(spark: SparkSession) -> None:
     labels, features = _small(spark, [], [])
-    with pytest.raises(TypeError, match="ttl must be a datetime.timedelta or None; got int"):
+    with pytest.raises(TypeError, match="ttl must be a datetime.timedelta, got int"):
         as_of_join(labels, features, keys=["user"], label_ts="ts", feature_ts="ts", prefix="f_",
                    ttl=5)  # type: ignore[arg-type]
 
