@@ -451,6 +451,44 @@ def _installed_conf_dir() -> Path | None:
     return beside if (beside / "base.yml").is_file() else None
 
 
+def _check_data_root(root: Path) -> None:
+    """Refuse a data root Spark, Hadoop or the local catalog cannot use, or that cannot be made."""
+    if ":" in str(root):
+        # Hadoop reads a path with a colon as a URI with a scheme, and fails late.
+        raise ConfigError(
+            f"data root {root} has a ':' in it, which Spark and Hadoop cannot take "
+            f"in a path; set {HOME_VAR} (or data_root) to a directory without one"
+        )
+    pattern = sorted(set(str(root)) & set(_GLOB_CHARACTERS))
+    if pattern:
+        # Spark reads files by a pattern of these: bronze would find no landing file.
+        raise ConfigError(
+            f"data root {root} has {' '.join(repr(c) for c in pattern)} in it, which "
+            f"Spark reads as a file name pattern; set {HOME_VAR} (or data_root) to a directory "
+            f"without any of {' '.join(_GLOB_CHARACTERS)}"
+        )
+    if ";" in str(root):
+        # The local catalog's JDBC URL holds the path, and Derby reads a ';' as the start of an option.
+        raise ConfigError(
+            f"data root {root} has a ';' in it, which the local catalog (Derby) "
+            f"cannot take in a path; set {HOME_VAR} (or data_root) to a directory without one"
+        )
+    # The root, or the nearest of its parents that exists (where it will be made).
+    try:
+        existing = next(p for p in [root, *root.parents] if p.exists())
+    except OSError as err:  # a parent the user may not look into
+        raise ConfigError(
+            f"data root {root}: {err.strerror} ({err.filename}); "
+            f"set {HOME_VAR} (or data_root) to a directory you can use"
+        ) from None
+    if not existing.is_dir():
+        raise ConfigError(
+            f"data root {root} is not a directory"
+            + ("" if existing == root else f" ({existing} is a file)")
+            + f"; set {HOME_VAR} (or data_root) to a directory"
+        )
+
+
 def load_settings(
     env: str | None = None,
     *,
@@ -503,40 +541,7 @@ def load_settings(
     merged["conf_dir"] = conf_dir
     root = data_root or os.environ.get(HOME_VAR) or configured_root
     merged["data_root"] = Path(root).expanduser().resolve()
-    if ":" in str(merged["data_root"]):
-        # Hadoop reads a path with a colon as a URI with a scheme, and fails late.
-        raise ConfigError(
-            f"data root {merged['data_root']} has a ':' in it, which Spark and Hadoop cannot take "
-            f"in a path; set {HOME_VAR} (or data_root) to a directory without one"
-        )
-    pattern = sorted(set(str(merged["data_root"])) & set(_GLOB_CHARACTERS))
-    if pattern:
-        # Spark reads files by a pattern of these: bronze would find no landing file.
-        raise ConfigError(
-            f"data root {merged['data_root']} has {' '.join(repr(c) for c in pattern)} in it, which "
-            f"Spark reads as a file name pattern; set {HOME_VAR} (or data_root) to a directory "
-            f"without any of {' '.join(_GLOB_CHARACTERS)}"
-        )
-    if ";" in str(merged["data_root"]):
-        # The local catalog's JDBC URL holds the path, and Derby reads a ';' as the start of an option.
-        raise ConfigError(
-            f"data root {merged['data_root']} has a ';' in it, which the local catalog (Derby) "
-            f"cannot take in a path; set {HOME_VAR} (or data_root) to a directory without one"
-        )
-    # The root, or the nearest of its parents that exists (where it will be made).
-    try:
-        existing = next(p for p in [merged["data_root"], *merged["data_root"].parents] if p.exists())
-    except OSError as err:  # a parent the user may not look into
-        raise ConfigError(
-            f"data root {merged['data_root']}: {err.strerror} ({err.filename}); "
-            f"set {HOME_VAR} (or data_root) to a directory you can use"
-        ) from None
-    if not existing.is_dir():
-        raise ConfigError(
-            f"data root {merged['data_root']} is not a directory"
-            + ("" if existing == merged["data_root"] else f" ({existing} is a file)")
-            + f"; set {HOME_VAR} (or data_root) to a directory"
-        )
+    _check_data_root(merged["data_root"])
     try:
         settings = Settings.model_validate(merged)
     except ValidationError as err:
