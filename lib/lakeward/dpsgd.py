@@ -11,7 +11,6 @@ and its non-private twin share everything but privacy: architecture, initial wei
 """
 
 import logging
-import math
 import time
 import warnings
 from collections.abc import Iterator
@@ -272,8 +271,3 @@ def scoring_module(preprocessor: Preprocessor, net: nn.Module) -> torch.jit.Scri
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         return torch.jit.script(_Scorer(preprocess, net).eval())
-
-
-def median_seconds(seconds: list[float]) -> float:
-    """Median of per-epoch seconds (NaN for none)."""
-    return float(np.median(seconds)) if seconds else math.nan

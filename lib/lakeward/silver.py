@@ -101,7 +101,6 @@ SOURCES: dict[str, SilverSource] = {
     ),
 }
 
-KEYS = ("event_id", "event_ts", "user_id")
 LINEAGE = ("_arrival_date", "_ingested_at", "_source_file", "_line_no", "_batch_id")
 NEW = "_new"
 """Marks a row the silver table lacks; the others are rows it holds from the row's own batch."""
@@ -591,6 +590,11 @@ def _described(text: Column) -> Column:
     return F.when(text.isNotNull(), F.format_string("<%s of %d characters>", kind, F.length(text)))
 
 
+def _newer_record(ts: Column, event_id: Column, held_ts: Column, held_id: Column) -> Column:
+    """A user record replaces the held one when it is newer; at the same time, the greater event_id wins."""
+    return (ts > held_ts) | ((ts == held_ts) & (event_id > held_id))
+
+
 def latest_user_state(users: DataFrame) -> DataFrame:
     """The newest record per ``user_key`` (ties: the greater event_id), with the batch it came in."""
     newest = Window.partitionBy("user_key").orderBy(F.desc("event_ts"), F.desc("event_id"))
@@ -930,10 +934,8 @@ def _new_or_own(
         )
         by_event = held.select(F.col("_t_id").alias("event_id"), "_held_by")
         first = dedupe(rows.join(by_event, "event_id", "left"), prefer=own_batch).select(*rows.columns)
-        newer = (
-            F.col("_t_ts").isNull()
-            | (F.col("updated_ts") > F.col("_t_ts"))
-            | ((F.col("updated_ts") == F.col("_t_ts")) & (F.col("event_id") > F.col("_t_id")))
+        newer = F.col("_t_ts").isNull() | _newer_record(
+            F.col("updated_ts"), F.col("event_id"), F.col("_t_ts"), F.col("_t_id")
         )
         same_record = F.col("_t_id") == F.col("event_id")
         # The held record came on a later day than this copy of it (a snapshot day run
@@ -1043,10 +1045,9 @@ def _write(
         target = DeltaTable.forName(spark, name).alias("t")
         (
             target.merge(fresh.alias("s"), "t.user_key = s.user_key")
-            .whenMatchedUpdateAll(
-                condition="s.updated_ts > t.updated_ts OR "
-                "(s.updated_ts = t.updated_ts AND s.event_id > t.event_id)"
-            )
+            .whenMatchedUpdateAll(condition=_newer_record(
+                F.col("s.updated_ts"), F.col("s.event_id"), F.col("t.updated_ts"), F.col("t.event_id")
+            ))
             .whenNotMatchedInsertAll()
             .execute()
         )

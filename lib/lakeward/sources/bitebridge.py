@@ -15,7 +15,6 @@ import json
 import math
 import os
 import random
-import re
 import unicodedata
 from bisect import bisect
 from dataclasses import astuple, dataclass
@@ -23,6 +22,8 @@ from datetime import UTC, date, datetime, timedelta
 from itertools import accumulate
 from pathlib import Path
 from typing import Any
+
+from lakeward.config import parse_iso_date
 
 SOURCES: tuple[str, ...] = ("order_placed", "delivery_completed", "rating_submitted", "users")
 
@@ -586,10 +587,9 @@ def arrival_days(landing_dir: Path) -> list[date]:
 
 def _arrival_day(path: Path) -> date | None:
     """The arrival day a landing file's name gives, if it is one this module writes."""
-    # fromisoformat alone would also take 20260101.jsonl and 2026-W01-1.jsonl.
-    if path.suffix != ".jsonl" or not re.fullmatch(r"\d{4}-\d{2}-\d{2}", path.stem) or not path.is_file():
+    if path.suffix != ".jsonl" or not path.is_file():
         return None
     try:
-        return date.fromisoformat(path.stem)
+        return parse_iso_date(path.stem)
     except ValueError:
         return None
