@@ -450,6 +450,7 @@ def _check_training_set_name(args: argparse.Namespace, settings: Settings) -> No
 
 
 def _training_set(spark: Any, args: argparse.Namespace, settings: Settings) -> int:
+    from lakeward import tables
     from lakeward.training_set import build
 
     result = build(spark, settings, name=args.name, split=args.split, t1=args.t1, t2=args.t2)
@@ -457,7 +458,7 @@ def _training_set(spark: Any, args: argparse.Namespace, settings: Settings) -> i
         "training-set: wrote %s version %d: %d rows (%s); inputs %s",
         result.table, result.version, result.rows,
         ", ".join(f"{part} {rows}" for part, rows in result.split_rows.items()),
-        ", ".join(f"{table} v{version}" for table, version in result.spec.inputs.items()),
+        tables.describe_versions(result.spec.inputs),
     )
     return 0
 

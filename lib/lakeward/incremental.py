@@ -174,7 +174,7 @@ def refresh(spark: SparkSession, settings: Settings, *, full: bool = False) -> G
     reason = "requested" if full else _full_reason(settings, last, versions, ids)
     if reason is None and last is not None:
         if last.inputs == versions and not _days_passed(last.as_of, processed):
-            log.info("gold: up to date with silver versions %s", _describe(versions))
+            log.info("gold: up to date with silver versions %s", tables.describe_versions(versions))
             return GoldResult("up_to_date", last.as_of, inputs=versions)
         result = _incremental(spark, settings, names, versions, last, processed, run_id)
         if isinstance(result, GoldResult):
@@ -316,10 +316,6 @@ def _settled(future: Future[Result], again: Callable[[], Result]) -> Result:
         return future.result()
     except AnalysisException:
         return again()
-
-
-def _describe(versions: Mapping[str, int]) -> str:
-    return ", ".join(f"{name}@{version}" for name, version in sorted(versions.items()))
 
 
 def _windows_text(settings: Settings) -> str:

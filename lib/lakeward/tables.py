@@ -1,4 +1,4 @@
-"""Table names -> Delta tables: create, append, merge, read as of a version, history.
+"""Table names -> Delta tables: create, append, overwrite, read as of a version, history.
 
 Every table lakeward writes is a Delta table registered in the catalog, so
 ``SELECT * FROM silver.orders`` works from any process on the same data root.
@@ -11,7 +11,7 @@ part of the CPU a Delta write costs::
 
     spec = TableSpec("silver.orders", schema, subject_column="user_key")
     ensure_table(spark, spec)
-    append(df, spec.name, txn=("bronze:orders:abc", 1))
+    append(df, spec.name, user_metadata="a note kept in the commit's history entry")
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from pyspark.sql.types import StructType
 
 from lakeward import delta_log, interrupt
 from lakeward.config import is_identifier
+from lakeward.error_text import one_line
 
 PERSONAL_DATA_PROPERTY = "lakeward.personal_data"
 PERSONAL_COLUMNS_PROPERTY = "lakeward.personal_columns"
@@ -67,7 +68,7 @@ class TableSpec:
     ``personal_columns`` hold personal data (raw identifiers or contact data):
     they get no column statistics. ``subject_column`` names the column that
     identifies the person a row is about (``user_id`` in bronze, ``user_key``
-    elsewhere); the erasure job deletes by it. ``partition_columns`` are the
+    elsewhere), by which the erasure job (a later issue) will delete. ``partition_columns`` are the
     Delta partition columns, set when the table is created. ``stats_columns``
     are the columns Delta keeps statistics for (data skipping, Z-order): None
     means every column but the personal ones.
@@ -217,21 +218,12 @@ def exists(spark: SparkSession, name: str) -> bool:
     return spark.catalog.tableExists(name)
 
 
-def append(
-    df: DataFrame, name: str, *, txn: tuple[str, int] | None = None, user_metadata: str | None = None
-) -> None:
-    """Append ``df`` to the table.
+def append(df: DataFrame, name: str, *, user_metadata: str | None = None) -> None:
+    """Append ``df`` to the table; ``user_metadata`` is kept in the commit's history entry.
 
-    With ``txn=(app_id, version)`` the append is idempotent: Delta records the
-    pair in the same commit and skips any later write whose version for that
-    app id is not greater, so a retried write after a crash adds nothing.
-    ``user_metadata`` is kept in the commit's history entry (see
-    :func:`last_commit_metadata`).
+    See :func:`last_commit_metadata`.
     """
-    writer = df.write.format("delta").mode("append").options(**_noted(user_metadata))
-    if txn is not None:
-        writer = writer.option("txnAppId", txn[0]).option("txnVersion", str(txn[1]))
-    writer.saveAsTable(name)
+    df.write.format("delta").mode("append").options(**_noted(user_metadata)).saveAsTable(name)
 
 
 def add_columns(spark: SparkSession, name: str, schema: StructType) -> None:
@@ -403,6 +395,81 @@ def read(spark: SparkSession, name: str, *, version: int | None = None) -> DataF
     if version is None:
         return spark.read.table(name)
     return spark.read.format("delta").option("versionAsOf", version).table(name)
+
+
+def describe_versions(versions: Mapping[str, int]) -> str:
+    """``silver.orders@v3, gold.user_features@v5``."""
+    return ", ".join(f"{table}@v{version}" for table, version in sorted(versions.items()))
+
+
+class VersionGoneError(LookupError):
+    """A table cannot be read at a version: dropped, never that far, log cleaned up or files vacuumed."""
+
+
+def read_version(
+    spark: SparkSession,
+    name: str,
+    version: int,
+    *,
+    expected_id: str | None = None,
+    frame: DataFrame | None = None,
+) -> DataFrame:
+    """``name`` at ``version``, checked now to be readable, not at the first action on it.
+
+    With ``expected_id``, the table must still be the one of that Delta id (one
+    dropped and created again has lost the version read). ``frame`` is the table
+    already read at ``version``, whose Delta state is not read again. Raises
+    :class:`VersionGoneError` saying why the version is gone.
+    """
+    if not exists(spark, name):
+        raise VersionGoneError(f"{name} no longer exists, so version {version} cannot be read")
+    if expected_id is not None and (current := table_id(spark, name)) != expected_id:
+        raise VersionGoneError(
+            f"{name} was dropped and created again since version {version} was read (Delta table id "
+            f"{expected_id}, now {current}), so that version is gone"
+        )
+    latest = current_version(spark, name)
+    if version > latest:
+        raise VersionGoneError(f"{name} has no version {version}: its latest version is {latest}")
+    try:
+        df = frame if frame is not None else read(spark, name, version=version)
+        files = df.inputFiles()
+    except Exception as err:  # noqa: BLE001 - Delta reports a cleaned-up log in several ways
+        raise VersionGoneError(
+            f"{name} version {version} is no longer available (log retention or VACUUM): {one_line(err)}"
+        ) from None
+    gone = _missing_files(spark, files)
+    if gone:
+        raise VersionGoneError(
+            f"{name} version {version} is no longer available: {len(gone)} of its {len(files)} data "
+            f"files were removed (VACUUM), e.g. {gone[0]}"
+        )
+    return df
+
+
+def _missing_files(spark: SparkSession, files: Sequence[str]) -> list[str]:
+    """The data files of ``files`` that are not there: local ones looked up, others listed by Spark."""
+    missing, remote = [], []
+    for uri in files:
+        parsed = urlparse(uri)
+        if parsed.scheme in ("", "file"):
+            if not Path(unquote(parsed.path)).exists():
+                missing.append(uri)
+        else:
+            remote.append(uri)
+    if remote:
+        directories = sorted({uri.rsplit("/", 1)[0] for uri in remote})
+        try:
+            # One listing per directory; binaryFile reads no content unless asked for it.
+            listed = {
+                row["path"].rsplit("/", 1)[-1]
+                for row in spark.read.format("binaryFile").option("recursiveFileLookup", "true")
+                .load(directories).select("path").collect()
+            }
+        except Exception:  # noqa: BLE001 - a directory that is gone took its files with it
+            listed = set()
+        missing += [uri for uri in remote if uri.rsplit("/", 1)[-1] not in listed]
+    return sorted(missing)
 
 
 def current_version(spark: SparkSession, name: str) -> int:

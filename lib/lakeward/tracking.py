@@ -32,7 +32,7 @@ from functools import cache
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import unquote, urlparse
+from urllib.parse import urlparse
 
 import yaml
 
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# The same names as training_set's table properties, so a run and its table say it alike.
 SPEC_TAG = "lakeward.training_set.spec"
 HASH_TAG = "lakeward.training_set.content_hash"
 TABLE_TAG = "lakeward.training_set.table"
@@ -558,66 +559,23 @@ def lineage(run_id: str) -> Lineage:
 # --- rebuilding ------------------------------------------------------------------------
 
 
-def describe_versions(versions: Mapping[str, int]) -> str:
-    """``silver.orders@v3, gold.user_features@v5``."""
-    return ", ".join(f"{table}@v{version}" for table, version in sorted(versions.items()))
-
-
-def check_versions_available(
-    spark: SparkSession, versions: Mapping[str, int], *, frames: Mapping[str, DataFrame] | None = None
-) -> None:
-    """Every table still exists and can still be read at its version, or :class:`LineageError`.
-
-    A version is gone when it is beyond the latest, when its log entries were cleaned
-    up, or when VACUUM removed data files it needs (checked for local files).
-    ``frames`` are tables already read at those versions, whose Delta state is not
-    read again.
-    """
-    for table, version in sorted(versions.items()):
-        if not tables.exists(spark, table):
-            raise LineageError(f"{table} no longer exists, so version {version} cannot be read")
-        latest = tables.current_version(spark, table)
-        if version > latest:
-            raise LineageError(f"{table} has no version {version}: its latest version is {latest}")
-        frame = (frames or {}).get(table)
-        try:
-            files = (frame if frame is not None else tables.read(spark, table, version=version)).inputFiles()
-        except Exception as err:  # noqa: BLE001 - Delta reports a cleaned-up log in several ways
-            raise LineageError(
-                f"{table} version {version} is no longer available "
-                f"(log retention or VACUUM): {one_line(err)}"
-            ) from None
-        local = [(name, _local_path(name)) for name in files]
-        missing = [name for name, path in local if path is not None and not path.exists()]
-        if missing:
-            raise LineageError(
-                f"{table} version {version} is no longer available: {len(missing)} of its "
-                f"{len(files)} data files were removed (VACUUM), e.g. {missing[0]}"
-            )
-
-
 def warn_unless_rebuildable(
     spark: SparkSession, versions: Mapping[str, int], *, frames: Mapping[str, DataFrame] | None = None
 ) -> bool:
     """Warn, before a train logs them, when the input versions can no longer be read.
 
     Training on the table still works; only rebuilding its rows from the inputs,
-    which the run promises, would fail. True when they can be read.
+    which the run promises, would fail. True when they can be read. ``frames`` are
+    the tables already read at those versions, whose Delta state is not read again.
     """
     try:
-        check_versions_available(spark, versions, frames=frames)
+        for table, version in sorted(versions.items()):
+            tables.read_version(spark, table, version, frame=(frames or {}).get(table))
     except Exception as gone:  # noqa: BLE001 - only a warning: the train goes on either way
         log.warning("the training set cannot be rebuilt from the versions it was built from "
                     "(rebuild-training-set would fail): %s", gone)
         return False
     return True
-
-
-def _local_path(uri: str) -> Path | None:
-    parsed = urlparse(uri)
-    if parsed.scheme in ("", "file"):
-        return Path(unquote(parsed.path))
-    return None
 
 
 def rebuild_training_set(
@@ -644,15 +602,12 @@ def rebuild_training_set(
     logged = {item.table: item.version for item in recorded.inputs if item.context == SOURCE_CONTEXT}
     if logged and logged != dict(spec.inputs):
         raise LineageError(
-            f"run {run_id} is inconsistent: its dataset inputs are {describe_versions(logged)} "
-            f"but its spec names {describe_versions(spec.inputs)}"
+            f"run {run_id} is inconsistent: its dataset inputs are {tables.describe_versions(logged)} "
+            f"but its spec names {tables.describe_versions(spec.inputs)}"
         )
-    where = describe_versions(spec.inputs)
+    where = tables.describe_versions(spec.inputs)
     try:
-        check_versions_available(spark, spec.inputs)
-    except LineageError as err:
-        raise LineageError(f"run {run_id}: cannot rebuild its training set: {err}") from None
-    try:
+        # rebuild checks each input version is still readable before it reads any rows.
         rebuilt = training_set.rebuild(spark, settings, spec)
         digest = training_set.content_hash(rebuilt)
     except training_set.TrainingSetError as err:
@@ -681,7 +636,8 @@ def _write_rebuilt(spark: SparkSession, rows: DataFrame, target: str, recorded: 
     # the rows are about users all the same, so the table is marked as a training set is.
     spec = tables.TableSpec(target, rows.schema, subject_column=training_set.KEY)
     properties = {
-        SPEC_TAG: recorded.spec_json, HASH_TAG: digest, "lakeward.rebuilt_from_run": recorded.run_id,
+        training_set.SPEC_PROPERTY: recorded.spec_json, training_set.CONTENT_HASH_PROPERTY: digest,
+        "lakeward.rebuilt_from_run": recorded.run_id,
     }
     tables.replace(rows, spec, properties)
     return tables.current_version(spark, target)

@@ -34,10 +34,9 @@ from pyspark.sql import types as T
 
 from lakeward import columns, gold, silver, tables
 from lakeward.config import Settings, is_identifier
-from lakeward.error_text import one_line
 from lakeward.labels import churn_labels, fully_observed
 from lakeward.pit import as_of_join
-from lakeward.splits import PARTS, SPLIT, check_bounds, group_split, leakage, temporal_split
+from lakeward.splits import PARTS, SPLIT, check_bounds, check_fractions, group_split, leakage, temporal_split
 
 __all__ = [
     "CONTENT_HASH_PROPERTY",
@@ -142,9 +141,11 @@ class BuildSpec:
             raise TrainingSetError(f"horizon_days must be positive, got {self.horizon_days}")
         if self.ttl_days is not None and self.ttl_days < 0:
             raise TrainingSetError(f"ttl_days must not be negative, got {self.ttl_days}")
+        try:
+            check_fractions(self.fractions)
+        except ValueError as err:
+            raise TrainingSetError(str(err)) from None
         shares = tuple(float(share) for share in self.fractions)
-        if len(shares) != len(PARTS) or any(s < 0 for s in shares) or abs(sum(shares) - 1) > 1e-9:
-            raise TrainingSetError(f"expected three non-negative fractions summing to 1, got {shares}")
         t1, t2 = (None if t is None else columns.utc(t) for t in (self.t1, self.t2))
         if self.split == "temporal" and (t1 is None or t2 is None):
             raise TrainingSetError("a temporal split needs both t1 and t2")
@@ -365,7 +366,7 @@ def content_hash(df: DataFrame) -> str:
     """
     values: list[Column] = []
     for name in df.columns:
-        column = F.col("`" + name.replace("`", "``") + "`")
+        column = columns.ref(name)
         values += [column, column.isNull()]
     # Two salts, two independent hashes; a salt also makes a frame without columns hashable.
     first = F.xxhash64(F.lit("lakeward.content_hash.1"), *values)
@@ -492,7 +493,7 @@ def build(
     log.debug(
         "training-set: %s version %d, %d rows (%s); inputs %s",
         table, version, rows, ", ".join(f"{p} {n}" for p, n in split_rows.items()),
-        ", ".join(f"{t}@{v}" for t, v in spec.inputs.items()),
+        tables.describe_versions(spec.inputs),
     )
     return TrainingSetResult(table, version, rows, digest, spec, split_rows, build_id)
 
@@ -507,6 +508,9 @@ def rebuild(spark: SparkSession, settings: Settings, spec: BuildSpec) -> DataFra
         spec = stored_spec(spark, settings)
         assert content_hash(rebuild(spark, settings, spec)) == original_hash
     """
+    # Every recorded input first: a version gone is the answer, whatever the config says now.
+    inputs = {name: _read_version(spark, name, version, spec.input_ids)
+              for name, version in sorted(spec.inputs.items())}
     orders_name = settings.table("silver_orders")
     features_name = settings.table("gold_user_features")
     missing = [n for n in (orders_name, features_name) if n not in spec.inputs]
@@ -514,8 +518,7 @@ def rebuild(spark: SparkSession, settings: Settings, spec: BuildSpec) -> DataFra
         raise TrainingSetError(
             f"the spec records inputs {sorted(spec.inputs)}, not the configured table(s) {missing}"
         )
-    orders = _read_version(spark, orders_name, spec.inputs[orders_name], spec.input_ids)
-    features = _read_version(spark, features_name, spec.inputs[features_name], spec.input_ids)
+    orders, features = inputs[orders_name], inputs[features_name]
     wanted = spec_feature_columns(spec, settings)
     return assemble(orders.select(*_ORDER_COLUMNS), _feature_history(features, wanted, features_name), spec)
 
@@ -730,47 +733,10 @@ def _properties_or_empty(spark: SparkSession, table: str) -> dict[str, str]:
 
 def _read_version(spark: SparkSession, name: str, version: int, ids: dict[str, str] | None) -> DataFrame:
     """``name`` at ``version``, if it is still the table the build read (same Delta id in ``ids``)."""
-    if not tables.exists(spark, name):
-        raise TrainingSetError(f"cannot read {name} at Delta version {version}: the table does not exist")
-    recorded = (ids or {}).get(name)
-    if recorded is not None and (current := tables.table_id(spark, name)) != recorded:
-        raise TrainingSetError(
-            f"cannot read {name} at Delta version {version}: the table was dropped and created "
-            f"again since the build (Delta table id {recorded}, now {current}), so the version "
-            "read is gone"
-        )
     try:
-        df = tables.read(spark, name, version=version)
-    except Exception as err:  # noqa: BLE001 - Delta's errors vary by cause; report one line
-        raise TrainingSetError(f"cannot read {name} at Delta version {version}: {one_line(err)}") from err
-    _require_files(df, name, version)
-    return df
-
-
-def _require_files(df: DataFrame, name: str, version: int) -> None:
-    """Fail now, not at the first action, when VACUUM removed data files of this version."""
-    paths = df.inputFiles()
-    if not paths:
-        return
-    directories = sorted({path.rsplit("/", 1)[0] for path in paths})
-    try:
-        # One listing per directory; binaryFile reads no content unless asked for it.
-        listed = (
-            df.sparkSession.read.format("binaryFile")
-            .option("recursiveFileLookup", "true")
-            .load(directories)
-            .select("path")
-            .collect()
-        )
-    except Exception:  # noqa: BLE001 - a directory that is gone took its files with it
-        listed = []
-    present = {row["path"].rsplit("/", 1)[-1] for row in listed}
-    gone = sorted({path.rsplit("/", 1)[-1] for path in paths} - present)
-    if gone:
-        raise TrainingSetError(
-            f"cannot read {name} at Delta version {version}: data file(s) of that version are "
-            f"gone (vacuumed?), e.g. {gone[0]}"
-        )
+        return tables.read_version(spark, name, version, expected_id=(ids or {}).get(name))
+    except tables.VersionGoneError as err:
+        raise TrainingSetError(str(err)) from None
 
 
 def _record(
