@@ -10,7 +10,7 @@ content hash of the exact training rows, so the set can be rebuilt and checked::
     experiment_id = configure(settings)
     inputs = training_inputs(spark, snapshot)       # once; every run of the snapshot logs them
     with mlflow.start_run(experiment_id=experiment_id):
-        log_run_context(settings)
+        log_run_context(settings, snapshot.spec)
         log_training_lineage(snapshot, inputs)
     ...
     rebuild_training_set(spark, settings, run_id)   # same rows, or LineageError
@@ -268,8 +268,18 @@ _JAVA_PROPERTY = re.compile(r"^(-D[^=]+=)(.*)$")
 REDACTED = "*********(redacted)"
 
 
-def loggable_settings(settings: Settings) -> dict[str, Any]:
-    """The settings as MLflow may keep them: no credential from a URI, a Spark setting or a JVM option."""
+# The training-set settings a build records in its spec.
+_BUILT_WITH = ("horizon_days", "ttl_days", "split", "fractions", "seed", "t1", "t2")
+_ORDERS_WINDOW = re.compile(r"orders_(\d+)d")
+
+
+def loggable_settings(settings: Settings, spec: BuildSpecLike | None = None) -> dict[str, Any]:
+    """The settings as MLflow may keep them: no credential from a URI, a Spark setting or a JVM option.
+
+    With the ``spec`` of the training set a run trains on, its ``training_set``
+    values, ``feature_version`` and feature windows are those the set was built
+    with (the config may have changed since): the run's params say what it trained on.
+    """
 
     def clean(key: str, value: Any) -> Any:
         if isinstance(value, Mapping):
@@ -285,11 +295,23 @@ def loggable_settings(settings: Settings) -> dict[str, Any]:
             return option.group(1) + REDACTED
         return _URI_USERINFO.sub("***@", value)
 
-    return clean("", settings.model_dump(mode="json"))
+    dump: dict[str, Any] = clean("", settings.model_dump(mode="json"))
+    if spec is not None:
+        built = json.loads(spec.to_json())
+        dump["training_set"].update({key: built[key] for key in _BUILT_WITH})
+        dump["pipeline"]["feature_version"] = built["feature_version"]
+        windows = [int(match.group(1)) for column in built.get("feature_columns") or ()
+                   if (match := _ORDERS_WINDOW.fullmatch(column))]
+        if windows:
+            dump["pipeline"]["feature_windows_days"] = windows
+    return dump
 
 
-def config_params(settings: Settings) -> dict[str, str]:
-    """The settings flattened to MLflow params (``training.epochs`` -> ``"10"``), credentials redacted."""
+def config_params(settings: Settings, spec: BuildSpecLike | None = None) -> dict[str, str]:
+    """The settings flattened to MLflow params (``training.epochs`` -> ``"10"``), credentials redacted.
+
+    ``spec``: as in :func:`loggable_settings`.
+    """
     flat: dict[str, str] = {}
 
     def walk(prefix: str, value: Any) -> None:
@@ -299,16 +321,19 @@ def config_params(settings: Settings) -> dict[str, str]:
         else:
             flat[prefix] = value if isinstance(value, str) else json.dumps(value)
 
-    walk("", loggable_settings(settings))
+    walk("", loggable_settings(settings, spec))
     return flat
 
 
-def log_run_context(settings: Settings) -> None:
-    """Config (params and a YAML artifact) and code version on the active run."""
+def log_run_context(settings: Settings, spec: BuildSpecLike | None = None) -> None:
+    """Config (params and a YAML artifact) and code version on the active run.
+
+    ``spec``: the training set's, whose build values replace the config's (:func:`loggable_settings`).
+    """
     mlflow = mlflow_module()
-    mlflow.log_params(config_params(settings))
+    mlflow.log_params(config_params(settings, spec))
     mlflow.log_text(
-        yaml.safe_dump(loggable_settings(settings), sort_keys=True), "config/settings.yml"
+        yaml.safe_dump(loggable_settings(settings, spec), sort_keys=True), "config/settings.yml"
     )
     version = code_version()
     tags = {CODE_VERSION_TAG: version, "lakeward.package_version": package_version()}

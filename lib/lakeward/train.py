@@ -319,8 +319,11 @@ def _test_auc(result: ModelResult) -> float:
 
 def shown_auc(result: ModelResult) -> str:
     """The test ROC-AUC as printed: four decimals, or ``n/a`` where there is none."""
-    auc = _test_auc(result)
-    return "n/a" if math.isnan(auc) else f"{auc:.4f}"
+    return _shown(_test_auc(result))
+
+
+def _shown(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.4f}"
 
 
 def _step(epsilon: float) -> int:
@@ -330,7 +333,7 @@ def _step(epsilon: float) -> int:
 
 def _log_parent(settings: Settings, prepared: _Prepared, *, kind: str, dp: bool) -> None:
     mlflow = tracking.mlflow_module()
-    tracking.log_run_context(settings)
+    tracking.log_run_context(settings, prepared.snapshot.spec)
     data = prepared.data
     mlflow.log_params({
         "features": json.dumps(list(data.features)),
@@ -352,7 +355,7 @@ def _child(settings: Settings, prepared: _Prepared, name: str) -> Iterator[Any]:
     mlflow = tracking.mlflow_module()
     with mlflow.start_run(experiment_id=prepared.experiment_id, run_name=name, nested=True) as run:
         mlflow.set_tag("lakeward.model_kind", name.split("-")[0])
-        tracking.log_run_context(settings)
+        tracking.log_run_context(settings, prepared.snapshot.spec)
         tracking.log_training_lineage(prepared.snapshot, prepared.inputs)
         yield run
 
@@ -558,7 +561,8 @@ def _ratio(dp_seconds: Sequence[float], twin_seconds: Sequence[float]) -> float:
 def _describe(metrics: dict[str, float]) -> str:
     parts = []
     for split in EVALUATED:
-        values = [f"{name} {metrics[f'{split}_{name}']:.4f}"
+        # A part of one class has no ROC or PR AUC: n/a, as the CLI prints it.
+        values = [f"{name} {_shown(metrics[f'{split}_{name}'])}"
                   for name in ("roc_auc", "pr_auc", "log_loss", "brier") if f"{split}_{name}" in metrics]
         if values:
             parts.append(f"{split}: " + ", ".join(values))

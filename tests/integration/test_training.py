@@ -125,6 +125,9 @@ def test_every_run_records_inputs_with_delta_versions_config_and_code(trained, s
             assert source["delta_table_version"] == logged[table].version
         assert run.data.tags[tracking.HASH_TAG] == summary.training_set.content_hash
         assert run.data.params["training.epochs"] == "2"
+        # The set's build values, from its spec, whatever the config says now.
+        assert run.data.params["pipeline.feature_version"] == spec["feature_version"]
+        assert run.data.params["training_set.split"] == spec["split"]
         assert run.data.tags[tracking.CODE_VERSION_TAG].split(":")[0] in ("git", "lakeward==0.1.0")
         artifacts = {item.path for item in mlflow.list_artifacts(run.info.run_id, "config")}
         assert artifacts == {"config/settings.yml"}

@@ -5,6 +5,7 @@ import math
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -142,6 +143,28 @@ def test_config_params_and_code_version() -> None:
         assert version.startswith("lakeward==")
 
 
+def test_params_say_how_the_training_set_was_built_not_what_the_config_says_now() -> None:
+    from lakeward.training_set import BuildSpec
+
+    settings = load_settings("local")
+    t1, t2 = datetime(2026, 2, 1, tzinfo=UTC), datetime(2026, 3, 15, tzinfo=UTC)
+    spec = BuildSpec(inputs={"silver.orders": 3, "gold.user_features": 5}, horizon_days=14, ttl_days=None,
+                     split="temporal", fractions=(0.8, 0.1, 0.1), seed=3, t1=t1, t2=t2,
+                     observed_until=datetime(2026, 4, 1, tzinfo=UTC), feature_version="v9",
+                     feature_columns=("orders_7d", "spend_7d", "orders_60d", "spend_60d", "rating_count"))
+    assert settings.pipeline.feature_version != "v9" and settings.training_set.split != "temporal"
+    params = tracking.config_params(settings, spec)
+    assert params["pipeline.feature_version"] == "v9"
+    assert json.loads(params["pipeline.feature_windows_days"]) == [7, 60]
+    assert params["training_set.split"] == "temporal"
+    assert params["training_set.horizon_days"] == "14" and params["training_set.ttl_days"] == "null"
+    assert params["training_set.t1"] == t1.isoformat() and params["training_set.t2"] == t2.isoformat()
+    assert json.loads(params["training_set.fractions"]) == [0.8, 0.1, 0.1]
+    # What is not the set's stays the config's.
+    assert params["training.epochs"] == str(settings.training.epochs)
+    assert tracking.loggable_settings(settings, spec)["training_set"]["seed"] == 3
+
+
 def test_credentials_in_the_settings_do_not_reach_mlflow() -> None:
     settings = load_settings("local")
     settings = settings.model_copy(update={
@@ -222,3 +245,10 @@ def test_looking_up_a_run_in_a_store_never_made_creates_nothing(tmp_path: Path) 
     store.parent.mkdir()
     store.touch()
     assert tracking._sqlite_file(f"sqlite:///{store}?timeout=30") == store
+
+
+def test_a_metric_a_one_class_part_cannot_have_is_logged_as_n_a() -> None:
+    from lakeward.train import _describe
+
+    text = _describe({"validation_roc_auc": math.nan, "validation_log_loss": 0.51234, "test_roc_auc": 0.7})
+    assert text == "validation: roc_auc n/a, log_loss 0.5123; test: roc_auc 0.7000"
