@@ -709,6 +709,8 @@ def _verify(training: DataFrame, spec: BuildSpec, orders_name: str) -> dict[str,
     for part, share in zip(PARTS, spec.fractions, strict=True):
         if share > 0 and not split_rows[part]:
             log.warning("training-set: split part %s is empty (too few users?)", part)
+    if spec.split == "group" and spec.fractions[0] == 0:
+        log.warning("training-set: the fractions give train no share: `lakeward train` cannot use this set")
     if spec.split == "temporal":
         problems = leakage(training, ts="label_ts", horizon=spec.horizon, t1=spec.t1, t2=spec.t2)
     else:

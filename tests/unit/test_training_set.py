@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import logging
 import random
 from datetime import UTC, date, datetime, timedelta, timezone
 
@@ -121,6 +122,18 @@ def test_assemble_group_split_keeps_every_label_and_each_user_in_one_part(
 def test_assemble_without_ttl_takes_older_rows(inputs) -> None:
     got = {r["label_id"]: r for r in assemble(*inputs, spec(ttl_days=None)).collect()}
     assert got["o4"]["feature_date"] == date(2025, 12, 30) and got["o4"]["orders_7d"] == 5
+
+
+def test_a_group_split_without_a_train_share_is_built_with_a_warning(
+    inputs, caplog: pytest.LogCaptureFixture
+) -> None:
+    from lakeward.training_set import _verify
+
+    no_train = spec(split="group", t1=None, t2=None, fractions=(0.0, 0.5, 0.5))
+    with caplog.at_level(logging.WARNING, logger="lakeward.training_set"):
+        rows = _verify(assemble(*inputs, no_train), no_train, "silver.orders")
+    assert rows["train"] == 0 and sum(rows.values()) == 5
+    assert "the fractions give train no share: `lakeward train` cannot use this set" in caplog.text
 
 
 def test_assemble_names_missing_columns(inputs) -> None:
