@@ -696,35 +696,7 @@ def _write_features(
         return tables.overwrite_where(features, spec.name, from_earliest, user_metadata=note)
     # Arrival days out of order: each affected user restarts on the first day
     # their new events became known, and the rows from there are merged.
-    restarts = changed.groupBy("user_key").agg(F.min("known_day").alias("start_day"))
-    if as_of > previous_as_of:
-        # Every user known on the new days gets rows on them: those with a row
-        # on the last as_of go on from the day after it; the others start on
-        # the first day something of theirs became known. That includes
-        # stored events known only on the new days (an event dated after its
-        # arrival day), which the change feed does not list.
-        next_day = previous_as_of + timedelta(days=1)
-        known_later = reduce(DataFrame.unionByName, [
-            df.filter(gold.known_day().between(F.lit(next_day), F.lit(as_of)))
-            .select("user_key", gold.known_day().alias("start_day"))
-            for df in (orders, deliveries, ratings)
-        ])
-        carried_forward = (
-            existing.filter(F.col("feature_date") == F.lit(previous_as_of))
-            .select("user_key", F.lit(next_day).alias("start_day"))
-            .unionByName(known_later)
-            .filter(F.col("user_key").isNotNull())
-        )
-        restarts = restarts.unionByName(carried_forward)
-    starts = (
-        restarts.groupBy("user_key").agg(F.min("start_day").alias("start_day"))
-        .filter(F.col("start_day") <= F.lit(as_of))
-        # Not cache(): Spark plans a cached frame that reads user_features
-        # again after the write below changes that table (three Delta file
-        # listings, about 0.7 s at 3.24M events). A local checkpoint keeps the
-        # rows without the plan; Spark removes them once nothing refers to it.
-        .localCheckpoint()
-    )
+    starts = _restart_days(changed, (orders, deliveries, ratings), existing, previous_as_of, as_of)
     # One row per start: the user's row of the day before, or nulls for a user
     # with none. Rows between ``earliest`` and a user's own start day are left
     # out by this join, so the bound needs no Spark job of its own.
@@ -740,6 +712,45 @@ def _write_features(
     )
     with tables.noted_commits(spark, note):
         return _upsert(spark, spec.name, features, keys & (F.col("t.feature_date") >= F.lit(earliest)))
+
+
+def _restart_days(
+    changed: DataFrame,
+    events: Sequence[DataFrame],
+    existing: DataFrame,
+    previous_as_of: date,
+    as_of: date,
+) -> DataFrame:
+    """Per user to recompute, the day its rows restart on: ``user_key``, ``start_day``; checkpointed."""
+    restarts = changed.groupBy("user_key").agg(F.min("known_day").alias("start_day"))
+    if as_of > previous_as_of:
+        # Every user known on the new days gets rows on them: those with a row
+        # on the last as_of go on from the day after it; the others start on
+        # the first day something of theirs became known. That includes
+        # stored events known only on the new days (an event dated after its
+        # arrival day), which the change feed does not list.
+        next_day = previous_as_of + timedelta(days=1)
+        known_later = reduce(DataFrame.unionByName, [
+            df.filter(gold.known_day().between(F.lit(next_day), F.lit(as_of)))
+            .select("user_key", gold.known_day().alias("start_day"))
+            for df in events
+        ])
+        carried_forward = (
+            existing.filter(F.col("feature_date") == F.lit(previous_as_of))
+            .select("user_key", F.lit(next_day).alias("start_day"))
+            .unionByName(known_later)
+            .filter(F.col("user_key").isNotNull())
+        )
+        restarts = restarts.unionByName(carried_forward)
+    return (
+        restarts.groupBy("user_key").agg(F.min("start_day").alias("start_day"))
+        .filter(F.col("start_day") <= F.lit(as_of))
+        # Not cache(): Spark plans a cached frame that reads user_features
+        # again after the feature write changes that table (three Delta file
+        # listings, about 0.7 s at 3.24M events). A local checkpoint keeps the
+        # rows without the plan; Spark removes them once nothing refers to it.
+        .localCheckpoint()
+    )
 
 
 def _relevant(first_start: date, as_of: date, windows: Sequence[int]) -> Column:
