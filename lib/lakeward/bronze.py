@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from delta.tables import DeltaTable
+from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -671,7 +672,11 @@ def _ingest_pending(
     quarantine = quarantine_spec(settings)
     every_file = [f for fs in pending.values() for f in fs]
     ingested_at = tables.utc_now()
-    parsed = {source: _read_files(spark, fs, ingested_at).persist() for source, fs in pending.items()}
+    # On local disk, not in the heap: a day's users snapshot of 200k users is more than a
+    # 1g driver holds beside the writes, and a cache in memory only spilled there anyway
+    # (docs/BENCHMARKS.md, "Driver memory").
+    parsed = {source: _read_files(spark, fs, ingested_at).persist(StorageLevel.DISK_ONLY)
+              for source, fs in pending.items()}
     try:
         # One job fills every source's cache, counts the lines of each file and sizes its
         # splits. The lines are numbered from the cached ids, which the writes read.

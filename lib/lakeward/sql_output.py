@@ -62,13 +62,13 @@ def print_rows(df: DataFrame, output_format: str, out: TextIO) -> None:
     else:
         df = _converted(df, _hex)
         df = _cast_to_text(df, _TEXT_KINDS)
-    if output_format == "table":
-        # Column widths need every row first.
-        out.write(format_table(columns, [list(row) for row in df.collect()]))
-        return
     # One partition at a time (the next one fetched while this one prints), so a
-    # large result streams instead of filling the driver.
+    # large result streams instead of filling the driver's heap.
     rows = df.toLocalIterator(prefetchPartitions=True)
+    if output_format == "table":
+        # Column widths need every row first: they are held in Python, not in the JVM.
+        out.write(format_table(columns, [list(row) for row in rows]))
+        return
     if output_format == "json":
         for row in rows:
             record = json_ready(row.asDict(recursive=True))
