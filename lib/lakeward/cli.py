@@ -577,7 +577,7 @@ def _generate(args: argparse.Namespace, settings: Settings) -> int:
         # may also be left from another seed.
         log.warning(
             "generate: the landing directory also holds files of %d other arrival days (%s..%s), "
-            "which the next run ingests too; remove %s to start over",
+            "which runs take too (bronze skips those it already ingested); remove %s to start over",
             len(others), others[0], others[-1], settings.landing_dir,
         )
     return 0

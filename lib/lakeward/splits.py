@@ -12,6 +12,7 @@ A bound without a time zone is UTC; a date is midnight in the session's time zon
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from datetime import date, datetime, timedelta
 from functools import reduce
@@ -93,7 +94,7 @@ def check_fractions(fractions: Sequence[float]) -> None:
     if (
         len(fractions) != len(PARTS)
         # NaN passes every comparison below: refused first.
-        or not all(isinstance(f, int | float) and math.isfinite(f) for f in fractions)
+        or not all(isinstance(f, numbers.Real) and math.isfinite(f) for f in fractions)
         or any(f < 0 for f in fractions)
         or abs(sum(fractions) - 1) > 1e-9
     ):

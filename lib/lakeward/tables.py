@@ -423,12 +423,15 @@ def read_version(
     """
     if not exists(spark, name):
         raise VersionGoneError(f"{name} no longer exists, so version {version} cannot be read")
-    if expected_id is not None and (current := table_id(spark, name)) != expected_id:
+    try:
+        current, latest = table_id(spark, name), current_version(spark, name)
+    except Exception as err:  # noqa: BLE001 - a catalog entry whose files or log are gone, or no Delta table
+        raise VersionGoneError(f"{name} cannot be read at version {version}: {one_line(err)}") from None
+    if expected_id is not None and current != expected_id:
         raise VersionGoneError(
             f"{name} was dropped and created again since version {version} was read (Delta table id "
             f"{expected_id}, now {current}), so that version is gone"
         )
-    latest = current_version(spark, name)
     if version > latest:
         raise VersionGoneError(f"{name} has no version {version}: its latest version is {latest}")
     try:
@@ -453,7 +456,8 @@ def _missing_files(spark: SparkSession, files: Sequence[str]) -> list[str]:
     for uri in files:
         parsed = urlparse(uri)
         if parsed.scheme in ("", "file"):
-            if not Path(unquote(parsed.path)).exists():
+            # Spark may give a path as a URI (%20 for a space) or as it is spelt.
+            if not Path(unquote(parsed.path)).exists() and not Path(parsed.path).exists():
                 missing.append(uri)
         else:
             remote.append(uri)

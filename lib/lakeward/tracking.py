@@ -77,6 +77,11 @@ class BuildSpecLike(Protocol):
         """Input table name -> Delta version read."""
         ...
 
+    @property
+    def input_ids(self) -> dict[str, str] | None:
+        """Input table name -> Delta table id when read; None in an old spec."""
+        ...
+
     def to_json(self) -> str:
         """The spec as JSON."""
         ...
@@ -261,10 +266,16 @@ def package_version() -> str:
 
 # Spark's own default for spark.redaction.regex, plus credentials: a setting whose key
 # matches is logged as REDACTED, as Spark's UI and event log show it.
-_SECRET_KEY = re.compile(r"secret|password|token|access[.]?key|account[.]key|credential", re.IGNORECASE)
+_SECRETS = r"secret|password|passwd|pwd|token|access[.]?key|account[.]key|credential"
+_SECRET_KEY = re.compile(_SECRETS, re.IGNORECASE)
 # user:password@ in any URI (tracking.uri may be a database URL, spark.conf a JDBC one).
 _URI_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
-_JAVA_PROPERTY = re.compile(r"^(-D[^=]+=)(.*)$")
+# Within a value: a -D option (extraJavaOptions holds several) or a URL or JDBC parameter
+# (?password=..., ;password=...) whose name says it holds a secret.
+_NAMED_SECRET = re.compile(
+    rf"((?:^|\s)-D[^=\s]*(?:{_SECRETS})[^=\s]*=|[?&;][^=&;\s]*(?:{_SECRETS})[^=&;\s]*=)[^&;\s]*",
+    re.IGNORECASE,
+)
 REDACTED = "*********(redacted)"
 
 
@@ -290,10 +301,7 @@ def loggable_settings(settings: Settings, spec: BuildSpecLike | None = None) -> 
             return value
         if _SECRET_KEY.search(key):
             return REDACTED
-        option = _JAVA_PROPERTY.match(value)
-        if option and _SECRET_KEY.search(option.group(1)):
-            return option.group(1) + REDACTED
-        return _URI_USERINFO.sub("***@", value)
+        return _URI_USERINFO.sub("***@", _NAMED_SECRET.sub(lambda m: m.group(1) + REDACTED, value))
 
     dump: dict[str, Any] = clean("", settings.model_dump(mode="json"))
     if spec is not None:
@@ -498,7 +506,7 @@ def training_inputs(spark: SparkSession, snapshot: TrainingSnapshot) -> tuple[De
     ]
     # Each source is read at its version once: the check takes the datasets' frames.
     warn_unless_rebuildable(
-        spark, snapshot.spec.inputs,
+        spark, snapshot.spec.inputs, ids=snapshot.spec.input_ids,
         frames={source.tags[INPUT_TABLE_TAG]: source.dataset.df for source in sources},
     )
     training = delta_input(
@@ -585,17 +593,24 @@ def lineage(run_id: str) -> Lineage:
 
 
 def warn_unless_rebuildable(
-    spark: SparkSession, versions: Mapping[str, int], *, frames: Mapping[str, DataFrame] | None = None
+    spark: SparkSession,
+    versions: Mapping[str, int],
+    *,
+    ids: Mapping[str, str] | None = None,
+    frames: Mapping[str, DataFrame] | None = None,
 ) -> bool:
     """Warn, before a train logs them, when the input versions can no longer be read.
 
     Training on the table still works; only rebuilding its rows from the inputs,
-    which the run promises, would fail. True when they can be read. ``frames`` are
-    the tables already read at those versions, whose Delta state is not read again.
+    which the run promises, would fail. True when they can be read. ``ids`` are the
+    Delta table ids the build read (a table made again since is refused, as rebuild
+    refuses it); ``frames`` the tables already read at those versions, whose Delta
+    state is not read again.
     """
     try:
         for table, version in sorted(versions.items()):
-            tables.read_version(spark, table, version, frame=(frames or {}).get(table))
+            tables.read_version(spark, table, version, expected_id=(ids or {}).get(table),
+                                frame=(frames or {}).get(table))
     except Exception as gone:  # noqa: BLE001 - only a warning: the train goes on either way
         log.warning("the training set cannot be rebuilt from the versions it was built from "
                     "(rebuild-training-set would fail): %s", gone)

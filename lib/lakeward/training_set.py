@@ -508,11 +508,13 @@ def rebuild(spark: SparkSession, settings: Settings, spec: BuildSpec) -> DataFra
         spec = stored_spec(spark, settings)
         assert content_hash(rebuild(spark, settings, spec)) == original_hash
     """
-    # Every recorded input first: a version gone is the answer, whatever the config says now.
-    inputs = {name: _read_version(spark, name, version, spec.input_ids)
-              for name, version in sorted(spec.inputs.items())}
     orders_name = settings.table("silver_orders")
     features_name = settings.table("gold_user_features")
+    # Every recorded input first, orders then features: a version gone is the answer,
+    # whatever the config says now.
+    order = [orders_name, features_name, *sorted(spec.inputs)]
+    inputs = {name: _read_version(spark, name, spec.inputs[name], spec.input_ids)
+              for name in dict.fromkeys(order) if name in spec.inputs}
     missing = [n for n in (orders_name, features_name) if n not in spec.inputs]
     if missing:
         raise TrainingSetError(

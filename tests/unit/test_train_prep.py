@@ -174,14 +174,20 @@ def test_credentials_in_the_settings_do_not_reach_mlflow() -> None:
             "conf": {**settings.spark.conf,
                      "spark.hadoop.fs.s3a.secret.key": "s3cr3t",
                      "spark.hadoop.fs.azure.account.key.acct.dfs.core.windows.net": "azk3y",
-                     "spark.hadoop.javax.jdo.option.ConnectionURL": "jdbc:mysql://hive:pw9@meta/db"},
+                     "spark.hadoop.javax.jdo.option.ConnectionURL": "jdbc:mysql://hive:pw9@meta/db",
+                     "spark.driver.extraJavaOptions": "-Xss4m -Djavax.net.ssl.trustStorePassword=ts1 -Da=1",
+                     "spark.hadoop.metastore.url": "jdbc:postgresql://meta/db?user=hive&password=q2&ssl=1"},
             "driver_java_options": ["-XX:+UseParallelGC", "-Dtrust.store.password=changeit"],
         }),
     })
     params = tracking.config_params(settings)
     logged = json.dumps(params) + json.dumps(tracking.loggable_settings(settings))
-    for secret in ("hunter2", "s3cr3t", "azk3y", "pw9", "changeit"):
+    for secret in ("hunter2", "s3cr3t", "azk3y", "pw9", "changeit", "ts1", "q2&"):
         assert secret not in logged
+    assert params["spark.conf.spark.driver.extraJavaOptions"] == (
+        f"-Xss4m -Djavax.net.ssl.trustStorePassword={tracking.REDACTED} -Da=1")
+    assert params["spark.conf.spark.hadoop.metastore.url"] == (
+        f"jdbc:postgresql://meta/db?user=hive&password={tracking.REDACTED}&ssl=1")
     assert params["tracking.uri"] == "postgresql://***@db.internal:5432/mlflow"
     assert params["spark.conf.spark.hadoop.fs.s3a.secret.key"] == tracking.REDACTED
     shuffle = "spark.sql.shuffle.partitions"
