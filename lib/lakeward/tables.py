@@ -424,7 +424,10 @@ def read_version(
     if not exists(spark, name):
         raise VersionGoneError(f"{name} no longer exists, so version {version} cannot be read")
     try:
-        current, latest = table_id(spark, name), current_version(spark, name)
+        # One read of the log gives both; the fallbacks read Delta's detail and history.
+        snapshot = delta_log.snapshot(spark, name)
+        latest, current = ((snapshot.version, snapshot.table_id) if snapshot is not None
+                           else (current_version(spark, name), table_id(spark, name)))
     except Exception as err:  # noqa: BLE001 - a catalog entry whose files or log are gone, or no Delta table
         raise VersionGoneError(f"{name} cannot be read at version {version}: {one_line(err)}") from None
     if expected_id is not None and current != expected_id:

@@ -320,6 +320,10 @@ def config_params(settings: Settings, spec: BuildSpecLike | None = None) -> dict
 
     ``spec``: as in :func:`loggable_settings`.
     """
+    return _flattened(loggable_settings(settings, spec))
+
+
+def _flattened(dump: Mapping[str, Any]) -> dict[str, str]:
     flat: dict[str, str] = {}
 
     def walk(prefix: str, value: Any) -> None:
@@ -329,7 +333,7 @@ def config_params(settings: Settings, spec: BuildSpecLike | None = None) -> dict
         else:
             flat[prefix] = value if isinstance(value, str) else json.dumps(value)
 
-    walk("", loggable_settings(settings, spec))
+    walk("", dump)
     return flat
 
 
@@ -339,10 +343,9 @@ def log_run_context(settings: Settings, spec: BuildSpecLike | None = None) -> No
     ``spec``: the training set's, whose build values replace the config's (:func:`loggable_settings`).
     """
     mlflow = mlflow_module()
-    mlflow.log_params(config_params(settings, spec))
-    mlflow.log_text(
-        yaml.safe_dump(loggable_settings(settings, spec), sort_keys=True), "config/settings.yml"
-    )
+    dump = loggable_settings(settings, spec)
+    mlflow.log_params(_flattened(dump))
+    mlflow.log_text(yaml.safe_dump(dump, sort_keys=True), "config/settings.yml")
     version = code_version()
     tags = {CODE_VERSION_TAG: version, "lakeward.package_version": package_version()}
     if version.startswith("git:"):
