@@ -519,7 +519,7 @@ def _incremental(
     except Exception as err:
         if feed is not None:
             feed.unpersist()
-        if not isinstance(err, AnalysisException) and not _file_gone(err):
+        if not isinstance(err, AnalysisException) and not _file_gone(err) and not _schema_replaced(err):
             raise
         reason = error_text.one_line(err)
         log.warning("gold: cannot read the silver change feed: %s", reason)
@@ -566,6 +566,15 @@ def _incremental(
     log.info("gold: increment up to %s: %d user_daily rows, %d user_features rows written",
              as_of, daily_rows, feature_rows)
     return GoldResult("incremental", as_of, daily_rows, feature_rows, dict(versions))
+
+
+def _schema_replaced(err: Exception) -> bool:
+    """Delta refuses a change feed across a change of the table's schema other than an added column.
+
+    Such a change is one a table rewrite with a new schema makes (silver's own, once, when
+    it hashed ``courier_id``; or someone's outside lakeward).
+    """
+    return "DELTA_CHANGE_DATA_FEED_INCOMPATIBLE_DATA_SCHEMA" in str(err)
 
 
 def _file_gone(err: Exception) -> bool:

@@ -6,7 +6,8 @@ Per source, a run takes the bronze rows of some arrival dates and
 2. sends rows with a null key, a value of the wrong type or out of range, a
    timestamp in the future or an arrival beyond the allowed lateness to
    ``silver.quarantine`` with the reason (:func:`validate`);
-3. replaces ``user_id`` with ``user_key`` = HMAC-SHA256(key, user_id);
+3. replaces ``user_id`` with ``user_key`` = HMAC-SHA256(key, user_id), and
+   ``courier_id`` with ``courier_key`` likewise (:data:`PSEUDONYMS`);
 4. keeps the first arrival of each ``event_id`` (:func:`dedupe`) and drops
    events silver already has;
 5. runs the table's data contract, and writes only if it passes.
@@ -101,6 +102,9 @@ SOURCES: dict[str, SilverSource] = {
     ),
 }
 
+PSEUDONYMS = {"user_id": "user_key", "courier_id": "courier_key"}
+"""The raw identifiers of people silver replaces with their keyed hash, and the hash's column."""
+
 LINEAGE = ("_arrival_date", "_ingested_at", "_source_file", "_line_no", "_batch_id")
 NEW = "_new"
 """Marks a row the silver table lacks; the others are rows it holds from the row's own batch."""
@@ -174,7 +178,7 @@ def silver_spec(settings: Settings, source: str) -> tables.TableSpec:
             T.StructField("event_ts", T.TimestampType()),
             T.StructField("event_date", T.DateType()),
             T.StructField("user_key", T.StringType()),
-            *[T.StructField(name, dtype) for name, dtype in spec.typed.items()],
+            *[T.StructField(PSEUDONYMS.get(name, name), dtype) for name, dtype in spec.typed.items()],
             T.StructField("_arrival_date", T.DateType()),
             T.StructField("_ingested_at", T.TimestampType()),
             T.StructField("_batch_id", T.StringType()),
@@ -187,7 +191,9 @@ def silver_spec(settings: Settings, source: str) -> tables.TableSpec:
         name=settings.table(spec.table),
         schema=T.StructType(fields),
         subject_column="user_key",
-        change_data_feed=True,
+        # Gold reads the event tables' feed. On silver.users nothing would: its MERGE's
+        # old records would only pile up as copies in _change_data.
+        change_data_feed=source != "users",
         stats_columns=stats,
     )
 
@@ -516,8 +522,10 @@ _SENT_DECIMAL = T.DecimalType(38, 18)
 
 
 def pseudonymize(df: DataFrame, key: bytes) -> DataFrame:
-    """Replace ``user_id`` with ``user_key`` (keyed hash); the raw id is dropped."""
-    return df.withColumn("user_key", hmac_sha256(F.col("user_id"), key)).drop("user_id")
+    """Replace each raw identifier of :data:`PSEUDONYMS` in ``df`` with its keyed hash; the raw ids go."""
+    present = {raw: hashed for raw, hashed in PSEUDONYMS.items() if raw in df.columns}
+    hashed = {column: hmac_sha256(F.col(raw), key) for raw, column in present.items()}
+    return df.withColumns(hashed).drop(*present)
 
 
 def dedupe(rows: DataFrame, prefer: Column | None = None, within: Sequence[str] = ()) -> DataFrame:
@@ -702,6 +710,7 @@ def process_work(spark: SparkSession, settings: Settings, work: Work, key: bytes
         finally:
             # A changed key is the first thing to say, also when a contract is broken too.
             _refuse_other_key_of_run(settings, recorded.result(), key)
+    _pseudonymize_held_ids(spark, settings, key)
     gates: dict[str, list[quality.GateResult]] = {source: [] for source, _ in todo}
     with interrupt.pool(max(1, len(todo))) as pool:
         futures = [
@@ -740,6 +749,29 @@ def process_work(spark: SparkSession, settings: Settings, work: Work, key: bytes
     if failed_gates:
         raise quality.GateFailed.joined(failed_gates)
     return [w.result for w in written]
+
+
+def _pseudonymize_held_ids(spark: SparkSession, settings: Settings, key: bytes) -> None:
+    """Hash the raw identifiers a silver table written by an older lakeward still holds.
+
+    Until 2026-12 ``silver.deliveries`` kept ``courier_id`` as sent. Such a
+    table is rewritten once, in one commit, with ``courier_key`` in its place
+    (the run's key, which :func:`_refuse_other_key_of_run` has just checked
+    is the key of the rows silver holds). Its earlier versions keep the raw
+    ids until they are vacuumed; gold, seeing the rewrite in the change feed,
+    recomputes in full once.
+    """
+    for source in SOURCES.values():
+        name = settings.table(source.table)
+        if not set(source.typed) & set(PSEUDONYMS) or not tables.exists(spark, name):
+            continue
+        held = tables.read(spark, name)
+        raw = [column for column in held.columns if column in PSEUDONYMS]
+        if raw:
+            log.warning("%s: replacing the raw %s it holds with keyed hashes (one rewrite of the table)",
+                        name, ", ".join(raw))
+            hashed = pseudonymize(held, key).select(*[PSEUDONYMS.get(c, c) for c in held.columns])
+            tables.overwrite(hashed, name, replace_schema=True)
 
 
 @dataclass(frozen=True)

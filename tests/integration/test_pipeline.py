@@ -154,15 +154,17 @@ def test_rerunning_changes_nothing(spark: SparkSession, run: Settings) -> None:
 
 
 def _raw_identifiers(settings: Settings) -> set[str]:
-    """Every personal value of the users landing files: ids, emails, names and addresses."""
+    """Every personal value of the landing files: user and courier ids, emails, names and addresses."""
     found: set[str] = set()
-    for path in (settings.landing_dir / "users").glob("*.jsonl"):
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            found.update(v for k, v in record.items() if k in PERSONAL_FIELDS["users"] and isinstance(v, str))
+    for source, fields in PERSONAL_FIELDS.items():
+        for path in (settings.landing_dir / source).glob("*.jsonl"):
+            for line in path.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(record, dict):
+                    found.update(v for k, v in record.items() if k in fields and isinstance(v, str))
     return found
 
 

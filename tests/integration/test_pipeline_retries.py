@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import sys
 from dataclasses import replace
@@ -20,6 +21,7 @@ from lakeward import bronze, pipeline, quality, silver, tables
 from lakeward.config import Settings
 from lakeward.pipeline import DateSelection
 from lakeward.privacy.keys import pii_key
+from lakeward.privacy.pseudonymize import hmac_sha256
 from lakeward.sources.bitebridge import SOURCES, FaultRates, generate, landing_file
 from tests.conftest import isolated
 from tests.pipeline_checks import FAULTS, count_rows, gold_equals_full, silver_ledger
@@ -100,6 +102,38 @@ def test_rows_of_a_crashed_day_whose_files_are_gone_are_removed_by_a_run_of_anot
         assert held.filter(~F.col("_batch_id").isin(recorded)).count() == 0, logical
         assert held.filter(F.col("_arrival_date") == first).count() == 0, logical
     assert tables.read(spark, quarantine).filter(F.col("_batch_id") == "by-hand").count() == 1
+
+
+def test_raw_courier_ids_a_silver_table_from_before_holds_are_replaced_by_keyed_hashes(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``silver.deliveries`` written by a lakeward that kept ``courier_id`` as sent: the next
+    silver run rewrites it once with ``courier_key``, and gold, after the rewrite, still
+    equals a full recompute."""
+    settings = isolated(base_settings, tmp_path)
+    days = [date(2026, 3, 1), date(2026, 3, 2)]
+    generate(settings.landing_dir, seed=8, users=20, days=2, start=days[0], faults=FaultRates.none())
+    pipeline.run(spark, settings, "all", DateSelection(days[0]))
+    name = settings.table("silver_deliveries")
+    sent = tables.read(spark, settings.table("bronze_delivery_completed")).select("event_id", "courier_id")
+    held = tables.read(spark, name)
+    as_before = held.join(sent, "event_id").select(
+        *[c if c != "courier_key" else "courier_id" for c in held.columns]
+    )
+    tables.overwrite(as_before.localCheckpoint(), name, replace_schema=True)
+
+    with caplog.at_level(logging.WARNING, logger="lakeward.silver"):
+        pipeline.run(spark, settings, "all", DateSelection(days[1]))
+
+    assert "courier_id" in caplog.text
+    assert "courier_id" not in tables.read(spark, name).columns
+    stored = tables.read(spark, name).select("event_id", "_arrival_date", "courier_key")
+    assert {r[0] for r in stored.select("_arrival_date").distinct().collect()} == set(days)
+    key = pii_key(settings)
+    expected = sent.select("event_id", hmac_sha256(F.col("courier_id"), key).alias("courier_key"))
+    # Every stored event's key is the hash of the id bronze holds for it.
+    assert stored.join(expected, ["event_id", "courier_key"]).count() == stored.count() > 0
+    gold_equals_full(spark, settings)
 
 
 def test_an_event_sent_again_with_another_time_is_a_duplicate_on_a_later_day(

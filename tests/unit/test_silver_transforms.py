@@ -1,3 +1,5 @@
+import hashlib
+import hmac
 import json
 from datetime import date, datetime
 
@@ -142,6 +144,21 @@ def test_pseudonymize_and_quarantine_record_hold_no_raw_id(spark: SparkSession) 
     assert "usr_aaaaaaaaaaaa" not in json.dumps(record.asDict(), default=str)
     assert json.loads(record["record"])["amount"] == "<text of 6 characters>"
     assert len(record["user_key"]) == 64
+
+
+def test_pseudonymize_replaces_each_identifier_of_a_person_with_its_keyed_hash(spark: SparkSession) -> None:
+    key = b"k" * 32
+    rows = spark.createDataFrame(
+        [("usr_1", "cur_1", 7), (None, "cur_2", 8)], "user_id string, courier_id string, n int"
+    )
+    got = pseudonymize(rows, key)
+    assert sorted(got.columns) == ["courier_key", "n", "user_key"]
+
+    def keyed(value: bytes) -> str:
+        return hmac.new(key, value, hashlib.sha256).hexdigest()
+
+    expected = {7: (keyed(b"usr_1"), keyed(b"cur_1")), 8: (None, keyed(b"cur_2"))}
+    assert {r["n"]: (r["user_key"], r["courier_key"]) for r in got.collect()} == expected
 
 
 def test_a_quarantine_record_copies_numbers_dates_and_times_only(spark: SparkSession) -> None:

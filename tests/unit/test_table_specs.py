@@ -42,3 +42,16 @@ def test_pipeline_tables_keep_stats_only_on_what_they_are_filtered_by() -> None:
         assert "user_key" in silver.silver_spec(settings, source).delta_properties()[STATS]
     features = gold.user_features_spec(settings).delta_properties()[STATS]
     assert features == "user_key,feature_date,feature_ts"
+
+
+def test_only_the_silver_tables_gold_reads_changes_of_keep_a_change_data_feed() -> None:
+    settings = load_settings("local")
+    feeds = {
+        source: silver.silver_spec(settings, source).delta_properties().get("delta.enableChangeDataFeed")
+        for source in SOURCES
+    }
+    assert feeds == {"order_placed": "true", "delivery_completed": "true", "rating_submitted": "true",
+                     "users": None}
+    # The courier's id is personal data, kept only in bronze.
+    assert "courier_id" in bronze.bronze_spec(settings, "delivery_completed").personal_columns
+    assert "courier_key" in silver.silver_spec(settings, "delivery_completed").schema.fieldNames()

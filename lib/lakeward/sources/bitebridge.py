@@ -40,7 +40,7 @@ SOURCE_FIELDS: dict[str, tuple[str, ...]] = {
 # Fields that carry personal data, per source (raw identifiers and contact data).
 PERSONAL_FIELDS: dict[str, tuple[str, ...]] = {
     "order_placed": ("user_id",),
-    "delivery_completed": ("user_id",),
+    "delivery_completed": ("user_id", "courier_id"),
     "rating_submitted": ("user_id",),
     "users": ("user_id", "email", "name", "address"),
 }
