@@ -6,7 +6,6 @@ test depends on another test's tables.
 
 from __future__ import annotations
 
-import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -16,9 +15,10 @@ import pytest
 from pyspark.sql import SparkSession
 
 from lakeward.config import Settings, load_settings
+from lakeward.error_text import silence_pyspark_error_logs
 
 # pyspark logs every captured JVM error as a long JSON record; tests assert on the errors.
-logging.getLogger("SQLQueryContextLogger").disabled = True
+silence_pyspark_error_logs()
 
 # A fixed test key so pseudonymized values are reproducible inside the run.
 os.environ.setdefault("LAKEWARD_PII_KEY", "test-key-0123456789abcdef-not-a-secret")

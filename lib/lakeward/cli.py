@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from lakeward import interrupt, root_lock
 from lakeward.config import ConfigError, Settings, is_identifier, load_settings, parse_iso_date
-from lakeward.error_text import first_sentences, jvm_error_message
+from lakeward.error_text import first_sentences, jvm_error_message, silence_pyspark_error_logs
 from lakeward.sources.bitebridge import USERS_FEEDS
 
 if TYPE_CHECKING:
@@ -275,9 +275,8 @@ def main(argv: Sequence[str] | None = None, *, job: str | None = None) -> int:
     if args.debug:
         os.environ["LAKEWARD_SPARK_CONSOLE"] = "1"
     else:
-        # pyspark logs every captured JVM error as a multi-line JSON record; the
-        # error is reported once, below, instead.
-        logging.getLogger("SQLQueryContextLogger").disabled = True
+        # The error is reported once, below, instead.
+        silence_pyspark_error_logs()
         logging.getLogger("py4j").setLevel(logging.WARNING)
     handlers = interrupt.handlers()
     try:

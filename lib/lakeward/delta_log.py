@@ -117,6 +117,8 @@ class Change:
     user_metadata: str | None
     changes_rows: bool
     """Some file it added or removed has ``dataChange`` set (OPTIMIZE and VACUUM have none)."""
+    changes_definition: bool = False
+    """It holds a ``metaData`` action: the table's schema or properties changed (``ALTER TABLE``)."""
 
 
 _FILE_ACTIONS = ("AddFile", "RemoveFile", "AddCDCFile")
@@ -136,15 +138,17 @@ def commits_after(spark: SparkSession, name: str, version: int) -> list[Change] 
         while commits.hasNext():
             entry = commits.next()
             actions = entry._2().iterator()
-            info, rows = None, False
+            info, rows, definition = None, False, False
             # Stops at the first file action that changes rows once the commit's
             # info is seen (Delta writes it first): only a commit that changes no
-            # rows, such as OPTIMIZE, is read to its end.
+            # rows, such as OPTIMIZE or ALTER TABLE, is read to its end.
             while actions.hasNext() and not (info is not None and rows):
                 action = actions.next()
                 kind = action.getClass().getSimpleName()
                 if kind == "CommitInfo":
                     info = action
+                elif kind == "Metadata":
+                    definition = True
                 elif kind in _FILE_ACTIONS and not rows:
                     rows = bool(action.dataChange())
             note = info.userMetadata() if info is not None else None
@@ -153,6 +157,7 @@ def commits_after(spark: SparkSession, name: str, version: int) -> list[Change] 
                 str(info.operation()) if info is not None else "",
                 str(note.get()) if note is not None and note.isDefined() else None,
                 rows,
+                definition,
             ))
     except (Py4JError, PySparkException):
         return None

@@ -2,7 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 import re
+
+# pyspark logs each error it captures from the JVM, with its stack trace, as a JSON record on
+# stderr through loggers that do not propagate: the SQL one, and the DataFrame one for errors
+# of DataFrame calls.
+PYSPARK_ERROR_LOGGERS = ("SQLQueryContextLogger", "DataFrameQueryContextLogger")
+
+
+def silence_pyspark_error_logs() -> None:
+    """Turn off pyspark's own log records of captured errors: the caller reports each error once.
+
+    Called before pyspark makes them, it makes them plain, disabled loggers, which pyspark then
+    uses: do not enable them again (pyspark passes them keywords only its own logger takes).
+    """
+    for name in PYSPARK_ERROR_LOGGERS:
+        logging.getLogger(name).disabled = True
+
 
 # Without a SQLSTATE to end the message, a continuation of a broken sentence is
 # taken to start in lower case ("... available to" / "this table (...)"); a query

@@ -246,12 +246,13 @@ def _probe(
 def _changed_outside(
     spark: SparkSession, recorded: Mapping[str, int] | None, current: Mapping[str, int]
 ) -> tuple[str, ...]:
-    """The commits to gold since the ``recorded`` versions that changed rows and are no gold run's.
+    """The commits to gold since the ``recorded`` versions that changed rows or columns and are no gold run's.
 
     Gold continues each user from the rows it wrote last; a row deleted since
     (``DELETE``, ``TRUNCATE``, a ``RESTORE`` to an older version) would make
-    the next increment start that user from nothing. OPTIMIZE and VACUUM
-    change no rows; a gold run that died before its ledger row is found by
+    the next increment start that user from nothing, and a column changed
+    (``ALTER TABLE``) continue it from other values. OPTIMIZE and VACUUM
+    change neither; a gold run that died before its ledger row is found by
     its commit note and handled by the increment.
     """
     found = []
@@ -275,8 +276,14 @@ def _changed_outside(
 
 
 def _foreign(change: delta_log.Change) -> bool:
-    """Whether a commit to a gold table changed rows and is no gold run's."""
-    return change.changes_rows and not (change.user_metadata or "").startswith(_commit_note(""))
+    """Whether a commit to a gold table changed rows, columns or properties and is no gold run's.
+
+    A column dropped and added again, or two renamed into each other's place,
+    leaves rows the next increment would continue from with other values.
+    """
+    return (change.changes_rows or change.changes_definition) and not (
+        change.user_metadata or ""
+    ).startswith(_commit_note(""))
 
 
 def _versions_left(spark: SparkSession, since: Mapping[str, int]) -> dict[str, int]:
@@ -571,10 +578,12 @@ def _incremental(
 def _schema_replaced(err: Exception) -> bool:
     """Delta refuses a change feed across a change of the table's schema other than an added column.
 
-    Such a change is one a table rewrite with a new schema makes (silver's own, once, when
-    it hashed ``courier_id``; or someone's outside lakeward).
+    A table rewritten with a new schema gives ``..._INCOMPATIBLE_DATA_SCHEMA`` (silver's own
+    rewrite, once, when it hashed ``courier_id``; or someone's outside lakeward), a column
+    renamed or dropped under column mapping ``..._INCOMPATIBLE_SCHEMA_CHANGE``, also when
+    the change was undone since.
     """
-    return "DELTA_CHANGE_DATA_FEED_INCOMPATIBLE_DATA_SCHEMA" in str(err)
+    return "DELTA_CHANGE_DATA_FEED_INCOMPATIBLE_" in str(err)
 
 
 def _file_gone(err: Exception) -> bool:

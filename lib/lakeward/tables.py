@@ -537,6 +537,13 @@ _ROW_PRESERVING = frozenset({
     "ROW TRACKING BACKFILL", "ROW TRACKING UNBACKFILL", "DOMAIN METADATA CLEANUP",
     "REMOVE COLUMN MAPPING",
 })
+# Of those, the operations that change a table's schema or properties (a metaData action in
+# its log; Delta's protocol upgrade, named SET TBLPROPERTIES, writes one too).
+_DEFINITION_CHANGING = frozenset({
+    "SET TBLPROPERTIES", "UNSET TBLPROPERTIES", "CHANGE COLUMN", "CHANGE COLUMNS", "ADD COLUMNS",
+    "DROP COLUMNS", "RENAME COLUMN", "REPLACE COLUMNS", "UPDATE SCHEMA", "REMOVE COLUMN MAPPING",
+    "CLUSTER BY", "DROP FEATURE",
+})
 
 
 def commits_after(spark: SparkSession, name: str, version: int) -> list[delta_log.Change]:
@@ -549,6 +556,7 @@ def commits_after(spark: SparkSession, name: str, version: int) -> list[delta_lo
         delta_log.Change(
             int(row["version"]), str(row["operation"]), row["userMetadata"],
             str(row["operation"]) not in _ROW_PRESERVING,
+            str(row["operation"]) in _DEFINITION_CHANGING,
         )
         for row in rows
     ]

@@ -28,7 +28,7 @@ from pyspark.sql import functions as F
 from lakeward import gold, incremental, silver, tables
 from lakeward.config import Settings
 from tests.conftest import isolated
-from tests.pipeline_checks import daily_oracle, features_oracle
+from tests.pipeline_checks import daily_oracle, features_oracle, sql_name
 from tests.unit.test_gold import WINDOWS
 
 pytestmark = pytest.mark.integration
@@ -372,6 +372,26 @@ def test_rows_removed_from_gold_outside_lakeward_recompute_it_in_full(
     _, kept = _equal_to_full(spark, settings)
     assert sorted((r["user_key"], r["feature_date"], r["orders_7d"]) for r in kept.collect()) == [
         ("a", d1, 1), ("a", d2, 2), ("a", d3, 2), ("b", d1, 1), ("b", d2, 1), ("b", d3, 2)]
+
+
+def test_columns_of_gold_changed_outside_lakeward_recompute_it_in_full(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two columns renamed into each other's place (under column mapping) change no row, but an
+    increment would continue each user from the other column's values."""
+    settings, rows = _orders_of_a_and_b(spark, base_settings, tmp_path)
+    features = sql_name(settings.table("gold_user_features"))
+    _append(spark, settings, "silver_orders", rows[:2])
+    incremental.refresh(spark, settings)
+    spark.sql(f"ALTER TABLE {features} SET TBLPROPERTIES ('delta.minReaderVersion' = '2', "
+              "'delta.minWriterVersion' = '5', 'delta.columnMapping.mode' = 'name')")
+    for old, new in (("spend_3d", "swap"), ("spend_7d", "spend_3d"), ("swap", "spend_7d")):
+        spark.sql(f"ALTER TABLE {features} RENAME COLUMN {old} TO {new}")
+    _append(spark, settings, "silver_orders", rows[2:])
+    with caplog.at_level(logging.INFO, logger="lakeward.incremental"):
+        assert incremental.refresh(spark, settings).mode == "full"
+    assert "RENAME COLUMN" in caplog.text
+    _equal_to_full(spark, settings)
 
 
 def _two_runs_then_full(

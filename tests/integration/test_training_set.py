@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
-import re
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from lakeward.training_set import (
     table_name,
 )
 from tests.cli_process import lakeward
-from tests.pipeline_checks import drop_table
+from tests.pipeline_checks import drop_table, sql_name
 
 pytestmark = pytest.mark.integration
 
@@ -149,12 +148,10 @@ def _inputs_at(spark: SparkSession, settings: Settings, spec: BuildSpec) -> tupl
 
 def _vacuum_everything_old(spark: SparkSession, name: str) -> None:
     # VACUUM LITE takes seconds where a full VACUUM takes a minute on a small machine. It is
-    # SQL only, and Delta's parser takes no IDENTIFIER(), so the name is checked and quoted.
-    assert re.fullmatch(r"\w+\.\w+", name)
-    quoted = ".".join(f"`{part}`" for part in name.split("."))
+    # SQL only (see sql_name).
     spark.conf.set("spark.databricks.delta.retentionDurationCheck.enabled", "false")
     try:
-        spark.sql(f"VACUUM {quoted} LITE RETAIN 0 HOURS")
+        spark.sql(f"VACUUM {sql_name(name)} LITE RETAIN 0 HOURS")
     finally:
         spark.conf.unset("spark.databricks.delta.retentionDurationCheck.enabled")
 

@@ -10,7 +10,7 @@ from pyspark.errors import AnalysisException
 from pyspark.sql import SparkSession
 
 from lakeward import delta_log, tables
-from tests.pipeline_checks import drop_table
+from tests.pipeline_checks import drop_table, sql_name
 
 
 def _name(spark: SparkSession) -> str:
@@ -117,11 +117,17 @@ def test_commits_after_a_version_tell_which_changed_rows_from_the_log_and_from_h
     DeltaTable.forName(spark, name).optimize().executeCompaction()
     DeltaTable.forName(spark, name).upgradeTableProtocol(1, 4)
     DeltaTable.forName(spark, name).delete("id = 1")
-    expected = [(1, "WRITE", "mine", True), (2, "OPTIMIZE", None, False),
-                (3, "SET TBLPROPERTIES", None, False), (4, "DELETE", None, True)]
-    from_log = delta_log.commits_after(spark, name, 0)
-    assert [(c.version, c.operation, c.user_metadata, c.changes_rows) for c in from_log or []] == expected
-    assert delta_log.commits_after(spark, name, 4) == []
+    spark.sql(f"ALTER TABLE {sql_name(name)} ADD COLUMNS (note STRING)")
+    # (version, operation, note, changes rows, changes the definition)
+    expected = [(1, "WRITE", "mine", True, False), (2, "OPTIMIZE", None, False, False),
+                (3, "SET TBLPROPERTIES", None, False, True), (4, "DELETE", None, True, False),
+                (5, "ADD COLUMNS", None, False, True)]
+
+    def seen(changes: list[delta_log.Change] | None) -> list[tuple[object, ...]]:
+        return [(c.version, c.operation, c.user_metadata, c.changes_rows, c.changes_definition)
+                for c in changes or []]
+
+    assert seen(delta_log.commits_after(spark, name, 0)) == expected
+    assert delta_log.commits_after(spark, name, 5) == []
     monkeypatch.setattr(delta_log, "commits_after", lambda *_: None)
-    from_history = tables.commits_after(spark, name, 0)
-    assert [(c.version, c.operation, c.user_metadata, c.changes_rows) for c in from_history] == expected
+    assert seen(tables.commits_after(spark, name, 0)) == expected
