@@ -189,7 +189,7 @@ def run_silver(
 ) -> list[silver.SilverResult]:
     """Move bronze rows of the selected (or every not yet processed) arrival date into silver."""
     key = pii_key(settings)
-    lost = silver.forget_dropped(spark, settings)
+    lost = silver.forget_lost(spark, settings)
     work = _silver_work(spark, settings, selection)
     if lost and selection.day is not None:
         # A dated run restores a dropped table whole: all its batches are pending again.

@@ -360,37 +360,73 @@ def _batches(spark: SparkSession, settings: Settings) -> DataFrame:
     )
 
 
-def forget_dropped(spark: SparkSession, settings: Settings) -> list[str]:
-    """Sources whose silver table lost every row outside lakeward; their ledger rows are removed.
+def forget_lost(spark: SparkSession, settings: Settings) -> list[str]:
+    """Sources whose silver table lost rows outside lakeward; the ledger rows of what it lost go.
 
-    An empty silver table whose source the ledger says rows were written for
-    was dropped and created again, truncated, or emptied by a ``DELETE``.
-    The test is the row count (Delta answers it from its log), not the
-    version: a table put back from a copy starts again at version 0 with
-    every row. Bronze still holds those rows: with the ledger rows
-    gone, every batch of the source is pending again and the next silver
-    run takes it from bronze. Ledger rows are removed, not marked, so the
+    A silver table holding fewer rows than the ledger records as written was
+    dropped and created again, truncated, restored to an older version, or had
+    rows deleted. The test is the row count (Delta answers it from its log),
+    not the version: a table put back from a copy starts again at version 0
+    with every row. Bronze still holds those rows: with their ledger rows gone,
+    those batches are pending again and the next silver run takes them from
+    bronze, with the rows of theirs the table still holds. An empty table loses
+    every ledger row of its source. An event table that is short is counted per
+    batch, and the batches holding fewer rows than recorded lose theirs
+    (``silver.users`` keeps one row per user, which no batch count adds up to:
+    only its empty table is found). Ledger rows are removed, not marked, so the
     counts of a batch are never recorded twice.
     """
     names = {source: settings.table(spec.table) for source, spec in SOURCES.items()}
     counts = tables.row_counts(spark, list(names.values()))
-    empty = [source for source, name in names.items() if counts[name] == 0]
-    if not empty:
-        return []
     ledger = settings.table("ops_silver_batches")
-    written = (
-        tables.read(spark, ledger).filter(F.col("source").isin(empty))
-        .groupBy("source").agg(F.sum("rows_written").alias("written")).collect()
+    written = {
+        row["source"]: row["written"] or 0
+        for row in tables.read(spark, ledger).groupBy("source")
+        .agg(F.sum("rows_written").alias("written")).collect()
+    }
+    empty = sorted(source for source, name in names.items() if counts[name] == 0 and written.get(source))
+    short = sorted(
+        source for source, name in names.items()
+        if source != "users" and source not in empty and counts[name] < written.get(source, 0)
     )
-    lost = sorted(row["source"] for row in written if row["written"])
-    if lost:
+    if empty:
         log.warning(
             "silver: no rows in %s though %s records rows written (dropped and created "
             "again?); their bronze batches are taken again",
-            ", ".join(names[source] for source in lost), ledger,
+            ", ".join(names[source] for source in empty), ledger,
         )
-        DeltaTable.forName(spark, ledger).delete(F.col("source").isin(lost))
-    return lost
+        DeltaTable.forName(spark, ledger).delete(F.col("source").isin(empty))
+    for source in short:
+        batches = _short_batches(spark, ledger, source, names[source])
+        log.warning(
+            "silver: %s holds %d rows, %s records %d written (rows deleted or the table restored "
+            "outside lakeward?): %d batch(es) short, taken again from bronze",
+            names[source], counts[names[source]], ledger, written[source], len(batches),
+        )
+        if batches:
+            DeltaTable.forName(spark, ledger).delete(
+                (F.col("source") == source) & F.col("batch_id").isin(batches)
+            )
+    return sorted(empty + short)
+
+
+def _short_batches(spark: SparkSession, ledger: str, source: str, name: str) -> list[str]:
+    """The batch ids of ``source`` whose rows in table ``name`` are fewer than the ledger records."""
+    recorded = tables.read(spark, ledger)
+    if "batch_id" not in recorded.columns:
+        return []  # a ledger from before batch ids: which batch is short cannot be told
+    held = tables.read(spark, name).groupBy(F.col("_batch_id").alias("batch_id")).agg(
+        F.count("*").alias("held")
+    )
+    recorded = recorded.filter(
+        (F.col("source") == source) & F.col("batch_id").isNotNull() & (F.col("rows_written") > 0)
+    )
+    rows = (
+        recorded.join(held, "batch_id", "left")
+        .filter(F.coalesce(F.col("held"), F.lit(0)) < F.col("rows_written"))
+        .select("batch_id").collect()
+    )
+    return sorted(row["batch_id"] for row in rows)
 
 
 def processed_days(spark: SparkSession, settings: Settings, source: str) -> list[date]:

@@ -117,6 +117,20 @@ def test_a_silver_table_restored_with_its_rows_is_kept_and_one_emptied_is_filled
     [written] = batches.filter(F.col("source") == "order_placed").agg(F.sum("rows_written")).first()
     assert written == tables.read(spark, name).count()
 
+    # Restored to a version before the last day's rows: those batches are taken again.
+    before_last_day = tables.current_version(spark, name)
+    _bronze_and_silver(spark, settings, days[2])
+    whole = sorted(tables.read(spark, name).select("event_id", "_batch_id").collect())
+    DeltaTable.forName(spark, name).restoreToVersion(before_last_day)
+    with caplog.at_level("INFO", logger="lakeward"):
+        pipeline.run_silver(spark, settings, DateSelection())
+    assert f"silver: {name} holds" in caplog.text and "1 batch(es) short" in caplog.text
+    assert sorted(tables.read(spark, name).select("event_id", "_batch_id").collect()) == whole
+    batches = tables.read(spark, ledger_name)
+    assert batches.groupBy("batch_id").count().filter("count > 1").count() == 0, "a batch recorded twice"
+    [written] = batches.filter(F.col("source") == "order_placed").agg(F.sum("rows_written")).first()
+    assert written == len(whole)
+
 
 def test_a_dropped_bronze_table_is_ingested_again_from_its_landing_files(
     spark: SparkSession, base_settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture,
