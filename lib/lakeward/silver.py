@@ -850,6 +850,7 @@ def _write_source(
     run that died left, and bronze removes them when it ingests the file again.
     """
     spec = silver_spec(settings, source)
+    _require_own_columns(spark, spec)
     rows = tables.read(spark, settings.table(f"bronze_{source}")).filter(
         F.col("_arrival_date").isin(list(dates))
     )
@@ -924,6 +925,25 @@ class _Arrival:
     rows_in: int
     rows_refused: int
     event_dates: frozenset[date]
+
+
+class SilverColumnsMissingError(RuntimeError):
+    """A silver table lacks a column silver writes: dropped or renamed outside lakeward."""
+
+
+def _require_own_columns(spark: SparkSession, spec: tables.TableSpec) -> None:
+    """Refuse to write a table that lacks a column of its spec: those values would be lost for good.
+
+    A column someone added is no obstacle: the writes name their columns.
+    """
+    held = set(tables.read(spark, spec.name).columns)
+    missing = [column for column in spec.schema.fieldNames() if column not in held]
+    if missing:
+        raise SilverColumnsMissingError(
+            f"{spec.name} lacks the column(s) {', '.join(missing)} that silver writes (dropped or "
+            f"renamed outside lakeward?), and would lose their values: rename them back, or drop "
+            f"{spec.name}, and the next silver run fills it again from bronze"
+        )
 
 
 class BronzeRowsMissingError(RuntimeError):
@@ -1113,10 +1133,10 @@ def _write(
         target = DeltaTable.forName(spark, name).alias("t")
         (
             target.merge(fresh.alias("s"), "t.user_key = s.user_key")
-            .whenMatchedUpdateAll(condition=_newer_record(
+            .whenMatchedUpdate(condition=_newer_record(
                 F.col("s.updated_ts"), F.col("s.event_id"), F.col("t.updated_ts"), F.col("t.event_id")
-            ))
-            .whenNotMatchedInsertAll()
+            ), set=_from_source(fresh))
+            .whenNotMatchedInsert(values=_from_source(fresh))
             .execute()
         )
         return
@@ -1129,7 +1149,17 @@ def _write(
         F.col("t.event_id") == F.col("s.event_id")
     )
     on_dates = F.col("t.event_date").isin(event_dates)
-    target.merge(fresh.alias("s"), same_event & on_dates).whenNotMatchedInsertAll().execute()
+    target.merge(fresh.alias("s"), same_event & on_dates).whenNotMatchedInsert(
+        values=_from_source(fresh)
+    ).execute()
+
+
+def _from_source(rows: DataFrame) -> dict[str, str | Column]:
+    """Each column of the MERGE source ``s``, by name: a column someone added to the table gets nulls.
+
+    (``INSERT *`` would refuse such a column, unknown to the source.)
+    """
+    return {column: F.col(f"s.`{column}`") for column in rows.columns}
 
 
 def _move_arrivals_back(
@@ -1170,7 +1200,7 @@ def _merge_quarantine(spark: SparkSession, settings: Settings, records: DataFram
             records.alias("s"),
             "t._batch_id = s._batch_id AND t._line_no = s._line_no AND t.source = s.source",
         )
-        .whenNotMatchedInsertAll()
+        .whenNotMatchedInsert(values=_from_source(records))
         .execute()
     )
 

@@ -19,7 +19,7 @@ from lakeward.config import Settings
 from lakeward.pipeline import DateSelection
 from lakeward.sources.bitebridge import FaultRates, generate, landing_file
 from tests.conftest import isolated
-from tests.pipeline_checks import FAULTS, drop_table, gold_equals_full, silver_ledger
+from tests.pipeline_checks import FAULTS, drop_table, gold_equals_full, silver_ledger, sql_name
 
 pytestmark = pytest.mark.integration
 
@@ -130,6 +130,42 @@ def test_a_silver_table_restored_with_its_rows_is_kept_and_one_emptied_is_filled
     assert batches.groupBy("batch_id").count().filter("count > 1").count() == 0, "a batch recorded twice"
     [written] = batches.filter(F.col("source") == "order_placed").agg(F.sum("rows_written")).first()
     assert written == len(whole)
+
+
+def test_a_column_added_to_a_silver_table_is_left_null_and_one_dropped_stops_its_source(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path
+) -> None:
+    """Silver's writes name their columns, so one a user added gets nulls. A column silver
+    writes, gone (dropped under column mapping), stops that source with what to do, rather
+    than write rows without its values; the table dropped, the next run fills it again."""
+    settings = isolated(base_settings, tmp_path)
+    generate(settings.landing_dir, seed=7, users=80, days=3, start=date(2026, 3, 1), faults=FaultRates.none())
+    days = sorted({date.fromisoformat(f.stem) for f in settings.landing_dir.glob("*/*.jsonl")})
+    _bronze_and_silver(spark, settings, days[0])
+    orders = settings.table("silver_orders")
+    first = tables.read(spark, orders).count()
+    for name in (orders, settings.table("silver_users"), settings.table("silver_quarantine")):
+        spark.sql(f"ALTER TABLE {sql_name(name)} ADD COLUMNS (note STRING)")
+    _bronze_and_silver(spark, settings, days[1])
+    held = tables.read(spark, orders)
+    second = held.count()
+    assert second > first
+    assert held.filter(F.col("note").isNotNull()).count() == 0
+
+    spark.sql(f"ALTER TABLE {sql_name(orders)} SET TBLPROPERTIES ('delta.minReaderVersion' = '2', "
+              "'delta.minWriterVersion' = '5', 'delta.columnMapping.mode' = 'name')")
+    spark.sql(f"ALTER TABLE {sql_name(orders)} DROP COLUMN tip_amount")
+    pipeline.run(spark, settings, "bronze", DateSelection(days[2]))
+    with pytest.raises(silver.SilverColumnsMissingError, match=rf"{orders} lacks the column\(s\) tip_amount"):
+        pipeline.run(spark, settings, "silver", DateSelection(days[2]))
+    assert silver_ledger(spark, settings, "order_placed", days[2]) == []
+    assert silver_ledger(spark, settings, "users", days[2]) != [], "the other sources are written"
+
+    drop_table(spark, orders)
+    pipeline.run(spark, settings, "silver", DateSelection())
+    [written] = tables.read(spark, settings.table("ops_silver_batches")).filter(
+        F.col("source") == "order_placed").agg(F.sum("rows_written")).first()
+    assert written == tables.read(spark, orders).count() > second
 
 
 def test_a_dropped_bronze_table_is_ingested_again_from_its_landing_files(
