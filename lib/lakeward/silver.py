@@ -850,6 +850,9 @@ def _write_source(
     run that died left, and bronze removes them when it ingests the file again.
     """
     spec = silver_spec(settings, source)
+    if source == "users":
+        # A table created before it kept batch ids: its old rows get nulls, which no batch holds.
+        tables.add_columns(spark, spec.name, T.StructType([spec.schema["_batch_id"]]))
     _require_own_columns(spark, spec)
     rows = tables.read(spark, settings.table(f"bronze_{source}")).filter(
         F.col("_arrival_date").isin(list(dates))
@@ -1128,8 +1131,6 @@ def _write(
     spark: SparkSession, name: str, source: str, fresh: DataFrame, event_dates: list[date]
 ) -> None:
     if source == "users":
-        # A table created before it kept batch ids: its old rows get nulls, which no batch holds.
-        tables.add_columns(spark, name, fresh.schema)
         target = DeltaTable.forName(spark, name).alias("t")
         (
             target.merge(fresh.alias("s"), "t.user_key = s.user_key")
