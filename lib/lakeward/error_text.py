@@ -15,10 +15,13 @@ def silence_pyspark_error_logs() -> None:
     """Turn off pyspark's own log records of captured errors: the caller reports each error once.
 
     Called before pyspark makes them, it makes them plain, disabled loggers, which pyspark then
-    uses: do not enable them again (pyspark passes them keywords only its own logger takes).
+    uses: they must stay off (pyspark passes them keywords only its own logger takes).
     """
     for name in PYSPARK_ERROR_LOGGERS:
-        logging.getLogger(name).disabled = True
+        logger = logging.getLogger(name)
+        logger.disabled = True
+        # Also above every level, should a logging setup enable it again.
+        logger.setLevel(logging.CRITICAL + 1)
 
 
 # Without a SQLSTATE to end the message, a continuation of a broken sentence is

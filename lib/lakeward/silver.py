@@ -396,18 +396,23 @@ def forget_lost(spark: SparkSession, settings: Settings) -> list[str]:
             ", ".join(names[source] for source in empty), ledger,
         )
         DeltaTable.forName(spark, ledger).delete(F.col("source").isin(empty))
+    taken_again = []
     for source in short:
         batches = _short_batches(spark, ledger, source, names[source])
+        if not batches:
+            # Rows of ledger rows from before batch ids: which batch lost them cannot be told.
+            log.info("silver: %s holds fewer rows than %s records, in no batch it can name",
+                     names[source], ledger)
+            continue
         log.warning(
             "silver: %s holds %d rows, %s records %d written (rows deleted or the table restored "
             "outside lakeward?): %d batch(es) short, taken again from bronze",
             names[source], counts[names[source]], ledger, written[source], len(batches),
         )
-        if batches:
-            DeltaTable.forName(spark, ledger).delete(
-                (F.col("source") == source) & F.col("batch_id").isin(batches)
-            )
-    return sorted(empty + short)
+        lost = (F.col("source") == source) & F.col("batch_id").isin(batches)
+        DeltaTable.forName(spark, ledger).delete(lost)
+        taken_again.append(source)
+    return sorted(empty + taken_again)
 
 
 def _short_batches(spark: SparkSession, ledger: str, source: str, name: str) -> list[str]:
@@ -802,11 +807,15 @@ def _pseudonymize_held_ids(spark: SparkSession, settings: Settings, key: bytes) 
         if not set(source.typed) & set(PSEUDONYMS) or not tables.exists(spark, name):
             continue
         held = tables.read(spark, name)
-        raw = [column for column in held.columns if column in PSEUDONYMS]
+        # The source's own raw ids, not yet hashed; a column someone added is left alone.
+        raw = [c for c in source.typed
+               if c in PSEUDONYMS and c in held.columns and PSEUDONYMS[c] not in held.columns]
         if raw:
             log.warning("%s: replacing the raw %s it holds with keyed hashes (one rewrite of the table)",
                         name, ", ".join(raw))
-            hashed = pseudonymize(held, key).select(*[PSEUDONYMS.get(c, c) for c in held.columns])
+            hashed = held.withColumns(
+                {PSEUDONYMS[c]: hmac_sha256(F.col(c), key) for c in raw}
+            ).select(*[PSEUDONYMS[c] if c in raw else c for c in held.columns])
             tables.overwrite(hashed, name, replace_schema=True)
 
 
@@ -1020,7 +1029,7 @@ def _new_or_own(
             "user_key",
             F.col("updated_ts").alias("_t_ts"),
             F.col("event_id").alias("_t_id"),
-            _batch_column(existing).alias("_held_by"),
+            F.col("_batch_id").alias("_held_by"),
             F.col("_arrival_date").alias("_t_arrival"),
         )
         by_event = held.select(F.col("_t_id").alias("event_id"), "_held_by")
@@ -1065,14 +1074,6 @@ def _new_or_own(
         ),
         within=[HELD_ON],
     )
-
-
-def _batch_column(table: DataFrame) -> Column:
-    """The table's ``_batch_id``; null for a ``silver.users`` created before it kept one.
-
-    :func:`_write` adds the column to such a table, once the gate has passed.
-    """
-    return F.col("_batch_id") if "_batch_id" in table.columns else F.lit(None).cast("string")
 
 
 def _event_dates(arrivals: Mapping[str, _Arrival]) -> list[date]:
