@@ -14,9 +14,10 @@ class MissingColumnsError(ValueError):
     """A DataFrame passed to a transform lacks a column the transform needs."""
 
 
-def ref(name: str) -> Column:
-    """Refer to a column by its exact name, even with dots or backticks in it."""
-    return F.col("`" + name.replace("`", "``") + "`")
+def ref(name: str, of: str | None = None) -> Column:
+    """Refer to a column by its exact name, even with dots or backticks in it; ``of``: the alias it is of."""
+    quoted = "`" + name.replace("`", "``") + "`"
+    return F.col(f"{of}.{quoted}" if of else quoted)
 
 
 def case_sensitive(df: DataFrame) -> bool:

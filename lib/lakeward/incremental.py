@@ -786,8 +786,8 @@ def _upsert(spark: SparkSession, name: str, source: DataFrame, condition: Column
     metrics = (
         DeltaTable.forName(spark, name).alias("t")
         .merge(source.alias("s"), condition)
-        .whenMatchedUpdateAll()
-        .whenNotMatchedInsertAll()
+        .whenMatchedUpdate(set=tables.merge_source(source))
+        .whenNotMatchedInsert(values=tables.merge_source(source))
         .execute()
         .first()
     )

@@ -151,8 +151,8 @@ def _replace_slice(spark: SparkSession, name: str, scored: DataFrame, run_id: st
     in_slice = (F.col("t.run_id") == F.lit(run_id)) & (F.col("t.feature_date") == F.lit(day))
     (
         target.merge(scored.alias("s"), same_row)
-        .whenMatchedUpdateAll()
-        .whenNotMatchedInsertAll()
+        .whenMatchedUpdate(set=tables.merge_source(scored))
+        .whenNotMatchedInsert(values=tables.merge_source(scored))
         .whenNotMatchedBySourceDelete(condition=in_slice)
         .execute()
     )

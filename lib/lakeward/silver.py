@@ -379,27 +379,25 @@ def forget_lost(spark: SparkSession, settings: Settings) -> list[str]:
     names = {source: settings.table(spec.table) for source, spec in SOURCES.items()}
     counts = tables.row_counts(spark, list(names.values()))
     ledger = settings.table("ops_silver_batches")
+    recorded = tables.read(spark, ledger)
     written = {
         row["source"]: row["written"] or 0
-        for row in tables.read(spark, ledger).groupBy("source")
-        .agg(F.sum("rows_written").alias("written")).collect()
+        for row in recorded.groupBy("source").agg(F.sum("rows_written").alias("written")).collect()
     }
     empty = sorted(source for source, name in names.items() if counts[name] == 0 and written.get(source))
-    short = sorted(
+    short = [
         source for source, name in names.items()
         if source != "users" and source not in empty and counts[name] < written.get(source, 0)
-    )
+    ]
     if empty:
         log.warning(
             "silver: no rows in %s though %s records rows written (dropped and created "
             "again?); their bronze batches are taken again",
             ", ".join(names[source] for source in empty), ledger,
         )
-        DeltaTable.forName(spark, ledger).delete(F.col("source").isin(empty))
-    taken_again = []
+    batches = _short_batches(spark, recorded, {source: names[source] for source in short}) if short else {}
     for source in short:
-        batches = _short_batches(spark, ledger, source, names[source])
-        if not batches:
+        if source not in batches:
             # Rows of ledger rows from before batch ids: which batch lost them cannot be told.
             log.info("silver: %s holds fewer rows than %s records, in no batch it can name",
                      names[source], ledger)
@@ -407,31 +405,41 @@ def forget_lost(spark: SparkSession, settings: Settings) -> list[str]:
         log.warning(
             "silver: %s holds %d rows, %s records %d written (rows deleted or the table restored "
             "outside lakeward?): %d batch(es) short, taken again from bronze",
-            names[source], counts[names[source]], ledger, written[source], len(batches),
+            names[source], counts[names[source]], ledger, written[source], len(batches[source]),
         )
-        lost = (F.col("source") == source) & F.col("batch_id").isin(batches)
-        DeltaTable.forName(spark, ledger).delete(lost)
-        taken_again.append(source)
-    return sorted(empty + taken_again)
+    lost = [F.col("source").isin(empty)] if empty else []
+    lost += [(F.col("source") == source) & F.col("batch_id").isin(ids) for source, ids in batches.items()]
+    if lost:
+        DeltaTable.forName(spark, ledger).delete(reduce(Column.__or__, lost))
+    return sorted([*empty, *batches])
 
 
-def _short_batches(spark: SparkSession, ledger: str, source: str, name: str) -> list[str]:
-    """The batch ids of ``source`` whose rows in table ``name`` are fewer than the ledger records."""
-    recorded = tables.read(spark, ledger)
+def _short_batches(
+    spark: SparkSession, recorded: DataFrame, names: Mapping[str, str]
+) -> dict[str, list[str]]:
+    """Per source, the batch ids whose rows in its table (``names``) are fewer than ledger ``recorded`` says.
+
+    Sources with no such batch are left out.
+    """
     if "batch_id" not in recorded.columns:
-        return []  # a ledger from before batch ids: which batch is short cannot be told
-    held = tables.read(spark, name).groupBy(F.col("_batch_id").alias("batch_id")).agg(
-        F.count("*").alias("held")
-    )
-    recorded = recorded.filter(
-        (F.col("source") == source) & F.col("batch_id").isNotNull() & (F.col("rows_written") > 0)
-    )
+        return {}  # a ledger from before batch ids: which batch is short cannot be told
+    held = reduce(DataFrame.unionByName, [
+        tables.read(spark, name).groupBy(F.lit(source).alias("source"), F.col("_batch_id").alias("batch_id"))
+        .agg(F.count("*").alias("held"))
+        for source, name in names.items()
+    ])
     rows = (
-        recorded.join(held, "batch_id", "left")
+        recorded.filter(
+            F.col("source").isin(list(names)) & F.col("batch_id").isNotNull() & (F.col("rows_written") > 0)
+        )
+        .join(held, ["source", "batch_id"], "left")
         .filter(F.coalesce(F.col("held"), F.lit(0)) < F.col("rows_written"))
-        .select("batch_id").collect()
+        .select("source", "batch_id").collect()
     )
-    return sorted(row["batch_id"] for row in rows)
+    batches: dict[str, list[str]] = {}
+    for row in rows:
+        batches.setdefault(row["source"], []).append(row["batch_id"])
+    return {source: sorted(ids) for source, ids in batches.items()}
 
 
 def processed_days(spark: SparkSession, settings: Settings, source: str) -> list[date]:
@@ -1137,8 +1145,8 @@ def _write(
             target.merge(fresh.alias("s"), "t.user_key = s.user_key")
             .whenMatchedUpdate(condition=_newer_record(
                 F.col("s.updated_ts"), F.col("s.event_id"), F.col("t.updated_ts"), F.col("t.event_id")
-            ), set=_from_source(fresh))
-            .whenNotMatchedInsert(values=_from_source(fresh))
+            ), set=tables.merge_source(fresh))
+            .whenNotMatchedInsert(values=tables.merge_source(fresh))
             .execute()
         )
         return
@@ -1152,16 +1160,8 @@ def _write(
     )
     on_dates = F.col("t.event_date").isin(event_dates)
     target.merge(fresh.alias("s"), same_event & on_dates).whenNotMatchedInsert(
-        values=_from_source(fresh)
+        values=tables.merge_source(fresh)
     ).execute()
-
-
-def _from_source(rows: DataFrame) -> dict[str, str | Column]:
-    """Each column of the MERGE source ``s``, by name: a column someone added to the table gets nulls.
-
-    (``INSERT *`` would refuse such a column, unknown to the source.)
-    """
-    return {column: F.col(f"s.`{column}`") for column in rows.columns}
 
 
 def _move_arrivals_back(
@@ -1202,7 +1202,7 @@ def _merge_quarantine(spark: SparkSession, settings: Settings, records: DataFram
             records.alias("s"),
             "t._batch_id = s._batch_id AND t._line_no = s._line_no AND t.source = s.source",
         )
-        .whenNotMatchedInsert(values=_from_source(records))
+        .whenNotMatchedInsert(values=tables.merge_source(records))
         .execute()
     )
 
@@ -1230,7 +1230,7 @@ def _record(
         DeltaTable.forName(spark, name)
         .alias("t")
         .merge(updates.alias("s"), "t.source = s.source AND t.batch_id = s.batch_id")
-        .whenNotMatchedInsertAll()
+        .whenNotMatchedInsert(values=tables.merge_source(updates))
         .execute()
     )
 

@@ -33,7 +33,7 @@ from pyspark.sql import Column, DataFrame, Observation, Row, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
-from lakeward import delta_log, interrupt
+from lakeward import columns, delta_log, interrupt
 from lakeward.config import is_identifier
 from lakeward.error_text import one_line
 
@@ -216,6 +216,16 @@ def ensure_schema(spark: SparkSession, name: str) -> None:
 def exists(spark: SparkSession, name: str) -> bool:
     """Whether the table is registered in the catalog."""
     return spark.catalog.tableExists(name)
+
+
+def merge_source(source: DataFrame, alias: str = "s") -> dict[str, str | Column]:
+    """Each column of a MERGE's source ``alias``, by name, for ``set=`` and ``values=``.
+
+    A column a user added to the target table is then left as it is (null in
+    inserted rows); ``UPDATE SET *`` and ``INSERT *`` refuse such a column,
+    unknown to the source, and every MERGE into the table would fail.
+    """
+    return {name: columns.ref(name, of=alias) for name in source.columns}
 
 
 def append(df: DataFrame, name: str, *, user_metadata: str | None = None) -> None:

@@ -378,19 +378,29 @@ def test_columns_of_gold_changed_outside_lakeward_recompute_it_in_full(
     spark: SparkSession, base_settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Two columns renamed into each other's place (under column mapping) change no row, but an
-    increment would continue each user from the other column's values."""
+    increment would continue each user from the other column's values. A column a user added
+    is a change too: the full recompute writes ``user_features`` with the columns the configured
+    windows give (so without it) and leaves it null in ``user_daily``, and a late event is then
+    merged as usual (gold's MERGE names its columns: ``INSERT *`` refuses one the source lacks)."""
     settings, rows = _orders_of_a_and_b(spark, base_settings, tmp_path)
-    features = sql_name(settings.table("gold_user_features"))
+    d1, _, d3 = MARCH
+    features, daily = (settings.table(logical) for logical in ("gold_user_features", "gold_user_daily"))
     _append(spark, settings, "silver_orders", rows[:2])
     incremental.refresh(spark, settings)
-    spark.sql(f"ALTER TABLE {features} SET TBLPROPERTIES ('delta.minReaderVersion' = '2', "
+    spark.sql(f"ALTER TABLE {sql_name(features)} SET TBLPROPERTIES ('delta.minReaderVersion' = '2', "
               "'delta.minWriterVersion' = '5', 'delta.columnMapping.mode' = 'name')")
     for old, new in (("spend_3d", "swap"), ("spend_7d", "spend_3d"), ("swap", "spend_7d")):
-        spark.sql(f"ALTER TABLE {features} RENAME COLUMN {old} TO {new}")
+        spark.sql(f"ALTER TABLE {sql_name(features)} RENAME COLUMN {old} TO {new}")
+    spark.sql(f"ALTER TABLE {sql_name(daily)} ADD COLUMNS (note STRING)")
     _append(spark, settings, "silver_orders", rows[2:])
     with caplog.at_level(logging.INFO, logger="lakeward.incremental"):
         assert incremental.refresh(spark, settings).mode == "full"
     assert "RENAME COLUMN" in caplog.text
+    [late] = _silver_rows([("a", d1, d3, Decimal("4.00"))], [], [])["silver_orders"]
+    _append(spark, settings, "silver_orders", [{**late, "event_id": "late", "_batch_id": "late"}])
+    assert incremental.refresh(spark, settings).mode == "incremental"
+    assert tables.history(spark, features, 1).first()["operation"] == "MERGE"
+    assert tables.read(spark, daily).filter(F.col("note").isNotNull()).count() == 0
     _equal_to_full(spark, settings)
 
 

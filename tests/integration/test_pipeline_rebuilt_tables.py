@@ -117,19 +117,33 @@ def test_a_silver_table_restored_with_its_rows_is_kept_and_one_emptied_is_filled
     [written] = batches.filter(F.col("source") == "order_placed").agg(F.sum("rows_written")).first()
     assert written == tables.read(spark, name).count()
 
-    # Restored to a version before the last day's rows: those batches are taken again.
-    before_last_day = tables.current_version(spark, name)
+    # Two tables restored to a version before the last day's rows, a third emptied, in one run:
+    # the short batches and the emptied source are taken again.
+    restored = [name, settings.table("silver_ratings")]
+    emptied = settings.table("silver_deliveries")
+    before_last_day = [tables.current_version(spark, table) for table in restored]
     _bronze_and_silver(spark, settings, days[2])
-    whole = sorted(tables.read(spark, name).select("event_id", "_batch_id").collect())
-    DeltaTable.forName(spark, name).restoreToVersion(before_last_day)
+
+    def held_rows(table: str) -> list[Row]:
+        return sorted(tables.read(spark, table).select("event_id", "_batch_id").collect())
+
+    whole = {table: held_rows(table) for table in [*restored, emptied]}
+    for table, version in zip(restored, before_last_day, strict=True):
+        DeltaTable.forName(spark, table).restoreToVersion(version)
+        assert len(held_rows(table)) < len(whole[table])
+    DeltaTable.forName(spark, emptied).delete()
     with caplog.at_level("INFO", logger="lakeward"):
         pipeline.run_silver(spark, settings, DateSelection())
-    assert f"silver: {name} holds" in caplog.text and "1 batch(es) short" in caplog.text
-    assert sorted(tables.read(spark, name).select("event_id", "_batch_id").collect()) == whole
+    for table in restored:
+        assert f"silver: {table} holds" in caplog.text
+    assert "1 batch(es) short" in caplog.text and f"no rows in {emptied}" in caplog.text
     batches = tables.read(spark, ledger_name)
     assert batches.groupBy("batch_id").count().filter("count > 1").count() == 0, "a batch recorded twice"
-    [written] = batches.filter(F.col("source") == "order_placed").agg(F.sum("rows_written")).first()
-    assert written == len(whole)
+    for source in ("order_placed", "rating_submitted", "delivery_completed"):
+        table = settings.table(silver.SOURCES[source].table)
+        assert held_rows(table) == whole[table]
+        [written] = batches.filter(F.col("source") == source).agg(F.sum("rows_written")).first()
+        assert written == len(whole[table])
 
 
 def test_a_column_added_to_a_silver_table_is_left_null_and_one_dropped_stops_its_source(
@@ -144,7 +158,8 @@ def test_a_column_added_to_a_silver_table_is_left_null_and_one_dropped_stops_its
     _bronze_and_silver(spark, settings, days[0])
     orders = settings.table("silver_orders")
     first = tables.read(spark, orders).count()
-    for name in (orders, settings.table("silver_users"), settings.table("silver_quarantine")):
+    for name in (orders, settings.table("silver_users"), settings.table("silver_quarantine"),
+                 settings.table("ops_silver_batches")):
         spark.sql(f"ALTER TABLE {sql_name(name)} ADD COLUMNS (note STRING)")
     _bronze_and_silver(spark, settings, days[1])
     held = tables.read(spark, orders)

@@ -27,7 +27,7 @@ from lakeward.config import Settings
 from lakeward.train import TrainingSetMissingError, TrainSummary, open_training_set, train, with_overrides
 from tests.conftest import isolated
 from tests.ml_data import RAW_IDS, append_orders, order_rows, user_key, write_inputs
-from tests.pipeline_checks import drop_table
+from tests.pipeline_checks import drop_table, sql_name
 
 pytestmark = pytest.mark.training
 
@@ -271,11 +271,14 @@ def test_vacuumed_version_names_table_and_version(
 
 
 def test_predict_writes_predictions_idempotently(trained, spark: SparkSession) -> None:
+    """Scoring a day again replaces its slice, also with a column a user added to the table,
+    which is left null (the MERGE names its columns: ``INSERT *`` refuses one the source lacks)."""
     from lakeward.predict import predict
 
     settings, summary = trained
     day = date(2026, 3, 1)
     first = predict(spark, settings, summary.parent_run_id, day)
+    spark.sql(f"ALTER TABLE {sql_name(first.table)} ADD COLUMNS (note STRING)")
     again = predict(spark, settings, summary.parent_run_id, day)
     other = predict(spark, settings, summary.parent_run_id, day + timedelta(days=1))
     rows = tables.read(spark, first.table)
@@ -285,6 +288,7 @@ def test_predict_writes_predictions_idempotently(trained, spark: SparkSession) -
     slice_ = rows.filter((F.col("run_id") == summary.parent_run_id) & (F.col("feature_date") == F.lit(day)))
     assert slice_.count() == users and slice_.select("user_key").distinct().count() == users
     assert rows.count() == users + other.rows
+    assert rows.filter(F.col("note").isNotNull()).count() == 0
     stats = slice_.agg(F.min("score"), F.max("score"), F.countDistinct("model_version")).first()
     assert 0 <= stats[0] < stats[1] <= 1 and stats[2] == 1  # probabilities that differ between users
     assert slice_.first()["model_version"] == summary.model_version == first.model_version
