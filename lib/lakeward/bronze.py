@@ -442,22 +442,15 @@ class Restore:
     """Recorded batches whose rows a bronze table lost, to write again from their landing files.
 
     ``balanced``: every bronze table holds exactly the rows the ledger records.
-    ``unrecorded_dates``: arrival dates of rows no ledger row records, which a run that
-    died between its data and ledger writes left, and whose landing files are gone:
-    no run will take those days again, so the next run cleans them up.
     """
 
     batches: frozenset[str] = frozenset()
     dates: tuple[date, ...] = ()
     balanced: bool = False
-    unrecorded_dates: tuple[date, ...] = ()
 
 
 def find_lost(spark: SparkSession, settings: Settings) -> Restore:
-    """What bronze lost that its landing files still hold, and where a crashed run left rows.
-
-    ``Restore.unrecorded_dates`` are the arrival dates of rows no ledger row
-    records whose landing file is gone (see :func:`_unrecorded_dates`).
+    """What bronze lost that its landing files still hold; the ledger made to account for every row.
 
     Every bronze table should hold the rows ``ops.ingestion_batches`` records
     for it. One that holds fewer was dropped and created again, or had rows
@@ -470,6 +463,8 @@ def find_lost(spark: SparkSession, settings: Settings) -> Restore:
     way leaves the same shortfall for the next run to find. A batch whose
     file is gone or changed cannot come back: its ledger row is set to the
     rows the tables still hold, with a warning, so it is not looked for again.
+    A table holding more rows than recorded is handled first
+    (:func:`_record_held_rows_of_gone_files`).
     """
     names = {source: bronze_spec(settings, source).name for source in SOURCES}
     quarantine = quarantine_spec(settings).name
@@ -477,17 +472,14 @@ def find_lost(spark: SparkSession, settings: Settings) -> Restore:
     # One row per landing file ever ingested: few enough to sum up here.
     recorded = tables.read(spark, ledger).filter(F.col("source").isin(list(SOURCES))).collect()
     counts = tables.row_counts(spark, [*names.values(), quarantine])
-    expected = {name: 0 for name in counts}
-    for row in recorded:
-        expected[names[row["source"]]] += row["rows_written"] or 0
-        expected[quarantine] += row["rows_quarantined"] or 0
-    short = sorted(name for name, rows in expected.items() if counts[name] < rows)
+    expected = _recorded_totals(recorded, names, quarantine)
     over = [name for name, rows in expected.items() if counts[name] > rows]
-    unrecorded = (
-        _unrecorded_dates(spark, settings, over, {row["batch_id"] for row in recorded}) if over else ()
-    )
+    if over:
+        recorded = _record_held_rows_of_gone_files(spark, settings, recorded, over)
+        expected = _recorded_totals(recorded, names, quarantine)
+    short = sorted(name for name, rows in expected.items() if counts[name] < rows)
     if not short:
-        return Restore(balanced=counts == expected, unrecorded_dates=unrecorded)
+        return Restore(balanced=counts == expected)
     held = {
         (row["table"], row["_batch_id"]): int(row["count"])
         for row in _rows_where(spark, short, F.lit(True)).groupBy("table", "_batch_id").count().collect()
@@ -519,43 +511,104 @@ def find_lost(spark: SparkSession, settings: Settings) -> Restore:
     if gone:
         _record_what_is_left(spark, ledger, [(row, left(row)) for row in gone])
     return Restore(frozenset(row["batch_id"] for row in again),
-                   tuple(sorted({row["arrival_date"] for row in again})),
-                   unrecorded_dates=unrecorded)
+                   tuple(sorted({row["arrival_date"] for row in again})))
 
 
-def _unrecorded_dates(
-    spark: SparkSession, settings: Settings, names: Sequence[str], recorded: set[str]
-) -> tuple[date, ...]:
-    """The arrival dates of rows in tables ``names`` that no ledger row records and no run will take.
+def _recorded_totals(recorded: Sequence[Row], names: Mapping[str, str], quarantine: str) -> dict[str, int]:
+    """Per bronze table (the quarantine included), the rows the ledger rows ``recorded`` say it holds."""
+    expected = {name: 0 for name in [*names.values(), quarantine]}
+    for row in recorded:
+        expected[names[row["source"]]] += row["rows_written"] or 0
+        expected[quarantine] += row["rows_quarantined"] or 0
+    return expected
 
-    Such rows are a crashed run's (or were written outside lakeward). While
-    their landing file is there, the run that takes it again removes them
-    first; once it is gone, no run takes that day, so this run removes them
-    whatever days it takes. A day whose file is still there is left to its
-    own run: its rows may also be those of a run still writing it (two runs
-    of other days at once on a cluster).
+
+def _record_held_rows_of_gone_files(
+    spark: SparkSession, settings: Settings, recorded: list[Row], over: Sequence[str]
+) -> list[Row]:
+    """Make the ledger record what bronze holds of batches whose landing file is gone or changed.
+
+    Tables ``over`` hold more rows than the ledger records: rows of batches it
+    does not record (a run died between its data and ledger writes, or the
+    ledger lost rows: deleted or dropped), or more rows of a batch than it
+    records (a table restored after its shortfall was recorded). A batch whose
+    landing file is there unchanged is left to the run that takes its day,
+    which writes the file again. Otherwise bronze holds the only copy of
+    those rows, and removing them would lose what was received: the ledger
+    records them as bronze holds them (a batch it lacked gets a row without
+    the file's size and checksum), and silver takes those it has not taken.
+    Returns ``recorded`` with those rows set.
     """
-    # A row without a date (put in outside lakeward) is not a crashed run's: no date to clean.
-    unrecorded = ~F.col("_batch_id").isin(sorted(recorded)) & F.col("_arrival_date").isNotNull()
-    rows = (
-        _rows_where(spark, names, unrecorded)
-        .select(_batch_source().alias("source"), "_arrival_date")
-        .distinct()
-        .collect()
-    )
-    gone = sorted({
-        row["_arrival_date"] for row in rows
-        if row["source"] in SOURCES
-        and not landing_file(settings.landing_dir, row["source"], row["_arrival_date"]).is_file()
-    })
+    ledger = settings.table("ops_ingestion_batches")
+    quarantine = quarantine_spec(settings).name
+    every = [bronze_spec(settings, source).name for source in SOURCES] + [quarantine]
+    rows = reduce(DataFrame.unionByName, [
+        tables.read(spark, name)
+        .filter(F.col("_batch_id").isNotNull() & F.col("_arrival_date").isNotNull())
+        .select(F.lit(name == quarantine).alias("_refused"), "_batch_id", "_arrival_date", "_source_file",
+                "_ingested_at")
+        for name in every
+    ])
+    by_id = {row["batch_id"]: row for row in recorded}
+    held = rows.groupBy("_batch_id").agg(
+        F.min("_arrival_date").alias("arrival_date"),
+        F.count_if(~F.col("_refused")).alias("rows_written"),
+        F.count_if(F.col("_refused")).alias("rows_quarantined"),
+        F.min("_source_file").alias("path"),
+        F.min("_ingested_at").alias("ingested_at"),
+    ).collect()
+
+    def beyond_ledger(row: Row) -> bool:
+        known = by_id.get(row["_batch_id"])
+        return known is None or row["rows_written"] > (known["rows_written"] or 0) or (
+            row["rows_quarantined"] > (known["rows_quarantined"] or 0))
+
+    def source(row: Row) -> str:
+        return str(row["_batch_id"]).split("-", 1)[0]  # see LandingFile.batch_id
+
+    extra = [row for row in held if source(row) in SOURCES and beyond_ledger(row)]
+    present = {
+        f.batch_id
+        for on in {(source(row), row["arrival_date"]) for row in extra}
+        for f in landing_files(settings, on[0], [on[1]])
+    }
+    kept = [row for row in extra if row["_batch_id"] not in present]
+    left = [row for row in extra if row["_batch_id"] in present]
+    if left:
+        log.warning(
+            "bronze: %s hold(s) rows beyond what %s records of %d batch(es) whose landing files are "
+            "there (left by an interrupted run, or written outside lakeward): the rows of batches it "
+            "does not record go when a run takes their arrival days again",
+            ", ".join(over), ledger, len(left),
+        )
+    if not kept:
+        return recorded
+    new = [row for row in kept if row["_batch_id"] not in by_id]
     log.warning(
-        "bronze: %s hold(s) more rows than %s records (left by an interrupted run, or written "
-        "outside lakeward); %s",
-        ", ".join(names), settings.table("ops_ingestion_batches"),
-        f"removing those of arrival days whose landing files are gone: {', '.join(map(str, gone))}"
-        if gone else "those of days with landing files go when a run takes those days again",
+        "bronze: %s hold(s) rows of %d batch(es) whose landing files are gone or changed beyond what %s "
+        "records (%d it has no row for: a run died before recording them, or its rows were deleted or "
+        "it was dropped; the others restored to bronze): bronze holds their only copy, so %s now "
+        "records %d row(s) and %d quarantined row(s) as bronze holds them",
+        ", ".join(over), len(kept), ledger, len(new), ledger,
+        sum(row["rows_written"] for row in kept), sum(row["rows_quarantined"] for row in kept),
     )
-    return tuple(gone)
+    updates = spark.createDataFrame(
+        [
+            (row["_batch_id"], source(row), row["arrival_date"], row["path"], None, None,
+             row["rows_written"] + row["rows_quarantined"], row["rows_written"], row["rows_quarantined"],
+             row["ingested_at"])
+            for row in kept
+        ],
+        LEDGER_SCHEMA,
+    )
+    (
+        DeltaTable.forName(spark, ledger).alias("t")
+        .merge(updates.alias("s"), "t.batch_id = s.batch_id")
+        .whenMatchedUpdate(set={"rows_written": "s.rows_written", "rows_quarantined": "s.rows_quarantined"})
+        .whenNotMatchedInsert(values=tables.merge_source(updates))
+        .execute()
+    )
+    return tables.read(spark, ledger).filter(F.col("source").isin(list(SOURCES))).collect()
 
 
 def _record_what_is_left(
@@ -599,7 +652,6 @@ def ingest_sources(
     *,
     again: Collection[str] = frozenset(),
     balanced: bool = False,
-    also_clean: Sequence[date] = (),
 ) -> list[IngestResult]:
     """Ingest the landing files of ``sources`` for ``dates`` that are not yet in the ledger.
 
@@ -608,8 +660,6 @@ def ingest_sources(
     their ledger rows, which the same file gives again, are kept.
     ``balanced``: :func:`find_lost` has just found every table holding the
     rows the ledger records, so no crashed run left rows to remove.
-    ``also_clean``: other dates whose unrecorded rows are removed too
-    (``Restore.unrecorded_dates``); their files are not taken.
 
     One Delta commit per table for all files of the run. A file is done when
     its ledger row exists; rows of these days that a crashed run wrote without
@@ -621,11 +671,11 @@ def ingest_sources(
     """
     _name_ledger_columns(spark, settings)
     files = {source: landing_files(settings, source, dates) for source in sources}
-    cleaned = sorted({*dates, *also_clean})
-    done = _recorded_batches(spark, settings, sources, cleaned) - set(again)
+    recorded = _recorded_batches(spark, settings, sources, dates)
     names = [*(bronze_spec(settings, source).name for source in sources), quarantine_spec(settings).name]
-    if not balanced:
-        _remove_unrecorded_rows(spark, names, sources, cleaned, done)
+    if again or not balanced:
+        _remove_unrecorded_rows(spark, names, sources, dates, recorded, set(again))
+    done = recorded - set(again)
     pending = {s: [f for f in fs if f.batch_id not in done] for s, fs in files.items()}
     for source in sources:
         if not pending[source]:
@@ -775,28 +825,40 @@ def _remove_unrecorded_rows(
     sources: Sequence[str],
     dates: Sequence[date],
     recorded: set[str],
+    again: set[str],
 ) -> None:
-    """Delete the rows of ``sources`` on ``dates`` whose batch the ledger does not record.
+    """Delete the rows of ``sources`` on ``dates`` whose batch is written ``again`` or not ``recorded``.
 
-    Only a run that died between its data write and its ledger write leaves
-    such rows, and then a table holds more rows than the ledger records
-    (``balanced`` in :func:`ingest_sources` skips this query when none does;
-    unrecorded rows would go unseen only if as many recorded rows of the
-    same table had also been deleted outside lakeward since the crash).
-    They are found by day, not by the batches about to be written:
-    the landing file may have changed since (a new checksum, so a new batch
-    id) or been removed, and its old batch would otherwise stay for good.
+    ``again``: the rows bronze still holds of batches short of rows, whose
+    landing files are written again. Rows of a batch the ledger does not
+    record are left by a run that died between its data write and its ledger
+    write, or the ledger lost their rows, and then a table holds more rows
+    than the ledger records (``balanced`` in :func:`ingest_sources` skips
+    this query when none does; unrecorded rows would go unseen only if as many
+    recorded rows of the same table had also been deleted outside lakeward
+    since). The landing file of such a batch is there unchanged, since
+    :func:`find_lost` has the ledger record the others: the run writes it again.
     After a clean run (the usual case) the query finds nothing.
     """
     if not sources or not dates:
         return
     # The quarantine table holds the rows of every source: a batch id tells them apart.
-    condition = F.col("_arrival_date").isin(list(dates)) & _batch_source().isin(list(sources))
-    if recorded:
-        condition = condition & ~F.col("_batch_id").isin(sorted(recorded))
-    for row in _rows_where(spark, names, condition).select("table").distinct().collect():
-        log.warning("%s: removing rows of batches the ledger does not record (left by an interrupted "
-                    "run, or the ledger was dropped or renamed); their files are taken again", row["table"])
+    on_dates = F.col("_arrival_date").isin(list(dates)) & _batch_source().isin(list(sources))
+    unrecorded = ~F.col("_batch_id").isin(sorted(recorded)) if recorded else F.lit(True)
+    taken_again = F.col("_batch_id").isin(sorted(again)) if again else F.lit(False)
+    condition = on_dates & (unrecorded | taken_again)
+    found = (
+        _rows_where(spark, names, condition)
+        .groupBy("table").agg(F.count_if(~taken_again).alias("unrecorded")).collect()
+    )
+    for row in found:
+        if row["unrecorded"]:
+            log.warning("%s: removing %d row(s) of batches the ledger does not record (left by an "
+                        "interrupted run, or their ledger rows were deleted); their files are taken again",
+                        row["table"], row["unrecorded"])
+        else:
+            log.info("%s: removing the rows it still holds of batches written again from their landing files",
+                     row["table"])
         DeltaTable.forName(spark, row["table"]).delete(condition)
 
 

@@ -164,7 +164,6 @@ def run_bronze(
     log.info("bronze: %d arrival date(s) %s..%s", len(days), days[0], days[-1])
     results = bronze.ingest_sources(
         spark, settings, list(SOURCES), days, again=restore.batches, balanced=restore.balanced,
-        also_clean=restore.unrecorded_dates,
     )
     log.info(
         "bronze: done, %d file(s) ingested (%d already were), %d rows written, %d quarantined",

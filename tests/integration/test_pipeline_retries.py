@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from chispa import assert_df_equality
+from delta.tables import DeltaTable
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -383,9 +384,15 @@ def test_an_ingestion_ledger_with_the_old_column_names_is_renamed_and_keeps_its_
     assert count_rows(spark, settings, "bronze_order_placed", _source_file=day_one_file) == day_one_orders
 
 
-def test_a_retry_removes_what_a_crash_left_of_a_file_changed_or_removed_since(
-    spark: SparkSession, base_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_what_a_crash_left_of_a_file_changed_or_removed_since_is_recorded_as_bronze_holds_it(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """Rows a crashed run wrote without their ledger rows, whose landing files were then changed
+    or removed: bronze holds their only copy, so the retry records them as it holds them rather
+    than remove them (as a dropped ledger would have every file's rows), and writes the changed
+    file as the new batch it is. Restored after the ledger was lowered to what a short batch kept,
+    a table's rows are recorded again, and the next run finds bronze balanced."""
     settings = isolated(base_settings, tmp_path)
     days = [date(2026, 3, 1), date(2026, 3, 2)]
     generate(settings.landing_dir, seed=5, users=20, days=2, start=days[0], faults=FAULTS)
@@ -394,26 +401,56 @@ def test_a_retry_removes_what_a_crash_left_of_a_file_changed_or_removed_since(
     with pytest.raises(SystemExit):
         bronze.ingest(spark, settings, "order_placed", days)
     monkeypatch.undo()
+    orders, quarantine = settings.table("bronze_order_placed"), settings.table("bronze_quarantine")
+
+    def held() -> dict[str, int]:
+        rows = bronze._rows_where(spark, [orders, quarantine], F.col("_batch_id").startswith("order_placed-"))
+        return {r["_batch_id"]: r["count"] for r in rows.groupBy("_batch_id").count().collect()}
+
+    crashed = held()
     changed, removed = (landing_file(settings.landing_dir, "order_placed", d) for d in days)
     first_line = changed.read_bytes().splitlines(keepends=True)[0]
     with changed.open("ab") as fh:
         fh.write(first_line)  # sent again with one more line: a new checksum, a new batch
     removed.unlink()
 
-    # The retry is a pipeline run: bronze holds more rows than its ledger records, so it looks.
-    assert not bronze.find_lost(spark, settings).balanced
-    results = pipeline.run_bronze(spark, settings, DateSelection())
+    with caplog.at_level(logging.WARNING, logger="lakeward.bronze"):
+        results = pipeline.run_bronze(spark, settings, DateSelection())
+    assert "2 batch(es) whose landing files are gone or changed" in caplog.text
     result = next(r for r in results if r.source == "order_placed")
     left = sorted((settings.landing_dir / "order_placed").glob("*.jsonl"))  # late lines may make a third day
-    assert changed in left and (result.files, result.skipped) == (len(left), 0)
-    recorded = {r["batch_id"] for r in tables.read(spark, settings.table("ops_ingestion_batches")).collect()}
-    for logical in ("bronze_order_placed", "bronze_quarantine"):
-        batches = {r["_batch_id"] for r in tables.read(spark, settings.table(logical)).collect()}
-        assert batches <= recorded, logical
-    rows = count_rows(spark, settings, "bronze_order_placed")
-    quarantined = count_rows(spark, settings, "bronze_quarantine", source="order_placed")
-    assert rows + quarantined == sum(len(path.read_bytes().splitlines()) for path in left)
+    assert changed in left and removed not in left and (result.files, result.skipped) == (len(left), 0)
+    ledger_name = settings.table("ops_ingestion_batches")
+    ledger = {r["batch_id"]: r for r in tables.read(spark, ledger_name)
+              .filter(F.col("source") == "order_placed").collect()}
+    now = held()
+    assert set(now) == set(ledger) and set(crashed) < set(now), "every batch bronze holds is recorded"
+    for batch, rows in crashed.items():
+        assert now[batch] == rows, "nothing the crash left is removed"
+        assert ledger[batch]["rows_written"] + ledger[batch]["rows_quarantined"] == rows
+        assert ledger[batch]["lines"] == rows and ledger[batch]["checksum"] is None
+    for batch in set(now) - set(crashed):
+        assert ledger[batch]["lines"] == now[batch], "a file written whole"
     assert bronze.find_lost(spark, settings).balanced
+
+    # The removed file's batch short of rows: its ledger row is lowered to what is left;
+    # the rows restored, it records them again.
+    [gone] = [b for b in crashed if b.startswith(f"order_placed-{days[1]:%Y%m%d}")]
+    before = tables.current_version(spark, orders)
+    first_lines = (F.col("_batch_id") == gone) & (F.col("_line_no") <= 3)
+    deleted = tables.read(spark, orders).filter(first_lines).count()
+    DeltaTable.forName(spark, orders).delete(first_lines)
+    assert deleted and not bronze.find_lost(spark, settings).batches
+    assert tables.read(spark, ledger_name).filter(F.col("batch_id") == gone).first()["rows_written"] == (
+        ledger[gone]["rows_written"] - deleted)
+    DeltaTable.forName(spark, orders).restoreToVersion(before)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="lakeward.bronze"):
+        bronze.find_lost(spark, settings)
+        assert bronze.find_lost(spark, settings).balanced
+    assert caplog.text.count("now records") == 1, "said once, not on every run"
+    assert tables.read(spark, ledger_name).filter(F.col("batch_id") == gone).first()["rows_written"] == (
+        ledger[gone]["rows_written"])
 
 
 def test_landing_files_under_a_root_with_a_plus_a_space_or_an_accent_or_behind_a_link(
