@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -31,16 +30,6 @@ def drop_table(spark: SparkSession, name: str) -> None:
     spark._jsparkSession.sessionState().catalog().dropTable(
         jvm.org.apache.spark.sql.catalyst.TableIdentifier(table, jvm.scala.Some(schema)), False, False
     )
-
-
-def sql_name(name: str) -> str:
-    """``schema.table`` checked and quoted for SQL text, for the statements that take no parameter.
-
-    Spark 4.1 with Delta's parser refuses a parameter in ``IDENTIFIER()`` (``ALTER TABLE``,
-    ``VACUUM``): the name, a test's own, is checked to be plain words before it is quoted.
-    """
-    assert re.fullmatch(r"\w+(\.\w+)?", name), name
-    return ".".join(f"`{part}`" for part in name.split("."))
 
 
 def count_rows(spark: SparkSession, settings: Settings, logical: str, **where: str) -> int:

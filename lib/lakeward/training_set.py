@@ -725,7 +725,11 @@ def _verify(training: DataFrame, spec: BuildSpec, orders_name: str) -> dict[str,
 def refuse_foreign_table(spark: SparkSession, table: str) -> None:
     """Refuse to replace ``table`` when it exists and is not a training set (predictions, say)."""
     if tables.exists(spark, table) and SPEC_PROPERTY not in _properties_or_empty(spark, table):
-        raise TrainingSetError(f"{table} exists and is not a training set; choose another name")
+        raise TrainingSetError(
+            f"{table} exists and is not a training set (it has no {SPEC_PROPERTY} property: a table of "
+            f"another kind, or one replaced outside lakeward); choose another name, or drop it "
+            f"(DROP TABLE {table}) if nothing needs it"
+        )
 
 
 def _properties_or_empty(spark: SparkSession, table: str) -> dict[str, str]:

@@ -28,7 +28,7 @@ from pyspark.sql import functions as F
 from lakeward import gold, incremental, silver, tables
 from lakeward.config import Settings
 from tests.conftest import isolated
-from tests.pipeline_checks import daily_oracle, features_oracle, sql_name
+from tests.pipeline_checks import daily_oracle, features_oracle
 from tests.unit.test_gold import WINDOWS
 
 pytestmark = pytest.mark.integration
@@ -387,11 +387,11 @@ def test_columns_of_gold_changed_outside_lakeward_recompute_it_in_full(
     features, daily = (settings.table(logical) for logical in ("gold_user_features", "gold_user_daily"))
     _append(spark, settings, "silver_orders", rows[:2])
     incremental.refresh(spark, settings)
-    spark.sql(f"ALTER TABLE {sql_name(features)} SET TBLPROPERTIES ('delta.minReaderVersion' = '2', "
-              "'delta.minWriterVersion' = '5', 'delta.columnMapping.mode' = 'name')")
+    spark.sql(f"ALTER TABLE {tables.quoted_name(features)} SET TBLPROPERTIES ('delta.minReaderVersion' = "
+              "'2', 'delta.minWriterVersion' = '5', 'delta.columnMapping.mode' = 'name')")
     for old, new in (("spend_3d", "swap"), ("spend_7d", "spend_3d"), ("swap", "spend_7d")):
-        spark.sql(f"ALTER TABLE {sql_name(features)} RENAME COLUMN {old} TO {new}")
-    spark.sql(f"ALTER TABLE {sql_name(daily)} ADD COLUMNS (note STRING)")
+        spark.sql(f"ALTER TABLE {tables.quoted_name(features)} RENAME COLUMN {old} TO {new}")
+    spark.sql(f"ALTER TABLE {tables.quoted_name(daily)} ADD COLUMNS (note STRING)")
     _append(spark, settings, "silver_orders", rows[2:])
     with caplog.at_level(logging.INFO, logger="lakeward.incremental"):
         assert incremental.refresh(spark, settings).mode == "full"

@@ -19,7 +19,7 @@ from lakeward.config import Settings
 from lakeward.pipeline import DateSelection
 from lakeward.sources.bitebridge import FaultRates, generate, landing_file
 from tests.conftest import isolated
-from tests.pipeline_checks import FAULTS, drop_table, gold_equals_full, silver_ledger, sql_name
+from tests.pipeline_checks import FAULTS, drop_table, gold_equals_full, silver_ledger
 
 pytestmark = pytest.mark.integration
 
@@ -146,6 +146,47 @@ def test_a_silver_table_restored_with_its_rows_is_kept_and_one_emptied_is_filled
         assert written == len(whole[table])
 
 
+def test_table_properties_lost_outside_lakeward_are_set_again_and_nothing_else_is_touched(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bronze table replaced by ``CREATE OR REPLACE TABLE ... AS SELECT`` loses the properties
+    that keep statistics off its personal columns and mark whose rows it holds; a silver table
+    altered loses the change feed gold reads. The next run sets them again, once; tables whose
+    properties are as their spec says get no commit."""
+    settings = isolated(base_settings, tmp_path)
+    pipeline.ensure_tables(spark, settings)
+    specs = {spec.name: spec for spec in pipeline.table_specs(settings)}
+
+    def versions() -> dict[str, int]:
+        return {name: tables.current_version(spark, name) for name in specs}
+
+    created = versions()
+    pipeline.ensure_tables(spark, settings)
+    assert versions() == created, "no table of a fresh data root is altered"
+
+    users, orders = settings.table("bronze_users"), settings.table("silver_orders")
+    spark.sql(f"CREATE OR REPLACE TABLE {tables.quoted_name(users)} USING delta AS "
+              f"SELECT * FROM {tables.quoted_name(users)}")
+    spark.sql(f"ALTER TABLE {tables.quoted_name(orders)} SET TBLPROPERTIES "
+              "('delta.enableChangeDataFeed' = 'false', 'owner.note' = 'kept')")
+    assert "delta.dataSkippingStatsColumns" not in tables.properties(spark, users)
+    with caplog.at_level("WARNING", logger="lakeward.tables"):
+        pipeline.ensure_tables(spark, settings)
+    lost = "delta.dataSkippingStatsColumns, lakeward.personal_columns, lakeward.personal_data"
+    assert f"{users}: its table properties {lost}, lakeward.subject_column are missing" in caplog.text
+    assert "statistics of its personal columns" in caplog.text
+    assert f"{orders}: its table properties delta.enableChangeDataFeed are missing" in caplog.text
+    for name in (users, orders):
+        held = tables.properties(spark, name)
+        assert held.items() >= specs[name].delta_properties().items()
+    assert tables.properties(spark, orders)["owner.note"] == "kept"
+    altered = versions()
+    assert {name for name in specs if altered[name] != created[name]} == {users, orders}
+    caplog.clear()
+    pipeline.ensure_tables(spark, settings)
+    assert versions() == altered and "table properties" not in caplog.text
+
+
 def test_a_column_added_to_a_silver_table_is_left_null_and_one_dropped_stops_its_source(
     spark: SparkSession, base_settings: Settings, tmp_path: Path
 ) -> None:
@@ -160,16 +201,16 @@ def test_a_column_added_to_a_silver_table_is_left_null_and_one_dropped_stops_its
     first = tables.read(spark, orders).count()
     for name in (orders, settings.table("silver_users"), settings.table("silver_quarantine"),
                  settings.table("ops_silver_batches")):
-        spark.sql(f"ALTER TABLE {sql_name(name)} ADD COLUMNS (note STRING)")
+        spark.sql(f"ALTER TABLE {tables.quoted_name(name)} ADD COLUMNS (note STRING)")
     _bronze_and_silver(spark, settings, days[1])
     held = tables.read(spark, orders)
     second = held.count()
     assert second > first
     assert held.filter(F.col("note").isNotNull()).count() == 0
 
-    spark.sql(f"ALTER TABLE {sql_name(orders)} SET TBLPROPERTIES ('delta.minReaderVersion' = '2', "
+    spark.sql(f"ALTER TABLE {tables.quoted_name(orders)} SET TBLPROPERTIES ('delta.minReaderVersion' = '2', "
               "'delta.minWriterVersion' = '5', 'delta.columnMapping.mode' = 'name')")
-    spark.sql(f"ALTER TABLE {sql_name(orders)} DROP COLUMN tip_amount")
+    spark.sql(f"ALTER TABLE {tables.quoted_name(orders)} DROP COLUMN tip_amount")
     pipeline.run(spark, settings, "bronze", DateSelection(days[2]))
     with pytest.raises(silver.SilverColumnsMissingError, match=rf"{orders} lacks the column\(s\) tip_amount"):
         pipeline.run(spark, settings, "silver", DateSelection(days[2]))

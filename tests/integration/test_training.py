@@ -27,7 +27,7 @@ from lakeward.config import Settings
 from lakeward.train import TrainingSetMissingError, TrainSummary, open_training_set, train, with_overrides
 from tests.conftest import isolated
 from tests.ml_data import RAW_IDS, append_orders, order_rows, user_key, write_inputs
-from tests.pipeline_checks import drop_table, sql_name
+from tests.pipeline_checks import drop_table
 
 pytestmark = pytest.mark.training
 
@@ -278,7 +278,7 @@ def test_predict_writes_predictions_idempotently(trained, spark: SparkSession) -
     settings, summary = trained
     day = date(2026, 3, 1)
     first = predict(spark, settings, summary.parent_run_id, day)
-    spark.sql(f"ALTER TABLE {sql_name(first.table)} ADD COLUMNS (note STRING)")
+    spark.sql(f"ALTER TABLE {tables.quoted_name(first.table)} ADD COLUMNS (note STRING)")
     again = predict(spark, settings, summary.parent_run_id, day)
     other = predict(spark, settings, summary.parent_run_id, day + timedelta(days=1))
     rows = tables.read(spark, first.table)

@@ -32,7 +32,7 @@ from lakeward.training_set import (
     table_name,
 )
 from tests.cli_process import lakeward
-from tests.pipeline_checks import drop_table, sql_name
+from tests.pipeline_checks import drop_table
 
 pytestmark = pytest.mark.integration
 
@@ -148,10 +148,10 @@ def _inputs_at(spark: SparkSession, settings: Settings, spec: BuildSpec) -> tupl
 
 def _vacuum_everything_old(spark: SparkSession, name: str) -> None:
     # VACUUM LITE takes seconds where a full VACUUM takes a minute on a small machine. It is
-    # SQL only (see sql_name).
+    # SQL only (see tables.quoted_name).
     spark.conf.set("spark.databricks.delta.retentionDurationCheck.enabled", "false")
     try:
-        spark.sql(f"VACUUM {sql_name(name)} LITE RETAIN 0 HOURS")
+        spark.sql(f"VACUUM {tables.quoted_name(name)} LITE RETAIN 0 HOURS")
     finally:
         spark.conf.unset("spark.databricks.delta.retentionDurationCheck.enabled")
 

@@ -10,7 +10,7 @@ from pyspark.errors import AnalysisException
 from pyspark.sql import SparkSession
 
 from lakeward import delta_log, tables
-from tests.pipeline_checks import drop_table, sql_name
+from tests.pipeline_checks import drop_table
 
 
 def _name(spark: SparkSession) -> str:
@@ -117,7 +117,7 @@ def test_commits_after_a_version_tell_which_changed_rows_from_the_log_and_from_h
     DeltaTable.forName(spark, name).optimize().executeCompaction()
     DeltaTable.forName(spark, name).upgradeTableProtocol(1, 4)
     DeltaTable.forName(spark, name).delete("id = 1")
-    spark.sql(f"ALTER TABLE {sql_name(name)} ADD COLUMNS (note STRING)")
+    spark.sql(f"ALTER TABLE {tables.quoted_name(name)} ADD COLUMNS (note STRING)")
     # (version, operation, note, changes rows, changes the definition)
     expected = [(1, "WRITE", "mine", True, False), (2, "OPTIMIZE", None, False, False),
                 (3, "SET TBLPROPERTIES", None, False, True), (4, "DELETE", None, True, False),
