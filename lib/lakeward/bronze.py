@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -466,11 +467,16 @@ def find_lost(spark: SparkSession, settings: Settings) -> Restore:
     A table holding more rows than recorded is handled first
     (:func:`_record_held_rows_of_gone_files`).
     """
+    # An older ledger's columns are renamed before anything here writes to it.
+    _name_ledger_columns(spark, settings)
     names = {source: bronze_spec(settings, source).name for source in SOURCES}
     quarantine = quarantine_spec(settings).name
     ledger = settings.table("ops_ingestion_batches")
     # One row per landing file ever ingested: few enough to sum up here.
-    recorded = tables.read(spark, ledger).filter(F.col("source").isin(list(SOURCES))).collect()
+    recorded = [
+        row.asDict()
+        for row in tables.read(spark, ledger).filter(F.col("source").isin(list(SOURCES))).collect()
+    ]
     counts = tables.row_counts(spark, [*names.values(), quarantine])
     expected = _recorded_totals(recorded, names, quarantine)
     over = [name for name, rows in expected.items() if counts[name] > rows]
@@ -485,14 +491,14 @@ def find_lost(spark: SparkSession, settings: Settings) -> Restore:
         for row in _rows_where(spark, short, F.lit(True)).groupBy("table", "_batch_id").count().collect()
     }
 
-    def left(row: Row) -> tuple[int, int]:
+    def left(row: dict[str, Any]) -> tuple[int, int]:
         """The rows and quarantined rows of the batch that bronze still holds (as recorded if not short)."""
         written, quarantined = row["rows_written"] or 0, row["rows_quarantined"] or 0
         table, batch = names[row["source"]], row["batch_id"]
         return (held.get((table, batch), 0) if table in short else written,
                 held.get((quarantine, batch), 0) if quarantine in short else quarantined)
 
-    def is_short(row: Row) -> bool:
+    def is_short(row: dict[str, Any]) -> bool:
         written, quarantined = left(row)
         return written < (row["rows_written"] or 0) or quarantined < (row["rows_quarantined"] or 0)
 
@@ -509,12 +515,23 @@ def find_lost(spark: SparkSession, settings: Settings) -> Restore:
         ", ".join(short), ledger, len(lost), len(again),
     )
     if gone:
-        _record_what_is_left(spark, ledger, [(row, left(row)) for row in gone])
+        lost_rows = sum(
+            (row["rows_written"] or 0) + (row["rows_quarantined"] or 0) - sum(left(row)) for row in gone
+        )
+        log.warning(
+            "bronze: the landing files of %d short batch(es) are gone or changed, so %d row(s) cannot be "
+            "restored; %s now records the rows bronze still holds for them",
+            len(gone), lost_rows, ledger,
+        )
+        _set_counts(spark, ledger, [{**row, "rows_written": w, "rows_quarantined": q}
+                                    for row in gone for w, q in [left(row)]])
     return Restore(frozenset(row["batch_id"] for row in again),
                    tuple(sorted({row["arrival_date"] for row in again})))
 
 
-def _recorded_totals(recorded: Sequence[Row], names: Mapping[str, str], quarantine: str) -> dict[str, int]:
+def _recorded_totals(
+    recorded: Sequence[Mapping[str, Any]], names: Mapping[str, str], quarantine: str
+) -> dict[str, int]:
     """Per bronze table (the quarantine included), the rows the ledger rows ``recorded`` say it holds."""
     expected = {name: 0 for name in [*names.values(), quarantine]}
     for row in recorded:
@@ -523,9 +540,13 @@ def _recorded_totals(recorded: Sequence[Row], names: Mapping[str, str], quaranti
     return expected
 
 
+# A batch id as ``LandingFile.batch_id`` makes it: source, arrival date, start of the checksum.
+_BATCH_ID = re.compile(r"(?P<source>[a-z_]+)-(?P<day>\d{8})-[0-9a-f]{16}")
+
+
 def _record_held_rows_of_gone_files(
-    spark: SparkSession, settings: Settings, recorded: list[Row], over: Sequence[str]
-) -> list[Row]:
+    spark: SparkSession, settings: Settings, recorded: list[dict[str, Any]], over: Sequence[str]
+) -> list[dict[str, Any]]:
     """Make the ledger record what bronze holds of batches whose landing file is gone or changed.
 
     Tables ``over`` hold more rows than the ledger records: rows of batches it
@@ -533,108 +554,112 @@ def _record_held_rows_of_gone_files(
     ledger lost rows: deleted or dropped), or more rows of a batch than it
     records (a table restored after its shortfall was recorded). A batch whose
     landing file is there unchanged is left to the run that takes its day,
-    which writes the file again. Otherwise bronze holds the only copy of
-    those rows, and removing them would lose what was received: the ledger
-    records them as bronze holds them (a batch it lacked gets a row without
-    the file's size and checksum), and silver takes those it has not taken.
-    Returns ``recorded`` with those rows set.
+    which writes the file again over the rows of a batch it does not record.
+    Otherwise bronze holds the only copy of those rows, and removing them
+    would lose what was received: the ledger records them as bronze holds
+    them (a batch it lacked gets a row without the file's size and checksum),
+    and silver takes those it has not taken. Only rows as lakeward writes them
+    count: a batch id of the form a landing file gives, its date the rows'
+    one arrival date, in its source's table and the quarantine. Returns
+    ``recorded`` with those rows set.
     """
     ledger = settings.table("ops_ingestion_batches")
     quarantine = quarantine_spec(settings).name
-    every = [bronze_spec(settings, source).name for source in SOURCES] + [quarantine]
-    rows = reduce(DataFrame.unionByName, [
-        tables.read(spark, name)
-        .filter(F.col("_batch_id").isNotNull() & F.col("_arrival_date").isNotNull())
-        .select(F.lit(name == quarantine).alias("_refused"), "_batch_id", "_arrival_date", "_source_file",
-                "_ingested_at")
-        for name in every
-    ])
+    tables_of = {bronze_spec(settings, source).name: source for source in SOURCES}
+    names_of = {source: name for name, source in tables_of.items()}
     by_id = {row["batch_id"]: row for row in recorded}
-    held = rows.groupBy("_batch_id").agg(
-        F.min("_arrival_date").alias("arrival_date"),
-        F.count_if(~F.col("_refused")).alias("rows_written"),
-        F.count_if(F.col("_refused")).alias("rows_quarantined"),
-        F.min("_source_file").alias("path"),
-        F.min("_ingested_at").alias("ingested_at"),
-    ).collect()
+    found = (
+        _rows_where(spark, [*tables_of, quarantine], F.col("_batch_id").isNotNull(),
+                    "_source_file", "_ingested_at", _batch_source().alias("_source"))
+        .groupBy("_batch_id").agg(
+            F.collect_set("_arrival_date").alias("dates"),
+            F.count_if(F.col("_arrival_date").isNull()).alias("undated"),
+            F.collect_set(F.when(F.col("table") != quarantine, F.col("table"))).alias("tables"),
+            F.collect_set(F.when(F.col("table") == quarantine, F.col("_source"))).alias("refused_sources"),
+            F.count_if(F.col("table") != quarantine).alias("rows_written"),
+            F.count_if(F.col("table") == quarantine).alias("rows_quarantined"),
+            F.min("_source_file").alias("path"),
+            F.min("_ingested_at").alias("ingested_at"),
+        )
+        .collect()
+    )
 
-    def beyond_ledger(row: Row) -> bool:
-        known = by_id.get(row["_batch_id"])
-        return known is None or row["rows_written"] > (known["rows_written"] or 0) or (
-            row["rows_quarantined"] > (known["rows_quarantined"] or 0))
+    def as_written(row: Row) -> dict[str, Any] | None:
+        """The ledger row of a batch whose rows lakeward wrote, as bronze holds them; else None."""
+        parts = _BATCH_ID.fullmatch(row["_batch_id"])
+        source = parts["source"] if parts else None
+        if parts is None or source not in SOURCES or len(row["dates"]) != 1 or row["undated"]:
+            return None
+        [day] = row["dates"]
+        if f"{day:%Y%m%d}" != parts["day"] or set(row["tables"]) - {names_of[source]} or (
+                set(row["refused_sources"]) - {source}):
+            return None
+        return {
+            "batch_id": row["_batch_id"], "source": source, "arrival_date": day, "path": row["path"],
+            "size": None, "checksum": None, "lines": row["rows_written"] + row["rows_quarantined"],
+            "rows_written": row["rows_written"], "rows_quarantined": row["rows_quarantined"],
+            "ingested_at": row["ingested_at"],
+        }
 
-    def source(row: Row) -> str:
-        return str(row["_batch_id"]).split("-", 1)[0]  # see LandingFile.batch_id
+    def beyond_ledger(batch: Mapping[str, Any]) -> bool:
+        known = by_id.get(batch["batch_id"])
+        return known is None or batch["rows_written"] > (known["rows_written"] or 0) or (
+            batch["rows_quarantined"] > (known["rows_quarantined"] or 0))
 
-    extra = [row for row in held if source(row) in SOURCES and beyond_ledger(row)]
+    batches = [(row, as_written(row)) for row in found]
+    foreign = [row["_batch_id"] for row, batch in batches if batch is None and row["_batch_id"] not in by_id]
+    extra = [batch for _, batch in batches if batch is not None and beyond_ledger(batch)]
     present = {
         f.batch_id
-        for on in {(source(row), row["arrival_date"]) for row in extra}
-        for f in landing_files(settings, on[0], [on[1]])
+        for source, day in {(batch["source"], batch["arrival_date"]) for batch in extra}
+        for f in landing_files(settings, source, [day])
     }
-    kept = [row for row in extra if row["_batch_id"] not in present]
-    left = [row for row in extra if row["_batch_id"] in present]
-    if left:
-        log.warning(
-            "bronze: %s hold(s) rows beyond what %s records of %d batch(es) whose landing files are "
-            "there (left by an interrupted run, or written outside lakeward): the rows of batches it "
-            "does not record go when a run takes their arrival days again",
-            ", ".join(over), ledger, len(left),
-        )
+    kept = [batch for batch in extra if batch["batch_id"] not in present]
+    unrecorded = [b for b in extra if b["batch_id"] in present and b["batch_id"] not in by_id]
+    recounted = [b for b in extra if b["batch_id"] in present and b["batch_id"] in by_id]
+    if foreign:
+        log.warning("bronze: %s hold(s) rows of %d batch(es) %s does not record that no lakeward run "
+                    "wrote (written outside lakeward?), such as %s; left as they are",
+                    ", ".join(over), len(foreign), ledger, foreign[0])
+    if unrecorded:
+        log.warning("bronze: %s hold(s) rows of %d batch(es) %s does not record whose landing files are "
+                    "there (left by an interrupted run, or their ledger rows were deleted): a run of "
+                    "their arrival days writes them again from those files",
+                    ", ".join(over), len(unrecorded), ledger)
+    if recounted:
+        log.warning("bronze: %s hold(s) more rows than %s records of %d batch(es) whose landing files are "
+                    "there (rows copied outside lakeward?); left as they are",
+                    ", ".join(over), ledger, len(recounted))
     if not kept:
         return recorded
-    new = [row for row in kept if row["_batch_id"] not in by_id]
+    new = [batch for batch in kept if batch["batch_id"] not in by_id]
     log.warning(
         "bronze: %s hold(s) rows of %d batch(es) whose landing files are gone or changed beyond what %s "
         "records (%d it has no row for: a run died before recording them, or its rows were deleted or "
         "it was dropped; the others restored to bronze): bronze holds their only copy, so %s now "
         "records %d row(s) and %d quarantined row(s) as bronze holds them",
         ", ".join(over), len(kept), ledger, len(new), ledger,
-        sum(row["rows_written"] for row in kept), sum(row["rows_quarantined"] for row in kept),
+        sum(batch["rows_written"] for batch in kept), sum(batch["rows_quarantined"] for batch in kept),
     )
+    _set_counts(spark, ledger, kept)
+    set_ids = {batch["batch_id"] for batch in kept}
+    return [row for row in recorded if row["batch_id"] not in set_ids] + [
+        {**by_id.get(batch["batch_id"], batch), "rows_written": batch["rows_written"],
+         "rows_quarantined": batch["rows_quarantined"]}
+        for batch in kept
+    ]
+
+
+def _set_counts(spark: SparkSession, ledger: str, batches: Sequence[Mapping[str, Any]]) -> None:
+    """Set the ledger's counts of ``batches`` (ledger rows) to theirs, in one commit; add those it lacks."""
     updates = spark.createDataFrame(
-        [
-            (row["_batch_id"], source(row), row["arrival_date"], row["path"], None, None,
-             row["rows_written"] + row["rows_quarantined"], row["rows_written"], row["rows_quarantined"],
-             row["ingested_at"])
-            for row in kept
-        ],
-        LEDGER_SCHEMA,
+        [tuple(batch.get(name) for name in LEDGER_SCHEMA.fieldNames()) for batch in batches], LEDGER_SCHEMA
     )
     (
         DeltaTable.forName(spark, ledger).alias("t")
         .merge(updates.alias("s"), "t.batch_id = s.batch_id")
         .whenMatchedUpdate(set={"rows_written": "s.rows_written", "rows_quarantined": "s.rows_quarantined"})
         .whenNotMatchedInsert(values=tables.merge_source(updates))
-        .execute()
-    )
-    return tables.read(spark, ledger).filter(F.col("source").isin(list(SOURCES))).collect()
-
-
-def _record_what_is_left(
-    spark: SparkSession, ledger: str, gone: Sequence[tuple[Row, tuple[int, int]]]
-) -> None:
-    """Set the ledger rows of batches whose landing file is gone to the rows bronze still holds.
-
-    ``gone``: each batch's ledger row with the rows and quarantined rows bronze still holds.
-    """
-    lost_rows = sum(
-        (row["rows_written"] or 0) + (row["rows_quarantined"] or 0) - written - quarantined
-        for row, (written, quarantined) in gone
-    )
-    log.warning(
-        "bronze: the landing files of %d short batch(es) are gone or changed, so %d row(s) cannot be "
-        "restored; %s now records the rows bronze still holds for them",
-        len(gone), lost_rows, ledger,
-    )
-    left = spark.createDataFrame(
-        [(row["batch_id"], written, quarantined) for row, (written, quarantined) in gone],
-        "batch_id string, rows_written long, rows_quarantined long",
-    )
-    (
-        DeltaTable.forName(spark, ledger).alias("t")
-        .merge(left.alias("s"), "t.batch_id = s.batch_id")
-        .whenMatchedUpdate(set={"rows_written": "s.rows_written", "rows_quarantined": "s.rows_quarantined"})
         .execute()
     )
 
@@ -674,7 +699,8 @@ def ingest_sources(
     recorded = _recorded_batches(spark, settings, sources, dates)
     names = [*(bronze_spec(settings, source).name for source in sources), quarantine_spec(settings).name]
     if again or not balanced:
-        _remove_unrecorded_rows(spark, names, sources, dates, recorded, set(again))
+        fresh = {f.batch_id for fs in files.values() for f in fs} - recorded
+        _remove_unrecorded_rows(spark, names, dates, fresh, set(again))
     done = recorded - set(again)
     pending = {s: [f for f in fs if f.batch_id not in done] for s, fs in files.items()}
     for source in sources:
@@ -809,44 +835,39 @@ def _batch_source() -> Column:
     return F.substring_index(F.col("_batch_id"), "-", 1)
 
 
-def _rows_where(spark: SparkSession, names: Sequence[str], condition: Column) -> DataFrame:
-    """(``table``, ``_arrival_date``, ``_batch_id``) of the rows of ``names`` meeting ``condition``."""
+def _rows_where(
+    spark: SparkSession, names: Sequence[str], condition: Column, *columns: str | Column
+) -> DataFrame:
+    """``table``, ``_arrival_date``, ``_batch_id`` and ``columns`` of the ``condition`` rows of ``names``."""
     return reduce(
         DataFrame.unionByName,
         [tables.read(spark, name).filter(condition)
-         .select(F.lit(name).alias("table"), "_arrival_date", "_batch_id")
+         .select(F.lit(name).alias("table"), "_arrival_date", "_batch_id", *columns)
          for name in names],
     )
 
 
 def _remove_unrecorded_rows(
-    spark: SparkSession,
-    names: Sequence[str],
-    sources: Sequence[str],
-    dates: Sequence[date],
-    recorded: set[str],
-    again: set[str],
+    spark: SparkSession, names: Sequence[str], dates: Sequence[date], unrecorded: set[str], again: set[str]
 ) -> None:
-    """Delete the rows of ``sources`` on ``dates`` whose batch is written ``again`` or not ``recorded``.
+    """Delete from tables ``names`` the rows of the batches about to be written on ``dates``.
 
-    ``again``: the rows bronze still holds of batches short of rows, whose
-    landing files are written again. Rows of a batch the ledger does not
-    record are left by a run that died between its data write and its ledger
-    write, or the ledger lost their rows, and then a table holds more rows
-    than the ledger records (``balanced`` in :func:`ingest_sources` skips
-    this query when none does; unrecorded rows would go unseen only if as many
+    ``unrecorded``: the batches of the run's files the ledger does not record.
+    Such a batch has rows only if a run died between its data write and its
+    ledger write (or the ledger lost its row), and then a table holds more
+    rows than the ledger records (``balanced`` in :func:`ingest_sources` skips
+    this query when none does; such rows would go unseen only if as many
     recorded rows of the same table had also been deleted outside lakeward
-    since). The landing file of such a batch is there unchanged, since
-    :func:`find_lost` has the ledger record the others: the run writes it again.
-    After a clean run (the usual case) the query finds nothing.
+    since). ``again``: batches short of rows whose files are written again,
+    over the rows bronze still holds of them. Rows of other batches the ledger
+    lacks stay: their landing files are gone or changed, so bronze holds
+    their only copy (:func:`find_lost` records them).
     """
-    if not sources or not dates:
+    doomed = unrecorded | again
+    if not doomed:
         return
-    # The quarantine table holds the rows of every source: a batch id tells them apart.
-    on_dates = F.col("_arrival_date").isin(list(dates)) & _batch_source().isin(list(sources))
-    unrecorded = ~F.col("_batch_id").isin(sorted(recorded)) if recorded else F.lit(True)
+    condition = F.col("_arrival_date").isin(list(dates)) & F.col("_batch_id").isin(sorted(doomed))
     taken_again = F.col("_batch_id").isin(sorted(again)) if again else F.lit(False)
-    condition = on_dates & (unrecorded | taken_again)
     found = (
         _rows_where(spark, names, condition)
         .groupBy("table").agg(F.count_if(~taken_again).alias("unrecorded")).collect()

@@ -864,7 +864,8 @@ def _write_source(
 
     Only the rows of batches in bronze's ledger are taken: bronze records a
     batch after its rows, so rows of a batch it has not recorded are what a
-    run that died left, and bronze removes them when it ingests the file again.
+    run that died left: bronze removes them when it ingests the file again, or
+    records them as they are if the file is gone or changed (:func:`bronze.find_lost`).
     """
     spec = silver_spec(settings, source)
     if source == "users":

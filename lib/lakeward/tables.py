@@ -173,7 +173,7 @@ def restore_properties(spark: SparkSession, spec: TableSpec) -> None:
     statistics = "delta.dataSkippingStatsColumns" in lost and spec.personal_columns
     log.warning(
         "%s: its table properties %s are missing or changed (the table replaced or altered outside "
-        "lakeward?); setting them again%s",
+        "lakeward, or created by an older lakeward); setting them again%s",
         spec.name, ", ".join(sorted(lost)),
         ". Commits written since may keep statistics of its personal columns in _delta_log until "
         "Delta's log retention removes them" if statistics else "",

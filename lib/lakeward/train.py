@@ -162,7 +162,7 @@ def open_training_set(
         raise TrainingSetMissingError(
             f"{name} has no {training_set.SPEC_PROPERTY} / {training_set.CONTENT_HASH_PROPERTY} "
             f"properties, so it cannot be traced to its inputs (replaced outside lakeward?); drop it "
-            f"(DROP TABLE {name}), which `{command}` refuses to replace, and write it again with `{command}`"
+            f"(DROP TABLE {name}) and write it again with `{command}`"
         )
     spec = training_set.BuildSpec.from_json(spec_json)
     digest = training_set.content_hash(tables.read(spark, name, version=version))

@@ -379,9 +379,9 @@ def test_columns_of_gold_changed_outside_lakeward_recompute_it_in_full(
 ) -> None:
     """Two columns renamed into each other's place (under column mapping) change no row, but an
     increment would continue each user from the other column's values. A column a user added
-    is a change too: the full recompute writes ``user_features`` with the columns the configured
-    windows give (so without it) and leaves it null in ``user_daily``, and a late event is then
-    merged as usual (gold's MERGE names its columns: ``INSERT *`` refuses one the source lacks)."""
+    to ``user_daily`` is a change too; the full recompute leaves it null there (and writes
+    ``user_features`` with the columns the configured windows give), and a late event is then
+    merged and its dates overwritten as usual."""
     settings, rows = _orders_of_a_and_b(spark, base_settings, tmp_path)
     d1, _, d3 = MARCH
     features, daily = (settings.table(logical) for logical in ("gold_user_features", "gold_user_daily"))

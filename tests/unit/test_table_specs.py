@@ -55,3 +55,11 @@ def test_only_the_silver_tables_gold_reads_changes_of_keep_a_change_data_feed() 
     # The courier's id is personal data, kept only in bronze.
     assert "courier_id" in bronze.bronze_spec(settings, "delivery_completed").personal_columns
     assert "courier_key" in silver.silver_spec(settings, "delivery_completed").schema.fieldNames()
+
+
+def test_a_table_name_is_quoted_for_sql_only_when_each_part_is_a_plain_identifier() -> None:
+    assert tables.quoted_name("silver.orders") == "`silver`.`orders`"
+    assert tables.quoted_name("main.silver.orders") == "`main`.`silver`.`orders`"
+    for name in ("silver.orders; DROP TABLE x", "silver.`orders`", "silver.or'ders", "silver..orders", ""):
+        with pytest.raises(ValueError, match="not a valid table name"):
+            tables.quoted_name(name)
