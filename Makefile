@@ -22,7 +22,7 @@ demo: $(STAMP)
 # Two worker processes, a test module each at a time (module fixtures build their data once),
 # each one SparkSession. A single test keeps both cores 85-95% busy, yet on one machine two
 # workers ran the suite in 42 minutes, and one had run a quarter of it after 34 (docs/BENCHMARKS.md);
-# on a quiet machine two workers take about 17 minutes.
+# on a quiet machine two workers take about 30 minutes (471 tests, "Test suite" in docs/BENCHMARKS.md).
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 

@@ -104,6 +104,27 @@ def time_bound(value: date) -> Column:
     return F.lit(utc(value) if isinstance(value, datetime) else value)
 
 
+def instant_micros(at: Column) -> Column:
+    """Microseconds since the epoch of the instant ``at`` is, so that a duration adds exactly.
+
+    Spark adds an interval to a timestamp on the session time zone's calendar: across a
+    daylight-saving change, 30 days is 719 or 721 hours, while a label's window and a
+    ttl are exact durations. A date, or a time without zone, is taken in the session
+    time zone, as Spark takes it when it compares one with a timestamp.
+    """
+    return F.unix_micros(at.cast(T.TimestampType()))
+
+
+def after(at: Column, span: timedelta) -> Column:
+    """:func:`instant_micros` of ``at`` plus ``span``, exactly."""
+    return instant_micros(at) + F.lit(span // timedelta(microseconds=1))
+
+
+def from_micros(micros: int) -> datetime:
+    """The UTC time ``micros`` microseconds after the epoch, as :func:`instant_micros` counts."""
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros)
+
+
 def utc(value: date) -> datetime:
     """``value`` as an aware UTC datetime: one without a time zone is UTC, a date its midnight in UTC."""
     if not isinstance(value, datetime):

@@ -62,4 +62,5 @@ def fully_observed(horizon: timedelta, observed_until: datetime, *, ts: str = "e
     ``observed_until`` itself is not observed (an event at that instant may
     still arrive), and the window includes its end.
     """
-    return columns.ref(ts) + F.lit(horizon) < columns.time_bound(observed_until)
+    end = columns.instant_micros(columns.time_bound(observed_until))
+    return columns.after(columns.ref(ts), horizon) < end

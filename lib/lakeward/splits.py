@@ -19,7 +19,6 @@ from functools import reduce
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
 from lakeward import columns
 
@@ -56,10 +55,12 @@ def temporal_split(
 
 def _fits(at: Column, t1: date, t2: date, gap: timedelta) -> dict[str, Column]:
     """Per part, whether a label at ``at`` belongs to it: its window ends before the next part."""
+    start, end = (columns.instant_micros(columns.time_bound(bound)) for bound in (t1, t2))
+    reach = columns.after(at, gap)
     return {
-        "train": at + F.lit(gap) < columns.time_bound(t1),
-        "validation": (at >= columns.time_bound(t1)) & (at + F.lit(gap) < columns.time_bound(t2)),
-        "test": at >= columns.time_bound(t2),
+        "train": reach < start,
+        "validation": (columns.instant_micros(at) >= start) & (reach < end),
+        "test": columns.instant_micros(at) >= end,
     }
 
 
@@ -170,14 +171,13 @@ def leakage(
     # One row per split value; with ``ts``, its first label and how far its windows reach.
     per_part = [F.count(F.lit(1)).alias("rows")]
     if ts is not None:
-        # A date plus an interval is a timestamp: compare dates as their midnight.
+        # As instants in microseconds: compared in Python, datetimes would be the Python
+        # process's wall clock, which repeats an hour when the clocks go back.
+        assert horizon is not None  # checked above
         at = columns.ref(ts)
-        if isinstance(split.schema[ts].dataType, T.DateType):
-            at = at.cast("timestamp")
-        reach = F.lit(horizon)
-        per_part += [F.min(at).alias("first"), F.max(at + reach).alias("last_reach")]
+        per_part += [F.min(columns.instant_micros(at)).alias("first"),
+                     F.max(columns.after(at, horizon)).alias("last_reach")]
         if t1 is not None and t2 is not None:
-            assert horizon is not None  # checked above
             check_bounds(t1, t2, horizon)
             # A row fits when it is in a part whose rule holds; a null time fits none.
             rules = _fits(at, t1, t2, horizon).items()
@@ -203,10 +203,14 @@ def leakage(
         for earlier, later in zip(present, present[1:], strict=False):
             if bounds[earlier][1] >= bounds[later][0]:
                 problems.append(
-                    f"{earlier} label windows reach {bounds[earlier][1]}, "
-                    f"not before the first {later} label at {bounds[later][0]}"
+                    f"{earlier} label windows reach {_shown(bounds[earlier][1])}, "
+                    f"not before the first {later} label at {_shown(bounds[later][0])}"
                 )
     return problems
+
+
+def _shown(micros: int) -> str:
+    return f"{columns.from_micros(micros):%Y-%m-%d %H:%M:%S.%f}".removesuffix(".000000") + " UTC"
 
 
 def assert_no_leakage(split: DataFrame, **checks: object) -> None:

@@ -24,7 +24,7 @@ import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from pyspark import StorageLevel
@@ -69,7 +69,6 @@ CONTENT_HASH_PROPERTY = "lakeward.training_set.content_hash"
 SPLITS = ("group", "temporal")
 KEY = "user_key"
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ORDER_COLUMNS = ("event_id", "user_key", "event_ts")
 _LABEL_FIELDS = (
     T.StructField("label_id", T.StringType()),
@@ -684,8 +683,7 @@ def _label_range(
     row = labelled.agg(F.min(micros).alias("first"), F.max(micros).alias("last")).first()
     if row is None or row["first"] is None:
         raise TrainingSetError(_no_labels(name, horizon, observed_until))
-    return (_EPOCH + timedelta(microseconds=row["first"]),
-            _EPOCH + timedelta(microseconds=row["last"]))
+    return columns.from_micros(row["first"]), columns.from_micros(row["last"])
 
 
 def _no_labels(name: str, horizon: timedelta, observed_until: datetime) -> str:

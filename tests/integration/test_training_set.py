@@ -14,9 +14,10 @@ from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from lakeward import gold, silver, tables
+from lakeward import gold, silver, tables, training_set
 from lakeward.config import Settings
-from lakeward.splits import PARTS, leakage
+from lakeward.pit import as_of_join
+from lakeward.splits import PARTS, group_split, leakage, temporal_split
 from lakeward.tables import SUBJECT_COLUMN_PROPERTY
 from lakeward.training_set import (
     CONTENT_HASH_PROPERTY,
@@ -374,6 +375,49 @@ def test_missing_or_empty_inputs(spark: SparkSession, fresh_settings: Settings) 
     with pytest.raises(TrainingSetError, match="labels run from .* temporal split needs more than 60"):
         build(spark, settings, split="temporal")
     assert not tables.exists(spark, settings.table("ml_training_set"))
+
+
+def test_a_build_that_would_leak_writes_nothing(
+    spark: SparkSession, fresh_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The join and the splits never give such rows; the build must still check for them.
+    settings = fresh_settings
+    _write_orders(spark, settings, 0, 149)
+    _write_features(spark, settings, 0, 149)
+    first = build(spark, settings)
+    table = settings.table("ml_training_set")
+
+    def from_the_future(*args: object, **kwargs: object) -> DataFrame:
+        joined = as_of_join(*args, **kwargs)  # type: ignore[arg-type]
+        return joined.withColumn("feature_ts", F.col("label_ts") + F.expr("INTERVAL 1 MICROSECOND"))
+
+    monkeypatch.setattr(training_set, "as_of_join", from_the_future)
+    with pytest.raises(TrainingSetError, match=r"training row\(s\) have feature_ts later than label_ts"):
+        build(spark, settings)
+    monkeypatch.undo()
+
+    def one_user_in_two_parts(joined: DataFrame, **kwargs: object) -> DataFrame:
+        split = group_split(joined, **kwargs)  # type: ignore[arg-type]
+        first_label = F.col("label_id") == F.lit(joined.first()["label_id"])
+        return split.withColumn("split", F.when(first_label, "test").otherwise("train"))
+
+    monkeypatch.setattr(training_set, "group_split", one_user_in_two_parts)
+    with pytest.raises(TrainingSetError, match=r"leakage between split parts: 1 value\(s\) of user_key"):
+        build(spark, settings)
+    monkeypatch.undo()
+
+    def train_reaching_into_validation(joined: DataFrame, *, ts: str, t1: datetime, t2: datetime,
+                                       gap: timedelta) -> DataFrame:
+        split = temporal_split(joined, ts=ts, t1=t1, t2=t2, gap=gap)
+        return split.unionByName(joined.filter(F.col(ts) < t1).withColumn("split", F.lit("train")))
+
+    monkeypatch.setattr(training_set, "temporal_split", train_reaching_into_validation)
+    with pytest.raises(TrainingSetError, match=r"leakage between split parts: \d+ train label\(s\) outside"):
+        build(spark, settings, split="temporal")
+    monkeypatch.undo()
+    assert tables.current_version(spark, table) == first.version
+    ledger = tables.read(spark, settings.table("ops_training_sets"))
+    assert ledger.select("build_id").distinct().count() == 1
 
 
 def test_cli_on_an_empty_data_root_fails_in_one_line(tmp_path: Path) -> None:

@@ -199,18 +199,18 @@ def test_leakage_compares_dates_and_skips_parts_without_times(spark: SparkSessio
     assert leakage(split, ts="label_ts", horizon=timedelta(days=5)) == []
     # With 30 days, 2024-01-01 reaches past 2024-01-20 and 2024-01-20 past 2024-02-10.
     assert leakage(split, ts="label_ts", horizon=timedelta(days=30)) == [
-        "train label windows reach 2024-01-31 00:00:00, not before the first validation label at "
-        "2024-01-20 00:00:00",
-        "validation label windows reach 2024-02-19 00:00:00, not before the first test label at "
-        "2024-02-10 00:00:00",
+        "train label windows reach 2024-01-31 00:00:00 UTC, not before the first validation label at "
+        "2024-01-20 00:00:00 UTC",
+        "validation label windows reach 2024-02-19 00:00:00 UTC, not before the first test label at "
+        "2024-02-10 00:00:00 UTC",
     ]
     untimed = spark.createDataFrame(
         [("train", T0), ("validation", None), ("test", T0 + timedelta(days=1))],
         "split string, label_ts timestamp",
     )
     assert leakage(untimed, ts="label_ts", horizon=timedelta(days=1)) == [
-        f"train label windows reach {T0 + timedelta(days=1)}, not before the first test label at "
-        f"{T0 + timedelta(days=1)}"
+        f"train label windows reach {T0 + timedelta(days=1)} UTC, not before the first test label at "
+        f"{T0 + timedelta(days=1)} UTC"
     ]
 
 def test_group_split_keeps_each_user_in_one_part(spark: SparkSession) -> None:
@@ -318,5 +318,53 @@ def test_bounds_without_a_time_zone_are_utc_whatever_the_process_time_zone(
         labelled = churn_labels(orders, horizon=gap, observed_until=datetime(2026, 1, 31, 0, 30))
         assert labelled.count() == 1  # the window ends at 00:00 UTC, before 00:30 UTC
     finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+def test_a_horizon_is_an_exact_duration_across_a_clock_change(
+    spark: SparkSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Spark adds "30 days" on the session zone's calendar: 719 hours across New York's
+    # spring-forward. The label window (t, t + 30 days] is 720 hours.
+    horizon = timedelta(days=30)
+    t = datetime(2024, 3, 1, 17, tzinfo=UTC)
+    zone = spark.conf.get("spark.sql.session.timeZone")
+    spark.conf.set("spark.sql.session.timeZone", "America/New_York")
+    try:
+        orders = spark.createDataFrame(
+            [("a", "u", t), ("b", "u", t + timedelta(hours=719, minutes=45))],
+            "event_id string, user_key string, event_ts timestamp",
+        )
+        short_of_the_window = t + timedelta(hours=719, minutes=30)
+        assert churn_labels(orders, horizon=horizon, observed_until=short_of_the_window).count() == 0
+        labelled = churn_labels(orders, horizon=horizon, observed_until=t + timedelta(days=90))
+        assert {r["label_id"]: r["churned"] for r in labelled.collect()}["a"] == 0  # b came within 720 h
+
+        # a's outcome is decided by b, after t1: a is no train label.
+        t1, t2 = short_of_the_window, short_of_the_window + timedelta(days=40)
+        split = temporal_split(labelled, ts="label_ts", t1=t1, t2=t2, gap=horizon)
+        assert {r["label_id"]: r["split"] for r in split.collect()} == {"b": "validation"}
+        a_in_train = F.when(F.col("label_id") == "a", "train").otherwise("validation")
+        leaking = labelled.withColumn("split", a_in_train)
+        found = leakage(leaking, ts="label_ts", horizon=horizon, t1=t1, t2=t2)
+        assert found == [
+            "1 train label(s) outside the part's range "
+            f"(windows ending before t1={t1})",
+            "train label windows reach 2024-03-31 17:00:00 UTC, not before the first validation label "
+            "at 2024-03-31 16:45:00 UTC",
+        ]
+        # Python's clock repeats an hour when New York's clocks go back: the check does not use it.
+        monkeypatch.setenv("TZ", "America/New_York")
+        time.tzset()
+        fall = datetime(2024, 11, 3, 5, 10, tzinfo=UTC)  # 01:10 EDT; 05:30Z is 01:30 EST
+        back = spark.createDataFrame([("train", fall), ("validation", fall + timedelta(minutes=20))],
+                                     "split string, label_ts timestamp")
+        assert leakage(back, ts="label_ts", horizon=timedelta(hours=1)) == [
+            "train label windows reach 2024-11-03 06:10:00 UTC, not before the first validation label "
+            "at 2024-11-03 05:30:00 UTC"
+        ]
+    finally:
+        spark.conf.set("spark.sql.session.timeZone", zone)
         monkeypatch.undo()
         time.tzset()
