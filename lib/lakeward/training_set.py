@@ -438,6 +438,9 @@ def build(
     refuse_foreign_table(spark, table)
     orders_name = settings.table("silver_orders")
     features_name = settings.table("gold_user_features")
+    # Before the orders are pinned: silver records a day in its ledger after writing its
+    # orders, so every day read here is in the pinned version, even while silver runs.
+    processed = silver.processed_days(spark, settings, ORDERS_SOURCE)
     versions = {orders_name: _pinned_version(spark, orders_name),
                 features_name: _pinned_version(spark, features_name)}
     input_ids = {name: tables.table_id(spark, name) for name in versions}
@@ -447,8 +450,7 @@ def build(
         tables.read(spark, features_name, version=versions[features_name]), wanted, features_name
     )
     observed_until = _observed_until(
-        orders, orders_name, versions[orders_name], settings.pipeline.allowed_lateness_days,
-        silver.processed_days(spark, settings, ORDERS_SOURCE),
+        orders, orders_name, versions[orders_name], settings.pipeline.allowed_lateness_days, processed
     )
     horizon = timedelta(days=config.horizon_days)
     features_until = _last_feature_day(features, features_name, versions[features_name], settings)
