@@ -510,7 +510,8 @@ def find_lost(spark: SparkSession, settings: Settings) -> Restore:
     again = [row for row in lost if row["batch_id"] in present]
     gone = [row for row in lost if row["batch_id"] not in present]
     log.warning(
-        "bronze: %s hold(s) fewer rows than %s records (dropped or emptied outside lakeward?): "
+        "bronze: %s hold(s) fewer rows than %s records (rows deleted, or the table dropped or restored, "
+        "outside lakeward?): "
         "%d batch(es) short, %d written again from their landing files",
         ", ".join(short), ledger, len(lost), len(again),
     )

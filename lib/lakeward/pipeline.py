@@ -161,7 +161,9 @@ def run_bronze(
         log.warning("bronze: %s", _misnamed(settings, landing.unrecognized, ""))
     if landing.ahead:
         log.warning("bronze: landing files%s", _ahead(landing, today_utc()))
-    log.info("bronze: %d arrival date(s) %s..%s", len(days), days[0], days[-1])
+    again = sorted(set(restore.dates) - set(landing.days))
+    log.info("bronze: %d arrival date(s) %s..%s%s", len(days), days[0], days[-1],
+             f", {len(again)} of them to write again what bronze lost" if again else "")
     results = bronze.ingest_sources(
         spark, settings, list(SOURCES), days, again=restore.batches, balanced=restore.balanced,
     )
