@@ -590,10 +590,14 @@ def _file_gone(err: Exception) -> bool:
     """A file the change feed needs is gone: vacuumed (with Delta's retention check off) or deleted.
 
     Delta refuses versions past the retention period with an analysis error;
-    a file missing all the same is found only when a task reads it. Other
-    read failures (a transient I/O error, a corrupt file) are not taken for it.
+    a data file missing all the same is found only when a task reads it, and
+    the commits of the feed's first versions, which Delta's log retention
+    removes once a later checkpoint holds the table's state, when the feed is
+    planned (``DELTA_LOG_FILE_NOT_FOUND``, not an analysis error). Other read
+    failures (a transient I/O error, a corrupt file) are not taken for it.
     """
-    return "FAILED_READ_FILE.FILE_NOT_EXIST" in str(err)
+    text = str(err)
+    return "FAILED_READ_FILE.FILE_NOT_EXIST" in text or "DELTA_LOG_FILE_NOT_FOUND" in text
 
 
 def _updates_fit_an_increment(feed: DataFrame) -> bool:

@@ -678,3 +678,33 @@ def test_a_change_feed_whose_files_were_vacuumed_recomputes_in_full(
     assert "cannot read the silver change feed" in caplog.text and "does not exist" in caplog.text
     _assert_gold_is_the_oracles(spark, settings, (events, [], []), d2)
     _equal_to_full(spark, settings)
+
+
+def test_a_change_feed_whose_first_commits_left_the_log_recomputes_in_full(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Delta's log retention removes the commits before a checkpoint (30 days by default):
+    when gold last ran before them, the feed from its next version cannot be read."""
+    settings = _settings(base_settings, tmp_path)
+    silver.ensure_tables(spark, settings)
+    days = [date(2026, 3, 1) + timedelta(days=i) for i in range(12)]
+    events = [(f"u{i % 3}", day, day, Decimal(10 + i)) for i, day in enumerate(days)]
+    orders = _silver_rows(events, [], [])["silver_orders"]
+    _append(spark, settings, "silver_orders", orders[:1])
+    assert incremental.refresh(spark, settings).mode == "full"
+    for row in orders[1:]:
+        _append(spark, settings, "silver_orders", [row])  # a commit each: Delta checkpoints every tenth
+    location = DeltaTable.forName(spark, settings.table("silver_orders")).detail().first()["location"]
+    log_dir = Path(location.removeprefix("file:")) / "_delta_log"
+    checkpoint = max(int(p.name.split(".")[0]) for p in log_dir.glob("*.checkpoint.parquet"))
+    for commit in [*log_dir.glob("*.json"), *log_dir.glob("*.crc")]:
+        # Hadoop's checksum of each file is a hidden file beside it.
+        version = commit.name.lstrip(".").split(".")[0]
+        if version.isdigit() and int(version) < checkpoint:
+            commit.unlink()
+    with caplog.at_level(logging.INFO, logger=incremental.__name__):
+        result = incremental.refresh(spark, settings)
+    assert (result.mode, result.as_of) == ("full", days[-1])
+    assert "cannot read the silver change feed" in caplog.text and "DELTA_LOG_FILE_NOT_FOUND" in caplog.text
+    _assert_gold_is_the_oracles(spark, settings, (events, [], []), days[-1])
+    assert incremental.refresh(spark, settings).mode == "up_to_date"
