@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 from chispa import assert_df_equality
@@ -76,7 +76,7 @@ def features_oracle(
         while day <= as_of:
             seen_orders = [e for e in orders if e[0] == user and known(e) <= day]
             row = {"user_key": user, "feature_date": day,
-                   "feature_ts": datetime(day.year, day.month, day.day, 23, 59, 59, 999999)}
+                   "feature_ts": datetime(day.year, day.month, day.day, 23, 59, 59, 999999, tzinfo=UTC)}
             for w in windows:
                 inside = [e for e in seen_orders if day - timedelta(days=w - 1) <= e[1] <= day]
                 row[f"orders_{w}d"] = len(inside)
