@@ -22,6 +22,7 @@ from datetime import date, datetime
 from functools import reduce
 
 from delta.tables import DeltaTable
+from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, Row, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -875,7 +876,11 @@ def _write_source(
     rows = tables.read(spark, settings.table(f"bronze_{source}")).filter(
         F.col("_arrival_date").isin(list(dates))
     )
-    cached = pseudonymize(validate(conform(rows, source), source, settings.pipeline), key).persist()
+    # On local disk, as bronze's cache: the four sources run side by side, and with their
+    # caches in a 1g driver's heap, silver ran out of memory on 44M bronze rows
+    # (docs/BENCHMARKS.md, "Driver memory").
+    checked_rows = pseudonymize(validate(conform(rows, source), source, settings.pipeline), key)
+    cached = checked_rows.persist(StorageLevel.DISK_ONLY)
     checked = cached
     try:
         arrivals = _arrivals(cached)
@@ -894,7 +899,7 @@ def _write_source(
             return _Written(source, None, _stats(batches, {}, {}))
         recorded = [batch_id for batch_id, batch in batches.items() if batch.recorded]
         own = _new_or_own(spark, checked.filter(F.col("_reason").isNull()), spec.name, source, recorded)
-        candidates = _table_columns_and_new(own, spec).persist()
+        candidates = _table_columns_and_new(own, spec).persist(StorageLevel.DISK_ONLY)
         try:
             written, new, held_on = _written_by_batch(candidates)
             # The gate covers every row the batches put in silver, those a run
