@@ -115,9 +115,14 @@ def instant_micros(at: Column) -> Column:
     return F.unix_micros(at.cast(T.TimestampType()))
 
 
+def micros(span: timedelta) -> int:
+    """``span`` in microseconds, the unit a ``timedelta`` holds exactly."""
+    return span // timedelta(microseconds=1)
+
+
 def after(at: Column, span: timedelta) -> Column:
     """:func:`instant_micros` of ``at`` plus ``span``, exactly."""
-    return instant_micros(at) + F.lit(span // timedelta(microseconds=1))
+    return instant_micros(at) + F.lit(micros(span))
 
 
 def from_micros(micros: int) -> datetime:

@@ -40,7 +40,7 @@ def churn_labels(orders: DataFrame, *, horizon: timedelta, observed_until: datet
     found = orders.schema[event_ts].dataType
     if not isinstance(found, T.TimestampType):
         raise TypeError(f"{event_ts} in orders must be a timestamp column; it is {found.simpleString()}")
-    span = int(horizon / timedelta(microseconds=1))
+    span = columns.micros(horizon)
     user, at = columns.ref(user_key), columns.ref(event_ts)
     following = Window.partitionBy(user).orderBy(F.unix_micros(at)).rangeBetween(1, span)
     return (

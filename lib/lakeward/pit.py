@@ -90,7 +90,6 @@ automatic prefilter collects and broadcasts; above it the feature rows are not p
 # longer ttl bounds nothing, and is not used (from about 292,000 years on, Spark's
 # interval type cannot even hold it).
 _LONGEST_SPAN = timedelta(days=366 * 10_000)
-_MICROSECOND = timedelta(microseconds=1)
 # Spark's JSON text of a time keeps milliseconds only by default: ties are told apart to the microsecond.
 _JSON_TIMES = {
     "timestampFormat": "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX",
@@ -262,7 +261,7 @@ def as_of_join(
         ts_type = union.schema[_TS].dataType
         label_micros = _monotone_micros(F.col(_TS), ts_type)
         found_micros = _monotone_micros(found_ts.cast(ts_type), ts_type)
-        in_range = in_range & (found_micros >= label_micros - F.lit(ttl // _MICROSECOND))
+        in_range = in_range & (found_micros >= label_micros - F.lit(columns.micros(ttl)))
     # Null the struct once, then unpack it: the check is not repeated per column.
     checked = matched.select(_LABEL, F.when(in_range, F.col(_MATCH)).alias(_MATCH))
     return checked.select(

@@ -56,11 +56,11 @@ def temporal_split(
 def _fits(at: Column, t1: date, t2: date, gap: timedelta) -> dict[str, Column]:
     """Per part, whether a label at ``at`` belongs to it: its window ends before the next part."""
     start, end = (columns.instant_micros(columns.time_bound(bound)) for bound in (t1, t2))
-    reach = columns.after(at, gap)
+    at_micros, reach = columns.instant_micros(at), columns.after(at, gap)
     return {
         "train": reach < start,
-        "validation": (columns.instant_micros(at) >= start) & (reach < end),
-        "test": columns.instant_micros(at) >= end,
+        "validation": (at_micros >= start) & (reach < end),
+        "test": at_micros >= end,
     }
 
 
