@@ -142,11 +142,26 @@ def _epochs(model: nn.Module, optimizer: torch.optim.Optimizer, loader: torch.ut
         start = time.perf_counter()
         for features, labels in loader:
             optimizer.zero_grad(set_to_none=True)
-            loss_fn(model(features), labels).backward()
+            if len(features):
+                loss_fn(model(features), labels).backward()
+            else:
+                _no_rows(model)
             optimizer.step()
         seconds.append(time.perf_counter() - start)
     model.eval()
     return seconds
+
+
+def _no_rows(model: nn.Module) -> None:
+    """Give each weight an empty set of per-sample gradients, for a Poisson batch that drew no row.
+
+    Expanded weights refuse a batch of size 0. DP-SGD still takes that step: its
+    optimizer clips and sums no gradient, adds the noise and moves the weights, as
+    the accountant assumes. (Only Opacus's DP-SGD loader ever yields an empty batch.)
+    """
+    for weight in model.parameters():
+        if weight.requires_grad:
+            weight.grad_sample = weight.new_zeros((0, *weight.shape))  # type: ignore[attr-defined]
 
 
 def fit_non_private(z: np.ndarray, y: np.ndarray, config: FitConfig) -> tuple[nn.Module, list[float]]:
@@ -195,10 +210,11 @@ def fit_private(
             epochs=config.epochs,
             max_grad_norm=max_grad_norm,
             poisson_sampling=True,
+            # Per-sample gradients from torch's expanded weights rather than Opacus's module
+            # hooks: the same gradients (to float rounding), with less work per step.
+            grad_sample_mode="ew",
         )
     with warnings.catch_warnings(), _one_thread():
-        # Opacus's per-sample hooks fire on the first layer, whose inputs need no gradient.
-        warnings.filterwarnings("ignore", message="Full backward hook is firing")
         # The PRV accountant bounds its domain with an RDP estimate, which warns at the edges too.
         warnings.filterwarnings("ignore", message=_RDP_EDGE)
         seconds = _epochs(private_net, private_optimizer, private_loader, config.epochs)
@@ -214,7 +230,7 @@ def fit_private(
         steps=sum(int(steps) for _, _, steps in engine.accountant.history),
         accountant=engine.accountant.mechanism(),
     )
-    # A clean copy without Opacus's hooks, so it can be scripted and logged.
+    # A clean copy without Opacus's wrapper, so it can be scripted and logged.
     trained = build_net(config.model, z.shape[1], config.hidden_units)
     trained.load_state_dict(private_net._module.state_dict())
     trained.eval()

@@ -73,3 +73,42 @@ def test_an_order_at_the_edge_of_opacus_range_is_not_warned_about() -> None:
         fit_private(Preprocessor.fit(x).transform(x), y, config, epsilon=50.0, delta=1e-5,
                     max_grad_norm=1.0, accountant="prv")
     assert not [w for w in caught if "Optimal order" in str(w.message)]
+
+
+def test_dp_sgd_trains_the_model_opacus_hooks_train_empty_batches_included() -> None:
+    """Expanded weights and Opacus's module hooks give one model, also when Poisson draws no row."""
+    import torch
+    from opacus import PrivacyEngine
+    from torch import nn
+
+    from lakeward.dpsgd import FitConfig, _loader, build_net, fit_private
+
+    x, y = separable(12, seed=3)
+    z = Preprocessor.fit(x).transform(x)
+    # One row expected per batch out of 12: about a third of the 120 steps draw none.
+    config = FitConfig("mlp", 4, epochs=10, batch_size=1, learning_rate=0.05, seed=7)
+    net, report, _ = fit_private(z, y, config, epsilon=8.0, delta=1e-3, max_grad_norm=1.0, accountant="rdp")
+
+    torch.manual_seed(config.seed)
+    reference = build_net(config.model, z.shape[1], config.hidden_units)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        engine = PrivacyEngine(accountant="rdp")
+        model, optimizer, loader = engine.make_private_with_epsilon(
+            module=reference, optimizer=torch.optim.Adam(reference.parameters(), lr=config.learning_rate),
+            data_loader=_loader(z, y, config.batch_size, config.seed), target_epsilon=8.0, target_delta=1e-3,
+            epochs=config.epochs, max_grad_norm=1.0, poisson_sampling=True, grad_sample_mode="hooks",
+        )
+        empty, threads = 0, torch.get_num_threads()
+        torch.set_num_threads(1)  # as fit_private trains
+        for _ in range(config.epochs):
+            for features, labels in loader:
+                empty += len(features) == 0
+                optimizer.zero_grad(set_to_none=True)
+                nn.BCEWithLogitsLoss()(model(features), labels).backward()
+                optimizer.step()
+        torch.set_num_threads(threads)
+    assert empty > 10 and report.steps == 120
+    assert report.epsilon_spent == pytest.approx(engine.get_epsilon(1e-3))
+    for ours, theirs in zip(net.state_dict().values(), reference.state_dict().values(), strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
