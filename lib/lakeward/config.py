@@ -295,7 +295,7 @@ class TrainingSettings(_Strict):
     epochs: int = Field(10, gt=0)
     """Passes over the train split (the DP accountant counts every step of them)."""
     batch_size: int = Field(256, gt=0)
-    """Expected batch size; under DP the sample rate is ``batch_size / train rows``."""
+    """Expected batch size; under DP the sample rate is ``1 / ceil(train rows / batch_size)``."""
     learning_rate: float = Field(0.003, gt=0)
     """Adam learning rate, the same for the DP model and its twin."""
     max_grad_norm: float = Field(1.0, gt=0)

@@ -72,6 +72,9 @@ class PrivacyReport:
             # Opacus samples and clips rows; a user with k labelled orders in the train split
             # is covered by group privacy, about k times epsilon (README, "Training and tracking").
             "dp.privacy_unit": "training row (one labelled order)",
+            # Epsilon covers the gradient steps. The scaling in front of the model is fitted on
+            # the train split without noise (README, "Training and tracking").
+            "dp.preprocessing": "median imputation and standardization fitted on train, not private",
         }
 
 
@@ -187,7 +190,9 @@ def fit_private(
     """DP-SGD to a target (epsilon, delta) with Poisson sampling.
 
     Opacus picks the noise multiplier that reaches ``epsilon`` after ``epochs`` epochs
-    at sample rate ``batch_size / rows``; the report holds the epsilon the accountant
+    at sample rate ``1 / ceil(rows / batch_size)`` (one over the batches of an epoch, as
+    Opacus derives it from the loader: about ``batch_size / rows``; it samples, accounts
+    and trains at that one rate); the report holds the epsilon the accountant
     says was actually spent. Raises ``ValueError`` when no noise level reaches the target.
     """
     from opacus import PrivacyEngine

@@ -24,7 +24,14 @@ from sklearn.metrics import roc_auc_score
 
 from lakeward import tables, tracking
 from lakeward.config import Settings
-from lakeward.train import TrainingSetMissingError, TrainSummary, open_training_set, train, with_overrides
+from lakeward.train import (
+    TWIN,
+    TrainingSetMissingError,
+    TrainSummary,
+    open_training_set,
+    train,
+    with_overrides,
+)
 from tests.conftest import isolated
 from tests.ml_data import RAW_IDS, append_orders, order_rows, user_key, write_inputs
 from tests.pipeline_checks import drop_table
@@ -82,6 +89,9 @@ def test_dp_run_logs_privacy_and_compares_with_twin_and_baseline(trained) -> Non
     assert float(params["dp.sample_rate"]) == pytest.approx(1 / -(-train_rows // 64))
     assert float(params["dp.delta"]) < 1 / train_rows and params["dp.epochs"] == "2"
     assert metrics["dp_epsilon_spent"] <= 3.0
+    # Scored on validation and test only; what epsilon does not cover is said.
+    assert not [key for key in metrics if key.startswith("train_")]
+    assert "not private" in params["dp.preprocessing"]
     parent = mlflow.get_run(summary.parent_run_id).data
     for kind, run in summary.results.items():
         child = mlflow.get_run(run.run_id)
@@ -346,7 +356,10 @@ def test_a_training_set_without_validation_and_test_parts_still_sweeps(
     assert built.split_rows["validation"] == built.split_rows["test"] == 0
     summary = sweep(spark, settings, [3.0], table="train_only")
     runs = [*summary.results.values(), *summary.sweep]
-    assert all("test_roc_auc" not in r.metrics and "train_roc_auc" in r.metrics for r in runs)
+    assert all("test_roc_auc" not in r.metrics for r in runs)
+    # The twin is scored on train; a DP run shows nothing of its train rows but the model.
+    assert "train_roc_auc" in summary.results[TWIN].metrics
+    assert all(not any(key.startswith("train_") for key in r.metrics) for r in summary.sweep)
     assert _train_report(summary).count("test ROC-AUC n/a") == 2
     assert summary.plot is not None and summary.plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     metrics = client(settings).get_run(summary.parent_run_id).data.metrics
