@@ -464,15 +464,14 @@ def _training_set(spark: Any, args: argparse.Namespace, settings: Settings) -> i
 
 def _training_settings(args: argparse.Namespace, settings: Settings) -> Settings:
     # Before the session starts, like every usage check. lakeward.train imports no torch.
-    from lakeward.train import PrivacyParameterError, check_epsilon, with_overrides
+    from lakeward.train import PrivacyParameterError, check_sweep_epsilons, with_overrides
 
     try:
         updated = with_overrides(
             settings, model=args.model, epochs=args.epochs, delta=args.delta, seed=args.seed,
             epsilon=getattr(args, "epsilon", None),
         )
-        for epsilon in getattr(args, "epsilons", None) or ():
-            check_epsilon(epsilon)
+        check_sweep_epsilons(getattr(args, "epsilons", None) or ())
     except (PrivacyParameterError, ValueError) as err:
         raise UsageError(str(err)) from None
     if getattr(args, "epsilons", None) == []:

@@ -103,6 +103,22 @@ def check_epsilon(epsilon: float) -> None:
         )
 
 
+def check_sweep_epsilons(epsilons: Sequence[float]) -> None:
+    """Each epsilon valid, and each its own point on MLflow's step axis (hundredths of epsilon)."""
+    for epsilon in epsilons:
+        check_epsilon(epsilon)
+    steps: dict[int, float] = {}
+    for epsilon in sorted(epsilons):
+        step = _step(epsilon)
+        if step == 0 or step in steps:
+            clash = "is below 0.005" if step == 0 else f"and {steps[step]:g} round to the same hundredth"
+            raise PrivacyParameterError(
+                f"epsilon {epsilon:g} {clash}: dp-sweep logs each test ROC-AUC at step "
+                "round(epsilon * 100), so epsilons must differ by at least 0.01 and be at least 0.01"
+            )
+        steps[step] = epsilon
+
+
 def check_delta(delta: float, rows: int | None = None) -> None:
     """Delta must lie in (0, 1), and below 1/N once the number of train rows N is known.
 
@@ -259,8 +275,7 @@ def sweep(
     table: str | None = None,
 ) -> TrainSummary:
     """One DP run per epsilon plus the non-private twin, and a plot of test ROC-AUC against epsilon."""
-    for epsilon in epsilons:
-        check_epsilon(epsilon)
+    check_sweep_epsilons(epsilons)
     if not epsilons:
         raise PrivacyParameterError("dp-sweep needs at least one epsilon")
     snapshot, data = open_training_set(spark, settings, table)
@@ -275,8 +290,7 @@ def sweep_snapshot(
     epsilons: Sequence[float],
 ) -> TrainSummary:
     """:func:`sweep` on arrays already read from ``snapshot``."""
-    for epsilon in epsilons:
-        check_epsilon(epsilon)
+    check_sweep_epsilons(epsilons)
     # The runs log the epsilons swept, not the config's default list.
     settings = with_overrides(settings, sweep_epsilons=tuple(epsilons))
     options = settings.training
@@ -343,7 +357,8 @@ def _log_parent(settings: Settings, prepared: _Prepared, *, kind: str, dp: bool)
         "rows.validation": data.validation.rows,
         "rows.test": data.test.rows,
         "dp": str(dp).lower(),
-        "dp.delta_used": repr(prepared.delta),
+        # A run without DP used no delta.
+        **({"dp.delta_used": repr(prepared.delta)} if dp else {}),
     })
     mlflow.set_tag("lakeward.command", kind)
     tracking.log_training_lineage(prepared.snapshot, prepared.inputs)

@@ -230,6 +230,9 @@ def test_cli_lists_ml_commands_and_refuses_bad_privacy_arguments(tmp_path: Path)
         (["dp-sweep", "--epsilons", "1,1e9"], "epsilon 1e+09 is above 100"),
         (["dp-sweep", "--epsilons", "1,,2"], "argument --epsilons: expected numbers separated by commas"),
         (["dp-sweep", "--epsilons", "2,1,2"], "argument --epsilons: 2 given more than once"),
+        # One point per hundredth of epsilon on MLflow's step axis.
+        (["dp-sweep", "--epsilons", "1,0.501,0.5"], "epsilon 0.501 and 0.5 round to the same hundredth"),
+        (["dp-sweep", "--epsilons", "0.004,1"], "epsilon 0.004 is below 0.005"),
         (["train", "--seed", "-1"], "invalid training options: seed: Input should be greater than or equal"),
         (["train", "--seed", str(2**32)], "invalid training options: seed: Input should be less than"),
     ]:
