@@ -784,8 +784,27 @@ def _ingest_pending(
     _check_written(appended, expected)
     new_files = [f for f in every_file if f.batch_id not in recorded]
     if new_files:
-        record_batches(spark, settings, new_files, written, quarantined, ingested_at)
+        theirs = record_batches(spark, settings, new_files, written, quarantined, ingested_at)
+        if theirs:
+            _take_back(spark, list(appended), theirs, ingested_at)
+            written = {batch: rows for batch, rows in written.items() if batch not in theirs}
+            quarantined = {batch: rows for batch, rows in quarantined.items() if batch not in theirs}
     return written, quarantined
+
+
+def _take_back(spark: SparkSession, names: Sequence[str], batches: set[str], ingested_at: datetime) -> None:
+    """Delete this run's rows of ``batches``, which another run recorded first.
+
+    Two runs that overlap (possible on a cluster, where no lock keeps them apart)
+    can both find a file pending and both append its rows; only one ledger row
+    gets in. The other run's rows are told apart by their ``_ingested_at``, and
+    the rows of the run the ledger names stay.
+    """
+    log.warning("bronze: another run ingested %d of these files at the same time and recorded them "
+                "first; this run's copies of their rows are removed", len(batches))
+    mine = F.col("_batch_id").isin(sorted(batches)) & (F.col("_ingested_at") == F.lit(ingested_at))
+    for name in names:
+        DeltaTable.forName(spark, name).delete(mine)
 
 
 def _read_files(spark: SparkSession, files: Sequence[LandingFile], ingested_at: datetime) -> DataFrame:
@@ -930,8 +949,14 @@ def record_batches(
     written: dict[str, int],
     quarantined: dict[str, int],
     ingested_at: datetime,
-) -> None:
-    """Append the ledger rows of ingested files: from now on they count as done."""
+) -> set[str]:
+    """Add the ledger rows of ingested files: from now on they count as done.
+
+    A batch another run recorded first keeps that run's row (an insert-only
+    MERGE on ``batch_id``); returns those batches. Two such MERGEs at once make
+    the later one fail on Delta's conflict check; it is tried again, and then
+    finds the other's rows.
+    """
     rows = [
         (
             f.batch_id, f.source, f.arrival_date, f.relative_path, f.size_bytes, f.checksum,
@@ -939,4 +964,32 @@ def record_batches(
         )
         for f in files
     ]
-    tables.append(spark.createDataFrame(rows, LEDGER_SCHEMA), settings.table("ops_ingestion_batches"))
+    updates = spark.createDataFrame(rows, LEDGER_SCHEMA)
+    ledger = settings.table("ops_ingestion_batches")
+    for attempt in range(_LEDGER_ATTEMPTS):
+        try:
+            metrics = (
+                DeltaTable.forName(spark, ledger).alias("t")
+                .merge(updates.alias("s"), "t.batch_id = s.batch_id")
+                .whenNotMatchedInsert(values=tables.merge_source(updates))
+                .execute()
+                .first()
+            )
+            break
+        except Exception as err:
+            if "DELTA_CONCURRENT" not in str(err) or attempt + 1 == _LEDGER_ATTEMPTS:
+                raise
+            log.info("%s: another run wrote to it at the same time; trying again", ledger)
+    if metrics is not None and metrics["num_inserted_rows"] == len(rows):
+        return set()
+    ours = [f.batch_id for f in files]
+    return {
+        row["batch_id"]
+        for row in tables.read(spark, ledger)
+        .filter(F.col("batch_id").isin(ours) & (F.col("ingested_at") != F.lit(ingested_at)))
+        .select("batch_id").collect()
+    }
+
+
+# A ledger MERGE that meets another run's commit is tried again, at most this many times in all.
+_LEDGER_ATTEMPTS = 3

@@ -73,6 +73,47 @@ def test_crash_between_write_and_ledger_adds_nothing_twice(
     assert again.skipped == 2 and tables.read(spark, name).count() == rows
 
 
+def test_two_bronze_runs_that_overlap_keep_one_copy_of_each_file(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """On a cluster no lock keeps two runs apart. Run B looks up the ledger and finds both days
+    pending; run A then ingests and records day 1; B appends both days. The ledger takes one
+    row per batch, and B removes its own copies of the batch A recorded first."""
+    settings = isolated(base_settings, tmp_path)
+    days = [date(2026, 3, 1), date(2026, 3, 2)]
+    generate(settings.landing_dir, seed=7, users=60, days=2, start=days[0], faults=FAULTS)
+    bronze.ensure_tables(spark, settings)
+    write_pending = bronze._ingest_pending
+
+    def run_a_first(*args: object) -> tuple[dict[str, int], dict[str, int]]:
+        monkeypatch.setattr(bronze, "_ingest_pending", write_pending)
+        bronze.ingest(spark, settings, "order_placed", days[:1])
+        return write_pending(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(bronze, "_ingest_pending", run_a_first)
+    with caplog.at_level(logging.WARNING, logger="lakeward.bronze"):
+        b = bronze.ingest(spark, settings, "order_placed", days)
+    assert "another run ingested 1 of these files at the same time" in caplog.text
+    name = settings.table("bronze_order_placed")
+    lines = sum(len(landing_file(settings.landing_dir, "order_placed", d).read_bytes().splitlines())
+                for d in days)
+    rows = tables.read(spark, name).count()
+    assert rows + count_rows(spark, settings, "bronze_quarantine", source="order_placed") == lines
+    assert tables.read(spark, name).groupBy("_batch_id", "_line_no").count().filter("count > 1").count() == 0
+    ledger = tables.read(spark, settings.table("ops_ingestion_batches")).collect()
+    assert len(ledger) == len({r["batch_id"] for r in ledger}) == 2
+    # Each batch's rows are those of the run its ledger row names, and add up to it.
+    for r in ledger:
+        batch = tables.read(spark, name).filter(F.col("_batch_id") == r["batch_id"])
+        stamps = {x["_ingested_at"] for x in batch.select("_ingested_at").distinct().collect()}
+        assert stamps == {r["ingested_at"]}
+        assert batch.count() == r["rows_written"] > 0
+    # B counts as written only the batch it kept.
+    assert b.rows_written == {r["arrival_date"]: r["rows_written"] for r in ledger}[days[1]]
+    assert bronze.ingest(spark, settings, "order_placed", days).skipped == 2
+
+
 def test_rows_of_a_crashed_day_whose_files_are_gone_are_recorded_by_a_run_of_another_day(
     spark: SparkSession, base_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
