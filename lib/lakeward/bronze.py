@@ -711,15 +711,18 @@ def ingest_sources(
             else:
                 log.info("bronze %s: no landing file on these dates, nothing to do", source)
     todo = {s: pending[s] for s in sources if pending[s]}
-    written, quarantined = _ingest_pending(spark, settings, todo, set(again)) if todo else ({}, {})
+    written, quarantined, theirs = (_ingest_pending(spark, settings, todo, set(again)) if todo
+                                    else ({}, {}, set()))
+    # A batch another run recorded first counts as skipped: this run kept none of its rows.
+    kept = {s: [f for f in fs if f.batch_id not in theirs] for s, fs in pending.items()}
     return [
         IngestResult(
             source=source,
             files=len(files[source]),
-            skipped=len(files[source]) - len(pending[source]),
-            lines=sum(f.lines for f in pending[source]),
-            rows_written=sum(written.get(f.batch_id, 0) for f in pending[source]),
-            rows_quarantined=sum(quarantined.get(f.batch_id, 0) for f in pending[source]),
+            skipped=len(files[source]) - len(kept[source]),
+            lines=sum(f.lines for f in kept[source]),
+            rows_written=sum(written.get(f.batch_id, 0) for f in kept[source]),
+            rows_quarantined=sum(quarantined.get(f.batch_id, 0) for f in kept[source]),
         )
         for source in sources
     ]
@@ -740,10 +743,12 @@ def _name_ledger_columns(spark: SparkSession, settings: Settings) -> None:
 
 def _ingest_pending(
     spark: SparkSession, settings: Settings, pending: dict[str, list[LandingFile]], recorded: set[str]
-) -> tuple[dict[str, int], dict[str, int]]:
-    """Write the pending files; rows written and quarantined per batch id.
+) -> tuple[dict[str, int], dict[str, int], set[str]]:
+    """Write the pending files; rows written and quarantined per batch id, and batches taken back.
 
-    Files whose batch is already ``recorded`` get no second ledger row.
+    Files whose batch is already ``recorded`` get no second ledger row. The
+    batches another run recorded first are returned too: this run took its
+    rows of them back.
     """
     specs = {source: bronze_spec(settings, source) for source in pending}
     quarantine = quarantine_spec(settings)
@@ -783,13 +788,11 @@ def _ingest_pending(
     }
     _check_written(appended, expected)
     new_files = [f for f in every_file if f.batch_id not in recorded]
-    if new_files:
-        theirs = record_batches(spark, settings, new_files, written, quarantined, ingested_at)
-        if theirs:
-            _take_back(spark, list(appended), theirs, ingested_at)
-            written = {batch: rows for batch, rows in written.items() if batch not in theirs}
-            quarantined = {batch: rows for batch, rows in quarantined.items() if batch not in theirs}
-    return written, quarantined
+    theirs = (record_batches(spark, settings, new_files, written, quarantined, ingested_at) if new_files
+              else set())
+    if theirs:
+        _take_back(spark, list(appended), theirs, ingested_at)
+    return written, quarantined, theirs
 
 
 def _take_back(spark: SparkSession, names: Sequence[str], batches: set[str], ingested_at: datetime) -> None:

@@ -86,7 +86,7 @@ def test_two_bronze_runs_that_overlap_keep_one_copy_of_each_file(
     bronze.ensure_tables(spark, settings)
     write_pending = bronze._ingest_pending
 
-    def run_a_first(*args: object) -> tuple[dict[str, int], dict[str, int]]:
+    def run_a_first(*args: object) -> tuple[dict[str, int], dict[str, int], set[str]]:
         monkeypatch.setattr(bronze, "_ingest_pending", write_pending)
         bronze.ingest(spark, settings, "order_placed", days[:1])
         return write_pending(*args)  # type: ignore[arg-type]
@@ -109,8 +109,9 @@ def test_two_bronze_runs_that_overlap_keep_one_copy_of_each_file(
         stamps = {x["_ingested_at"] for x in batch.select("_ingested_at").distinct().collect()}
         assert stamps == {r["ingested_at"]}
         assert batch.count() == r["rows_written"] > 0
-    # B counts as written only the batch it kept.
+    # B counts as written only the batch it kept, and the other as skipped.
     assert b.rows_written == {r["arrival_date"]: r["rows_written"] for r in ledger}[days[1]]
+    assert b.skipped == 1
     assert bronze.ingest(spark, settings, "order_placed", days).skipped == 2
 
 
