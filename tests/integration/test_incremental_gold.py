@@ -28,7 +28,7 @@ from pyspark.sql import functions as F
 from lakeward import gold, incremental, silver, tables
 from lakeward.config import Settings
 from tests.conftest import isolated
-from tests.pipeline_checks import daily_oracle, features_oracle
+from tests.pipeline_checks import daily_oracle, features_oracle, vacuum_everything_old
 from tests.unit.test_gold import WINDOWS
 
 pytestmark = pytest.mark.integration
@@ -667,11 +667,7 @@ def test_a_change_feed_whose_files_were_vacuumed_recomputes_in_full(
     _append(spark, settings, "silver_orders", [row for row in orders if row["_arrival_date"] == d2])
     table = DeltaTable.forName(spark, settings.table("silver_orders"))
     table.optimize().executeCompaction()  # the day-2 rows now also live in a new file
-    spark.conf.set("spark.databricks.delta.retentionDurationCheck.enabled", "false")
-    try:
-        table.vacuum(0)
-    finally:
-        spark.conf.unset("spark.databricks.delta.retentionDurationCheck.enabled")
+    vacuum_everything_old(spark, settings.table("silver_orders"))
     with caplog.at_level(logging.INFO, logger=incremental.__name__):
         result = incremental.refresh(spark, settings)
     assert (result.mode, result.as_of) == ("full", d2)

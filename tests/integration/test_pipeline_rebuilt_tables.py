@@ -196,13 +196,15 @@ def test_a_column_added_to_a_silver_table_is_left_null_and_one_dropped_stops_its
     settings = isolated(base_settings, tmp_path)
     generate(settings.landing_dir, seed=7, users=80, days=3, start=date(2026, 3, 1), faults=FaultRates.none())
     days = sorted({date.fromisoformat(f.stem) for f in settings.landing_dir.glob("*/*.jsonl")})
-    _bronze_and_silver(spark, settings, days[0])
+    # Bronze once for every day: only silver's writes are checked here.
+    pipeline.run(spark, settings, "bronze", DateSelection())
+    pipeline.run(spark, settings, "silver", DateSelection(days[0]))
     orders = settings.table("silver_orders")
     first = tables.read(spark, orders).count()
     for name in (orders, settings.table("silver_users"), settings.table("silver_quarantine"),
                  settings.table("ops_silver_batches")):
         spark.sql(f"ALTER TABLE {tables.quoted_name(name)} ADD COLUMNS (note STRING)")
-    _bronze_and_silver(spark, settings, days[1])
+    pipeline.run(spark, settings, "silver", DateSelection(days[1]))
     held = tables.read(spark, orders)
     second = held.count()
     assert second > first
@@ -211,7 +213,6 @@ def test_a_column_added_to_a_silver_table_is_left_null_and_one_dropped_stops_its
     spark.sql(f"ALTER TABLE {tables.quoted_name(orders)} SET TBLPROPERTIES ('delta.minReaderVersion' = '2', "
               "'delta.minWriterVersion' = '5', 'delta.columnMapping.mode' = 'name')")
     spark.sql(f"ALTER TABLE {tables.quoted_name(orders)} DROP COLUMN tip_amount")
-    pipeline.run(spark, settings, "bronze", DateSelection(days[2]))
     with pytest.raises(silver.SilverColumnsMissingError, match=rf"{orders} lacks the column\(s\) tip_amount"):
         pipeline.run(spark, settings, "silver", DateSelection(days[2]))
     assert silver_ledger(spark, settings, "order_placed", days[2]) == []
@@ -279,8 +280,9 @@ def test_a_dropped_bronze_table_is_ingested_again_from_its_landing_files(
         for row in ledger.join(held, ledger.batch_id == held._batch_id, "left").collect():
             if row["source"] == "order_placed" or name == names[1]:
                 assert (row["count"] or 0) == row[column], (name, row["batch_id"])
-    # Day 2, refused before, now goes through silver whole.
-    _bronze_and_silver(spark, settings, days[1])
+    # Day 2, refused before, now goes through silver whole. No bronze run first: one would
+    # repair a shortfall left behind before the check below could see it.
+    pipeline.run(spark, settings, "silver", DateSelection(days[1]))
     silver_ledger = tables.read(spark, settings.table("ops_silver_batches"))
     assert silver_ledger.groupBy("batch_id").count().filter("count > 1").count() == 0, "a batch taken twice"
     day_2 = silver_ledger.filter(F.col("batch_id") == day_2_batch).first()

@@ -34,7 +34,7 @@ from lakeward.train import (
 )
 from tests.conftest import isolated
 from tests.ml_data import RAW_IDS, append_orders, order_rows, user_key, write_inputs
-from tests.pipeline_checks import drop_table
+from tests.pipeline_checks import drop_table, vacuum_everything_old
 
 pytestmark = pytest.mark.training
 
@@ -263,14 +263,7 @@ def test_vacuumed_version_names_table_and_version(
     with mlflow.start_run(experiment_id=experiment, run_name="vacuumed") as run:
         mlflow.set_tags({tracking.SPEC_TAG: spec.to_json(), tracking.HASH_TAG: "0" * 64})
     assert tracking.warn_unless_rebuildable(spark, spec.inputs)
-    check = "spark.databricks.delta.retentionDurationCheck.enabled"
-    spark.conf.set(check, "false")
-    try:
-        # LITE finds the files to delete in the log instead of listing the directory: much faster.
-        quoted = ".".join(f"`{part}`" for part in name.split("."))
-        spark.sql(f"VACUUM {quoted} LITE RETAIN 0 HOURS")
-    finally:
-        spark.conf.unset(check)
+    vacuum_everything_old(spark, name)
     with pytest.raises(tracking.LineageError, match=rf"{name} version 0 is no longer available"):
         tracking.rebuild_training_set(spark, settings, run.info.run_id)
     # What `train` says before it logs such versions.

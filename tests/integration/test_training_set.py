@@ -33,7 +33,7 @@ from lakeward.training_set import (
     table_name,
 )
 from tests.cli_process import lakeward
-from tests.pipeline_checks import drop_table
+from tests.pipeline_checks import drop_table, vacuum_everything_old
 
 pytestmark = pytest.mark.integration
 
@@ -147,16 +147,6 @@ def _inputs_at(spark: SparkSession, settings: Settings, spec: BuildSpec) -> tupl
     return orders, features.select(*columns)
 
 
-def _vacuum_everything_old(spark: SparkSession, name: str) -> None:
-    # VACUUM LITE takes seconds where a full VACUUM takes a minute on a small machine. It is
-    # SQL only (see tables.quoted_name).
-    spark.conf.set("spark.databricks.delta.retentionDurationCheck.enabled", "false")
-    try:
-        spark.sql(f"VACUUM {tables.quoted_name(name)} LITE RETAIN 0 HOURS")
-    finally:
-        spark.conf.unset("spark.databricks.delta.retentionDurationCheck.enabled")
-
-
 def test_build_records_versions_and_rebuilds_exactly(spark: SparkSession, fresh_settings: Settings) -> None:
     settings = fresh_settings
     _write_orders(spark, settings, 0, 79)
@@ -248,7 +238,7 @@ def test_build_records_versions_and_rebuilds_exactly(spark: SparkSession, fresh_
 
     # Overwrite gold and vacuum: the files of the recorded version are gone.
     tables.overwrite(tables.read(spark, features_name), features_name)
-    _vacuum_everything_old(spark, features_name)
+    vacuum_everything_old(spark, features_name)
     version = first.spec.inputs[features_name]
     vacuumed = rf"{features_name} version {version} is no longer available: .*removed \(VACUUM\)"
     with pytest.raises(TrainingSetError, match=vacuumed):
