@@ -97,6 +97,11 @@ def hold(settings: Settings) -> None:
     _held[path] = fd
 
 
+def holds_a_data_root() -> bool:
+    """Whether this process holds a local data root's lock: no other process then uses its catalog."""
+    return bool(_held)
+
+
 def note_jvm(settings: Settings, jvm_pid: int) -> None:
     """Record, beside this process's pid, the pid of the JVM that opens the catalog for it.
 

@@ -772,10 +772,15 @@ def process_work(spark: SparkSession, settings: Settings, work: Work, key: bytes
             for source, dates in todo
         ]
     written = [f.result() for f in futures if f.exception() is None]
+    # The gates of the sources written, and of those a gate refused. A source that failed
+    # after its gate passed (say a concurrent commit) wrote nothing: its batch is gated again.
+    recorded_gates = [
+        gate for (source, _), future in zip(todo, futures, strict=True)
+        if future.exception() is None or isinstance(future.exception(), quality.GateFailed)
+        for gate in gates[source]
+    ]
     with interrupt.pool(2) as pool:
-        results = pool.submit(
-            quality.record, spark, settings, [gate for source, _ in todo for gate in gates[source]]
-        )
+        results = pool.submit(quality.record, spark, settings, recorded_gates)
         refused = [w.refused for w in written if w.refused is not None]
         if refused:
             _merge_quarantine(spark, settings, reduce(DataFrame.unionByName, refused))

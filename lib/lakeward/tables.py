@@ -20,6 +20,7 @@ import logging
 import re
 import shutil
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from pyspark.sql import Column, DataFrame, Observation, Row, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
-from lakeward import columns, delta_log, interrupt
+from lakeward import columns, delta_log, interrupt, root_lock
 from lakeward.config import is_identifier
 from lakeward.error_text import one_line
 
@@ -43,6 +44,9 @@ SUBJECT_COLUMN_PROPERTY = "lakeward.subject_column"
 CREATE_THREADS = 4
 # The name of version 0's files in ``_delta_log``, before their suffixes.
 _FIRST_COMMIT = "00000000000000000000."
+# From its first commit to its catalog entry, creating a table takes a second or two. A first
+# commit this old with no catalog entry was left by a run that stopped, not one still creating.
+CREATION_GRACE_SECONDS = 30.0
 # Delta's write option for a free-text note kept in the commit's history entry.
 USER_METADATA_OPTION = "userMetadata"
 # The same note for commits that take no write options, such as a MERGE.
@@ -205,12 +209,19 @@ def _create(spark: SparkSession, spec: TableSpec) -> None:
     catalog. A process killed between the two leaves a location the next
     creation refuses. That commit holds a schema and no rows, so it is
     removed and the table created again; any other files there are not
-    lakeward's to remove.
+    lakeward's to remove. On a catalog other processes share (a cluster's
+    metastore), a first commit may instead be another run's, creating the
+    same table at the same moment: the table that run registers is used.
     """
     try:
         _builder(spark, spec).execute()
-    except AnalysisException as err:
-        if err.getCondition() != "DELTA_CREATE_TABLE_WITH_NON_EMPTY_LOCATION":
+    except Exception as err:  # noqa: BLE001 - a creation beside another shows in several ways
+        if _created_by_another_run(spark, spec.name):
+            log.info("%s: created by another run at the same time", spec.name)
+            return
+        if not isinstance(err, AnalysisException) or (
+            err.getCondition() != "DELTA_CREATE_TABLE_WITH_NON_EMPTY_LOCATION"
+        ):
             raise
         location = _local_managed_location(spark, spec.name)
         if location is None or not _holds_only_a_first_commit(location):
@@ -223,6 +234,34 @@ def _create(spark: SparkSession, spec: TableSpec) -> None:
                     spec.name, location)
         shutil.rmtree(location)
         _builder(spark, spec).execute()
+
+
+def _created_by_another_run(spark: SparkSession, name: str) -> bool:
+    """Whether another process has registered ``name`` while this one failed to create it.
+
+    On a shared catalog, while the location holds a first commit younger than
+    :data:`CREATION_GRACE_SECONDS`, this waits for its creator to register it.
+    A process holding its data root's lock has the catalog to itself: no wait.
+    """
+    if exists(spark, name):
+        return True
+    if root_lock.holds_a_data_root():
+        return False
+    location = _local_managed_location(spark, name)
+    commit = None if location is None else location / "_delta_log" / f"{_FIRST_COMMIT}json"
+    while commit is not None and _age_seconds(commit) < CREATION_GRACE_SECONDS:
+        time.sleep(0.5)
+        if exists(spark, name):
+            return True
+    return False
+
+
+def _age_seconds(path: Path) -> float:
+    """Seconds since ``path`` was last written; infinite when it is not there."""
+    try:
+        return time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return float("inf")
 
 
 def _builder(spark: SparkSession, spec: TableSpec) -> DeltaTableBuilder:

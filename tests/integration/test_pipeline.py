@@ -325,7 +325,8 @@ def test_a_batch_that_adds_no_row_is_not_gated(
 
 
 def test_a_failing_gate_keeps_what_the_other_sources_wrote(
-    spark: SparkSession, base_settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    spark: SparkSession, base_settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     settings = _with_contracts(base_settings, tmp_path, {
         "orders": "table: silver_orders\nexpectations:\n"
@@ -368,11 +369,28 @@ def test_a_failing_gate_keeps_what_the_other_sources_wrote(
         "  - expect_column_values_to_be_between: {column: rating, min_value: 1, max_value: 5}\n"
     )
     orders_version = tables.current_version(spark, settings.table("silver_orders"))
+    # A retry whose write fails after its gate passed (say another run committed first) wrote
+    # nothing: its gate result is not kept, as if the batch had passed into silver.
+    write = silver._write
+
+    def concurrent_commit(spark: SparkSession, name: str, source: str, *args: Any) -> None:
+        if source == "rating_submitted":
+            raise RuntimeError("simulated DELTA_CONCURRENT_APPEND")
+        write(spark, name, source, *args)
+
+    monkeypatch.setattr(silver, "_write", concurrent_commit)
+    with pytest.raises(RuntimeError, match="simulated"):
+        silver.process_sources(spark, settings, {"rating_submitted": [day]}, pii_key(settings))
+    monkeypatch.undo()
+    assert count_rows(spark, settings, "ops_quality_results") == len(results)
     results_by_source = {r.source: r for r in silver.process_sources(
         spark, settings, {"rating_submitted": [day]}, pii_key(settings)
     )}
     assert results_by_source["rating_submitted"].rows_written > 0
     assert tables.current_version(spark, settings.table("silver_orders")) == orders_version
+    results_table = tables.read(spark, settings.table("ops_quality_results"))
+    gated = results_table.filter(F.col("suite") == "strict_ratings")
+    assert sorted(r["gate_passed"] for r in gated.collect()) == [False, True]
 
 
 def test_missing_landing_date_is_a_clear_error(spark: SparkSession, run: Settings) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import replace
 from datetime import date, datetime
 from pathlib import Path
@@ -14,7 +15,7 @@ from pyspark.sql import Row, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from lakeward import bronze, pipeline, silver, tables
+from lakeward import bronze, pipeline, root_lock, silver, tables
 from lakeward.config import Settings
 from lakeward.pipeline import DateSelection
 from lakeward.sources.bitebridge import FaultRates, generate, landing_file
@@ -315,6 +316,48 @@ def test_a_table_whose_creation_stopped_before_the_catalog_is_created_again(
     with pytest.raises(tables.UnknownTableFilesError, match=r"cannot create \S+\.stray: .*move them away"):
         tables.ensure_tables(spark, [stray])
     assert spark.read.format("delta").load(str(directory / "stray")).count() == 3
+
+
+def test_a_table_another_run_is_creating_on_a_shared_catalog_is_used_not_removed(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a cluster's metastore two runs may create a table at once: the one that finds the
+    other's first commit waits for it to reach the catalog, and uses it. Removing that commit
+    as a stopped creation's left the other run's catalog entry without files."""
+    settings = isolated(base_settings, tmp_path)
+    spec = silver.silver_spec(settings, "order_placed")
+    schema, table = spec.name.rsplit(".", 1)
+    tables.ensure_schema(spark, schema)
+    location = Path(urlparse(spark.catalog.getDatabase(schema).locationUri).path) / table
+    monkeypatch.setattr(root_lock, "holds_a_data_root", lambda: False)  # as in cluster mode
+    # The other run: its first commit now, its catalog entry a moment later.
+    DeltaTable.createIfNotExists(spark).location(str(location)).addColumns(spec.schema).execute()
+    first_commit = location / "_delta_log" / "00000000000000000000.json"
+    written = first_commit.stat().st_ino, first_commit.stat().st_mtime_ns
+    registering = threading.Timer(
+        2.0, lambda: spark.catalog.createTable(spec.name, path=str(location), source="delta")
+    )
+    registering.start()
+    try:
+        with caplog.at_level("INFO", logger="lakeward.tables"):
+            tables.ensure_tables(spark, [spec])
+    finally:
+        registering.join()
+    assert f"{spec.name}: created by another run at the same time" in caplog.text
+    assert "creating it again" not in caplog.text
+    assert (first_commit.stat().st_ino, first_commit.stat().st_mtime_ns) == written
+    assert tables.read(spark, spec.name).count() == 0
+
+    # A first commit nobody registers within the grace was left by a run that stopped.
+    monkeypatch.setattr(tables, "CREATION_GRACE_SECONDS", 1.0)
+    other = silver.silver_spec(settings, "rating_submitted")
+    other_location = location.parent / other.name.rsplit(".", 1)[1]
+    DeltaTable.createIfNotExists(spark).location(str(other_location)).addColumns(other.schema).execute()
+    caplog.clear()
+    with caplog.at_level("INFO", logger="lakeward.tables"):
+        tables.ensure_tables(spark, [other])
+    assert "creating it again" in caplog.text and tables.exists(spark, other.name)
 
 
 def test_a_users_table_from_before_batch_ids_gets_the_column(
