@@ -336,7 +336,7 @@ def test_a_table_another_run_is_creating_on_a_shared_catalog_is_used_not_removed
     first_commit = location / "_delta_log" / "00000000000000000000.json"
     written = first_commit.stat().st_ino, first_commit.stat().st_mtime_ns
     registering = threading.Timer(
-        2.0, lambda: spark.catalog.createTable(spec.name, path=str(location), source="delta")
+        3.0, lambda: spark.catalog.createTable(spec.name, path=str(location), source="delta")
     )
     registering.start()
     try:
