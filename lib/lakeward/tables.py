@@ -239,8 +239,9 @@ def _create(spark: SparkSession, spec: TableSpec) -> None:
 def _created_by_another_run(spark: SparkSession, name: str) -> bool:
     """Whether another process has registered ``name`` while this one failed to create it.
 
-    On a shared catalog, while the location holds a first commit younger than
-    :data:`CREATION_GRACE_SECONDS`, this waits for its creator to register it.
+    On a shared catalog, while anything in the location (a first commit, or one
+    being written) is younger than :data:`CREATION_GRACE_SECONDS`, this waits for
+    its creator to register it.
     A process holding its data root's lock has the catalog to itself: no wait.
     """
     if exists(spark, name):
@@ -248,20 +249,31 @@ def _created_by_another_run(spark: SparkSession, name: str) -> bool:
     if root_lock.holds_a_data_root():
         return False
     location = _local_managed_location(spark, name)
-    commit = None if location is None else location / "_delta_log" / f"{_FIRST_COMMIT}json"
-    while commit is not None and _age_seconds(commit) < CREATION_GRACE_SECONDS:
+    while location is not None and _seconds_since_written(location) < CREATION_GRACE_SECONDS:
         time.sleep(0.5)
         if exists(spark, name):
             return True
     return False
 
 
-def _age_seconds(path: Path) -> float:
-    """Seconds since ``path`` was last written; infinite when it is not there."""
+def _seconds_since_written(location: Path) -> float:
+    """Seconds since anything in ``location`` or its ``_delta_log`` was last written.
+
+    Infinite when it is not there. A commit being written is a temporary file
+    there until it is renamed, so a creation in progress counts too.
+    """
+    log_dir = location / "_delta_log"
     try:
-        return time.time() - path.stat().st_mtime
+        paths = [location, log_dir, *(log_dir.iterdir() if log_dir.is_dir() else ())]
     except FileNotFoundError:
-        return float("inf")
+        paths = [location, log_dir]
+    written = []
+    for path in paths:
+        try:
+            written.append(path.stat().st_mtime)
+        except FileNotFoundError:  # renamed or removed since it was listed
+            continue
+    return time.time() - max(written) if written else float("inf")
 
 
 def _builder(spark: SparkSession, spec: TableSpec) -> DeltaTableBuilder:
