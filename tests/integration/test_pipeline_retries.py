@@ -690,6 +690,48 @@ def test_silver_leaves_the_rows_of_a_batch_bronze_has_not_recorded(
     assert "order_placed-20260301-died" not in {r[0] for r in batches}
 
 
+def test_silver_takes_each_line_once_while_another_bronze_run_takes_its_copies_back(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two bronze runs that overlap on a cluster can both append a file; the one whose ledger
+    row lost deletes its copy afterwards. A silver run in between reads both copies: it takes
+    each line once, counts it once, and keeps the copy of the run the ledger names."""
+    settings = isolated(base_settings, tmp_path)
+    day = date(2026, 3, 1)
+    generate(settings.landing_dir, seed=5, users=30, days=1, start=day, faults=FAULTS)
+    pipeline.ensure_tables(spark, settings)
+    pipeline.run_bronze(spark, settings, DateSelection(day))
+    for source in SOURCES:
+        name = settings.table(f"bronze_{source}")
+        # The losing run's copy, stamped a second earlier: the earlier copy is not the one to keep.
+        tables.append(tables.read(spark, name).withColumn(
+            "_ingested_at", F.col("_ingested_at") - F.expr("INTERVAL 1 SECOND")), name)
+    with caplog.at_level(logging.WARNING, logger="lakeward.silver"):
+        pipeline.run_silver(spark, settings, DateSelection(day))
+
+    bronze_ledger = tables.read(spark, settings.table("ops_ingestion_batches"))
+    ingested = {r["batch_id"]: r for r in bronze_ledger.collect()}
+    ledger = tables.read(spark, settings.table("ops_silver_batches")).collect()
+    assert {r["batch_id"] for r in ledger} == set(ingested)
+    quarantine = tables.read(spark, settings.table("silver_quarantine"))
+    assert quarantine.groupBy("source", "_batch_id", "_line_no").count().filter("count > 1").count() == 0
+    refused = {r["_batch_id"]: r["count"] for r in quarantine.groupBy("_batch_id").count().collect()}
+    for r in ledger:
+        assert r["rows_in"] == ingested[r["batch_id"]]["rows_written"]
+        assert r["rows_in"] == r["rows_quarantined"] + r["rows_duplicate"] + r["rows_written"]
+        assert r["rows_quarantined"] == refused.get(r["batch_id"], 0)
+    assert sum(r["rows_quarantined"] for r in ledger) > 0
+    for source, spec in silver.SOURCES.items():
+        held = tables.read(spark, settings.table(spec.table))
+        if source == "users":
+            continue  # it keeps no _ingested_at
+        stamps = {tuple(r) for r in held.select("_batch_id", "_ingested_at").collect()}
+        assert stamps == {(b, ingested[b]["ingested_at"]) for b, _ in stamps}
+        written = sum(r["rows_written"] for r in ledger if r["source"] == source)
+        assert held.count() == written > 0 or source == "rating_submitted"  # none on the first day
+    assert "bronze holds 1 batch(es) more than once" in caplog.text
+
+
 def test_a_batch_is_done_only_once_its_gate_results_are_recorded(
     spark: SparkSession, base_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

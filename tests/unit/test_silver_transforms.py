@@ -136,6 +136,20 @@ def test_dedupe_keeps_first_arrival(spark: SparkSession) -> None:
     assert sorted(tuple(r) for r in kept) == [("e1", date(2026, 1, 2), 4), ("e2", date(2026, 1, 2), 5)]
 
 
+def test_one_copy_per_line_keeps_the_copy_of_the_recorded_run_then_the_earliest(spark: SparkSession) -> None:
+    early, recorded, late = datetime(2026, 1, 3, 0, 59), AT, datetime(2026, 1, 3, 1, 1)
+    rows = spark.createDataFrame(
+        [("b1", 1, early, "x"), ("b1", 1, recorded, "kept"), ("b1", 1, late, "y"),
+         ("b1", 2, late, "only"), ("b2", 1, late, "y"), ("b2", 1, early, "earliest"),
+         ("b3", 1, late, "y"), ("b3", 1, early, "ledger time unknown")],
+        "_batch_id string, _line_no long, _ingested_at timestamp, tag string",
+    )
+    kept = silver.one_copy_per_line(rows, {"b1": recorded, "b2": recorded, "b3": None})
+    assert sorted((r["_batch_id"], r["_line_no"], r["tag"]) for r in kept.collect()) == [
+        ("b1", 1, "kept"), ("b1", 2, "only"), ("b2", 1, "earliest"), ("b3", 1, "ledger time unknown"),
+    ]
+
+
 def test_pseudonymize_and_quarantine_record_hold_no_raw_id(spark: SparkSession) -> None:
     checked = pseudonymize(_checked(spark, [_order("e4", amount="twelve")]), b"k" * 32)
     assert "user_id" not in checked.columns
