@@ -15,12 +15,12 @@ import hashlib
 import logging
 import re
 from collections import Counter
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from functools import reduce
+from functools import partial, reduce
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from delta.tables import DeltaTable
 from pyspark import StorageLevel
@@ -33,6 +33,7 @@ from lakeward.config import Settings
 from lakeward.sources.bitebridge import PERSONAL_FIELDS, SOURCE_FIELDS, SOURCES, landing_file
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 # One line per landing file: its own logger, so that a run over many days can quiet it.
 reconcile_log = logging.getLogger(f"{__name__}.reconcile")
 
@@ -464,8 +465,9 @@ def find_lost(spark: SparkSession, settings: Settings) -> Restore:
     way leaves the same shortfall for the next run to find. A batch whose
     file is gone or changed cannot come back: its ledger row is set to the
     rows the tables still hold, with a warning, so it is not looked for again.
-    A table holding more rows than recorded is handled first
-    (:func:`_record_held_rows_of_gone_files`).
+    A table holding more rows than recorded is handled first: copies of
+    lines go (:func:`_remove_copies`), and the ledger records the rows of
+    files gone or changed (:func:`_record_held_rows_of_gone_files`).
     """
     # An older ledger's columns are renamed before anything here writes to it.
     _name_ledger_columns(spark, settings)
@@ -480,6 +482,9 @@ def find_lost(spark: SparkSession, settings: Settings) -> Restore:
     counts = tables.row_counts(spark, [*names.values(), quarantine])
     expected = _recorded_totals(recorded, names, quarantine)
     over = [name for name, rows in expected.items() if counts[name] > rows]
+    if over and _remove_copies(spark, settings, over):
+        counts = tables.row_counts(spark, [*names.values(), quarantine])
+        over = [name for name, rows in expected.items() if counts[name] > rows]
     if over:
         recorded = _record_held_rows_of_gone_files(spark, settings, recorded, over)
         expected = _recorded_totals(recorded, names, quarantine)
@@ -528,6 +533,51 @@ def find_lost(spark: SparkSession, settings: Settings) -> Restore:
                                     for row in gone for w, q in [left(row)]])
     return Restore(frozenset(row["batch_id"] for row in again),
                    tuple(sorted({row["arrival_date"] for row in again})))
+
+
+def _remove_copies(spark: SparkSession, settings: Settings, names: Sequence[str]) -> bool:
+    """Keep one row of each line of a recorded batch in the tables ``names``; whether any line had copies.
+
+    Two runs that overlap on a cluster can both append a file: the one whose
+    ledger row lost removes its copy (:func:`_take_back`), unless it died
+    first. Of a line held more than once, the row stamped with the ledger
+    row's ``ingested_at`` stays, or else the earliest (a batch written again
+    after a loss keeps its old ledger row, so no row of it has that stamp).
+    The stamps are compared in Spark against the ledger read as a table, not
+    sent from Python. Batches the ledger does not record are left alone: a run
+    may be writing one now, and whichever run's ledger row gets in, the other
+    removes its own copy.
+    """
+    recorder = tables.read(spark, settings.table("ops_ingestion_batches")).select(
+        F.col("batch_id").alias("_batch_id"), F.col("ingested_at").alias("_recorded_at")
+    )
+    by_recorder = F.coalesce(F.col("_ingested_at") == F.col("_recorded_at"), F.lit(False))
+    found = False
+    for name in names:
+        copied = (
+            tables.read(spark, name).select("_batch_id", "_line_no", "_ingested_at")
+            .join(F.broadcast(recorder), "_batch_id")
+            .groupBy("_batch_id", "_line_no").agg(
+                F.count(F.lit(1)).alias("_rows"),
+                F.max(by_recorder).alias("_by_recorder"),
+                F.min("_ingested_at").alias("_earliest"),
+                F.first("_recorded_at").alias("_recorded_at"),
+            )
+            .filter(F.col("_rows") > 1)
+            .select("_batch_id", "_line_no",
+                    F.when(F.col("_by_recorder"), F.col("_recorded_at")).otherwise(F.col("_earliest"))
+                    .alias("_kept_at"))
+        ).localCheckpoint()
+        lines = copied.count()
+        if not lines:
+            continue
+        found = True
+        log.warning("%s: %d line(s) of recorded batches held more than once (a run that ingested them "
+                    "beside the run that recorded them has not removed its copy: it died, or is about "
+                    "to); one row of each is kept", name, lines)
+        others = "t._batch_id = s._batch_id AND t._line_no = s._line_no AND t._ingested_at <> s._kept_at"
+        _until_no_conflict(partial(_delete_matched, spark, name, copied, others), name)
+    return found
 
 
 def _recorded_totals(
@@ -807,7 +857,8 @@ def _take_back(spark: SparkSession, names: Sequence[str], batches: set[str], ing
                 "first; this run's copies of their rows are removed", len(batches))
     mine = F.col("_batch_id").isin(sorted(batches)) & (F.col("_ingested_at") == F.lit(ingested_at))
     for name in names:
-        DeltaTable.forName(spark, name).delete(mine)
+        # The next run of another day may be removing the same rows (:func:`_remove_copies`).
+        _until_no_conflict(partial(_delete, spark, name, mine), name)
 
 
 def _read_files(spark: SparkSession, files: Sequence[LandingFile], ingested_at: datetime) -> DataFrame:
@@ -969,20 +1020,17 @@ def record_batches(
     ]
     updates = spark.createDataFrame(rows, LEDGER_SCHEMA)
     ledger = settings.table("ops_ingestion_batches")
-    for attempt in range(_LEDGER_ATTEMPTS):
-        try:
-            metrics = (
-                DeltaTable.forName(spark, ledger).alias("t")
-                .merge(updates.alias("s"), "t.batch_id = s.batch_id")
-                .whenNotMatchedInsert(values=tables.merge_source(updates))
-                .execute()
-                .first()
-            )
-            break
-        except Exception as err:
-            if "DELTA_CONCURRENT" not in str(err) or attempt + 1 == _LEDGER_ATTEMPTS:
-                raise
-            log.info("%s: another run wrote to it at the same time; trying again", ledger)
+
+    def insert_new() -> Row | None:
+        return (
+            DeltaTable.forName(spark, ledger).alias("t")
+            .merge(updates.alias("s"), "t.batch_id = s.batch_id")
+            .whenNotMatchedInsert(values=tables.merge_source(updates))
+            .execute()
+            .first()
+        )
+
+    metrics = _until_no_conflict(insert_new, ledger)
     if metrics is not None and metrics["num_inserted_rows"] == len(rows):
         return set()
     ours = [f.batch_id for f in files]
@@ -994,5 +1042,30 @@ def record_batches(
     }
 
 
-# A ledger MERGE that meets another run's commit is tried again, at most this many times in all.
-_LEDGER_ATTEMPTS = 3
+def _delete(spark: SparkSession, name: str, condition: Column) -> None:
+    DeltaTable.forName(spark, name).delete(condition)
+
+
+def _delete_matched(spark: SparkSession, name: str, rows: DataFrame, condition: str) -> None:
+    """Delete the rows of table ``name`` (``t``) that match a row of ``rows`` (``s``) on ``condition``."""
+    DeltaTable.forName(spark, name).alias("t").merge(rows.alias("s"), condition).whenMatchedDelete().execute()
+
+
+# A write that meets another run's commit is tried again, at most this many times in all.
+_WRITE_ATTEMPTS = 3
+
+
+def _until_no_conflict(write: Callable[[], _T], table: str) -> _T:
+    """``write()``, tried again when another run's commit to ``table`` made it fail Delta's conflict check.
+
+    Only for writes that read what they change again when tried again: an
+    insert-only MERGE, a delete.
+    """
+    for attempt in range(_WRITE_ATTEMPTS):
+        try:
+            return write()
+        except Exception as err:
+            if "DELTA_CONCURRENT" not in str(err) or attempt + 1 == _WRITE_ATTEMPTS:
+                raise
+            log.info("%s: another run wrote to it at the same time; trying again", table)
+    raise AssertionError("unreachable")

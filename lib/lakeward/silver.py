@@ -222,8 +222,6 @@ class _Batch:
     """Already in silver's ledger: its rows are read again, its counts not recorded again."""
     rows: int | None
     """The rows bronze's ledger records it wrote to the bronze table."""
-    ingested_at: datetime | None = None
-    """When the run the ledger names wrote the rows: their ``_ingested_at``, unless written again since."""
 
 
 @dataclass(frozen=True)
@@ -268,7 +266,7 @@ def _by_source(rows: Sequence[Row], dates: Mapping[str, Sequence[date]]) -> dict
     batches: dict[str, dict[str, _Batch]] = {source: {} for source, days in dates.items() if days}
     for row in rows:
         batches[row["source"]][row["batch_id"]] = _Batch(
-            row["arrival_date"], row["recorded"], row["rows_written"], row["ingested_at"]
+            row["arrival_date"], row["recorded"], row["rows_written"]
         )
     return batches
 
@@ -358,7 +356,7 @@ def _batches(spark: SparkSession, settings: Settings) -> DataFrame:
         .join(legacy, ["source", "arrival_date"], "left")
         .select(
             "source", "batch_id", "arrival_date",
-            (F.col("_by_id").isNotNull() | covered).alias("recorded"), "rows_written", "ingested_at",
+            (F.col("_by_id").isNotNull() | covered).alias("recorded"), "rows_written",
         )
     )
 
@@ -593,18 +591,21 @@ def dedupe(rows: DataFrame, prefer: Column | None = None, within: Sequence[str] 
     return rows.withColumn("_n", F.row_number().over(first)).filter("_n = 1").drop("_n")
 
 
-def one_copy_per_line(rows: DataFrame, recorded_at: Mapping[str, datetime | None]) -> DataFrame:
-    """One row per bronze line (``_batch_id``, ``_line_no``).
+def one_copy_per_line(rows: DataFrame, recorder: DataFrame) -> DataFrame:
+    """One row per bronze line (``_batch_id``, ``_line_no``) of ``rows``.
 
-    The copy kept is the one whose ``_ingested_at`` is the time ``recorded_at``
-    gives for its batch (that of the run bronze's ledger names, whose copy
-    stays), then the earliest.
+    ``recorder``: per batch (``_batch_id``), the ``ingested_at`` of its row in
+    bronze's ledger (``_recorded_at``). The copy kept is the one stamped with it
+    (that of the run the ledger names, whose copy stays in bronze), else the
+    earliest. The stamps are compared in Spark: a time sent from Python can come
+    back an hour off in a process whose ``TZ`` has daylight saving.
     """
-    entries = [x for batch, at in recorded_at.items() if at is not None for x in (F.lit(batch), F.lit(at))]
-    recorded = F.try_element_at(F.create_map(*entries), F.col("_batch_id")) if entries else F.lit(None)
-    recorded_copy = F.coalesce(recorded == F.col("_ingested_at"), F.lit(False))
+    recorded_copy = F.coalesce(F.col("_ingested_at") == F.col("_recorded_at"), F.lit(False))
     first = Window.partitionBy("_batch_id", "_line_no").orderBy(recorded_copy.desc(), "_ingested_at")
-    return rows.withColumn("_n", F.row_number().over(first)).filter("_n = 1").drop("_n")
+    return (
+        rows.join(F.broadcast(recorder), "_batch_id", "left")
+        .withColumn("_n", F.row_number().over(first)).filter("_n = 1").drop("_n", "_recorded_at")
+    )
 
 
 def quarantine_records(invalid: DataFrame, source: str, at: datetime) -> DataFrame:
@@ -914,19 +915,24 @@ def _write_source(
             keep = F.col("_batch_id").isNotNull()
             checked = cached.filter(keep & ~F.col("_batch_id").isin(named) if named else keep)
             arrivals = {batch: a for batch, a in arrivals.items() if batch in batches}
-        copied = {
-            batch_id: batches[batch_id].ingested_at for batch_id, a in arrivals.items()
+        copied = sorted(
+            batch_id for batch_id, a in arrivals.items()
             if batches[batch_id].rows is not None and a.rows_in > (batches[batch_id].rows or 0)
-        }
+        )
         if copied:
             # Two bronze runs that overlap on a cluster can both append a file; the one whose
             # ledger row lost takes its copy back, and this run read bronze in between.
             log.warning(
-                "silver %s: bronze holds %d batch(es) more than once, such as %s; "
-                "another bronze run is taking its copies back: each line is taken once",
-                source, len(copied), min(copied),
+                "silver %s: bronze holds %d batch(es) more than once, such as %s (copies of a bronze run "
+                "that overlapped the one that recorded them, which it removes, or the next run if it "
+                "died): each line is taken once",
+                source, len(copied), copied[0],
             )
-            checked = one_copy_per_line(checked, copied)
+            recorder = tables.read(spark, settings.table("ops_ingestion_batches")).filter(
+                F.col("batch_id").isin(copied)
+            ).select(F.col("batch_id").alias("_batch_id"), F.col("ingested_at").alias("_recorded_at"))
+            twice = F.coalesce(F.col("_batch_id").isin(copied), F.lit(False))
+            checked = checked.filter(~twice).unionByName(one_copy_per_line(checked.filter(twice), recorder))
             arrivals = _arrivals(checked)
         _require_bronze_rows(settings, source, batches, arrivals)
         if not arrivals:

@@ -690,19 +690,20 @@ def test_silver_leaves_the_rows_of_a_batch_bronze_has_not_recorded(
     assert "order_placed-20260301-died" not in {r[0] for r in batches}
 
 
-def test_silver_takes_each_line_once_while_another_bronze_run_takes_its_copies_back(
+def test_copies_of_a_batch_another_bronze_run_recorded_are_taken_once_and_then_removed(
     spark: SparkSession, base_settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Two bronze runs that overlap on a cluster can both append a file; the one whose ledger
-    row lost deletes its copy afterwards. A silver run in between reads both copies: it takes
-    each line once, counts it once, and keeps the copy of the run the ledger names."""
+    row lost deletes its copy afterwards, unless it dies first. A silver run that reads bronze
+    before that takes each line once, counts it once, and keeps the copy of the run the
+    ledger names; the next bronze run removes the copies of a run that died."""
     settings = isolated(base_settings, tmp_path)
     day = date(2026, 3, 1)
     generate(settings.landing_dir, seed=5, users=30, days=1, start=day, faults=FAULTS)
     pipeline.ensure_tables(spark, settings)
     pipeline.run_bronze(spark, settings, DateSelection(day))
-    for source in SOURCES:
-        name = settings.table(f"bronze_{source}")
+    names = [*(settings.table(f"bronze_{s}") for s in SOURCES), settings.table("bronze_quarantine")]
+    for name in names:
         # The losing run's copy, stamped a second earlier: the earlier copy is not the one to keep.
         tables.append(tables.read(spark, name).withColumn(
             "_ingested_at", F.col("_ingested_at") - F.expr("INTERVAL 1 SECOND")), name)
@@ -730,6 +731,19 @@ def test_silver_takes_each_line_once_while_another_bronze_run_takes_its_copies_b
         written = sum(r["rows_written"] for r in ledger if r["source"] == source)
         assert held.count() == written > 0 or source == "rating_submitted"  # none on the first day
     assert "bronze holds 1 batch(es) more than once" in caplog.text
+
+    with caplog.at_level(logging.WARNING, logger="lakeward.bronze"):
+        pipeline.run_bronze(spark, settings, DateSelection(day))
+    assert "line(s) of recorded batches held more than once" in caplog.text
+    rows = {name: tables.read(spark, name).select("_batch_id", "_ingested_at").collect() for name in names}
+    assert {(r[0], r[1]) for held in rows.values() for r in held} == {
+        (b, r["ingested_at"]) for b, r in ingested.items() if r["rows_written"] or r["rows_quarantined"]
+    }
+    assert len(rows[names[-1]]) == sum(r["rows_quarantined"] for r in ingested.values())
+    assert sum(len(rows[n]) for n in names[:-1]) == sum(r["rows_written"] for r in ingested.values())
+    pipeline.run_silver(spark, settings, DateSelection(day))
+    assert tables.read(spark, settings.table("ops_silver_batches")).count() == len(ledger)
+    assert tables.read(spark, settings.table("silver_quarantine")).count() == sum(refused.values())
 
 
 def test_a_batch_is_done_only_once_its_gate_results_are_recorded(

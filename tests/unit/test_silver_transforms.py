@@ -141,12 +141,16 @@ def test_one_copy_per_line_keeps_the_copy_of_the_recorded_run_then_the_earliest(
     rows = spark.createDataFrame(
         [("b1", 1, early, "x"), ("b1", 1, recorded, "kept"), ("b1", 1, late, "y"),
          ("b1", 2, late, "only"), ("b2", 1, late, "y"), ("b2", 1, early, "earliest"),
-         ("b3", 1, late, "y"), ("b3", 1, early, "ledger time unknown")],
+         ("b3", 1, late, "y"), ("b3", 1, early, "not in the ledger")],
         "_batch_id string, _line_no long, _ingested_at timestamp, tag string",
     )
-    kept = silver.one_copy_per_line(rows, {"b1": recorded, "b2": recorded, "b3": None})
+    recorder = spark.createDataFrame(
+        [("b1", recorded), ("b2", recorded)], "_batch_id string, _recorded_at timestamp"
+    )
+    kept = silver.one_copy_per_line(rows, recorder)
+    assert sorted(kept.columns) == sorted(rows.columns)
     assert sorted((r["_batch_id"], r["_line_no"], r["tag"]) for r in kept.collect()) == [
-        ("b1", 1, "kept"), ("b1", 2, "only"), ("b2", 1, "earliest"), ("b3", 1, "ledger time unknown"),
+        ("b1", 1, "kept"), ("b1", 2, "only"), ("b2", 1, "earliest"), ("b3", 1, "not in the ledger"),
     ]
 
 
