@@ -17,7 +17,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 from functools import partial, reduce
 from pathlib import Path
 from typing import Any, TypeVar
@@ -465,9 +465,10 @@ def find_lost(spark: SparkSession, settings: Settings) -> Restore:
     way leaves the same shortfall for the next run to find. A batch whose
     file is gone or changed cannot come back: its ledger row is set to the
     rows the tables still hold, with a warning, so it is not looked for again.
-    A table holding more rows than recorded is handled first: copies of
-    lines go (:func:`_remove_copies`), and the ledger records the rows of
-    files gone or changed (:func:`_record_held_rows_of_gone_files`).
+    A table holding more rows than recorded is handled first: the ledger
+    records the rows of files gone or changed
+    (:func:`_record_held_rows_of_gone_files`), then copies of a line go
+    (:func:`_remove_copies`).
     """
     # An older ledger's columns are renamed before anything here writes to it.
     _name_ledger_columns(spark, settings)
@@ -482,12 +483,15 @@ def find_lost(spark: SparkSession, settings: Settings) -> Restore:
     counts = tables.row_counts(spark, [*names.values(), quarantine])
     expected = _recorded_totals(recorded, names, quarantine)
     over = [name for name, rows in expected.items() if counts[name] > rows]
-    if over and _remove_copies(spark, settings, over):
-        counts = tables.row_counts(spark, [*names.values(), quarantine])
-        over = [name for name, rows in expected.items() if counts[name] > rows]
     if over:
-        recorded = _record_held_rows_of_gone_files(spark, settings, recorded, over)
+        found = _held_batches(spark, settings)
+        recorded = _record_held_rows_of_gone_files(spark, settings, recorded, over, found)
         expected = _recorded_totals(recorded, names, quarantine)
+        # After the recording: a batch of a gone file it just recorded may hold copies too.
+        known = {row["batch_id"] for row in recorded}
+        copied = [row["_batch_id"] for row in found if row["_batch_id"] in known and _has_copies(row)]
+        if copied and _remove_copies(spark, settings, copied):
+            counts = tables.row_counts(spark, [*names.values(), quarantine])
     short = sorted(name for name, rows in expected.items() if counts[name] < rows)
     if not short:
         return Restore(balanced=counts == expected)
@@ -535,8 +539,8 @@ def find_lost(spark: SparkSession, settings: Settings) -> Restore:
                    tuple(sorted({row["arrival_date"] for row in again})))
 
 
-def _remove_copies(spark: SparkSession, settings: Settings, names: Sequence[str]) -> bool:
-    """Keep one row of each line of a recorded batch in the tables ``names``; whether any line had copies.
+def _remove_copies(spark: SparkSession, settings: Settings, batches: Sequence[str]) -> bool:
+    """Keep one row of each line of recorded ``batches`` held more than once; whether any row went.
 
     Two runs that overlap on a cluster can both append a file: the one whose
     ledger row lost removes its copy (:func:`_take_back`), unless it died
@@ -544,40 +548,60 @@ def _remove_copies(spark: SparkSession, settings: Settings, names: Sequence[str]
     row's ``ingested_at`` stays, or else the earliest (a batch written again
     after a loss keeps its old ledger row, so no row of it has that stamp).
     The stamps are compared in Spark against the ledger read as a table, not
-    sent from Python. Batches the ledger does not record are left alone: a run
-    may be writing one now, and whichever run's ledger row gets in, the other
-    removes its own copy.
+    sent from Python. Only batches the ledger records are given: a run may be
+    writing another one now, and whichever run's ledger row gets in, the
+    other removes its own copy.
     """
-    recorder = tables.read(spark, settings.table("ops_ingestion_batches")).select(
-        F.col("batch_id").alias("_batch_id"), F.col("ingested_at").alias("_recorded_at")
+    ledger = tables.read(spark, settings.table("ops_ingestion_batches")).filter(
+        F.col("batch_id").isin(batches)
     )
+    recorder = ledger.select(F.col("batch_id").alias("_batch_id"), F.col("ingested_at").alias("_recorded_at"))
+    holding = {bronze_spec(settings, r["source"]).name for r in ledger.select("source").distinct().collect()}
+    removed = False
+    for name in [*sorted(holding), quarantine_spec(settings).name]:
+        # Retried whole: a commit in between may have changed which copies there are.
+        rows = _until_no_conflict(partial(_remove_copies_from, spark, name, recorder, batches), name)
+        if rows:
+            removed = True
+            log.warning("%s: %d row(s) of %d recorded batch(es) were copies of lines held by another run "
+                        "(a run that ingested them beside the run that recorded them has not removed "
+                        "them: it died, or is about to); removed", name, rows, len(batches))
+    return removed
+
+
+def _remove_copies_from(spark: SparkSession, name: str, recorder: DataFrame, batches: Sequence[str]) -> int:
+    """:func:`_remove_copies` in one table; the rows removed."""
     by_recorder = F.coalesce(F.col("_ingested_at") == F.col("_recorded_at"), F.lit(False))
-    found = False
-    for name in names:
-        copied = (
-            tables.read(spark, name).select("_batch_id", "_line_no", "_ingested_at")
-            .join(F.broadcast(recorder), "_batch_id")
-            .groupBy("_batch_id", "_line_no").agg(
-                F.count(F.lit(1)).alias("_rows"),
-                F.max(by_recorder).alias("_by_recorder"),
-                F.min("_ingested_at").alias("_earliest"),
-                F.first("_recorded_at").alias("_recorded_at"),
-            )
-            .filter(F.col("_rows") > 1)
-            .select("_batch_id", "_line_no",
-                    F.when(F.col("_by_recorder"), F.col("_recorded_at")).otherwise(F.col("_earliest"))
-                    .alias("_kept_at"))
-        ).localCheckpoint()
-        lines = copied.count()
-        if not lines:
-            continue
-        found = True
-        log.warning("%s: %d line(s) of recorded batches held more than once (a run that ingested them "
-                    "beside the run that recorded them has not removed its copy: it died, or is about "
-                    "to); one row of each is kept", name, lines)
-        others = "t._batch_id = s._batch_id AND t._line_no = s._line_no AND t._ingested_at <> s._kept_at"
-        _until_no_conflict(partial(_delete_matched, spark, name, copied, others), name)
-    return found
+    copied = (
+        tables.read(spark, name).filter(F.col("_batch_id").isin(batches))
+        .select("_batch_id", "_line_no", "_ingested_at")
+        .join(F.broadcast(recorder), "_batch_id")
+        .groupBy("_batch_id", "_line_no").agg(
+            F.max(by_recorder).alias("_by_recorder"),
+            F.min("_ingested_at").alias("_earliest"),
+            F.max("_ingested_at").alias("_latest"),
+            F.first("_recorded_at").alias("_recorded_at"),
+        )
+        # Copies with one stamp cannot be told apart, and are left.
+        .filter(F.col("_earliest") < F.col("_latest"))
+        .select("_batch_id", "_line_no",
+                F.when(F.col("_by_recorder"), F.col("_recorded_at")).otherwise(F.col("_earliest"))
+                .alias("_kept_at"))
+    ).localCheckpoint()
+    if copied.isEmpty():
+        return 0
+    others = "t._batch_id = s._batch_id AND t._line_no = s._line_no AND t._ingested_at <> s._kept_at"
+    metrics = (
+        DeltaTable.forName(spark, name).alias("t").merge(copied.alias("s"), others)
+        .whenMatchedDelete().execute().first()
+    )
+    return int(metrics["num_deleted_rows"]) if metrics is not None else 0
+
+
+def _has_copies(held: Row) -> bool:
+    """Whether a batch of :func:`_held_batches` holds some line more than once."""
+    written, quarantined = held["rows_written"], held["rows_quarantined"]
+    return written > held["lines_written"] or quarantined > held["lines_quarantined"]
 
 
 def _recorded_totals(
@@ -591,12 +615,45 @@ def _recorded_totals(
     return expected
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
 # A batch id as ``LandingFile.batch_id`` makes it: source, arrival date, start of the checksum.
 _BATCH_ID = re.compile(r"(?P<source>[a-z_]+)-(?P<day>\d{8})-[0-9a-f]{16}")
 
 
+def _held_batches(spark: SparkSession, settings: Settings) -> list[Row]:
+    """Per batch id, what the bronze tables and the quarantine hold of it; one query.
+
+    ``rows_*`` count rows, ``lines_*`` the distinct line numbers among them.
+    """
+    quarantine = quarantine_spec(settings).name
+    names = [bronze_spec(settings, source).name for source in SOURCES]
+    refused = F.col("table") == quarantine
+    return (
+        _rows_where(spark, [*names, quarantine], F.col("_batch_id").isNotNull(),
+                    "_source_file", "_ingested_at", "_line_no", _batch_source().alias("_source"))
+        .groupBy("_batch_id").agg(
+            F.collect_set("_arrival_date").alias("dates"),
+            F.count_if(F.col("_arrival_date").isNull()).alias("undated"),
+            F.count_if(F.col("_line_no").isNull()).alias("unnumbered"),
+            F.collect_set(F.when(~refused, F.col("table"))).alias("tables"),
+            F.collect_set(F.when(refused, F.col("_source"))).alias("refused_sources"),
+            F.count_if(~refused).alias("rows_written"),
+            F.count_if(refused).alias("rows_quarantined"),
+            F.count_distinct(F.when(~refused, F.col("_line_no"))).alias("lines_written"),
+            F.count_distinct(F.when(refused, F.col("_line_no"))).alias("lines_quarantined"),
+            F.min("_source_file").alias("path"),
+            # As a number: a time collected into Python can come back an hour off under a ``TZ``
+            # with daylight saving.
+            F.unix_micros(F.min("_ingested_at")).alias("ingested_us"),
+        )
+        .collect()
+    )
+
+
 def _record_held_rows_of_gone_files(
-    spark: SparkSession, settings: Settings, recorded: list[dict[str, Any]], over: Sequence[str]
+    spark: SparkSession, settings: Settings, recorded: list[dict[str, Any]], over: Sequence[str],
+    found: Sequence[Row],
 ) -> list[dict[str, Any]]:
     """Make the ledger record what bronze holds of batches whose landing file is gone or changed.
 
@@ -611,35 +668,22 @@ def _record_held_rows_of_gone_files(
     them (a batch it lacked gets a row without the file's size and checksum),
     and silver takes those it has not taken. Only rows as lakeward writes them
     count: a batch id of the form a landing file gives, its date the rows'
-    one arrival date, in its source's table and the quarantine. Returns
-    ``recorded`` with those rows set.
+    one arrival date, in its source's table and the quarantine, each with a
+    line number. A line held more than once counts once (copies of two runs
+    that died, :func:`_remove_copies`). ``found``: :func:`_held_batches`.
+    Returns ``recorded`` with those rows set.
     """
     ledger = settings.table("ops_ingestion_batches")
-    quarantine = quarantine_spec(settings).name
     tables_of = {bronze_spec(settings, source).name: source for source in SOURCES}
     names_of = {source: name for name, source in tables_of.items()}
     by_id = {row["batch_id"]: row for row in recorded}
-    found = (
-        _rows_where(spark, [*tables_of, quarantine], F.col("_batch_id").isNotNull(),
-                    "_source_file", "_ingested_at", _batch_source().alias("_source"))
-        .groupBy("_batch_id").agg(
-            F.collect_set("_arrival_date").alias("dates"),
-            F.count_if(F.col("_arrival_date").isNull()).alias("undated"),
-            F.collect_set(F.when(F.col("table") != quarantine, F.col("table"))).alias("tables"),
-            F.collect_set(F.when(F.col("table") == quarantine, F.col("_source"))).alias("refused_sources"),
-            F.count_if(F.col("table") != quarantine).alias("rows_written"),
-            F.count_if(F.col("table") == quarantine).alias("rows_quarantined"),
-            F.min("_source_file").alias("path"),
-            F.min("_ingested_at").alias("ingested_at"),
-        )
-        .collect()
-    )
 
     def as_written(row: Row) -> dict[str, Any] | None:
         """The ledger row of a batch whose rows lakeward wrote, as bronze holds them; else None."""
         parts = _BATCH_ID.fullmatch(row["_batch_id"])
         source = parts["source"] if parts else None
-        if parts is None or source not in SOURCES or len(row["dates"]) != 1 or row["undated"]:
+        if parts is None or source not in SOURCES or len(row["dates"]) != 1 or row["undated"] or (
+                row["unnumbered"]):
             return None
         [day] = row["dates"]
         if f"{day:%Y%m%d}" != parts["day"] or set(row["tables"]) - {names_of[source]} or (
@@ -647,9 +691,9 @@ def _record_held_rows_of_gone_files(
             return None
         return {
             "batch_id": row["_batch_id"], "source": source, "arrival_date": day, "path": row["path"],
-            "size": None, "checksum": None, "lines": row["rows_written"] + row["rows_quarantined"],
-            "rows_written": row["rows_written"], "rows_quarantined": row["rows_quarantined"],
-            "ingested_at": row["ingested_at"],
+            "size": None, "checksum": None, "lines": row["lines_written"] + row["lines_quarantined"],
+            "rows_written": row["lines_written"], "rows_quarantined": row["lines_quarantined"],
+            "ingested_at": _EPOCH + timedelta(microseconds=row["ingested_us"]),
         }
 
     def beyond_ledger(batch: Mapping[str, Any]) -> bool:
@@ -954,7 +998,8 @@ def _remove_unrecorded_rows(
         else:
             log.info("%s: removing the rows it still holds of batches written again from their landing files",
                      row["table"])
-        DeltaTable.forName(spark, row["table"]).delete(condition)
+        # A run of another day may be removing copies in the same files (:func:`_remove_copies`).
+        _until_no_conflict(partial(_delete, spark, row["table"], condition), row["table"])
 
 
 def _reconcile(files: Sequence[LandingFile], written: dict[str, int], quarantined: dict[str, int]) -> None:
