@@ -488,9 +488,11 @@ def find_lost(spark: SparkSession, settings: Settings) -> Restore:
         recorded = _record_held_rows_of_gone_files(spark, settings, recorded, over, found)
         expected = _recorded_totals(recorded, names, quarantine)
         # After the recording: a batch of a gone file it just recorded may hold copies too.
-        known = {row["batch_id"] for row in recorded}
-        copied = [row["_batch_id"] for row in found if row["_batch_id"] in known and _has_copies(row)]
-        if copied and _remove_copies(spark, settings, copied):
+        by_id = {row["batch_id"]: row for row in recorded}
+        copied = [row["_batch_id"] for row in found if _has_copies(row, by_id.get(row["_batch_id"]))]
+        if copied:
+            _remove_copies(spark, settings, copied)
+            # Also when another run removed them first.
             counts = tables.row_counts(spark, [*names.values(), quarantine])
     short = sorted(name for name, rows in expected.items() if counts[name] < rows)
     if not short:
@@ -539,8 +541,8 @@ def find_lost(spark: SparkSession, settings: Settings) -> Restore:
                    tuple(sorted({row["arrival_date"] for row in again})))
 
 
-def _remove_copies(spark: SparkSession, settings: Settings, batches: Sequence[str]) -> bool:
-    """Keep one row of each line of recorded ``batches`` held more than once; whether any row went.
+def _remove_copies(spark: SparkSession, settings: Settings, batches: Sequence[str]) -> None:
+    """Keep one row of each line of recorded ``batches`` held more than once.
 
     Two runs that overlap on a cluster can both append a file: the one whose
     ledger row lost removes its copy (:func:`_take_back`), unless it died
@@ -557,16 +559,19 @@ def _remove_copies(spark: SparkSession, settings: Settings, batches: Sequence[st
     )
     recorder = ledger.select(F.col("batch_id").alias("_batch_id"), F.col("ingested_at").alias("_recorded_at"))
     holding = {bronze_spec(settings, r["source"]).name for r in ledger.select("source").distinct().collect()}
-    removed = False
+    removed = 0
     for name in [*sorted(holding), quarantine_spec(settings).name]:
         # Retried whole: a commit in between may have changed which copies there are.
         rows = _until_no_conflict(partial(_remove_copies_from, spark, name, recorder, batches), name)
+        removed += rows
         if rows:
-            removed = True
             log.warning("%s: %d row(s) of %d recorded batch(es) were copies of lines held by another run "
                         "(a run that ingested them beside the run that recorded them has not removed "
                         "them: it died, or is about to); removed", name, rows, len(batches))
-    return removed
+    if not removed:
+        log.warning("bronze: %d recorded batch(es) hold lines more than once with one stamp (copied "
+                    "outside lakeward?), or another run removed the copies first; left as they are, "
+                    "such as %s", len(batches), min(batches))
 
 
 def _remove_copies_from(spark: SparkSession, name: str, recorder: DataFrame, batches: Sequence[str]) -> int:
@@ -598,10 +603,17 @@ def _remove_copies_from(spark: SparkSession, name: str, recorder: DataFrame, bat
     return int(metrics["num_deleted_rows"]) if metrics is not None else 0
 
 
-def _has_copies(held: Row) -> bool:
-    """Whether a batch of :func:`_held_batches` holds some line more than once."""
+def _has_copies(held: Row, recorded: Mapping[str, Any] | None) -> bool:
+    """Whether a recorded batch of :func:`_held_batches` holds a line more than once, beyond its ledger row.
+
+    A ledger row written before gone files were recorded by line may count a
+    copy; that batch keeps its copies rather than be reported short.
+    """
+    if recorded is None:
+        return False
     written, quarantined = held["rows_written"], held["rows_quarantined"]
-    return written > held["lines_written"] or quarantined > held["lines_quarantined"]
+    return (written > held["lines_written"] and written > (recorded["rows_written"] or 0)) or (
+        quarantined > held["lines_quarantined"] and quarantined > (recorded["rows_quarantined"] or 0))
 
 
 def _recorded_totals(
@@ -693,7 +705,8 @@ def _record_held_rows_of_gone_files(
             "batch_id": row["_batch_id"], "source": source, "arrival_date": day, "path": row["path"],
             "size": None, "checksum": None, "lines": row["lines_written"] + row["lines_quarantined"],
             "rows_written": row["lines_written"], "rows_quarantined": row["lines_quarantined"],
-            "ingested_at": _EPOCH + timedelta(microseconds=row["ingested_us"]),
+            "ingested_at": (None if row["ingested_us"] is None
+                            else _EPOCH + timedelta(microseconds=row["ingested_us"])),
         }
 
     def beyond_ledger(batch: Mapping[str, Any]) -> bool:
@@ -1089,11 +1102,6 @@ def record_batches(
 
 def _delete(spark: SparkSession, name: str, condition: Column) -> None:
     DeltaTable.forName(spark, name).delete(condition)
-
-
-def _delete_matched(spark: SparkSession, name: str, rows: DataFrame, condition: str) -> None:
-    """Delete the rows of table ``name`` (``t``) that match a row of ``rows`` (``s``) on ``condition``."""
-    DeltaTable.forName(spark, name).alias("t").merge(rows.alias("s"), condition).whenMatchedDelete().execute()
 
 
 # A write that meets another run's commit is tried again, at most this many times in all.
