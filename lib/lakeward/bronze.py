@@ -491,7 +491,8 @@ def find_lost(spark: SparkSession, settings: Settings) -> Restore:
         by_id = {row["batch_id"]: row for row in recorded}
         copied = [row["_batch_id"] for row in found if _has_copies(row, by_id.get(row["_batch_id"]))]
         if copied:
-            _remove_copies(spark, settings, copied)
+            holding = sorted({names[by_id[batch]["source"]] for batch in copied})
+            _remove_copies(spark, settings, [*holding, quarantine], copied)
             # Also when another run removed them first.
             counts = tables.row_counts(spark, [*names.values(), quarantine])
     short = sorted(name for name, rows in expected.items() if counts[name] < rows)
@@ -541,8 +542,10 @@ def find_lost(spark: SparkSession, settings: Settings) -> Restore:
                    tuple(sorted({row["arrival_date"] for row in again})))
 
 
-def _remove_copies(spark: SparkSession, settings: Settings, batches: Sequence[str]) -> None:
-    """Keep one row of each line of recorded ``batches`` held more than once.
+def _remove_copies(
+    spark: SparkSession, settings: Settings, holding: Sequence[str], batches: Sequence[str]
+) -> None:
+    """Keep one row of each line of recorded ``batches`` held more than once in the tables ``holding``.
 
     Two runs that overlap on a cluster can both append a file: the one whose
     ledger row lost removes its copy (:func:`_take_back`), unless it died
@@ -554,13 +557,11 @@ def _remove_copies(spark: SparkSession, settings: Settings, batches: Sequence[st
     writing another one now, and whichever run's ledger row gets in, the
     other removes its own copy.
     """
-    ledger = tables.read(spark, settings.table("ops_ingestion_batches")).filter(
+    recorder = tables.read(spark, settings.table("ops_ingestion_batches")).filter(
         F.col("batch_id").isin(batches)
-    )
-    recorder = ledger.select(F.col("batch_id").alias("_batch_id"), F.col("ingested_at").alias("_recorded_at"))
-    holding = {bronze_spec(settings, r["source"]).name for r in ledger.select("source").distinct().collect()}
+    ).select(F.col("batch_id").alias("_batch_id"), F.col("ingested_at").alias("_recorded_at"))
     removed = 0
-    for name in [*sorted(holding), quarantine_spec(settings).name]:
+    for name in holding:
         # Retried whole: a commit in between may have changed which copies there are.
         rows = _until_no_conflict(partial(_remove_copies_from, spark, name, recorder, batches), name)
         removed += rows

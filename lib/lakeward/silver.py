@@ -917,7 +917,7 @@ def _write_source(
             arrivals = {batch: a for batch, a in arrivals.items() if batch in batches}
         copied = sorted(
             batch_id for batch_id, a in arrivals.items()
-            if batches[batch_id].rows is not None and a.rows_in > (batches[batch_id].rows or 0)
+            if (recorded_rows := batches[batch_id].rows) is not None and a.rows_in > recorded_rows
         )
         if copied:
             # Two bronze runs that overlap on a cluster can both append a file; the one whose
