@@ -45,16 +45,7 @@ def base_settings(data_root: Path) -> Settings:
         "spark.sql.ui.retainedExecutions": "100", "spark.ui.retainedJobs": "100",
         "spark.ui.retainedStages": "100", "spark.ui.retainedTasks": "2000",
     })
-    # Two test processes share two cores, and in a test of tiny tables the JIT compilers take
-    # about 60% of the JVM's CPU (C2 alone 48%), the tasks under 10%. C1 alone compiles far less
-    # for code that runs a little slower: two property tests side by side took 231 and 243 s
-    # against 299 and 318 s. C1 alone gets a 48 MB code cache by default, which a long test
-    # process fills ("Out of space in CodeCache"); hence the larger one (docs/BENCHMARKS.md,
-    # "Test suite").
-    jit = ["-XX:TieredStopAtLevel=1", "-XX:ReservedCodeCacheSize=512m"]
-    spark_settings = settings.spark.model_copy(update={
-        "master": "local[2]", "conf": conf, "driver_java_options": [*settings.spark.driver_java_options, *jit],
-    })
+    spark_settings = settings.spark.model_copy(update={"master": "local[2]", "conf": conf})
     return settings.model_copy(update={"spark": spark_settings})
 
 
