@@ -65,6 +65,8 @@ _raised_by_canceller = False
 # KeyboardInterrupt reaches the main thread, and would break a count kept there.
 _running = 0
 _task_ended = threading.Condition()
+# The longest the main thread waits in one call, so a signal is handled in time.
+_HANDLER_DELAY = 0.1
 
 
 class Interrupted(Exception):
@@ -108,8 +110,13 @@ def settle(timeout: float = 300.0) -> bool:
         return True
     with _lock:
         _settling = True
+    deadline = time.monotonic() + timeout
     with _task_ended:
-        ended = _task_ended.wait_for(lambda: _running == 0, timeout)
+        # In short waits: a signal the kernel handed to another thread runs its handler
+        # only once the main thread runs Python again, and a second Ctrl-C must not wait.
+        while _running and (left := deadline - time.monotonic()) > 0:
+            _task_ended.wait(min(left, _HANDLER_DELAY))
+        ended = _running == 0
     if not ended:
         log.warning("not waiting any longer for the work still running")
     return ended
