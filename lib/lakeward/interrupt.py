@@ -38,6 +38,7 @@ import signal
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import FrameType
@@ -65,6 +66,7 @@ _raised_by_canceller = False
 # KeyboardInterrupt reaches the main thread, and would break a count kept there.
 _running = 0
 _task_ended = threading.Condition()
+_pools: weakref.WeakSet[_Pool] = weakref.WeakSet()
 # The longest the main thread waits in one call, so a signal is handled in time.
 _HANDLER_DELAY = 0.1
 
@@ -74,17 +76,22 @@ class Interrupted(Exception):
 
 
 class _Pool(ThreadPoolExecutor):
+    # Set by settle(), and kept: finish() forgets the request, and a task a pool
+    # thread had taken off its queue would otherwise start after the command ended.
+    stopped = False
+
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-        return super().submit(_counted, fn, *args, **kwargs)
+        return super().submit(_counted, self, fn, *args, **kwargs)
 
 
-def _counted(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+def _counted(pool: _Pool, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     # Counted before the check: once settle() reads 0, a task that starts after does not run.
     global _running
     with _task_ended:
         _running += 1
+        stopped = pool.stopped
     try:
-        if _requested.is_set():
+        if stopped or _requested.is_set():
             raise Interrupted("not started: interrupted")
         return fn(*args, **kwargs)
     finally:
@@ -95,7 +102,20 @@ def _counted(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 
 def pool(max_workers: int) -> ThreadPoolExecutor:
     """A thread pool for Spark work side by side, whose tasks :func:`settle` waits for."""
-    return _Pool(max_workers=max_workers, thread_name_prefix="lakeward-pool")
+    started = _Pool(max_workers=max_workers, thread_name_prefix="lakeward-pool",
+                    initializer=leave_signals_to_main)
+    _pools.add(started)
+    return started
+
+
+def leave_signals_to_main() -> None:
+    """Block SIGINT and SIGTERM in the calling thread, one lakeward started.
+
+    The kernel hands a signal sent to the process to any thread that does not
+    block it, and Python runs the handler only in the main thread, once that
+    thread runs Python again: a main thread waiting for this one would not learn of it.
+    """
+    signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
 
 
 def settle(timeout: float = 300.0) -> bool:
@@ -112,6 +132,8 @@ def settle(timeout: float = 300.0) -> bool:
         _settling = True
     deadline = time.monotonic() + timeout
     with _task_ended:
+        for stopping in list(_pools):
+            stopping.stopped = True
         # In short waits: a signal the kernel handed to another thread runs its handler
         # only once the main thread runs Python again, and a second Ctrl-C must not wait.
         while _running and (left := deadline - time.monotonic()) > 0:
@@ -226,6 +248,7 @@ def _on_interrupt(spark: Any, frame: FrameType | None, signum: int = signal.SIGI
 def _cancel(spark: Any, raised: bool) -> None:
     """Cancel every job until the command ends; raise in the main thread once it is out of the JVM."""
     global _raised_by_canceller
+    leave_signals_to_main()
     main = threading.main_thread().ident
     while _requested.is_set():
         try:

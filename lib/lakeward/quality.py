@@ -37,7 +37,7 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
-from lakeward import tables
+from lakeward import interrupt, tables
 from lakeward.config import ConfigError, Settings, read_yaml
 
 log = logging.getLogger(__name__)
@@ -215,7 +215,12 @@ def preload() -> None:
     later starts it first, so it overlaps with Spark work the JVM is doing.
     Not a daemon: interrupting an import at interpreter exit can crash it.
     """
-    threading.Thread(target=_gx, name="preload-great-expectations").start()
+    threading.Thread(target=_preload, name="preload-great-expectations").start()
+
+
+def _preload() -> None:
+    interrupt.leave_signals_to_main()
+    _gx()
 
 
 @lru_cache(maxsize=1)

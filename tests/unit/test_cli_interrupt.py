@@ -252,3 +252,30 @@ def test_a_second_ctrl_c_another_thread_received_ends_the_command_at_once(tmp_pa
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == EXIT_INTERRUPTED, done.stderr
     assert done.stderr.splitlines()[-1] == "lakeward: interrupted"
+
+
+def test_pool_threads_leave_ctrl_c_to_the_main_thread() -> None:
+    # Blocked there, a signal sent to the process reaches a thread that can act on it.
+    with interrupt.pool(1) as pool:
+        blocked = pool.submit(signal.pthread_sigmask, signal.SIG_BLOCK, []).result()
+    assert {signal.SIGINT, signal.SIGTERM} <= blocked
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
+
+def test_a_task_taken_from_the_queue_after_settle_does_not_start() -> None:
+    # finish() forgets the request once the command ends; the pools settle() stopped stay stopped.
+    ran: list[int] = []
+    with interrupt.pool(1) as pool:
+        interrupt._requested.set()
+        try:
+            assert interrupt.settle(timeout=5)
+        finally:
+            interrupt.finish()
+        assert not interrupt.requested()
+        late = pool.submit(ran.append, 1)
+        with pytest.raises(interrupt.Interrupted):
+            late.result()
+    assert ran == []
+    with interrupt.pool(1) as pool:  # a new command's pool runs its tasks
+        pool.submit(ran.append, 2).result()
+    assert ran == [2]
