@@ -24,8 +24,9 @@ from pathlib import Path
 from lakeward.config import HOME_VAR, ConfigError, Settings
 
 LOCK_NAME = "lakeward.lock"
-# Seconds the JVM of the lakeward command before may take to close the catalog.
-DERBY_RELEASE_WAIT = 20.0
+# Seconds the JVM of the lakeward command before may take to close the catalog: its
+# shutdown (Spark's hooks, Derby) takes seconds, and tens of them on a loaded machine.
+DERBY_RELEASE_WAIT = 60.0
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,8 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 SPARK_BIN = Path(pyspark.__file__).parent / "bin"
 DAY = date(2026, 3, 2)
-START_TIMEOUT_S = 120
+# Each daemon is two JVMs (the launcher, then the master or worker): minutes on a loaded machine.
+START_TIMEOUT_S = 300
 
 
 def _free_port() -> int:

@@ -335,15 +335,28 @@ def test_a_table_another_run_is_creating_on_a_shared_catalog_is_used_not_removed
     DeltaTable.createIfNotExists(spark).location(str(location)).addColumns(spec.schema).execute()
     first_commit = location / "_delta_log" / "00000000000000000000.json"
     written = first_commit.stat().st_ino, first_commit.stat().st_mtime_ns
-    registering = threading.Timer(
-        3.0, lambda: spark.catalog.createTable(spec.name, path=str(location), source="delta")
-    )
-    registering.start()
+    registering: list[threading.Timer] = []
+    seconds_since_written = tables._seconds_since_written
+
+    def registered_while_waited_for(path: Path) -> float:
+        # The other run registers its table once this one waits for it, however
+        # long this one took to get there.
+        if not registering:
+            registering.append(threading.Timer(
+                1.0, lambda: spark.catalog.createTable(spec.name, path=str(location), source="delta")
+            ))
+            registering[0].start()
+        return seconds_since_written(path)
+
+    monkeypatch.setattr(tables, "_seconds_since_written", registered_while_waited_for)
     try:
         with caplog.at_level("INFO", logger="lakeward.tables"):
             tables.ensure_tables(spark, [spec])
     finally:
-        registering.join()
+        for timer in registering:
+            timer.join()
+    assert registering, "did not wait for the other run"
+    monkeypatch.setattr(tables, "_seconds_since_written", seconds_since_written)
     assert f"{spec.name}: created by another run at the same time" in caplog.text
     assert "creating it again" not in caplog.text
     assert (first_commit.stat().st_ino, first_commit.stat().st_mtime_ns) == written

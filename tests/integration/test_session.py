@@ -194,7 +194,7 @@ def test_a_running_session_without_delta_is_refused(tmp_path: Path) -> None:
         except ConfigError as err:
             print("refused:", err)
     """)
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
                          cwd=tmp_path, env={**os.environ, "PYSPARK_PYTHON": sys.executable})
     assert run.returncode == 0, run.stderr[-3000:]
     assert "refused: a Spark session without Delta's extension and catalog is already running" in run.stdout

@@ -144,7 +144,14 @@ def test_ctrl_c_as_the_command_ends_changes_nothing(
         ending = threading.Thread(target=time.sleep, args=(2,))
         ending.start()
         interrupt._cancellers.append(ending)
-        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+
+        def press_as_it_ends() -> None:  # once finish() has begun, while it waits for that thread
+            deadline = time.monotonic() + 60
+            while not interrupt._finished and time.monotonic() < deadline:
+                time.sleep(0.01)
+            os.kill(os.getpid(), signal.SIGINT)
+
+        threading.Thread(target=press_as_it_ends, daemon=True).start()
         return 0
 
     monkeypatch.setattr(cli, "_dispatch", dispatch)
@@ -204,7 +211,7 @@ def test_a_second_ctrl_c_ends_the_command_at_once(tmp_path: Path) -> None:
     # The timeout only keeps a hang from stalling the suite: without the second
     # Ctrl-C the command waits ten minutes for its work.
     done = subprocess.run([sys.executable, "-c", _PRESSED_TWICE], env=env, capture_output=True,
-                          text=True, timeout=300, check=False)
+                          text=True, timeout=600, check=False)
     assert done.returncode == EXIT_INTERRUPTED, done.stderr
     assert done.stderr.splitlines()[-1] == "lakeward: interrupted"
     assert "Traceback" not in done.stderr
