@@ -180,8 +180,11 @@ from lakeward import cli, interrupt
 from lakeward.session import get_spark
 
 def dispatch(args, settings):
-    interrupt.stop_on_interrupt(get_spark(settings))
+    interrupt.stop_on_interrupt({session})
     started = threading.Event()
+    # Neither lakeward's nor waited for: the kernel may hand it a signal sent to the process.
+    bystander = threading.Thread(target=time.sleep, args=(600,), daemon=True)
+    bystander.start()
 
     def ignores_cancelling():  # Python work, which no cancelled job ends
         started.set()
@@ -193,7 +196,7 @@ def dispatch(args, settings):
         while not interrupt.requested():  # two signals before the handler runs are one press
             time.sleep(0.01)
         time.sleep(1)
-        os.kill(os.getpid(), signal.SIGINT)
+        {second_press}
 
     threading.Thread(target=press_twice, daemon=True).start()
     with interrupt.pool(1) as pool:
@@ -205,60 +208,26 @@ sys.exit(cli.main(["sql", "SELECT 1"]))
 """
 
 
-def test_a_second_ctrl_c_ends_the_command_at_once(tmp_path: Path) -> None:
+# Without the second Ctrl-C the command waits five minutes for its work (settle's
+# timeout), then ends with the same code and line: a timeout tells.
+@pytest.mark.parametrize(("session", "second_press", "timeout"), [
+    # A new JVM and the Delta jars on a new data root: only against a hang.
+    ("get_spark(settings)", "os.kill(os.getpid(), signal.SIGINT)", 600),
+    # Before, the main thread learnt of this one only when the work it waited for ended:
+    # the signal did not wake it. No Spark here (no job to cancel): seconds.
+    ("object()", "signal.pthread_kill(bystander.ident, signal.SIGINT)", 120),
+], ids=["to the process", "to another thread"])
+def test_a_second_ctrl_c_ends_the_command_at_once(
+    tmp_path: Path, session: str, second_press: str, timeout: int
+) -> None:
     env = {**os.environ, "LAKEWARD_HOME": str(tmp_path)}
     env.pop("LAKEWARD_ENV", None)
-    # The timeout only keeps a hang from stalling the suite: without the second
-    # Ctrl-C the command waits ten minutes for its work.
-    done = subprocess.run([sys.executable, "-c", _PRESSED_TWICE], env=env, capture_output=True,
-                          text=True, timeout=600, check=False)
+    script = _PRESSED_TWICE.format(session=session, second_press=second_press)
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          text=True, timeout=timeout, check=False)
     assert done.returncode == EXIT_INTERRUPTED, done.stderr
     assert done.stderr.splitlines()[-1] == "lakeward: interrupted"
     assert "Traceback" not in done.stderr
-
-
-_SECOND_PRESS_IN_ANOTHER_THREAD = """
-import os, signal, sys, threading, time
-from lakeward import cli, interrupt
-
-def dispatch(args, settings):
-    interrupt.stop_on_interrupt(object())  # no Spark: no job to cancel
-    started = threading.Event()
-    bystander = threading.Thread(target=time.sleep, args=(600,), daemon=True)
-    bystander.start()
-
-    def ignores_cancelling():
-        started.set()
-        time.sleep(600)
-
-    def press_twice():
-        started.wait()
-        os.kill(os.getpid(), signal.SIGINT)
-        while not interrupt.requested():
-            time.sleep(0.01)
-        time.sleep(0.5)
-        # The kernel hands a signal sent to the process to any thread that does not block it.
-        signal.pthread_kill(bystander.ident, signal.SIGINT)
-
-    threading.Thread(target=press_twice, daemon=True).start()
-    with interrupt.pool(1) as pool:
-        pool.submit(ignores_cancelling)
-    return 0
-
-cli._dispatch = dispatch
-sys.exit(cli.main(["sql", "SELECT 1"]))
-"""
-
-
-def test_a_second_ctrl_c_another_thread_received_ends_the_command_at_once(tmp_path: Path) -> None:
-    # Before, the main thread learnt of it only when the work it waited for ended
-    # (or after five minutes): the signal did not wake it.
-    env = {**os.environ, "LAKEWARD_HOME": str(tmp_path)}
-    env.pop("LAKEWARD_ENV", None)
-    done = subprocess.run([sys.executable, "-c", _SECOND_PRESS_IN_ANOTHER_THREAD], env=env,
-                          capture_output=True, text=True, timeout=120, check=False)
-    assert done.returncode == EXIT_INTERRUPTED, done.stderr
-    assert done.stderr.splitlines()[-1] == "lakeward: interrupted"
 
 
 def test_pool_threads_leave_ctrl_c_to_the_main_thread() -> None:
