@@ -101,10 +101,16 @@ def _counted(pool: _Pool, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> 
 
 
 def pool(max_workers: int) -> ThreadPoolExecutor:
-    """A thread pool for Spark work side by side, whose tasks :func:`settle` waits for."""
+    """A thread pool for Spark work side by side, whose tasks :func:`settle` waits for.
+
+    Its threads block SIGINT and SIGTERM (:func:`leave_signals_to_main`), and a
+    process started from one of them begins with both blocked: start Spark
+    and other processes from the main thread.
+    """
     started = _Pool(max_workers=max_workers, thread_name_prefix="lakeward-pool",
                     initializer=leave_signals_to_main)
-    _pools.add(started)
+    with _task_ended:  # pool threads open pools too, while settle() may be walking them
+        _pools.add(started)
     return started
 
 
@@ -115,7 +121,8 @@ def leave_signals_to_main() -> None:
     block it, and Python runs the handler only in the main thread, once that
     thread runs Python again: a main thread waiting for this one would not learn of it.
     """
-    signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+    if hasattr(signal, "pthread_sigmask"):  # not on Windows, where no other thread gets them
+        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
 
 
 def settle(timeout: float = 300.0) -> bool:

@@ -140,22 +140,30 @@ def test_ctrl_c_as_the_command_ends_changes_nothing(
 
     def dispatch(args: Any, settings: Any) -> int:
         interrupt.stop_on_interrupt(spark)
-        # A thread the ending command waits for, as it waits for the cancelling one.
-        ending = threading.Thread(target=time.sleep, args=(2,))
+        # A thread the ending command waits for, as it waits for the cancelling one,
+        # until Ctrl-C has been pressed: the handler is still lakeward's then.
+        pressed = threading.Event()
+        ending = threading.Thread(target=pressed.wait, args=(60,))
         ending.start()
         interrupt._cancellers.append(ending)
 
-        def press_as_it_ends() -> None:  # once finish() has begun, while it waits for that thread
-            deadline = time.monotonic() + 60
-            while not interrupt._finished and time.monotonic() < deadline:
+        def press_as_it_ends() -> None:  # once finish() has begun putting the handlers back
+            deadline = time.monotonic() + 30
+            while not interrupt._restoring and time.monotonic() < deadline:
                 time.sleep(0.01)
-            os.kill(os.getpid(), signal.SIGINT)
+            if interrupt._restoring:  # else pytest's own handler would get it
+                os.kill(os.getpid(), signal.SIGINT)
+                sent.append(True)
+                time.sleep(0.5)  # for the handler to have run
+            pressed.set()
 
         threading.Thread(target=press_as_it_ends, daemon=True).start()
         return 0
 
+    sent: list[bool] = []
     monkeypatch.setattr(cli, "_dispatch", dispatch)
     assert main(["sql", "SELECT 1"]) == 0
+    assert sent == [True]
     assert interrupt.handlers() == before
 
 
