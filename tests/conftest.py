@@ -7,6 +7,7 @@ test depends on another test's tables.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,20 @@ silence_pyspark_error_logs()
 
 # A fixed test key so pseudonymized values are reproducible inside the run.
 os.environ.setdefault("LAKEWARD_PII_KEY", "test-key-0123456789abcdef-not-a-secret")
+
+
+def pytest_report_header() -> str:
+    """How fast this machine runs plain Python today, at the top of every run's log.
+
+    The same tests have taken 16 and 57 minutes on machines of the same size
+    (docs/BENCHMARKS.md, "Test suite"); this number tells a slower machine from
+    slower code when two logs are compared.
+    """
+    started = time.perf_counter()
+    total = 0
+    for i in range(5_000_000):
+        total += i
+    return f"machine speed: 5M Python additions in {time.perf_counter() - started:.2f} s"
 
 
 @pytest.fixture(scope="session")
