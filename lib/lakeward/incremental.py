@@ -644,11 +644,28 @@ def _needed_rows(
     earliest: date,
     as_of: date,
 ) -> list[DataFrame]:
-    """The pinned silver rows of the ``touched`` days, or with a delta dated ``earliest..as_of``; cached."""
-    return [
-        df.filter(touched | _relevant(earliest, as_of, spans)).persist()
-        for df, spans in zip(_read_pinned(spark, names, versions), _delta_spans(settings), strict=True)
-    ]
+    """The pinned silver rows of the ``touched`` days, or with a delta dated ``earliest..as_of``; cached.
+
+    ``persist`` plans its query at once, and planning a Delta scan is driver
+    work with a file-filtering job of its own: the three tables are planned
+    side by side.
+    """
+
+    def pinned(name: str, spans: Sequence[int]) -> DataFrame:
+        df = tables.read(spark, names[name], version=versions[names[name]])
+        return df.filter(touched | _relevant(earliest, as_of, spans)).persist()
+
+    with interrupt.pool(len(SILVER_EVENTS)) as pool:
+        planned = [
+            pool.submit(pinned, name, spans)
+            for name, spans in zip(SILVER_EVENTS, _delta_spans(settings), strict=True)
+        ]
+    cached = [future.result() for future in planned if future.exception() is None]
+    if len(cached) < len(planned):
+        for df in cached:
+            df.unpersist()
+        next(future for future in planned if future.exception() is not None).result()
+    return cached
 
 
 def _delta_spans(settings: Settings) -> tuple[Sequence[int], ...]:
