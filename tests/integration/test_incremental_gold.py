@@ -518,6 +518,29 @@ def test_a_commit_note_is_set_only_inside_its_block(spark: SparkSession) -> None
         spark.conf.unset(conf)
 
 
+def test_the_cached_silver_reads_are_released_when_one_of_them_fails(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = _settings(base_settings, tmp_path)
+    silver.ensure_tables(spark, settings)
+    names = {logical: settings.table(logical) for logical in incremental.SILVER_EVENTS}
+    versions = {name: tables.current_version(spark, name) for name in names.values()}
+    versions[names["silver_ratings"]] = versions[names["silver_ratings"]] + 5  # not written yet
+    frame_class = type(spark.range(0))
+    persisted: list[DataFrame] = []
+    persist = frame_class.persist
+
+    def recording_persist(df: DataFrame, *args: object, **kwargs: object) -> DataFrame:
+        persisted.append(df)
+        return persist(df, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(frame_class, "persist", recording_persist)
+    with pytest.raises(Exception, match="(?i)version"):
+        incremental._needed_rows(spark, settings, names, versions, F.lit(False), START, START)
+    assert len(persisted) == 2, "the reads of the other two tables were cached"
+    assert not any(df.is_cached for df in persisted), "and released again"
+
+
 @pytest.mark.parametrize("change", ["event deleted", "arrival moved later", "user changed"])
 def test_a_change_in_silver_other_than_an_arrival_moved_back_recomputes_in_full(
     spark: SparkSession, base_settings: Settings, tmp_path: Path, change: str,
