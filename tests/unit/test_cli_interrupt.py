@@ -183,9 +183,22 @@ def test_a_signal_after_the_command_does_what_python_would(tmp_path: Path) -> No
 
 
 _PRESSED_TWICE = """
-import os, signal, sys, threading, time
+import faulthandler, os, shutil, signal, subprocess, sys, threading, time
 from lakeward import cli, interrupt
 from lakeward.session import get_spark
+
+# Should the command hang, the stacks of every Python thread and of the JVM say where.
+faulthandler.dump_traceback_later({dump_after}, exit=False)
+
+def dump_jvm_threads():
+    interrupt.leave_signals_to_main()
+    time.sleep({dump_after})
+    children = subprocess.run(["pgrep", "-P", str(os.getpid())], capture_output=True, text=True).stdout
+    for pid in children.split():
+        subprocess.run([shutil.which("jcmd") or "jcmd", pid, "Thread.print"], stdout=sys.stderr,
+                       stderr=sys.stderr, timeout=60, check=False)
+
+threading.Thread(target=dump_jvm_threads, daemon=True).start()
 
 def dispatch(args, settings):
     interrupt.stop_on_interrupt({session})
@@ -230,9 +243,13 @@ def test_a_second_ctrl_c_ends_the_command_at_once(
 ) -> None:
     env = {**os.environ, "LAKEWARD_HOME": str(tmp_path)}
     env.pop("LAKEWARD_ENV", None)
-    script = _PRESSED_TWICE.format(session=session, second_press=second_press)
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                          text=True, timeout=timeout, check=False)
+    script = _PRESSED_TWICE.format(session=session, second_press=second_press, dump_after=timeout - 60)
+    try:
+        done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                              text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as hung:
+        said = hung.stderr.decode(errors="replace") if isinstance(hung.stderr, bytes) else hung.stderr
+        pytest.fail(f"still running after {timeout} s; its stderr, with its threads' stacks:\n{said}")
     assert done.returncode == EXIT_INTERRUPTED, done.stderr
     assert done.stderr.splitlines()[-1] == "lakeward: interrupted"
     assert "Traceback" not in done.stderr
