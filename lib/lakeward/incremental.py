@@ -406,7 +406,14 @@ def _change_feed(
 def _read_pinned(
     spark: SparkSession, names: Mapping[str, str], versions: Mapping[str, int]
 ) -> list[DataFrame]:
-    return [tables.read(spark, names[name], version=versions[names[name]]) for name in SILVER_EVENTS]
+    return [_read_pinned_table(spark, names, versions, name) for name in SILVER_EVENTS]
+
+
+def _read_pinned_table(
+    spark: SparkSession, names: Mapping[str, str], versions: Mapping[str, int], logical: str
+) -> DataFrame:
+    """Silver table ``logical`` at the version this run pinned."""
+    return tables.read(spark, names[logical], version=versions[names[logical]])
 
 
 def _latest(*days: date | None) -> date | None:
@@ -652,7 +659,7 @@ def _needed_rows(
     """
 
     def pinned(name: str, spans: Sequence[int]) -> DataFrame:
-        df = tables.read(spark, names[name], version=versions[names[name]])
+        df = _read_pinned_table(spark, names, versions, name)
         return df.filter(touched | _relevant(earliest, as_of, spans)).persist()
 
     with interrupt.pool(len(SILVER_EVENTS)) as pool:
