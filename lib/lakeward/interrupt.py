@@ -40,7 +40,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from types import FrameType
 from typing import Any
 
@@ -81,7 +81,44 @@ class _Pool(ThreadPoolExecutor):
     stopped = False
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-        return super().submit(_counted, self, fn, *args, **kwargs)
+        future = super().submit(_counted, self, fn, *args, **kwargs)
+        future.__class__ = _SlicedFuture
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        super().shutdown(wait=False, cancel_futures=cancel_futures)
+        if wait:
+            for thread in list(self._threads):
+                while thread.is_alive():
+                    thread.join(_HANDLER_DELAY)
+
+
+class _SlicedFuture(Future[Any]):
+    """A pool task's future whose waits end every :data:`_HANDLER_DELAY` seconds and go on.
+
+    The kernel may hand a signal sent to the process to a thread other than
+    the main one (one that does not block it: not lakeward's). Python then runs
+    the handler only when the main thread next runs Python, which a wait
+    without a timeout (``result()``, a pool's ``shutdown``) puts off until
+    the task ends: Ctrl-C would do nothing while a task runs.
+    """
+
+    def result(self, timeout: float | None = None) -> Any:
+        _wait_in_slices(self, timeout)
+        return super().result(None if self.done() else 0)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        _wait_in_slices(self, timeout)
+        return super().exception(None if self.done() else 0)
+
+
+def _wait_in_slices(future: Future[Any], timeout: float | None) -> None:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while not future.done():
+        left = _HANDLER_DELAY if deadline is None else min(_HANDLER_DELAY, deadline - time.monotonic())
+        if left <= 0:
+            return
+        wait([future], timeout=left)
 
 
 def _counted(pool: _Pool, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
