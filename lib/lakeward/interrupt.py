@@ -82,7 +82,7 @@ class _Pool(ThreadPoolExecutor):
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         future = super().submit(_counted, self, fn, *args, **kwargs)
-        future.__class__ = _SlicedFuture
+        future.__class__ = _SlicedFuture  # the executor makes the future itself: only its class can change
         return future
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
