@@ -40,7 +40,8 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for
 from types import FrameType
 from typing import Any
 
@@ -118,7 +119,7 @@ def _wait_in_slices(future: Future[Any], timeout: float | None) -> None:
         left = _HANDLER_DELAY if deadline is None else min(_HANDLER_DELAY, deadline - time.monotonic())
         if left <= 0:
             return
-        wait([future], timeout=left)
+        wait_for([future], timeout=left)
 
 
 def _counted(pool: _Pool, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
