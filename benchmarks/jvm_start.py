@@ -43,7 +43,7 @@ def _conf(root: Path, name: str, replacements: dict[str, str]) -> Path:
 def _timed(env: dict[str, str], conf: Path, query: str) -> float:
     started = time.perf_counter()
     result = subprocess.run(
-        [sys.executable, "-m", "lakeward.cli", "sql", query],
+        [sys.executable, "-m", "lakeward", "sql", query],
         env={**env, "LAKEWARD_CONF_DIR": str(conf)}, capture_output=True, text=True, check=False,
     )
     elapsed = time.perf_counter() - started

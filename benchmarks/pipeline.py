@@ -120,7 +120,7 @@ def main() -> None:
           file=sys.stderr)
 
     env = dict(os.environ, LAKEWARD_ENV="local", LAKEWARD_PII_KEY="benchmark-key-0123456789abcdef")
-    lakeward = [sys.executable, "-m", "lakeward.cli", "run", "all", "--all-dates"]
+    lakeward = [sys.executable, "-m", "lakeward", "run", "all", "--all-dates"]
     results: dict[str, list[tuple[float, int]]] = {"floor": [], "pipeline": []}
     for run in range(args.runs):
         for variant, command in (("floor", [sys.executable, "-c", FLOOR]), ("pipeline", lakeward)):

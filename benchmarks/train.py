@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-LAKEWARD = [sys.executable, "-m", "lakeward.cli"]
+LAKEWARD = [sys.executable, "-m", "lakeward"]
 PARENT = re.compile(r"train: MLflow parent run ([0-9a-f]{32})")
 
 

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-LAKEWARD = [sys.executable, "-m", "lakeward.cli"]
+LAKEWARD = [sys.executable, "-m", "lakeward"]
 
 
 def lakeward(

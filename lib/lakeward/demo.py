@@ -56,7 +56,7 @@ def invoked_as() -> str:
     unless the environment is activated.
     """
     program = Path(sys.argv[0])
-    if program.name != "lakeward":  # python -m lakeward.cli, spark-submit, a test
+    if program.name != "lakeward":  # python -m lakeward, spark-submit, a test
         return "lakeward"
     found = shutil.which("lakeward")
     if found is not None and Path(found).resolve() == program.resolve():
