@@ -144,11 +144,17 @@ def leakage(
     start, as :func:`temporal_split` would not have put it (a label without a
     time included), even where no label of the next part is that early.
     Always: a row whose split is none of the parts (or null), which no check clears.
+    Neither ``key`` nor ``ts`` is refused: a check of nothing would pass any split.
     """
     if (ts is None) != (horizon is None):
         raise ValueError(
             "give ts and horizon together: without the horizon a label window that crosses into "
             "the next part goes unseen"
+        )
+    if key is None and ts is None:
+        raise ValueError(
+            "nothing to check: give key (a group split), or ts and horizon (a temporal "
+            "split), or all three"
         )
     if (t1 is None) != (t2 is None) or (t1 is not None and ts is None):
         raise ValueError("give t1 and t2 together, and with ts and horizon")

@@ -128,6 +128,10 @@ def test_leakage_with_the_bounds_sees_a_window_crossing_t1_before_any_validation
         f"2 test label(s) outside the part's range (times from t2={t2})",
     ]
     with pytest.raises(ValueError, match="give t1 and t2 together, and with ts and horizon"):
+        leakage(df, key="user_key", t1=t1, t2=t2)
+    with pytest.raises(ValueError, match="nothing to check: give key"):
+        leakage(df)
+    with pytest.raises(ValueError, match="nothing to check: give key"):
         leakage(df, t1=t1, t2=t2)
 
 
