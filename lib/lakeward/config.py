@@ -10,6 +10,7 @@ takes typed settings. An unknown key or a wrong type fails with
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable
@@ -102,6 +103,25 @@ def _iso_date(value: Any) -> Any:
 IsoDate = Annotated[date, BeforeValidator(_iso_date)]
 
 
+def _spark_conf_text(conf: Any) -> Any:
+    """Numbers and booleans among Spark conf values as the text Spark reads, as its builder sends them.
+
+    Spark's conf holds text only; ``spark.sql.shuffle.partitions: 8`` means "8",
+    and ``true`` "true" (not Python's "True"). Anything else is left to the strict check.
+    """
+    if not isinstance(conf, dict):
+        return conf
+    return {key: _conf_value_text(value) for key, value in conf.items()}
+
+
+def _conf_value_text(value: Any) -> Any:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int) or (isinstance(value, float) and math.isfinite(value)):
+        return str(value)
+    return value
+
+
 class _Strict(BaseModel):
     # strict: YAML's true is not an integer, nor "7" a number. Paths and tuples are
     # marked lax one by one, since YAML has only text and lists for them.
@@ -116,8 +136,8 @@ class SparkSettings(_Strict):
     master: str = "local[*]"
     app_name: str = "lakeward"
     ui: bool = False
-    conf: dict[str, str] = Field(default_factory=dict)
-    """Extra Spark conf applied when the session is built."""
+    conf: Annotated[dict[str, str], BeforeValidator(_spark_conf_text)] = Field(default_factory=dict)
+    """Extra Spark conf applied when the session is built (numbers and booleans as Spark's text)."""
     driver_java_options: list[str] = Field(default_factory=list)
     """JVM options for the driver lakeward starts itself (local mode, outside spark-submit)."""
     class_data_sharing: bool = True

@@ -104,6 +104,23 @@ def test_bad_keys_name_the_overlay_and_what_was_expected(tmp_path: Path, local: 
         load_settings("local", conf_dir=conf)
 
 
+def test_spark_conf_takes_numbers_and_booleans_as_the_text_spark_reads(tmp_path: Path) -> None:
+    conf = _conf(tmp_path, local=(
+        "spark:\n  conf:\n    spark.sql.shuffle.partitions: 4\n    spark.sql.adaptive.enabled: false\n"
+        "    spark.memory.fraction: 0.5\n    spark.driver.memory: 2g\n"
+    ))
+    settings = load_settings("local", conf_dir=conf)
+    assert {key: settings.spark.conf[key] for key in (
+        "spark.sql.shuffle.partitions", "spark.sql.adaptive.enabled", "spark.memory.fraction",
+        "spark.driver.memory")} == {"spark.sql.shuffle.partitions": "4", "spark.sql.adaptive.enabled": "false",
+                                    "spark.memory.fraction": "0.5", "spark.driver.memory": "2g"}
+    for number, (value, found) in enumerate((("null", "None"), ("[1, 2]", r"\[1, 2\]"), (".nan", "nan"))):
+        (tmp_path / str(number)).mkdir()
+        conf = _conf(tmp_path / str(number), local=f"spark:\n  conf:\n    spark.x: {value}\n")
+        with pytest.raises(ConfigError, match=rf"local\.yml: spark\.conf\.spark\.x: .*string \(found {found}\)"):
+            load_settings("local", conf_dir=conf)
+
+
 def test_dates_numbers_paths_and_lists_take_their_yaml_forms(tmp_path: Path) -> None:
     conf = _conf(tmp_path, local=(
         "demo:\n  start: 2026-02-01\n"
