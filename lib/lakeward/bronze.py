@@ -778,6 +778,23 @@ def ingest(spark: SparkSession, settings: Settings, source: str, dates: Sequence
     return ingest_sources(spark, settings, [source], dates)[0]
 
 
+def _warn_of_missing_files(files: Mapping[str, Sequence[LandingFile]]) -> None:
+    """Warn of a source without a file on an arrival day others have one for.
+
+    Every feed sends a file each day, empty or not: a missing one is a feed
+    that failed to deliver, whose events would otherwise go unnoticed until
+    they arrive late, or never.
+    """
+    days = {source: {f.arrival_date for f in fs} for source, fs in files.items()}
+    every = set().union(*days.values())
+    for source, held in days.items():
+        missing = sorted(every - held)
+        if missing:
+            shown = ", ".join(f"{day}" for day in missing[:5]) + (", ..." if len(missing) > 5 else "")
+            log.warning("bronze %s: no landing file for %d arrival day(s) the other sources sent "
+                        "files for (%s)", source, len(missing), shown)
+
+
 def ingest_sources(
     spark: SparkSession,
     settings: Settings,
@@ -818,6 +835,7 @@ def ingest_sources(
                 log.info("bronze %s: %d file(s) already ingested, nothing to do", source, len(files[source]))
             else:
                 log.info("bronze %s: no landing file on these dates, nothing to do", source)
+    _warn_of_missing_files(files)
     todo = {s: pending[s] for s in sources if pending[s]}
     written, quarantined, theirs = (_ingest_pending(spark, settings, todo, set(again)) if todo
                                     else ({}, {}, set()))

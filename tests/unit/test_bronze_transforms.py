@@ -231,3 +231,34 @@ def test_each_number_is_kept_as_written_on_random_lines(spark: SparkSession, pla
             else:
                 # A string holding text like a number value: the line keeps Spark's text.
                 assert float(got[key].strip('"')) == float(want), line
+
+
+def test_a_source_without_a_file_on_a_day_others_sent_one_for_is_warned_of(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def sent(source: str, day: int) -> bronze.LandingFile:
+        arrival = date(2026, 1, day)
+        path = f"{source}/{arrival}.jsonl"
+        return bronze.LandingFile(source, arrival, Path(path), path, 1, "0" * 64, 1)
+
+    files = {
+        "order_placed": [sent("order_placed", day) for day in range(1, 9)],
+        "users": [sent("users", 1)],
+        "rating_submitted": [sent("rating_submitted", day) for day in (1, 3)],
+        "delivery_completed": [],
+    }
+    with caplog.at_level("WARNING", logger="lakeward.bronze"):
+        bronze._warn_of_missing_files(files)
+    assert [r.getMessage() for r in caplog.records] == [
+        "bronze users: no landing file for 7 arrival day(s) the other sources sent files for "
+        "(2026-01-02, 2026-01-03, 2026-01-04, 2026-01-05, 2026-01-06, ...)",
+        "bronze rating_submitted: no landing file for 6 arrival day(s) the other sources sent files for "
+        "(2026-01-02, 2026-01-04, 2026-01-05, 2026-01-06, 2026-01-07, ...)",
+        "bronze delivery_completed: no landing file for 8 arrival day(s) the other sources sent files for "
+        "(2026-01-01, 2026-01-02, 2026-01-03, 2026-01-04, 2026-01-05, ...)",
+    ]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="lakeward.bronze"):
+        bronze._warn_of_missing_files({source: [sent(source, 1)] for source in ("users", "order_placed")})
+        bronze._warn_of_missing_files({"users": [], "order_placed": []})
+    assert caplog.records == []
