@@ -201,8 +201,17 @@ def run_silver(
             {**work.batches, **{source: everything.batches.get(source, {}) for source in lost}},
         )
     pending = [days for days in work.dates.values() if days]
-    log.info("silver: %d arrival date(s) pending, %d (source, date) pair(s) over %d source(s)",
-             len({day for days in pending for day in days}), sum(len(days) for days in pending), len(pending))
+    if selection.day is None:
+        log.info("silver: %d arrival date(s) pending, %d (source, date) pair(s) over %d source(s)",
+                 len({day for days in pending for day in days}), sum(len(days) for days in pending),
+                 len(pending))
+    else:
+        # A dated run takes its date again even when silver recorded it: say which it is.
+        done = [source for source, batches in work.batches.items()
+                if batches and all(batch.recorded for batch in batches.values())]
+        log.info("silver: arrival date %s, %d source(s) with bronze batches%s", selection.day,
+                 sum(1 for batches in work.batches.values() if batches),
+                 f", already processed for {', '.join(sorted(done))}" if done else "")
     for source in SOURCES:
         if not work.dates.get(source):
             log.info("silver %s: nothing pending", source)
@@ -228,6 +237,12 @@ def run_gold(
     """Bring gold up to date with everything silver holds, or recompute it with ``full``.
 
     Gold follows silver, not the date: whatever silver received since the
-    last gold run (on any arrival date) is applied.
+    last gold run (on any arrival date) is applied. A ``--date`` that silver
+    has not reached gets a warning: gold's features end before it.
     """
-    return incremental.refresh(spark, settings, full=selection.full)
+    result = incremental.refresh(spark, settings, full=selection.full)
+    if selection.day is not None and (result.as_of is None or result.as_of < selection.day):
+        reached = "no arrival day" if result.as_of is None else f"arrival days up to {result.as_of}"
+        log.warning("gold: silver holds %s, so gold's features do not reach %s; run `lakeward run "
+                    "silver --date %s` first", reached, selection.day, selection.day)
+    return result

@@ -110,14 +110,14 @@ def test_spark_conf_takes_numbers_and_booleans_as_the_text_spark_reads(tmp_path:
         "    spark.memory.fraction: 0.5\n    spark.driver.memory: 2g\n"
     ))
     settings = load_settings("local", conf_dir=conf)
-    assert {key: settings.spark.conf[key] for key in (
-        "spark.sql.shuffle.partitions", "spark.sql.adaptive.enabled", "spark.memory.fraction",
-        "spark.driver.memory")} == {"spark.sql.shuffle.partitions": "4", "spark.sql.adaptive.enabled": "false",
-                                    "spark.memory.fraction": "0.5", "spark.driver.memory": "2g"}
+    expected = {"spark.sql.shuffle.partitions": "4", "spark.sql.adaptive.enabled": "false",
+                "spark.memory.fraction": "0.5", "spark.driver.memory": "2g"}
+    assert {key: settings.spark.conf[key] for key in expected} == expected
     for number, (value, found) in enumerate((("null", "None"), ("[1, 2]", r"\[1, 2\]"), (".nan", "nan"))):
         (tmp_path / str(number)).mkdir()
         conf = _conf(tmp_path / str(number), local=f"spark:\n  conf:\n    spark.x: {value}\n")
-        with pytest.raises(ConfigError, match=rf"local\.yml: spark\.conf\.spark\.x: .*string \(found {found}\)"):
+        message = rf"local\.yml: spark\.conf\.spark\.x: .*string \(found {found}\)"
+        with pytest.raises(ConfigError, match=message):
             load_settings("local", conf_dir=conf)
 
 
