@@ -790,7 +790,7 @@ def _warn_of_missing_files(files: Mapping[str, Sequence[LandingFile]]) -> None:
     for source, held in days.items():
         missing = sorted(every - held)
         if missing:
-            shown = ", ".join(f"{day}" for day in missing[:5]) + (", ..." if len(missing) > 5 else "")
+            shown = ", ".join(map(str, missing[:5])) + (", ..." if len(missing) > 5 else "")
             log.warning("bronze %s: no landing file for %d arrival day(s) the other sources sent "
                         "files for (%s)", source, len(missing), shown)
 
