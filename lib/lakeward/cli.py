@@ -157,9 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("demo", parents=[common],
                         help="generate the demo data set, run everything, print a summary",
-                        description="On an empty data root: generate a small BiteBridge data "
-                        "set with faults, run bronze, silver and gold, and print a summary. "
-                        "Safe to re-run.")
+                        description="Generate a small BiteBridge data set with faults when the "
+                        "landing directory holds none (or a generation stopped part way), "
+                        "otherwise take the landing files there; run bronze, silver and gold, "
+                        "and print a summary. Safe to re-run.")
 
     sql = commands.add_parser("sql", parents=[common], help="run a Spark SQL query",
                               description="Run a Spark SQL query against the lakeward tables.")
