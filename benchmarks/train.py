@@ -73,6 +73,9 @@ def read_runs(home: Path, parents: list[str]) -> list[dict[str, float]]:
             "dp_auc": dp.metrics["test_roc_auc"],
             "twin_auc": twin.metrics["test_roc_auc"],
             "baseline_auc": baseline.metrics["test_roc_auc"],
+            **{f"{kind}_{metric}": data.metrics[f"test_{metric}"]
+               for kind, data in (("dp", dp), ("twin", twin), ("baseline", baseline))
+               for metric in ("log_loss", "brier")},
             "epsilon_spent": dp.metrics["dp_epsilon_spent"],
             "noise": float(dp.params["dp.noise_multiplier"]),
         })
@@ -120,6 +123,10 @@ def main() -> None:
     gap = statistics.median(r["twin_auc"] - r["dp_auc"] for r in rows)
     print(f"| median | {statistics.median(walls):.1f} | {dp_epoch:.3f} | {twin_epoch:.3f} | "
           f"{dp_epoch / twin_epoch:.2f} | | | {gap:.4f} | |")
+    # Seeded training gives every run the same models: the first run's calibration stands for all.
+    print("\ntest log loss / Brier score, run 1: " + ", ".join(
+        f"{label} {first[f'{kind}_log_loss']:.4f} / {first[f'{kind}_brier']:.4f}"
+        for kind, label in (("dp", "DP"), ("twin", "twin"), ("baseline", "sklearn"))))
 
 
 if __name__ == "__main__":

@@ -53,6 +53,33 @@ def test_twin_is_reproducible_and_the_scorer_embeds_the_preprocessing() -> None:
     np.testing.assert_allclose(scored, probabilities(first, prep.transform(x)), rtol=1e-5)
 
 
+@pytest.mark.parametrize("model", ["logreg", "mlp"])
+def test_both_models_start_at_the_base_rate_and_end_near_it_without_signal(model: str) -> None:
+    """A rare class and features that say nothing: predictions stay at the base rate, not near 0.5."""
+    from lakeward.dpsgd import (
+        FitConfig,
+        build_net,
+        fit_non_private,
+        fit_private,
+        positive_rate,
+        probabilities,
+    )
+
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=(4000, 3)), (rng.random(4000) < 0.07).astype(np.int64)
+    z = Preprocessor.fit(x).transform(x)
+    untrained = build_net(model, 3, 8, positive_rate(y))
+    assert probabilities(untrained, z).mean() == pytest.approx(y.mean(), abs=0.03)
+    # The configured training: 10 epochs of Adam at 0.003 (conf/base.yml).
+    config = FitConfig(model, 8, epochs=10, batch_size=256, learning_rate=0.003, seed=3)
+    twin, _ = fit_non_private(z, y, config)
+    private, _, _ = fit_private(z, y, config, epsilon=3.0, delta=1e-5, max_grad_norm=1.0, accountant="prv")
+    constant = scores(y, np.full(len(y), y.mean()))["log_loss"]
+    for net in (twin, private):
+        assert probabilities(net, z).mean() == pytest.approx(y.mean(), abs=0.03)
+        assert scores(y, probabilities(net, z))["log_loss"] < constant + 0.02
+
+
 def test_unreachable_epsilon_is_a_value_error() -> None:
     from lakeward.dpsgd import FitConfig, fit_private
 
@@ -81,7 +108,7 @@ def test_dp_sgd_trains_the_model_opacus_hooks_train_empty_batches_included() -> 
     from opacus import PrivacyEngine
     from torch import nn
 
-    from lakeward.dpsgd import FitConfig, _loader, build_net, fit_private
+    from lakeward.dpsgd import FitConfig, _loader, build_net, fit_private, positive_rate
 
     x, y = separable(12, seed=3)
     z = Preprocessor.fit(x).transform(x)
@@ -90,7 +117,7 @@ def test_dp_sgd_trains_the_model_opacus_hooks_train_empty_batches_included() -> 
     net, report, _ = fit_private(z, y, config, epsilon=8.0, delta=1e-3, max_grad_norm=1.0, accountant="rdp")
 
     torch.manual_seed(config.seed)
-    reference = build_net(config.model, z.shape[1], config.hidden_units)
+    reference = build_net(config.model, z.shape[1], config.hidden_units, positive_rate(y))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         engine = PrivacyEngine(accountant="rdp")
