@@ -90,15 +90,18 @@ def build_net(kind: str, inputs: int, hidden_units: int, positive_rate: float | 
     models ranked well but their log loss and Brier score were worse than a constant's.
     """
     if kind == "logreg":
-        net = nn.Sequential(nn.Linear(inputs, 1))
+        output = nn.Linear(inputs, 1)
+        net = nn.Sequential(output)
     elif kind == "mlp":
-        net = nn.Sequential(nn.Linear(inputs, hidden_units), nn.ReLU(), nn.Linear(hidden_units, 1))
+        hidden = nn.Linear(inputs, hidden_units)  # made first: the seed draws its weights first
+        output = nn.Linear(hidden_units, 1)
+        net = nn.Sequential(hidden, nn.ReLU(), output)
     else:
         raise ValueError(f"unknown model {kind!r}; expected logreg or mlp")
     if positive_rate is not None:
         rate = min(max(positive_rate, _RATE_FLOOR), 1 - _RATE_FLOOR)
         with torch.no_grad():
-            net[-1].bias.fill_(float(np.log(rate / (1 - rate))))
+            output.bias.fill_(float(np.log(rate / (1 - rate))))
     return net
 
 
