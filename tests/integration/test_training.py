@@ -379,3 +379,8 @@ def test_each_logged_model_gives_what_its_signature_says(trained, spark: SparkSe
         scored = np.asarray(model.predict(test[features].astype("float64")))
         churn = scored[:, outputs.index("churn_probability")]
         assert roc_auc_score(test["churned"], churn) == pytest.approx(result.metrics["test_roc_auc"])
+        if result.kind == TWIN:
+            # Its probabilities are churn rates (the net starts from train's), not ranks around 0.5.
+            train = training_set.filter(F.col("split") == "train")
+            train_rate = train.agg(F.avg(F.col("churned").cast("int"))).first()[0]
+            assert churn.mean() == pytest.approx(train_rate, abs=0.1)
