@@ -124,8 +124,9 @@ def _conf_value_text(value: Any) -> Any:
 
 class _Strict(BaseModel):
     # strict: YAML's true is not an integer, nor "7" a number. Paths and tuples are
-    # marked lax one by one, since YAML has only text and lists for them.
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    # marked lax one by one, since YAML has only text and lists for them. YAML's .nan
+    # and .inf are no setting's value: NaN passes every comparison a check makes.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class SparkSettings(_Strict):

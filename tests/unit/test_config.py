@@ -94,6 +94,11 @@ def test_unknown_key_names_file_and_key(tmp_path: Path) -> None:
         # The overlay's list replaces the base's whole: the missing item is the overlay's.
         ("training_set:\n  fractions: [0.5, 0.5]\n",
          r"^\S*local\.yml: training_set\.fractions\.2: Field required"),
+        # NaN passes every comparison; YAML writes it .nan, and infinity .inf.
+        ("training_set:\n  fractions: [.nan, 0.5, 0.5]\n",
+         r"local\.yml: training_set\.fractions\.0: Input should be a finite number \(found nan\)"),
+        ("training:\n  learning_rate: .inf\n",
+         r"local\.yml: training\.learning_rate: Input should be a finite number \(found inf\)"),
         ("privacy:\n  pii_key_env: ''\n",
          r"local\.yml: privacy\.pii_key_env: expected the name of an environment variable \(found ''\)"),
     ],
