@@ -6,7 +6,8 @@ to ``_rescued_data`` as JSON, so schema drift loses nothing. Lines that are not 
 JSON object go to the quarantine table with the reason, file and line number.
 
 Transforms here are pure (:func:`split_sizes`, :func:`line_bases`, :func:`number_lines`, :func:`parse_lines`,
-:func:`bronze_rows`, :func:`quarantine_rows`); the writer is :func:`ingest`.
+:func:`bronze_rows`, :func:`quarantine_rows`); the writer is :func:`ingest_sources`
+(:func:`ingest` for one source).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime
 from functools import partial, reduce
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,7 +29,7 @@ from pyspark.sql import Column, DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from lakeward import tables
+from lakeward import columns, tables
 from lakeward.config import Settings
 from lakeward.sources.bitebridge import PERSONAL_FIELDS, SOURCE_FIELDS, SOURCES, landing_file
 
@@ -628,8 +629,6 @@ def _recorded_totals(
     return expected
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
 # A batch id as ``LandingFile.batch_id`` makes it: source, arrival date, start of the checksum.
 _BATCH_ID = re.compile(r"(?P<source>[a-z_]+)-(?P<day>\d{8})-[0-9a-f]{16}")
 
@@ -707,7 +706,7 @@ def _record_held_rows_of_gone_files(
             "size": None, "checksum": None, "lines": row["lines_written"] + row["lines_quarantined"],
             "rows_written": row["lines_written"], "rows_quarantined": row["lines_quarantined"],
             "ingested_at": (None if row["ingested_us"] is None
-                            else _EPOCH + timedelta(microseconds=row["ingested_us"])),
+                            else columns.from_micros(row["ingested_us"])),
         }
 
     def beyond_ledger(batch: Mapping[str, Any]) -> bool:

@@ -6,7 +6,8 @@ and its non-private twin share everything but privacy: architecture, initial wei
 (same seed), batch size, epochs, optimizer and learning rate::
 
     net, seconds = fit_non_private(z, y, config)
-    dp_net, privacy, seconds = fit_private(z, y, config, epsilon=3.0, delta=1e-6, accountant="prv")
+    dp_net, privacy, seconds = fit_private(z, y, config, epsilon=3.0, delta=1e-6, max_grad_norm=1.0,
+                                            accountant="prv")
     scorer = scoring_module(preprocessor, dp_net)   # raw features (NaN = null) -> probability
 """
 

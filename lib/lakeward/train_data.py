@@ -100,11 +100,11 @@ def load_training_arrays(
     from lakeward import tables
 
     frame = tables.read(spark, table, version=version)
-    columns = [F.col(ROW_ID), F.col(LABEL).cast("int"), F.col("split"),
-               *[F.col(name).cast("double") for name in features if name in frame.columns]]
     missing = [name for name in features if name not in frame.columns]
     if missing:
         raise TrainingDataError(f"{table} v{version} lacks feature columns {missing}")
+    columns = [F.col(ROW_ID), F.col(LABEL).cast("int"), F.col("split"),
+               *[F.col(name).cast("double") for name in features]]
     return arrays_from_pandas(frame.select(*columns).toPandas(), features)
 
 
