@@ -190,7 +190,7 @@ def restore_properties(spark: SparkSession, spec: TableSpec) -> None:
 _PROPERTY_TEXT = re.compile(r"[A-Za-z0-9_.,`-]+")
 
 
-def quoted_name(name: str) -> str:
+def quoted_name(name: str, what: str = "table") -> str:
     """A table name, each part checked to be a plain identifier and quoted, for statements without parameters.
 
     Spark 4.1 with Delta's parser refuses a parameter in ``IDENTIFIER()`` for
@@ -198,7 +198,7 @@ def quoted_name(name: str) -> str:
     """
     parts = name.split(".")
     if not all(is_identifier(part) for part in parts):
-        raise ValueError(f"not a valid table name: {name!r}")
+        raise ValueError(f"not a valid {what} name: {name!r}")
     return ".".join(f"`{part}`" for part in parts)
 
 
@@ -314,11 +314,7 @@ def ensure_schema(spark: SparkSession, name: str) -> None:
     ``CREATE SCHEMA``, so the name, which comes from configuration, is checked
     to be a plain identifier and quoted.
     """
-    parts = name.split(".")
-    if not all(is_identifier(part) for part in parts):
-        raise ValueError(f"not a valid schema name: {name!r}")
-    quoted = ".".join(f"`{part}`" for part in parts)
-    spark.sql("CREATE SCHEMA IF NOT EXISTS " + quoted)
+    spark.sql("CREATE SCHEMA IF NOT EXISTS " + quoted_name(name, what="schema"))
 
 
 def exists(spark: SparkSession, name: str) -> bool:
@@ -583,18 +579,32 @@ def _missing_files(spark: SparkSession, files: Sequence[str]) -> list[str]:
         else:
             remote.append(uri)
     if remote:
-        directories = sorted({uri.rsplit("/", 1)[0] for uri in remote})
-        try:
-            # One listing per directory; binaryFile reads no content unless asked for it.
-            listed = {
-                row["path"].rsplit("/", 1)[-1]
-                for row in spark.read.format("binaryFile").option("recursiveFileLookup", "true")
-                .load(directories).select("path").collect()
-            }
-        except Exception:  # noqa: BLE001 - a directory that is gone took its files with it
-            listed = set()
+        listed = listed_names(spark, sorted({uri.rsplit("/", 1)[0] for uri in remote}))
         missing += [uri for uri in remote if uri.rsplit("/", 1)[-1] not in listed]
     return sorted(missing)
+
+
+def listed_names(spark: SparkSession, directories: Sequence[str]) -> set[str]:
+    """The names of the files in ``directories``; a directory that is not there holds none.
+
+    One Spark job lists them all (binaryFile reads no content unless asked);
+    when one of them is gone, which fails that job, each is listed alone. Any
+    other failure (permissions, credentials, the store unreachable) is raised:
+    it says nothing about whether the files are there.
+    """
+    def names(paths: Sequence[str]) -> set[str]:
+        rows = (spark.read.format("binaryFile").option("recursiveFileLookup", "true")
+                .load(list(paths)).select("path").collect())
+        return {row["path"].rsplit("/", 1)[-1] for row in rows}
+
+    try:
+        return names(directories)
+    except AnalysisException as err:
+        if err.getCondition() != "PATH_NOT_FOUND":
+            raise
+        if len(directories) == 1:
+            return set()
+    return set().union(*(listed_names(spark, [directory]) for directory in directories))
 
 
 def current_version(spark: SparkSession, name: str) -> int:

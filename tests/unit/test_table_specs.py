@@ -1,6 +1,9 @@
 """What table specs tell Delta: which columns get statistics."""
 
+from pathlib import Path
+
 import pytest
+from pyspark.sql import SparkSession
 from pyspark.sql import types as T
 
 from lakeward import bronze, gold, silver, tables
@@ -63,3 +66,24 @@ def test_a_table_name_is_quoted_for_sql_only_when_each_part_is_a_plain_identifie
     for name in ("silver.orders; DROP TABLE x", "silver.`orders`", "silver.or'ders", "silver..orders", ""):
         with pytest.raises(ValueError, match="not a valid table name"):
             tables.quoted_name(name)
+
+
+def test_listing_finds_the_files_of_the_directories_that_are_there(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    """How a table's data files on a remote store are found gone (VACUUM): a directory that is
+    gone holds none of them; a failure that tells nothing about the files is raised."""
+    kept, emptied = tmp_path / "date=2026-01-01", tmp_path / "date=2026-01-02"
+    for directory, names in ((kept, ("a.parquet", "b.parquet")), (emptied, ("c.parquet",))):
+        directory.mkdir()
+        for name in names:
+            (directory / name).write_bytes(b"x")
+    # As Hadoop spells paths (Path.as_uri() would write "=" as %3D).
+    both = [f"file://{kept}", f"file://{emptied}"]
+    assert tables.listed_names(spark, both) == {"a.parquet", "b.parquet", "c.parquet"}
+    (emptied / "c.parquet").unlink()
+    emptied.rmdir()
+    assert tables.listed_names(spark, both) == {"a.parquet", "b.parquet"}
+    assert tables.listed_names(spark, both[1:]) == set()
+    with pytest.raises(Exception, match="nosuchstore"):
+        tables.listed_names(spark, [both[0], "nosuchstore://bucket/table"])
