@@ -82,6 +82,10 @@ class PrivacyReport:
         }
 
 
+class NoiseSearchError(ValueError):
+    """Opacus found no noise level that reaches the target epsilon (or refused its parameters)."""
+
+
 def build_net(kind: str, inputs: int, hidden_units: int, positive_rate: float | None = None) -> nn.Module:
     """``logreg``: one linear layer; ``mlp``: linear, ReLU, linear. Outputs one logit.
 
@@ -217,7 +221,8 @@ def fit_private(
     at sample rate ``1 / ceil(rows / batch_size)`` (one over the batches of an epoch, as
     Opacus derives it from the loader: about ``batch_size / rows``; it samples, accounts
     and trains at that one rate); the report holds the epsilon the accountant
-    says was actually spent. Raises ``ValueError`` when no noise level reaches the target.
+    says was actually spent. Raises :class:`NoiseSearchError` when no noise level reaches
+    the target.
     """
     from opacus import PrivacyEngine
 
@@ -230,19 +235,23 @@ def fit_private(
         # The noise search probes RDP orders at their edges; the accountant reports the spend.
         warnings.filterwarnings("ignore", message=_RDP_EDGE)
         engine = PrivacyEngine(accountant=accountant)
-        private_net, private_optimizer, private_loader = engine.make_private_with_epsilon(
-            module=net,
-            optimizer=optimizer,
-            data_loader=_loader(z, y, config.batch_size, config.seed),
-            target_epsilon=epsilon,
-            target_delta=delta,
-            epochs=config.epochs,
-            max_grad_norm=max_grad_norm,
-            poisson_sampling=True,
-            # Per-sample gradients from torch's expanded weights rather than Opacus's module
-            # hooks: the same gradients (to float rounding), with less work per step.
-            grad_sample_mode="ew",
-        )
+        try:
+            private_net, private_optimizer, private_loader = engine.make_private_with_epsilon(
+                module=net,
+                optimizer=optimizer,
+                data_loader=_loader(z, y, config.batch_size, config.seed),
+                target_epsilon=epsilon,
+                target_delta=delta,
+                epochs=config.epochs,
+                max_grad_norm=max_grad_norm,
+                poisson_sampling=True,
+                # Per-sample gradients from torch's expanded weights rather than Opacus's module
+                # hooks: the same gradients (to float rounding), with less work per step.
+                grad_sample_mode="ew",
+            )
+        except ValueError as err:
+            # Only the noise search's refusal: a ValueError from training is another matter.
+            raise NoiseSearchError(str(err)) from err
     with warnings.catch_warnings(), _one_thread():
         # The PRV accountant bounds its domain with an RDP estimate, which warns at the edges too.
         warnings.filterwarnings("ignore", message=_RDP_EDGE)

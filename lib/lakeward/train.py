@@ -401,7 +401,7 @@ def _train_dp(settings: Settings, prepared: _Prepared, epsilon: float,
                 prepared.z["train"], train_set.y, config, epsilon=epsilon, delta=prepared.delta,
                 max_grad_norm=options.max_grad_norm, accountant=options.accountant,
             )
-        except ValueError as err:
+        except dpsgd.NoiseSearchError as err:
             raise PrivacyParameterError(
                 f"cannot reach epsilon {epsilon:g} at delta {prepared.delta:.3g} with "
                 f"{options.epochs} epochs and batch size {options.batch_size} on {train_set.rows} "

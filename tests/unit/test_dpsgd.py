@@ -80,12 +80,12 @@ def test_both_models_start_at_the_base_rate_and_end_near_it_without_signal(model
         assert scores(y, probabilities(net, z))["log_loss"] < constant + 0.02
 
 
-def test_unreachable_epsilon_is_a_value_error() -> None:
-    from lakeward.dpsgd import FitConfig, fit_private
+def test_unreachable_epsilon_is_a_noise_search_error() -> None:
+    from lakeward.dpsgd import FitConfig, NoiseSearchError, fit_private
 
     x, y = separable(200)
     config = FitConfig("logreg", 8, epochs=50, batch_size=200, learning_rate=0.05, seed=1)
-    with pytest.raises(ValueError, match="privacy budget is too low"):
+    with pytest.raises(NoiseSearchError, match="privacy budget is too low"):
         fit_private(Preprocessor.fit(x).transform(x), y, config, epsilon=1e-4, delta=1e-5,
                     max_grad_norm=1.0, accountant="rdp")
 
