@@ -98,7 +98,8 @@ def _write_features(
 
 
 def _oracle(orders: list[Row], features: list[Row], spec: BuildSpec) -> dict[str, tuple[object, ...]]:
-    """Brute force, per label id: churned, and the date and time of the feature row it gets."""
+    """Brute force, per label id: churned, then every column of the feature row it gets (all None
+    without one), in the order of ``features``' columns but ``user_key``."""
     horizon = timedelta(days=spec.horizon_days)
     ttl = None if spec.ttl_days is None else timedelta(days=spec.ttl_days)
     observed_until = spec.observed_until.replace(tzinfo=None)
@@ -111,11 +112,14 @@ def _oracle(orders: list[Row], features: list[Row], spec: BuildSpec) -> dict[str
         if not t + horizon < observed_until:
             continue
         churned = int(not any(t < other <= t + horizon for other in order_times[order["user_key"]]))
-        known = [(f["feature_ts"], f["feature_date"]) for f in features
+        known = [f for f in features
                  if f["user_key"] == order["user_key"] and f["feature_ts"] <= t
                  and (ttl is None or t - ttl <= f["feature_ts"])]
-        feature_ts, feature_date = max(known) if known else (None, None)
-        expected[order["event_id"]] = (churned, feature_date, feature_ts)
+        # One feature row per user and time here: the latest is the one.
+        match = max(known, key=lambda f: f["feature_ts"]) if known else None
+        values = [None if match is None else value for name, value in (match or features[0]).asDict().items()
+                  if name != "user_key"]
+        expected[order["event_id"]] = (churned, *values)
     return expected
 
 
@@ -186,12 +190,17 @@ def test_build_records_versions_and_rebuilds_exactly(spark: SparkSession, fresh_
     expected = assemble(orders, features, first.spec)
     assert_df_equality(written, expected, ignore_row_order=True, ignore_nullable=True)
     oracle = _oracle(orders.collect(), features.collect(), first.spec)
-    got = {r["label_id"]: (r["churned"], r["feature_date"], r["feature_ts"]) for r in written.collect()}
+    taken = [c for c in features.columns if c != "user_key"]
+    got = {r["label_id"]: (r["churned"], *[r[c] for c in taken]) for r in written.collect()}
     assert got == oracle
-    assert {churned for churned, _, _ in oracle.values()} == {0, 1}
-    assert oracle[gap_label][1:] == (None, None), "longer without features than the TTL: none"
-    assert oracle[at_bound][1:] == (edge_known.date() - timedelta(days=1), edge_known), "exactly ttl old: in"
-    assert oracle[past_bound][1:] == (None, None), "a microsecond older than the TTL: out"
+    # Each label is the order it was made from.
+    placed = {o["event_id"]: (o["user_key"], o["event_ts"]) for o in orders.collect()}
+    assert all((r["user_key"], r["label_ts"]) == placed[r["label_id"]] for r in written.collect())
+    assert {values[0] for values in oracle.values()} == {0, 1}
+    assert len({values[3:-1] for values in oracle.values()}) > 5, "the feature values tell rows apart"
+    assert oracle[gap_label][1:3] == (None, None), "longer without features than the TTL: none"
+    assert oracle[at_bound][1:3] == (edge_known.date() - timedelta(days=1), edge_known), "exactly ttl old: in"
+    assert oracle[past_bound][1:3] == (None, None), "a microsecond older than the TTL: out"
     assert content_hash(written) == first.content_hash
     assert first.rows == written.count() == len(oracle) > 0
     assert all(first.split_rows[part] > 0 for part in PARTS)

@@ -1,7 +1,9 @@
 """Churn labels against a brute-force oracle; splits and their leakage checks."""
 
 import random
+import re
 import time
+from collections import Counter
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
@@ -10,7 +12,7 @@ from pyspark.sql import functions as F
 
 from lakeward.columns import MissingColumnsError
 from lakeward.labels import churn_labels
-from lakeward.splits import LeakageError, assert_no_leakage, group_split, leakage, temporal_split
+from lakeward.splits import PARTS, LeakageError, assert_no_leakage, group_split, leakage, temporal_split
 
 T0 = datetime(2026, 1, 1)
 HORIZON = timedelta(seconds=50)
@@ -49,10 +51,12 @@ def test_churn_labels_match_oracle(spark: SparkSession) -> None:
     orders = _orders(range(20))
     observed_until = T0 + timedelta(seconds=250)
     df = spark.createDataFrame(orders, "event_id string, user_key string, event_ts timestamp")
-    got = {r["label_id"]: (r["user_key"], r["label_ts"], r["churned"])
-           for r in churn_labels(df, horizon=HORIZON, observed_until=observed_until).collect()}
+    rows = churn_labels(df, horizon=HORIZON, observed_until=observed_until).collect()
     expected = _oracle(orders, observed_until)
-    assert got == expected
+    # As a sorted list, not a dict: two rows for one order must not pass as one.
+    assert sorted((r["label_id"], r["user_key"], r["label_ts"], r["churned"]) for r in rows) == sorted(
+        (label_id, *value) for label_id, value in expected.items()
+    )
     assert {v[2] for v in expected.values()} == {0, 1}
     assert any(user is None for _, user, _ in orders) and any(ts is None for _, _, ts in orders)
 
@@ -101,7 +105,72 @@ def test_temporal_split_boundaries_and_gap(spark: SparkSession) -> None:
     assert len(problems) == 2 and "train label windows reach" in problems[0]
     with pytest.raises(LeakageError):
         assert_no_leakage(naive, ts="label_ts", horizon=gap)
-    assert leakage(split, ts="label_ts", horizon=gap, t1=t1, t2=t2) == []
+    # With the bounds, the labels the gap should have dropped are named as outside their part.
+    assert [p for p in leakage(naive, ts="label_ts", horizon=gap, t1=t1, t2=t2) if "outside" in p] == [
+        f"1 train label(s) outside the part's range (windows ending before t1={t1})",
+        f"1 validation label(s) outside the part's range (times from t1={t1} "
+        f"and windows ending before t2={t2})",
+    ]
+
+
+def _part(ts: datetime | None, t1: datetime, t2: datetime, gap: timedelta) -> str | None:
+    """The part a label at ``ts`` belongs to, by the rules of the docstring; None: dropped."""
+    if ts is None:
+        return None
+    if ts + gap < t1:
+        return "train"
+    if t1 <= ts and ts + gap < t2:
+        return "validation"
+    return "test" if ts >= t2 else None
+
+
+_WINDOW_LEAK = re.compile(r"(\w+) label windows reach .+, not before the first (\w+) label at ")
+
+
+def _window_leaks(rows: list[tuple[int, str, datetime | None]], horizon: timedelta) -> set[tuple[str, str]]:
+    """Pairs of neighbouring non-empty parts where some label window of the earlier reaches a later label."""
+    timed = {part: [ts for _, p, ts in rows if p == part and ts is not None] for part in PARTS}
+    present = [part for part in PARTS if timed[part]]
+    return {
+        (earlier, later)
+        for earlier, later in zip(present, present[1:], strict=False)
+        if any(a + horizon >= b for a in timed[earlier] for b in timed[later])
+    }
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_temporal_split_and_its_leakage_check_match_an_oracle(spark: SparkSession, seed: int) -> None:
+    rng = random.Random(seed)
+    gap = rng.choice([timedelta(hours=1), timedelta(days=1), timedelta(days=30)])
+    t1 = datetime(2026, 3, 1, tzinfo=UTC) + timedelta(minutes=rng.randrange(10_000))
+    t2 = t1 + gap + timedelta(microseconds=1) + gap * rng.random() * 3
+    # Every bound and the instants a microsecond either side of it, then times around them.
+    tick = timedelta(microseconds=1)
+    edges = [edge + d for edge in (t1, t2, t1 - gap, t2 - gap) for d in (-tick, timedelta(0), tick)]
+    spread = [t1 - 2 * gap + (t2 - t1 + 3 * gap) * rng.random() for _ in range(60)]
+    stamps: list[datetime | None] = [*edges, *edges[:3], *spread, None, None]
+    df = spark.createDataFrame(list(enumerate(stamps)), "id int, label_ts timestamp")
+
+    split = temporal_split(df, ts="label_ts", t1=t1, t2=t2, gap=gap)
+    got = sorted((r["id"], r["split"]) for r in split.collect())
+    expected = sorted((i, part) for i, ts in enumerate(stamps) if (part := _part(ts, t1, t2, gap)))
+    assert got == expected
+    assert {part for _, part in expected} == set(PARTS)
+
+    # Labels put in parts at random: the check names exactly the labels and the windows that do not fit.
+    assigned = [
+        (i, rng.choice([*PARTS, _part(ts, t1, t2, gap) or "test"]), ts) for i, ts in enumerate(stamps)
+    ]
+    frame = spark.createDataFrame(assigned, "id int, split string, label_ts timestamp")
+    for horizon in (gap, timedelta(0)):
+        problems = leakage(frame, ts="label_ts", horizon=horizon)
+        reported = {match.groups() for p in problems if (match := _WINDOW_LEAK.match(p))}
+        assert len(reported) == len(problems), problems
+        assert reported == _window_leaks(assigned, horizon), (horizon, problems)
+    outside = Counter(part for _, part, ts in assigned if part != _part(ts, t1, t2, gap))
+    bounded = [p for p in leakage(frame, ts="label_ts", horizon=gap, t1=t1, t2=t2) if "outside" in p]
+    assert [int(p.split(" ")[0]) for p in bounded] == [outside[part] for part in PARTS if outside[part]]
+    assert [p.split(" ")[1] for p in bounded] == [part for part in PARTS if outside[part]]
 
 
 def test_leakage_with_the_bounds_sees_a_window_crossing_t1_before_any_validation_label(
@@ -221,13 +290,21 @@ def test_group_split_keeps_each_user_in_one_part(spark: SparkSession) -> None:
     df = spark.range(4000).select(
         (F.col("id") % 500).cast("string").alias("user_key"), F.col("id").alias("label_id")
     )
-    split = group_split(df, key="user_key", fractions=(0.6, 0.2, 0.2), seed=3)
+    fractions = (0.5, 0.3, 0.2)  # unequal, so that swapping two parts shows
+    split = group_split(df, key="user_key", fractions=fractions, seed=3)
     assert leakage(split, key="user_key") == []
     users = dict(split.groupBy("split").agg(F.countDistinct("user_key")).collect())
-    assert set(users) == {"train", "validation", "test"}
-    assert 240 <= users["train"] <= 360 and sum(users.values()) == 500
-    again = group_split(df, key="user_key", fractions=(0.6, 0.2, 0.2), seed=3)
+    assert set(users) == {"train", "validation", "test"} and sum(users.values()) == 500
+    for part, fraction in zip(PARTS, fractions, strict=True):
+        # Within about four standard deviations of a binomial count of 500 users.
+        assert abs(users[part] - 500 * fraction) <= 45, users
+    again = group_split(df, key="user_key", fractions=fractions, seed=3)
     assert split.exceptAll(again).count() == 0
+    other_seed = group_split(df, key="user_key", fractions=fractions, seed=4)
+    moved = split.join(other_seed.withColumnRenamed("split", "other"), ["user_key", "label_id"]).filter(
+        F.col("split") != F.col("other")
+    )
+    assert moved.select("user_key").distinct().count() > 100
     shared = df.withColumn("split", F.when(F.col("label_id") % 3 == 0, "train").otherwise("test"))
     assert "appear in more than one part" in leakage(shared, key="user_key")[0]
     with pytest.raises(ValueError, match=r"fractions summing to 1, got \(0\.5, 0\.2, 0\.2\)"):

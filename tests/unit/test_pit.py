@@ -631,6 +631,8 @@ def test_choosing_the_prefilter_runs_no_job(spark: SparkSession, tmp_path: Path)
     spark.sparkContext.setJobGroup("as_of_join_call", "as_of_join only builds a plan")
     try:
         joined = as_of_join(labels, wide, keys=["user"], label_ts="ts", feature_ts="fts")
+        # The status store learns of a job from the listener bus, a little later: drain it first.
+        spark.sparkContext._jsc.sc().listenerBus().waitUntilEmpty()  # type: ignore[union-attr]
         assert tracker.getJobIdsForGroup("as_of_join_call") == []
     finally:
         spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]
@@ -793,6 +795,23 @@ def test_times_must_be_times_and_keys_of_one_kind(spark: SparkSession) -> None:
     dated = features.withColumn("fts", F.to_date("fts"))
     joined = as_of_join(labels, dated, keys=["shop"], label_ts="lts", feature_ts="fts", prefix="f_")
     assert [r["f_fts"] for r in joined.collect()] == [at(0).date()]
+
+
+@pytest.mark.parametrize(("buckets", "prefilter"), [(None, False), (4, False), (None, True)])
+def test_a_label_date_sees_only_features_known_by_midnight_at_its_start(
+    spark: SparkSession, buckets: int | None, prefilter: bool
+) -> None:
+    labels = spark.sql("SELECT * FROM VALUES ('a', DATE'2024-03-02'), ('b', DATE'2024-03-02'), "
+                       "('c', DATE'2024-03-02') AS t(k, d)")
+    features = spark.sql("""SELECT * FROM VALUES
+        ('a', TIMESTAMP'2024-03-01 23:59:59.999999', 1), ('a', TIMESTAMP'2024-03-02 00:00:00.000001', 2),
+        ('b', TIMESTAMP'2024-03-02 00:00:00', 3), ('b', TIMESTAMP'2024-03-02 12:00:00', 4),
+        ('c', TIMESTAMP'2024-03-02 00:00:00.000001', 5)
+        AS t(k, fts, v)""")
+    joined = as_of_join(labels, features, keys=["k"], label_ts="d", feature_ts="fts",
+                        time_buckets=buckets, prefilter=prefilter)
+    # Later the same day is after the label's time, midnight is not.
+    assert {r["k"]: r["v"] for r in joined.collect()} == {"a": 1, "b": 3, "c": None}
 
 
 def test_streaming_inputs_are_refused_when_called(spark: SparkSession) -> None:
