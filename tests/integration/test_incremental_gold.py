@@ -541,7 +541,9 @@ def test_the_cached_silver_reads_are_released_when_one_of_them_fails(
     assert not any(df.is_cached for df in persisted), "and released again"
 
 
-@pytest.mark.parametrize("change", ["event deleted", "arrival moved later", "user changed"])
+@pytest.mark.parametrize(
+    "change", ["event deleted", "arrival moved later", "user changed", "event date changed"]
+)
 def test_a_change_in_silver_other_than_an_arrival_moved_back_recomputes_in_full(
     spark: SparkSession, base_settings: Settings, tmp_path: Path, change: str,
     caplog: pytest.LogCaptureFixture,
@@ -549,7 +551,7 @@ def test_a_change_in_silver_other_than_an_arrival_moved_back_recomputes_in_full(
     """Such a change can shorten a user's history or end it, which an increment never removes."""
     settings = _settings(base_settings, tmp_path)
     silver.ensure_tables(spark, settings)
-    d1, d2, d3 = date(2026, 3, 1), date(2026, 3, 2), date(2026, 3, 3)
+    d0, d1, d2, d3 = date(2026, 2, 28), date(2026, 3, 1), date(2026, 3, 2), date(2026, 3, 3)
     orders = [("a", d1, d1, Decimal("10.00")), ("b", d2, d2, Decimal("5.00")), ("a", d3, d3, Decimal("1.00"))]
     _append(spark, settings, "silver_orders", _silver_rows(orders, [], [])["silver_orders"])
     assert incremental.refresh(spark, settings).mode == "full"
@@ -559,18 +561,23 @@ def test_a_change_in_silver_other_than_an_arrival_moved_back_recomputes_in_full(
         target.delete(first)
     elif change == "arrival moved later":
         target.update(first, {"_arrival_date": F.lit(d2)})
-    else:
+    elif change == "user changed":
         target.update(first, {"user_key": F.lit("c")})
+    else:
+        # A day earlier, still known on its arrival day: gold's row of d1 for it has to go.
+        target.update(first, {"event_date": F.lit(d0),
+                              "event_ts": F.col("event_ts") - F.expr("INTERVAL 1 DAY")})
     with caplog.at_level(logging.INFO, logger=incremental.__name__):
         assert incremental.refresh(spark, settings).mode == "full"
     reason = "holds deletes" if change == "event deleted" else "changes an event's user or date"
     assert reason in caplog.text
     first_days = _snapshot(spark, settings)[1].groupBy("user_key").agg(F.min("feature_date"))
     expected = {"event deleted": {"a": d3, "b": d2}, "arrival moved later": {"a": d2, "b": d2},
-                "user changed": {"a": d3, "b": d2, "c": d1}}[change]
+                "user changed": {"a": d3, "b": d2, "c": d1}, "event date changed": {"a": d1, "b": d2}}[change]
     assert dict(tuple(r) for r in first_days.collect()) == expected
     changed = {"event deleted": [], "arrival moved later": [("a", d1, d2, Decimal("10.00"))],
-               "user changed": [("c", d1, d1, Decimal("10.00"))]}[change]
+               "user changed": [("c", d1, d1, Decimal("10.00"))],
+               "event date changed": [("a", d0, d1, Decimal("10.00"))]}[change]
     _assert_gold_is_the_oracles(spark, settings, (changed + orders[1:], [], []), d3)
 
 
