@@ -558,9 +558,7 @@ def _remove_copies(
     writing another one now, and whichever run's ledger row gets in, the
     other removes its own copy.
     """
-    recorder = tables.read(spark, settings.table("ops_ingestion_batches")).filter(
-        F.col("batch_id").isin(batches)
-    ).select(F.col("batch_id").alias("_batch_id"), F.col("ingested_at").alias("_recorded_at"))
+    recorder = recorded_stamps(spark, settings, batches)
     removed = 0
     for name in holding:
         # Retried whole: a commit in between may have changed which copies there are.
@@ -576,15 +574,29 @@ def _remove_copies(
                     "such as %s", len(batches), min(batches))
 
 
+def recorded_stamps(spark: SparkSession, settings: Settings, batches: Sequence[str]) -> DataFrame:
+    """Per batch of ``batches`` (``_batch_id``), the ``ingested_at`` of its ledger row (``_recorded_at``).
+
+    The rows of a batch that bear it are those of the run the ledger names.
+    """
+    return tables.read(spark, settings.table("ops_ingestion_batches")).filter(
+        F.col("batch_id").isin(list(batches))
+    ).select(F.col("batch_id").alias("_batch_id"), F.col("ingested_at").alias("_recorded_at"))
+
+
+def by_recorder() -> Column:
+    """Whether a bronze row joined to :func:`recorded_stamps` is the recording run's copy of its line."""
+    return F.coalesce(F.col("_ingested_at") == F.col("_recorded_at"), F.lit(False))
+
+
 def _remove_copies_from(spark: SparkSession, name: str, recorder: DataFrame, batches: Sequence[str]) -> int:
     """:func:`_remove_copies` in one table; the rows removed."""
-    by_recorder = F.coalesce(F.col("_ingested_at") == F.col("_recorded_at"), F.lit(False))
     copied = (
         tables.read(spark, name).filter(F.col("_batch_id").isin(batches))
         .select("_batch_id", "_line_no", "_ingested_at")
         .join(F.broadcast(recorder), "_batch_id")
         .groupBy("_batch_id", "_line_no").agg(
-            F.max(by_recorder).alias("_by_recorder"),
+            F.max(by_recorder()).alias("_by_recorder"),
             F.min("_ingested_at").alias("_earliest"),
             F.max("_ingested_at").alias("_latest"),
             F.first("_recorded_at").alias("_recorded_at"),

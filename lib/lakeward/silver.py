@@ -27,7 +27,7 @@ from pyspark.sql import Column, DataFrame, Row, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from lakeward import interrupt, quality, tables
+from lakeward import bronze, interrupt, quality, tables
 from lakeward.config import ConfigError, PipelineSettings, Settings
 from lakeward.privacy.keys import fingerprint, withdraw_generated_key
 from lakeward.privacy.pseudonymize import hmac_sha256
@@ -595,13 +595,13 @@ def one_copy_per_line(rows: DataFrame, recorder: DataFrame) -> DataFrame:
     """One row per bronze line (``_batch_id``, ``_line_no``) of ``rows``.
 
     ``recorder``: per batch (``_batch_id``), the ``ingested_at`` of its row in
-    bronze's ledger (``_recorded_at``). The copy kept is the one stamped with it
-    (that of the run the ledger names, whose copy stays in bronze), else the
-    earliest. The stamps are compared in Spark: a time sent from Python can come
-    back an hour off in a process whose ``TZ`` has daylight saving.
+    bronze's ledger (``_recorded_at``; :func:`lakeward.bronze.recorded_stamps`).
+    The copy kept is the one stamped with it (that of the run the ledger names,
+    whose copy stays in bronze), else the earliest. The stamps are compared in
+    Spark: a time sent from Python can come back an hour off in a process whose
+    ``TZ`` has daylight saving.
     """
-    recorded_copy = F.coalesce(F.col("_ingested_at") == F.col("_recorded_at"), F.lit(False))
-    first = Window.partitionBy("_batch_id", "_line_no").orderBy(recorded_copy.desc(), "_ingested_at")
+    first = Window.partitionBy("_batch_id", "_line_no").orderBy(bronze.by_recorder().desc(), "_ingested_at")
     return (
         rows.join(F.broadcast(recorder), "_batch_id", "left")
         .withColumn("_n", F.row_number().over(first)).filter("_n = 1").drop("_n", "_recorded_at")
@@ -928,9 +928,7 @@ def _write_source(
                 "died): each line is taken once",
                 source, len(copied), copied[0],
             )
-            recorder = tables.read(spark, settings.table("ops_ingestion_batches")).filter(
-                F.col("batch_id").isin(copied)
-            ).select(F.col("batch_id").alias("_batch_id"), F.col("ingested_at").alias("_recorded_at"))
+            recorder = bronze.recorded_stamps(spark, settings, copied)
             twice = F.coalesce(F.col("_batch_id").isin(copied), F.lit(False))
             checked = checked.filter(~twice).unionByName(one_copy_per_line(checked.filter(twice), recorder))
             arrivals = _arrivals(checked)
