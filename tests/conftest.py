@@ -21,6 +21,12 @@ from lakeward.error_text import silence_pyspark_error_logs
 # pyspark logs every captured JVM error as a long JSON record; tests assert on the errors.
 silence_pyspark_error_logs()
 
+# Tests write times as naive datetimes, which PySpark takes, and gives back, in the process's
+# time zone: pinned so the suite passes on a machine set to any zone. Tests of behaviour
+# under another zone set TZ themselves (tests/unit/test_labels_splits.py, the CLI tests).
+os.environ["TZ"] = "UTC"
+time.tzset()
+
 # A fixed test key so pseudonymized values are reproducible inside the run.
 os.environ.setdefault("LAKEWARD_PII_KEY", "test-key-0123456789abcdef-not-a-secret")
 
