@@ -235,11 +235,12 @@ def fit_private(
         # The noise search probes RDP orders at their edges; the accountant reports the spend.
         warnings.filterwarnings("ignore", message=_RDP_EDGE)
         engine = PrivacyEngine(accountant=accountant)
+        loader = _loader(z, y, config.batch_size, config.seed)
         try:
             private_net, private_optimizer, private_loader = engine.make_private_with_epsilon(
                 module=net,
                 optimizer=optimizer,
-                data_loader=_loader(z, y, config.batch_size, config.seed),
+                data_loader=loader,
                 target_epsilon=epsilon,
                 target_delta=delta,
                 epochs=config.epochs,

@@ -191,10 +191,11 @@ _PROPERTY_TEXT = re.compile(r"[A-Za-z0-9_.,`-]+")
 
 
 def quoted_name(name: str, what: str = "table") -> str:
-    """A table name, each part checked to be a plain identifier and quoted, for statements without parameters.
+    """A table (or ``what``) name, each part checked to be a plain identifier and quoted.
 
-    Spark 4.1 with Delta's parser refuses a parameter in ``IDENTIFIER()`` for
-    ``ALTER TABLE``; the name comes from configuration, never from data.
+    For statements that take no parameters: Spark 4.1 with Delta's parser refuses a
+    parameter in ``IDENTIFIER()`` for ``ALTER TABLE`` and ``CREATE SCHEMA``; the name
+    comes from configuration, never from data.
     """
     parts = name.split(".")
     if not all(is_identifier(part) for part in parts):
