@@ -68,20 +68,27 @@ def test_a_run_killed_between_its_silver_writes_and_their_ledger_is_completed_by
     _land(reference)
     pipeline.run(spark, reference, "all", DateSelection())
 
-    home = tmp_path / "killed"
-    killed = load_settings("local", data_root=home)
-    _land(killed)
-    env = {**os.environ, "LAKEWARD_HOME": str(home), "LAKEWARD_ENV": "local"}
-    env.pop("LAKEWARD_SPARK_CONSOLE", None)
-    env.pop("LAKEWARD_CONF_DIR", None)
-    warehouse = home / "warehouse"
-    silver_orders_written = warehouse / "silver.db" / "orders" / "_delta_log" / f"{1:020d}.json"
-    silver_ledger_written = warehouse / "ops.db" / "silver_batches" / "_delta_log" / f"{1:020d}.json"
-    with (tmp_path / "killed.err").open("wb") as err:
-        first = subprocess.Popen([*LAKEWARD, "run", "all", "--all-dates"], env=env, stdout=subprocess.DEVNULL,
-                                 stderr=err, start_new_session=True)
-        assert _kill_group_once(first, silver_orders_written), (tmp_path / "killed.err").read_text()
-    assert not silver_ledger_written.exists(), "killed too late: silver had recorded its batches"
+    # The kill must land between two commits a second or more apart; a loaded machine may
+    # miss that window, and then the run is killed on a fresh data root once more.
+    for attempt in range(2):
+        home = tmp_path / f"killed-{attempt}"
+        killed = load_settings("local", data_root=home)
+        _land(killed)
+        env = {**os.environ, "LAKEWARD_HOME": str(home), "LAKEWARD_ENV": "local"}
+        env.pop("LAKEWARD_SPARK_CONSOLE", None)
+        env.pop("LAKEWARD_CONF_DIR", None)
+        warehouse = home / "warehouse"
+        silver_orders_written = warehouse / "silver.db" / "orders" / "_delta_log" / f"{1:020d}.json"
+        silver_ledger_written = warehouse / "ops.db" / "silver_batches" / "_delta_log" / f"{1:020d}.json"
+        errors = tmp_path / f"killed-{attempt}.err"
+        with errors.open("wb") as err:
+            first = subprocess.Popen([*LAKEWARD, "run", "all", "--all-dates"], env=env,
+                                     stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+            assert _kill_group_once(first, silver_orders_written), errors.read_text()
+        if not silver_ledger_written.exists():
+            break
+    else:
+        pytest.fail("killed too late twice: silver had recorded its batches")
 
     again = lakeward(env, "run", "all", "--all-dates", timeout=WAIT_S)
     assert again.returncode == 0, again.stderr
