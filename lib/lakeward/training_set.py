@@ -12,8 +12,9 @@ make a :class:`BuildSpec`, stored in the table's properties and in the
     again = rebuild(spark, settings, result.spec)     # same inputs, same versions
     assert content_hash(again) == result.content_hash
 
-The build fails, writing nothing, when a joined ``feature_ts`` is later than
-its ``label_ts`` or when :func:`lakeward.splits.leakage` reports a leak.
+The build fails, writing nothing, when there are no labels, when a part of a
+temporal split is empty, when a joined ``feature_ts`` is later than its
+``label_ts``, or when :func:`lakeward.splits.leakage` reports a leak.
 """
 
 from __future__ import annotations
@@ -115,7 +116,8 @@ class BuildSpec:
     split: str
     """``group`` or ``temporal``."""
     fractions: tuple[float, float, float]
-    """Train, validation, test shares of the group split."""
+    """Train, validation, test shares: of the users (group split), or of the label time
+    range left after the two gaps (temporal split without ``t1``/``t2``)."""
     seed: int
     t1: datetime | None
     """Temporal split bounds as resolved; never None after a temporal build."""
@@ -325,8 +327,8 @@ def temporal_bounds(
 ) -> tuple[datetime, datetime]:
     """``(t1, t2)`` for labels from ``first`` to ``last``, with a gap of ``horizon`` before each.
 
-    The range minus the two gaps is cut in the proportions of ``fractions``,
-    so train holds ``first`` and test holds ``last``. Raises
+    The range minus the two gaps is cut in the proportions of ``fractions``;
+    with shares above 0, train holds ``first`` and test holds ``last``. Raises
     :class:`TrainingSetError` when the range is not longer than two gaps::
 
         t1, t2 = temporal_bounds(first, last, horizon=timedelta(days=30), fractions=(0.7, 0.15, 0.15))
