@@ -112,16 +112,43 @@ def _add_run_options(run: argparse.ArgumentParser, *, full: bool = True) -> None
         run.set_defaults(full=False)
 
 
-def build_job_parser(stage: str) -> argparse.ArgumentParser:
-    """The parser of ``jobs/<stage>.py``: ``lakeward run <stage>``'s options, under the job's name."""
-    job = _Parser(
-        prog=f"jobs/{stage}.py",
-        description=f"spark-submit entry point of `lakeward run {stage}`.",
+STAGES = ("bronze", "silver", "gold", "all")
+# The commands that are Spark jobs besides the stages, each with a file under jobs/.
+JOB_COMMANDS = ("training-set", "train", "dp-sweep", "predict", "rebuild-training-set")
+
+
+def job_file(job: str) -> str:
+    """``jobs/<job>.py`` as the repository names it (``dp-sweep``: ``jobs/dp_sweep.py``)."""
+    return f"jobs/{job.replace('-', '_')}.py"
+
+
+def build_job_parser(job: str) -> argparse.ArgumentParser:
+    """The parser of ``jobs/<job>.py``, under the job's name.
+
+    A stage's job takes ``lakeward run <stage>``'s options, another job its command's.
+    """
+    if job in JOB_COMMANDS:
+        command = _command_parser(build_parser(), job)
+        command.prog = job_file(job)
+        # Within `lakeward`, --env and --debug have no default in a command (_common_options).
+        command.set_defaults(command=job, env=None, debug=False)
+        return command
+    if job not in STAGES:
+        raise ValueError(f"no job {job!r}; jobs: {', '.join([*STAGES, *JOB_COMMANDS])}")
+    parser = _Parser(
+        prog=job_file(job),
+        description=f"spark-submit entry point of `lakeward run {job}`.",
         parents=[_common_options(in_command=False)],
     )
-    _add_run_options(job, full=stage in ("gold", "all"))
-    job.set_defaults(command="run", stage=stage)
-    return job
+    _add_run_options(parser, full=job in ("gold", "all"))
+    parser.set_defaults(command="run", stage=job)
+    return parser
+
+
+def _command_parser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    command: argparse.ArgumentParser = commands.choices[name]
+    return command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -152,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", parents=[common], help="run a pipeline stage",
                               description="Run bronze, silver, gold, or all of them in order, "
                               "for one arrival date or (the default) every pending one.")
-    run.add_argument("stage", choices=["bronze", "silver", "gold", "all"])
+    run.add_argument("stage", choices=STAGES)
     _add_run_options(run)
 
     commands.add_parser("demo", parents=[common],

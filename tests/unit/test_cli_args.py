@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -10,7 +11,17 @@ from types import SimpleNamespace
 
 import pytest
 
-from lakeward.cli import EXIT_USAGE, _one_line, _train_report, build_job_parser, build_parser, main
+from lakeward.cli import (
+    EXIT_USAGE,
+    JOB_COMMANDS,
+    STAGES,
+    _one_line,
+    _train_report,
+    build_job_parser,
+    build_parser,
+    job_file,
+    main,
+)
 from lakeward.config import ConfigError, load_settings
 from lakeward.demo import invoked_as, sql_command
 from lakeward.sql_output import format_table, json_ready
@@ -117,6 +128,43 @@ def test_a_job_s_argument_errors_name_the_job(
     assert stop.value.code == EXIT_USAGE
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(message), err
+
+
+@pytest.mark.parametrize(
+    ("command", "argv"),
+    [
+        ("training-set", ["--name", "churn_v2", "--split", "temporal", "--t1", "2026-02-01"]),
+        ("train", ["--epsilon", "2", "--model", "mlp", "--epochs", "3", "--no-dp", "--env", "dev"]),
+        ("dp-sweep", ["--epsilons", "0.5,1", "--delta", "1e-6", "--debug"]),
+        ("predict", ["--run-id", "0123456789abcdef0123456789abcdef", "--date", "2026-03-01"]),
+        ("rebuild-training-set", ["--run-id", "0123456789abcdef0123456789abcdef", "--output", "again"]),
+        ("train", []),
+    ],
+)
+def test_a_command_s_job_parses_as_the_command_does(command: str, argv: list[str]) -> None:
+    as_command = build_parser().parse_args([command, *argv])
+    as_job = build_job_parser(command).parse_args(argv)
+    assert vars(as_job) == vars(as_command)
+    assert as_job.command == command
+
+
+@pytest.mark.parametrize("job", [*STAGES, *JOB_COMMANDS])
+def test_every_job_has_its_file_and_help(job: str) -> None:
+    # No Spark: the file's --help stops in the argument parser.
+    root = Path(__file__).resolve().parents[2]
+    shown = subprocess.run([sys.executable, job_file(job), "--help"], cwd=root,
+                           capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith(f"usage: {job_file(job)} [-h] [--env ENV] [--debug]"), shown.stdout
+    refused = subprocess.run([sys.executable, job_file(job), "--no-such-option"], cwd=root,
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == EXIT_USAGE
+    assert refused.stderr.startswith(f"{job_file(job)}: error: "), refused.stderr
+
+
+def test_a_job_that_does_not_exist_is_refused() -> None:
+    with pytest.raises(ValueError, match="no job 'sql'"):
+        build_job_parser("sql")
 
 
 def test_a_job_s_help_shows_its_own_usage(capsys: pytest.CaptureFixture[str]) -> None:
