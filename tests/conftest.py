@@ -27,6 +27,20 @@ silence_pyspark_error_logs()
 os.environ["TZ"] = "UTC"
 time.tzset()
 
+# MLflow exports the store a test points it at, and lakeward warns of a store named there
+# that it does not use: none may reach a later test or the processes tests start.
+_MLFLOW_STORE_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+for _variable in _MLFLOW_STORE_VARIABLES:
+    os.environ.pop(_variable, None)
+
+
+@pytest.fixture(autouse=True)
+def _no_mlflow_store_left_in_the_environment() -> Iterator[None]:
+    yield
+    for variable in _MLFLOW_STORE_VARIABLES:
+        os.environ.pop(variable, None)
+
+
 # A fixed test key so pseudonymized values are reproducible inside the run.
 os.environ.setdefault("LAKEWARD_PII_KEY", "test-key-0123456789abcdef-not-a-secret")
 

@@ -201,11 +201,34 @@ def configure_to_read(settings: Settings, run_id: str) -> None:
     _use_store(uri)
 
 
+# The stores this process pointed MLflow at.
+_STORES_USED: set[str] = set()
+
+
+def _warn_of_ignored_environment(uri: str) -> None:
+    """Say so when MLflow's own variables name another store than the one lakeward uses.
+
+    An MLflow user expects ``MLFLOW_TRACKING_URI`` to decide where runs go; here the
+    config does, so that every process on a data root logs to the same store.
+    """
+    for variable in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        value = os.environ.get(variable)
+        # MLflow itself exports the URI it is given, for subprocesses: not the user's.
+        if value and value != uri and value not in _STORES_USED:
+            log.warning(
+                "%s is set but not used: lakeward logs runs and models to tracking.uri from its "
+                "config (%s); set tracking.uri in conf/<env>.yml to use another store",
+                variable, _URI_USERINFO.sub("***@", uri),
+            )
+
+
 def _use_store(uri: str) -> None:
     """Runs and registered models both go to ``uri``."""
+    _warn_of_ignored_environment(uri)
     mlflow = mlflow_module()
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    _STORES_USED.add(uri)
 
 
 def _sqlite_file(uri: str) -> Path | None:

@@ -1,6 +1,7 @@
 """Training preparation without Spark or torch: arrays, preprocessing, metrics, privacy arguments."""
 
 import json
+import logging
 import math
 import os
 import subprocess
@@ -254,6 +255,35 @@ def test_looking_up_a_run_in_a_store_never_made_creates_nothing(tmp_path: Path) 
     store.parent.mkdir()
     store.touch()
     assert tracking._sqlite_file(f"sqlite:///{store}?timeout=30") == store
+
+
+def test_mlflow_s_own_uri_variables_are_named_when_they_are_not_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = load_settings("local", data_root=tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://elsewhere:5000")
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    settings.mlflow_dir.mkdir(parents=True)
+    (settings.mlflow_dir / "mlflow.db").touch()
+    with caplog.at_level(logging.WARNING, logger="lakeward.tracking"):
+        tracking.configure_to_read(settings, "abc")
+    assert "MLFLOW_TRACKING_URI is set but not used" in caplog.text
+    assert f"sqlite:///{tmp_path.resolve()}/mlflow/mlflow.db" in caplog.text
+    assert "elsewhere" not in caplog.text
+    # What MLflow exported for the store lakeward chose is not the user's.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="lakeward.tracking"):
+        tracking._use_store("sqlite:///other.db")
+        tracking.configure_to_read(settings, "abc")
+    assert caplog.text == ""
+    # The same store named both ways, or a credential in the one lakeward uses.
+    caplog.clear()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "postgresql://me:pw@db/mlflow")
+    with caplog.at_level(logging.WARNING, logger="lakeward.tracking"):
+        tracking._warn_of_ignored_environment("postgresql://me:pw@db/mlflow")
+        assert caplog.text == ""
+        tracking._warn_of_ignored_environment("postgresql://me:s3cret@db/mlflow")
+    assert "postgresql://***@db/mlflow" in caplog.text and "s3cret" not in caplog.text
 
 
 def test_a_metric_a_one_class_part_cannot_have_is_logged_as_n_a() -> None:
