@@ -928,24 +928,37 @@ def _ingest_pending(
     theirs = (record_batches(spark, settings, new_files, written, quarantined, ingested_at) if new_files
               else set())
     if theirs:
-        _take_back(spark, list(appended), theirs, ingested_at)
+        _take_back(spark, settings, list(appended), theirs,
+                   sum(written.get(b, 0) + quarantined.get(b, 0) for b in theirs))
     return written, quarantined, theirs
 
 
-def _take_back(spark: SparkSession, names: Sequence[str], batches: set[str], ingested_at: datetime) -> None:
-    """Delete this run's rows of ``batches``, which another run recorded first.
+def _take_back(
+    spark: SparkSession, settings: Settings, names: Sequence[str], batches: set[str], mine: int
+) -> None:
+    """Remove this run's copies of the lines of ``batches`` that another run recorded first.
 
     Two runs that overlap (possible on a cluster, where no lock keeps them apart)
     can both find a file pending and both append its rows; only one ledger row
-    gets in. The other run's rows are told apart by their ``_ingested_at``, and
-    the rows of the run the ledger names stay.
+    gets in. Of each line held twice, the copy of the run the ledger names stays
+    (:func:`_remove_copies_from`). A line this run holds alone stays too: this
+    run's clean-up took the other run's rows, appended but not yet recorded, for
+    an interrupted run's and removed them, so this run's copy is the only one.
+    ``mine``: the rows this run wrote of ``batches``.
     """
     log.warning("bronze: another run ingested %d of these files at the same time and recorded them "
                 "first; this run's copies of their rows are removed", len(batches))
-    mine = F.col("_batch_id").isin(sorted(batches)) & (F.col("_ingested_at") == F.lit(ingested_at))
+    recorder = recorded_stamps(spark, settings, sorted(batches))
+    removed = 0
     for name in names:
         # The next run of another day may be removing the same rows (:func:`_remove_copies`).
-        _until_no_conflict(partial(_delete, spark, name, mine), name)
+        removed += _until_no_conflict(
+            partial(_remove_copies_from, spark, name, recorder, sorted(batches)), name
+        )
+    if removed < mine:
+        log.warning("bronze: %d of this run's rows of those files stay: the other run's copies of "
+                    "their lines are gone (this run removed them as left by an interrupted run)",
+                    mine - removed)
 
 
 def _read_files(spark: SparkSession, files: Sequence[LandingFile], ingested_at: datetime) -> DataFrame:

@@ -115,6 +115,58 @@ def test_two_bronze_runs_that_overlap_keep_one_copy_of_each_file(
     assert bronze.ingest(spark, settings, "order_placed", days).skipped == 2
 
 
+def test_a_run_that_removed_the_unrecorded_rows_of_a_run_that_then_recorded_keeps_its_own(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """On a cluster, run A appends a file's rows; run B, starting before A records them, takes
+    them for an interrupted run's and removes them, then appends its own; A records the file
+    first. B's copy is then the only one: it stays, and silver takes it."""
+    settings = isolated(base_settings, tmp_path)
+    day = date(2026, 3, 1)
+    generate(settings.landing_dir, seed=8, users=40, days=1, start=day, faults=FAULTS)
+    pipeline.ensure_tables(spark, settings)
+    record = bronze.record_batches
+    held: list[tuple] = []
+
+    def a_pauses_before_its_ledger(*args: object) -> None:
+        held.append(args)
+        raise SystemExit("run A: paused before its ledger write")
+
+    monkeypatch.setattr(bronze, "record_batches", a_pauses_before_its_ledger)
+    with pytest.raises(SystemExit):
+        bronze.ingest(spark, settings, "order_placed", [day])
+    name = settings.table("bronze_order_placed")
+    [a_stamp] = [r[0] for r in tables.read(spark, name).select("_ingested_at").distinct().collect()]
+
+    def a_records_first(*args: object) -> set[str]:
+        record(*held[0])
+        return record(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(bronze, "record_batches", a_records_first)
+    with caplog.at_level(logging.WARNING, logger="lakeward.bronze"):
+        bronze.ingest(spark, settings, "order_placed", [day])
+    monkeypatch.undo()
+
+    lines = len(landing_file(settings.landing_dir, "order_placed", day).read_bytes().splitlines())
+    rows = tables.read(spark, name)
+    quarantined = count_rows(spark, settings, "bronze_quarantine", source="order_placed")
+    assert rows.count() + quarantined == lines and rows.count() > 0
+    assert "removing" in caplog.text and "this run's rows of those files stay" in caplog.text
+    assert rows.groupBy("_line_no").count().filter("count > 1").count() == 0
+    [recorded] = tables.read(spark, settings.table("ops_ingestion_batches")).collect()
+    assert recorded["ingested_at"] == a_stamp
+    assert {r[0] for r in rows.select("_ingested_at").distinct().collect()} != {a_stamp}
+    assert (recorded["rows_written"], recorded["rows_quarantined"]) == (rows.count(), quarantined)
+    # Nothing is short or held twice for the next run, and silver takes every row.
+    written = rows.count()
+    pipeline.run_bronze(spark, settings, DateSelection(day))
+    assert tables.read(spark, name).count() == written
+    pipeline.run_silver(spark, settings, DateSelection(day))
+    [(rows_in, *_)] = silver_ledger(spark, settings, "order_placed", day)
+    assert rows_in == recorded["rows_written"]
+
+
 def test_rows_of_a_crashed_day_whose_files_are_gone_are_recorded_by_a_run_of_another_day(
     spark: SparkSession, base_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
