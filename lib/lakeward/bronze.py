@@ -108,11 +108,31 @@ class LandingFile:
     checksum: str
     lines: int
     """Lines counted while hashing, independently of Spark's reader."""
+    stamp: tuple[int, ...]
+    """What the file system said of the file before it was hashed (:func:`file_stamp`)."""
 
     @property
     def batch_id(self) -> str:
         """Stable id: a re-landed file with other content is another batch."""
         return f"{self.source}-{self.arrival_date:%Y%m%d}-{self.checksum[:16]}"
+
+    def changed(self) -> bool:
+        """Whether the file was replaced, rewritten or removed since it was hashed."""
+        try:
+            return file_stamp(self.path) != self.stamp
+        except FileNotFoundError:
+            return True
+
+
+def file_stamp(path: Path) -> tuple[int, ...]:
+    """Size and modification time: a rewrite in place or a replacement by a new file changes them.
+
+    Hashing the file again would tell for sure, at the cost of reading it
+    again. Not the inode or change time: a FUSE mount (Databricks volumes,
+    ``/dbfs``) may give an unchanged file another of either on each look.
+    """
+    st = path.stat()
+    return (st.st_size, st.st_mtime_ns)
 
 
 @dataclass(frozen=True)
@@ -408,6 +428,8 @@ def landing_files(settings: Settings, source: str, dates: Sequence[date]) -> lis
 
 
 def _describe_file(settings: Settings, source: str, day: date, path: Path) -> LandingFile:
+    # Before the hash: a change while it is read shows as a changed stamp.
+    stamp = file_stamp(path)
     digest = hashlib.sha256()
     newlines, last = 0, b"\n"
     with path.open("rb") as handle:
@@ -420,9 +442,10 @@ def _describe_file(settings: Settings, source: str, day: date, path: Path) -> La
         arrival_date=day,
         path=path,
         relative_path=str(path.relative_to(settings.data_root)),
-        size_bytes=path.stat().st_size,
+        size_bytes=stamp[0],
         checksum=digest.hexdigest(),
         lines=newlines + (0 if last == b"\n" else 1),
+        stamp=stamp,
     )
 
 
@@ -923,14 +946,48 @@ def _ingest_pending(
         quarantine.name: sum(quarantined.get(f.batch_id, 0) for f in every_file),
         **{specs[s].name: sum(written.get(f.batch_id, 0) for f in fs) for s, fs in pending.items()},
     }
-    _check_written(appended, expected)
-    new_files = [f for f in every_file if f.batch_id not in recorded]
+    try:
+        _check_written(appended, expected)
+    except ReconciliationError:
+        _remove_own_rows(spark, list(appended), every_file, ingested_at)
+        raise
+    # Checked after the writes, which read the files last: a file the same now as when
+    # it was hashed gave the rows its checksum stands for.
+    changed = [f for f in every_file if f.changed()]
+    if changed:
+        _remove_own_rows(spark, list(appended), changed, ingested_at)
+    new_files = [f for f in every_file if f.batch_id not in recorded and f not in changed]
     theirs = (record_batches(spark, settings, new_files, written, quarantined, ingested_at) if new_files
               else set())
     if theirs:
         _take_back(spark, settings, list(appended), theirs,
                    sum(written.get(b, 0) + quarantined.get(b, 0) for b in theirs))
+    if changed:
+        raise ReconciliationError(
+            f"{', '.join(f.relative_path for f in changed)}: changed while being ingested (size or "
+            "modification time differs from when it was hashed), so its rows may not be those of its "
+            "checksum; this run's rows of it were removed and it was not recorded: run bronze again "
+            "to ingest it as it is now"
+        )
     return written, quarantined, theirs
+
+
+def _remove_own_rows(
+    spark: SparkSession, names: Sequence[str], files: Sequence[LandingFile], ingested_at: datetime
+) -> None:
+    """Delete from tables ``names`` the rows this run (stamped ``ingested_at``) wrote of ``files``.
+
+    Left in place, rows of a file that changed since it was hashed would stay
+    under a batch id the file no longer gives: no later run would take them
+    for its own, and :func:`find_lost` would record them as a gone file's.
+    """
+    condition = (
+        F.col("_arrival_date").isin(sorted({f.arrival_date for f in files}))
+        & F.col("_batch_id").isin(sorted({f.batch_id for f in files}))
+        & (F.col("_ingested_at") == F.lit(ingested_at).cast("timestamp"))
+    )
+    for name in names:
+        _until_no_conflict(partial(_delete, spark, name, condition), name)
 
 
 def _take_back(
@@ -1093,7 +1150,8 @@ def _check_written(appended: dict[str, int], expected: dict[str, int]) -> None:
     if wrong:
         raise ReconciliationError(
             f"rows written vs lines counted per table: {wrong}; "
-            "no ledger row was written, so the next run writes these files again"
+            "no ledger row was written and this run's rows were removed, "
+            "so the next run writes these files again"
         )
 
 

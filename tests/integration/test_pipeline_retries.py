@@ -46,6 +46,7 @@ def test_crash_between_write_and_ledger_adds_nothing_twice(
     with pytest.raises(bronze.ReconciliationError, match=rf"'{name}': \(\d+, \d+\)}}; no ledger row"):
         bronze.ingest(spark, settings, "order_placed", days)
     assert count_rows(spark, settings, "ops_ingestion_batches") == 0
+    assert tables.read(spark, name).count() == count_rows(spark, settings, "bronze_quarantine") == 0
     monkeypatch.undo()
 
     def crash(*args: object, **kwargs: object) -> None:
@@ -71,6 +72,48 @@ def test_crash_between_write_and_ledger_adds_nothing_twice(
     assert tables.read(spark, name).groupBy("_batch_id", "_line_no").count().filter("count > 1").count() == 0
     again = bronze.ingest(spark, settings, "order_placed", days)
     assert again.skipped == 2 and tables.read(spark, name).count() == rows
+
+
+def test_a_landing_file_replaced_after_it_was_hashed_is_not_recorded_under_its_old_checksum(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file rewritten between its hash and Spark's read, to as many lines and bytes: its rows are
+    of the new content, so they must not stay under the batch id of the old."""
+    settings = isolated(base_settings, tmp_path)
+    days = [date(2026, 3, 1), date(2026, 3, 2)]
+    generate(settings.landing_dir, seed=5, users=20, days=2, start=days[0], faults=FAULTS)
+    bronze.ensure_tables(spark, settings)
+    path = landing_file(settings.landing_dir, "order_placed", days[1])
+    before = path.read_bytes()
+    # Same size, same lines: every order of 3 items becomes one of 4.
+    after = before.replace(b'"items":3,', b'"items":4,')
+    assert after != before and len(after) == len(before)
+    read_files = bronze._read_files
+
+    def replaced_before_read(*args: object) -> object:
+        path.write_bytes(after)
+        return read_files(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(bronze, "_read_files", replaced_before_read)
+    with pytest.raises(bronze.ReconciliationError, match=r"order_placed/2026-03-02\.jsonl: changed while"):
+        bronze.ingest(spark, settings, "order_placed", days)
+    monkeypatch.undo()
+    ledger = tables.read(spark, settings.table("ops_ingestion_batches")).collect()
+    assert [r["arrival_date"] for r in ledger] == [days[0]]  # the unchanged file is recorded
+    name = settings.table("bronze_order_placed")
+    held = tables.read(spark, name).groupBy("_arrival_date").count().collect()
+    assert [r["_arrival_date"] for r in held] == [days[0]]
+
+    result = bronze.ingest(spark, settings, "order_placed", days)
+    assert result.skipped == 1
+    ledger = tables.read(spark, settings.table("ops_ingestion_batches")).collect()
+    recorded = {r["arrival_date"]: r for r in ledger}
+    assert recorded[days[1]]["checksum"] == hashlib.sha256(after).hexdigest()
+    batch = F.col("_batch_id") == recorded[days[1]]["batch_id"]
+    rows = tables.read(spark, name).filter(F.col("_arrival_date") == days[1]).count()
+    quarantined = tables.read(spark, settings.table("bronze_quarantine")).filter(batch).count()
+    assert rows == tables.read(spark, name).filter(batch).count() == recorded[days[1]]["rows_written"]
+    assert rows + quarantined == len(after.splitlines()) == recorded[days[1]]["lines"]
 
 
 def test_two_bronze_runs_that_overlap_keep_one_copy_of_each_file(

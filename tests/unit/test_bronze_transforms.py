@@ -239,7 +239,7 @@ def test_a_source_without_a_file_on_a_day_others_sent_one_for_is_warned_of(
     def sent(source: str, day: int) -> bronze.LandingFile:
         arrival = date(2026, 1, day)
         path = f"{source}/{arrival}.jsonl"
-        return bronze.LandingFile(source, arrival, Path(path), path, 1, "0" * 64, 1)
+        return bronze.LandingFile(source, arrival, Path(path), path, 1, "0" * 64, 1, (1, 0))
 
     files = {
         "order_placed": [sent("order_placed", day) for day in range(1, 9)],
