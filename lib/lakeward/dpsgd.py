@@ -12,6 +12,7 @@ and its non-private twin share everything but privacy: architecture, initial wei
 """
 
 import logging
+import secrets
 import time
 import warnings
 from collections.abc import Iterator
@@ -43,6 +44,10 @@ class FitConfig:
     batch_size: int
     learning_rate: float
     seed: int
+    noise_seed: int | None = None
+    """The seed of DP-SGD's noise and batch sampling. ``None``, as ``lakeward train`` runs, draws
+    one from the operating system that is never logged: the epsilon bounds what the trained
+    weights reveal only while the noise is unknown, and ``seed`` is logged with every run."""
 
 
 @dataclass(frozen=True)
@@ -222,20 +227,24 @@ def fit_private(
     Opacus derives it from the loader: about ``batch_size / rows``; it samples, accounts
     and trains at that one rate); the report holds the epsilon the accountant
     says was actually spent. Raises :class:`NoiseSearchError` when no noise level reaches
-    the target.
+    the target. The initial weights follow ``config.seed``, as the twin's do; the noise and
+    the batches drawn follow ``config.noise_seed``, a secret one unless given.
     """
     from opacus import PrivacyEngine
 
     torch.manual_seed(config.seed)
     net = build_net(config.model, z.shape[1], config.hidden_units, positive_rate(y))
     optimizer = torch.optim.Adam(net.parameters(), lr=config.learning_rate)
+    noise_seed = secrets.randbits(63) if config.noise_seed is None else config.noise_seed
     with warnings.catch_warnings():
-        # secure_mode stays off on purpose: the seeded RNG makes runs reproducible.
+        # Opacus's secure_mode needs torchcsprng, whose last release (0.2.1) has no build for
+        # Python 3.11: the noise comes from torch's generator under a seed nobody is told.
         warnings.filterwarnings("ignore", message="Secure RNG turned off")
         # The noise search probes RDP orders at their edges; the accountant reports the spend.
         warnings.filterwarnings("ignore", message=_RDP_EDGE)
         engine = PrivacyEngine(accountant=accountant)
-        loader = _loader(z, y, config.batch_size, config.seed)
+        # The Poisson sampler draws the batches with the loader's generator.
+        loader = _loader(z, y, config.batch_size, noise_seed)
         try:
             private_net, private_optimizer, private_loader = engine.make_private_with_epsilon(
                 module=net,
@@ -246,6 +255,7 @@ def fit_private(
                 epochs=config.epochs,
                 max_grad_norm=max_grad_norm,
                 poisson_sampling=True,
+                noise_generator=torch.Generator().manual_seed(noise_seed),
                 # Per-sample gradients from torch's expanded weights rather than Opacus's module
                 # hooks: the same gradients (to float rounding), with less work per step.
                 grad_sample_mode="ew",

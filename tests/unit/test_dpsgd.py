@@ -24,7 +24,7 @@ def test_dp_sgd_spends_at_most_the_target_and_still_learns(accountant: str) -> N
 
     x, y = separable(2000)
     prep = Preprocessor.fit(x)
-    config = FitConfig("logreg", 8, epochs=3, batch_size=100, learning_rate=0.05, seed=1)
+    config = FitConfig("logreg", 8, epochs=3, batch_size=100, learning_rate=0.05, seed=1, noise_seed=2)
     net, report, seconds = fit_private(prep.transform(x), y, config, epsilon=2.0, delta=1e-5,
                                        max_grad_norm=1.0, accountant=accountant)
     assert report.epsilon_spent <= 2.0 and report.epsilon_spent > 1.5
@@ -71,7 +71,7 @@ def test_both_models_start_at_the_base_rate_and_end_near_it_without_signal(model
     untrained = build_net(model, 3, 8, positive_rate(y))
     assert probabilities(untrained, z).mean() == pytest.approx(y.mean(), abs=0.03)
     # The configured training: 10 epochs of Adam at 0.003 (conf/base.yml).
-    config = FitConfig(model, 8, epochs=10, batch_size=256, learning_rate=0.003, seed=3)
+    config = FitConfig(model, 8, epochs=10, batch_size=256, learning_rate=0.003, seed=3, noise_seed=4)
     twin, _ = fit_non_private(z, y, config)
     private, _, _ = fit_private(z, y, config, epsilon=3.0, delta=1e-5, max_grad_norm=1.0, accountant="prv")
     constant = scores(y, np.full(len(y), y.mean()))["log_loss"]
@@ -113,7 +113,7 @@ def test_dp_sgd_trains_the_model_opacus_hooks_train_empty_batches_included() -> 
     x, y = separable(12, seed=3)
     z = Preprocessor.fit(x).transform(x)
     # One row expected per batch out of 12: about a third of the 120 steps draw none.
-    config = FitConfig("mlp", 4, epochs=10, batch_size=1, learning_rate=0.05, seed=7)
+    config = FitConfig("mlp", 4, epochs=10, batch_size=1, learning_rate=0.05, seed=7, noise_seed=11)
     net, report, _ = fit_private(z, y, config, epsilon=8.0, delta=1e-3, max_grad_norm=1.0, accountant="rdp")
 
     torch.manual_seed(config.seed)
@@ -123,8 +123,9 @@ def test_dp_sgd_trains_the_model_opacus_hooks_train_empty_batches_included() -> 
         engine = PrivacyEngine(accountant="rdp")
         model, optimizer, loader = engine.make_private_with_epsilon(
             module=reference, optimizer=torch.optim.Adam(reference.parameters(), lr=config.learning_rate),
-            data_loader=_loader(z, y, config.batch_size, config.seed), target_epsilon=8.0, target_delta=1e-3,
+            data_loader=_loader(z, y, config.batch_size, 11), target_epsilon=8.0, target_delta=1e-3,
             epochs=config.epochs, max_grad_norm=1.0, poisson_sampling=True, grad_sample_mode="hooks",
+            noise_generator=torch.Generator().manual_seed(11),
         )
         empty, threads = 0, torch.get_num_threads()
         torch.set_num_threads(1)  # as fit_private trains
@@ -139,3 +140,24 @@ def test_dp_sgd_trains_the_model_opacus_hooks_train_empty_batches_included() -> 
     assert report.epsilon_spent == pytest.approx(engine.get_epsilon(1e-3))
     for ours, theirs in zip(net.state_dict().values(), reference.state_dict().values(), strict=True):
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_the_noise_is_secret_unless_its_seed_is_given() -> None:
+    """The logged seed fixes the initial weights; the noise and the batches follow a seed nobody is told."""
+    import torch
+
+    from lakeward.dpsgd import FitConfig, fit_private
+
+    x, y = separable(300, seed=5)
+    z = Preprocessor.fit(x).transform(x)
+
+    def weights(noise_seed: int | None) -> list[torch.Tensor]:
+        config = FitConfig("logreg", 4, epochs=2, batch_size=50, learning_rate=0.05, seed=3,
+                           noise_seed=noise_seed)
+        net, _, _ = fit_private(z, y, config, epsilon=2.0, delta=1e-4, max_grad_norm=1.0, accountant="rdp")
+        return list(net.state_dict().values())
+
+    given = weights(9)
+    assert all(torch.equal(a, b) for a, b in zip(given, weights(9), strict=True))
+    secret = weights(None)
+    assert not all(torch.equal(a, b) for a, b in zip(secret, weights(None), strict=True))
