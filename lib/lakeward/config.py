@@ -294,10 +294,47 @@ class TrackingSettings(_Strict):
     artifact_location: str | None = None
     """Artifact root of the experiment when lakeward creates it. ``None``: the server decides for
     http(s) and Databricks URIs, ``<data_root>/mlflow/artifacts`` for every other URI."""
+    registry_uri: str | None = None
+    """Where models are registered. ``None``: the tracking store itself, except for a Databricks
+    workspace (``databricks``, ``databricks://<profile>``), where it is Unity Catalog
+    (``databricks-uc``), as MLflow itself picks by default."""
     experiment: str = "lakeward-churn"
-    """Experiment every training run is logged to."""
+    """Experiment every training run is logged to (on Databricks, a workspace path)."""
     registered_model: str = "lakeward_churn"
-    """Registry name of the model each ``lakeward train`` registers."""
+    """Registry name of the model each ``lakeward train`` registers (in Unity Catalog,
+    ``catalog.schema.model``)."""
+
+    @model_validator(mode="after")
+    def _databricks_names(self) -> TrackingSettings:
+        if self.uri is not None and is_databricks(self.uri) and not self.experiment.startswith("/"):
+            raise ValueError(
+                "experiment: a Databricks workspace names experiments by their path, such as "
+                f"/Shared/{self.experiment} (found {self.experiment!r})"
+            )
+        registry = self.registry_uri or (default_registry(self.uri) if self.uri is not None else "")
+        unity_catalog = registry == "databricks-uc" or registry.startswith("databricks-uc://")
+        if unity_catalog and not re.fullmatch(r"[^.\s]+\.[^.\s]+\.[^.\s]+", self.registered_model):
+            raise ValueError(
+                "registered_model: Unity Catalog names a model catalog.schema.model "
+                f"(found {self.registered_model!r}); set tracking.registry_uri to register elsewhere"
+            )
+        return self
+
+
+def default_registry(tracking_uri: str) -> str:
+    """Where models go when ``tracking.registry_uri`` is not set.
+
+    The tracking store itself, or for a Databricks workspace Unity Catalog (of the
+    same profile), as MLflow picks by default.
+    """
+    if is_databricks(tracking_uri):
+        return "databricks-uc" + tracking_uri.removeprefix("databricks")
+    return tracking_uri
+
+
+def is_databricks(uri: str) -> bool:
+    """Whether a tracking URI names a Databricks workspace, as MLflow reads it."""
+    return uri == "databricks" or uri.startswith("databricks://")
 
 
 # Beyond it a bound of e**epsilon says nothing, and Opacus's search for the noise level

@@ -37,7 +37,7 @@ from urllib.parse import urlparse
 import yaml
 
 from lakeward import tables
-from lakeward.config import Settings
+from lakeward.config import Settings, default_registry
 from lakeward.error_text import one_line
 
 if TYPE_CHECKING:
@@ -149,6 +149,11 @@ def tracking_uri(settings: Settings) -> str:
     return f"sqlite:///{settings.mlflow_dir / 'mlflow.db'}"
 
 
+def registry_uri(settings: Settings) -> str:
+    """``tracking.registry_uri``, else :func:`lakeward.config.default_registry` of the tracking store."""
+    return settings.tracking.registry_uri or default_registry(tracking_uri(settings))
+
+
 def artifact_location(settings: Settings) -> str | None:
     """Artifact root for an experiment lakeward creates; ``None`` lets a server decide."""
     if settings.tracking.artifact_location:
@@ -165,7 +170,7 @@ def configure(settings: Settings) -> str:
     uri = tracking_uri(settings)
     if uri.startswith("sqlite:///"):
         settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
-    _use_store(uri)
+    _use_store(uri, registry_uri(settings))
     name = settings.tracking.experiment
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:
@@ -177,7 +182,7 @@ def configure(settings: Settings) -> str:
             if experiment is None:
                 raise
             experiment_id = experiment.experiment_id
-        log.info("tracking: created experiment %r at %s", name, uri)
+        log.info("tracking: created experiment %r at %s", name, shown_uri(uri))
     else:
         experiment_id = experiment.experiment_id
     # A run started without an experiment id (a nested run, say) would otherwise land in
@@ -198,37 +203,40 @@ def configure_to_read(settings: Settings, run_id: str) -> None:
         raise LineageError(
             f"no MLflow run {run_id!r}: nothing has been tracked in {store} yet (`lakeward train` logs runs)"
         )
-    _use_store(uri)
+    _use_store(uri, registry_uri(settings))
 
 
 # The stores this process pointed MLflow at.
 _STORES_USED: set[str] = set()
 
 
-def _warn_of_ignored_environment(uri: str) -> None:
-    """Say so when MLflow's own variables name another store than the one lakeward uses.
+def _warn_of_ignored_environment(uri: str, registry: str | None = None) -> None:
+    """Say so when MLflow's own variables name other stores than those lakeward uses.
 
     An MLflow user expects ``MLFLOW_TRACKING_URI`` to decide where runs go; here the
     config does, so that every process on a data root logs to the same store.
     """
-    for variable in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+    chosen = {"MLFLOW_TRACKING_URI": (uri, "tracking.uri"),
+              "MLFLOW_REGISTRY_URI": (registry or uri, "tracking.registry_uri")}
+    for variable, (store, key) in chosen.items():
         value = os.environ.get(variable)
         # MLflow itself exports the URI it is given, for subprocesses: not the user's.
-        if value and value != uri and value not in _STORES_USED:
+        if value and value != store and value not in _STORES_USED:
             log.warning(
-                "%s is set but not used: lakeward logs runs and models to tracking.uri from its "
-                "config (%s); set tracking.uri in conf/<env>.yml to use another store",
-                variable, _URI_USERINFO.sub("***@", uri),
+                "%s is set but not used: lakeward uses %s from its config, or its default (%s); "
+                "set %s in conf/<env>.yml to use another store",
+                variable, key, shown_uri(store), key,
             )
 
 
-def _use_store(uri: str) -> None:
-    """Runs and registered models both go to ``uri``."""
-    _warn_of_ignored_environment(uri)
+def _use_store(uri: str, registry: str | None = None) -> None:
+    """Runs go to ``uri``, registered models to ``registry`` (by default the same store)."""
+    registry = registry or uri
+    _warn_of_ignored_environment(uri, registry)
     mlflow = mlflow_module()
     mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    _STORES_USED.add(uri)
+    mlflow.set_registry_uri(registry)
+    _STORES_USED.update((uri, registry))
 
 
 def _sqlite_file(uri: str) -> Path | None:
@@ -302,6 +310,11 @@ _NAMED_SECRET = re.compile(
 REDACTED = "*********(redacted)"
 
 
+def shown_uri(text: str) -> str:
+    """``text`` with the ``user:password@`` of any URI in it masked, for a log line or a message."""
+    return _URI_USERINFO.sub("***@", text)
+
+
 # The training-set settings a build records in its spec.
 _BUILT_WITH = ("horizon_days", "ttl_days", "split", "fractions", "seed", "t1", "t2")
 _ORDERS_WINDOW = re.compile(r"orders_(\d+)d")
@@ -324,7 +337,7 @@ def loggable_settings(settings: Settings, spec: BuildSpecLike | None = None) -> 
             return value
         if _SECRET_KEY.search(key):
             return REDACTED
-        return _URI_USERINFO.sub("***@", _NAMED_SECRET.sub(lambda m: m.group(1) + REDACTED, value))
+        return shown_uri(_NAMED_SECRET.sub(lambda m: m.group(1) + REDACTED, value))
 
     dump: dict[str, Any] = clean("", settings.model_dump(mode="json"))
     if spec is not None:
@@ -568,12 +581,19 @@ def log_training_lineage(snapshot: TrainingSnapshot, inputs: Sequence[DeltaInput
 
 
 def get_run(run_id: str) -> Run:
-    """The run, or :class:`LineageError` if the store has no such run."""
+    """The run, or :class:`LineageError` saying the store has no such run or could not be asked."""
     mlflow = mlflow_module()
     try:
         return client().get_run(run_id)
-    except mlflow.exceptions.MlflowException:
-        raise LineageError(f"no MLflow run {run_id!r} in {mlflow.get_tracking_uri()}") from None
+    except mlflow.exceptions.MlflowException as err:
+        store = shown_uri(mlflow.get_tracking_uri())
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise LineageError(f"no MLflow run {run_id!r} in {store}") from None
+        # A store that is down, refuses the credentials or needs `mlflow db upgrade`.
+        first = next(iter(str(err.message).strip().splitlines()), "") or type(err).__name__
+        raise LineageError(
+            f"could not look up MLflow run {run_id!r} in {store}: {shown_uri(first)}"
+        ) from None
 
 
 def logged_inputs(run: Run) -> tuple[LoggedInput, ...]:

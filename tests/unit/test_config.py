@@ -99,6 +99,15 @@ def test_unknown_key_names_file_and_key(tmp_path: Path) -> None:
          r"local\.yml: training_set\.fractions\.0: Input should be a finite number \(found nan\)"),
         ("training:\n  learning_rate: .inf\n",
          r"local\.yml: training\.learning_rate: Input should be a finite number \(found inf\)"),
+        # A Databricks workspace: experiments by path, and Unity Catalog's three-part model names.
+        ("tracking:\n  uri: databricks\n",
+         r"local\.yml: tracking: .*experiment: a Databricks workspace names experiments by their path, "
+         r"such as /Shared/lakeward-churn \(found 'lakeward-churn'\)$"),
+        ("tracking:\n  uri: databricks://ml\n  experiment: /Shared/churn\n",
+         r"local\.yml: tracking: .*registered_model: Unity Catalog names a model catalog\.schema\.model "
+         r"\(found 'lakeward_churn'\)"),
+        ("tracking:\n  registry_uri: databricks-uc\n",
+         r"local\.yml: tracking: .*registered_model: Unity Catalog names a model catalog\.schema\.model"),
         ("privacy:\n  pii_key_env: ''\n",
          r"local\.yml: privacy\.pii_key_env: expected the name of an environment variable \(found ''\)"),
     ],
@@ -361,3 +370,32 @@ def test_a_value_the_merge_takes_whole_from_the_overlay_is_the_overlay_s() -> No
     assert config._sets({"a": {"b": 1}}, {"a": 5}, ["a", "c"])  # a mapping where base has none
     assert not config._sets({"a": {"b": 1}}, {"a": {"c": 2}}, ["a", "c"])  # merged: c is base's
     assert not config._sets({}, {"a": 1}, ["a"])
+
+
+@pytest.mark.parametrize(
+    ("tracking", "registry"),
+    [
+        ("uri: databricks\n  experiment: /Shared/churn\n  registered_model: ml.churn.model\n",
+         "databricks-uc"),
+        ("uri: databricks://ml\n  experiment: /Shared/churn\n  registered_model: ml.churn.model\n",
+         "databricks-uc://ml"),
+        # The workspace's own registry, asked for by name: any model name.
+        ("uri: databricks\n  registry_uri: databricks\n  experiment: /Shared/churn\n", "databricks"),
+        ("uri: http://mlflow:5000\n", "http://mlflow:5000"),
+        ("uri: http://mlflow:5000\n  registry_uri: sqlite:////srv/registry.db\n", "sqlite:////srv/registry.db"),
+    ],
+)
+def test_models_are_registered_in_the_tracking_store_or_unity_catalog_for_databricks(
+    tmp_path: Path, tracking: str, registry: str
+) -> None:
+    from lakeward.tracking import registry_uri
+
+    conf = _conf(tmp_path, local=f"tracking:\n  {tracking}")
+    assert registry_uri(load_settings("local", conf_dir=conf, data_root=tmp_path / "home")) == registry
+
+
+def test_without_a_tracking_uri_models_go_to_the_data_root_s_store(tmp_path: Path) -> None:
+    from lakeward.tracking import registry_uri, tracking_uri
+
+    settings = load_settings("local", data_root=tmp_path)
+    assert registry_uri(settings) == tracking_uri(settings) == f"sqlite:///{tmp_path.resolve()}/mlflow/mlflow.db"

@@ -286,6 +286,51 @@ def test_mlflow_s_own_uri_variables_are_named_when_they_are_not_used(
     assert "postgresql://***@db/mlflow" in caplog.text and "s3cret" not in caplog.text
 
 
+@pytest.fixture
+def mlflow_stores_put_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLflow's stores put back after the test, so no later test finds it pointed elsewhere."""
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    monkeypatch.setattr(tracking_utils, "_tracking_uri", tracking_utils._tracking_uri)
+    monkeypatch.setattr(registry_utils, "_registry_uri", registry_utils._registry_uri)
+
+
+@pytest.mark.usefixtures("mlflow_stores_put_back")
+def test_models_go_to_the_registry_of_the_config(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", "databricks-uc")
+    with caplog.at_level(logging.WARNING, logger="lakeward.tracking"):
+        tracking._use_store("databricks", "databricks-uc")
+    assert (mlflow.get_tracking_uri(), mlflow.get_registry_uri()) == ("databricks", "databricks-uc")
+    assert caplog.text == ""  # the variable names the registry lakeward uses
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", "http://elsewhere:5000")
+    with caplog.at_level(logging.WARNING, logger="lakeward.tracking"):
+        tracking._use_store("databricks", "databricks-uc")
+    assert "MLFLOW_REGISTRY_URI is set but not used: lakeward uses tracking.registry_uri" in caplog.text
+    assert "(databricks-uc)" in caplog.text and "elsewhere" not in caplog.text
+
+
+@pytest.mark.usefixtures("mlflow_stores_put_back")
+def test_a_run_lookup_tells_a_missing_run_from_a_store_that_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tracking._use_store(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with pytest.raises(tracking.LineageError, match=r"^no MLflow run '0{32}' in sqlite:///"):
+        tracking.get_run("0" * 32)
+    # Nothing listens on port 9: refused at once, with no retry.
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    tracking._use_store("http://lakeward:s3cret@127.0.0.1:9")
+    with pytest.raises(tracking.LineageError) as caught:
+        tracking.get_run("0" * 32)
+    message = str(caught.value)
+    assert message.startswith(f"could not look up MLflow run '{'0' * 32}' in http://***@127.0.0.1:9: ")
+    assert "s3cret" not in message and "\n" not in message
+
+
 def test_a_metric_a_one_class_part_cannot_have_is_logged_as_n_a() -> None:
     from lakeward.train import _describe
 
