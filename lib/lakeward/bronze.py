@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import zlib
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -108,31 +109,15 @@ class LandingFile:
     checksum: str
     lines: int
     """Lines counted while hashing, independently of Spark's reader."""
-    stamp: tuple[int, ...]
-    """What the file system said of the file before it was hashed (:func:`file_stamp`)."""
+    line_crc_sum: int
+    """The sum of the CRC-32 of every line (without its ``\n``) as hashed: the sum Spark's
+    ``crc32`` gives over the rows it read if, and only if (up to CRC collisions), it read
+    those lines, so a file replaced between the hash and Spark's read is caught."""
 
     @property
     def batch_id(self) -> str:
         """Stable id: a re-landed file with other content is another batch."""
         return f"{self.source}-{self.arrival_date:%Y%m%d}-{self.checksum[:16]}"
-
-    def changed(self) -> bool:
-        """Whether the file was replaced, rewritten or removed since it was hashed."""
-        try:
-            return file_stamp(self.path) != self.stamp
-        except FileNotFoundError:
-            return True
-
-
-def file_stamp(path: Path) -> tuple[int, ...]:
-    """Size and modification time: a rewrite in place or a replacement by a new file changes them.
-
-    Hashing the file again would tell for sure, at the cost of reading it
-    again. Not the inode or change time: a FUSE mount (Databricks volumes,
-    ``/dbfs``) may give an unchanged file another of either on each look.
-    """
-    st = path.stat()
-    return (st.st_size, st.st_mtime_ns)
 
 
 @dataclass(frozen=True)
@@ -184,9 +169,13 @@ def split_sizes(parsed: DataFrame) -> DataFrame:
     ``parsed`` is :func:`parse_lines` output that kept ``_name`` (the file's
     name), ``_block`` (the split's byte offset) and ``_mid``
     (``monotonically_increasing_id()`` taken in the scan), with ``_batch_id``.
+    ``_crc_sum`` sums the CRC-32 of the lines' bytes, as ``LandingFile.line_crc_sum`` does.
     """
     return parsed.groupBy("_name", "_block", "_batch_id").agg(
-        F.min("_mid").alias("_first_mid"), F.count(F.lit(1)).alias("_n"), F.count("_reason").alias("_refused")
+        F.min("_mid").alias("_first_mid"),
+        F.count(F.lit(1)).alias("_n"),
+        F.count("_reason").alias("_refused"),
+        F.sum(F.crc32(F.col("value").cast("binary"))).alias("_crc_sum"),
     )
 
 
@@ -321,6 +310,7 @@ _HIGH, _LOW = r"\\u[dD][89abAB][0-9a-fA-F]{2}", r"\\u[dD][c-fC-F][0-9a-fA-F]{2}"
 _UNPAIRED = f"{_HIGH}(?!{_LOW})|(?<!{_HIGH}){_LOW}"
 _TEXT_MAP = T.MapType(T.StringType(), T.StringType())
 _BOM = "\ufeff"
+_BOM_BYTES = _BOM.encode()
 # JSON as written: no single-quoted strings (Spark's parser takes them by default).
 _STRICT = {"allowSingleQuotes": "false"}
 
@@ -428,24 +418,30 @@ def landing_files(settings: Settings, source: str, dates: Sequence[date]) -> lis
 
 
 def _describe_file(settings: Settings, source: str, day: date, path: Path) -> LandingFile:
-    # Before the hash: a change while it is read shows as a changed stamp.
-    stamp = file_stamp(path)
     digest = hashlib.sha256()
-    newlines, last = 0, b"\n"
+    size, lines, crc_sum, rest = 0, 0, 0, b""
     with path.open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
-            newlines += chunk.count(b"\n")
-            last = chunk[-1:]
+            # Spark's reader drops a byte-order mark the file starts with.
+            text = chunk.removeprefix(_BOM_BYTES) if size == 0 else chunk
+            size += len(chunk)
+            parts = (rest + text).split(b"\n")
+            rest = parts.pop()
+            lines += len(parts)
+            crc_sum += sum(map(zlib.crc32, parts))
+    if rest:
+        lines += 1
+        crc_sum += zlib.crc32(rest)
     return LandingFile(
         source=source,
         arrival_date=day,
         path=path,
         relative_path=str(path.relative_to(settings.data_root)),
-        size_bytes=stamp[0],
+        size_bytes=size,
         checksum=digest.hexdigest(),
-        lines=newlines + (0 if last == b"\n" else 1),
-        stamp=stamp,
+        lines=lines,
+        line_crc_sum=crc_sum,
     )
 
 
@@ -847,9 +843,10 @@ def ingest_sources(
     rows the ledger records, so no crashed run left rows to remove.
 
     One Delta commit per table for all files of the run. A file is done when
-    its ledger row exists; rows of these days that a crashed run wrote without
-    a ledger row are removed first, so re-running after any failure adds
-    nothing twice and keeps nothing the ledger does not account for. The
+    its ledger row exists; rows of its batch that a crashed run wrote without
+    a ledger row are removed before it is written (once its lines are read and
+    checked), so re-running after any failure adds nothing twice and keeps
+    nothing the ledger does not account for. The
     sources share every step that does not depend on their fields: one
     ledger lookup, one cleanup query, one counting job, one quarantine write
     and one ledger write.
@@ -857,10 +854,6 @@ def ingest_sources(
     _name_ledger_columns(spark, settings)
     files = {source: landing_files(settings, source, dates) for source in sources}
     recorded = _recorded_batches(spark, settings, sources, dates)
-    names = [*(bronze_spec(settings, source).name for source in sources), quarantine_spec(settings).name]
-    if again or not balanced:
-        fresh = {f.batch_id for fs in files.values() for f in fs} - recorded
-        _remove_unrecorded_rows(spark, names, dates, fresh, set(again))
     done = recorded - set(again)
     pending = {s: [f for f in fs if f.batch_id not in done] for s, fs in files.items()}
     for source in sources:
@@ -871,7 +864,8 @@ def ingest_sources(
                 log.info("bronze %s: no landing file on these dates, nothing to do", source)
     _warn_of_missing_files(files)
     todo = {s: pending[s] for s in sources if pending[s]}
-    written, quarantined, theirs = (_ingest_pending(spark, settings, todo, set(again)) if todo
+    clean = bool(again) or not balanced
+    written, quarantined, theirs = (_ingest_pending(spark, settings, todo, set(again), clean=clean) if todo
                                     else ({}, {}, set()))
     # A batch another run recorded first counts as skipped: this run kept none of its rows.
     kept = {s: [f for f in fs if f.batch_id not in theirs] for s, fs in pending.items()}
@@ -902,13 +896,16 @@ def _name_ledger_columns(spark: SparkSession, settings: Settings) -> None:
 
 
 def _ingest_pending(
-    spark: SparkSession, settings: Settings, pending: dict[str, list[LandingFile]], recorded: set[str]
+    spark: SparkSession, settings: Settings, pending: dict[str, list[LandingFile]], recorded: set[str],
+    *, clean: bool,
 ) -> tuple[dict[str, int], dict[str, int], set[str]]:
     """Write the pending files; rows written and quarantined per batch id, and batches taken back.
 
     Files whose batch is already ``recorded`` get no second ledger row. The
     batches another run recorded first are returned too: this run took its
-    rows of them back.
+    rows of them back. ``clean``: the tables may hold rows of these batches
+    (:func:`_remove_unrecorded_rows` removes them once the files are read and
+    checked, so a file that fails the checks leaves them as they were).
     """
     specs = {source: bronze_spec(settings, source) for source in pending}
     quarantine = quarantine_spec(settings)
@@ -926,12 +923,21 @@ def _ingest_pending(
         splits: dict[str, list[Row]] = {source: [] for source in pending}
         written: dict[str, int] = {}
         quarantined: dict[str, int] = {}
+        crc_sums: dict[str, int] = {}
         for r in reduce(DataFrame.unionByName, sized).collect():
             splits[r["_source"]].append(r)
             batch, refused = r["_batch_id"], int(r["_refused"])
             quarantined[batch] = quarantined.get(batch, 0) + refused
             written[batch] = written.get(batch, 0) + int(r["_n"]) - refused
+            crc_sums[batch] = crc_sums.get(batch, 0) + int(r["_crc_sum"])
         _reconcile(every_file, written, quarantined)
+        _check_read_as_hashed(every_file, crc_sums)
+        if clean:
+            names = [*(spec.name for spec in specs.values()), quarantine.name]
+            _remove_unrecorded_rows(
+                spark, names, sorted({f.arrival_date for f in every_file}),
+                {f.batch_id for f in every_file} - recorded, {f.batch_id for f in every_file} & recorded,
+            )
         numbered = {source: number_lines(df, line_bases(splits[source])) for source, df in parsed.items()}
         writes = [
             (reduce(DataFrame.unionByName, [quarantine_rows(df, s) for s, df in numbered.items()]),
@@ -951,24 +957,12 @@ def _ingest_pending(
     except ReconciliationError:
         _remove_own_rows(spark, list(appended), every_file, ingested_at)
         raise
-    # Checked after the writes, which read the files last: a file the same now as when
-    # it was hashed gave the rows its checksum stands for.
-    changed = [f for f in every_file if f.changed()]
-    if changed:
-        _remove_own_rows(spark, list(appended), changed, ingested_at)
-    new_files = [f for f in every_file if f.batch_id not in recorded and f not in changed]
+    new_files = [f for f in every_file if f.batch_id not in recorded]
     theirs = (record_batches(spark, settings, new_files, written, quarantined, ingested_at) if new_files
               else set())
     if theirs:
         _take_back(spark, settings, list(appended), theirs,
                    sum(written.get(b, 0) + quarantined.get(b, 0) for b in theirs))
-    if changed:
-        raise ReconciliationError(
-            f"{', '.join(f.relative_path for f in changed)}: changed while being ingested (size or "
-            "modification time differs from when it was hashed), so its rows may not be those of its "
-            "checksum; this run's rows of it were removed and it was not recorded: run bronze again "
-            "to ingest it as it is now"
-        )
     return written, quarantined, theirs
 
 
@@ -977,9 +971,10 @@ def _remove_own_rows(
 ) -> None:
     """Delete from tables ``names`` the rows this run (stamped ``ingested_at``) wrote of ``files``.
 
-    Left in place, rows of a file that changed since it was hashed would stay
-    under a batch id the file no longer gives: no later run would take them
-    for its own, and :func:`find_lost` would record them as a gone file's.
+    Rows a write gave other than the lines counted came from a read of the
+    files after the counting job, which may have found one changed: left in
+    place under a batch id the file no longer gives, no later run would take
+    them for its own, and :func:`find_lost` would record them as a gone file's.
     """
     condition = (
         F.col("_arrival_date").isin(sorted({f.arrival_date for f in files}))
@@ -1136,6 +1131,17 @@ def _reconcile(files: Sequence[LandingFile], written: dict[str, int], quarantine
                 "bronze %s: %d files lines=%d written=%d quarantined=%d (each file reconciled)",
                 source, total["files"], total["lines"], total["written"], total["quarantined"],
             )
+
+
+def _check_read_as_hashed(files: Sequence[LandingFile], crc_sums: Mapping[str, int]) -> None:
+    """The lines Spark read of each file must be those hashed: a file may be replaced in between."""
+    changed = [f.relative_path for f in files if crc_sums.get(f.batch_id, 0) != f.line_crc_sum]
+    if changed:
+        raise ReconciliationError(
+            f"{', '.join(changed)}: the lines Spark read are not those whose checksum was taken (the "
+            "file was replaced or rewritten in between); nothing was written: run bronze again to "
+            "ingest it as it is now"
+        )
 
 
 def _check_written(appended: dict[str, int], expected: dict[str, int]) -> None:

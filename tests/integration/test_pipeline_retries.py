@@ -74,11 +74,12 @@ def test_crash_between_write_and_ledger_adds_nothing_twice(
     assert again.skipped == 2 and tables.read(spark, name).count() == rows
 
 
-def test_a_landing_file_replaced_after_it_was_hashed_is_not_recorded_under_its_old_checksum(
+def test_a_landing_file_replaced_after_it_was_hashed_is_recorded_with_the_content_spark_read(
     spark: SparkSession, base_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A file rewritten between its hash and Spark's read, to as many lines and bytes: its rows are
-    of the new content, so they must not stay under the batch id of the old."""
+    """A file rewritten to as many lines and bytes: before Spark's read, nothing is written (its rows
+    would stand under the checksum of other content); after it, the rows read are kept under their
+    checksum, and the next run takes the new content as a new batch."""
     settings = isolated(base_settings, tmp_path)
     days = [date(2026, 3, 1), date(2026, 3, 2)]
     generate(settings.landing_dir, seed=5, users=20, days=2, start=days[0], faults=FAULTS)
@@ -88,6 +89,9 @@ def test_a_landing_file_replaced_after_it_was_hashed_is_not_recorded_under_its_o
     # Same size, same lines: every order of 3 items becomes one of 4.
     after = before.replace(b'"items":3,', b'"items":4,')
     assert after != before and len(after) == len(before)
+    name = settings.table("bronze_order_placed")
+    ledger = settings.table("ops_ingestion_batches")
+
     read_files = bronze._read_files
 
     def replaced_before_read(*args: object) -> object:
@@ -95,46 +99,57 @@ def test_a_landing_file_replaced_after_it_was_hashed_is_not_recorded_under_its_o
         return read_files(*args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(bronze, "_read_files", replaced_before_read)
-    with pytest.raises(bronze.ReconciliationError, match=r"order_placed/2026-03-02\.jsonl: changed while"):
+    with pytest.raises(bronze.ReconciliationError,
+                       match=r"order_placed/2026-03-02\.jsonl: the lines Spark read"):
         bronze.ingest(spark, settings, "order_placed", days)
     monkeypatch.undo()
-    ledger = tables.read(spark, settings.table("ops_ingestion_batches")).collect()
-    assert [r["arrival_date"] for r in ledger] == [days[0]]  # the unchanged file is recorded
-    name = settings.table("bronze_order_placed")
-    held = tables.read(spark, name).groupBy("_arrival_date").count().collect()
-    assert [r["_arrival_date"] for r in held] == [days[0]]
+    assert tables.read(spark, name).count() == tables.read(spark, ledger).count() == 0
 
+    path.write_bytes(before)
+    append = tables.append_side_by_side
+
+    def replaced_after_read(*args: object) -> object:
+        path.write_bytes(after)
+        return append(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(tables, "append_side_by_side", replaced_after_read)
+    bronze.ingest(spark, settings, "order_placed", days)
+    monkeypatch.undo()
     result = bronze.ingest(spark, settings, "order_placed", days)
-    assert result.skipped == 1
-    ledger = tables.read(spark, settings.table("ops_ingestion_batches")).collect()
-    recorded = {r["arrival_date"]: r for r in ledger}
-    assert recorded[days[1]]["checksum"] == hashlib.sha256(after).hexdigest()
-    batch = F.col("_batch_id") == recorded[days[1]]["batch_id"]
-    rows = tables.read(spark, name).filter(F.col("_arrival_date") == days[1]).count()
-    quarantined = tables.read(spark, settings.table("bronze_quarantine")).filter(batch).count()
-    assert rows == tables.read(spark, name).filter(batch).count() == recorded[days[1]]["rows_written"]
-    assert rows + quarantined == len(after.splitlines()) == recorded[days[1]]["lines"]
+    assert (result.files, result.skipped) == (2, 1)
+    checksums = {r["checksum"]: r for r in tables.read(spark, ledger).collect()}
+    assert set(checksums) >= {hashlib.sha256(before).hexdigest(), hashlib.sha256(after).hexdigest()}
+    for content in (before, after):
+        recorded = checksums[hashlib.sha256(content).hexdigest()]
+        batch = F.col("_batch_id") == recorded["batch_id"]
+        rows = tables.read(spark, name).filter(batch)
+        quarantined = tables.read(spark, settings.table("bronze_quarantine")).filter(batch).count()
+        assert rows.count() == recorded["rows_written"]
+        assert rows.count() + quarantined == len(content.splitlines()) == recorded["lines"]
+        # The rows are of the content the checksum is of.
+        assert rows.filter(F.col("items") == ("4" if content is after else "3")).count() > 0
 
 
 def test_two_bronze_runs_that_overlap_keep_one_copy_of_each_file(
     spark: SparkSession, base_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """On a cluster no lock keeps two runs apart. Run B looks up the ledger and finds both days
-    pending; run A then ingests and records day 1; B appends both days. The ledger takes one
+    """On a cluster no lock keeps two runs apart. Run B looks up the ledger, finds both days
+    pending and removes what a crashed run could have left of them; run A then ingests and
+    records day 1; B appends both days. The ledger takes one
     row per batch, and B removes its own copies of the batch A recorded first."""
     settings = isolated(base_settings, tmp_path)
     days = [date(2026, 3, 1), date(2026, 3, 2)]
     generate(settings.landing_dir, seed=7, users=60, days=2, start=days[0], faults=FAULTS)
     bronze.ensure_tables(spark, settings)
-    write_pending = bronze._ingest_pending
+    append = tables.append_side_by_side
 
-    def run_a_first(*args: object) -> tuple[dict[str, int], dict[str, int], set[str]]:
-        monkeypatch.setattr(bronze, "_ingest_pending", write_pending)
+    def run_a_first(*args: object) -> list[int]:
+        monkeypatch.setattr(tables, "append_side_by_side", append)
         bronze.ingest(spark, settings, "order_placed", days[:1])
-        return write_pending(*args)  # type: ignore[arg-type]
+        return append(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(bronze, "_ingest_pending", run_a_first)
+    monkeypatch.setattr(tables, "append_side_by_side", run_a_first)
     with caplog.at_level(logging.WARNING, logger="lakeward.bronze"):
         b = bronze.ingest(spark, settings, "order_placed", days)
     assert "another run ingested 1 of these files at the same time" in caplog.text

@@ -1,6 +1,7 @@
 import json
 import random
-from datetime import date
+import zlib
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from lakeward.bronze import (
     parse_lines,
     split_sizes,
 )
+from lakeward.config import Settings
 
 
 def test_number_lines_across_files_and_splits(spark: SparkSession) -> None:
@@ -34,8 +36,10 @@ def test_number_lines_across_files_and_splits(spark: SparkSession) -> None:
     lines = lines.withColumn("_batch_id", F.upper("_name"))
     splits = sorted(split_sizes(lines).collect(), key=tuple, reverse=True)
     sizes = [tuple(r) for r in splits]
-    assert sizes == [("b", 0, "B", 17179869184, 1, 0), ("a", 64, "A", 8589934592, 3, 0),
-                     ("a", 0, "A", 100, 2, 1)]
+    crc = {value: zlib.crc32(value.encode()) for value, *_ in rows}
+    assert sizes == [("b", 0, "B", 17179869184, 1, 0, crc["b0"]),
+                     ("a", 64, "A", 8589934592, 3, 0, crc["a2"] + crc["a3"] + crc["a4"]),
+                     ("a", 0, "A", 100, 2, 1, crc["a0"] + crc["a1"])]
     # Listed out of order: the splits of a file are numbered by their offsets.
     bases = line_bases(splits)
     expected = {"a0": ("A", 1), "a1": ("A", 2), "a2": ("A", 3), "a3": ("A", 4), "a4": ("A", 5),
@@ -239,7 +243,7 @@ def test_a_source_without_a_file_on_a_day_others_sent_one_for_is_warned_of(
     def sent(source: str, day: int) -> bronze.LandingFile:
         arrival = date(2026, 1, day)
         path = f"{source}/{arrival}.jsonl"
-        return bronze.LandingFile(source, arrival, Path(path), path, 1, "0" * 64, 1, (1, 0))
+        return bronze.LandingFile(source, arrival, Path(path), path, 1, "0" * 64, 1, 0)
 
     files = {
         "order_placed": [sent("order_placed", day) for day in range(1, 9)],
@@ -262,3 +266,30 @@ def test_a_source_without_a_file_on_a_day_others_sent_one_for_is_warned_of(
         bronze._warn_of_missing_files({source: [sent(source, 1)] for source in ("users", "order_placed")})
         bronze._warn_of_missing_files({"users": [], "order_placed": []})
     assert caplog.records == []
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",
+        b'{"a": 1}',
+        b'\xef\xbb\xbf{"a": 1}\n\n{"b": "\xff\xfe"}\r\n\xef\xbb\xbf{"c": 3}\n',
+        b"\xef\xbb\xbf",
+        b"\n\n\n",
+        b"\r\n" + b"x" * 3000 + b"\n" + b'{"\xc3\xa9t\xc3\xa9": "\xe2\x80\x8b"}',
+    ],
+    ids=["empty", "no-newline", "bom-blank-bad-utf8-cr", "bom-only", "blank-lines", "long-and-accents"],
+)
+def test_the_lines_hashed_are_the_lines_spark_reads(
+    spark: SparkSession, base_settings: Settings, tmp_path: Path, content: bytes
+) -> None:
+    """Python's count and CRC sum of a file's lines equal what Spark's reader gives, byte for byte."""
+    settings = base_settings.model_copy(update={"data_root": tmp_path})
+    path = tmp_path / "landing" / "order_placed" / "2026-03-01.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(content)
+    landing = bronze._describe_file(settings, "order_placed", date(2026, 3, 1), path)
+    sizes = split_sizes(bronze._read_files(spark, [landing], datetime.now(UTC))).collect()
+    read = (sum(r["_n"] for r in sizes), sum(r["_crc_sum"] for r in sizes))
+    assert read == (landing.lines, landing.line_crc_sum)
+    assert landing.size_bytes == len(content)
