@@ -47,7 +47,8 @@ class FitConfig:
     noise_seed: int | None = None
     """The seed of DP-SGD's noise and batch sampling. ``None``, as ``lakeward train`` runs, draws
     one from the operating system that is never logged: the epsilon bounds what the trained
-    weights reveal only while the noise is unknown, and ``seed`` is logged with every run."""
+    weights reveal only while the noise is unknown, and ``seed`` is logged with every run.
+    torch's CPU generator (MT19937) takes 32 bits of a seed, so a secret one has 32 bits."""
 
 
 @dataclass(frozen=True)
@@ -162,11 +163,16 @@ def _one_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def _loader(z: np.ndarray, y: np.ndarray, batch_size: int, seed: int) -> torch.utils.data.DataLoader:
-    generator = torch.Generator().manual_seed(seed)
+def _loader(
+    z: np.ndarray, y: np.ndarray, batch_size: int, generator: torch.Generator
+) -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(
         _Rows(z, y), batch_size=batch_size, shuffle=True, generator=generator, collate_fn=_as_batch
     )
+
+
+def _seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
 
 
 def _epochs(model: nn.Module, optimizer: torch.optim.Optimizer, loader: torch.utils.data.DataLoader,
@@ -206,7 +212,8 @@ def fit_non_private(z: np.ndarray, y: np.ndarray, config: FitConfig) -> tuple[nn
     net = build_net(config.model, z.shape[1], config.hidden_units, positive_rate(y))
     optimizer = torch.optim.Adam(net.parameters(), lr=config.learning_rate)
     with _one_thread():
-        seconds = _epochs(net, optimizer, _loader(z, y, config.batch_size, config.seed), config.epochs)
+        loader = _loader(z, y, config.batch_size, _seeded(config.seed))
+        seconds = _epochs(net, optimizer, loader, config.epochs)
     return net, seconds
 
 
@@ -235,7 +242,9 @@ def fit_private(
     torch.manual_seed(config.seed)
     net = build_net(config.model, z.shape[1], config.hidden_units, positive_rate(y))
     optimizer = torch.optim.Adam(net.parameters(), lr=config.learning_rate)
-    noise_seed = secrets.randbits(63) if config.noise_seed is None else config.noise_seed
+    # One generator for the batches and the noise: two seeded alike would draw the same
+    # numbers, and a row's draw to be in a batch would then predict its noise.
+    randomness = _seeded(secrets.randbits(32) if config.noise_seed is None else config.noise_seed)
     with warnings.catch_warnings():
         # Opacus's secure_mode needs torchcsprng, whose last release (0.2.1) has no build for
         # Python 3.11: the noise comes from torch's generator under a seed nobody is told.
@@ -244,7 +253,7 @@ def fit_private(
         warnings.filterwarnings("ignore", message=_RDP_EDGE)
         engine = PrivacyEngine(accountant=accountant)
         # The Poisson sampler draws the batches with the loader's generator.
-        loader = _loader(z, y, config.batch_size, noise_seed)
+        loader = _loader(z, y, config.batch_size, randomness)
         try:
             private_net, private_optimizer, private_loader = engine.make_private_with_epsilon(
                 module=net,
@@ -255,7 +264,7 @@ def fit_private(
                 epochs=config.epochs,
                 max_grad_norm=max_grad_norm,
                 poisson_sampling=True,
-                noise_generator=torch.Generator().manual_seed(noise_seed),
+                noise_generator=randomness,
                 # Per-sample gradients from torch's expanded weights rather than Opacus's module
                 # hooks: the same gradients (to float rounding), with less work per step.
                 grad_sample_mode="ew",

@@ -117,15 +117,16 @@ def test_dp_sgd_trains_the_model_opacus_hooks_train_empty_batches_included() -> 
     net, report, _ = fit_private(z, y, config, epsilon=8.0, delta=1e-3, max_grad_norm=1.0, accountant="rdp")
 
     torch.manual_seed(config.seed)
+    randomness = torch.Generator().manual_seed(11)  # the batches and the noise, as fit_private draws them
     reference = build_net(config.model, z.shape[1], config.hidden_units, positive_rate(y))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         engine = PrivacyEngine(accountant="rdp")
         model, optimizer, loader = engine.make_private_with_epsilon(
             module=reference, optimizer=torch.optim.Adam(reference.parameters(), lr=config.learning_rate),
-            data_loader=_loader(z, y, config.batch_size, 11), target_epsilon=8.0, target_delta=1e-3,
+            data_loader=_loader(z, y, config.batch_size, randomness), target_epsilon=8.0, target_delta=1e-3,
             epochs=config.epochs, max_grad_norm=1.0, poisson_sampling=True, grad_sample_mode="hooks",
-            noise_generator=torch.Generator().manual_seed(11),
+            noise_generator=randomness,
         )
         empty, threads = 0, torch.get_num_threads()
         torch.set_num_threads(1)  # as fit_private trains
