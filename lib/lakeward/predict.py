@@ -80,6 +80,7 @@ def _resolve_model(run_id: str) -> _Model:
             f"run {run_id} has no registered model (tags {tracking.MODEL_NAME_TAG}, "
             f"{tracking.MODEL_VERSION_TAG}); pass the parent run id `lakeward train` logged"
         )
+    _require_registered_by(run_id, name, version)
     with warnings.catch_warnings():
         # MLflow loads the TorchScript file through torch.load, which then defers to torch.jit.load.
         warnings.filterwarnings("ignore", message=".*looks like a TorchScript archive")
@@ -91,6 +92,31 @@ def _resolve_model(run_id: str) -> _Model:
     if tracking.SPEC_TAG in tags:
         feature_version = json.loads(tags[tracking.SPEC_TAG]).get("feature_version")
     return _Model(name, version, pyfunc, list(schema.input_names()), feature_version)
+
+
+def _require_registered_by(run_id: str, name: str, version: str) -> None:
+    """The registry's ``name`` version ``version`` must be the one the run registered.
+
+    A run records the name and version, not the registry: with another
+    ``tracking.registry_uri`` since, the same name and version may be another
+    model, or none.
+    """
+    mlflow = tracking.mlflow_module()
+    registry = tracking.shown_uri(mlflow.get_registry_uri())
+    try:
+        registered = tracking.client().get_model_version(name, version)
+    except mlflow.exceptions.MlflowException as err:
+        if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        raise PredictionError(
+            f"run {run_id} registered model {name} version {version}, which the registry {registry} "
+            "does not hold (was tracking.registry_uri another when the run trained?)"
+        ) from None
+    if run_id not in (registered.run_id, registered.tags.get(tracking.PARENT_RUN_TAG)):
+        raise PredictionError(
+            f"model {name} version {version} in the registry {registry} was not registered by run "
+            f"{run_id} (was tracking.registry_uri another when the run trained?)"
+        )
 
 
 def score_frame(spark: SparkSession, settings: Settings, day: date, model: _Model) -> DataFrame:

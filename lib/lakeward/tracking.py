@@ -55,6 +55,8 @@ ROWS_TAG = "lakeward.training_set.rows"
 CODE_VERSION_TAG = "lakeward.code_version"
 MODEL_NAME_TAG = "lakeward.model_name"
 MODEL_VERSION_TAG = "lakeward.model_version"
+# On a registered model version: the parent run of the run that registered it.
+PARENT_RUN_TAG = "lakeward.parent_run_id"
 MODEL_URI_TAG = "lakeward.model_uri"
 
 # Input tags: MLflow's Delta source keeps no path when it has a table name (it takes
@@ -135,8 +137,14 @@ class RebuildResult:
 
 
 def mlflow_module() -> Any:
-    """``mlflow``, imported with telemetry off (it is read when mlflow is imported)."""
+    """``mlflow``, imported with telemetry off (it is read when mlflow is imported).
+
+    Nor does MLflow print a run's link when it ends one on a tracking server: stdout
+    carries the command's own output, run ids first, and the link is built from the
+    store's URI as configured, ``user:password@`` included.
+    """
     os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     import mlflow
 
     return mlflow

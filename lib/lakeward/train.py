@@ -540,7 +540,7 @@ def _record_registration(settings: Settings, parent_run_id: str, main: ModelResu
     mlflow.set_tags(tags)
     for key, value in tags.items():
         client.set_tag(main.run_id, key, value)
-    client.set_model_version_tag(name, version, "lakeward.parent_run_id", parent_run_id)
+    client.set_model_version_tag(name, version, tracking.PARENT_RUN_TAG, parent_run_id)
     client.set_model_version_tag(name, version, "lakeward.private", str(main.kind == DP).lower())
     if main.privacy is not None:
         client.set_model_version_tag(name, version, "dp.epsilon_spent", f"{main.privacy.epsilon_spent:.4f}")

@@ -297,6 +297,29 @@ def test_predict_writes_predictions_idempotently(trained, spark: SparkSession) -
     assert slice_.first()["model_version"] == summary.model_version == first.model_version
 
 
+def test_predict_refuses_a_registry_that_does_not_hold_the_run_s_model(
+    trained, spark: SparkSession, tmp_path: Path
+) -> None:
+    """The run records a model's name and version, not the registry: another registry since may
+    hold no such version, or another model under it."""
+    from lakeward.predict import PredictionError, predict
+
+    settings, summary = trained
+    other = f"sqlite:///{tmp_path / 'registry.db'}"
+    elsewhere = settings.model_copy(
+        update={"tracking": settings.tracking.model_copy(update={"registry_uri": other})}
+    )
+    with pytest.raises(PredictionError, match=rf"version {summary.model_version}, which the registry "
+                                              rf"sqlite:///\S+ does not hold"):
+        predict(spark, elsewhere, summary.parent_run_id, date(2026, 3, 1))
+    registry = mlflow.MlflowClient(tracking_uri=other, registry_uri=other)
+    registry.create_registered_model(settings.tracking.registered_model)
+    for _ in range(int(summary.model_version)):
+        registry.create_model_version(settings.tracking.registered_model, source=str(tmp_path))
+    with pytest.raises(PredictionError, match=r"was not registered by run"):
+        predict(spark, elsewhere, summary.parent_run_id, date(2026, 3, 1))
+
+
 def test_missing_training_set_says_what_to_run(spark: SparkSession, fresh_settings: Settings) -> None:
     with pytest.raises(TrainingSetMissingError, match=r"run `lakeward training-set` first"):
         open_training_set(spark, fresh_settings)

@@ -296,6 +296,16 @@ def mlflow_stores_put_back(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(registry_utils, "_registry_uri", registry_utils._registry_uri)
 
 
+def test_mlflow_prints_no_run_link_with_the_store_s_credentials(capsys: pytest.CaptureFixture[str]) -> None:
+    tracking.mlflow_module()
+    from mlflow.tracking._tracking_service.client import TrackingServiceClient
+
+    # Without the setting, ending a run on a tracking server looks the run up (here a closed
+    # port: an error) to print its link, password and all, on stdout.
+    TrackingServiceClient("http://lakeward:s3cret@127.0.0.1:9")._log_url("0" * 32)
+    assert capsys.readouterr().out == ""
+
+
 @pytest.mark.usefixtures("mlflow_stores_put_back")
 def test_models_go_to_the_registry_of_the_config(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
